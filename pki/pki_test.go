@@ -1,0 +1,210 @@
+package pki
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseIdentity(t *testing.T) {
+	good := strings.Repeat("ab", 32)
+	id, err := ParseIdentity(good)
+	if err != nil || id.String() != good {
+		t.Fatalf("ParseIdentity(good) = %v, %v", id, err)
+	}
+	for _, bad := range []string{"", good[:63], good + "a", strings.ToUpper(good), " " + good[1:], "0x" + good[2:], strings.Repeat("g", 64)} {
+		if _, err := ParseIdentity(bad); !errors.Is(err, ErrBadIdentity) {
+			t.Errorf("ParseIdentity(%q) err = %v, want ErrBadIdentity", bad, err)
+		}
+	}
+}
+
+func TestPoW(t *testing.T) {
+	kp, err := GenerateKeypair(context.Background(), 12)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kp.PoWBits() < 12 {
+		t.Fatalf("generated key has %d bits, want >= 12", kp.PoWBits())
+	}
+	if err := CheckPoW(kp.Identity(), kp.Nonce(), 12); err != nil {
+		t.Fatal(err)
+	}
+	// Find a nonce that is too weak and check it is refused.
+	weak := kp.Nonce() + 1
+	for PoWBits(kp.Identity(), weak) >= 12 {
+		weak++
+	}
+	if CheckPoW(kp.Identity(), weak, 12) == nil {
+		t.Fatal("weak nonce accepted")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := GenerateKeypair(ctx, 31); err == nil {
+		t.Fatal("cancelled generation succeeded")
+	}
+}
+
+func TestSignVerify(t *testing.T) {
+	kp, _ := GenerateKeypair(context.Background(), 0)
+	sig := kp.Sign([]byte("hello"))
+	if !kp.Identity().Verify([]byte("hello"), sig) {
+		t.Fatal("valid signature refused")
+	}
+	if kp.Identity().Verify([]byte("hellp"), sig) || kp.Identity().Verify([]byte("hello"), sig[:10]) {
+		t.Fatal("bad signature accepted")
+	}
+}
+
+func TestKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sub", "node.key")
+	kp, _ := GenerateKeypair(context.Background(), 4)
+	if err := SaveKeyFile(path, kp); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.Stat(path)
+	if st.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %o, want 600", st.Mode().Perm())
+	}
+	got, err := LoadKeyFile(path)
+	if err != nil || got.Identity() != kp.Identity() || got.Nonce() != kp.Nonce() {
+		t.Fatalf("LoadKeyFile = %v, %v", got, err)
+	}
+	// Never overwritten.
+	other, _ := GenerateKeypair(context.Background(), 0)
+	if err := SaveKeyFile(path, other); !errors.Is(err, ErrKeyFileExists) {
+		t.Fatalf("SaveKeyFile over existing = %v", err)
+	}
+	if again, _ := LoadKeyFile(path); again.Identity() != kp.Identity() {
+		t.Fatal("key file was replaced")
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(path)); len(ents) != 1 {
+		t.Fatalf("temp files left behind: %v", ents)
+	}
+	// LoadOrCreate keeps the existing key.
+	kp2, created, err := LoadOrCreateKeyFile(context.Background(), path, 4)
+	if err != nil || created || kp2.Identity() != kp.Identity() {
+		t.Fatalf("LoadOrCreate existing = %v %v %v", kp2, created, err)
+	}
+	fresh := filepath.Join(dir, "fresh.key")
+	kp3, created, err := LoadOrCreateKeyFile(context.Background(), fresh, 4)
+	if err != nil || !created || kp3.PoWBits() < 4 {
+		t.Fatalf("LoadOrCreate new = %v %v %v", kp3, created, err)
+	}
+
+	data, _ := os.ReadFile(path)
+	cases := map[string]struct {
+		data []byte
+		mode os.FileMode
+		want string
+	}{
+		"group readable": {data, 0o640, "chmod 600"},
+		"world readable": {data, 0o604, "chmod 600"},
+		"truncated":      {data[:len(data)-10], 0o600, "corrupt"},
+		"empty":          {nil, 0o600, "corrupt"},
+		"garbage":        {[]byte("korium-tun-key v1\nseed zz\nnonce 1\n"), 0o600, "corrupt"},
+		"extra line":     {append(append([]byte{}, data...), "x\n"...), 0o600, "corrupt"},
+		"huge":           {make([]byte, 1<<20), 0o600, "corrupt"},
+	}
+	for name, c := range cases {
+		p := filepath.Join(dir, strings.ReplaceAll(name, " ", "_"))
+		if err := os.WriteFile(p, c.data, c.mode); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(p, c.mode)
+		_, err := LoadKeyFile(p)
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), p) {
+			t.Errorf("%s: err = %v, want mention of %q and the path", name, err, c.want)
+		}
+	}
+	if _, err := LoadKeyFile(filepath.Join(dir, "missing")); err == nil || !strings.Contains(err.Error(), "keygen") {
+		t.Errorf("missing file err = %v", err)
+	}
+}
+
+func FuzzDecodeKeyFile(f *testing.F) {
+	kp, _ := NewKeypair(make([]byte, 32), 42)
+	f.Add(EncodeKeyFile(kp))
+	f.Add([]byte("korium-tun-key v1\nseed \nnonce \n"))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		kp, err := DecodeKeyFile(data)
+		if err != nil {
+			return
+		}
+		if string(EncodeKeyFile(kp)) != string(data) {
+			t.Fatalf("accepted a non-canonical key file %q", data)
+		}
+	})
+}
+
+// handshake runs TLS over an in-memory pipe with the overlay configs.
+func handshake(t *testing.T, client, server TLSConfig, expected Identity) (clientErr, serverErr error, serverSaw Identity) {
+	t.Helper()
+	cc, err := client.Client(expected)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := server.Server(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s := tls.Server(b, sc)
+		s.SetDeadline(time.Now().Add(5 * time.Second))
+		serverErr = s.Handshake()
+		if serverErr == nil {
+			serverSaw, serverErr = PeerIdentity(s.ConnectionState())
+		}
+		b.Close()
+	}()
+	c := tls.Client(a, cc)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	clientErr = c.Handshake()
+	a.Close()
+	<-done
+	return
+}
+
+func TestTLSIdentity(t *testing.T) {
+	const bits = 8
+	alice, _ := GenerateKeypair(context.Background(), bits)
+	bob, _ := GenerateKeypair(context.Background(), bits)
+	mallory, _ := GenerateKeypair(context.Background(), bits)
+	ac, bc := TLSConfig{alice, bits}, TLSConfig{bob, bits}
+
+	cerr, serr, saw := handshake(t, ac, bc, bob.Identity())
+	if cerr != nil || serr != nil || saw != alice.Identity() {
+		t.Fatalf("good handshake: client %v, server %v, server saw %s", cerr, serr, saw)
+	}
+	// The dialer pins bob; mallory answers: refused.
+	cerr, _, _ = handshake(t, ac, TLSConfig{mallory, bits}, bob.Identity())
+	if cerr == nil || !strings.Contains(cerr.Error(), "expected") {
+		t.Fatalf("wrong identity accepted: %v", cerr)
+	}
+	// A peer whose proof is below the network's difficulty is refused by both ends.
+	weak, _ := NewKeypair(make([]byte, 32), 0)
+	for weak.PoWBits() >= bits {
+		weak.nonce++
+	}
+	_, serr, _ = handshake(t, TLSConfig{weak, 0}, bc, bob.Identity())
+	if serr == nil || !strings.Contains(serr.Error(), "proof of work") {
+		t.Fatalf("server accepted low proof of work: %v", serr)
+	}
+	cerr, _, _ = handshake(t, ac, TLSConfig{weak, 0}, weak.Identity())
+	if cerr == nil || !strings.Contains(cerr.Error(), "proof of work") {
+		t.Fatalf("client accepted low proof of work: %v", cerr)
+	}
+}

@@ -1,0 +1,158 @@
+package pki
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"math/big"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ALPN is the application protocol every overlay QUIC connection negotiates.
+const ALPN = "korium-tun/1"
+
+// The proof-of-work nonce travels in the certificate subject's serialNumber
+// attribute as "pow:<decimal>", so a peer's proof is checked during the
+// handshake without a private extension OID.
+const powSubjectPrefix = "pow:"
+
+// ErrPeerRejected is wrapped by every handshake verification failure.
+var ErrPeerRejected = errors.New("peer certificate rejected")
+
+// Certificate returns a self-signed Ed25519 certificate for kp carrying its
+// proof-of-work nonce. There is no CA and no host name: the key is the name.
+func Certificate(kp *Keypair) (tls.Certificate, error) {
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: kp.id.String(), SerialNumber: powSubjectPrefix + strconv.FormatUint(kp.nonce, 10)},
+		NotBefore:    now.Add(-24 * time.Hour),
+		NotAfter:     now.Add(10 * 365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, kp.priv.Public(), kp.priv)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: kp.priv}, nil
+}
+
+// VerifyPeerCertificate checks a peer's certificate chain as the overlay
+// requires: exactly one certificate, an Ed25519 key, and a proof-of-work
+// nonce with at least powBits bits. It returns the peer's identity. The TLS
+// handshake itself proves the peer holds the private key.
+func VerifyPeerCertificate(rawCerts [][]byte, powBits int) (Identity, error) {
+	var id Identity
+	if len(rawCerts) != 1 {
+		return id, fmt.Errorf("%w: want exactly one certificate, got %d", ErrPeerRejected, len(rawCerts))
+	}
+	cert, err := x509.ParseCertificate(rawCerts[0])
+	if err != nil {
+		return id, fmt.Errorf("%w: %v", ErrPeerRejected, err)
+	}
+	pub, ok := cert.PublicKey.(ed25519.PublicKey)
+	if !ok {
+		return id, fmt.Errorf("%w: key is not Ed25519", ErrPeerRejected)
+	}
+	copy(id[:], pub)
+	var nonce uint64
+	if text, ok := strings.CutPrefix(cert.Subject.SerialNumber, powSubjectPrefix); ok {
+		n, err := strconv.ParseUint(text, 10, 64)
+		if err != nil {
+			return id, fmt.Errorf("%w: malformed proof-of-work nonce", ErrPeerRejected)
+		}
+		nonce = n
+	} else if powBits > 0 {
+		return id, fmt.Errorf("%w: identity %s has no proof of work", ErrPeerRejected, id.Short())
+	}
+	if err := CheckPoW(id, nonce, powBits); err != nil {
+		return id, fmt.Errorf("%w: %v", ErrPeerRejected, err)
+	}
+	return id, nil
+}
+
+// TLSConfig holds what both ends of an overlay connection need.
+type TLSConfig struct {
+	Keypair *Keypair
+	PoWBits int // network difficulty peers must meet
+}
+
+func (c TLSConfig) base() (*tls.Config, error) {
+	cert, err := Certificate(c.Keypair)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{cert},
+		NextProtos:   []string{ALPN},
+		// Identity is the key, checked in VerifyPeerCertificate; there is no
+		// CA and no host name to check.
+		InsecureSkipVerify: true,
+	}, nil
+}
+
+// Server returns the listener's config: every client must present a
+// certificate; accept (if non-nil) may refuse an identity.
+func (c TLSConfig) Server(accept func(Identity) error) (*tls.Config, error) {
+	cfg, err := c.base()
+	if err != nil {
+		return nil, err
+	}
+	cfg.ClientAuth = tls.RequireAnyClientCert
+	cfg.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
+		id, err := VerifyPeerCertificate(raw, c.PoWBits)
+		if err != nil {
+			return err
+		}
+		if accept != nil {
+			return accept(id)
+		}
+		return nil
+	}
+	return cfg, nil
+}
+
+// Client returns the dialer's config, pinned to the identity it expects.
+func (c TLSConfig) Client(expected Identity) (*tls.Config, error) {
+	cfg, err := c.base()
+	if err != nil {
+		return nil, err
+	}
+	cfg.ServerName = expected.String()
+	cfg.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
+		id, err := VerifyPeerCertificate(raw, c.PoWBits)
+		if err != nil {
+			return err
+		}
+		if id != expected {
+			return fmt.Errorf("%w: peer is %s, expected %s", ErrPeerRejected, id, expected)
+		}
+		return nil
+	}
+	return cfg, nil
+}
+
+// PeerIdentity returns the identity of the peer of a completed handshake.
+func PeerIdentity(cs tls.ConnectionState) (Identity, error) {
+	var id Identity
+	if len(cs.PeerCertificates) != 1 {
+		return id, fmt.Errorf("%w: no peer certificate", ErrPeerRejected)
+	}
+	pub, ok := cs.PeerCertificates[0].PublicKey.(ed25519.PublicKey)
+	if !ok {
+		return id, fmt.Errorf("%w: key is not Ed25519", ErrPeerRejected)
+	}
+	return IdentityFromPublicKey(pub)
+}
