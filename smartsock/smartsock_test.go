@@ -1,0 +1,320 @@
+package smartsock
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/smartaddr"
+)
+
+func newKey(t testing.TB) *pki.Keypair {
+	kp, err := pki.GenerateKeypair(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kp
+}
+
+func listenUDP(t testing.TB) *net.UDPConn {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv6unspecified})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func loopback(c *net.UDPConn) netip.AddrPort {
+	return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(c.LocalAddr().(*net.UDPAddr).Port))
+}
+
+var quicConf = &quic.Config{EnableDatagrams: true, InitialPacketSize: 1452, MaxIdleTimeout: 10 * time.Second, HandshakeIdleTimeout: 5 * time.Second}
+
+type end struct {
+	kp   *pki.Keypair
+	sock *Conn // nil when running on a bare UDP conn
+	udp  *net.UDPConn
+	tr   *quic.Transport
+}
+
+func newEnd(t testing.TB, smart bool) *end {
+	e := &end{kp: newKey(t), udp: listenUDP(t)}
+	var pc net.PacketConn = e.udp
+	if smart {
+		s, err := New(e.udp, Config{Keypair: e.kp})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.sock, pc = s, s
+	}
+	e.tr = &quic.Transport{Conn: pc, ConnectionIDGenerator: ConnIDGenerator{}}
+	t.Cleanup(func() { e.tr.Close(); pc.Close() })
+	return e
+}
+
+func (e *end) tls(t testing.TB, peer *pki.Identity) *tls.Config {
+	c := pki.TLSConfig{Keypair: e.kp}
+	var cfg *tls.Config
+	var err error
+	if peer == nil {
+		cfg, err = c.Server(nil)
+	} else {
+		cfg, err = c.Client(*peer)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// connect dials b from a and returns both ends of the connection.
+func connect(t testing.TB, a, b *end) (client, server *quic.Conn) {
+	t.Helper()
+	ln, err := b.tr.Listen(b.tls(t, nil), quicConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var dst net.Addr = net.UDPAddrFromAddrPort(loopback(b.udp))
+	if a.sock != nil {
+		v, err := a.sock.AddPeer(b.kp.Identity(), loopback(b.udp))
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst = v
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	id := b.kp.Identity()
+	accepted := make(chan *quic.Conn, 1)
+	go func() {
+		c, err := ln.Accept(ctx)
+		if err == nil {
+			accepted <- c
+		}
+		close(accepted)
+	}()
+	client, err = a.tr.Dial(ctx, dst, a.tls(t, &id), quicConf)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	server = <-accepted
+	if server == nil {
+		t.Fatal("accept failed")
+	}
+	if a.sock != nil {
+		a.sock.Confirm(b.kp.Identity())
+		b.sock.Confirm(a.kp.Identity())
+	}
+	return client, server
+}
+
+func TestHandshakeOverVirtualAddresses(t *testing.T) {
+	a, b := newEnd(t, true), newEnd(t, true)
+	client, server := connect(t, a, b)
+	// quic-go on both sides sees only virtual addresses.
+	if got := client.RemoteAddr().(*net.UDPAddr).AddrPort(); got != smartaddr.Virtual(b.kp.Identity()) {
+		t.Fatalf("client sees %v, want b's virtual address", got)
+	}
+	if got := server.RemoteAddr().(*net.UDPAddr).AddrPort(); got != smartaddr.Virtual(a.kp.Identity()) {
+		t.Fatalf("server sees %v, want a's virtual address", got)
+	}
+	id, ok := b.sock.IdentityOf(server.RemoteAddr())
+	if !ok || id != a.kp.Identity() {
+		t.Fatal("IdentityOf(server remote) is not a")
+	}
+	// Datagrams flow both ways.
+	if err := client.SendDatagram([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	got, err := server.ReceiveDatagram(ctx)
+	if err != nil || string(got) != "ping" {
+		t.Fatalf("ReceiveDatagram = %q, %v", got, err)
+	}
+	if pi, ok := b.sock.Path(a.kp.Identity()); !ok || !pi.Confirmed || pi.Current != loopback(a.udp) {
+		t.Fatalf("b's path to a = %+v", pi)
+	}
+	if b.sock.Stats().RxHello == 0 {
+		t.Fatal("no hello received before the handshake")
+	}
+}
+
+func TestUnknownSourceNeverReachesQUIC(t *testing.T) {
+	a, b := newEnd(t, true), newEnd(t, true)
+	ln, err := b.tr.Listen(b.tls(t, nil), quicConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	// A dial on a bare socket sends no hello: b must drop its packets.
+	bare := newEnd(t, false)
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	id := b.kp.Identity()
+	if _, err := bare.tr.Dial(ctx, net.UDPAddrFromAddrPort(loopback(b.udp)), bare.tls(t, &id), quicConf); err == nil {
+		t.Fatal("handshake without hello succeeded")
+	}
+	if b.sock.Stats().DropUnknownSource == 0 {
+		t.Fatal("unknown-source drops not counted")
+	}
+	_ = a
+}
+
+func TestForgedHelloRejected(t *testing.T) {
+	a, b := newEnd(t, true), newEnd(t, true)
+	mallory := newKey(t)
+	send := func(h *Hello) {
+		t.Helper()
+		if _, err := a.udp.WriteToUDPAddrPort(AppendHello(nil, h), loopback(b.udp)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now().UnixNano()
+	forged := NewHello(mallory, b.kp.Identity(), 1, now)
+	forged.From = a.kp.Identity() // claims to be a, signed by mallory
+	send(forged)
+	stale := NewHello(a.kp, b.kp.Identity(), 2, now-int64(time.Hour))
+	send(stale)
+	wrongTo := NewHello(a.kp, mallory.Identity(), 3, now)
+	send(wrongTo)
+	good := NewHello(a.kp, b.kp.Identity(), 4, now)
+	send(good)
+	send(good) // replay
+	deadline := time.Now().Add(5 * time.Second)
+	// Drive b's read loop: a listener makes quic-go read the socket.
+	ln, err := b.tr.Listen(b.tls(t, nil), quicConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for b.sock.Stats().RxHello < 5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("hellos not processed: %+v", b.sock.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	s := b.sock.Stats()
+	if s.DropBadProbe != 2 || s.DropStaleHello != 2 {
+		t.Fatalf("want 2 bad (forged, wrong recipient) and 2 stale (old, replay), got %+v", s)
+	}
+	if pi, ok := b.sock.Path(a.kp.Identity()); !ok || pi.Current != loopback(a.udp) {
+		t.Fatalf("good hello did not add a path: %+v", pi)
+	}
+	if _, ok := b.sock.Path(mallory.Identity()); ok {
+		t.Fatal("mallory got a path")
+	}
+}
+
+func TestConnIDsAvoidMagics(t *testing.T) {
+	for i := 0; i < 10000; i++ {
+		id, _ := ConnIDGenerator{}.GenerateConnectionID()
+		if reservedCIDPrefix(id.Bytes()) {
+			t.Fatal("reserved prefix issued")
+		}
+	}
+	if !reservedCIDPrefix([]byte("MPRxxxxx")) || !reservedCIDPrefix([]byte("RLYxxxxx")) {
+		t.Fatal("reservedCIDPrefix misses a magic")
+	}
+}
+
+func FuzzParseHello(f *testing.F) {
+	kp, _ := pki.NewKeypair(make([]byte, 32), 0)
+	f.Add(AppendHello(nil, NewHello(kp, kp.Identity(), 1, 2)))
+	f.Add([]byte("SMPR"))
+	f.Add([]byte("SMPR\x01"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, err := ParseHello(b)
+		if err != nil {
+			return
+		}
+		if string(AppendHello(nil, h)) != string(b) {
+			t.Fatal("re-encoding differs")
+		}
+		h.Verify(nil)
+	})
+}
+
+func FuzzParseRelayHeader(f *testing.F) {
+	f.Add(AppendRelayHeader(nil, RelayHeader{Session: [16]byte{1}}))
+	f.Add([]byte("CRLY"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, payload, err := ParseRelayHeader(b)
+		if err != nil {
+			return
+		}
+		if got := append(AppendRelayHeader(nil, h), payload...); string(got) != string(b) {
+			t.Fatal("re-encoding differs")
+		}
+	})
+}
+
+// BenchmarkDatagrams compares quic-go datagram throughput on a bare
+// *net.UDPConn with the same through smartsock, on loopback.
+func BenchmarkDatagrams(b *testing.B) {
+	for _, mode := range []struct {
+		name  string
+		smart bool
+	}{{"bare-udpconn", false}, {"smartsock", true}} {
+		b.Run(mode.name, func(b *testing.B) {
+			x, y := newEnd(b, mode.smart), newEnd(b, mode.smart)
+			client, server := connect(b, x, y)
+			payload := make([]byte, 1200)
+			var got atomic.Int64
+			var wg sync.WaitGroup
+			ctx, cancel := context.WithCancel(context.Background())
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					d, err := server.ReceiveDatagram(ctx)
+					if err != nil {
+						return
+					}
+					got.Add(int64(len(d)))
+				}
+			}()
+			b.SetBytes(int64(len(payload)))
+			b.ResetTimer()
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				if err := client.SendDatagram(payload); err != nil {
+					b.Fatal(err)
+				}
+			}
+			// Let the tail arrive, bounded.
+			want := int64(b.N * len(payload))
+			for end := time.Now().Add(time.Second); got.Load() < want && time.Now().Before(end); {
+				time.Sleep(time.Millisecond)
+			}
+			el := time.Since(start)
+			b.StopTimer()
+			b.ReportMetric(float64(got.Load())*8/el.Seconds()/1e9, "delivered-Gbit/s")
+			b.ReportMetric(100*(1-float64(got.Load())/float64(want)), "loss-%")
+			cancel()
+			wg.Wait()
+		})
+	}
+}
+
+// TestKeepsQUICFastPaths checks that quic-go enables GSO through smartsock
+// exactly as it does on a bare *net.UDPConn.
+func TestKeepsQUICFastPaths(t *testing.T) {
+	bareA, bareB := newEnd(t, false), newEnd(t, false)
+	bc, _ := connect(t, bareA, bareB)
+	a, b := newEnd(t, true), newEnd(t, true)
+	sc, _ := connect(t, a, b)
+	if bc.ConnectionState().GSO != sc.ConnectionState().GSO {
+		t.Fatalf("GSO: bare %v, smartsock %v", bc.ConnectionState().GSO, sc.ConnectionState().GSO)
+	}
+	t.Logf("GSO enabled: %v", sc.ConnectionState().GSO)
+}
