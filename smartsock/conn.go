@@ -118,16 +118,16 @@ type Conn struct {
 
 // Stats counts packets by fate. Read with Snapshot.
 type Stats struct {
-	RxQUIC, RxHello, RxRelay, TxHello                            atomic.Uint64
+	RxQUIC, RxHello, RxRelay, TxHello                           atomic.Uint64
 	DropUnknownSource, DropBadProbe, DropStaleHello, DropNoPath atomic.Uint64
-	DropHelloRate, DropRelay, PathSwitches                       atomic.Uint64
+	DropHelloRate, DropRelay, PathSwitches                      atomic.Uint64
 }
 
 // StatsSnapshot is a copy of Stats.
 type StatsSnapshot struct {
-	RxQUIC, RxHello, RxRelay, TxHello                            uint64
+	RxQUIC, RxHello, RxRelay, TxHello                           uint64
 	DropUnknownSource, DropBadProbe, DropStaleHello, DropNoPath uint64
-	DropHelloRate, DropRelay, PathSwitches                       uint64
+	DropHelloRate, DropRelay, PathSwitches                      uint64
 }
 
 // New wraps udp. The Conn owns udp from now on and closes it on Close.
