@@ -17,7 +17,11 @@
 package smartsock
 
 import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
 	"errors"
+	"hash"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -52,6 +56,14 @@ type Config struct {
 	SilentAfter time.Duration
 	// HelloRate bounds hello signature checks per second (default 2,000).
 	HelloRate int
+	// StatelessResetKey, when set, must be the quic.Transport's key:
+	// smartsock then answers short-header packets from unknown sources with
+	// a QUIC stateless reset (at most ResetRate per second, each smaller
+	// than the packet that caused it), so a peer that still holds a
+	// connection to this node's previous run learns at once that it is gone.
+	StatelessResetKey *[32]byte
+	// ResetRate bounds stateless resets per second (default 100).
+	ResetRate int
 }
 
 func (c *Config) setDefaults() error {
@@ -72,6 +84,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.HelloRate <= 0 {
 		c.HelloRate = 2000
+	}
+	if c.ResetRate <= 0 {
+		c.ResetRate = 100
 	}
 	return nil
 }
@@ -106,10 +121,13 @@ type Conn struct {
 	byVirt map[netip.AddrPort]*peer
 	byReal map[netip.AddrPort]*peer
 
-	helloMu     sync.Mutex // guards the hello rate limiter and scratch
-	helloTokens float64
-	helloLast   time.Time
-	scratch     []byte
+	helloMu    sync.Mutex // guards helloLimit and scratch
+	helloLimit limiter
+	scratch    []byte
+
+	resetMu    sync.Mutex // guards resetLimit and resetMAC
+	resetLimit limiter
+	resetMAC   hash.Hash
 
 	txID   atomic.Uint64
 	closed atomic.Bool
@@ -120,14 +138,14 @@ type Conn struct {
 type Stats struct {
 	RxQUIC, RxHello, RxRelay, TxHello                           atomic.Uint64
 	DropUnknownSource, DropBadProbe, DropStaleHello, DropNoPath atomic.Uint64
-	DropHelloRate, DropRelay, PathSwitches                      atomic.Uint64
+	DropHelloRate, DropRelay, PathSwitches, TxReset             atomic.Uint64
 }
 
 // StatsSnapshot is a copy of Stats.
 type StatsSnapshot struct {
 	RxQUIC, RxHello, RxRelay, TxHello                           uint64
 	DropUnknownSource, DropBadProbe, DropStaleHello, DropNoPath uint64
-	DropHelloRate, DropRelay, PathSwitches                      uint64
+	DropHelloRate, DropRelay, PathSwitches, TxReset             uint64
 }
 
 // New wraps udp. The Conn owns udp from now on and closes it on Close.
@@ -136,14 +154,17 @@ func New(udp *net.UDPConn, cfg Config) (*Conn, error) {
 		return nil, err
 	}
 	c := &Conn{
-		cfg:         cfg,
-		udp:         udp,
-		batch:       ipv6.NewPacketConn(udp),
-		self:        cfg.Keypair.Identity(),
-		byVirt:      make(map[netip.AddrPort]*peer),
-		byReal:      make(map[netip.AddrPort]*peer),
-		helloTokens: float64(cfg.HelloRate),
-		helloLast:   time.Now(),
+		cfg:        cfg,
+		udp:        udp,
+		batch:      ipv6.NewPacketConn(udp),
+		self:       cfg.Keypair.Identity(),
+		byVirt:     make(map[netip.AddrPort]*peer),
+		byReal:     make(map[netip.AddrPort]*peer),
+		helloLimit: newLimiter(cfg.HelloRate),
+		resetLimit: newLimiter(cfg.ResetRate),
+	}
+	if cfg.StatelessResetKey != nil {
+		c.resetMAC = hmac.New(sha256.New, cfg.StatelessResetKey[:])
 	}
 	return c, nil
 }
@@ -155,7 +176,7 @@ func (c *Conn) Stats() StatsSnapshot {
 		RxQUIC: s.RxQUIC.Load(), RxHello: s.RxHello.Load(), RxRelay: s.RxRelay.Load(), TxHello: s.TxHello.Load(),
 		DropUnknownSource: s.DropUnknownSource.Load(), DropBadProbe: s.DropBadProbe.Load(),
 		DropStaleHello: s.DropStaleHello.Load(), DropNoPath: s.DropNoPath.Load(),
-		DropHelloRate: s.DropHelloRate.Load(), DropRelay: s.DropRelay.Load(), PathSwitches: s.PathSwitches.Load(),
+		DropHelloRate: s.DropHelloRate.Load(), DropRelay: s.DropRelay.Load(), PathSwitches: s.PathSwitches.Load(), TxReset: s.TxReset.Load(),
 	}
 }
 
@@ -346,6 +367,9 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 			}
 			if p == nil {
 				c.stats.DropUnknownSource.Add(1)
+				c.mu.RUnlock()
+				c.maybeReset(b, real, now)
+				c.mu.RLock()
 				n = removeMsg(ms, i, n)
 				continue
 			}
@@ -409,17 +433,11 @@ func (c *Conn) handleHello(h *Hello, src netip.AddrPort, now time.Time) {
 		return
 	}
 	c.helloMu.Lock()
-	c.helloTokens += now.Sub(c.helloLast).Seconds() * float64(c.cfg.HelloRate)
-	c.helloLast = now
-	if max := float64(c.cfg.HelloRate); c.helloTokens > max {
-		c.helloTokens = max
-	}
-	if c.helloTokens < 1 {
+	if !c.helloLimit.allow(now) {
 		c.helloMu.Unlock()
 		c.stats.DropHelloRate.Add(1)
 		return
 	}
-	c.helloTokens--
 	ok := h.Verify(c.scratch)
 	c.helloMu.Unlock()
 	if !ok {
@@ -447,6 +465,63 @@ func (c *Conn) handleHello(h *Hello, src netip.AddrPort, now time.Time) {
 		}
 		p.current = src
 	}
+}
+
+// A stateless reset is 5 unpredictable bytes and a 16-byte token at least
+// (RFC 9000 10.3), and always shorter than the packet that caused it, so
+// two endpoints can never loop and a spoofed source gains no amplification.
+const (
+	minResetSize   = 21
+	maxResetSize   = 1 + 20 + 4 + 1 + 16 // quic-go's MinStatelessResetSize
+	minResetReason = minResetSize + 1
+)
+
+// maybeReset answers a short-header packet from an unknown source with a
+// stateless reset whose token quic-go computes the same way (HMAC-SHA256 of
+// the destination connection ID under the shared key).
+func (c *Conn) maybeReset(b []byte, dst netip.AddrPort, now time.Time) {
+	if c.resetMAC == nil || len(b) < minResetReason || len(b) < 1+ConnIDLen || b[0]&0xc0 != 0x40 {
+		return
+	}
+	var buf [maxResetSize]byte
+	pkt := buf[:min(maxResetSize, len(b)-1)]
+	c.resetMu.Lock()
+	if !c.resetLimit.allow(now) {
+		c.resetMu.Unlock()
+		return
+	}
+	c.resetMAC.Reset()
+	c.resetMAC.Write(b[1 : 1+ConnIDLen])
+	var sum [sha256.Size]byte
+	token := c.resetMAC.Sum(sum[:0])[:16]
+	c.resetMu.Unlock()
+	rand.Read(pkt[:len(pkt)-16])
+	pkt[0] = pkt[0]&0x7f | 0x40
+	copy(pkt[len(pkt)-16:], token)
+	if _, err := c.udp.WriteToUDPAddrPort(pkt, dst); err == nil {
+		c.stats.TxReset.Add(1)
+	}
+}
+
+// limiter is a token bucket; its owner serializes calls.
+type limiter struct {
+	rate   float64
+	tokens float64
+	last   time.Time
+}
+
+func newLimiter(perSecond int) limiter {
+	return limiter{rate: float64(perSecond), tokens: float64(perSecond), last: time.Now()}
+}
+
+func (l *limiter) allow(now time.Time) bool {
+	l.tokens = min(l.rate, l.tokens+now.Sub(l.last).Seconds()*l.rate)
+	l.last = now
+	if l.tokens < 1 {
+		return false
+	}
+	l.tokens--
+	return true
 }
 
 // ReadFrom implements net.PacketConn for callers other than quic-go.

@@ -1,0 +1,142 @@
+package overlay
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/korium/korium-tun/pki"
+)
+
+// Contact names a peer and where to reach it.
+type Contact struct {
+	Identity pki.Identity
+	Addr     netip.AddrPort
+}
+
+// String returns the bootstrap form IDENTITY@HOST:PORT.
+func (c Contact) String() string { return c.Identity.String() + "@" + c.Addr.String() }
+
+// ErrBadContact is wrapped by every ParseContact error.
+var ErrBadContact = errors.New("malformed bootstrap string")
+
+// ParseContact parses IDENTITY@HOST:PORT, where IDENTITY is 64 lowercase hex
+// characters and HOST an IPv4 address or a bracketed IPv6 address.
+func ParseContact(s string) (Contact, error) {
+	var c Contact
+	if len(s) > 200 {
+		return c, fmt.Errorf("%w: %d characters is too long", ErrBadContact, len(s))
+	}
+	idText, addrText, ok := strings.Cut(s, "@")
+	if !ok {
+		return c, fmt.Errorf("%w %q: want IDENTITY@HOST:PORT", ErrBadContact, s)
+	}
+	id, err := pki.ParseIdentity(idText)
+	if err != nil {
+		return c, fmt.Errorf("%w %q: %v", ErrBadContact, s, err)
+	}
+	ap, err := netip.ParseAddrPort(addrText)
+	if err != nil || ap.Port() == 0 || ap.Addr().Zone() != "" {
+		return c, fmt.Errorf("%w %q: %q is not IP:PORT (use [v6addr]:port for IPv6, port 1-65535)", ErrBadContact, s, addrText)
+	}
+	if ap.Addr().IsUnspecified() || ap.Addr().IsMulticast() {
+		return c, fmt.Errorf("%w %q: %s cannot be dialed", ErrBadContact, s, ap.Addr())
+	}
+	c.Identity = id
+	c.Addr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	return c, nil
+}
+
+// Config configures a Node. Its zero value is usable: every field documents
+// its default.
+type Config struct {
+	// Keypair is the node's identity. Default: a fresh key made at start
+	// (ephemeral: a program that wants a stable address loads one).
+	Keypair *pki.Keypair
+	// PoWBits is the network's proof-of-work difficulty: peers below it are
+	// refused at the handshake, and our own key must meet it. 0 means
+	// pki.DefaultPoWBits (24); a negative value means none (tests only).
+	PoWBits int
+	// Conn is the UDP socket the node runs on; the node owns it from New on.
+	// Default: a socket bound to Listen.
+	Conn *net.UDPConn
+	// Listen is where to bind when Conn is nil. Default "[::]:0" (a random
+	// port on every address).
+	Listen string
+	// Device carries IP packets to and from local programs; the node owns
+	// it. Default: an in-process gVisor netstack (no root needed), whose
+	// Dial and Listen the Node exposes.
+	Device tun.Device
+	// MTU is the largest IPv6 packet the tunnel carries, 1280..MaxMTU.
+	// Default DefaultMTU (1392): a 1500-byte underlay with room for a relay
+	// header.
+	MTU int
+	// Bootstrap peers are dialed at start and redialed whenever their
+	// connection drops.
+	Bootstrap []Contact
+	// Logger receives connection events; nil discards. No line per packet.
+	Logger *slog.Logger
+	// KeepAlive is the QUIC keep-alive period (default 5 s).
+	KeepAlive time.Duration
+	// IdleTimeout closes a connection that hears nothing (default 15 s).
+	IdleTimeout time.Duration
+	// HandshakeTimeout bounds a dial (default 5 s).
+	HandshakeTimeout time.Duration
+	// PendingTimeout is how long a packet to a not-yet-connected overlay
+	// address is held (default 3 s).
+	PendingTimeout time.Duration
+	// MaxPending caps destinations with a held packet (default 1,024).
+	MaxPending int
+	// MaxPeers caps open connections (default 1,000, the reference's
+	// connection cache). Further inbound connections are refused.
+	MaxPeers int
+}
+
+func (c *Config) withDefaults() (Config, error) {
+	out := *c
+	if out.PoWBits == 0 {
+		out.PoWBits = pki.DefaultPoWBits
+	} else if out.PoWBits < 0 {
+		out.PoWBits = 0
+	}
+	if out.PoWBits > pki.MaxPoWBits {
+		return out, fmt.Errorf("overlay: Config.PoWBits %d above %d", out.PoWBits, pki.MaxPoWBits)
+	}
+	if out.Listen == "" {
+		out.Listen = "[::]:0"
+	}
+	if out.MTU == 0 {
+		out.MTU = DefaultMTU
+	}
+	if out.MTU < MinMTU || out.MTU > MaxMTU {
+		return out, fmt.Errorf("overlay: Config.MTU %d outside %d..%d", out.MTU, MinMTU, MaxMTU)
+	}
+	if out.Logger == nil {
+		out.Logger = slog.New(slog.DiscardHandler)
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&out.KeepAlive, 5*time.Second)
+	def(&out.IdleTimeout, 15*time.Second)
+	def(&out.HandshakeTimeout, 5*time.Second)
+	def(&out.PendingTimeout, 3*time.Second)
+	if out.MaxPending <= 0 {
+		out.MaxPending = 1024
+	}
+	if out.MaxPeers <= 0 {
+		out.MaxPeers = 1000
+	}
+	if out.KeepAlive >= out.IdleTimeout {
+		return out, fmt.Errorf("overlay: Config.KeepAlive %v must be below IdleTimeout %v", out.KeepAlive, out.IdleTimeout)
+	}
+	return out, nil
+}

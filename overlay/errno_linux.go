@@ -1,0 +1,5 @@
+package overlay
+
+import "syscall"
+
+const syscallEADDRINUSE = syscall.EADDRINUSE

@@ -1,0 +1,758 @@
+// Package overlay is the node: it wires identity, smartsock, QUIC and a
+// packet device together, keeps one mutually authenticated QUIC connection
+// per peer, and runs the packet loop that carries IPv6 packets between the
+// device and QUIC datagrams. The loop does not know whether it drives a
+// kernel TUN (overlay/tun) or the in-process netstack (overlay/netstack).
+package overlay
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"golang.zx2c4.com/wireguard/tun"
+	"lukechampine.com/blake3"
+
+	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/smartaddr"
+	"github.com/korium/korium-tun/smartsock"
+)
+
+// Application error codes on overlay QUIC connections.
+const (
+	codeNormal    quic.ApplicationErrorCode = 0
+	codeDuplicate quic.ApplicationErrorCode = 1 // another connection to the same peer won
+	codeRefused   quic.ApplicationErrorCode = 2 // identity does not own its address, or too many peers
+)
+
+// Device headroom: wireguard's tun needs offset >= 10 for its virtio header.
+const devOffset = 16
+
+// Node is one overlay participant. Create it with New; Close stops it.
+type Node struct {
+	cfg      Config
+	kp       *pki.Keypair
+	id       pki.Identity
+	addr     netip.Addr
+	sock     *smartsock.Conn
+	tr       *quic.Transport
+	ln       *quic.Listener
+	dev      tun.Device
+	stack    netStack // non-nil when dev is our netstack
+	quicConf *quic.Config
+	tlsConf  pki.TLSConfig
+	srvTLS   *tls.Config
+	started  time.Time
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	inbound chan *pbuf // packets for the device writer
+	bufPool sync.Pool  // *pbuf
+
+	mu      sync.RWMutex // guards the fields below
+	peers   map[pki.Identity]*peer
+	byAddr  map[netip.Addr]*peer
+	desired map[pki.Identity]*desired
+	gen     atomic.Uint64 // bumped whenever byAddr changes
+
+	pendMu  sync.Mutex
+	pending map[netip.Addr]*held
+
+	stats Counters
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// peer is one established connection. Fields are immutable after install
+// except the atomic counters.
+type peer struct {
+	id          pki.Identity
+	addr        netip.Addr
+	conn        *quic.Conn
+	outbound    bool
+	incarnation string // the peer certificate's serial: new on every start
+	since       time.Time
+	txBytes     atomic.Uint64
+	txPkts      atomic.Uint64
+	rxBytes     atomic.Uint64
+	rxPkts      atomic.Uint64
+}
+
+// desired is a peer the node keeps a connection to (a bootstrap contact).
+type desired struct {
+	contact  Contact
+	dialing  bool
+	nextDial time.Time
+	backoff  time.Duration
+}
+
+// held is the one packet kept for a destination with no connection yet.
+type held struct {
+	pkt []byte
+	at  time.Time
+}
+
+// pbuf carries one inbound packet to the device writer. Its buffer is large
+// so the kernel TUN can coalesce (GRO) later packets into it.
+type pbuf struct {
+	b [devOffset + 65535]byte
+	n int
+}
+
+// Counters are the node's drop and traffic counters, by reason.
+type Counters struct {
+	TxNotIPv6, TxNotOverlay, TxNoPeer, TxTooBig, TxSendError atomic.Uint64
+	RxMalformed, RxSpoofedSource, RxNotForUs, RxQueueFull    atomic.Uint64
+	DevReadErrors, DevWriteErrors, PendingDelivered          atomic.Uint64
+	HandshakeRefused, DuplicateConns                         atomic.Uint64
+}
+
+// netStack is what the netstack device offers Go programs.
+type netStack interface {
+	DialContext(ctx context.Context, network, address string) (net.Conn, error)
+	Listen(network, address string) (net.Listener, error)
+	ListenPacket(network, address string) (net.PacketConn, error)
+}
+
+// New starts a node. It owns cfg.Conn and cfg.Device from now on (also
+// when it fails).
+func New(cfg Config) (n *Node, err error) {
+	c, err := cfg.withDefaults()
+	if err != nil {
+		closeGiven(cfg)
+		return nil, err
+	}
+	if c.Keypair == nil {
+		if c.Keypair, err = pki.GenerateKeypair(context.Background(), c.PoWBits); err != nil {
+			closeGiven(c)
+			return nil, err
+		}
+	}
+	if err := pki.CheckPoW(c.Keypair.Identity(), c.Keypair.Nonce(), c.PoWBits); err != nil {
+		closeGiven(c)
+		return nil, fmt.Errorf("overlay: our own key is too weak for this network (%v): generate one with --pow-bits %d", err, c.PoWBits)
+	}
+	n = &Node{
+		cfg:     c,
+		kp:      c.Keypair,
+		id:      c.Keypair.Identity(),
+		addr:    smartaddr.FromIdentity(c.Keypair.Identity()),
+		inbound: make(chan *pbuf, 256),
+		peers:   make(map[pki.Identity]*peer),
+		byAddr:  make(map[netip.Addr]*peer),
+		desired: make(map[pki.Identity]*desired),
+		pending: make(map[netip.Addr]*held),
+		started: time.Now(),
+	}
+	n.bufPool.New = func() any { return new(pbuf) }
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	defer func() {
+		if err != nil {
+			n.Close()
+		}
+	}()
+
+	udp := c.Conn
+	if udp == nil {
+		if udp, err = ListenUDP(c.Listen); err != nil {
+			closeGiven(c)
+			return nil, err
+		}
+	}
+	n.dev = c.Device
+	if n.dev == nil {
+		if n.dev, err = newNetstack(n.addr, c.MTU, c.Logger); err != nil {
+			udp.Close()
+			return nil, err
+		}
+	}
+	if s, ok := n.dev.(netStack); ok {
+		n.stack = s
+	}
+	var resetKey quic.StatelessResetKey
+	// Derived from the private key so a restarted node resets its peers'
+	// stale connections at once instead of leaving them to time out.
+	blake3.DeriveKey(resetKey[:], "korium-tun stateless reset v1", c.Keypair.Seed())
+	rk := [32]byte(resetKey)
+	if n.sock, err = smartsock.New(udp, smartsock.Config{Keypair: c.Keypair, Logger: c.Logger, StatelessResetKey: &rk}); err != nil {
+		udp.Close()
+		return nil, err
+	}
+	n.tr = &quic.Transport{
+		Conn:                  n.sock,
+		ConnectionIDGenerator: smartsock.ConnIDGenerator{},
+		StatelessResetKey:     &resetKey,
+	}
+	n.quicConf = &quic.Config{
+		EnableDatagrams:         true,
+		InitialPacketSize:       uint16(c.MTU + quicOverhead),
+		DisablePathMTUDiscovery: true, // datagram size is fixed by InitialPacketSize
+		KeepAlivePeriod:         c.KeepAlive,
+		MaxIdleTimeout:          c.IdleTimeout,
+		HandshakeIdleTimeout:    c.HandshakeTimeout,
+		MaxIncomingStreams:      64, // the reference's MAX_CONCURRENT_STREAMS
+		MaxIncomingUniStreams:   -1,
+	}
+	n.tlsConf = pki.TLSConfig{Keypair: c.Keypair, PoWBits: c.PoWBits}
+	if n.srvTLS, err = n.tlsConf.Server(nil); err != nil {
+		return nil, err
+	}
+	if n.ln, err = n.tr.Listen(n.srvTLS, n.quicConf); err != nil {
+		return nil, fmt.Errorf("overlay: listen: %w", err)
+	}
+	for _, b := range c.Bootstrap {
+		n.AddPeer(b)
+	}
+	n.goLoop(n.acceptLoop)
+	n.goLoop(n.deviceReadLoop)
+	n.goLoop(n.deviceWriteLoop)
+	n.goLoop(n.supervise)
+	c.Logger.Info("node started", "identity", n.id.String(), "address", n.addr.String(), "listen", udp.LocalAddr().String())
+	return n, nil
+}
+
+func closeGiven(c Config) {
+	if c.Conn != nil {
+		c.Conn.Close()
+	}
+	if c.Device != nil {
+		c.Device.Close()
+	}
+}
+
+// ListenUDP opens the node's UDP socket with an error that says what to do
+// when the port is taken.
+func ListenUDP(hostport string) (*net.UDPConn, error) {
+	ap, err := net.ResolveUDPAddr("udp", hostport)
+	if err != nil {
+		return nil, fmt.Errorf("listen address %q is not HOST:PORT: %v", hostport, err)
+	}
+	c, err := net.ListenUDP("udp", ap)
+	if err != nil {
+		if errors.Is(err, syscallEADDRINUSE) {
+			return nil, fmt.Errorf("UDP port %s is already in use: stop the other program or pick another with --listen", hostport)
+		}
+		return nil, fmt.Errorf("cannot listen on UDP %s: %v", hostport, err)
+	}
+	return c, nil
+}
+
+func (n *Node) goLoop(f func()) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		f()
+	}()
+}
+
+// Identity returns the node's identity.
+func (n *Node) Identity() pki.Identity { return n.id }
+
+// Addr returns the node's SmartAddr.
+func (n *Node) Addr() netip.Addr { return n.addr }
+
+// LocalAddr returns the real UDP address the node listens on.
+func (n *Node) LocalAddr() netip.AddrPort {
+	return n.sock.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// Contact returns a bootstrap contact for this node at host (the UDP port
+// is the node's). host must be an address others can reach.
+func (n *Node) Contact(host netip.Addr) Contact {
+	return Contact{Identity: n.id, Addr: netip.AddrPortFrom(host, n.LocalAddr().Port())}
+}
+
+// MTU returns the tunnel MTU.
+func (n *Node) MTU() int { return n.cfg.MTU }
+
+// Close stops the node: it closes every connection, the device and the
+// socket, and waits for every goroutine. It is safe to call more than once.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		var errs []error
+		if n.ln != nil {
+			errs = append(errs, n.ln.Close())
+		}
+		// Close connections before anything else so each peer gets a
+		// CONNECTION_CLOSE and drops us at once, not after its idle timeout.
+		n.mu.Lock()
+		peers := make([]*peer, 0, len(n.peers))
+		for _, p := range n.peers {
+			peers = append(peers, p)
+		}
+		n.mu.Unlock()
+		var cwg sync.WaitGroup
+		for _, p := range peers {
+			cwg.Add(1)
+			go func() { defer cwg.Done(); p.conn.CloseWithError(codeNormal, "node closing") }()
+		}
+		cwg.Wait()
+		n.cancel()
+		if n.tr != nil {
+			errs = append(errs, n.tr.Close())
+		}
+		if n.sock != nil {
+			errs = append(errs, n.sock.Close())
+		}
+		if n.dev != nil {
+			errs = append(errs, n.dev.Close())
+		}
+		n.wg.Wait()
+		n.closeErr = errors.Join(errs...)
+	})
+	return n.closeErr
+}
+
+// ---- connections --------------------------------------------------------------
+
+// AddPeer keeps a connection to c: it is dialed now and redialed with
+// backoff whenever it drops.
+func (n *Node) AddPeer(c Contact) {
+	if c.Identity == n.id {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if d, ok := n.desired[c.Identity]; ok {
+		d.contact = c
+		return
+	}
+	n.desired[c.Identity] = &desired{contact: c}
+	select {
+	case <-n.ctx.Done():
+	default:
+		n.wg.Add(1)
+		go func() { defer n.wg.Done(); n.kickDial(c.Identity) }()
+	}
+}
+
+// Connect dials c once and returns when the connection is up (or an
+// existing one is), or the dial failed.
+func (n *Node) Connect(ctx context.Context, c Contact) error {
+	if c.Identity == n.id {
+		return errors.New("overlay: cannot connect to ourselves")
+	}
+	if n.peer(c.Identity) != nil {
+		return nil
+	}
+	virt, err := n.sock.AddPeer(c.Identity, c.Addr)
+	if err != nil {
+		return err
+	}
+	tlsConf, err := n.tlsConf.Client(c.Identity)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.HandshakeTimeout)
+	defer cancel()
+	conn, err := n.tr.Dial(ctx, virt, tlsConf, n.quicConf)
+	if err != nil {
+		return fmt.Errorf("overlay: dial %s at %s: %w", c.Identity.Short(), c.Addr, err)
+	}
+	_, err = n.install(conn, c.Identity, true)
+	return err
+}
+
+func (n *Node) acceptLoop() {
+	for {
+		conn, err := n.ln.Accept(n.ctx)
+		if err != nil {
+			return
+		}
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			id, err := pki.PeerIdentity(conn.ConnectionState().TLS)
+			if err != nil {
+				n.stats.HandshakeRefused.Add(1)
+				conn.CloseWithError(codeRefused, "no identity")
+				return
+			}
+			n.install(conn, id, false)
+		}()
+	}
+}
+
+// install makes conn the connection to id, unless an existing one wins
+// (see preferNew). It checks that the peer's certificate key owns the
+// virtual address quic-go saw: smartsock's mapping was only a claim.
+func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, error) {
+	cs := conn.ConnectionState()
+	certID, err := pki.PeerIdentity(cs.TLS)
+	ra, _ := conn.RemoteAddr().(*net.UDPAddr)
+	if err != nil || certID != id || ra == nil || !smartaddr.Owns(id, ra.AddrPort().Addr()) {
+		n.stats.HandshakeRefused.Add(1)
+		conn.CloseWithError(codeRefused, "identity does not own its address")
+		return nil, fmt.Errorf("overlay: peer %s does not own address %v", certID.Short(), conn.RemoteAddr())
+	}
+	if !cs.SupportsDatagrams.Remote {
+		conn.CloseWithError(codeRefused, "datagrams required")
+		return nil, errors.New("overlay: peer does not support QUIC datagrams")
+	}
+	p := &peer{
+		id:          id,
+		addr:        smartaddr.FromIdentity(id),
+		conn:        conn,
+		outbound:    outbound,
+		incarnation: cs.TLS.PeerCertificates[0].SerialNumber.String(),
+		since:       time.Now(),
+	}
+	n.mu.Lock()
+	old := n.peers[id]
+	if old == nil && len(n.peers) >= n.cfg.MaxPeers {
+		n.mu.Unlock()
+		conn.CloseWithError(codeRefused, "too many peers")
+		return nil, errors.New("overlay: peer limit reached")
+	}
+	if old != nil && !preferNew(n.id, id, connInfo{old.outbound, old.incarnation}, connInfo{outbound, p.incarnation}) {
+		n.mu.Unlock()
+		n.stats.DuplicateConns.Add(1)
+		conn.CloseWithError(codeDuplicate, "duplicate connection")
+		return old, nil
+	}
+	n.peers[id] = p
+	n.byAddr[p.addr] = p
+	n.gen.Add(1)
+	if d := n.desired[id]; d != nil {
+		d.backoff = 0
+	}
+	n.mu.Unlock()
+	n.sock.Confirm(id)
+	if old != nil {
+		n.stats.DuplicateConns.Add(1)
+		old.conn.CloseWithError(codeDuplicate, "replaced")
+	}
+	n.cfg.Logger.Info("peer connected", "peer", id.String(), "address", p.addr.String(), "outbound", outbound, "path", n.pathString(id))
+	n.wg.Add(1)
+	go func() { defer n.wg.Done(); n.receiveLoop(p) }()
+	n.flushPending(p)
+	return p, nil
+}
+
+// connInfo is what the duplicate rule looks at.
+type connInfo struct {
+	outbound    bool   // we dialed it
+	incarnation string // the peer's certificate serial
+}
+
+// preferNew decides, identically on both ends, which of two connections
+// between self and peer survives:
+//   - a connection from a new incarnation of the peer (it restarted) wins;
+//   - of two dialed by the same side, the newer wins (a redial);
+//   - of two dialed by opposite sides at once, the one dialed by the smaller
+//     identity wins, which both ends compute the same way.
+func preferNew(self, peer pki.Identity, old, new connInfo) bool {
+	if old.incarnation != new.incarnation {
+		return true
+	}
+	if old.outbound == new.outbound {
+		return true
+	}
+	dialer := func(c connInfo) pki.Identity {
+		if c.outbound {
+			return self
+		}
+		return peer
+	}
+	nd, od := dialer(new), dialer(old)
+	return bytes.Compare(nd[:], od[:]) < 0
+}
+
+func (n *Node) peer(id pki.Identity) *peer {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return n.peers[id]
+}
+
+func (n *Node) removePeer(p *peer) {
+	n.mu.Lock()
+	if n.peers[p.id] == p {
+		delete(n.peers, p.id)
+		delete(n.byAddr, p.addr)
+		n.gen.Add(1)
+	}
+	n.mu.Unlock()
+	n.cfg.Logger.Info("peer disconnected", "peer", p.id.String(), "reason", context.Cause(p.conn.Context()))
+}
+
+// supervise redials desired peers with backoff and expires held packets.
+func (n *Node) supervise() {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case now := <-t.C:
+			n.mu.RLock()
+			var due []pki.Identity
+			for id, d := range n.desired {
+				if n.peers[id] == nil && !d.dialing && now.After(d.nextDial) {
+					due = append(due, id)
+				}
+			}
+			n.mu.RUnlock()
+			for _, id := range due {
+				n.wg.Add(1)
+				go func() { defer n.wg.Done(); n.kickDial(id) }()
+			}
+			n.expirePending(now)
+		}
+	}
+}
+
+func (n *Node) kickDial(id pki.Identity) {
+	n.mu.Lock()
+	d := n.desired[id]
+	if d == nil || d.dialing || n.peers[id] != nil {
+		n.mu.Unlock()
+		return
+	}
+	d.dialing = true
+	c := d.contact
+	n.mu.Unlock()
+	err := n.Connect(n.ctx, c)
+	n.mu.Lock()
+	d.dialing = false
+	if err != nil {
+		d.backoff = min(max(2*d.backoff, 500*time.Millisecond), 15*time.Second)
+		d.nextDial = time.Now().Add(d.backoff)
+	}
+	n.mu.Unlock()
+	if err != nil && n.ctx.Err() == nil {
+		n.cfg.Logger.Debug("dial failed", "peer", id.Short(), "err", err, "retry_in", d.backoff)
+	}
+}
+
+func (n *Node) pathString(id pki.Identity) string {
+	pi, ok := n.sock.Path(id)
+	if !ok {
+		return ""
+	}
+	return pi.Current.String()
+}
+
+// ---- packet loop: device -> peers ---------------------------------------------
+
+func (n *Node) deviceReadLoop() {
+	batch := n.dev.BatchSize()
+	bufs := make([][]byte, batch)
+	sizes := make([]int, batch)
+	for i := range bufs {
+		bufs[i] = make([]byte, devOffset+65535)
+	}
+	var (
+		cacheAddr netip.Addr
+		cachePeer *peer
+		cacheGen  uint64
+		ptbBuf    = make([]byte, devOffset+MinMTU)
+		ptbBufs   = make([][]byte, 1)
+		errRun    int
+	)
+	for {
+		cnt, err := n.dev.Read(bufs, sizes, devOffset)
+		for i := 0; i < cnt; i++ {
+			pkt := bufs[i][devOffset : devOffset+sizes[i]]
+			dst, ok := ipv6Dst(pkt)
+			if !ok {
+				n.stats.TxNotIPv6.Add(1)
+				continue
+			}
+			if !smartaddr.IsOverlay(dst) || dst == n.addr {
+				n.stats.TxNotOverlay.Add(1) // router solicitations, MLD, ...
+				continue
+			}
+			if len(pkt) > n.cfg.MTU {
+				n.sendTooBig(pkt, n.cfg.MTU, ptbBuf, ptbBufs)
+				continue
+			}
+			p := cachePeer
+			if g := n.gen.Load(); dst != cacheAddr || g != cacheGen {
+				n.mu.RLock()
+				p = n.byAddr[dst]
+				n.mu.RUnlock()
+				cacheAddr, cachePeer, cacheGen = dst, p, g
+			}
+			if p == nil {
+				n.hold(dst, pkt)
+				continue
+			}
+			n.sendDatagram(p, pkt, ptbBuf, ptbBufs)
+		}
+		if err != nil {
+			if n.ctx.Err() != nil || errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if errors.Is(err, tun.ErrTooManySegments) {
+				n.stats.DevReadErrors.Add(1)
+				continue
+			}
+			n.stats.DevReadErrors.Add(1)
+			if errRun++; errRun > 100 {
+				n.cfg.Logger.Error("device read keeps failing; stopping the packet loop", "err", err)
+				return
+			}
+			continue
+		}
+		errRun = 0
+	}
+}
+
+func (n *Node) sendDatagram(p *peer, pkt, ptbBuf []byte, ptbBufs [][]byte) {
+	err := p.conn.SendDatagram(pkt)
+	if err == nil {
+		p.txPkts.Add(1)
+		p.txBytes.Add(uint64(len(pkt)))
+		return
+	}
+	var tooLarge *quic.DatagramTooLargeError
+	if errors.As(err, &tooLarge) {
+		n.sendTooBig(pkt, int(tooLarge.MaxDatagramPayloadSize), ptbBuf, ptbBufs)
+		return
+	}
+	n.stats.TxSendError.Add(1)
+}
+
+// sendTooBig answers an oversized packet with ICMPv6 Packet Too Big.
+func (n *Node) sendTooBig(pkt []byte, mtu int, buf []byte, bufs [][]byte) {
+	n.stats.TxTooBig.Add(1)
+	if len(pkt) < ipv6HeaderLen {
+		return
+	}
+	if pkt[6] == 58 && len(pkt) > ipv6HeaderLen && pkt[ipv6HeaderLen] < 128 {
+		return // never answer an ICMPv6 error with another
+	}
+	out := appendPacketTooBig(buf[:devOffset], pkt, max(mtu, MinMTU))
+	bufs[0] = out
+	if _, err := n.dev.Write(bufs, devOffset); err != nil {
+		n.stats.DevWriteErrors.Add(1)
+	}
+}
+
+// hold keeps the newest packet for an overlay address with no connection,
+// for PendingTimeout; a connection to its owner delivers it.
+func (n *Node) hold(dst netip.Addr, pkt []byte) {
+	n.pendMu.Lock()
+	defer n.pendMu.Unlock()
+	h := n.pending[dst]
+	if h == nil {
+		if len(n.pending) >= n.cfg.MaxPending {
+			n.stats.TxNoPeer.Add(1)
+			return
+		}
+		h = &held{}
+		n.pending[dst] = h
+	} else {
+		n.stats.TxNoPeer.Add(1) // the older held packet is replaced
+	}
+	h.pkt = append(h.pkt[:0], pkt...)
+	h.at = time.Now()
+}
+
+func (n *Node) expirePending(now time.Time) {
+	n.pendMu.Lock()
+	defer n.pendMu.Unlock()
+	for a, h := range n.pending {
+		if now.Sub(h.at) > n.cfg.PendingTimeout {
+			delete(n.pending, a)
+			n.stats.TxNoPeer.Add(1)
+		}
+	}
+}
+
+func (n *Node) flushPending(p *peer) {
+	n.pendMu.Lock()
+	h := n.pending[p.addr]
+	delete(n.pending, p.addr)
+	n.pendMu.Unlock()
+	if h != nil && p.conn.SendDatagram(h.pkt) == nil {
+		n.stats.PendingDelivered.Add(1)
+		p.txPkts.Add(1)
+		p.txBytes.Add(uint64(len(h.pkt)))
+	}
+}
+
+// ---- packet loop: peers -> device -------------------------------------------
+
+// receiveLoop checks each datagram from p and queues it for the device: it
+// must be an IPv6 packet from p's own SmartAddr to ours. A peer can never
+// speak with another peer's address.
+func (n *Node) receiveLoop(p *peer) {
+	defer n.removePeer(p)
+	for {
+		d, err := p.conn.ReceiveDatagram(n.ctx)
+		if err != nil {
+			return
+		}
+		src, dst, ok := ipv6Addrs(d)
+		switch {
+		case !ok:
+			n.stats.RxMalformed.Add(1)
+			continue
+		case src != p.addr:
+			n.stats.RxSpoofedSource.Add(1)
+			continue
+		case dst != n.addr:
+			n.stats.RxNotForUs.Add(1)
+			continue
+		}
+		p.rxPkts.Add(1)
+		p.rxBytes.Add(uint64(len(d)))
+		b := n.bufPool.Get().(*pbuf)
+		b.n = copy(b.b[devOffset:], d)
+		select {
+		case n.inbound <- b:
+		case <-n.ctx.Done():
+			return
+		}
+	}
+}
+
+func (n *Node) deviceWriteLoop() {
+	max := n.dev.BatchSize()
+	batch := make([]*pbuf, 0, max)
+	bufs := make([][]byte, 0, max)
+	for {
+		select {
+		case b := <-n.inbound:
+			batch = append(batch, b)
+		case <-n.ctx.Done():
+			return
+		}
+	drain:
+		for len(batch) < max {
+			select {
+			case b := <-n.inbound:
+				batch = append(batch, b)
+			default:
+				break drain
+			}
+		}
+		for _, b := range batch {
+			bufs = append(bufs, b.b[:devOffset+b.n])
+		}
+		if _, err := n.dev.Write(bufs, devOffset); err != nil {
+			if n.ctx.Err() != nil {
+				return
+			}
+			n.stats.DevWriteErrors.Add(1)
+		}
+		for i, b := range batch {
+			n.bufPool.Put(b)
+			batch[i], bufs[i] = nil, nil
+		}
+		batch, bufs = batch[:0], bufs[:0]
+	}
+}

@@ -1,0 +1,96 @@
+package overlay
+
+import (
+	"encoding/binary"
+	"net/netip"
+)
+
+// IPv6 header facts the packet loop needs. Everything is read from fixed
+// offsets after the length is checked: no parsing beyond the fixed header.
+const (
+	ipv6HeaderLen = 40
+	// MinMTU is the IPv6 minimum link MTU: the overlay always carries it.
+	MinMTU = 1280
+	// quicOverhead is what quic-go reserves around a datagram's payload in a
+	// packet of InitialPacketSize bytes: 1 type byte + 20 (max connection ID)
+	// + 16 (AEAD tag) + 3 (DATAGRAM frame type and length).
+	quicOverhead = 40
+	// relayOverhead is the CRLY header a relayed path adds.
+	relayOverhead = 20
+	// underlayIPUDP is the IPv6 + UDP header size of the underlay.
+	underlayIPUDP = 48
+	// DefaultMTU fills a 1500-byte underlay with room for a relay header:
+	// 1500 - 48 - 20 - 40 = 1392.
+	DefaultMTU = 1500 - underlayIPUDP - relayOverhead - quicOverhead
+	// MaxMTU is the largest tunnel MTU quic-go can carry (its packets are
+	// at most 1452 bytes).
+	MaxMTU = 1452 - quicOverhead
+)
+
+func be16(b []byte) uint16 { return binary.BigEndian.Uint16(b) }
+
+// ipv6Addrs returns the source and destination of an IPv6 packet, and
+// whether b is a well-formed IPv6 packet whose length field matches len(b).
+func ipv6Addrs(b []byte) (src, dst netip.Addr, ok bool) {
+	if len(b) < ipv6HeaderLen || b[0]>>4 != 6 {
+		return src, dst, false
+	}
+	if int(be16(b[4:6]))+ipv6HeaderLen != len(b) {
+		return src, dst, false
+	}
+	return netip.AddrFrom16([16]byte(b[8:24])), netip.AddrFrom16([16]byte(b[24:40])), true
+}
+
+// ipv6Dst returns the destination of an IPv6 packet read from our device.
+func ipv6Dst(b []byte) (netip.Addr, bool) {
+	if len(b) < ipv6HeaderLen || b[0]>>4 != 6 {
+		return netip.Addr{}, false
+	}
+	return netip.AddrFrom16([16]byte(b[24:40])), true
+}
+
+// appendPacketTooBig appends an ICMPv6 Packet Too Big message (RFC 4443
+// 3.2) answering orig, as if sent by orig's destination, to b. The message
+// quotes as much of orig as fits in the minimum MTU.
+func appendPacketTooBig(b []byte, orig []byte, mtu int) []byte {
+	quote := orig
+	if max := MinMTU - ipv6HeaderLen - 8; len(quote) > max {
+		quote = quote[:max]
+	}
+	plen := 8 + len(quote)
+	start := len(b)
+	b = append(b, 0x60, 0, 0, 0)
+	b = binary.BigEndian.AppendUint16(b, uint16(plen))
+	b = append(b, 58, 64)         // next header ICMPv6, hop limit
+	b = append(b, orig[24:40]...) // source: the unreachable destination
+	b = append(b, orig[8:24]...)  // destination: the original sender
+	icmp := len(b)
+	b = append(b, 2, 0, 0, 0) // type 2 Packet Too Big, code 0, checksum
+	b = binary.BigEndian.AppendUint32(b, uint32(mtu))
+	b = append(b, quote...)
+	sum := icmpv6Checksum(b[start+8:start+24], b[start+24:start+40], b[icmp:])
+	binary.BigEndian.PutUint16(b[icmp+2:], sum)
+	return b
+}
+
+func icmpv6Checksum(src, dst, msg []byte) uint16 {
+	var s uint32
+	add := func(p []byte) {
+		for len(p) >= 2 {
+			s += uint32(be16(p))
+			p = p[2:]
+		}
+		if len(p) == 1 {
+			s += uint32(p[0]) << 8
+		}
+	}
+	add(src)
+	add(dst)
+	s += uint32(len(msg))
+	s += 58
+	add(msg)
+	for s>>16 != 0 {
+		s = s&0xffff + s>>16
+	}
+	return ^uint16(s)
+}

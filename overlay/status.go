@@ -1,0 +1,92 @@
+package overlay
+
+import (
+	"sort"
+	"time"
+
+	"github.com/korium/korium-tun/smartsock"
+)
+
+// PeerStatus describes one connected peer.
+type PeerStatus struct {
+	Identity  string        `json:"identity"`
+	Address   string        `json:"address"`
+	Remote    string        `json:"remote"`
+	Confirmed bool          `json:"path_confirmed"`
+	Outbound  bool          `json:"outbound"`
+	Since     time.Time     `json:"since"`
+	RTT       time.Duration `json:"rtt_ns"`
+	TxBytes   uint64        `json:"tx_bytes"`
+	TxPackets uint64        `json:"tx_packets"`
+	RxBytes   uint64        `json:"rx_bytes"`
+	RxPackets uint64        `json:"rx_packets"`
+}
+
+// Status is a snapshot of the node for `korium-tun status`.
+type Status struct {
+	Identity  string                  `json:"identity"`
+	Address   string                  `json:"address"`
+	Listen    string                  `json:"listen"`
+	MTU       int                     `json:"mtu"`
+	Uptime    time.Duration           `json:"uptime_ns"`
+	Peers     []PeerStatus            `json:"peers"`
+	Drops     map[string]uint64       `json:"drops"`
+	Counters  map[string]uint64       `json:"counters"`
+	SmartSock smartsock.StatsSnapshot `json:"smartsock"`
+}
+
+// Status returns a snapshot of peers and counters.
+func (n *Node) Status() Status {
+	s := Status{
+		Identity:  n.id.String(),
+		Address:   n.addr.String(),
+		Listen:    n.LocalAddr().String(),
+		MTU:       n.cfg.MTU,
+		Uptime:    time.Since(n.started),
+		SmartSock: n.sock.Stats(),
+	}
+	n.mu.RLock()
+	peers := make([]*peer, 0, len(n.peers))
+	for _, p := range n.peers {
+		peers = append(peers, p)
+	}
+	n.mu.RUnlock()
+	for _, p := range peers {
+		ps := PeerStatus{
+			Identity:  p.id.String(),
+			Address:   p.addr.String(),
+			Outbound:  p.outbound,
+			Since:     p.since,
+			RTT:       p.conn.ConnectionStats().SmoothedRTT,
+			TxBytes:   p.txBytes.Load(),
+			TxPackets: p.txPkts.Load(),
+			RxBytes:   p.rxBytes.Load(),
+			RxPackets: p.rxPkts.Load(),
+		}
+		if pi, ok := n.sock.Path(p.id); ok {
+			ps.Remote, ps.Confirmed = pi.Current.String(), pi.Confirmed
+		}
+		s.Peers = append(s.Peers, ps)
+	}
+	sort.Slice(s.Peers, func(i, j int) bool { return s.Peers[i].Identity < s.Peers[j].Identity })
+	c := &n.stats
+	s.Drops = map[string]uint64{
+		"tx_not_ipv6":       c.TxNotIPv6.Load(),
+		"tx_not_overlay":    c.TxNotOverlay.Load(),
+		"tx_no_peer":        c.TxNoPeer.Load(),
+		"tx_too_big":        c.TxTooBig.Load(),
+		"tx_send_error":     c.TxSendError.Load(),
+		"rx_malformed":      c.RxMalformed.Load(),
+		"rx_spoofed_source": c.RxSpoofedSource.Load(),
+		"rx_not_for_us":     c.RxNotForUs.Load(),
+		"rx_queue_full":     c.RxQueueFull.Load(),
+		"device_read_error": c.DevReadErrors.Load(),
+		"device_write_err":  c.DevWriteErrors.Load(),
+		"handshake_refused": c.HandshakeRefused.Load(),
+	}
+	s.Counters = map[string]uint64{
+		"pending_delivered": c.PendingDelivered.Load(),
+		"duplicate_conns":   c.DuplicateConns.Load(),
+	}
+	return s
+}
