@@ -13,6 +13,10 @@
 #                    if that directory exists, else skip the overlay mode)
 #   WGBENCH_BIN      wgbench binary to use (default: build ./cmd/wgbench)
 #   KORIUM_POW_BITS  proof-of-work bits for overlay keys (default 8)
+
+# SC2317: cleanup runs from a trap and the readiness checks through
+# wait_until "$@", which shellcheck 0.9 reports as unreachable.
+# shellcheck disable=SC2317
 set -euo pipefail
 
 usage() {
@@ -515,7 +519,17 @@ if [[ -n $JSON_OUT ]]; then
 	log "wrote $JSON_OUT"
 fi
 
-((FAILURES == 0)) || {
+# Exit status: 0 when every selected mode that could run did, 1 when a mode's
+# setup or a measurement failed (skipped modes do not count: no binary).
+rc=0
+for m in raw wg overlay; do
+	if [[ ${STATUS[$m]} == failed ]]; then
+		warn "mode $m failed: ${REASON[$m]:-}"
+		rc=1
+	fi
+done
+if ((FAILURES > 0)); then
 	warn "$FAILURES measurement(s) failed"
-	exit 1
-}
+	rc=1
+fi
+exit "$rc"
