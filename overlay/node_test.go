@@ -224,10 +224,11 @@ func TestSimultaneousDialKeepsOneConnection(t *testing.T) {
 		// A packet sent while the losing connection is being replaced is
 		// lost, as on any link; retry like a transport would.
 		deliver(t, a, b, udp6(a.addr, b.addr, []byte("one")))
-		pa, pb := a.peer(b.id), b.peer(a.id)
-		if pa == nil || pb == nil || pa.outbound == pb.outbound || pa.conn.Context().Err() != nil {
-			t.Fatal("ends disagree after delivery")
-		}
+		waitFor(t, "agreement after delivery", 5*time.Second, func() bool {
+			pa, pb := a.peer(b.id), b.peer(a.id)
+			return pa != nil && pb != nil && pa.outbound != pb.outbound && pa.conn.Context().Err() == nil
+		})
+		deliver(t, a, b, udp6(a.addr, b.addr, []byte("two")))
 		a.Close()
 		b.Close()
 	}
