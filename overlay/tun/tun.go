@@ -14,8 +14,8 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
-	wgtun "golang.zx2c4.com/wireguard/tun"
 	"golang.org/x/sys/unix"
+	wgtun "golang.zx2c4.com/wireguard/tun"
 
 	"github.com/korium/korium-tun/smartaddr"
 )
