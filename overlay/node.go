@@ -359,6 +359,12 @@ func (n *Node) Connect(ctx context.Context, c Contact) error {
 	defer cancel()
 	conn, err := n.tr.Dial(ctx, virt, tlsConf, n.quicConf)
 	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && n.ctx.Err() == nil {
+			// A node drops hellos addressed to another identity, so a wrong
+			// identity looks like silence.
+			return fmt.Errorf("overlay: dial %s at %s: no handshake answer within %v (the node there is down, unreachable, or is not %s): %w",
+				c.Identity.Short(), c.Addr, n.cfg.HandshakeTimeout, c.Identity, err)
+		}
 		return fmt.Errorf("overlay: dial %s at %s: %w", c.Identity.Short(), c.Addr, err)
 	}
 	_, err = n.install(conn, c.Identity, true)

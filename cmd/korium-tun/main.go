@@ -1,0 +1,301 @@
+// Command korium-tun runs an overlay node with a kernel TUN device and
+// talks to a running node through its control socket.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/korium/korium-tun/control"
+	"github.com/korium/korium-tun/overlay"
+	ktun "github.com/korium/korium-tun/overlay/tun"
+	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/smartaddr"
+)
+
+const defaultKeyPath = "/var/lib/korium-tun/key"
+
+func main() {
+	if err := newApp(os.Stdout, os.Stderr).Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "korium-tun:", err)
+		os.Exit(1)
+	}
+}
+
+func newApp(stdout, stderr io.Writer) *cli.App {
+	powFlag := &cli.IntFlag{Name: "pow-bits", Value: pki.DefaultPoWBits, Usage: "network proof-of-work difficulty (every node of a network must use the same)"}
+	controlFlag := &cli.StringFlag{Name: "control", Value: control.DefaultPath, Usage: "control socket of the running node"}
+	jsonFlag := &cli.BoolFlag{Name: "json", Usage: "print JSON"}
+	app := &cli.App{
+		Name:      "korium-tun",
+		Usage:     "a zero-configuration overlay network: every node is an Ed25519 identity with an IPv6 address in fd00:c0f1::/32",
+		Writer:    stdout,
+		ErrWriter: stderr,
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return fmt.Errorf("%v (see --help)", err)
+		},
+		Commands: []*cli.Command{
+			{
+				Name:  "keygen",
+				Usage: "create a new identity key file (never overwrites one)",
+				Flags: []cli.Flag{&cli.StringFlag{Name: "key", Required: true, Usage: "key file to create"}, powFlag},
+				Action: func(c *cli.Context) error {
+					if err := checkPoWFlag(c.Int("pow-bits")); err != nil {
+						return err
+					}
+					path := c.String("key")
+					if _, err := os.Lstat(path); err == nil {
+						return fmt.Errorf("key file %s already exists: refusing to overwrite an identity (choose another path)", path)
+					}
+					kp, err := generate(c.Context, stderr, c.Int("pow-bits"))
+					if err != nil {
+						return err
+					}
+					if err := pki.SaveKeyFile(path, kp); err != nil {
+						return err
+					}
+					fmt.Fprintf(stdout, "identity %s\naddress %s\n", kp.Identity(), smartaddr.FromIdentity(kp.Identity()))
+					return nil
+				},
+			},
+			{
+				Name:  "id",
+				Usage: "print the identity and SmartAddr of a key file",
+				Flags: []cli.Flag{&cli.StringFlag{Name: "key", Required: true}, jsonFlag},
+				Action: func(c *cli.Context) error {
+					kp, err := pki.LoadKeyFile(c.String("key"))
+					if err != nil {
+						return err
+					}
+					id, addr := kp.Identity().String(), smartaddr.FromIdentity(kp.Identity()).String()
+					if c.Bool("json") {
+						return json.NewEncoder(stdout).Encode(map[string]string{"identity": id, "address": addr})
+					}
+					fmt.Fprintf(stdout, "identity %s\naddress %s\n", id, addr)
+					return nil
+				},
+			},
+			{
+				Name:  "up",
+				Usage: "run a node in the foreground with a kernel TUN device (needs root)",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "key", Value: defaultKeyPath, Usage: "identity key file (created if missing)"},
+					&cli.StringFlag{Name: "listen", Value: "[::]:7400", Usage: "UDP HOST:PORT to listen on"},
+					&cli.StringSliceFlag{Name: "bootstrap", Usage: "IDENTITY@HOST:PORT of a peer to keep connected (repeatable)"},
+					&cli.StringFlag{Name: "tun", Value: ktun.DefaultName, Usage: "TUN device name"},
+					&cli.IntFlag{Name: "mtu", Value: overlay.DefaultMTU, Usage: fmt.Sprintf("tunnel MTU (%d..%d)", overlay.MinMTU, overlay.MaxMTU)},
+					powFlag, controlFlag,
+					&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+				},
+				Action: func(c *cli.Context) error { return up(c, stdout, stderr) },
+			},
+			{
+				Name:  "status",
+				Usage: "show the running node's peers and counters",
+				Flags: []cli.Flag{controlFlag, jsonFlag},
+				Action: func(c *cli.Context) error {
+					ctx, cancel := context.WithTimeout(c.Context, 10*time.Second)
+					defer cancel()
+					var st overlay.Status
+					if err := control.Call(ctx, c.String("control"), "status", nil, &st); err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						enc := json.NewEncoder(stdout)
+						enc.SetIndent("", "  ")
+						return enc.Encode(st)
+					}
+					printStatus(stdout, st)
+					return nil
+				},
+			},
+		},
+	}
+	for _, cmd := range app.Commands {
+		cmd.OnUsageError = app.OnUsageError
+	}
+	return app
+}
+
+func checkPoWFlag(bits int) error {
+	if bits < 0 || bits > pki.MaxPoWBits {
+		return fmt.Errorf("--pow-bits %d is out of range 0..%d", bits, pki.MaxPoWBits)
+	}
+	return nil
+}
+
+func generate(ctx context.Context, stderr io.Writer, bits int) (*pki.Keypair, error) {
+	if bits >= 20 {
+		fmt.Fprintf(stderr, "generating an identity with %d bits of proof of work (a few seconds)...\n", bits)
+	}
+	return pki.GenerateKeypair(ctx, bits)
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return l, fmt.Errorf("--log-level %q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+func up(c *cli.Context, stdout, stderr io.Writer) error {
+	// Check every flag before touching anything.
+	level, err := parseLevel(c.String("log-level"))
+	if err != nil {
+		return err
+	}
+	bits := c.Int("pow-bits")
+	if err := checkPoWFlag(bits); err != nil {
+		return err
+	}
+	mtu := c.Int("mtu")
+	if mtu < overlay.MinMTU || mtu > overlay.MaxMTU {
+		return fmt.Errorf("--mtu %d is out of range %d..%d", mtu, overlay.MinMTU, overlay.MaxMTU)
+	}
+	var boot []overlay.Contact
+	for _, s := range c.StringSlice("bootstrap") {
+		ct, err := overlay.ParseContact(s)
+		if err != nil {
+			return fmt.Errorf("--bootstrap: %v", err)
+		}
+		boot = append(boot, ct)
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("`korium-tun up` creates a TUN device and needs root: run it with sudo (Go programs can use the overlay without root through the overlay package's netstack)")
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	keyPath := c.String("key")
+	if _, err := os.Lstat(keyPath); errors.Is(err, os.ErrNotExist) && bits >= 20 {
+		fmt.Fprintf(stderr, "no key at %s: generating an identity with %d bits of proof of work...\n", keyPath, bits)
+	}
+	kp, created, err := pki.LoadOrCreateKeyFile(ctx, keyPath, bits)
+	if err != nil {
+		return err
+	}
+	if created {
+		log.Info("created identity key", "path", keyPath)
+	}
+	if err := pki.CheckPoW(kp.Identity(), kp.Nonce(), bits); err != nil {
+		return fmt.Errorf("key %s: %v: use a key made with `korium-tun keygen --pow-bits %d`", keyPath, err, bits)
+	}
+	udp, err := overlay.ListenUDP(c.String("listen"))
+	if err != nil {
+		return err
+	}
+	addr := smartaddr.FromIdentity(kp.Identity())
+	dev, err := ktun.Create(ktun.Config{Name: c.String("tun"), MTU: mtu, Addr: addr})
+	if err != nil {
+		udp.Close()
+		return err
+	}
+	node, err := overlay.New(overlay.Config{
+		Keypair: kp, PoWBits: bits, Conn: udp, Device: dev, MTU: mtu, Bootstrap: boot, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	ctl, err := control.Listen(c.String("control"), map[string]control.Handler{
+		"status": func(context.Context, json.RawMessage) (any, error) { return node.Status(), nil },
+	}, log)
+	if err != nil {
+		return err
+	}
+	defer ctl.Close()
+
+	for _, b := range bootstrapStrings(node) {
+		fmt.Fprintf(stdout, "bootstrap %s\n", b)
+	}
+	fmt.Fprintf(stdout, "up identity=%s address=%s tun=%s mtu=%d\n", kp.Identity(), addr, c.String("tun"), mtu)
+	if f, ok := stdout.(*os.File); ok {
+		f.Sync()
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	return nil
+}
+
+// bootstrapStrings lists IDENTITY@HOST:PORT for every address others could
+// use to reach this node.
+func bootstrapStrings(n *overlay.Node) []string {
+	la := n.LocalAddr()
+	if !la.Addr().IsUnspecified() {
+		return []string{n.Contact(la.Addr()).String()}
+	}
+	var out []string
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(ipn.IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsMulticast() || smartaddr.IsOverlay(ip) {
+			continue
+		}
+		out = append(out, n.Contact(ip).String())
+	}
+	if len(out) == 0 {
+		out = append(out, n.Contact(netip.MustParseAddr("127.0.0.1")).String())
+	}
+	return out
+}
+
+func printStatus(w io.Writer, st overlay.Status) {
+	fmt.Fprintf(w, "identity %s\naddress  %s\nlisten   %s  mtu %d  up %s\n\n", st.Identity, st.Address, st.Listen, st.MTU, st.Uptime.Round(time.Second))
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tADDRESS\tREMOTE\tRTT\tTX\tRX\tDIR")
+	for _, p := range st.Peers {
+		dir := "in"
+		if p.Outbound {
+			dir = "out"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d pkts / %s\t%d pkts / %s\t%s\n", p.Identity[:16], p.Address, p.Remote,
+			p.RTT.Round(10*time.Microsecond), p.TxPackets, bytesString(p.TxBytes), p.RxPackets, bytesString(p.RxBytes), dir)
+	}
+	tw.Flush()
+	var drops []string
+	for k, v := range st.Drops {
+		if v > 0 {
+			drops = append(drops, fmt.Sprintf("%s=%d", k, v))
+		}
+	}
+	if len(drops) == 0 {
+		drops = []string{"none"}
+	}
+	fmt.Fprintf(w, "\ndrops: %s\n", strings.Join(drops, " "))
+}
+
+func bytesString(b uint64) string {
+	switch {
+	case b >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30))
+	case b >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20))
+	case b >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(b)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", b)
+}

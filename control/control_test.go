@@ -1,0 +1,76 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRoundTripAndPermissions(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "run", "c.sock")
+	s, err := Listen(path, map[string]Handler{
+		"echo": func(_ context.Context, a json.RawMessage) (any, error) { return json.RawMessage(a), nil },
+		"fail": func(context.Context, json.RawMessage) (any, error) { return nil, errors.New("boom") },
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	st, _ := os.Stat(path)
+	if st.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode %o", st.Mode().Perm())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var out map[string]int
+	if err := Call(ctx, path, "echo", map[string]int{"a": 1}, &out); err != nil || out["a"] != 1 {
+		t.Fatalf("echo: %v %v", out, err)
+	}
+	if err := Call(ctx, path, "fail", nil, nil); err == nil || err.Error() != "boom" {
+		t.Fatalf("fail: %v", err)
+	}
+	if err := Call(ctx, path, "nope", nil, nil); err == nil || !strings.Contains(err.Error(), "unknown command") {
+		t.Fatalf("unknown: %v", err)
+	}
+	// A second server on a live socket is refused.
+	if _, err := Listen(path, nil, nil); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second Listen: %v", err)
+	}
+	// Garbage and oversized requests get errors, not crashes.
+	for _, req := range []string{"{not json\n", strings.Repeat("x", maxRequest+10) + "\n"} {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte(req))
+		var resp Response
+		json.NewDecoder(c).Decode(&resp)
+		c.Close()
+		if resp.Error == "" {
+			t.Fatalf("request %.20q accepted", req)
+		}
+	}
+}
+
+func TestStaleSocketReplacedAndMissingNodeExplained(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.sock")
+	os.WriteFile(path, nil, 0o600) // stale file, nobody listening
+	s, err := Listen(path, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatal("socket not removed on Close")
+	}
+	err = Call(context.Background(), path, "status", nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "korium-tun up") {
+		t.Fatalf("Call without node: %v", err)
+	}
+}
