@@ -19,3 +19,5 @@ require (
 	gvisor.dev/gvisor v0.0.0-20250503011706-39ed1f5ac29c // indirect
 	lukechampine.com/blake3 v1.4.1 // indirect
 )
+
+replace github.com/quic-go/quic-go => ./third_party/quic-go

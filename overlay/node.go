@@ -57,7 +57,7 @@ type Node struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	inbound chan *pbuf // packets for the device writer
+	inbound chan *pbuf // checked packets for the device writer
 	bufPool sync.Pool  // *pbuf
 
 	mu      sync.RWMutex // guards the fields below
@@ -104,17 +104,16 @@ type held struct {
 	at  time.Time
 }
 
-// pbuf carries one inbound packet to the device writer. Its buffer is large
-// so the kernel TUN can coalesce (GRO) later packets into it.
+// pbuf holds one checked inbound packet on its way to the device writer.
 type pbuf struct {
-	b [devOffset + 65535]byte
+	b [devOffset + MaxMTU]byte
 	n int
 }
 
 // Counters are the node's drop and traffic counters, by reason.
 type Counters struct {
 	TxNotIPv6, TxNotOverlay, TxNoPeer, TxTooBig, TxSendError atomic.Uint64
-	RxMalformed, RxSpoofedSource, RxNotForUs, RxQueueFull    atomic.Uint64
+	RxMalformed, RxSpoofedSource, RxNotForUs                 atomic.Uint64
 	DevReadErrors, DevWriteErrors, PendingDelivered          atomic.Uint64
 	HandshakeRefused, DuplicateConns                         atomic.Uint64
 }
@@ -149,7 +148,7 @@ func New(cfg Config) (n *Node, err error) {
 		kp:      c.Keypair,
 		id:      c.Keypair.Identity(),
 		addr:    smartaddr.FromIdentity(c.Keypair.Identity()),
-		inbound: make(chan *pbuf, 256),
+		inbound: make(chan *pbuf, inboundQueueLen),
 		peers:   make(map[pki.Identity]*peer),
 		byAddr:  make(map[netip.Addr]*peer),
 		desired: make(map[pki.Identity]*desired),
@@ -692,73 +691,105 @@ func (n *Node) flushPending(p *peer) {
 
 // ---- packet loop: peers -> device -------------------------------------------
 
-// receiveLoop checks each datagram from p and queues it for the device: it
-// must be an IPv6 packet from p's own SmartAddr to ours. A peer can never
+// pollCtx makes quic-go's ReceiveDatagram non-blocking: its Done channel is
+// closed but Err is nil, so ReceiveDatagram returns a queued datagram, or
+// (nil, nil) when the queue is empty (TestPollReceive pins this behaviour).
+type pollCtx struct{ context.Context }
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+func (pollCtx) Done() <-chan struct{} { return closedChan }
+func (pollCtx) Err() error            { return nil }
+
+var pollContext = pollCtx{context.Background()}
+
+// inboundQueueLen bounds packets between the receive loops and the device
+// writer (at most inboundQueueLen * 1.4 KiB). It is large so that quic-go's
+// own 128-entry datagram queue, which drops when full, is always drained
+// quickly even while the writer is inside a slow device write.
+const inboundQueueLen = 4096
+
+// receiveLoop drains p's datagrams: it blocks for the first, takes whatever
+// else is queued without blocking, checks each and queues it for the
+// device writer. It does nothing slow, so quic-go's queue never overflows.
+// A packet must be IPv6 from p's own SmartAddr to ours: a peer can never
 // speak with another peer's address.
 func (n *Node) receiveLoop(p *peer) {
 	defer n.removePeer(p)
+	ctx := n.ctx
 	for {
-		d, err := p.conn.ReceiveDatagram(n.ctx)
+		d, err := p.conn.ReceiveDatagram(ctx)
 		if err != nil {
 			return
 		}
-		src, dst, ok := ipv6Addrs(d)
-		switch {
-		case !ok:
-			n.stats.RxMalformed.Add(1)
-			continue
-		case src != p.addr:
-			n.stats.RxSpoofedSource.Add(1)
-			continue
-		case dst != n.addr:
-			n.stats.RxNotForUs.Add(1)
-			continue
-		}
-		p.rxPkts.Add(1)
-		p.rxBytes.Add(uint64(len(d)))
-		b := n.bufPool.Get().(*pbuf)
-		b.n = copy(b.b[devOffset:], d)
-		select {
-		case n.inbound <- b:
-		case <-n.ctx.Done():
-			return
+		for d != nil {
+			if b := n.acceptInbound(p, d); b != nil {
+				select {
+				case n.inbound <- b:
+				case <-n.ctx.Done():
+					return
+				}
+			}
+			d, _ = p.conn.ReceiveDatagram(pollContext)
 		}
 	}
 }
 
+// deviceWriteLoop writes queued packets to the device in batches. It copies
+// each into a 64 KiB buffer of its own so the kernel TUN can coalesce
+// consecutive TCP segments into one (GRO) in place.
 func (n *Node) deviceWriteLoop() {
 	max := n.dev.BatchSize()
-	batch := make([]*pbuf, 0, max)
+	gro := make([][]byte, max)
+	for i := range gro {
+		gro[i] = make([]byte, devOffset+65535)
+	}
 	bufs := make([][]byte, 0, max)
 	for {
+		var b *pbuf
 		select {
-		case b := <-n.inbound:
-			batch = append(batch, b)
+		case b = <-n.inbound:
 		case <-n.ctx.Done():
 			return
 		}
-	drain:
-		for len(batch) < max {
+		for {
+			bufs = append(bufs, gro[len(bufs)][:devOffset+copy(gro[len(bufs)][devOffset:], b.b[devOffset:devOffset+b.n])])
+			n.bufPool.Put(b)
+			if len(bufs) == max {
+				break
+			}
 			select {
-			case b := <-n.inbound:
-				batch = append(batch, b)
+			case b = <-n.inbound:
+				continue
 			default:
-				break drain
 			}
+			break
 		}
-		for _, b := range batch {
-			bufs = append(bufs, b.b[:devOffset+b.n])
-		}
-		if _, err := n.dev.Write(bufs, devOffset); err != nil {
-			if n.ctx.Err() != nil {
-				return
-			}
+		if _, err := n.dev.Write(bufs, devOffset); err != nil && n.ctx.Err() == nil {
 			n.stats.DevWriteErrors.Add(1)
 		}
-		for i, b := range batch {
-			n.bufPool.Put(b)
-			batch[i], bufs[i] = nil, nil
-		}
-		batch, bufs = batch[:0], bufs[:0]
+		bufs = bufs[:0]
 	}
+}
+
+// acceptInbound checks one datagram from p and copies it into a device
+// buffer, or counts why it was dropped and returns nil.
+func (n *Node) acceptInbound(p *peer, d []byte) *pbuf {
+	src, dst, ok := ipv6Addrs(d)
+	switch {
+	case !ok:
+		n.stats.RxMalformed.Add(1)
+		return nil
+	case src != p.addr:
+		n.stats.RxSpoofedSource.Add(1)
+		return nil
+	case dst != n.addr:
+		n.stats.RxNotForUs.Add(1)
+		return nil
+	}
+	p.rxPkts.Add(1)
+	p.rxBytes.Add(uint64(len(d)))
+	b := n.bufPool.Get().(*pbuf)
+	b.n = copy(b.b[devOffset:], d)
+	return b
 }

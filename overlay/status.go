@@ -20,6 +20,10 @@ type PeerStatus struct {
 	TxPackets uint64        `json:"tx_packets"`
 	RxBytes   uint64        `json:"rx_bytes"`
 	RxPackets uint64        `json:"rx_packets"`
+	// From the QUIC connection: packets it declared lost and its
+	// congestion window.
+	QUICLost uint64 `json:"quic_packets_lost"`
+	QUICCwnd uint64 `json:"quic_cwnd_bytes"`
 }
 
 // Status is a snapshot of the node for `korium-tun status`.
@@ -52,12 +56,15 @@ func (n *Node) Status() Status {
 	}
 	n.mu.RUnlock()
 	for _, p := range peers {
+		cst := p.conn.ConnectionStats()
 		ps := PeerStatus{
 			Identity:  p.id.String(),
 			Address:   p.addr.String(),
 			Outbound:  p.outbound,
 			Since:     p.since,
-			RTT:       p.conn.ConnectionStats().SmoothedRTT,
+			RTT:       cst.SmoothedRTT,
+			QUICLost:  cst.PacketsLost,
+			QUICCwnd:  cst.CongestionWindow,
 			TxBytes:   p.txBytes.Load(),
 			TxPackets: p.txPkts.Load(),
 			RxBytes:   p.rxBytes.Load(),
@@ -79,7 +86,6 @@ func (n *Node) Status() Status {
 		"rx_malformed":      c.RxMalformed.Load(),
 		"rx_spoofed_source": c.RxSpoofedSource.Load(),
 		"rx_not_for_us":     c.RxNotForUs.Load(),
-		"rx_queue_full":     c.RxQueueFull.Load(),
 		"device_read_error": c.DevReadErrors.Load(),
 		"device_write_err":  c.DevWriteErrors.Load(),
 		"handshake_refused": c.HandshakeRefused.Load(),
