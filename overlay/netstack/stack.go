@@ -1,0 +1,349 @@
+package netstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"golang.zx2c4.com/wireguard/tun"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+
+	"github.com/korium/korium-tun/smartaddr"
+)
+
+// nicID is the stack's only NIC.
+const nicID tcpip.NICID = 1
+
+// batchSize is how many packets Read returns and Write takes at most per
+// call, the same as the kernel TUN with offload, so that one GSO
+// super-packet always fits.
+const batchSize = 128
+
+// maxPacket bounds a packet the stack emits, GSO super-packets included.
+const maxPacket = 1 << 16
+
+// Stack is an in-process IPv6 stack that owns one SmartAddr. It implements
+// tun.Device for the overlay's packet loop and offers Dial and Listen for
+// Go programs. All methods are safe for concurrent use.
+type Stack struct {
+	addr   netip.Addr
+	mtu    int
+	log    *slog.Logger
+	stack  *stack.Stack
+	ep     *linkEndpoint
+	events chan tun.Event
+
+	ctx    context.Context // canceled by Close; unblocks Read
+	cancel context.CancelFunc
+
+	// readMu guards all following fields; it serializes Read.
+	readMu  sync.Mutex
+	pending *stack.PacketBuffer // dequeued but did not fit the last batch
+	scratch []byte              // flattened GSO super-packet
+
+	// writeMu guards all following fields; it serializes Write.
+	writeMu sync.Mutex
+	closed  bool
+
+	closeOnce sync.Once
+	stats     Stats
+}
+
+// Stats counts packets the device dropped, by reason. Read with Stack.Stats.
+type Stats struct {
+	// InvalidInbound: Write got something that is not an IPv6 packet.
+	InvalidInbound atomic.Uint64
+	// BadChecksum: Write got a TCP, UDP or ICMPv6 packet with a bad
+	// checksum or a payload length that disagrees with its size.
+	BadChecksum atomic.Uint64
+	// OversizedOutbound: a packet did not fit the caller's buffers.
+	OversizedOutbound atomic.Uint64
+	// BadGSO: a super-packet from the stack could not be segmented.
+	BadGSO atomic.Uint64
+}
+
+// StatsSnapshot is a copy of Stats.
+type StatsSnapshot struct {
+	InvalidInbound, BadChecksum, OversizedOutbound, BadGSO uint64
+}
+
+var _ tun.Device = (*Stack)(nil)
+
+// New creates a Stack owning cfg.Addr with a route for fd00:c0f1::/32.
+func New(cfg Config) (*Stack, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	s := &Stack{
+		addr:    cfg.Addr,
+		mtu:     cfg.MTU,
+		log:     cfg.Logger,
+		ep:      newLinkEndpoint(cfg.QueueLen, cfg.MTU),
+		events:  make(chan tun.Event, 1),
+		scratch: make([]byte, maxPacket),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.stack = stack.New(stack.Options{
+		NetworkProtocols: []stack.NetworkProtocolFactory{ipv6.NewProtocolWithOptions(ipv6.Options{
+			// The overlay is a point-to-point link with no neighbours:
+			// no DAD, router solicitations or MLD reports, which would
+			// only be packets to multicast groups the overlay drops.
+			DADConfigs: stack.DADConfigurations{DupAddrDetectTransmits: 0},
+			NDPConfigs: ipv6.NDPConfigurations{MaxRtrSolicitations: 0},
+			MLD:        ipv6.MLDOptions{Enabled: false},
+		})},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
+		HandleLocal:        true,
+	})
+	if err := s.configure(cfg); err != nil {
+		s.stack.Close()
+		s.stack.Wait()
+		s.ep.Close()
+		return nil, err
+	}
+	s.events <- tun.EventUp
+	return s, nil
+}
+
+func (s *Stack) configure(cfg Config) error {
+	opts := []struct {
+		name string
+		opt  tcpip.SettableTransportProtocolOption
+	}{
+		{"SACK", ptr(tcpip.TCPSACKEnabled(true))},
+		{"receive buffer", &tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: cfg.TCPBufferSize, Max: cfg.MaxTCPBufferSize}},
+		{"send buffer", &tcpip.TCPSendBufferSizeRangeOption{Min: 4096, Default: cfg.TCPBufferSize, Max: cfg.MaxTCPBufferSize}},
+		{"receive buffer auto-tuning", ptr(tcpip.TCPModerateReceiveBufferOption(true))},
+		{"congestion control", ptr(tcpip.CongestionControlOption("cubic"))},
+	}
+	for _, o := range opts {
+		if err := s.stack.SetTransportProtocolOption(tcp.ProtocolNumber, o.opt); err != nil {
+			return fmt.Errorf("netstack: set TCP %s: %v", o.name, err)
+		}
+	}
+	if err := s.stack.CreateNIC(nicID, s.ep); err != nil {
+		return fmt.Errorf("netstack: create NIC: %v", err)
+	}
+	pa := tcpip.ProtocolAddress{
+		Protocol:          ipv6.ProtocolNumber,
+		AddressWithPrefix: tcpip.AddrFrom16(cfg.Addr.As16()).WithPrefix(),
+	}
+	if err := s.stack.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
+		return fmt.Errorf("netstack: add address %v: %v", cfg.Addr, err)
+	}
+	s.stack.SetRouteTable([]tcpip.Route{{Destination: overlaySubnet(), NIC: nicID}})
+	return nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// overlaySubnet is smartaddr.Prefix as a gVisor subnet.
+func overlaySubnet() tcpip.Subnet {
+	p := smartaddr.Prefix
+	var mask [16]byte
+	for i := 0; i < p.Bits(); i++ {
+		mask[i/8] |= 0x80 >> (i % 8)
+	}
+	sub, err := tcpip.NewSubnet(tcpip.AddrFrom16(p.Masked().Addr().As16()), tcpip.MaskFromBytes(mask[:]))
+	if err != nil {
+		panic(err) // smartaddr.Prefix is a constant
+	}
+	return sub
+}
+
+// Addr returns the SmartAddr the stack owns.
+func (s *Stack) Addr() netip.Addr { return s.addr }
+
+// Stats returns the drop counters.
+func (s *Stack) Stats() StatsSnapshot {
+	return StatsSnapshot{
+		InvalidInbound:    s.stats.InvalidInbound.Load(),
+		BadChecksum:       s.stats.BadChecksum.Load(),
+		OversizedOutbound: s.stats.OversizedOutbound.Load(),
+		BadGSO:            s.stats.BadGSO.Load(),
+	}
+}
+
+// Name implements tun.Device.
+func (s *Stack) Name() (string, error) { return "korium-netstack", nil }
+
+// File implements tun.Device; there is no file descriptor.
+func (s *Stack) File() *os.File { return nil }
+
+// MTU implements tun.Device.
+func (s *Stack) MTU() (int, error) { return s.mtu, nil }
+
+// BatchSize implements tun.Device.
+func (s *Stack) BatchSize() int { return batchSize }
+
+// Events implements tun.Device: EventUp once, closed by Close.
+func (s *Stack) Events() <-chan tun.Event { return s.events }
+
+// Read implements tun.Device. It blocks until the stack has at least one
+// packet to send or the Stack is closed, then fills as many of bufs as
+// packets are ready, splitting GSO super-packets into MTU-sized segments.
+// Each packet starts at bufs[i][offset:]. After Close it returns
+// os.ErrClosed.
+func (s *Stack) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	s.readMu.Lock()
+	defer s.readMu.Unlock()
+	n := 0
+	for n < len(bufs) {
+		pkt := s.pending
+		s.pending = nil
+		if pkt == nil {
+			if n == 0 {
+				pkt = s.ep.ReadContext(s.ctx)
+				if pkt == nil {
+					return 0, os.ErrClosed
+				}
+			} else if pkt = s.ep.Read(); pkt == nil {
+				break
+			}
+		}
+		m, err := s.emit(pkt, bufs[n:], sizes[n:], offset)
+		if errors.Is(err, errNoRoom) && n > 0 {
+			s.pending = pkt // next call starts with it
+			break
+		}
+		pkt.DecRef()
+		n += m
+		if err != nil && n == 0 {
+			return 0, err
+		}
+	}
+	return n, nil
+}
+
+var errNoRoom = errors.New("netstack: batch full")
+
+// emit copies pkt into bufs, segmenting it if it is a GSO super-packet.
+// errNoRoom means pkt needs more buffers than len(bufs) and nothing was
+// written; other errors mean pkt was dropped.
+func (s *Stack) emit(pkt *stack.PacketBuffer, bufs [][]byte, sizes []int, offset int) (int, error) {
+	gso := pkt.GSOOptions
+	if gso.Type == stack.GSONone {
+		dst := bufs[0][offset:]
+		if pkt.Size() > len(dst) {
+			s.stats.OversizedOutbound.Add(1)
+			return 0, tun.ErrTooManySegments
+		}
+		sizes[0] = flatten(pkt, dst)
+		return 1, nil
+	}
+	if pkt.Size() > len(s.scratch) {
+		s.stats.BadGSO.Add(1)
+		return 0, errBadGSOLength
+	}
+	p := s.scratch[:flatten(pkt, s.scratch)]
+	hl, err := tcp6HeaderLen(p)
+	if err != nil {
+		s.stats.BadGSO.Add(1)
+		return 0, err
+	}
+	mss := int(gso.MSS)
+	if mss == 0 {
+		mss = s.mtu - hl
+	}
+	if tcp6Segments(len(p), hl, mss) > len(bufs) {
+		if len(bufs) < batchSize {
+			return 0, errNoRoom
+		}
+		s.stats.OversizedOutbound.Add(1)
+		return 0, tun.ErrTooManySegments
+	}
+	n, err := splitTCP6(p, hl, mss, bufs, sizes, offset)
+	if err != nil {
+		s.stats.OversizedOutbound.Add(1)
+		return 0, err
+	}
+	return n, nil
+}
+
+// flatten copies the whole packet (headers and data) into dst, which must
+// be large enough, without allocating.
+func flatten(pkt *stack.PacketBuffer, dst []byte) int {
+	vl, skip := pkt.AsViewList()
+	n := 0
+	for v := vl.Front(); v != nil; v = v.Next() {
+		b := v.AsSlice()
+		if skip >= len(b) {
+			skip -= len(b)
+			continue
+		}
+		n += copy(dst[n:], b[skip:])
+		skip = 0
+	}
+	return n
+}
+
+// Write implements tun.Device: it hands each bufs[i][offset:] to the stack
+// as an inbound IPv6 packet after checking its transport checksum,
+// coalescing TCP segments of a flow (GRO) before
+// the stack processes them. Packets that are not IPv6 are dropped and
+// counted; the stack drops what is not for its address. After Close it
+// returns os.ErrClosed.
+func (s *Stack) Write(bufs [][]byte, offset int) (int, error) {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if s.closed {
+		return 0, os.ErrClosed
+	}
+	for _, b := range bufs {
+		if len(b) <= offset {
+			continue
+		}
+		p := b[offset:]
+		if len(p) < header.IPv6MinimumSize || p[0]>>4 != 6 {
+			s.stats.InvalidInbound.Add(1)
+			continue
+		}
+		ok, checked := verifyTransportChecksum(p)
+		if checked && !ok {
+			s.stats.BadChecksum.Add(1)
+			continue
+		}
+		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(p)})
+		pkt.NetworkProtocolNumber = header.IPv6ProtocolNumber
+		pkt.RXChecksumValidated = checked
+		s.ep.gro.Enqueue(pkt)
+		pkt.DecRef()
+	}
+	s.ep.flushGRO()
+	return len(bufs), nil
+}
+
+// Close implements tun.Device. It unblocks Read, closes every connection and
+// listener of the stack and waits for the stack's goroutines. It is
+// idempotent.
+func (s *Stack) Close() error {
+	s.closeOnce.Do(func() {
+		s.cancel()
+		s.writeMu.Lock()
+		s.closed = true
+		s.writeMu.Unlock()
+		s.stack.Close()
+		s.stack.Wait()
+		s.ep.Close()
+		s.readMu.Lock()
+		if s.pending != nil {
+			s.pending.DecRef()
+			s.pending = nil
+		}
+		s.readMu.Unlock()
+		close(s.events)
+	})
+	return nil
+}
