@@ -194,8 +194,13 @@ func (s *Stack) Events() <-chan tun.Event { return s.events }
 // Read implements tun.Device. It blocks until the stack has at least one
 // packet to send or the Stack is closed, then fills as many of bufs as
 // packets are ready, splitting GSO super-packets into MTU-sized segments.
-// Each packet starts at bufs[i][offset:]. After Close it returns
-// os.ErrClosed.
+// Each packet starts at bufs[i][offset:]. A super-packet that does not fit
+// the rest of the batch waits for the next call; one that does not fit a
+// whole batch, or a packet larger than its buffer, is dropped, counted and
+// reported as tun.ErrTooManySegments (as the kernel TUN does) if nothing
+// else was read. Packets the stack built wrongly are dropped and counted
+// without an error, so that the caller's loop keeps running. After Close it
+// returns os.ErrClosed.
 func (s *Stack) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	s.readMu.Lock()
 	defer s.readMu.Unlock()
@@ -214,31 +219,33 @@ func (s *Stack) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			}
 		}
 		m, err := s.emit(pkt, bufs[n:], sizes[n:], offset)
-		if errors.Is(err, errNoRoom) && n > 0 {
-			s.pending = pkt // next call starts with it
-			break
+		if err == errNoRoom {
+			if n > 0 {
+				s.pending = pkt // first in the next batch
+				break
+			}
+			s.stats.OversizedOutbound.Add(1)
+			pkt.DecRef()
+			return 0, tun.ErrTooManySegments
 		}
 		pkt.DecRef()
 		n += m
-		if err != nil && n == 0 {
-			return 0, err
-		}
 	}
 	return n, nil
 }
 
+// errNoRoom means a packet needs more buffers than emit was given.
 var errNoRoom = errors.New("netstack: batch full")
 
-// emit copies pkt into bufs, segmenting it if it is a GSO super-packet.
-// errNoRoom means pkt needs more buffers than len(bufs) and nothing was
-// written; other errors mean pkt was dropped.
+// emit copies pkt into bufs, segmenting it if it is a GSO super-packet. It
+// returns errNoRoom, having written nothing, if pkt needs more (or larger)
+// buffers than given; any other error means pkt was dropped and counted.
 func (s *Stack) emit(pkt *stack.PacketBuffer, bufs [][]byte, sizes []int, offset int) (int, error) {
 	gso := pkt.GSOOptions
 	if gso.Type == stack.GSONone {
 		dst := bufs[0][offset:]
 		if pkt.Size() > len(dst) {
-			s.stats.OversizedOutbound.Add(1)
-			return 0, tun.ErrTooManySegments
+			return 0, errNoRoom
 		}
 		sizes[0] = flatten(pkt, dst)
 		return 1, nil
@@ -254,22 +261,19 @@ func (s *Stack) emit(pkt *stack.PacketBuffer, bufs [][]byte, sizes []int, offset
 		return 0, err
 	}
 	mss := int(gso.MSS)
-	if mss == 0 {
+	if mss == 0 || mss > s.mtu-hl {
 		mss = s.mtu - hl
 	}
-	if tcp6Segments(len(p), hl, mss) > len(bufs) {
-		if len(bufs) < batchSize {
+	segs := tcp6Segments(len(p), hl, mss)
+	if segs > len(bufs) {
+		return 0, errNoRoom
+	}
+	for _, b := range bufs[:segs] {
+		if len(b) < offset+hl+min(mss, len(p)-hl) {
 			return 0, errNoRoom
 		}
-		s.stats.OversizedOutbound.Add(1)
-		return 0, tun.ErrTooManySegments
 	}
-	n, err := splitTCP6(p, hl, mss, bufs, sizes, offset)
-	if err != nil {
-		s.stats.OversizedOutbound.Add(1)
-		return 0, err
-	}
-	return n, nil
+	return splitTCP6(p, hl, mss, bufs, sizes, offset)
 }
 
 // flatten copies the whole packet (headers and data) into dst, which must
