@@ -14,6 +14,7 @@ import (
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
@@ -41,7 +42,7 @@ type Stack struct {
 	mtu    int
 	log    *slog.Logger
 	stack  *stack.Stack
-	ep     *linkEndpoint
+	ep     *channel.Endpoint
 	events chan tun.Event
 
 	ctx    context.Context // canceled by Close; unblocks Read
@@ -55,6 +56,8 @@ type Stack struct {
 	// writeMu guards all following fields; it serializes Write.
 	writeMu sync.Mutex
 	closed  bool
+	pkts    [][]byte  // the TCP packets of the batch being written
+	gro     coalescer // groups them
 
 	closeOnce sync.Once
 	stats     Stats
@@ -305,6 +308,9 @@ func (s *Stack) Write(bufs [][]byte, offset int) (int, error) {
 	if s.closed {
 		return 0, os.ErrClosed
 	}
+	// Verified packets are gathered into s.pkts; TCP segments are grouped
+	// and delivered after the others, which only reorders across flows.
+	s.pkts = s.pkts[:0]
 	for _, b := range bufs {
 		if len(b) <= offset {
 			continue
@@ -319,14 +325,28 @@ func (s *Stack) Write(bufs [][]byte, offset int) (int, error) {
 			s.stats.BadChecksum.Add(1)
 			continue
 		}
-		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(p)})
-		pkt.NetworkProtocolNumber = header.IPv6ProtocolNumber
-		pkt.RXChecksumValidated = checked
-		s.ep.gro.Enqueue(pkt)
-		pkt.DecRef()
+		if !checked || p[ipv6NextHeader] != tcpProto {
+			s.inject(buffer.NewViewWithData(p))
+			continue
+		}
+		s.pkts = append(s.pkts, p)
 	}
-	s.ep.flushGRO()
+	s.gro.reset(len(s.pkts))
+	for i := range s.pkts {
+		s.gro.add(s.pkts, i)
+	}
+	for i := range s.gro.groups {
+		s.inject(s.gro.build(s.pkts, &s.gro.groups[i]))
+	}
+	clear(s.pkts) // do not keep the caller's buffers alive
 	return len(bufs), nil
+}
+
+// inject hands one inbound IPv6 packet to the stack, taking ownership of v.
+func (s *Stack) inject(v *buffer.View) {
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
+	s.ep.InjectInbound(header.IPv6ProtocolNumber, pkt)
+	pkt.DecRef()
 }
 
 // Close implements tun.Device. It unblocks Read, closes every connection and
