@@ -114,27 +114,31 @@ func TestImports(t *testing.T) {
 	}
 }
 
-// FuzzWrite feeds arbitrary bytes to Write as inbound packets.
+// FuzzWrite feeds arbitrary bytes to Write as a batch of inbound packets
+// (a, b, a), which also exercises coalescing across packets.
 func FuzzWrite(f *testing.F) {
-	f.Add(tcp6Packet(1, 0x02, 0, nil))
-	f.Add(tcp6Packet(1, 0x10, 12, []byte("data")))
-	f.Add([]byte{0x60, 0, 0, 0, 0, 8, 17, 64})
-	f.Add([]byte{0x45})
+	f.Add(tcp6Packet(1, 0x02, 0, nil), []byte{})
+	f.Add(tcp6Packet(1, 0x10, 12, []byte("data")), tcp6Packet(5, 0x10, 12, []byte("more")))
+	f.Add([]byte{0x60, 0, 0, 0, 0, 8, 17, 64}, []byte{0x45})
 	s, err := New(Config{Addr: testAddr(2)})
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { s.Close() })
 	const off = 10
-	f.Fuzz(func(t *testing.T, b []byte) {
+	dst := s.Addr().As16()
+	packet := func(b []byte) []byte {
 		buf := make([]byte, off+len(b))
 		copy(buf[off:], b)
 		// Point the packet at the stack so it gets past address checks.
 		if len(b) >= 40 && b[0]>>4 == 6 {
-			dst := s.Addr().As16()
 			copy(buf[off+24:], dst[:])
 		}
-		if _, err := s.Write([][]byte{buf, buf}, off); err != nil {
+		return buf
+	}
+	f.Fuzz(func(t *testing.T, a, b []byte) {
+		pa := packet(a)
+		if _, err := s.Write([][]byte{pa, packet(b), pa}, off); err != nil {
 			t.Fatal(err)
 		}
 		// Drain replies (RSTs, ICMP errors) so the queue never fills.
