@@ -172,8 +172,10 @@ func TestTCPTransfer(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("receiver did not finish")
 	}
-	if st := p.a.Stats(); st != (StatsSnapshot{}) {
-		t.Errorf("sender drops: %+v", st)
+	for _, s := range []*Stack{p.a, p.b} {
+		if st := s.Stats(); st != (Stats{}) {
+			t.Errorf("%v drops: %+v", s.Addr(), st)
+		}
 	}
 	t.Logf("%d packets forwarded", p.packets.Load())
 }
@@ -361,5 +363,48 @@ func TestConfigValidate(t *testing.T) {
 		if err := tc.cfg.Validate(); (err == nil) != tc.ok {
 			t.Errorf("%s: Validate() = %v", tc.name, err)
 		}
+	}
+}
+
+func TestWriteDropsCounted(t *testing.T) {
+	s := newStack(t, testAddr(2))
+	defer s.Close()
+	bad := tcp6Packet(1, 0x10, 0, []byte("payload"))
+	bad[len(bad)-1] ^= 0xff
+	short := tcp6Packet(1, 0x10, 0, []byte("payload"))
+	short = short[:len(short)-1] // payload length now lies
+	if _, err := s.Write([][]byte{bad, short, {0x45, 0, 0, 20}, nil}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Stats(); st.BadChecksum != 2 || st.InvalidInbound != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestDialSelf reaches the stack's own listener without the device.
+func TestDialSelf(t *testing.T) {
+	s := newStack(t, testAddr(1))
+	defer s.Close()
+	ln, err := s.Listen("tcp", ":1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			c.Write([]byte("hi"))
+			c.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := s.DialContext(ctx, "tcp", addrPort(s, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if b, err := io.ReadAll(c); err != nil || string(b) != "hi" {
+		t.Fatalf("read %q, %v", b, err)
 	}
 }

@@ -60,25 +60,26 @@ type Stack struct {
 	gro     coalescer // groups them
 
 	closeOnce sync.Once
-	stats     Stats
+	stats     counters
 }
 
-// Stats counts packets the device dropped, by reason. Read with Stack.Stats.
+// counters count dropped packets by reason; see Stats for their meaning.
+type counters struct {
+	invalidInbound, badChecksum, oversizedOutbound, badGSO atomic.Uint64
+}
+
+// Stats counts packets the device dropped, by reason.
 type Stats struct {
 	// InvalidInbound: Write got something that is not an IPv6 packet.
-	InvalidInbound atomic.Uint64
+	InvalidInbound uint64
 	// BadChecksum: Write got a TCP, UDP or ICMPv6 packet with a bad
 	// checksum or a payload length that disagrees with its size.
-	BadChecksum atomic.Uint64
-	// OversizedOutbound: a packet did not fit the caller's buffers.
-	OversizedOutbound atomic.Uint64
+	BadChecksum uint64
+	// OversizedOutbound: an outbound packet did not fit the caller's
+	// buffers (Read returned tun.ErrTooManySegments).
+	OversizedOutbound uint64
 	// BadGSO: a super-packet from the stack could not be segmented.
-	BadGSO atomic.Uint64
-}
-
-// StatsSnapshot is a copy of Stats.
-type StatsSnapshot struct {
-	InvalidInbound, BadChecksum, OversizedOutbound, BadGSO uint64
+	BadGSO uint64
 }
 
 var _ tun.Device = (*Stack)(nil)
@@ -117,6 +118,7 @@ func New(cfg Config) (*Stack, error) {
 		return nil, err
 	}
 	s.events <- tun.EventUp
+	s.log.Debug("netstack up", "addr", cfg.Addr, "mtu", cfg.MTU, "tcp_buffer_max", cfg.MaxTCPBufferSize)
 	return s, nil
 }
 
@@ -170,12 +172,12 @@ func overlaySubnet() tcpip.Subnet {
 func (s *Stack) Addr() netip.Addr { return s.addr }
 
 // Stats returns the drop counters.
-func (s *Stack) Stats() StatsSnapshot {
-	return StatsSnapshot{
-		InvalidInbound:    s.stats.InvalidInbound.Load(),
-		BadChecksum:       s.stats.BadChecksum.Load(),
-		OversizedOutbound: s.stats.OversizedOutbound.Load(),
-		BadGSO:            s.stats.BadGSO.Load(),
+func (s *Stack) Stats() Stats {
+	return Stats{
+		InvalidInbound:    s.stats.invalidInbound.Load(),
+		BadChecksum:       s.stats.badChecksum.Load(),
+		OversizedOutbound: s.stats.oversizedOutbound.Load(),
+		BadGSO:            s.stats.badGSO.Load(),
 	}
 }
 
@@ -227,7 +229,7 @@ func (s *Stack) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 				s.pending = pkt // first in the next batch
 				break
 			}
-			s.stats.OversizedOutbound.Add(1)
+			s.stats.oversizedOutbound.Add(1)
 			pkt.DecRef()
 			return 0, tun.ErrTooManySegments
 		}
@@ -254,13 +256,13 @@ func (s *Stack) emit(pkt *stack.PacketBuffer, bufs [][]byte, sizes []int, offset
 		return 1, nil
 	}
 	if pkt.Size() > len(s.scratch) {
-		s.stats.BadGSO.Add(1)
+		s.stats.badGSO.Add(1)
 		return 0, errBadGSOLength
 	}
 	p := s.scratch[:flatten(pkt, s.scratch)]
 	hl, err := tcp6HeaderLen(p)
 	if err != nil {
-		s.stats.BadGSO.Add(1)
+		s.stats.badGSO.Add(1)
 		return 0, err
 	}
 	mss := int(gso.MSS)
@@ -297,11 +299,13 @@ func flatten(pkt *stack.PacketBuffer, dst []byte) int {
 }
 
 // Write implements tun.Device: it hands each bufs[i][offset:] to the stack
-// as an inbound IPv6 packet after checking its transport checksum,
-// coalescing TCP segments of a flow (GRO) before
-// the stack processes them. Packets that are not IPv6 are dropped and
-// counted; the stack drops what is not for its address. After Close it
-// returns os.ErrClosed.
+// as an inbound IPv6 packet. It checks TCP, UDP and ICMPv6 checksums itself
+// and drops and counts bad packets, then coalesces consecutive TCP segments
+// of a flow (GRO) before the stack processes them. Packets with extension
+// headers (fragments) reach the stack without a transport checksum check;
+// the overlay's QUIC already protects them in transit. Packets that are
+// not IPv6 are dropped and counted; the stack drops what is not for its
+// address. Write does not modify bufs. After Close it returns os.ErrClosed.
 func (s *Stack) Write(bufs [][]byte, offset int) (int, error) {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
@@ -317,12 +321,12 @@ func (s *Stack) Write(bufs [][]byte, offset int) (int, error) {
 		}
 		p := b[offset:]
 		if len(p) < header.IPv6MinimumSize || p[0]>>4 != 6 {
-			s.stats.InvalidInbound.Add(1)
+			s.stats.invalidInbound.Add(1)
 			continue
 		}
 		ok, checked := verifyTransportChecksum(p)
 		if checked && !ok {
-			s.stats.BadChecksum.Add(1)
+			s.stats.badChecksum.Add(1)
 			continue
 		}
 		if !checked || p[ipv6NextHeader] != tcpProto {
