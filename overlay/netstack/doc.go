@@ -10,7 +10,7 @@
 //
 // We wrap gVisor's channel endpoint ourselves instead of using wireguard-go's
 // tun/netstack so that TCP buffers can be tuned and so that the stack can
-// send with segmentation offload (TCP emits up to 32 KiB super-packets that
+// send with segmentation offload (TCP emits up to 64 KiB super-packets that
 // Read splits into MTU-sized segments across the batch) and receive with
 // GRO (Write verifies each packet's checksum and coalesces consecutive TCP
 // segments of a flow within the batch before the stack sees them; see

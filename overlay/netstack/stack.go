@@ -14,7 +14,6 @@ import (
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
@@ -32,7 +31,7 @@ const nicID tcpip.NICID = 1
 const batchSize = 128
 
 // maxPacket bounds a packet the stack emits, GSO super-packets included.
-const maxPacket = 1 << 16
+const maxPacket = ipv6HeaderLen + gsoMaxSize
 
 // Stack is an in-process IPv6 stack that owns one SmartAddr. It implements
 // tun.Device for the overlay's packet loop and offers Dial and Listen for
@@ -42,7 +41,7 @@ type Stack struct {
 	mtu    int
 	log    *slog.Logger
 	stack  *stack.Stack
-	ep     *channel.Endpoint
+	ep     linkEndpoint
 	events chan tun.Event
 
 	ctx    context.Context // canceled by Close; unblocks Read
