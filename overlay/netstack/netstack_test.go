@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
 	"github.com/korium/korium-tun/smartaddr"
 )
 
@@ -75,6 +78,7 @@ func (p *pair) pump(tb testing.TB, src, dst *Stack) {
 		bufs[i] = make([]byte, testOffset+mtu)
 	}
 	out := make([][]byte, len(bufs))
+	src0 := src.Addr()
 	for {
 		n, err := src.Read(bufs, sizes, testOffset)
 		if err != nil {
@@ -85,6 +89,13 @@ func (p *pair) pump(tb testing.TB, src, dst *Stack) {
 		}
 		for i := range n {
 			out[i] = bufs[i][:testOffset+sizes[i]]
+			// Only overlay unicast from the stack's own address may
+			// leave it: no MLD, NDP or other multicast chatter.
+			pkt := out[i][testOffset:]
+			src, dst := netip.AddrFrom16([16]byte(pkt[8:24])), netip.AddrFrom16([16]byte(pkt[24:40]))
+			if src != src0 || !smartaddr.IsOverlay(dst) || sizes[i] > mtu {
+				tb.Errorf("stack %v emitted %d bytes %v -> %v", src0, sizes[i], src, dst)
+			}
 		}
 		p.packets.Add(uint64(n))
 		if _, err := dst.Write(out[:n], testOffset); err != nil && !errors.Is(err, os.ErrClosed) {
@@ -406,5 +417,22 @@ func TestDialSelf(t *testing.T) {
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	if b, err := io.ReadAll(c); err != nil || string(b) != "hi" {
 		t.Fatalf("read %q, %v", b, err)
+	}
+}
+
+func TestTCPOptions(t *testing.T) {
+	s := newStack(t, testAddr(1))
+	defer s.Close()
+	var sack tcpip.TCPSACKEnabled
+	var rcv tcpip.TCPReceiveBufferSizeRangeOption
+	var snd tcpip.TCPSendBufferSizeRangeOption
+	var cc tcpip.CongestionControlOption
+	for _, o := range []tcpip.GettableTransportProtocolOption{&sack, &rcv, &snd, &cc} {
+		if err := s.stack.TransportProtocolOption(tcp.ProtocolNumber, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bool(sack) || rcv.Max != DefaultMaxTCPBufferSize || snd.Max != DefaultMaxTCPBufferSize || rcv.Default != DefaultTCPBufferSize || cc != "cubic" {
+		t.Fatalf("sack %v rcv %+v snd %+v cc %v", sack, rcv, snd, cc)
 	}
 }
