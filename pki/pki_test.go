@@ -146,7 +146,12 @@ func FuzzDecodeKeyFile(f *testing.F) {
 }
 
 // handshake runs TLS over an in-memory pipe with the overlay configs.
-func handshake(t *testing.T, client, server TLSConfig, expected Identity) (clientErr, serverErr error, serverSaw Identity) {
+type handshakeResult struct {
+	clientErr, serverErr error
+	serverSaw            Identity
+}
+
+func handshake(t *testing.T, client, server TLSConfig, expected Identity) (r handshakeResult) {
 	t.Helper()
 	cc, err := client.Client(expected)
 	if err != nil {
@@ -164,15 +169,15 @@ func handshake(t *testing.T, client, server TLSConfig, expected Identity) (clien
 		defer close(done)
 		s := tls.Server(b, sc)
 		s.SetDeadline(time.Now().Add(5 * time.Second))
-		serverErr = s.Handshake()
-		if serverErr == nil {
-			serverSaw, serverErr = PeerIdentity(s.ConnectionState())
+		r.serverErr = s.Handshake()
+		if r.serverErr == nil {
+			r.serverSaw, r.serverErr = PeerIdentity(s.ConnectionState())
 		}
 		b.Close()
 	}()
 	c := tls.Client(a, cc)
 	c.SetDeadline(time.Now().Add(5 * time.Second))
-	clientErr = c.Handshake()
+	r.clientErr = c.Handshake()
 	a.Close()
 	<-done
 	return
@@ -185,12 +190,12 @@ func TestTLSIdentity(t *testing.T) {
 	mallory, _ := GenerateKeypair(context.Background(), bits)
 	ac, bc := TLSConfig{alice, bits}, TLSConfig{bob, bits}
 
-	cerr, serr, saw := handshake(t, ac, bc, bob.Identity())
-	if cerr != nil || serr != nil || saw != alice.Identity() {
-		t.Fatalf("good handshake: client %v, server %v, server saw %s", cerr, serr, saw)
+	r := handshake(t, ac, bc, bob.Identity())
+	if r.clientErr != nil || r.serverErr != nil || r.serverSaw != alice.Identity() {
+		t.Fatalf("good handshake: %+v", r)
 	}
 	// The dialer pins bob; mallory answers: refused.
-	cerr, _, _ = handshake(t, ac, TLSConfig{mallory, bits}, bob.Identity())
+	cerr := handshake(t, ac, TLSConfig{mallory, bits}, bob.Identity()).clientErr
 	if cerr == nil || !strings.Contains(cerr.Error(), "expected") {
 		t.Fatalf("wrong identity accepted: %v", cerr)
 	}
@@ -199,11 +204,11 @@ func TestTLSIdentity(t *testing.T) {
 	for weak.PoWBits() >= bits {
 		weak.nonce++
 	}
-	_, serr, _ = handshake(t, TLSConfig{weak, 0}, bc, bob.Identity())
+	serr := handshake(t, TLSConfig{weak, 0}, bc, bob.Identity()).serverErr
 	if serr == nil || !strings.Contains(serr.Error(), "proof of work") {
 		t.Fatalf("server accepted low proof of work: %v", serr)
 	}
-	cerr, _, _ = handshake(t, ac, TLSConfig{weak, 0}, weak.Identity())
+	cerr = handshake(t, ac, TLSConfig{weak, 0}, weak.Identity()).clientErr
 	if cerr == nil || !strings.Contains(cerr.Error(), "proof of work") {
 		t.Fatalf("client accepted low proof of work: %v", cerr)
 	}

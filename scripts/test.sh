@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole test suite. Run as root (CI does) so nothing is skipped:
+#   sudo scripts/test.sh
+# Formatting, vet, staticcheck, every Go test (fuzz seed corpora included,
+# race detector on the concurrent packages), then the network-namespace
+# tests with real kernel TUNs, and a short throughput run against
+# wireguard-go and the raw veth.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { printf '\n== %s\n' "$*"; }
+
+step gofmt
+bad=$(gofmt -l $(git ls-files '*.go' | grep -v '^third_party/'))
+[ -z "$bad" ] || { echo "gofmt would rewrite: $bad"; exit 1; }
+
+step "go vet"
+go vet ./...
+
+step staticcheck
+command -v staticcheck >/dev/null || { echo "staticcheck missing: go install honnef.co/go/tools/cmd/staticcheck@latest"; exit 1; }
+staticcheck ./...
+
+step "go test"
+go test -count=1 -timeout 30m ./...
+
+step "go test -race (concurrent packages)"
+go test -count=1 -race -timeout 20m ./smartsock ./overlay ./control
+
+if [ "$(id -u)" != 0 ]; then
+	echo "not root: namespace tests skipped (run with sudo; CI runs as root)"
+	exit 0
+fi
+step "netns-test"
+./scripts/netns-test.sh
+step "cluster"
+./scripts/cluster.sh 4 --check
+step "throughput smoke run (overlay vs wireguard-go vs raw veth)"
+./scripts/bench-throughput.sh --rounds 1 --time 3 --json /tmp/korium-bench.json
+echo
+echo "ALL TESTS PASSED"
