@@ -559,42 +559,23 @@ func (n *Node) deviceReadLoop() {
 		bufs[i] = make([]byte, devOffset+65535)
 	}
 	var (
-		cacheAddr netip.Addr
-		cachePeer *peer
-		cacheGen  uint64
-		ptbBuf    = make([]byte, devOffset+MinMTU)
-		ptbBufs   = make([][]byte, 1)
-		errRun    int
+		cache   routeCache
+		ptbBuf  = make([]byte, devOffset+MinMTU)
+		ptbBufs = make([][]byte, 1)
+		errRun  int
 	)
 	for {
 		cnt, err := n.dev.Read(bufs, sizes, devOffset)
 		for i := 0; i < cnt; i++ {
 			pkt := bufs[i][devOffset : devOffset+sizes[i]]
-			dst, ok := ipv6Dst(pkt)
-			if !ok {
-				n.stats.TxNotIPv6.Add(1)
-				continue
-			}
-			if !smartaddr.IsOverlay(dst) || dst == n.addr {
-				n.stats.TxNotOverlay.Add(1) // router solicitations, MLD, ...
-				continue
-			}
-			if len(pkt) > n.cfg.MTU {
+			switch p, v := n.route(pkt, &cache); v {
+			case routeSend:
+				n.sendDatagram(p, pkt, ptbBuf, ptbBufs)
+			case routeHold:
+				n.hold(cache.addr, pkt)
+			case routeTooBig:
 				n.sendTooBig(pkt, n.cfg.MTU, ptbBuf, ptbBufs)
-				continue
 			}
-			p := cachePeer
-			if g := n.gen.Load(); dst != cacheAddr || g != cacheGen {
-				n.mu.RLock()
-				p = n.byAddr[dst]
-				n.mu.RUnlock()
-				cacheAddr, cachePeer, cacheGen = dst, p, g
-			}
-			if p == nil {
-				n.hold(dst, pkt)
-				continue
-			}
-			n.sendDatagram(p, pkt, ptbBuf, ptbBufs)
 		}
 		if err != nil {
 			if n.ctx.Err() != nil || errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) {
@@ -613,6 +594,49 @@ func (n *Node) deviceReadLoop() {
 		}
 		errRun = 0
 	}
+}
+
+// routeCache remembers the last destination's peer until the peer set
+// changes, so a stream of packets to one peer takes no lock.
+type routeCache struct {
+	addr netip.Addr
+	peer *peer
+	gen  uint64
+}
+
+type routeVerdict int
+
+const (
+	routeDrop   routeVerdict = iota // counted; nothing to do
+	routeSend                       // send to the returned peer
+	routeHold                       // no connection to the destination yet
+	routeTooBig                     // answer with Packet Too Big
+)
+
+// route decides what happens to one packet read from the device.
+func (n *Node) route(pkt []byte, c *routeCache) (*peer, routeVerdict) {
+	dst, ok := ipv6Dst(pkt)
+	if !ok {
+		n.stats.TxNotIPv6.Add(1)
+		return nil, routeDrop
+	}
+	if !smartaddr.IsOverlay(dst) || dst == n.addr {
+		n.stats.TxNotOverlay.Add(1) // router solicitations, MLD, ...
+		return nil, routeDrop
+	}
+	if len(pkt) > n.cfg.MTU {
+		return nil, routeTooBig
+	}
+	if g := n.gen.Load(); dst != c.addr || g != c.gen {
+		n.mu.RLock()
+		p := n.byAddr[dst]
+		n.mu.RUnlock()
+		c.addr, c.peer, c.gen = dst, p, g
+	}
+	if c.peer == nil {
+		return nil, routeHold
+	}
+	return c.peer, routeSend
 }
 
 func (n *Node) sendDatagram(p *peer, pkt, ptbBuf []byte, ptbBufs [][]byte) {
