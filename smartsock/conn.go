@@ -138,14 +138,14 @@ type Conn struct {
 type Stats struct {
 	RxQUIC, RxHello, RxRelay, TxHello                           atomic.Uint64
 	DropUnknownSource, DropBadProbe, DropStaleHello, DropNoPath atomic.Uint64
-	DropHelloRate, DropRelay, PathSwitches, TxReset             atomic.Uint64
+	DropHelloRate, DropRelay, PathSwitches, TxReset, TxCalls    atomic.Uint64
 }
 
 // StatsSnapshot is a copy of Stats.
 type StatsSnapshot struct {
 	RxQUIC, RxHello, RxRelay, TxHello                           uint64
 	DropUnknownSource, DropBadProbe, DropStaleHello, DropNoPath uint64
-	DropHelloRate, DropRelay, PathSwitches, TxReset             uint64
+	DropHelloRate, DropRelay, PathSwitches, TxReset, TxCalls    uint64
 }
 
 // New wraps udp. The Conn owns udp from now on and closes it on Close.
@@ -176,7 +176,7 @@ func (c *Conn) Stats() StatsSnapshot {
 		RxQUIC: s.RxQUIC.Load(), RxHello: s.RxHello.Load(), RxRelay: s.RxRelay.Load(), TxHello: s.TxHello.Load(),
 		DropUnknownSource: s.DropUnknownSource.Load(), DropBadProbe: s.DropBadProbe.Load(),
 		DropStaleHello: s.DropStaleHello.Load(), DropNoPath: s.DropNoPath.Load(),
-		DropHelloRate: s.DropHelloRate.Load(), DropRelay: s.DropRelay.Load(), PathSwitches: s.PathSwitches.Load(), TxReset: s.TxReset.Load(),
+		DropHelloRate: s.DropHelloRate.Load(), DropRelay: s.DropRelay.Load(), PathSwitches: s.PathSwitches.Load(), TxReset: s.TxReset.Load(), TxCalls: s.TxCalls.Load(),
 	}
 }
 
@@ -578,6 +578,7 @@ func (c *Conn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err e
 	if long {
 		c.maybeSendHello(p, dst)
 	}
+	c.stats.TxCalls.Add(1)
 	return c.udp.WriteMsgUDPAddrPort(b, oob, dst)
 }
 

@@ -518,7 +518,15 @@ func (p *packetPacker) appendPacket(
 	}
 	kp := sealer.KeyPhase()
 
-	return p.appendShortHeaderPacket(buf, connID, pn, pnLen, kp, pl, 0, maxPacketSize, sealer, false, v)
+	// korium-tun: pad a nearly full packet (within 64 bytes) to exactly
+	// maxPacketSize. GSO batches only full-size packets, and a DATAGRAM
+	// frame carrying a full tunnel packet leaves a few bytes free, which
+	// otherwise costs one sendmsg per packet. See third_party/README.md.
+	var padding protocol.ByteCount
+	if used := hdrLen + pl.length + protocol.ByteCount(sealer.Overhead()); used < maxPacketSize && maxPacketSize-used <= 64 {
+		padding = maxPacketSize - used
+	}
+	return p.appendShortHeaderPacket(buf, connID, pn, pnLen, kp, pl, padding, maxPacketSize, sealer, false, v)
 }
 
 func (p *packetPacker) maybeGetCryptoPacket(
