@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/korium/korium-tun/overlay/netstack"
 	"github.com/korium/korium-tun/pki"
 )
 
@@ -37,6 +38,20 @@ func TestThreeNodesInProcess(t *testing.T) {
 		t.Cleanup(func() { n.Close() })
 		nodes = append(nodes, n)
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for i, n := range nodes {
+				st := n.Status()
+				t.Logf("node %d drops %v counters %v smartsock %+v", i, st.Drops, st.Counters, st.SmartSock)
+				for _, p := range st.Peers {
+					t.Logf("  peer %s tx %d rx %d lost %d cwnd %d", p.Identity[:8], p.TxPackets, p.RxPackets, p.QUICLost, p.QUICCwnd)
+				}
+				if s, ok := n.dev.(interface{ Stats() netstack.Stats }); ok {
+					t.Logf("  netstack %+v", s.Stats())
+				}
+			}
+		}
+	})
 	// Nodes 1 and 2 know only node 0; until the DHT resolves addresses they
 	// connect to each other directly here.
 	nodes[1].AddPeer(nodes[2].Contact(netip.MustParseAddr("127.0.0.1")))
@@ -88,7 +103,7 @@ func TestThreeNodesInProcess(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if err := tcpRoundTrip(a, b, 4<<20, uint64(i*3+j)); err != nil {
+				if err := tcpRoundTrip(a, b, 1<<20, uint64(i*3+j)); err != nil {
 					t.Errorf("TCP %d->%d: %v", i, j, err)
 				}
 				if err := udpRoundTrip(a, b); err != nil {
@@ -101,7 +116,7 @@ func TestThreeNodesInProcess(t *testing.T) {
 }
 
 func tcpRoundTrip(a, b *Node, size int, seed uint64) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var c net.Conn
 	var err error
@@ -116,7 +131,7 @@ func tcpRoundTrip(a, b *Node, size int, seed uint64) error {
 		return err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
+	c.SetDeadline(time.Now().Add(60 * time.Second))
 	data := make([]byte, size)
 	r := rand.New(rand.NewPCG(seed, seed))
 	for i := range data {

@@ -38,15 +38,23 @@ type pair struct {
 	a, b    *Stack
 	wg      sync.WaitGroup
 	packets atomic.Uint64 // forwarded, both directions
+	// lossEvery, when > 0, makes the pumps drop one packet in lossEvery at
+	// random (seeded): a lossy link, as the overlay's datagrams are.
+	lossEvery uint64
+	dropped   atomic.Uint64
+	rngMu     sync.Mutex
+	rng       *rand.Rand
 }
 
 // newPair creates two stacks and pumps packets between them until both are
 // closed. Cleanup closes them, waits for the pumps and checks that no
 // goroutine outlives the test.
-func newPair(tb testing.TB) *pair {
+func newPair(tb testing.TB) *pair { return newLossyPair(tb, 0) }
+
+func newLossyPair(tb testing.TB, lossEvery uint64) *pair {
 	tb.Helper()
 	before := runtime.NumGoroutine()
-	p := &pair{a: newStack(tb, testAddr(1)), b: newStack(tb, testAddr(2))}
+	p := &pair{a: newStack(tb, testAddr(1)), b: newStack(tb, testAddr(2)), lossEvery: lossEvery, rng: rand.New(rand.NewPCG(lossEvery, 7))}
 	p.wg.Add(2)
 	go p.pump(tb, p.a, p.b)
 	go p.pump(tb, p.b, p.a)
@@ -98,6 +106,20 @@ func (p *pair) pump(tb testing.TB, src, dst *Stack) {
 			}
 		}
 		p.packets.Add(uint64(n))
+		if p.lossEvery > 0 {
+			kept := out[:0]
+			for _, o := range out[:n] {
+				p.rngMu.Lock()
+				drop := p.rng.Uint64N(p.lossEvery) == 0
+				p.rngMu.Unlock()
+				if drop {
+					p.dropped.Add(1)
+					continue
+				}
+				kept = append(kept, o)
+			}
+			n = len(kept)
+		}
 		if _, err := dst.Write(out[:n], testOffset); err != nil && !errors.Is(err, os.ErrClosed) {
 			tb.Errorf("pump write: %v", err)
 			return
@@ -434,5 +456,55 @@ func TestTCPOptions(t *testing.T) {
 	}
 	if !bool(sack) || rcv.Max != DefaultMaxTCPBufferSize || snd.Max != DefaultMaxTCPBufferSize || rcv.Default != DefaultTCPBufferSize || cc != "cubic" {
 		t.Fatalf("sack %v rcv %+v snd %+v cc %v", sack, rcv, snd, cc)
+	}
+}
+
+// TestTCPTransferWithLoss: TCP through two stacks must complete and arrive
+// intact when the link loses packets (the overlay's QUIC datagrams are
+// unreliable), exercising retransmission through the receive coalescer.
+func TestTCPTransferWithLoss(t *testing.T) {
+	for _, every := range []uint64{50, 25} {
+		p := newLossyPair(t, every)
+		ln, err := p.b.Listen("tcp", ":8081")
+		if err != nil {
+			t.Fatal(err)
+		}
+		const size = 1 << 20
+		sums := make(chan [32]byte, 1)
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				sums <- [32]byte{}
+				return
+			}
+			defer c.Close()
+			h := sha256.New()
+			io.Copy(h, c)
+			sums <- [32]byte(h.Sum(nil))
+		}()
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		c, err := p.a.DialContext(ctx, "tcp", addrPort(p.b, 8081))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		data := make([]byte, size)
+		rand.NewChaCha8([32]byte{byte(every)}).Read(data)
+		if _, err := c.Write(data); err != nil {
+			t.Fatalf("loss 1/%d: write: %v (dropped %d of %d; a %+v b %+v)", every, err, p.dropped.Load(), p.packets.Load(), p.a.Stats(), p.b.Stats())
+		}
+		c.Close()
+		select {
+		case got := <-sums:
+			if got != sha256.Sum256(data) {
+				t.Fatalf("loss 1/%d: data corrupted", every)
+			}
+		case <-ctx.Done():
+			t.Fatalf("loss 1/%d: transfer stalled (dropped %d of %d)", every, p.dropped.Load(), p.packets.Load())
+		}
+		cancel()
+		ln.Close()
+		t.Logf("loss 1/%d: %d packets dropped, 1 MiB intact in %v", every, p.dropped.Load(), time.Since(start).Round(time.Millisecond))
 	}
 }

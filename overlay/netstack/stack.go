@@ -127,6 +127,10 @@ func (s *Stack) configure(cfg Config) error {
 		opt  tcpip.SettableTransportProtocolOption
 	}{
 		{"SACK", ptr(tcpip.TCPSACKEnabled(true))},
+		// RACK loss detection off: with it, TCP stalled for good after a
+		// handful of losses (TestTCPTransferWithLoss); SACK-based fast
+		// retransmit recovers. The overlay's datagrams do get lost.
+		{"recovery", ptr(tcpip.TCPRecovery(0))},
 		{"receive buffer", &tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: cfg.TCPBufferSize, Max: cfg.MaxTCPBufferSize}},
 		{"send buffer", &tcpip.TCPSendBufferSizeRangeOption{Min: 4096, Default: cfg.TCPBufferSize, Max: cfg.MaxTCPBufferSize}},
 		{"receive buffer auto-tuning", ptr(tcpip.TCPModerateReceiveBufferOption(true))},
