@@ -1,0 +1,181 @@
+package gossipsub
+
+import (
+	"sync"
+
+	"github.com/korium/korium-tun/pki"
+)
+
+// sendQueue holds encoded RPCs for one peer until its writer goroutine hands
+// them to the Sender. Urgent RPCs (IDONTWANT) go before the others so they
+// overtake the large messages they are meant to stop. Both parts are
+// bounded and drop their oldest entry when full.
+type sendQueue struct {
+	mu     sync.Mutex
+	urgent [][]byte
+	normal [][]byte
+	max    int
+	closed bool
+	notify chan struct{}
+}
+
+func newSendQueue(max int) *sendQueue {
+	return &sendQueue{max: max, notify: make(chan struct{}, 1)}
+}
+
+// push queues b and reports whether an older RPC was dropped for it.
+func (q *sendQueue) push(b []byte, urgent bool) (dropped bool) {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return false
+	}
+	l := &q.normal
+	if urgent {
+		l = &q.urgent
+	}
+	if len(*l) >= q.max {
+		(*l)[0] = nil
+		*l = (*l)[1:]
+		dropped = true
+	}
+	*l = append(*l, b)
+	q.mu.Unlock()
+	select {
+	case q.notify <- struct{}{}:
+	default:
+	}
+	return dropped
+}
+
+// pop returns the next RPC, or nil when the queue is empty; ok is false
+// once the queue is closed.
+func (q *sendQueue) pop() (b []byte, ok bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return nil, false
+	}
+	if len(q.urgent) > 0 {
+		b = q.urgent[0]
+		q.urgent[0] = nil
+		q.urgent = q.urgent[1:]
+		return b, true
+	}
+	if len(q.normal) > 0 {
+		b = q.normal[0]
+		q.normal[0] = nil
+		q.normal = q.normal[1:]
+		return b, true
+	}
+	return nil, true
+}
+
+func (q *sendQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.urgent, q.normal = nil, nil
+	q.mu.Unlock()
+	select {
+	case q.notify <- struct{}{}:
+	default:
+	}
+}
+
+// inbox holds RPCs received from peers until the router loop takes them:
+// one bounded queue per peer (drop-oldest), served round-robin so a
+// flooding peer cannot starve the others.
+type inbox struct {
+	mu       sync.Mutex
+	queues   map[pki.Identity]*inQueue
+	ready    []pki.Identity
+	maxPeer  int
+	maxPeers int
+	notify   chan struct{}
+}
+
+type inQueue struct {
+	items [][]byte
+	ready bool
+}
+
+func newInbox(maxPeer, maxPeers int) *inbox {
+	return &inbox{queues: make(map[pki.Identity]*inQueue), maxPeer: maxPeer, maxPeers: maxPeers, notify: make(chan struct{}, 1)}
+}
+
+type inboxResult int
+
+const (
+	inboxOK inboxResult = iota
+	inboxDroppedOldest
+	inboxRejected // too many peers with queues
+)
+
+func (ib *inbox) put(from pki.Identity, b []byte) inboxResult {
+	res := inboxOK
+	ib.mu.Lock()
+	q := ib.queues[from]
+	if q == nil {
+		if len(ib.queues) >= ib.maxPeers {
+			ib.mu.Unlock()
+			return inboxRejected
+		}
+		q = &inQueue{}
+		ib.queues[from] = q
+	}
+	if len(q.items) >= ib.maxPeer {
+		q.items[0] = nil
+		q.items = q.items[1:]
+		res = inboxDroppedOldest
+	}
+	q.items = append(q.items, b)
+	if !q.ready {
+		q.ready = true
+		ib.ready = append(ib.ready, from)
+	}
+	ib.mu.Unlock()
+	select {
+	case ib.notify <- struct{}{}:
+	default:
+	}
+	return res
+}
+
+// take returns the next RPC in round-robin order; more reports whether
+// others are waiting.
+func (ib *inbox) take() (from pki.Identity, b []byte, ok, more bool) {
+	ib.mu.Lock()
+	defer ib.mu.Unlock()
+	for len(ib.ready) > 0 {
+		from = ib.ready[0]
+		ib.ready = ib.ready[1:]
+		q := ib.queues[from]
+		if q == nil || len(q.items) == 0 {
+			if q != nil {
+				q.ready = false
+				delete(ib.queues, from)
+			}
+			continue
+		}
+		b = q.items[0]
+		q.items[0] = nil
+		q.items = q.items[1:]
+		if len(q.items) > 0 {
+			ib.ready = append(ib.ready, from)
+		} else {
+			q.ready = false
+			delete(ib.queues, from)
+		}
+		return from, b, true, len(ib.ready) > 0
+	}
+	return from, nil, false, false
+}
+
+// drop forgets everything queued from a peer.
+func (ib *inbox) drop(from pki.Identity) {
+	ib.mu.Lock()
+	if q := ib.queues[from]; q != nil {
+		q.items = nil
+	}
+	ib.mu.Unlock()
+}

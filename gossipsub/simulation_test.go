@@ -1,0 +1,60 @@
+package gossipsub
+
+import (
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// The simulations run the real router over simNet in virtual time. Their
+// figures are recorded in SIMULATION.md; run with -v to print them.
+
+func simulate(t *testing.T, p simParams) simResult {
+	var res simResult
+	synctest.Test(t, func(t *testing.T) { res = runSim(t, p) })
+	t.Logf("%d nodes, %d msgs of %d B, idontwant=%v: %v", p.nodes, p.msgs, p.size, p.idontwant, res)
+	t.Logf("  stats: %+v", res.stats)
+	return res
+}
+
+func TestSimHonest(t *testing.T) {
+	res := simulate(t, simParams{nodes: 100, degree: 10, msgs: 100, size: 256, idontwant: true, seed: 1})
+	if res.deliveryRatio != 1 {
+		t.Fatalf("honest delivery %.4f, want 1", res.deliveryRatio)
+	}
+	if res.p99 > 2*time.Second {
+		t.Errorf("p99 latency %v", res.p99)
+	}
+}
+
+func TestSimIDontWant(t *testing.T) {
+	off := simulate(t, simParams{nodes: 100, degree: 10, msgs: 40, size: 16 << 10, idontwant: false, seed: 2})
+	on := simulate(t, simParams{nodes: 100, degree: 10, msgs: 40, size: 16 << 10, idontwant: true, seed: 2})
+	if off.deliveryRatio != 1 || on.deliveryRatio != 1 {
+		t.Fatalf("delivery off %.4f on %.4f, want 1", off.deliveryRatio, on.deliveryRatio)
+	}
+	if on.bytesPerDelivery >= off.bytesPerDelivery {
+		t.Fatalf("IDONTWANT did not reduce bytes: on %.0f off %.0f", on.bytesPerDelivery, off.bytesPerDelivery)
+	}
+	if on.stats.IDontWantHonored == 0 {
+		t.Fatal("no IDONTWANT honoured")
+	}
+	t.Logf("IDONTWANT saves %.1f%% of bytes per delivered message", 100*(1-on.bytesPerDelivery/off.bytesPerDelivery))
+}
+
+func testAttack(t *testing.T, a attack) {
+	res := simulate(t, simParams{nodes: 100, degree: 10, msgs: 100, size: 256, idontwant: true, attack: a, seed: 3})
+	if res.deliveryRatio < 0.99 {
+		t.Errorf("honest delivery %.4f under attack, want >= 0.99", res.deliveryRatio)
+	}
+	if res.attackersGraylist != res.attackers {
+		t.Errorf("%d of %d attackers graylisted at every neighbour", res.attackersGraylist, res.attackers)
+	}
+	if res.graylistAfter > 3*time.Second {
+		t.Errorf("graylisting took %v, want within 3 heartbeats", res.graylistAfter)
+	}
+}
+
+func TestSimAttackInvalidSignatures(t *testing.T) { testAttack(t, attackInvalidSig) }
+func TestSimAttackGossipSpam(t *testing.T)        { testAttack(t, attackGossipSpam) }
+func TestSimAttackSybils(t *testing.T)            { testAttack(t, attackSybils) }
