@@ -167,7 +167,7 @@ func (r *Router) heartbeat() {
 	for _, p := range r.peers {
 		p.ihaves, p.asked = 0, 0
 		if r.tick > uint64(r.cfg.IDontWantTTLTicks) {
-			p.dontWant.expire(r.tick - uint64(r.cfg.IDontWantTTLTicks))
+			p.dontWantExpire(r.tick - uint64(r.cfg.IDontWantTTLTicks))
 		}
 	}
 	for topic, m := range r.backoff {

@@ -12,8 +12,8 @@ import (
 // bounded and drop their oldest entry when full.
 type sendQueue struct {
 	mu     sync.Mutex
-	urgent [][]byte
-	normal [][]byte
+	urgent []outItem
+	normal []outItem
 	max    int
 	closed bool
 	notify chan struct{}
@@ -24,7 +24,14 @@ func newSendQueue(max int) *sendQueue {
 }
 
 // push queues b and reports whether an older RPC was dropped for it.
-func (q *sendQueue) push(b []byte, urgent bool) (dropped bool) {
+// outItem is one queued RPC; hasID marks an RPC carrying only message id.
+type outItem struct {
+	b     []byte
+	id    MsgID
+	hasID bool
+}
+
+func (q *sendQueue) push(b outItem, urgent bool) (dropped bool) {
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
@@ -35,7 +42,7 @@ func (q *sendQueue) push(b []byte, urgent bool) (dropped bool) {
 		l = &q.urgent
 	}
 	if len(*l) >= q.max {
-		(*l)[0] = nil
+		(*l)[0] = outItem{}
 		*l = (*l)[1:]
 		dropped = true
 	}
@@ -50,25 +57,25 @@ func (q *sendQueue) push(b []byte, urgent bool) (dropped bool) {
 
 // pop returns the next RPC, or nil when the queue is empty; ok is false
 // once the queue is closed.
-func (q *sendQueue) pop() (b []byte, ok bool) {
+func (q *sendQueue) pop() (b outItem, ok bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed {
-		return nil, false
+		return b, false
 	}
 	if len(q.urgent) > 0 {
 		b = q.urgent[0]
-		q.urgent[0] = nil
+		q.urgent[0] = outItem{}
 		q.urgent = q.urgent[1:]
 		return b, true
 	}
 	if len(q.normal) > 0 {
 		b = q.normal[0]
-		q.normal[0] = nil
+		q.normal[0] = outItem{}
 		q.normal = q.normal[1:]
 		return b, true
 	}
-	return nil, true
+	return b, true
 }
 
 func (q *sendQueue) close() {

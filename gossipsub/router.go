@@ -110,7 +110,29 @@ type peer struct {
 	relay    tokenBucket
 	ihaves   int // IHAVE entries received this heartbeat
 	asked    int // IDs we asked this peer for this heartbeat
+
+	// dwMu guards dontWant: the loop adds, the writer checks before sending
+	// a queued message, so an IDONTWANT also stops copies already queued.
+	dwMu     sync.Mutex
 	dontWant *fifoSet[MsgID]
+}
+
+func (p *peer) dontWantHas(id MsgID) bool {
+	p.dwMu.Lock()
+	defer p.dwMu.Unlock()
+	return p.dontWant.has(id)
+}
+
+func (p *peer) dontWantAdd(id MsgID, tick uint64) (evicted bool) {
+	p.dwMu.Lock()
+	defer p.dwMu.Unlock()
+	return p.dontWant.add(id, tick)
+}
+
+func (p *peer) dontWantExpire(minTick uint64) {
+	p.dwMu.Lock()
+	p.dontWant.expire(minTick)
+	p.dwMu.Unlock()
 }
 
 type backoffEntry struct {
@@ -400,10 +422,11 @@ func (r *Router) shutdown() {
 func (r *Router) writer(p *peer) {
 	defer r.wg.Done()
 	for {
-		b, ok := p.out.pop()
+		it, ok := p.out.pop()
 		if !ok {
 			return
 		}
+		b := it.b
 		if b == nil {
 			select {
 			case <-p.out.notify:
@@ -411,6 +434,10 @@ func (r *Router) writer(p *peer) {
 			case <-r.ctx.Done():
 				return
 			}
+		}
+		if it.hasID && p.dontWantHas(it.id) {
+			r.stats.IDontWantHonored.Add(1)
+			continue
 		}
 		if err := r.sender.Send(r.ctx, p.id, b); err != nil {
 			if r.ctx.Err() != nil {
@@ -612,7 +639,15 @@ func (r *Router) sendRPC(p *peer, rpc *RPC, urgent bool) {
 }
 
 func (r *Router) queue(p *peer, b []byte, urgent bool) {
-	if p.out.push(b, urgent) {
+	if p.out.push(outItem{b: b}, urgent) {
+		r.stats.DropSendQueue.Add(1)
+	}
+}
+
+// queueMsg queues an RPC carrying only message id; the writer drops it if
+// the peer announces IDONTWANT for id before it is sent.
+func (r *Router) queueMsg(p *peer, b []byte, id MsgID) {
+	if p.out.push(outItem{b: b, id: id, hasID: true}, false) {
 		r.stats.DropSendQueue.Add(1)
 	}
 }
@@ -711,7 +746,7 @@ func (r *Router) publish(topic string, data []byte) error {
 		if r.score(pid) < r.cfg.Score.PublishThreshold {
 			continue
 		}
-		r.queue(r.peers[pid], e.encoded, false)
+		r.queueMsg(r.peers[pid], e.encoded, id)
 		r.stats.Forwarded.Add(1)
 	}
 	return nil
@@ -842,7 +877,7 @@ func (r *Router) handleRPC(from pki.Identity, b []byte) {
 		r.handlePrune(p, pr)
 	}
 	for _, id := range rpc.IDontWant {
-		if p.dontWant.add(id, r.tick) {
+		if p.dontWantAdd(id, r.tick) {
 			r.stats.DropIDontWantEvicted.Add(1)
 		}
 	}
@@ -944,7 +979,8 @@ func (r *Router) handleMessage(p *peer, m *WireMessage) {
 	if !r.cfg.DisableIDontWant && len(m.Data) >= r.cfg.IDontWantMinSize {
 		dw := AppendRPC(nil, &RPC{IDontWant: []MsgID{id}})
 		for pid := range mesh {
-			if pid == p.id || pid == m.From {
+			// The publisher too: its flood copies may still be queued.
+			if pid == p.id {
 				continue
 			}
 			r.queue(r.peers[pid], dw, true)
@@ -956,11 +992,11 @@ func (r *Router) handleMessage(p *peer, m *WireMessage) {
 			continue
 		}
 		peer := r.peers[pid]
-		if peer.dontWant.has(id) {
+		if peer.dontWantHas(id) {
 			r.stats.IDontWantHonored.Add(1)
 			continue
 		}
-		r.queue(peer, e.encoded, false)
+		r.queueMsg(peer, e.encoded, id)
 		r.stats.Forwarded.Add(1)
 	}
 }
@@ -986,13 +1022,15 @@ func (r *Router) deliver(sub *Subscription, m Message) {
 }
 
 func (r *Router) handleIHave(p *peer, ihaves []IHave) []MsgID {
-	if r.score(p.id) < r.cfg.Score.GossipThreshold {
-		return nil
-	}
+	// Count before the gossip threshold check, so a spammer keeps paying
+	// for its excess after we stopped listening to it.
 	p.ihaves++
 	if p.ihaves > r.cfg.MaxIHaveMessages {
 		r.stats.DropIHaveExcess.Add(1)
 		r.penalize(p.id, 1)
+		return nil
+	}
+	if r.score(p.id) < r.cfg.Score.GossipThreshold {
 		return nil
 	}
 	if p.asked >= r.cfg.MaxIHaveLength {
@@ -1033,9 +1071,9 @@ func (r *Router) handleIHave(p *peer, ihaves []IHave) []MsgID {
 }
 
 func (r *Router) handleIWant(p *peer, ids []MsgID) {
-	if r.score(p.id) < r.cfg.Score.GossipThreshold {
-		return
-	}
+	// Below the gossip threshold nothing is served, but requests for
+	// messages we never had still cost a penalty.
+	serve := r.score(p.id) >= r.cfg.Score.GossipThreshold
 	bad := 0
 	var batch []WireMessage
 	size := 0
@@ -1058,8 +1096,11 @@ func (r *Router) handleIWant(p *peer, ids []MsgID) {
 			bad++
 			continue
 		}
+		if !serve {
+			continue
+		}
 		e.iwant[p.id]++
-		if p.dontWant.has(id) {
+		if p.dontWantHas(id) {
 			continue
 		}
 		batch = append(batch, e.msg)

@@ -35,13 +35,14 @@ type simNode struct {
 	r    *Router                           // nil for attackers
 	raw  func(from pki.Identity, b []byte) // attackers' receive hook
 	conn map[pki.Identity]bool             // neighbours
+	busy time.Time                         // uplink busy until (guarded by simNet.mu)
 }
 
 func newSimNet() *simNet {
-	return &simNet{nodes: make(map[pki.Identity]*simNode), bandwidth: 100e6 / 8}
+	return &simNet{nodes: make(map[pki.Identity]*simNode), bandwidth: 20e6 / 8}
 }
 
-// latency is 5 ms plus 1 ms per unit of distance (the plane is 150 wide).
+// Each node has a 20 Mbit/s uplink. latency is 5 ms plus 1 ms per unit of distance (the plane is 150 wide).
 func (n *simNet) latency(a, b *simNode) time.Duration {
 	d := math.Hypot(a.x-b.x, a.y-b.y)
 	return 5*time.Millisecond + time.Duration(d*float64(time.Millisecond))
@@ -62,7 +63,18 @@ func (s simSender) Send(ctx context.Context, to pki.Identity, b []byte) error {
 	}
 	n.bytes.Add(uint64(len(b)))
 	n.rpcs.Add(1)
-	if d := time.Duration(float64(len(b)) / n.bandwidth * float64(time.Second)); d > 0 {
+	// The sender's uplink is shared by all its links: transmissions queue
+	// behind each other, which is what gives IDONTWANT time to act.
+	now := time.Now()
+	n.mu.Lock()
+	start := now
+	if src.busy.After(now) {
+		start = src.busy
+	}
+	src.busy = start.Add(time.Duration(float64(len(b)) / n.bandwidth * float64(time.Second)))
+	done := src.busy
+	n.mu.Unlock()
+	if d := done.Sub(now); d > 0 {
 		t := time.NewTimer(d)
 		select {
 		case <-t.C:
