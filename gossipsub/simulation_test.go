@@ -58,3 +58,36 @@ func testAttack(t *testing.T, a attack) {
 func TestSimAttackInvalidSignatures(t *testing.T) { testAttack(t, attackInvalidSig) }
 func TestSimAttackGossipSpam(t *testing.T)        { testAttack(t, attackGossipSpam) }
 func TestSimAttackSybils(t *testing.T)            { testAttack(t, attackSybils) }
+
+// BenchmarkSim1000 runs the honest and IDONTWANT simulations with 1,000
+// nodes. synctest needs a *testing.T, so the scenario runs as an internal
+// test of its own.
+func BenchmarkSim1000(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		p    simParams
+	}{
+		{"honest-256B", simParams{nodes: 1000, degree: 10, msgs: 30, size: 256, idontwant: true, seed: 11}},
+		{"16KiB-idontwant-off", simParams{nodes: 1000, degree: 10, msgs: 20, size: 16 << 10, idontwant: false, seed: 12}},
+		{"16KiB-idontwant-on", simParams{nodes: 1000, degree: 10, msgs: 20, size: 16 << 10, idontwant: true, seed: 12}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				var res simResult
+				ok := testing.RunTests(func(string, string) (bool, error) { return true, nil },
+					[]testing.InternalTest{{Name: "Sim1000/" + c.name, F: func(t *testing.T) {
+						synctest.Test(t, func(t *testing.T) { res = runSim(t, c.p) })
+					}}})
+				if !ok {
+					b.Fatal("simulation failed")
+				}
+				b.ReportMetric(100*res.deliveryRatio, "delivery%")
+				b.ReportMetric(float64(res.p50.Milliseconds()), "p50-ms")
+				b.ReportMetric(float64(res.p99.Milliseconds()), "p99-ms")
+				b.ReportMetric(res.dupsPerDelivery, "dups/delivery")
+				b.ReportMetric(res.bytesPerDelivery, "bytes/delivery")
+				b.Logf("%s: %v", c.name, res)
+			}
+		})
+	}
+}
