@@ -73,3 +73,49 @@ func TestFIFOSet(t *testing.T) {
 		t.Fatalf("expire: %v", s.m)
 	}
 }
+
+func TestQueuesDropOldest(t *testing.T) {
+	q := newSendQueue(2)
+	for i := 0; i < 3; i++ {
+		if dropped := q.push(outItem{b: []byte{byte(i)}}, false); dropped != (i == 2) {
+			t.Fatalf("push %d dropped=%v", i, dropped)
+		}
+	}
+	q.push(outItem{b: []byte{9}}, true)
+	for _, want := range []byte{9, 1, 2} {
+		if it, ok := q.pop(); !ok || it.b[0] != want {
+			t.Fatalf("pop %v, want %d (urgent first, oldest dropped)", it.b, want)
+		}
+	}
+	if it, ok := q.pop(); !ok || it.b != nil {
+		t.Fatal("empty queue returned an item")
+	}
+	q.close()
+	if _, ok := q.pop(); ok {
+		t.Fatal("closed queue still open")
+	}
+
+	ib := newInbox(2, 2)
+	a, b, c := pki.Identity{1}, pki.Identity{2}, pki.Identity{3}
+	ib.put(a, []byte{1})
+	ib.put(a, []byte{2})
+	if ib.put(a, []byte{3}) != inboxDroppedOldest {
+		t.Fatal("full per-peer queue did not drop")
+	}
+	ib.put(b, []byte{7})
+	if ib.put(c, []byte{0}) != inboxRejected {
+		t.Fatal("queue for a third peer accepted beyond maxPeers")
+	}
+	// Round robin: a, b, a.
+	var got []byte
+	for {
+		_, v, ok, _ := ib.take()
+		if !ok {
+			break
+		}
+		got = append(got, v[0])
+	}
+	if string(got) != string([]byte{2, 7, 3}) {
+		t.Fatalf("inbox order %v, want [2 7 3]", got)
+	}
+}
