@@ -13,7 +13,10 @@ func simulate(t *testing.T, p simParams) simResult {
 	var res simResult
 	synctest.Test(t, func(t *testing.T) { res = runSim(t, p) })
 	t.Logf("%d nodes, %d msgs of %d B, idontwant=%v: %v", p.nodes, p.msgs, p.size, p.idontwant, res)
-	t.Logf("  stats: %+v", res.stats)
+	st := res.stats
+	t.Logf("  summed over honest nodes: duplicates %d, IWANT-served %d, IDONTWANT sent %d honoured %d, invalid signatures %d, graylisted RPCs %d, IHAVE excess %d, IWANT excess %d, broken promises %d, send-queue drops %d",
+		st.Duplicates, st.IWantServed, st.IDontWantSent, st.IDontWantHonored, st.DropInvalidSignature, st.DropGraylisted,
+		st.DropIHaveExcess, st.DropIWantExcess, st.BrokenPromises, st.DropSendQueue)
 	return res
 }
 
