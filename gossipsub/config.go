@@ -213,6 +213,22 @@ func (c Config) Validate() error {
 	case c.RelayRate < 0:
 		return bad("RelayRate", "negative")
 	}
+	l := c.Limits
+	for _, f := range []struct {
+		n string
+		v int
+	}{
+		{"MaxSubs", l.MaxSubs}, {"MaxMsgs", l.MaxMsgs}, {"MaxIHaveTopics", l.MaxIHaveTopics}, {"MaxIHaveIDs", l.MaxIHaveIDs},
+		{"MaxIWant", l.MaxIWant}, {"MaxControl", l.MaxControl}, {"MaxIDontWant", l.MaxIDontWant}, {"MaxRelay", l.MaxRelay},
+		{"MaxRelayPayload", l.MaxRelayPayload},
+	} {
+		if f.v < 1 || f.v > 65535 {
+			return bad("Limits."+f.n, "%d not in 1..65535 (a 16-bit count on the wire)", f.v)
+		}
+	}
+	if l.MaxRPCSize < 1024 {
+		return bad("Limits.MaxRPCSize", "%d < 1024", l.MaxRPCSize)
+	}
 	if err := c.Score.validate(); err != nil {
 		return fmt.Errorf("gossipsub: Config.Score.%w", err)
 	}

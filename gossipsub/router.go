@@ -215,12 +215,9 @@ func (r *Router) do(f func()) error {
 	case <-r.ctx.Done():
 		return ErrClosed
 	}
-	select {
-	case <-done:
-		return nil
-	case <-r.ctx.Done():
-		return ErrClosed
-	}
+	// The loop runs an accepted f to completion before it looks at ctx.
+	<-done
+	return nil
 }
 
 // Stats returns a snapshot of the counters.
@@ -231,7 +228,8 @@ func (r *Router) Stats() Stats { return r.stats.snapshot() }
 func (r *Router) Signals() <-chan Signal { return r.signals }
 
 // HandleRPC hands the router bytes received from a peer. It never blocks:
-// each peer has a bounded queue whose oldest RPC is dropped when full.
+// each peer has a bounded queue whose oldest RPC is dropped when full. The
+// router keeps data until it is decoded: the caller must not reuse it.
 func (r *Router) HandleRPC(from pki.Identity, data []byte) {
 	if r.ctx.Err() != nil {
 		return
@@ -630,12 +628,11 @@ func (r *Router) leaveMesh(topic string, id pki.Identity) {
 	}
 }
 
-// sendRPC encodes rpc and queues it to p.
+// sendRPC encodes rpc, split to fit the wire limits, and queues it to p.
 func (r *Router) sendRPC(p *peer, rpc *RPC, urgent bool) {
-	if rpc.Empty() {
-		return
+	for _, b := range EncodeRPCs(rpc, r.cfg.Limits) {
+		r.queue(p, b, urgent)
 	}
-	r.queue(p, AppendRPC(nil, rpc), urgent)
 }
 
 func (r *Router) queue(p *peer, b []byte, urgent bool) {

@@ -639,3 +639,76 @@ func VerifyRelaySignal(s *RelaySignal) bool {
 }
 
 func validTopic(t string) bool { return len(t) >= 1 && len(t) <= MaxTopicLen }
+
+// countsFit reports whether every section of r is within the counts of lim.
+func countsFit(r *RPC, lim Limits) bool {
+	ids := 0
+	for _, ih := range r.IHave {
+		ids += len(ih.IDs)
+	}
+	return len(r.Subs) <= lim.MaxSubs && len(r.Msgs) <= lim.MaxMsgs && len(r.IHave) <= lim.MaxIHaveTopics &&
+		ids <= lim.MaxIHaveIDs && len(r.IWant) <= lim.MaxIWant && len(r.Graft) <= lim.MaxControl &&
+		len(r.Prune) <= lim.MaxControl && len(r.IDontWant) <= lim.MaxIDontWant && len(r.Relay) <= lim.MaxRelay
+}
+
+// EncodeRPCs encodes r as one RPC when it fits lim (counts and MaxRPCSize),
+// otherwise as several that each do, so a receiver with the same limits
+// accepts all of them. An IHAVE entry longer than MaxIHaveIDs is truncated;
+// a message too large for MaxRPCSize on its own is dropped.
+func EncodeRPCs(r *RPC, lim Limits) [][]byte {
+	lim = lim.withDefaults()
+	if r.Empty() {
+		return nil
+	}
+	if countsFit(r, lim) {
+		if b := AppendRPC(nil, r); len(b) <= lim.MaxRPCSize {
+			return [][]byte{b}
+		}
+	}
+	var out [][]byte
+	emit := func(x *RPC) {
+		if !x.Empty() {
+			if b := AppendRPC(nil, x); len(b) <= lim.MaxRPCSize {
+				out = append(out, b)
+			}
+		}
+	}
+	chunk := func(n, max int, f func(lo, hi int)) {
+		for lo := 0; lo < n; lo += max {
+			f(lo, min(lo+max, n))
+		}
+	}
+	chunk(len(r.Subs), lim.MaxSubs, func(lo, hi int) { emit(&RPC{Subs: r.Subs[lo:hi]}) })
+	var msgs []WireMessage
+	size := 0
+	for _, m := range r.Msgs {
+		sz := minMsgSize + len(m.Topic) + len(m.Data)
+		if len(msgs) == lim.MaxMsgs || (len(msgs) > 0 && size+sz > lim.MaxRPCSize-16) {
+			emit(&RPC{Msgs: msgs})
+			msgs, size = nil, 0
+		}
+		msgs = append(msgs, m)
+		size += sz
+	}
+	emit(&RPC{Msgs: msgs})
+	var ihs []IHave
+	ids := 0
+	for _, ih := range r.IHave {
+		if len(ih.IDs) > lim.MaxIHaveIDs {
+			ih.IDs = ih.IDs[:lim.MaxIHaveIDs]
+		}
+		if len(ihs) == lim.MaxIHaveTopics || ids+len(ih.IDs) > lim.MaxIHaveIDs {
+			emit(&RPC{IHave: ihs})
+			ihs, ids = nil, 0
+		}
+		ihs = append(ihs, ih)
+		ids += len(ih.IDs)
+	}
+	emit(&RPC{IHave: ihs})
+	chunk(len(r.IWant), lim.MaxIWant, func(lo, hi int) { emit(&RPC{IWant: r.IWant[lo:hi]}) })
+	chunk(len(r.Graft), lim.MaxControl, func(lo, hi int) { emit(&RPC{Graft: r.Graft[lo:hi]}) })
+	chunk(len(r.Prune), lim.MaxControl, func(lo, hi int) { emit(&RPC{Prune: r.Prune[lo:hi]}) })
+	chunk(len(r.IDontWant), lim.MaxIDontWant, func(lo, hi int) { emit(&RPC{IDontWant: r.IDontWant[lo:hi]}) })
+	chunk(len(r.Relay), lim.MaxRelay, func(lo, hi int) { emit(&RPC{Relay: r.Relay[lo:hi]}) })
+	return out
+}

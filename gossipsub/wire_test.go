@@ -165,3 +165,33 @@ func FuzzDecodeRelaySignal(f *testing.F) {
 		}
 	})
 }
+
+func TestEncodeRPCsSplits(t *testing.T) {
+	lim := Limits{MaxControl: 3, MaxIHaveIDs: 5, MaxIHaveTopics: 2, MaxMsgs: 2, MaxRPCSize: 4096}
+	in := &RPC{
+		Graft: []string{"a", "b", "c", "d", "e", "f", "g"},
+		IHave: []IHave{{"a", make([]MsgID, 4)}, {"b", make([]MsgID, 2)}, {"c", make([]MsgID, 9)}},
+		Msgs:  []WireMessage{{Topic: "t", Data: make([]byte, 1500)}, {Topic: "t", Data: make([]byte, 1500)}, {Topic: "t", Data: make([]byte, 1500)}, {Topic: "t", Data: make([]byte, 5000)}},
+	}
+	parts := EncodeRPCs(in, lim)
+	var grafts, ihaveIDs, msgs int
+	for _, b := range parts {
+		r, err := DecodeRPC(b, lim)
+		if err != nil {
+			t.Fatalf("part rejected by the same limits: %v", err)
+		}
+		grafts += len(r.Graft)
+		msgs += len(r.Msgs)
+		for _, ih := range r.IHave {
+			ihaveIDs += len(ih.IDs)
+		}
+	}
+	// The 5000-byte message cannot fit 4096 bytes and is dropped; the
+	// 9-ID IHAVE is cut to 5.
+	if grafts != 7 || msgs != 3 || ihaveIDs != 4+2+5 {
+		t.Fatalf("split lost items: grafts %d msgs %d ihave ids %d", grafts, msgs, ihaveIDs)
+	}
+	if one := EncodeRPCs(&RPC{Graft: []string{"a"}}, lim); len(one) != 1 {
+		t.Fatalf("small rpc split into %d", len(one))
+	}
+}
