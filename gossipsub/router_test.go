@@ -358,3 +358,59 @@ func FuzzRouterHandleRPC(f *testing.F) {
 		})
 	})
 }
+
+// TestMeshDeliveryPenalty enables P3/P3b and checks that a mesh peer that
+// never forwards anything is scored negative and pruned, while a peer that
+// delivers scores positive.
+func TestMeshDeliveryPenalty(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sp := DefaultScoreParams()
+		sp.Topic.MeshMessageDeliveriesWeight = -1
+		sp.Topic.MeshMessageDeliveriesThreshold = 2
+		sp.Topic.MeshMessageDeliveriesActivation = 3 * time.Second
+		sp.Topic.MeshMessageDeliveriesWindow = 50 * time.Millisecond
+		sp.Topic.MeshFailurePenaltyWeight = -1
+		net, nodes := line(t, 2, Config{Score: sp})
+		defer closeAll(nodes)
+		a, c := nodes[0], nodes[1] // c publishes to a
+		rng := rand.New(rand.NewPCG(3, 3))
+		hole := net.addNode(t, 77, netip.MustParseAddr("192.0.2.7"), rng, nil)
+		hole.raw = func(pki.Identity, []byte) {}
+		net.connect(hole, a)
+		for _, n := range nodes {
+			if _, err := n.r.Subscribe("t"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		net.send(hole, a, &RPC{Subs: []SubOpt{{true, "t"}}, Graft: []string{"t"}})
+		time.Sleep(time.Second)
+		inMesh := func(id pki.Identity) bool {
+			for _, p := range a.r.TopicPeers("t") {
+				if p.ID == id {
+					return p.InMesh
+				}
+			}
+			return false
+		}
+		if !inMesh(hole.id) || !inMesh(c.id) {
+			t.Fatal("mesh not formed")
+		}
+		for i := 0; i < 40; i++ {
+			if err := c.r.Publish("t", []byte{byte(i)}); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if inMesh(hole.id) {
+			t.Error("black-hole peer still in mesh")
+		}
+		if s, _ := a.r.Score(hole.id); s >= 0 {
+			t.Errorf("black-hole score %v, want negative (P3b)", s)
+		}
+		// (c in turn prunes a, which never delivers anything to c: P3 is
+		// why the default leaves its weight at zero.)
+		if s, _ := a.r.Score(c.id); s <= 0 {
+			t.Errorf("delivering peer score %v, want positive", s)
+		}
+	})
+}
