@@ -161,11 +161,13 @@ type simResult struct {
 	attackersGraylist int           // attackers below the graylist threshold at every honest neighbour
 	graylistAfter     time.Duration // time from attack start until the last attacker was graylisted everywhere
 	stats             Stats         // summed over honest nodes
+	meshMin, meshMax  int           // mesh sizes when publishing starts
+	meshAvg           float64
 }
 
 func (r simResult) String() string {
-	s := fmt.Sprintf("delivery %.2f%% p50 %v p99 %v dups/delivery %.2f bytes/delivery %.0f",
-		100*r.deliveryRatio, r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.dupsPerDelivery, r.bytesPerDelivery)
+	s := fmt.Sprintf("mesh %d..%d (avg %.1f) delivery %.2f%% p50 %v p99 %v dups/delivery %.2f bytes/delivery %.0f",
+		r.meshMin, r.meshMax, r.meshAvg, 100*r.deliveryRatio, r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.dupsPerDelivery, r.bytesPerDelivery)
 	if r.attackers > 0 {
 		s += fmt.Sprintf(" attackers graylisted %d/%d after %v", r.attackersGraylist, r.attackers, r.graylistAfter)
 	}
@@ -284,6 +286,16 @@ func runSim(t testing.TB, p simParams) simResult {
 	// Let meshes form.
 	time.Sleep(5 * time.Second)
 	attackStart := time.Now()
+	meshMin, meshMax, meshSum := math.MaxInt, 0, 0
+	for _, nd := range honest {
+		n := 0
+		for _, pi := range nd.r.TopicPeers(simTopic) {
+			if pi.InMesh {
+				n++
+			}
+		}
+		meshMin, meshMax, meshSum = min(meshMin, n), max(meshMax, n), meshSum+n
+	}
 	switch p.attack {
 	case attackInvalidSig:
 		a := attackers[0]
@@ -365,7 +377,7 @@ func runSim(t testing.TB, p simParams) simResult {
 	close(stop)
 	attackWG.Wait()
 
-	var res simResult
+	res := simResult{meshMin: meshMin, meshMax: meshMax, meshAvg: float64(meshSum) / float64(len(honest))}
 	var lat []time.Duration
 	mu.Lock()
 	for _, rc := range recs {

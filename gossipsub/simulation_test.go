@@ -28,6 +28,10 @@ func TestSimHonest(t *testing.T) {
 	if res.p99 > 2*time.Second {
 		t.Errorf("p99 latency %v", res.p99)
 	}
+	d := DefaultConfig()
+	if res.meshMin < d.Dlo || res.meshMax > d.Dhi {
+		t.Errorf("mesh sizes %d..%d outside D_lo..D_hi = %d..%d", res.meshMin, res.meshMax, d.Dlo, d.Dhi)
+	}
 }
 
 func TestSimIDontWant(t *testing.T) {
