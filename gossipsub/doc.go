@@ -11,6 +11,30 @@
 // simulations of this package. One goroutine owns all router state; API
 // calls and incoming RPCs are posted to it.
 //
+// # What the host (the node) does
+//
+//   - New(cfg, keypair, sender, logger) with a Sender whose Send writes one
+//     RPC to the peer (for instance on a QUIC stream of the "gossipsub"
+//     protocol). Send may block; each peer has its own writer goroutine.
+//   - AddPeer(id, ip, outbound) when an authenticated connection to a peer
+//     comes up (peers the DHT knows), RemovePeer(id) when it goes down.
+//   - HandleRPC(id, bytes) for every RPC read from that peer. The identity
+//     must be the one the connection authenticated.
+//   - Subscribe / Unsubscribe / Publish / TopicPeers for the application,
+//     Signals and SendSignal for SmartSock, Stats for metrics, Close at the
+//     end.
+//
+// # Deviations from go-libp2p-pubsub
+//
+// Message IDs are the publisher's identity and its seqno (40 bytes).
+// Own messages are not delivered to own subscriptions. Peer exchange on
+// PRUNE and direct peers are not implemented: the DHT supplies peers. P3/P3b
+// (mesh delivery rate and failures) are computed but weigh zero by default,
+// as they punish honest peers in quiet topics. Beyond the spec, IHAVE above
+// MaxIHaveMessages per heartbeat, IWANT for messages we never had or asked
+// for too often, malformed RPCs and forged relay signals each add a
+// behaviour penalty (P7), and IDONTWANT is also sent, not just honoured.
+//
 // It imports pki, lukechampine.com/blake3 and the standard library only:
 // never quic-go, smartsock or overlay.
 package gossipsub
