@@ -414,3 +414,23 @@ func TestMeshDeliveryPenalty(t *testing.T) {
 		}
 	})
 }
+
+func TestRelayRateLimited(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		_, nodes := line(t, 2, Config{RelayRate: 5})
+		defer closeAll(nodes)
+		for i := 0; i < 20; i++ {
+			s := RelaySignal{Target: nodes[0].id, Nonce: uint64(i), Hops: 2, Payload: []byte("x")}
+			SignRelaySignal(nodes[1].key, &s)
+			nodes[0].r.HandleRPC(nodes[1].id, AppendRPC(nil, &RPC{Relay: []RelaySignal{s}}))
+		}
+		synctest.Wait()
+		st := nodes[0].r.Stats()
+		if st.RelayDelivered != 6 || st.DropRelayRate != 14 {
+			t.Fatalf("delivered %d rate-dropped %d, want 6 (burst) and 14", st.RelayDelivered, st.DropRelayRate)
+		}
+		if got := len(nodes[0].r.Signals()); got != 6 {
+			t.Fatalf("%d signals queued, want 6", got)
+		}
+	})
+}
