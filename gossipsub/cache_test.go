@@ -75,7 +75,7 @@ func TestFIFOSet(t *testing.T) {
 }
 
 func TestQueuesDropOldest(t *testing.T) {
-	q := newSendQueue(2)
+	q := newSendQueue(2, 1<<20)
 	for i := 0; i < 3; i++ {
 		if dropped := q.push(outItem{b: []byte{byte(i)}}, false); dropped != (i == 2) {
 			t.Fatalf("push %d dropped=%v", i, dropped)
@@ -95,7 +95,7 @@ func TestQueuesDropOldest(t *testing.T) {
 		t.Fatal("closed queue still open")
 	}
 
-	ib := newInbox(2, 2)
+	ib := newInbox(2, 1<<20, 2)
 	a, b, c := pki.Identity{1}, pki.Identity{2}, pki.Identity{3}
 	ib.put(a, []byte{1})
 	ib.put(a, []byte{2})
@@ -117,5 +117,23 @@ func TestQueuesDropOldest(t *testing.T) {
 	}
 	if string(got) != string([]byte{2, 7, 3}) {
 		t.Fatalf("inbox order %v, want [2 7 3]", got)
+	}
+}
+
+func TestQueuesByteBound(t *testing.T) {
+	q := newSendQueue(100, 10)
+	q.push(outItem{b: make([]byte, 6)}, false)
+	if !q.push(outItem{b: make([]byte, 6)}, false) {
+		t.Fatal("send queue over its byte bound did not drop")
+	}
+	ib := newInbox(100, 10, 1)
+	ib.put(pki.Identity{1}, make([]byte, 6))
+	if ib.put(pki.Identity{1}, make([]byte, 6)) != inboxDroppedOldest {
+		t.Fatal("inbox over its byte bound did not drop")
+	}
+	// An item larger than the bound alone is still queued (it fits nothing
+	// else), so a legal maximum-size RPC always gets through.
+	if q.push(outItem{b: make([]byte, 20)}, false); q.bytes != 20 {
+		t.Fatalf("queued bytes %d", q.bytes)
 	}
 }

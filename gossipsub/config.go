@@ -57,7 +57,9 @@ type Config struct {
 	// Queues. Each is bounded and drops its oldest entry when full,
 	// counting the drop (Stats).
 	PeerSendQueue    int // RPCs waiting to be written to one peer; default 256
+	PeerSendBytes    int // bytes of those; default 8 MiB
 	PeerRecvQueue    int // RPCs received from one peer waiting for the router; default 256
+	PeerRecvBytes    int // bytes of those; default 4 MiB
 	SubscriptionSize int // messages waiting in one subscription; default 1024
 	SignalQueue      int // relay signals waiting for the host; default 256
 
@@ -129,6 +131,8 @@ func (c Config) withDefaults() Config {
 	seti(&c.MaxScoredPeers, 10000)
 	seti(&c.PeerSendQueue, 256)
 	seti(&c.PeerRecvQueue, 256)
+	seti(&c.PeerSendBytes, 8<<20)
+	seti(&c.PeerRecvBytes, 4<<20)
 	seti(&c.SubscriptionSize, 1024)
 	seti(&c.SignalQueue, 256)
 	if c.RelayMaxHops == 0 {
@@ -206,6 +210,10 @@ func (c Config) Validate() error {
 		return bad("PeerSendQueue", "%d < 1", c.PeerSendQueue)
 	case c.PeerRecvQueue < 1:
 		return bad("PeerRecvQueue", "%d < 1", c.PeerRecvQueue)
+	case c.PeerSendBytes < c.Limits.MaxRPCSize:
+		return bad("PeerSendBytes", "%d < Limits.MaxRPCSize (%d)", c.PeerSendBytes, c.Limits.MaxRPCSize)
+	case c.PeerRecvBytes < c.Limits.MaxRPCSize:
+		return bad("PeerRecvBytes", "%d < Limits.MaxRPCSize (%d)", c.PeerRecvBytes, c.Limits.MaxRPCSize)
 	case c.SubscriptionSize < 1:
 		return bad("SubscriptionSize", "%d < 1", c.SubscriptionSize)
 	case c.SignalQueue < 1:

@@ -11,16 +11,18 @@ import (
 // overtake the large messages they are meant to stop. Both parts are
 // bounded and drop their oldest entry when full.
 type sendQueue struct {
-	mu     sync.Mutex
-	urgent []outItem
-	normal []outItem
-	max    int
-	closed bool
-	notify chan struct{}
+	mu       sync.Mutex
+	urgent   []outItem
+	normal   []outItem
+	bytes    int // queued in both parts
+	max      int
+	maxBytes int
+	closed   bool
+	notify   chan struct{}
 }
 
-func newSendQueue(max int) *sendQueue {
-	return &sendQueue{max: max, notify: make(chan struct{}, 1)}
+func newSendQueue(max, maxBytes int) *sendQueue {
+	return &sendQueue{max: max, maxBytes: maxBytes, notify: make(chan struct{}, 1)}
 }
 
 // push queues b and reports whether an older RPC was dropped for it.
@@ -41,12 +43,14 @@ func (q *sendQueue) push(b outItem, urgent bool) (dropped bool) {
 	if urgent {
 		l = &q.urgent
 	}
-	if len(*l) >= q.max {
+	for len(*l) > 0 && (len(*l) >= q.max || q.bytes+len(b.b) > q.maxBytes) {
+		q.bytes -= len((*l)[0].b)
 		(*l)[0] = outItem{}
 		*l = (*l)[1:]
 		dropped = true
 	}
 	*l = append(*l, b)
+	q.bytes += len(b.b)
 	q.mu.Unlock()
 	select {
 	case q.notify <- struct{}{}:
@@ -67,12 +71,14 @@ func (q *sendQueue) pop() (b outItem, ok bool) {
 		b = q.urgent[0]
 		q.urgent[0] = outItem{}
 		q.urgent = q.urgent[1:]
+		q.bytes -= len(b.b)
 		return b, true
 	}
 	if len(q.normal) > 0 {
 		b = q.normal[0]
 		q.normal[0] = outItem{}
 		q.normal = q.normal[1:]
+		q.bytes -= len(b.b)
 		return b, true
 	}
 	return b, true
@@ -81,7 +87,7 @@ func (q *sendQueue) pop() (b outItem, ok bool) {
 func (q *sendQueue) close() {
 	q.mu.Lock()
 	q.closed = true
-	q.urgent, q.normal = nil, nil
+	q.urgent, q.normal, q.bytes = nil, nil, 0
 	q.mu.Unlock()
 	select {
 	case q.notify <- struct{}{}:
@@ -97,17 +103,19 @@ type inbox struct {
 	queues   map[pki.Identity]*inQueue
 	ready    []pki.Identity
 	maxPeer  int
+	maxBytes int // per peer
 	maxPeers int
 	notify   chan struct{}
 }
 
 type inQueue struct {
 	items [][]byte
+	bytes int
 	ready bool
 }
 
-func newInbox(maxPeer, maxPeers int) *inbox {
-	return &inbox{queues: make(map[pki.Identity]*inQueue), maxPeer: maxPeer, maxPeers: maxPeers, notify: make(chan struct{}, 1)}
+func newInbox(maxPeer, maxBytes, maxPeers int) *inbox {
+	return &inbox{queues: make(map[pki.Identity]*inQueue), maxPeer: maxPeer, maxBytes: maxBytes, maxPeers: maxPeers, notify: make(chan struct{}, 1)}
 }
 
 type inboxResult int
@@ -130,12 +138,14 @@ func (ib *inbox) put(from pki.Identity, b []byte) inboxResult {
 		q = &inQueue{}
 		ib.queues[from] = q
 	}
-	if len(q.items) >= ib.maxPeer {
+	for len(q.items) > 0 && (len(q.items) >= ib.maxPeer || q.bytes+len(b) > ib.maxBytes) {
+		q.bytes -= len(q.items[0])
 		q.items[0] = nil
 		q.items = q.items[1:]
 		res = inboxDroppedOldest
 	}
 	q.items = append(q.items, b)
+	q.bytes += len(b)
 	if !q.ready {
 		q.ready = true
 		ib.ready = append(ib.ready, from)
@@ -167,6 +177,7 @@ func (ib *inbox) take() (from pki.Identity, b []byte, ok, more bool) {
 		b = q.items[0]
 		q.items[0] = nil
 		q.items = q.items[1:]
+		q.bytes -= len(b)
 		if len(q.items) > 0 {
 			ib.ready = append(ib.ready, from)
 		} else {
@@ -182,7 +193,7 @@ func (ib *inbox) take() (from pki.Identity, b []byte, ok, more bool) {
 func (ib *inbox) drop(from pki.Identity) {
 	ib.mu.Lock()
 	if q := ib.queues[from]; q != nil {
-		q.items = nil
+		q.items, q.bytes = nil, 0
 	}
 	ib.mu.Unlock()
 }

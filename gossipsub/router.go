@@ -169,7 +169,7 @@ func New(cfg Config, key Signer, sender Sender, log *slog.Logger) (*Router, erro
 		cfg: cfg, key: key, self: self, sender: sender, log: log.With("pkg", "gossipsub"),
 		ctx: ctx, cancel: cancel,
 		reqs:      make(chan func()),
-		inbox:     newInbox(cfg.PeerRecvQueue, cfg.MaxScoredPeers),
+		inbox:     newInbox(cfg.PeerRecvQueue, cfg.PeerRecvBytes, cfg.MaxScoredPeers),
 		signals:   make(chan Signal, cfg.SignalQueue),
 		rng:       rand.New(rand.NewPCG(uint64(now.UnixNano()), uint64(self[0])<<8|uint64(self[1]))),
 		peers:     make(map[pki.Identity]*peer),
@@ -462,7 +462,7 @@ func (r *Router) addPeer(id pki.Identity, addr netip.Addr, outbound bool) {
 	p := &peer{
 		id: id, outbound: outbound,
 		topics:   make(map[string]struct{}),
-		out:      newSendQueue(r.cfg.PeerSendQueue),
+		out:      newSendQueue(r.cfg.PeerSendQueue, r.cfg.PeerSendBytes),
 		recv:     newTokenBucket(r.cfg.ReceiveRate, r.cfg.ReceiveBurst, now),
 		relay:    newTokenBucket(r.cfg.RelayRate, int(r.cfg.RelayRate)+1, now),
 		dontWant: newFIFOSet[MsgID](r.cfg.MaxIDontWantPeer),
