@@ -50,8 +50,13 @@ func (r *Router) heartbeat() {
 		return x
 	}
 	scores := make(map[pki.Identity]float64, len(r.peers))
-	for id := range r.peers {
+	for id, p := range r.peers {
 		scores[id] = r.score(id)
+		// Log transitions only, never per message.
+		if gl := scores[id] < r.cfg.Score.GraylistThreshold; gl != p.graylisted {
+			p.graylisted = gl
+			r.log.Info("peer graylist changed", "peer", id.Short(), "graylisted", gl, "score", scores[id])
+		}
 	}
 
 	for topic, mesh := range r.mesh {

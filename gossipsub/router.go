@@ -100,16 +100,17 @@ type Router struct {
 }
 
 type peer struct {
-	id       pki.Identity
-	addr     netip.Addr
-	prefix   netip.Prefix
-	outbound bool
-	topics   map[string]struct{}
-	out      *sendQueue
-	recv     tokenBucket
-	relay    tokenBucket
-	ihaves   int // IHAVE entries received this heartbeat
-	asked    int // IDs we asked this peer for this heartbeat
+	id         pki.Identity
+	addr       netip.Addr
+	prefix     netip.Prefix
+	outbound   bool
+	topics     map[string]struct{}
+	out        *sendQueue
+	recv       tokenBucket
+	relay      tokenBucket
+	ihaves     int  // IHAVE entries received this heartbeat
+	asked      int  // IDs we asked this peer for this heartbeat
+	graylisted bool // as of the last heartbeat, for logging transitions
 
 	// dwMu guards dontWant: the loop adds, the writer checks before sending
 	// a queued message, so an IDONTWANT also stops copies already queued.
@@ -475,6 +476,7 @@ func (r *Router) addPeer(id pki.Identity, addr netip.Addr, outbound bool) {
 		r.evictRetainedScores()
 		r.scores[id] = &peerScore{stats: PeerStats{Topics: make(map[string]*TopicStats)}, grafted: make(map[string]time.Time)}
 	}
+	r.log.Debug("peer added", "peer", id.Short(), "addr", addr, "outbound", outbound)
 	r.wg.Add(1)
 	go r.writer(p)
 	if len(r.mesh) > 0 {
@@ -523,6 +525,7 @@ func (r *Router) removePeer(id pki.Identity) {
 	r.inbox.drop(id)
 	r.setAddr(p, netip.Addr{})
 	delete(r.peers, id)
+	r.log.Debug("peer removed", "peer", id.Short())
 	if s := r.scores[id]; s != nil {
 		s.retainTo = time.Now().Add(r.cfg.Score.RetainScore)
 	}
