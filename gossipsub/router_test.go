@@ -434,3 +434,137 @@ func TestRelayRateLimited(t *testing.T) {
 		}
 	})
 }
+
+// rawPeer is a hand-driven peer that records the RPCs it receives.
+type rawPeer struct {
+	*simNode
+	mu   sync.Mutex
+	rpcs []*RPC
+}
+
+func newRawPeer(t *testing.T, net *simNet, i int, to *simNode) *rawPeer {
+	rng := rand.New(rand.NewPCG(uint64(i), 1))
+	rp := &rawPeer{simNode: net.addNode(t, i, honestAddr(i), rng, nil)}
+	rp.raw = func(_ pki.Identity, b []byte) {
+		r, err := DecodeRPC(b, Limits{})
+		if err != nil {
+			t.Errorf("router sent an undecodable rpc: %v", err)
+			return
+		}
+		rp.mu.Lock()
+		rp.rpcs = append(rp.rpcs, r)
+		rp.mu.Unlock()
+	}
+	net.connect(rp.simNode, to)
+	return rp
+}
+
+// received sums what the peer got since the last call.
+func (rp *rawPeer) received() (msgs []WireMessage, iwant, idontwant []MsgID, graft []string) {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	for _, r := range rp.rpcs {
+		msgs = append(msgs, r.Msgs...)
+		iwant = append(iwant, r.IWant...)
+		idontwant = append(idontwant, r.IDontWant...)
+		graft = append(graft, r.Graft...)
+	}
+	rp.rpcs = nil
+	return
+}
+
+func TestGossipIWantAndPromises(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		net, nodes := line(t, 1, Config{})
+		defer closeAll(nodes)
+		r := nodes[0].r
+		sub, _ := r.Subscribe("t")
+		honestP := newRawPeer(t, net, 10, nodes[0])
+		liar := newRawPeer(t, net, 11, nodes[0])
+		pub := testKey(t, 12)
+		m := WireMessage{Seqno: 5, Topic: "t", Data: []byte("gossiped")}
+		SignMessage(pub, &m)
+		fake := MakeMsgID(pub.Identity(), 6)
+		for _, p := range []*rawPeer{honestP, liar} {
+			net.send(p.simNode, nodes[0], &RPC{Subs: []SubOpt{{true, "t"}}})
+		}
+		time.Sleep(time.Second)
+		net.send(honestP.simNode, nodes[0], &RPC{IHave: []IHave{{"t", []MsgID{m.ID()}}}})
+		net.send(liar.simNode, nodes[0], &RPC{IHave: []IHave{{"t", []MsgID{fake}}}})
+		time.Sleep(time.Second)
+		if _, iw, _, _ := honestP.received(); len(iw) != 1 || iw[0] != m.ID() {
+			t.Fatalf("IWANT to honest peer: %v", iw)
+		}
+		if _, iw, _, _ := liar.received(); len(iw) != 1 || iw[0] != fake {
+			t.Fatalf("IWANT to liar: %v", iw)
+		}
+		net.send(honestP.simNode, nodes[0], &RPC{Msgs: []WireMessage{m}})
+		select {
+		case got := <-sub.Messages():
+			if string(got.Data) != "gossiped" {
+				t.Fatalf("got %q", got.Data)
+			}
+		case <-time.After(time.Second):
+			t.Fatal("gossiped message not delivered")
+		}
+		time.Sleep(4 * time.Second) // past IWantFollowup
+		if st := r.Stats(); st.BrokenPromises != 1 {
+			t.Fatalf("broken promises %d, want 1 (the liar's)", st.BrokenPromises)
+		}
+		sh, _ := r.Score(honestP.id)
+		sl, _ := r.Score(liar.id)
+		if sh <= sl {
+			t.Fatalf("honest score %v not above liar's %v", sh, sl)
+		}
+	})
+}
+
+func TestIDontWantSentAndHonoured(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		net, nodes := line(t, 1, Config{})
+		defer closeAll(nodes)
+		r := nodes[0].r
+		r.Subscribe("t")
+		a := newRawPeer(t, net, 20, nodes[0])
+		b := newRawPeer(t, net, 21, nodes[0])
+		c := newRawPeer(t, net, 22, nodes[0])
+		for _, p := range []*rawPeer{a, b, c} {
+			net.send(p.simNode, nodes[0], &RPC{Subs: []SubOpt{{true, "t"}}, Graft: []string{"t"}})
+		}
+		time.Sleep(time.Second)
+		pub := testKey(t, 23)
+		big := WireMessage{Seqno: 1, Topic: "t", Data: make([]byte, 1024)}
+		SignMessage(pub, &big)
+		small := WireMessage{Seqno: 2, Topic: "t", Data: make([]byte, 1023)}
+		SignMessage(pub, &small)
+		// b does not want the big one; a delivers both.
+		net.send(b.simNode, nodes[0], &RPC{IDontWant: []MsgID{big.ID()}})
+		time.Sleep(time.Second)
+		a.received()
+		b.received()
+		c.received()
+		net.send(a.simNode, nodes[0], &RPC{Msgs: []WireMessage{big, small}})
+		time.Sleep(time.Second)
+		am, _, adw, _ := a.received()
+		bm, _, bdw, _ := b.received()
+		cm, _, cdw, _ := c.received()
+		if len(am) != 0 || len(adw) != 0 {
+			t.Errorf("sender got back %d msgs, %d IDONTWANT", len(am), len(adw))
+		}
+		if len(bm) != 1 || bm[0].Seqno != 2 {
+			t.Errorf("peer that said IDONTWANT got %d msgs", len(bm))
+		}
+		if len(cm) != 2 {
+			t.Errorf("mesh peer got %d msgs, want 2", len(cm))
+		}
+		// IDONTWANT goes out for the 1024-byte message only.
+		for _, dw := range [][]MsgID{bdw, cdw} {
+			if len(dw) != 1 || dw[0] != big.ID() {
+				t.Errorf("IDONTWANT sent: %v, want only the 1 KiB message", dw)
+			}
+		}
+		if st := r.Stats(); st.IDontWantHonored != 1 {
+			t.Errorf("honoured %d, want 1", st.IDontWantHonored)
+		}
+	})
+}
