@@ -568,3 +568,36 @@ func TestIDontWantSentAndHonoured(t *testing.T) {
 		}
 	})
 }
+
+func TestOpportunisticGraft(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		net, nodes := line(t, 1, Config{OpportunisticGraftTicks: 3})
+		defer closeAll(nodes)
+		r := nodes[0].r
+		r.Subscribe("t")
+		var mesh []*rawPeer
+		for i := 0; i < 6; i++ {
+			p := newRawPeer(t, net, 30+i, nodes[0])
+			net.send(p.simNode, nodes[0], &RPC{Subs: []SubOpt{{true, "t"}}, Graft: []string{"t"}})
+			mesh = append(mesh, p)
+		}
+		good := newRawPeer(t, net, 40, nodes[0])
+		net.send(good.simNode, nodes[0], &RPC{Subs: []SubOpt{{true, "t"}}})
+		time.Sleep(500 * time.Millisecond)
+		r.SetAppScore(good.id, 10)
+		good.received()
+		time.Sleep(2 * time.Second)
+		if _, _, _, g := good.received(); len(g) != 0 {
+			t.Fatalf("grafted before the opportunistic tick: %v", g)
+		}
+		time.Sleep(time.Second)
+		if _, _, _, g := good.received(); len(g) != 1 || g[0] != "t" {
+			t.Fatalf("high-scoring peer not grafted opportunistically: %v", g)
+		}
+		for _, p := range mesh {
+			if _, _, _, g := p.received(); len(g) != 0 {
+				t.Fatalf("mesh peer grafted again: %v", g)
+			}
+		}
+	})
+}
