@@ -972,7 +972,9 @@ func (r *Router) handleMessage(p *peer, m *WireMessage) {
 	r.mcache.put(e)
 
 	if sub := r.subs[m.Topic]; sub != nil {
-		r.deliver(sub, Message{Topic: m.Topic, Data: m.Data, From: m.From, Seqno: m.Seqno, ReceivedFrom: p.id})
+		// A copy: the cached one is forwarded and must stay as signed.
+		data := append([]byte(nil), m.Data...)
+		r.deliver(sub, Message{Topic: m.Topic, Data: data, From: m.From, Seqno: m.Seqno, ReceivedFrom: p.id})
 	}
 
 	// v1.2: tell mesh peers not to send it to us again, before forwarding.
