@@ -57,8 +57,9 @@ func (s simSender) Send(ctx context.Context, to pki.Identity, b []byte) error {
 	n := s.net
 	n.mu.Lock()
 	src, dst := n.nodes[s.from], n.nodes[to]
+	linked := dst != nil && src.conn[to]
 	n.mu.Unlock()
-	if dst == nil || !src.conn[to] {
+	if !linked {
 		return fmt.Errorf("no link to %s", to.Short())
 	}
 	n.bytes.Add(uint64(len(b)))
@@ -111,15 +112,38 @@ func (n *simNet) addNode(t testing.TB, i int, addr netip.Addr, rng *rand.Rand, c
 }
 
 func (n *simNet) connect(a, b *simNode) {
+	n.mu.Lock()
 	if a == b || a.conn[b.id] {
+		n.mu.Unlock()
 		return
 	}
 	a.conn[b.id], b.conn[a.id] = true, true
+	n.mu.Unlock()
 	if a.r != nil {
 		a.r.AddPeer(b.id, b.addr, true)
 	}
 	if b.r != nil {
 		b.r.AddPeer(a.id, a.addr, false)
+	}
+}
+
+// disconnect cuts every link of a and tells the routers on both ends.
+func (n *simNet) disconnect(a *simNode) {
+	n.mu.Lock()
+	var peers []*simNode
+	for id := range a.conn {
+		peers = append(peers, n.nodes[id])
+		delete(n.nodes[id].conn, a.id)
+	}
+	a.conn = make(map[pki.Identity]bool)
+	n.mu.Unlock()
+	for _, b := range peers {
+		if a.r != nil {
+			a.r.RemovePeer(b.id)
+		}
+		if b.r != nil {
+			b.r.RemovePeer(a.id)
+		}
 	}
 }
 
@@ -148,6 +172,7 @@ type simParams struct {
 	size      int
 	idontwant bool
 	attack    attack
+	churn     int // honest nodes that leave when publishing starts
 	seed      uint64
 }
 
@@ -286,8 +311,16 @@ func runSim(t testing.TB, p simParams) simResult {
 	// Let meshes form.
 	time.Sleep(5 * time.Second)
 	attackStart := time.Now()
+	gone := make(map[int]bool)
+	for _, i := range rng.Perm(len(honest))[:p.churn] {
+		gone[i] = true
+		net.disconnect(honest[i])
+	}
 	meshMin, meshMax, meshSum := math.MaxInt, 0, 0
-	for _, nd := range honest {
+	for i, nd := range honest {
+		if gone[i] {
+			continue
+		}
 		n := 0
 		for _, pi := range nd.r.TopicPeers(simTopic) {
 			if pi.InMesh {
@@ -355,6 +388,9 @@ func runSim(t testing.TB, p simParams) simResult {
 	// Publish from random honest nodes, 20 per second.
 	for i := 0; i < p.msgs; i++ {
 		from := rng.IntN(len(honest))
+		for gone[from] {
+			from = rng.IntN(len(honest))
+		}
 		data := make([]byte, max(p.size, 8))
 		binary.BigEndian.PutUint64(data, uint64(i))
 		mu.Lock()
@@ -377,12 +413,13 @@ func runSim(t testing.TB, p simParams) simResult {
 	close(stop)
 	attackWG.Wait()
 
-	res := simResult{meshMin: meshMin, meshMax: meshMax, meshAvg: float64(meshSum) / float64(len(honest))}
+	alive := len(honest) - len(gone)
+	res := simResult{meshMin: meshMin, meshMax: meshMax, meshAvg: float64(meshSum) / float64(alive)}
 	var lat []time.Duration
 	mu.Lock()
 	for _, rc := range recs {
 		for i, at := range rc.got {
-			if i != rc.from {
+			if i != rc.from && !gone[i] {
 				lat = append(lat, at.Sub(rc.pub))
 			}
 		}
@@ -392,7 +429,7 @@ func runSim(t testing.TB, p simParams) simResult {
 		sumStats(&res.stats, nd.r.Stats())
 	}
 	res.deliveries = len(lat)
-	res.deliveryRatio = float64(len(lat)) / float64(p.msgs*(len(honest)-1))
+	res.deliveryRatio = float64(len(lat)) / float64(p.msgs*(alive-1))
 	slices.Sort(lat)
 	if len(lat) > 0 {
 		res.p50 = lat[len(lat)/2]

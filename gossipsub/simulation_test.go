@@ -49,6 +49,15 @@ func TestSimIDontWant(t *testing.T) {
 	t.Logf("IDONTWANT saves %.1f%% of bytes per delivered message", 100*(1-on.bytesPerDelivery/off.bytesPerDelivery))
 }
 
+// TestSimChurn: 10 of 100 nodes leave at once just before publishing; the
+// others repair their meshes and still get everything.
+func TestSimChurn(t *testing.T) {
+	res := simulate(t, simParams{nodes: 100, degree: 10, msgs: 100, size: 256, idontwant: true, churn: 10, seed: 4})
+	if res.deliveryRatio < 0.99 {
+		t.Fatalf("delivery %.4f among the 90 staying nodes, want >= 0.99", res.deliveryRatio)
+	}
+}
+
 func testAttack(t *testing.T, a attack) {
 	res := simulate(t, simParams{nodes: 100, degree: 10, msgs: 100, size: 256, idontwant: true, attack: a, seed: 3})
 	if res.deliveryRatio < 0.99 {
