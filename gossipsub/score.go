@@ -53,6 +53,10 @@ type ScoreParams struct {
 	AppSpecificWeight float64
 
 	// P6: peers sharing an IP prefix beyond the threshold, squared. Negative.
+	// Peers are grouped by prefix (default /16 and /48), not by exact
+	// address: one operator of many sybils usually holds a block, and the
+	// DHT's latency tiers use /16 too. The threshold (default 4) leaves room
+	// for honest nodes behind one NAT or in one network.
 	IPColocationFactorWeight    float64
 	IPColocationFactorThreshold int
 	IPv4PrefixBits              int // colocation groups IPv4 peers by this prefix
