@@ -1,0 +1,276 @@
+package gossipsub
+
+import (
+	"math"
+	"slices"
+	"time"
+
+	"github.com/korium/korium-tun/pki"
+)
+
+// tokenBucket is a rate limiter driven by the caller's clock.
+type tokenBucket struct {
+	rate   float64
+	burst  float64
+	tokens float64
+	last   time.Time
+}
+
+func newTokenBucket(rate float64, burst int, now time.Time) tokenBucket {
+	if burst < 1 {
+		burst = 1
+	}
+	return tokenBucket{rate: rate, burst: float64(burst), tokens: float64(burst), last: now}
+}
+
+func (b *tokenBucket) take(now time.Time) bool {
+	if d := now.Sub(b.last); d > 0 {
+		b.tokens = math.Min(b.burst, b.tokens+d.Seconds()*b.rate)
+		b.last = now
+	}
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// heartbeat maintains meshes and fanout, emits gossip, applies broken
+// promises, shifts the message cache and decays scores.
+func (r *Router) heartbeat() {
+	r.tick++
+	now := time.Now()
+	out := make(map[pki.Identity]*RPC)
+	rpcFor := func(id pki.Identity) *RPC {
+		x := out[id]
+		if x == nil {
+			x = &RPC{}
+			out[id] = x
+		}
+		return x
+	}
+	scores := make(map[pki.Identity]float64, len(r.peers))
+	for id, p := range r.peers {
+		scores[id] = r.score(id)
+		// Log transitions only, never per message.
+		if gl := scores[id] < r.cfg.Score.GraylistThreshold; gl != p.graylisted {
+			p.graylisted = gl
+			r.log.Info("peer graylist changed", "peer", id.Short(), "graylisted", gl, "score", scores[id])
+		}
+	}
+
+	for topic, mesh := range r.mesh {
+		// Drop peers with negative score.
+		for id := range mesh {
+			if scores[id] < 0 {
+				x := rpcFor(id)
+				x.Prune = append(x.Prune, r.prune(topic, id))
+			}
+		}
+		candidate := func(id pki.Identity) bool {
+			_, in := mesh[id]
+			return !in && scores[id] >= 0 && !r.inBackoff(topic, id)
+		}
+		graft := func(id pki.Identity) {
+			r.joinMesh(topic, id)
+			x := rpcFor(id)
+			x.Graft = append(x.Graft, topic)
+			r.stats.GraftSent.Add(1)
+		}
+		if len(mesh) < r.cfg.Dlo {
+			for _, id := range r.pickPeers(topic, r.cfg.D-len(mesh), candidate) {
+				graft(id)
+			}
+		}
+		if len(mesh) > r.cfg.Dhi {
+			keep := selectMesh(mesh, scores, func(id pki.Identity) bool { return r.peers[id].outbound },
+				r.cfg.D, r.cfg.Dscore, r.cfg.Dout, r.rng.Shuffle)
+			for id := range mesh {
+				if _, k := keep[id]; !k {
+					x := rpcFor(id)
+					x.Prune = append(x.Prune, r.prune(topic, id))
+				}
+			}
+		}
+		if len(mesh) >= r.cfg.Dlo {
+			outbound := 0
+			for id := range mesh {
+				if r.peers[id].outbound {
+					outbound++
+				}
+			}
+			if outbound < r.cfg.Dout {
+				for _, id := range r.pickPeers(topic, r.cfg.Dout-outbound, func(id pki.Identity) bool {
+					return candidate(id) && r.peers[id].outbound
+				}) {
+					graft(id)
+				}
+			}
+		}
+		if r.tick%uint64(r.cfg.OpportunisticGraftTicks) == 0 && len(mesh) > 1 {
+			ms := make([]float64, 0, len(mesh))
+			for id := range mesh {
+				ms = append(ms, scores[id])
+			}
+			slices.Sort(ms)
+			median := ms[len(ms)/2]
+			if median < r.cfg.Score.OpportunisticGraftThreshold {
+				for _, id := range r.pickPeers(topic, r.cfg.OpportunisticGraftPeers, func(id pki.Identity) bool {
+					return candidate(id) && scores[id] > median
+				}) {
+					graft(id)
+				}
+			}
+		}
+		r.emitGossip(topic, mesh, scores, rpcFor)
+	}
+
+	for topic, fan := range r.fanout {
+		if now.Sub(r.lastPub[topic]) > r.cfg.FanoutTTL {
+			delete(r.fanout, topic)
+			delete(r.lastPub, topic)
+			continue
+		}
+		for id := range fan {
+			if _, ok := r.topics[topic][id]; !ok || scores[id] < r.cfg.Score.PublishThreshold {
+				delete(fan, id)
+			}
+		}
+		if len(fan) < r.cfg.D {
+			for _, id := range r.pickPeers(topic, r.cfg.D-len(fan), func(id pki.Identity) bool {
+				_, in := fan[id]
+				return !in && scores[id] >= r.cfg.Score.PublishThreshold
+			}) {
+				fan[id] = struct{}{}
+			}
+		}
+		r.emitGossip(topic, fan, scores, rpcFor)
+	}
+
+	for id, x := range out {
+		if p := r.peers[id]; p != nil {
+			r.sendRPC(p, x, false)
+		}
+	}
+
+	// Broken promises: a peer that advertised a message we asked for and
+	// did not deliver it in time.
+	for mid, pm := range r.promises {
+		for id, deadline := range pm {
+			if now.After(deadline) {
+				delete(pm, id)
+				r.stats.BrokenPromises.Add(1)
+				r.penalize(id, 1)
+			}
+		}
+		if len(pm) == 0 {
+			delete(r.promises, mid)
+		}
+	}
+
+	r.mcache.shift()
+	for _, p := range r.peers {
+		p.ihaves, p.asked = 0, 0
+		if r.tick > uint64(r.cfg.IDontWantTTLTicks) {
+			p.dontWantExpire(r.tick - uint64(r.cfg.IDontWantTTLTicks))
+		}
+	}
+	for topic, m := range r.backoff {
+		for id, b := range m {
+			if now.Sub(b.until) > 2*r.cfg.MaxPruneBackoff {
+				delete(m, id)
+			}
+		}
+		if len(m) == 0 {
+			delete(r.backoff, topic)
+		}
+	}
+	for now.Sub(r.lastDecay) >= r.cfg.Score.DecayInterval {
+		r.lastDecay = r.lastDecay.Add(r.cfg.Score.DecayInterval)
+		for id, s := range r.scores {
+			if !s.retainTo.IsZero() && now.After(s.retainTo) {
+				delete(r.scores, id)
+				continue
+			}
+			decayStats(&r.cfg.Score, &s.stats)
+		}
+	}
+}
+
+// emitGossip sends IHAVE for the topic's recent messages to a random set
+// of non-mesh peers above the gossip threshold: max(Dlazy, GossipFactor *
+// eligible).
+func (r *Router) emitGossip(topic string, exclude map[pki.Identity]struct{}, scores map[pki.Identity]float64, rpcFor func(pki.Identity) *RPC) {
+	ids := r.mcache.gossipIDs(topic, r.cfg.MaxIHaveLength)
+	if len(ids) == 0 {
+		return
+	}
+	var c []pki.Identity
+	for id := range r.topics[topic] {
+		if _, ex := exclude[id]; !ex && scores[id] >= r.cfg.Score.GossipThreshold {
+			c = append(c, id)
+		}
+	}
+	n := max(r.cfg.Dlazy, int(r.cfg.GossipFactor*float64(len(c))))
+	r.rng.Shuffle(len(c), func(i, j int) { c[i], c[j] = c[j], c[i] })
+	if len(c) > n {
+		c = c[:n]
+	}
+	for _, id := range c {
+		x := rpcFor(id)
+		x.IHave = append(x.IHave, IHave{Topic: topic, IDs: ids})
+		r.stats.IHaveSent.Add(1)
+	}
+}
+
+// selectMesh chooses which mesh peers to keep when the mesh is over Dhi: the
+// dscore best by score, the rest at random up to d, then swaps in outbound
+// peers until dout of them are kept. It is pure apart from shuffle.
+func selectMesh(mesh map[pki.Identity]struct{}, scores map[pki.Identity]float64, outbound func(pki.Identity) bool,
+	d, dscore, dout int, shuffle func(n int, swap func(i, j int))) map[pki.Identity]struct{} {
+	all := make([]pki.Identity, 0, len(mesh))
+	for id := range mesh {
+		all = append(all, id)
+	}
+	shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
+	slices.SortStableFunc(all, func(a, b pki.Identity) int {
+		switch sa, sb := scores[a], scores[b]; {
+		case sa > sb:
+			return -1
+		case sa < sb:
+			return 1
+		}
+		return 0
+	})
+	rest := all[dscore:]
+	shuffle(len(rest), func(i, j int) { rest[i], rest[j] = rest[j], rest[i] })
+	if d > len(all) {
+		d = len(all)
+	}
+	kept := all[:d]
+	nOut := 0
+	for _, id := range kept {
+		if outbound(id) {
+			nOut++
+		}
+	}
+	// Replace non-outbound peers at the tail of the kept set by outbound
+	// peers from the discarded set.
+	for j := d; j < len(all) && nOut < dout; j++ {
+		if !outbound(all[j]) {
+			continue
+		}
+		for i := d - 1; i >= 0; i-- {
+			if !outbound(all[i]) {
+				all[i], all[j] = all[j], all[i]
+				nOut++
+				break
+			}
+		}
+	}
+	keep := make(map[pki.Identity]struct{}, d)
+	for _, id := range all[:d] {
+		keep[id] = struct{}{}
+	}
+	return keep
+}

@@ -1,0 +1,115 @@
+package gossipsub
+
+import (
+	"math"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestComputeScore(t *testing.T) {
+	def := DefaultScoreParams()
+	p3 := def
+	p3.Topic.MeshMessageDeliveriesWeight = -2
+	p3.Topic.MeshFailurePenaltyWeight = -1
+	cases := []struct {
+		name string
+		p    ScoreParams
+		s    PeerStats
+		want float64
+	}{
+		{"fresh peer", def, PeerStats{}, 0},
+		{"P1 100s in mesh", def, PeerStats{Topics: map[string]*TopicStats{"a": {InMesh: true, MeshTime: 100 * time.Second}}}, 0.28},
+		{"P1 capped", def, PeerStats{Topics: map[string]*TopicStats{"a": {InMesh: true, MeshTime: 10 * time.Hour}}}, 3600 * 0.0028},
+		{"P1 only while in mesh", def, PeerStats{Topics: map[string]*TopicStats{"a": {MeshTime: time.Hour}}}, 0},
+		{"P2 capped", def, PeerStats{Topics: map[string]*TopicStats{"a": {FirstMessageDeliveries: 100}}}, 10},
+		{"P2 two topics", def, PeerStats{Topics: map[string]*TopicStats{"a": {FirstMessageDeliveries: 4}, "b": {FirstMessageDeliveries: 6}}}, 5},
+		{"topic cap", func() ScoreParams { p := def; p.TopicScoreCap = 3; return p }(), PeerStats{Topics: map[string]*TopicStats{"a": {FirstMessageDeliveries: 20}}}, 3},
+		{"P3 inactive", p3, PeerStats{Topics: map[string]*TopicStats{"a": {InMesh: true}}}, 0},
+		{"P3 deficit squared", p3, PeerStats{Topics: map[string]*TopicStats{"a": {InMesh: true, MeshMessageDeliveriesActive: true, MeshMessageDeliveries: 0.5}}}, -2 * 0.25},
+		{"P3 met", p3, PeerStats{Topics: map[string]*TopicStats{"a": {InMesh: true, MeshMessageDeliveriesActive: true, MeshMessageDeliveries: 3}}}, 0},
+		{"P3b", p3, PeerStats{Topics: map[string]*TopicStats{"a": {MeshFailurePenalty: 4}}}, -4},
+		{"P4 squared", def, PeerStats{Topics: map[string]*TopicStats{"a": {InvalidMessageDeliveries: 3}}}, -90},
+		{"P4 not capped by topic cap", def, PeerStats{Topics: map[string]*TopicStats{"a": {FirstMessageDeliveries: 20, InvalidMessageDeliveries: 1}}}, 0},
+		{"P5", def, PeerStats{AppScore: -7}, -7},
+		{"P6 at threshold", def, PeerStats{IPColocated: 4}, 0},
+		{"P6 20 sybils", def, PeerStats{IPColocated: 20}, -5 * 16 * 16},
+		{"P7 below threshold", def, PeerStats{BehaviourPenalty: 6}, 0},
+		{"P7 squared", def, PeerStats{BehaviourPenalty: 9}, -90},
+	}
+	for _, c := range cases {
+		if got := ComputeScore(&c.p, &c.s); math.Abs(got-c.want) > 1e-9 {
+			t.Errorf("%s: score %v, want %v", c.name, got, c.want)
+		}
+	}
+	// The thresholds documented on DefaultScoreParams.
+	if s := ComputeScore(&def, &PeerStats{Topics: map[string]*TopicStats{"a": {InvalidMessageDeliveries: 3}}}); s >= def.GraylistThreshold {
+		t.Errorf("3 invalid messages: %v not below graylist", s)
+	}
+	if s := ComputeScore(&def, &PeerStats{IPColocated: 9}); s >= def.GraylistThreshold {
+		t.Errorf("9 colocated: %v not below graylist", s)
+	}
+}
+
+func TestDecayStats(t *testing.T) {
+	p := DefaultScoreParams()
+	p.Topic.MeshMessageDeliveriesActivation = 5 * time.Second
+	s := PeerStats{BehaviourPenalty: 10, Topics: map[string]*TopicStats{
+		"a": {InMesh: true, MeshTime: 6 * time.Second, FirstMessageDeliveries: 10, InvalidMessageDeliveries: 0.0101},
+	}}
+	decayStats(&p, &s)
+	ts := s.Topics["a"]
+	if math.Abs(ts.FirstMessageDeliveries-9.9) > 1e-9 || math.Abs(s.BehaviourPenalty-9) > 1e-9 {
+		t.Errorf("decay: %+v %v", ts, s.BehaviourPenalty)
+	}
+	if ts.InvalidMessageDeliveries != 0 {
+		t.Errorf("value under DecayToZero kept: %v", ts.InvalidMessageDeliveries)
+	}
+	if !ts.MeshMessageDeliveriesActive {
+		t.Error("P3 not activated after activation time")
+	}
+}
+
+func TestColocationPrefix(t *testing.T) {
+	p := DefaultScoreParams()
+	a := colocationPrefix(&p, netip.MustParseAddr("10.1.2.3"))
+	b := colocationPrefix(&p, netip.MustParseAddr("::ffff:10.1.200.9"))
+	c := colocationPrefix(&p, netip.MustParseAddr("10.2.0.1"))
+	if a != b || a == c {
+		t.Errorf("prefixes %v %v %v", a, b, c)
+	}
+	if colocationPrefix(&p, netip.Addr{}).IsValid() {
+		t.Error("invalid address grouped")
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	if err := (Config{}).Validate(); err != nil {
+		t.Fatalf("zero config: %v", err)
+	}
+	d := DefaultConfig()
+	if d.D != 6 || d.Dlo != 5 || d.Dhi != 12 || d.Dout != 2 || d.Dscore != 4 || d.HeartbeatInterval != time.Second ||
+		d.MaxMessageSize != 64<<10 || d.PublishRate != 100 || d.ReceiveRate != 50 || d.MaxTopics != 10000 || d.MaxPeersPerTopic != 1000 {
+		t.Fatalf("defaults differ from the reference: %+v", d)
+	}
+	cases := []struct {
+		field string
+		c     Config
+	}{
+		{"Dlo", Config{Dlo: 7}},
+		{"Dhi", Config{D: 8, Dhi: 7}},
+		{"Dout", Config{Dout: 4}},
+		{"HistoryGossip", Config{HistoryGossip: 9}},
+		{"MaxPruneBackoff", Config{PruneBackoff: time.Hour, MaxPruneBackoff: time.Minute}},
+		{"GossipFactor", Config{GossipFactor: 2}},
+		{"Score.GraylistThreshold", Config{Score: func() ScoreParams { p := DefaultScoreParams(); p.GraylistThreshold = 0; return p }()}},
+		{"Score.BehaviourPenaltyDecay", Config{Score: func() ScoreParams { p := DefaultScoreParams(); p.BehaviourPenaltyDecay = 1; return p }()}},
+	}
+	for _, c := range cases {
+		err := c.c.Validate()
+		if err == nil || !strings.Contains(err.Error(), "Config."+c.field) {
+			t.Errorf("%s: error %v does not name the field", c.field, err)
+		}
+	}
+}

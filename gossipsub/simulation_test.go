@@ -1,0 +1,109 @@
+package gossipsub
+
+import (
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// The simulations run the real router over simNet in virtual time. Their
+// figures are recorded in SIMULATION.md; run with -v to print them.
+
+func simulate(t *testing.T, p simParams) simResult {
+	var res simResult
+	synctest.Test(t, func(t *testing.T) { res = runSim(t, p) })
+	t.Logf("%d nodes, %d msgs of %d B, idontwant=%v: %v", p.nodes, p.msgs, p.size, p.idontwant, res)
+	st := res.stats
+	t.Logf("  summed over honest nodes: duplicates %d, IWANT-served %d, IDONTWANT sent %d honoured %d, invalid signatures %d, graylisted RPCs %d, IHAVE excess %d, IWANT excess %d, broken promises %d, send-queue drops %d",
+		st.Duplicates, st.IWantServed, st.IDontWantSent, st.IDontWantHonored, st.DropInvalidSignature, st.DropGraylisted,
+		st.DropIHaveExcess, st.DropIWantExcess, st.BrokenPromises, st.DropSendQueue)
+	return res
+}
+
+func TestSimHonest(t *testing.T) {
+	res := simulate(t, simParams{nodes: 100, degree: 10, msgs: 100, size: 256, idontwant: true, seed: 1})
+	if res.deliveryRatio != 1 {
+		t.Fatalf("honest delivery %.4f, want 1", res.deliveryRatio)
+	}
+	if res.p99 > 2*time.Second {
+		t.Errorf("p99 latency %v", res.p99)
+	}
+	d := DefaultConfig()
+	if res.meshMin < d.Dlo || res.meshMax > d.Dhi {
+		t.Errorf("mesh sizes %d..%d outside D_lo..D_hi = %d..%d", res.meshMin, res.meshMax, d.Dlo, d.Dhi)
+	}
+}
+
+func TestSimIDontWant(t *testing.T) {
+	off := simulate(t, simParams{nodes: 100, degree: 10, msgs: 40, size: 16 << 10, idontwant: false, seed: 2})
+	on := simulate(t, simParams{nodes: 100, degree: 10, msgs: 40, size: 16 << 10, idontwant: true, seed: 2})
+	if off.deliveryRatio != 1 || on.deliveryRatio != 1 {
+		t.Fatalf("delivery off %.4f on %.4f, want 1", off.deliveryRatio, on.deliveryRatio)
+	}
+	if on.bytesPerDelivery >= off.bytesPerDelivery {
+		t.Fatalf("IDONTWANT did not reduce bytes: on %.0f off %.0f", on.bytesPerDelivery, off.bytesPerDelivery)
+	}
+	if on.stats.IDontWantHonored == 0 {
+		t.Fatal("no IDONTWANT honoured")
+	}
+	t.Logf("IDONTWANT saves %.1f%% of bytes per delivered message", 100*(1-on.bytesPerDelivery/off.bytesPerDelivery))
+}
+
+// TestSimChurn: 10 of 100 nodes leave at once just before publishing; the
+// others repair their meshes and still get everything.
+func TestSimChurn(t *testing.T) {
+	res := simulate(t, simParams{nodes: 100, degree: 10, msgs: 100, size: 256, idontwant: true, churn: 10, seed: 4})
+	if res.deliveryRatio < 0.99 {
+		t.Fatalf("delivery %.4f among the 90 staying nodes, want >= 0.99", res.deliveryRatio)
+	}
+}
+
+func testAttack(t *testing.T, a attack) {
+	res := simulate(t, simParams{nodes: 100, degree: 10, msgs: 100, size: 256, idontwant: true, attack: a, seed: 3})
+	if res.deliveryRatio < 0.99 {
+		t.Errorf("honest delivery %.4f under attack, want >= 0.99", res.deliveryRatio)
+	}
+	if res.attackersGraylist != res.attackers {
+		t.Errorf("%d of %d attackers graylisted at every neighbour", res.attackersGraylist, res.attackers)
+	}
+	if res.graylistAfter > 3*time.Second {
+		t.Errorf("graylisting took %v, want within 3 heartbeats", res.graylistAfter)
+	}
+}
+
+func TestSimAttackInvalidSignatures(t *testing.T) { testAttack(t, attackInvalidSig) }
+func TestSimAttackGossipSpam(t *testing.T)        { testAttack(t, attackGossipSpam) }
+func TestSimAttackSybils(t *testing.T)            { testAttack(t, attackSybils) }
+
+// BenchmarkSim1000 runs the honest and IDONTWANT simulations with 1,000
+// nodes. synctest needs a *testing.T, so the scenario runs as an internal
+// test of its own.
+func BenchmarkSim1000(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		p    simParams
+	}{
+		{"honest-256B", simParams{nodes: 1000, degree: 10, msgs: 30, size: 256, idontwant: true, seed: 11}},
+		{"16KiB-idontwant-off", simParams{nodes: 1000, degree: 10, msgs: 20, size: 16 << 10, idontwant: false, seed: 12}},
+		{"16KiB-idontwant-on", simParams{nodes: 1000, degree: 10, msgs: 20, size: 16 << 10, idontwant: true, seed: 12}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				var res simResult
+				ok := testing.RunTests(func(string, string) (bool, error) { return true, nil },
+					[]testing.InternalTest{{Name: "Sim1000/" + c.name, F: func(t *testing.T) {
+						synctest.Test(t, func(t *testing.T) { res = runSim(t, c.p) })
+					}}})
+				if !ok {
+					b.Fatal("simulation failed")
+				}
+				b.ReportMetric(100*res.deliveryRatio, "delivery%")
+				b.ReportMetric(float64(res.p50.Milliseconds()), "p50-ms")
+				b.ReportMetric(float64(res.p99.Milliseconds()), "p99-ms")
+				b.ReportMetric(res.dupsPerDelivery, "dups/delivery")
+				b.ReportMetric(res.bytesPerDelivery, "bytes/delivery")
+				b.Logf("%s: %v", c.name, res)
+			}
+		})
+	}
+}
