@@ -117,7 +117,6 @@ type cacheEntry struct {
 	firstSeen time.Time // for P3 mesh delivery window
 	firstFrom pki.Identity
 	iwant     map[pki.Identity]int // times sent to a peer on IWANT
-	window    int                  // history window index when added
 }
 
 // msgCache is the GossipSub message cache: HistoryLength windows, the first
