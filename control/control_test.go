@@ -74,3 +74,27 @@ func TestStaleSocketReplacedAndMissingNodeExplained(t *testing.T) {
 		t.Fatalf("Call without node: %v", err)
 	}
 }
+
+// FuzzHandle feeds arbitrary request bytes to the server's handler: it must
+// always answer with a JSON response and never panic.
+func FuzzHandle(f *testing.F) {
+	f.Add([]byte(`{"cmd":"echo","args":{"a":1}}` + "\n"))
+	f.Add([]byte("{\n"))
+	f.Add([]byte(`{"cmd":"nope"}` + "\n"))
+	s := &Server{handlers: map[string]Handler{
+		"echo": func(_ context.Context, a json.RawMessage) (any, error) { return a, nil },
+	}}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	f.Fuzz(func(t *testing.T, req []byte) {
+		a, b := net.Pipe()
+		done := make(chan struct{})
+		go func() { defer close(done); s.handle(b) }()
+		go func() { a.Write(req); a.Write([]byte("\n")) }()
+		var resp Response
+		if err := json.NewDecoder(a).Decode(&resp); err != nil {
+			t.Fatalf("no JSON response to %q: %v", req, err)
+		}
+		a.Close()
+		<-done
+	})
+}
