@@ -154,4 +154,3 @@ func TestStatusWithoutNode(t *testing.T) {
 	_, err := run(t, "status", "--control", filepath.Join(t.TempDir(), "none.sock"))
 	oneLine(t, err, "korium-tun up")
 }
-
