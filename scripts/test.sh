@@ -35,6 +35,13 @@ step "netns-test"
 step "cluster"
 ./scripts/cluster.sh 4 --check
 step "throughput smoke run (overlay vs wireguard-go vs raw veth)"
-./scripts/bench-throughput.sh --rounds 1 --time 3 --json /tmp/korium-bench.json
+json=$(mktemp /tmp/korium-bench.XXXXXX.json)
+./scripts/bench-throughput.sh --rounds 2 --time 3 --json "$json"
+# A regression guard, not the target: measured here 0.76-0.84 (the target is
+# 0.5); one noisy short run on a shared machine must not fail the suite.
+ratio=$(sed -n 's/.*"tcpP": {"overlay_wg": \([0-9.]*\).*/\1/p' "$json")
+rm -f "$json"
+awk -v r="$ratio" 'BEGIN { exit !(r != "" && r >= 0.35) }' || { echo "overlay/wireguard-go throughput ratio ${ratio:-missing} is below 0.35"; exit 1; }
+echo "overlay/wireguard-go throughput ratio (4 streams): $ratio"
 echo
 echo "ALL TESTS PASSED"
