@@ -64,6 +64,10 @@ type Config struct {
 	StatelessResetKey *[32]byte
 	// ResetRate bounds stateless resets per second (default 100).
 	ResetRate int
+	// PoWBits is the network's proof-of-work difficulty: a hello from an
+	// identity below it is dropped before its signature is checked, so
+	// nobody fills the path table with free identities. 0 checks nothing.
+	PoWBits int
 }
 
 func (c *Config) setDefaults() error {
@@ -430,6 +434,10 @@ func (c *Conn) handleHello(h *Hello, src netip.AddrPort, now time.Time) {
 	}
 	if d := now.UnixNano() - h.Timestamp; d > int64(c.cfg.HelloMaxSkew) || -d > int64(c.cfg.HelloMaxSkew) {
 		c.stats.DropStaleHello.Add(1)
+		return
+	}
+	if c.cfg.PoWBits > 0 && pki.PoWBits(h.From, h.PoWNonce) < c.cfg.PoWBits {
+		c.stats.DropBadProbe.Add(1)
 		return
 	}
 	c.helloMu.Lock()

@@ -17,7 +17,7 @@ import (
 )
 
 func newKey(t testing.TB) *pki.Keypair {
-	kp, err := pki.GenerateKeypair(context.Background(), 0)
+	kp, err := pki.GenerateKeypair(context.Background(), testPoW)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,6 +36,8 @@ func loopback(c *net.UDPConn) netip.AddrPort {
 	return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(c.LocalAddr().(*net.UDPAddr).Port))
 }
 
+const testPoW = 4
+
 var quicConf = &quic.Config{EnableDatagrams: true, InitialPacketSize: 1432, DisablePathMTUDiscovery: true, MaxIdleTimeout: 10 * time.Second, HandshakeIdleTimeout: 5 * time.Second}
 
 type end struct {
@@ -49,7 +51,7 @@ func newEnd(t testing.TB, smart bool) *end {
 	e := &end{kp: newKey(t), udp: listenUDP(t)}
 	var pc net.PacketConn = e.udp
 	if smart {
-		s, err := New(e.udp, Config{Keypair: e.kp})
+		s, err := New(e.udp, Config{Keypair: e.kp, PoWBits: testPoW})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -190,6 +192,12 @@ func TestForgedHelloRejected(t *testing.T) {
 	good := NewHello(a.kp, b.kp.Identity(), 4, now)
 	send(good)
 	send(good) // replay
+	// A valid signature from an identity without enough proof of work.
+	weak, _ := pki.NewKeypair(make([]byte, 32), 0)
+	for n := uint64(1); weak.PoWBits() >= testPoW; n++ {
+		weak, _ = pki.NewKeypair(make([]byte, 32), n)
+	}
+	send(NewHello(weak, b.kp.Identity(), 5, now))
 	deadline := time.Now().Add(5 * time.Second)
 	// Drive b's read loop: a listener makes quic-go read the socket.
 	ln, err := b.tr.Listen(b.tls(t, nil), quicConf)
@@ -197,15 +205,15 @@ func TestForgedHelloRejected(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	for b.sock.Stats().RxHello < 5 {
+	for b.sock.Stats().RxHello < 6 {
 		if time.Now().After(deadline) {
 			t.Fatalf("hellos not processed: %+v", b.sock.Stats())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	s := b.sock.Stats()
-	if s.DropBadProbe != 2 || s.DropStaleHello != 2 {
-		t.Fatalf("want 2 bad (forged, wrong recipient) and 2 stale (old, replay), got %+v", s)
+	if s.DropBadProbe != 3 || s.DropStaleHello != 2 {
+		t.Fatalf("want 3 bad (forged, wrong recipient, weak proof of work) and 2 stale (old, replay), got %+v", s)
 	}
 	if pi, ok := b.sock.Path(a.kp.Identity()); !ok || pi.Current != loopback(a.udp) {
 		t.Fatalf("good hello did not add a path: %+v", pi)

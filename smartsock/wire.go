@@ -36,8 +36,9 @@ const (
 	ProbeHello byte = 1
 )
 
-// helloBodySize is From (32) + To (32) + Ed25519 signature (64).
-const helloBodySize = 2*pki.IdentitySize + 64
+// helloBodySize is From (32) + From's proof-of-work nonce (8) + To (32) +
+// Ed25519 signature (64).
+const helloBodySize = 2*pki.IdentitySize + 8 + 64
 
 // HelloSize is the size of an encoded hello probe.
 const HelloSize = ProbeHeaderSize + helloBodySize
@@ -56,7 +57,9 @@ type ProbeHeader struct {
 // Hello is a decoded hello probe. It is only trusted after Verify.
 type Hello struct {
 	ProbeHeader
-	From, To pki.Identity
+	From     pki.Identity
+	PoWNonce uint64 // From's proof of work, checked before the signature
+	To       pki.Identity
 	Sig      [64]byte
 }
 
@@ -101,12 +104,13 @@ func appendHelloSigned(b []byte, h *Hello) []byte {
 	b = append(b, helloContext...)
 	b = AppendProbeHeader(b, h.ProbeHeader)
 	b = append(b, h.From[:]...)
+	b = binary.BigEndian.AppendUint64(b, h.PoWNonce)
 	return append(b, h.To[:]...)
 }
 
 // NewHello builds and signs a hello from kp to peer.
 func NewHello(kp *pki.Keypair, to pki.Identity, txID uint64, now int64) *Hello {
-	h := &Hello{ProbeHeader: ProbeHeader{Type: ProbeHello, TxID: txID, Timestamp: now}, From: kp.Identity(), To: to}
+	h := &Hello{ProbeHeader: ProbeHeader{Type: ProbeHello, TxID: txID, Timestamp: now}, From: kp.Identity(), PoWNonce: kp.Nonce(), To: to}
 	copy(h.Sig[:], kp.Sign(appendHelloSigned(make([]byte, 0, 128), h)))
 	return h
 }
@@ -115,6 +119,7 @@ func NewHello(kp *pki.Keypair, to pki.Identity, txID uint64, now int64) *Hello {
 func AppendHello(b []byte, h *Hello) []byte {
 	b = AppendProbeHeader(b, h.ProbeHeader)
 	b = append(b, h.From[:]...)
+	b = binary.BigEndian.AppendUint64(b, h.PoWNonce)
 	b = append(b, h.To[:]...)
 	return append(b, h.Sig[:]...)
 }
@@ -134,8 +139,9 @@ func ParseHello(b []byte) (*Hello, error) {
 	}
 	h := &Hello{ProbeHeader: ph}
 	copy(h.From[:], body[:32])
-	copy(h.To[:], body[32:64])
-	copy(h.Sig[:], body[64:])
+	h.PoWNonce = binary.BigEndian.Uint64(body[32:40])
+	copy(h.To[:], body[40:72])
+	copy(h.Sig[:], body[72:])
 	return h, nil
 }
 
