@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -96,7 +97,22 @@ type Config struct {
 	// MaxPeers caps open connections (default 1,000, the reference's
 	// connection cache). Further inbound connections are refused.
 	MaxPeers int
+	// Resolver, when set, finds who owns an overlay address the node has
+	// no connection to (the DHT does this). A packet to such an address
+	// starts one resolution (not one per packet); the held packet goes out
+	// when the connection is up. Nil: only connected peers are reachable.
+	Resolver Resolver
+	// ResolveTimeout bounds one resolution and its dials (default 10 s).
+	ResolveTimeout time.Duration
+	// ResolveFailTTL is how long a failed resolution is remembered, during
+	// which packets to that address are dropped at once (default 5 s).
+	ResolveFailTTL time.Duration
 }
+
+// Resolver returns contacts that may own addr. The node dials them with the
+// identity pinned and checks that the identity owns addr, so a resolver's
+// answer is never trusted on its own.
+type Resolver func(ctx context.Context, addr netip.Addr) ([]Contact, error)
 
 func (c *Config) withDefaults() (Config, error) {
 	out := *c
@@ -129,6 +145,8 @@ func (c *Config) withDefaults() (Config, error) {
 	def(&out.IdleTimeout, 15*time.Second)
 	def(&out.HandshakeTimeout, 5*time.Second)
 	def(&out.PendingTimeout, 3*time.Second)
+	def(&out.ResolveTimeout, 10*time.Second)
+	def(&out.ResolveFailTTL, 5*time.Second)
 	if out.MaxPending <= 0 {
 		out.MaxPending = 1024
 	}

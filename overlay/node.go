@@ -66,8 +66,10 @@ type Node struct {
 	desired map[pki.Identity]*desired
 	gen     atomic.Uint64 // bumped whenever byAddr changes
 
-	pendMu  sync.Mutex
-	pending map[netip.Addr]*held
+	pendMu    sync.Mutex // guards the three maps below
+	pending   map[netip.Addr]*held
+	resolving map[netip.Addr]bool      // a resolution is in flight
+	failed    map[netip.Addr]time.Time // resolution failed; retry after
 
 	stats Counters
 
@@ -116,6 +118,7 @@ type Counters struct {
 	RxMalformed, RxSpoofedSource, RxNotForUs                 atomic.Uint64
 	DevReadErrors, DevWriteErrors, PendingDelivered          atomic.Uint64
 	HandshakeRefused, DuplicateConns                         atomic.Uint64
+	ResolveOK, ResolveFailed, TxResolveFailed, ResolveBusy   atomic.Uint64
 }
 
 // netStack is what the netstack device offers Go programs.
@@ -144,16 +147,18 @@ func New(cfg Config) (n *Node, err error) {
 		return nil, fmt.Errorf("overlay: our own key is too weak for this network (%v): generate one with --pow-bits %d", err, c.PoWBits)
 	}
 	n = &Node{
-		cfg:     c,
-		kp:      c.Keypair,
-		id:      c.Keypair.Identity(),
-		addr:    smartaddr.FromIdentity(c.Keypair.Identity()),
-		inbound: make(chan *pbuf, inboundQueueLen),
-		peers:   make(map[pki.Identity]*peer),
-		byAddr:  make(map[netip.Addr]*peer),
-		desired: make(map[pki.Identity]*desired),
-		pending: make(map[netip.Addr]*held),
-		started: time.Now(),
+		cfg:       c,
+		kp:        c.Keypair,
+		id:        c.Keypair.Identity(),
+		addr:      smartaddr.FromIdentity(c.Keypair.Identity()),
+		inbound:   make(chan *pbuf, inboundQueueLen),
+		peers:     make(map[pki.Identity]*peer),
+		byAddr:    make(map[netip.Addr]*peer),
+		desired:   make(map[pki.Identity]*desired),
+		pending:   make(map[netip.Addr]*held),
+		resolving: make(map[netip.Addr]bool),
+		failed:    make(map[netip.Addr]time.Time),
+		started:   time.Now(),
 	}
 	n.bufPool.New = func() any { return new(pbuf) }
 	n.ctx, n.cancel = context.WithCancel(context.Background())
@@ -670,11 +675,19 @@ func (n *Node) sendTooBig(pkt []byte, mtu int, buf []byte, bufs [][]byte) {
 	}
 }
 
+// maxResolving bounds resolutions in flight at once.
+const maxResolving = 64
+
 // hold keeps the newest packet for an overlay address with no connection,
-// for PendingTimeout; a connection to its owner delivers it.
+// for PendingTimeout, and starts one resolution of the address if a
+// Resolver is set; a connection to its owner delivers the packet.
 func (n *Node) hold(dst netip.Addr, pkt []byte) {
 	n.pendMu.Lock()
 	defer n.pendMu.Unlock()
+	if until, ok := n.failed[dst]; ok && time.Now().Before(until) {
+		n.stats.TxResolveFailed.Add(1)
+		return
+	}
 	h := n.pending[dst]
 	if h == nil {
 		if len(n.pending) >= n.cfg.MaxPending {
@@ -688,15 +701,69 @@ func (n *Node) hold(dst netip.Addr, pkt []byte) {
 	}
 	h.pkt = append(h.pkt[:0], pkt...)
 	h.at = time.Now()
+	if n.cfg.Resolver == nil || n.resolving[dst] {
+		return
+	}
+	if len(n.resolving) >= maxResolving {
+		n.stats.ResolveBusy.Add(1)
+		return
+	}
+	n.resolving[dst] = true
+	n.wg.Add(1)
+	go func() { defer n.wg.Done(); n.resolve(dst) }()
+}
+
+// resolve asks the Resolver who owns dst and connects to the first answer
+// that proves it (identity pinned in the handshake, address derived from
+// the identity). Installing the connection delivers the held packet.
+func (n *Node) resolve(dst netip.Addr) {
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.ResolveTimeout)
+	defer cancel()
+	ok := false
+	contacts, err := n.cfg.Resolver(ctx, dst)
+	if err == nil {
+		for _, c := range contacts {
+			if !smartaddr.Owns(c.Identity, dst) {
+				continue
+			}
+			if err = n.Connect(ctx, c); err == nil {
+				ok = true
+				break
+			}
+		}
+	}
+	n.pendMu.Lock()
+	delete(n.resolving, dst)
+	if !ok && n.ctx.Err() == nil {
+		if len(n.failed) < n.cfg.MaxPending {
+			n.failed[dst] = time.Now().Add(n.cfg.ResolveFailTTL)
+		}
+		if _, held := n.pending[dst]; held {
+			delete(n.pending, dst)
+			n.stats.TxResolveFailed.Add(1)
+		}
+	}
+	n.pendMu.Unlock()
+	if ok {
+		n.stats.ResolveOK.Add(1)
+	} else {
+		n.stats.ResolveFailed.Add(1)
+		n.cfg.Logger.Debug("resolution failed", "address", dst.String(), "err", err)
+	}
 }
 
 func (n *Node) expirePending(now time.Time) {
 	n.pendMu.Lock()
 	defer n.pendMu.Unlock()
 	for a, h := range n.pending {
-		if now.Sub(h.at) > n.cfg.PendingTimeout {
+		if now.Sub(h.at) > n.cfg.PendingTimeout && !n.resolving[a] {
 			delete(n.pending, a)
 			n.stats.TxNoPeer.Add(1)
+		}
+	}
+	for a, until := range n.failed {
+		if now.After(until) {
+			delete(n.failed, a)
 		}
 	}
 }

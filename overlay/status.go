@@ -89,10 +89,14 @@ func (n *Node) Status() Status {
 		"device_read_error": c.DevReadErrors.Load(),
 		"device_write_err":  c.DevWriteErrors.Load(),
 		"handshake_refused": c.HandshakeRefused.Load(),
+		"tx_resolve_failed": c.TxResolveFailed.Load(),
+		"resolve_busy":      c.ResolveBusy.Load(),
 	}
 	s.Counters = map[string]uint64{
 		"pending_delivered": c.PendingDelivered.Load(),
 		"duplicate_conns":   c.DuplicateConns.Load(),
+		"resolve_ok":        c.ResolveOK.Load(),
+		"resolve_failed":    c.ResolveFailed.Load(),
 	}
 	return s
 }
