@@ -97,6 +97,11 @@ type Config struct {
 	// MaxPeers caps open connections (default 1,000, the reference's
 	// connection cache). Further inbound connections are refused.
 	MaxPeers int
+	// Advertise are the addresses others should use to reach this node
+	// (published in its DHT record and printed as bootstrap strings).
+	// Default: the listen address, or every non-loopback address of the
+	// host when listening on all of them.
+	Advertise []netip.AddrPort
 	// Resolver, when set, finds who owns an overlay address the node has
 	// no connection to (the DHT does this). A packet to such an address
 	// starts one resolution (not one per packet); the held packet goes out

@@ -85,6 +85,7 @@ type peer struct {
 	conn        *quic.Conn
 	outbound    bool
 	incarnation string // the peer certificate's serial: new on every start
+	nonce       uint64 // the peer's proof-of-work nonce, from its certificate
 	since       time.Time
 	txBytes     atomic.Uint64
 	txPkts      atomic.Uint64
@@ -278,6 +279,37 @@ func (n *Node) Contact(host netip.Addr) Contact {
 	return Contact{Identity: n.id, Addr: netip.AddrPortFrom(host, n.LocalAddr().Port())}
 }
 
+// AdvertisedAddrs returns the addresses others can use to reach this node:
+// Config.Advertise, else the listen address, else every usable address of
+// the host with the listen port.
+func (n *Node) AdvertisedAddrs() []netip.AddrPort {
+	if len(n.cfg.Advertise) > 0 {
+		return append([]netip.AddrPort(nil), n.cfg.Advertise...)
+	}
+	la := n.LocalAddr()
+	if !la.Addr().IsUnspecified() {
+		return []netip.AddrPort{netip.AddrPortFrom(la.Addr().Unmap(), la.Port())}
+	}
+	var out []netip.AddrPort
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(ipn.IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsMulticast() || smartaddr.IsOverlay(ip) {
+			continue
+		}
+		out = append(out, netip.AddrPortFrom(ip, la.Port()))
+	}
+	return out
+}
+
 // MTU returns the tunnel MTU.
 func (n *Node) MTU() int { return n.cfg.MTU }
 
@@ -419,6 +451,7 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 		incarnation: cs.TLS.PeerCertificates[0].SerialNumber.String(),
 		since:       time.Now(),
 	}
+	p.nonce, _ = pki.PeerNonce(cs.TLS)
 	n.mu.Lock()
 	old := n.peers[id]
 	if old == nil && len(n.peers) >= n.cfg.MaxPeers {

@@ -149,6 +149,7 @@ func FuzzDecodeKeyFile(f *testing.F) {
 type handshakeResult struct {
 	clientErr, serverErr error
 	serverSaw            Identity
+	serverNonce          uint64
 }
 
 func handshake(t *testing.T, client, server TLSConfig, expected Identity) (r handshakeResult) {
@@ -172,6 +173,7 @@ func handshake(t *testing.T, client, server TLSConfig, expected Identity) (r han
 		r.serverErr = s.Handshake()
 		if r.serverErr == nil {
 			r.serverSaw, r.serverErr = PeerIdentity(s.ConnectionState())
+			r.serverNonce, _ = PeerNonce(s.ConnectionState())
 		}
 		b.Close()
 	}()
@@ -191,7 +193,7 @@ func TestTLSIdentity(t *testing.T) {
 	ac, bc := TLSConfig{alice, bits}, TLSConfig{bob, bits}
 
 	r := handshake(t, ac, bc, bob.Identity())
-	if r.clientErr != nil || r.serverErr != nil || r.serverSaw != alice.Identity() {
+	if r.clientErr != nil || r.serverErr != nil || r.serverSaw != alice.Identity() || r.serverNonce != alice.Nonce() {
 		t.Fatalf("good handshake: %+v", r)
 	}
 	// The dialer pins bob; mallory answers: refused.

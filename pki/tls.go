@@ -66,20 +66,29 @@ func VerifyPeerCertificate(rawCerts [][]byte, powBits int) (Identity, error) {
 		return id, fmt.Errorf("%w: key is not Ed25519", ErrPeerRejected)
 	}
 	copy(id[:], pub)
-	var nonce uint64
-	if text, ok := strings.CutPrefix(cert.Subject.SerialNumber, powSubjectPrefix); ok {
-		n, err := strconv.ParseUint(text, 10, 64)
-		if err != nil {
-			return id, fmt.Errorf("%w: malformed proof-of-work nonce", ErrPeerRejected)
-		}
-		nonce = n
-	} else if powBits > 0 {
+	nonce, found, err := certNonce(cert)
+	if err != nil {
+		return id, err
+	}
+	if !found && powBits > 0 {
 		return id, fmt.Errorf("%w: identity %s has no proof of work", ErrPeerRejected, id.Short())
 	}
 	if err := CheckPoW(id, nonce, powBits); err != nil {
 		return id, fmt.Errorf("%w: %v", ErrPeerRejected, err)
 	}
 	return id, nil
+}
+
+func certNonce(cert *x509.Certificate) (nonce uint64, found bool, err error) {
+	text, ok := strings.CutPrefix(cert.Subject.SerialNumber, powSubjectPrefix)
+	if !ok {
+		return 0, false, nil
+	}
+	nonce, err = strconv.ParseUint(text, 10, 64)
+	if err != nil {
+		return 0, false, fmt.Errorf("%w: malformed proof-of-work nonce", ErrPeerRejected)
+	}
+	return nonce, true, nil
 }
 
 // TLSConfig holds what both ends of an overlay connection need.
@@ -142,6 +151,16 @@ func (c TLSConfig) Client(expected Identity) (*tls.Config, error) {
 		return nil
 	}
 	return cfg, nil
+}
+
+// PeerNonce returns the proof-of-work nonce the peer of a completed
+// handshake presented (already checked against the network's difficulty).
+func PeerNonce(cs tls.ConnectionState) (uint64, error) {
+	if len(cs.PeerCertificates) != 1 {
+		return 0, fmt.Errorf("%w: no peer certificate", ErrPeerRejected)
+	}
+	n, _, err := certNonce(cs.PeerCertificates[0])
+	return n, err
 }
 
 // PeerIdentity returns the identity of the peer of a completed handshake.

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -248,26 +247,9 @@ func up(c *cli.Context, stdout, stderr io.Writer) error {
 // bootstrapStrings lists IDENTITY@HOST:PORT for every address others could
 // use to reach this node.
 func bootstrapStrings(n *overlay.Node) []string {
-	la := n.LocalAddr()
-	if !la.Addr().IsUnspecified() {
-		return []string{n.Contact(la.Addr()).String()}
-	}
 	var out []string
-	addrs, _ := net.InterfaceAddrs()
-	for _, a := range addrs {
-		ipn, ok := a.(*net.IPNet)
-		if !ok {
-			continue
-		}
-		ip, ok := netip.AddrFromSlice(ipn.IP)
-		if !ok {
-			continue
-		}
-		ip = ip.Unmap()
-		if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsMulticast() || smartaddr.IsOverlay(ip) {
-			continue
-		}
-		out = append(out, n.Contact(ip).String())
+	for _, a := range n.AdvertisedAddrs() {
+		out = append(out, overlay.Contact{Identity: n.Identity(), Addr: a}.String())
 	}
 	if len(out) == 0 {
 		out = append(out, n.Contact(netip.MustParseAddr("127.0.0.1")).String())
