@@ -96,6 +96,13 @@ type Config struct {
 	// MaxPeers caps open connections (default 1,000, the reference's
 	// connection cache). Further inbound connections are refused.
 	MaxPeers int
+	// RequestTimeout bounds one incoming request's handler: the
+	// SetRequestHandler function, a reader of IncomingRequests, or a
+	// RegisterProtocol handler (default 10 s).
+	RequestTimeout time.Duration
+	// RequestQueue caps requests waiting in IncomingRequests (default 64);
+	// further ones are refused and counted.
+	RequestQueue int
 }
 
 func (c *Config) withDefaults() (Config, error) {
@@ -134,6 +141,10 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if out.MaxPeers <= 0 {
 		out.MaxPeers = 1000
+	}
+	def(&out.RequestTimeout, 10*time.Second)
+	if out.RequestQueue <= 0 {
+		out.RequestQueue = 64
 	}
 	if out.KeepAlive >= out.IdleTimeout {
 		return out, fmt.Errorf("overlay: Config.KeepAlive %v must be below IdleTimeout %v", out.KeepAlive, out.IdleTimeout)

@@ -77,6 +77,7 @@ func (n *Node) Status() Status {
 	}
 	sort.Slice(s.Peers, func(i, j int) bool { return s.Peers[i].Identity < s.Peers[j].Identity })
 	c := &n.stats
+	rs := n.rpc.Stats()
 	s.Drops = map[string]uint64{
 		"tx_not_ipv6":       c.TxNotIPv6.Load(),
 		"tx_not_overlay":    c.TxNotOverlay.Load(),
@@ -89,10 +90,19 @@ func (n *Node) Status() Status {
 		"device_read_error": c.DevReadErrors.Load(),
 		"device_write_err":  c.DevWriteErrors.Load(),
 		"handshake_refused": c.HandshakeRefused.Load(),
+		"rpc_refused":       rs.Refused,
+		"rpc_too_large":     rs.TooLarge,
+		"rpc_timeouts":      rs.Timeouts,
+		"rpc_stream_errors": rs.StreamErrors,
+		"app_no_handler":    c.AppNoHandler.Load(),
+		"app_queue_full":    c.AppQueueFull.Load(),
 	}
 	s.Counters = map[string]uint64{
-		"pending_delivered": c.PendingDelivered.Load(),
-		"duplicate_conns":   c.DuplicateConns.Load(),
+		"pending_delivered":  c.PendingDelivered.Load(),
+		"duplicate_conns":    c.DuplicateConns.Load(),
+		"rpc_requests":       rs.Requests,
+		"rpc_responses":      rs.Responses,
+		"rpc_handler_errors": rs.HandlerErrors,
 	}
 	return s
 }
