@@ -72,6 +72,12 @@ func Call(ctx context.Context, conn *quic.Conn, proto byte, req []byte) ([]byte,
 		}
 		return nil, classify(ctx, conn, err, "reading the response")
 	}
+	if err := expectEOF(str); err != nil {
+		str.CancelRead(codeMalformed)
+		if errors.Is(err, errTrailing) {
+			return nil, newErr(ErrProtocol, "data after the response", err)
+		}
+	}
 	switch st {
 	case StatusOK:
 		return payload, nil

@@ -479,3 +479,46 @@ func TestServeStopsWithContext(t *testing.T) {
 		t.Fatal("Serve did not return after its context ended")
 	}
 }
+
+// TestStreamsAreReleased: many more sequential requests than the 64-stream
+// limit go through one connection, so every finished stream gives its
+// credit back (quic-go needs the FIN read on both ends for that). Half of
+// them send the FIN only after another full call, so it surely travels in
+// a packet of its own after the frame.
+func TestStreamsAreReleased(t *testing.T) {
+	p := newPair(t, Config{})
+	p.srv.Handle(ProtoApp, func(_ context.Context, _ pki.Identity, req []byte) ([]byte, error) { return req, nil })
+	for i := 0; i < 140; i++ {
+		if i%2 == 0 {
+			if _, err := Call(ctxFor(t, 5*time.Second), p.client, ProtoApp, []byte("x")); err != nil {
+				t.Fatalf("call %d: %v", i, err)
+			}
+			continue
+		}
+		str := rawRequest(t, p.client, AppendRequest(nil, ProtoApp, []byte("y")), false)
+		if _, err := Call(ctxFor(t, 5*time.Second), p.client, ProtoApp, []byte("z")); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		str.Close()
+		st, payload, err := ReadResponse(str, MaxMessageSize)
+		if err != nil || st != StatusOK || string(payload) != "y" || expectEOF(str) != nil {
+			t.Fatalf("raw %d: %v %q %v", i, st, payload, err)
+		}
+	}
+}
+
+// TestTrailingDataIsReset: bytes after the request frame make it malformed.
+func TestTrailingDataIsReset(t *testing.T) {
+	p := newPair(t, Config{})
+	var ran atomic.Bool
+	p.srv.Handle(ProtoApp, func(context.Context, pki.Identity, []byte) ([]byte, error) { ran.Store(true); return nil, nil })
+	str := rawRequest(t, p.client, append(AppendRequest(nil, ProtoApp, []byte("a")), "junk"...), true)
+	_, _, err := ReadResponse(str, MaxMessageSize)
+	var se *quic.StreamError
+	if !errors.As(err, &se) || se.ErrorCode != codeMalformed {
+		t.Fatalf("read = %v, want a reset with code %d", err, codeMalformed)
+	}
+	if ran.Load() {
+		t.Fatal("handler ran for a malformed request")
+	}
+}

@@ -175,6 +175,9 @@ func (s *Server) serveStream(ctx context.Context, str *quic.Stream, from pki.Ide
 	}()
 	str.SetReadDeadline(time.Now().Add(s.cfg.StreamTimeout))
 	proto, req, err := ReadRequest(str, s.cfg.MaxMessageSize)
+	if err == nil {
+		err = expectEOF(str) // the caller closes its side after the frame
+	}
 	switch {
 	case errors.Is(err, errUnknownProto):
 		s.stats.refused.Add(1)

@@ -65,7 +65,25 @@ var (
 	errFrameTooLarge = errors.New("rpc: length prefix above the limit")
 	errBadStatus     = errors.New("rpc: unknown response status")
 	errBadVarint     = errors.New("rpc: malformed length prefix")
+	errTrailing      = errors.New("rpc: data after the frame")
 )
+
+// expectEOF reads the end of a stream after its one frame. quic-go frees a
+// stream's state (and gives the peer its stream credit back) only once the
+// FIN has been read, not merely received, so both ends read it.
+func expectEOF(r io.Reader) error {
+	var b [1]byte
+	n, err := r.Read(b[:])
+	switch {
+	case n > 0:
+		return errTrailing
+	case err == io.EOF:
+		return nil
+	case err == nil:
+		return io.ErrNoProgress
+	}
+	return err
+}
 
 // AppendRequest appends a request frame: protocol ID, uvarint length,
 // payload.
