@@ -103,6 +103,7 @@ func (n *Node) Status() Status {
 		"rpc_requests":       rs.Requests,
 		"rpc_responses":      rs.Responses,
 		"rpc_handler_errors": rs.HandlerErrors,
+		"rpc_abandoned":      rs.Abandoned,
 	}
 	return s
 }

@@ -291,9 +291,11 @@ func TestHandlerTimeout(t *testing.T) {
 func TestCallerDeadline(t *testing.T) {
 	p := newPair(t, Config{})
 	entered := make(chan struct{}, 1)
+	exited := make(chan struct{}, 1)
 	p.srv.Handle(ProtoApp, func(ctx context.Context, _ pki.Identity, _ []byte) ([]byte, error) {
 		entered <- struct{}{}
-		<-ctx.Done() // ends when the caller's reset reaches us or at 10 s
+		<-ctx.Done() // ends when the caller's reset reaches us, not at 10 s
+		exited <- struct{}{}
 		return nil, ctx.Err()
 	})
 	start := time.Now()
@@ -306,6 +308,15 @@ func TestCallerDeadline(t *testing.T) {
 		t.Fatalf("caller deadline honoured after %v", d)
 	}
 	<-entered
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("handler still running after the caller gave up")
+	}
+	waitFor(t, "abandoned count", 5*time.Second, func() bool { return p.srv.Stats().Abandoned == 1 })
+	if s := p.srv.Stats(); s.HandlerErrors != 0 || s.Timeouts != 0 {
+		t.Fatalf("stats %+v", s)
+	}
 	// A cancelled (not expired) context also ends the call.
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { <-entered; cancel() }()

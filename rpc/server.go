@@ -71,12 +71,13 @@ type Stats struct {
 	HandlerErrors uint64 `json:"handler_errors"` // handler returned an error
 	Timeouts      uint64 `json:"timeouts"`       // handler ran past HandlerTimeout
 	StreamErrors  uint64 `json:"stream_errors"`  // stalled or malformed requests, failed writes
+	Abandoned     uint64 `json:"abandoned"`      // the caller gave up before the answer
 	Active        int64  `json:"active"`         // handlers running now
 }
 
 type counters struct {
-	requests, responses, refused, tooLarge, handlerErrors, timeouts, streamErrors atomic.Uint64
-	active                                                                        atomic.Int64
+	requests, responses, refused, tooLarge, handlerErrors, timeouts, streamErrors, abandoned atomic.Uint64
+	active                                                                                   atomic.Int64
 }
 
 // Server dispatches requests arriving on QUIC connections to handlers by
@@ -124,6 +125,7 @@ func (s *Server) Stats() Stats {
 		HandlerErrors: c.handlerErrors.Load(),
 		Timeouts:      c.timeouts.Load(),
 		StreamErrors:  c.streamErrors.Load(),
+		Abandoned:     c.abandoned.Load(),
 		Active:        c.active.Load(),
 	}
 }
@@ -215,6 +217,10 @@ func (s *Server) serveStream(ctx context.Context, str *quic.Stream, from pki.Ide
 	}
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandlerTimeout)
 	defer cancel()
+	// A caller that gives up cancels its stream (STOP_SENDING), which ends
+	// the stream's context: the handler need not work on for nobody.
+	stopWatch := context.AfterFunc(str.Context(), cancel)
+	defer stopWatch()
 	done := make(chan result, 1)
 	release = false
 	s.stats.active.Add(1)
@@ -240,6 +246,10 @@ func (s *Server) serveStream(ctx context.Context, str *quic.Stream, from pki.Ide
 		}
 	}
 	switch {
+	case str.Context().Err() != nil:
+		// The caller gave up (or the connection closed): nobody to answer.
+		s.stats.abandoned.Add(1)
+		str.CancelWrite(codeCancelled)
 	case r.err == nil && len(r.resp) > s.cfg.MaxMessageSize:
 		s.stats.tooLarge.Add(1)
 		s.reply(str, StatusTooLarge, []byte(fmt.Sprintf("response of %d bytes above %d", len(r.resp), s.cfg.MaxMessageSize)))
