@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -139,5 +141,31 @@ func TestRequestQueueFull(t *testing.T) {
 	}
 	if err := r.Respond([]byte("late")); !errors.Is(err, ErrTimeout) {
 		t.Fatalf("late Respond: %v", err)
+	}
+}
+
+// TestCloseStopsRPC: after Close no RPC goroutine of the node is left,
+// also with a handler that was mid-request.
+func TestCloseStopsRPC(t *testing.T) {
+	b := newTestNode(t, nil, "")
+	a := newTestNode(t, nil, "", b.contact())
+	waitFor(t, "connection", 5*time.Second, connected(a, b))
+	entered := make(chan struct{})
+	b.SetRequestHandler(func(ctx context.Context, _ pki.Identity, _ []byte) ([]byte, error) {
+		close(entered)
+		<-ctx.Done()
+		return nil, ctx.Err()
+	})
+	done := make(chan error, 1)
+	go func() { _, err := a.Send(reqCtx(t), b.id, []byte("x")); done <- err }()
+	<-entered
+	b.Close()
+	if err := <-done; !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("request to a closing node: %v", err)
+	}
+	a.Close()
+	buf := make([]byte, 1<<20)
+	if stacks := string(buf[:runtime.Stack(buf, true)]); strings.Contains(stacks, "korium-tun/rpc.") {
+		t.Fatalf("rpc goroutines left after Close:\n%s", stacks)
 	}
 }
