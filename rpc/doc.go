@@ -26,11 +26,14 @@
 // Connection pool: there is none in this package, on purpose. The
 // overlay node already keeps exactly one authenticated connection per peer
 // (its peer table, capped by overlay Config.MaxPeers = 1,000, the
-// reference's connection cache size; idle connections end by QUIC's idle
-// timeout). A second table here would duplicate that state and could
-// disagree with it on which connection is current. Call therefore takes
-// the *quic.Conn the node hands it, and the node answers ErrUnreachable when
-// it has none.
+// reference's connection cache size). A second table here would duplicate
+// that state and could disagree with it on which connection is current,
+// and on which of two simultaneous dials survived. Call therefore takes the
+// *quic.Conn the node hands it, and the node answers ErrUnreachable when it
+// has none. The reference's LRU eviction and idle eviction belong to that
+// peer table too; today it refuses new peers at the cap instead of evicting
+// the least recently used, and QUIC keep-alives hold idle connections open,
+// so both are still to be done there, not here.
 //
 // The package imports pki, quic-go and the standard library only; it does
 // not know the overlay.
