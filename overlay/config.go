@@ -112,6 +112,13 @@ type Config struct {
 	// ResolveFailTTL is how long a failed resolution is remembered, during
 	// which packets to that address are dropped at once (default 5 s).
 	ResolveFailTTL time.Duration
+	// RequestTimeout bounds one incoming request's handler: the
+	// SetRequestHandler function, a reader of IncomingRequests, or a
+	// RegisterProtocol handler (default 10 s).
+	RequestTimeout time.Duration
+	// RequestQueue caps requests waiting in IncomingRequests (default 64);
+	// further ones are refused and counted.
+	RequestQueue int
 }
 
 // Resolver returns contacts that may own addr. The node dials them with the
@@ -157,6 +164,10 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if out.MaxPeers <= 0 {
 		out.MaxPeers = 1000
+	}
+	def(&out.RequestTimeout, 10*time.Second)
+	if out.RequestQueue <= 0 {
+		out.RequestQueue = 64
 	}
 	if out.KeepAlive >= out.IdleTimeout {
 		return out, fmt.Errorf("overlay: Config.KeepAlive %v must be below IdleTimeout %v", out.KeepAlive, out.IdleTimeout)

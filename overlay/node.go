@@ -23,6 +23,7 @@ import (
 	"lukechampine.com/blake3"
 
 	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/rpc"
 	"github.com/korium/korium-tun/smartaddr"
 	"github.com/korium/korium-tun/smartsock"
 )
@@ -70,6 +71,11 @@ type Node struct {
 	pending   map[netip.Addr]*held
 	resolving map[netip.Addr]bool      // a resolution is in flight
 	failed    map[netip.Addr]time.Time // resolution failed; retry after
+
+	rpc        *rpc.Server                 // serves every installed peer connection
+	appHandler atomic.Pointer[rpc.Handler] // SetRequestHandler's, or nil
+	reqMu      sync.Mutex                  // guards incoming
+	incoming   chan *Request               // made by the first IncomingRequests call
 
 	stats Counters
 
@@ -120,6 +126,7 @@ type Counters struct {
 	DevReadErrors, DevWriteErrors, PendingDelivered          atomic.Uint64
 	HandshakeRefused, DuplicateConns                         atomic.Uint64
 	ResolveOK, ResolveFailed, TxResolveFailed, ResolveBusy   atomic.Uint64
+	AppNoHandler, AppQueueFull                               atomic.Uint64
 }
 
 // netStack is what the netstack device offers Go programs.
@@ -162,6 +169,8 @@ func New(cfg Config) (n *Node, err error) {
 		started:   time.Now(),
 	}
 	n.bufPool.New = func() any { return new(pbuf) }
+	n.rpc = rpc.NewServer(rpc.Config{HandlerTimeout: c.RequestTimeout})
+	n.rpc.Handle(rpc.ProtoApp, n.handleApp)
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -478,8 +487,11 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 		old.conn.CloseWithError(codeDuplicate, "replaced")
 	}
 	n.cfg.Logger.Info("peer connected", "peer", id.String(), "address", p.addr.String(), "outbound", outbound, "path", n.pathString(id))
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go func() { defer n.wg.Done(); n.receiveLoop(p) }()
+	// Serve returns when the connection closes (also when it is replaced
+	// by a duplicate) after its handlers have returned.
+	go func() { defer n.wg.Done(); n.rpc.Serve(n.ctx, conn, id) }()
 	n.flushPending(p)
 	return p, nil
 }

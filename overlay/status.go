@@ -77,6 +77,7 @@ func (n *Node) Status() Status {
 	}
 	sort.Slice(s.Peers, func(i, j int) bool { return s.Peers[i].Identity < s.Peers[j].Identity })
 	c := &n.stats
+	rs := n.rpc.Stats()
 	s.Drops = map[string]uint64{
 		"tx_not_ipv6":       c.TxNotIPv6.Load(),
 		"tx_not_overlay":    c.TxNotOverlay.Load(),
@@ -91,12 +92,22 @@ func (n *Node) Status() Status {
 		"handshake_refused": c.HandshakeRefused.Load(),
 		"tx_resolve_failed": c.TxResolveFailed.Load(),
 		"resolve_busy":      c.ResolveBusy.Load(),
+		"rpc_refused":       rs.Refused,
+		"rpc_too_large":     rs.TooLarge,
+		"rpc_timeouts":      rs.Timeouts,
+		"rpc_stream_errors": rs.StreamErrors,
+		"app_no_handler":    c.AppNoHandler.Load(),
+		"app_queue_full":    c.AppQueueFull.Load(),
 	}
 	s.Counters = map[string]uint64{
-		"pending_delivered": c.PendingDelivered.Load(),
-		"duplicate_conns":   c.DuplicateConns.Load(),
-		"resolve_ok":        c.ResolveOK.Load(),
-		"resolve_failed":    c.ResolveFailed.Load(),
+		"pending_delivered":  c.PendingDelivered.Load(),
+		"duplicate_conns":    c.DuplicateConns.Load(),
+		"resolve_ok":         c.ResolveOK.Load(),
+		"resolve_failed":     c.ResolveFailed.Load(),
+		"rpc_requests":       rs.Requests,
+		"rpc_responses":      rs.Responses,
+		"rpc_handler_errors": rs.HandlerErrors,
+		"rpc_abandoned":      rs.Abandoned,
 	}
 	return s
 }

@@ -1,0 +1,191 @@
+package rpc
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Protocol IDs: the first byte of every request names its user.
+const (
+	ProtoDHT    byte = 1
+	ProtoGossip byte = 2
+	ProtoRelay  byte = 3
+	ProtoApp    byte = 4
+)
+
+// KnownProto reports whether p is one of the protocol IDs above. Requests
+// with any other ID are refused before their length is read.
+func KnownProto(p byte) bool { return p >= ProtoDHT && p <= ProtoApp }
+
+// MaxMessageSize caps a request or response payload (the reference's
+// MAX_RESPONSE_SIZE, 1 MiB). A larger length prefix is rejected before
+// anything is allocated for it.
+const MaxMessageSize = 1 << 20
+
+// MaxErrorText caps the error text in a non-OK response.
+const MaxErrorText = 256
+
+// Status is the first byte of a response.
+type Status byte
+
+// Response statuses.
+const (
+	StatusOK           Status = 0
+	StatusRefused      Status = 1 // unknown protocol, no handler, or the handler refused
+	StatusTooLarge     Status = 2 // request or response above the size limit
+	StatusHandlerError Status = 3 // the handler failed; payload is its error text
+	StatusTimeout      Status = 4 // the handler did not answer within its timeout
+)
+
+func (s Status) String() string {
+	switch s {
+	case StatusOK:
+		return "ok"
+	case StatusRefused:
+		return "refused"
+	case StatusTooLarge:
+		return "too large"
+	case StatusHandlerError:
+		return "handler error"
+	case StatusTimeout:
+		return "timeout"
+	}
+	return fmt.Sprintf("status(%d)", byte(s))
+}
+
+func (s Status) valid() bool { return s <= StatusTimeout }
+
+// Decoder errors. errFrameTooLarge and errUnknownProto are reported before
+// the payload is read.
+var (
+	errUnknownProto  = errors.New("rpc: unknown protocol ID")
+	errFrameTooLarge = errors.New("rpc: length prefix above the limit")
+	errBadStatus     = errors.New("rpc: unknown response status")
+	errBadVarint     = errors.New("rpc: malformed length prefix")
+	errTrailing      = errors.New("rpc: data after the frame")
+)
+
+// expectEOF reads the end of a stream after its one frame. quic-go frees a
+// stream's state (and gives the peer its stream credit back) only once the
+// FIN has been read, not merely received, so both ends read it.
+func expectEOF(r io.Reader) error {
+	var b [1]byte
+	n, err := r.Read(b[:])
+	switch {
+	case n > 0:
+		return errTrailing
+	case err == io.EOF:
+		return nil
+	case err == nil:
+		return io.ErrNoProgress
+	}
+	return err
+}
+
+// AppendRequest appends a request frame: protocol ID, uvarint length,
+// payload.
+func AppendRequest(b []byte, proto byte, payload []byte) []byte {
+	b = append(b, proto)
+	b = binary.AppendUvarint(b, uint64(len(payload)))
+	return append(b, payload...)
+}
+
+// AppendResponse appends a response frame: status, uvarint length, payload.
+func AppendResponse(b []byte, st Status, payload []byte) []byte {
+	b = append(b, byte(st))
+	b = binary.AppendUvarint(b, uint64(len(payload)))
+	return append(b, payload...)
+}
+
+// ReadRequest reads one request frame from r. It returns errUnknownProto
+// without reading further when the protocol ID is unknown, and
+// errFrameTooLarge when the length prefix exceeds max, before allocating.
+func ReadRequest(r io.Reader, max int) (proto byte, payload []byte, err error) {
+	var hdr [1]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	proto = hdr[0]
+	if !KnownProto(proto) {
+		return proto, nil, errUnknownProto
+	}
+	payload, err = readPayload(r, max)
+	return proto, payload, err
+}
+
+// ReadResponse reads one response frame from r, with the same limits as
+// ReadRequest. Error texts are capped at MaxErrorText.
+func ReadResponse(r io.Reader, max int) (st Status, payload []byte, err error) {
+	var hdr [1]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	st = Status(hdr[0])
+	if !st.valid() {
+		return st, nil, errBadStatus
+	}
+	if st != StatusOK {
+		max = MaxErrorText
+	}
+	payload, err = readPayload(r, max)
+	return st, payload, err
+}
+
+// readPayload reads a uvarint length and that many bytes. The buffer
+// grows with the bytes that actually arrive, so a peer that announces
+// 1 MiB and sends nothing costs us nothing.
+func readPayload(r io.Reader, max int) ([]byte, error) {
+	n, err := readUvarint(r)
+	if err != nil {
+		return nil, err
+	}
+	if n > uint64(max) {
+		return nil, errFrameTooLarge
+	}
+	if n == 0 {
+		return []byte{}, nil
+	}
+	var buf bytes.Buffer
+	buf.Grow(int(min(n, 64<<10)))
+	got, err := buf.ReadFrom(io.LimitReader(r, int64(n)))
+	if err != nil {
+		return nil, err
+	}
+	if uint64(got) != n {
+		return nil, io.ErrUnexpectedEOF
+	}
+	return buf.Bytes(), nil
+}
+
+// readUvarint reads a uvarint one byte at a time, so nothing past the
+// prefix is consumed.
+func readUvarint(r io.Reader) (uint64, error) {
+	var (
+		x   uint64
+		s   uint
+		buf [1]byte
+	)
+	for i := 0; i < binary.MaxVarintLen64; i++ {
+		if _, err := io.ReadFull(r, buf[:]); err != nil {
+			if err == io.EOF && i > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, err
+		}
+		b := buf[0]
+		if b < 0x80 {
+			// Only the shortest encoding is accepted, so every frame has
+			// exactly one form.
+			if (i > 0 && b == 0) || (i == binary.MaxVarintLen64-1 && b > 1) {
+				return 0, errBadVarint
+			}
+			return x | uint64(b)<<s, nil
+		}
+		x |= uint64(b&0x7f) << s
+		s += 7
+	}
+	return 0, errBadVarint
+}
