@@ -4,18 +4,20 @@ package dht
 // the last adaptation window, so they are table-tested and the loop that
 // calls them holds all the state.
 
-// TargetK maps the observed churn rate (the fraction of routing-table
-// contacts found dead during the last window, 0..1) to the bucket size that
-// keeps lookups and replicas safe: MinK for a quiet network, DefaultK at 10%
-// churn, MaxK at 20% or more.
+// TargetK maps the observed churn (the fraction of routing-table contacts
+// found dead during the last adaptation window, 0..1) to the bucket size
+// that keeps lookups and replicas safe: MinK for a quiet network, DefaultK at
+// 1% per window, MaxK at 2% or more (with 30 s windows that is a network
+// replacing a third of its nodes in ten minutes).
 func TargetK(churn float64) int {
+	const full = 0.02
 	switch {
 	case !(churn > 0): // also NaN
 		return MinK
-	case churn >= 0.2:
+	case churn >= full:
 		return MaxK
 	}
-	return MinK + int(churn*float64(MaxK-MinK)/0.2+0.5)
+	return MinK + int(churn*float64(MaxK-MinK)/full+0.5)
 }
 
 // NextK moves k toward TargetK(churn) by at most 2 per window: a single

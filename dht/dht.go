@@ -196,7 +196,7 @@ func (d *DHT) HandleRequest(from pki.Identity, fromAddr netip.AddrPort, req []by
 	senderID := IDOf(from)
 	d.mu.Lock()
 	d.stats.handled++
-	known := d.table.contains(senderID)
+	wanted := d.table.wants(senderID)
 	var resp message
 	switch m.Type {
 	case msgPing:
@@ -217,9 +217,9 @@ func (d *DHT) HandleRequest(from pki.Identity, fromAddr netip.AddrPort, req []by
 		resp = message{Type: msgStoreAck, Code: d.storeLocked(from, m.Record, now)}
 	}
 	d.mu.Unlock()
-	if !known {
-		// It asked us, so it exists; it enters the table only once it
-		// answers us too.
+	if wanted {
+		// It asked us and its bucket has room; it enters the table only
+		// once it answers us too.
 		d.enqueueVerify(verifyJob{c: sender})
 	}
 	return appendMessage(make([]byte, 0, 512), &resp), nil
@@ -269,9 +269,9 @@ func (d *DHT) verifier() {
 			id := j.c.ID()
 			if !j.oldest {
 				d.mu.Lock()
-				known := d.table.contains(id)
+				wanted := d.table.wants(id)
 				d.mu.Unlock()
-				if known {
+				if !wanted {
 					continue
 				}
 			}
@@ -344,7 +344,7 @@ func (d *DHT) request(ctx context.Context, c Contact, m *message, want msgType) 
 
 // seenLocked offers a contact that answered us to the table.
 func (d *DHT) seenLocked(c Contact, id NodeID, now time.Time) {
-	if pki.CheckPoW(c.Identity, c.Nonce, d.cfg.powBits()) != nil {
+	if !d.table.contains(id) && pki.PoWBits(c.Identity, c.Nonce) < d.cfg.powBits() {
 		d.stats.drops[dropNoPoW]++
 		return
 	}
@@ -433,7 +433,8 @@ func (d *DHT) adapt() {
 }
 
 // refresh looks up a random ID in every bucket up to the deepest non-empty
-// one (all of them when force is set, else those without a recent lookup).
+// one: when force is set (bootstrap) those not yet full, else those without
+// a recent lookup.
 func (d *DHT) refresh(ctx context.Context, force bool) {
 	now := time.Now()
 	d.mu.Lock()
@@ -447,7 +448,7 @@ func (d *DHT) refresh(ctx context.Context, force bool) {
 	var targets []NodeID
 	for i := 0; i <= deepest; i++ {
 		b := &d.table.buckets[i]
-		if force || now.Sub(b.lastLookup) >= d.cfg.RefreshInterval {
+		if force && len(b.entries) < d.table.k || !force && now.Sub(b.lastLookup) >= d.cfg.RefreshInterval {
 			var r [32]byte
 			rand.Read(r[:])
 			targets = append(targets, randomIDInBucket(d.selfID, i, r))

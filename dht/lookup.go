@@ -37,9 +37,8 @@ type lookupReply struct {
 // iterate runs an iterative FIND_NODE (kind msgFindNode) or FIND_VALUE
 // lookup toward target with at most alpha requests in flight. accept, for
 // FIND_VALUE, returns true for a verified record that ends the lookup.
-func (d *DHT) iterate(ctx context.Context, target NodeID, kind msgType, prefixBits uint8, accept func(*Record) bool) (LookupResult, error) {
+func (d *DHT) iterate(ctx context.Context, target NodeID, kind msgType, prefixBits uint8, accept func(*Record) bool) (res LookupResult, err error) {
 	start := time.Now()
-	var res LookupResult
 	if d.ctx.Err() != nil {
 		return res, ErrClosed
 	}
@@ -120,10 +119,10 @@ func (d *DHT) iterate(ctx context.Context, target NodeID, kind msgType, prefixBi
 		}
 		d.mu.Lock()
 		for _, c := range r.resp.Contacts {
-			if c.Identity == d.kp.Identity() {
+			if c.Identity == d.kp.Identity() || set.has(c.Identity) {
 				continue
 			}
-			if pki.CheckPoW(c.Identity, c.Nonce, d.cfg.powBits()) != nil {
+			if pki.PoWBits(c.Identity, c.Nonce) < d.cfg.powBits() {
 				d.stats.drops[dropNoPoW]++
 				continue
 			}

@@ -43,6 +43,11 @@ func newLookupSet(target NodeID, tiering bool, slack int) *lookupSet {
 	return &lookupSet{target: target, index: make(map[pki.Identity]*lookupPeer), tiering: tiering, slack: slack}
 }
 
+func (s *lookupSet) has(id pki.Identity) bool {
+	_, ok := s.index[id]
+	return ok
+}
+
 // add inserts a peer if new; it returns false for duplicates.
 func (s *lookupSet) add(c Contact, id NodeID, hops, tier int) bool {
 	if _, ok := s.index[c.Identity]; ok {

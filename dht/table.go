@@ -62,6 +62,13 @@ func (t *table) find(id NodeID) (*bucket, int) {
 	return b, -1
 }
 
+// wants reports whether a new contact with this ID could enter the table
+// now (it is absent and its bucket has room).
+func (t *table) wants(id NodeID) bool {
+	b, i := t.find(id)
+	return i < 0 && len(b.entries) < t.k && id != t.self
+}
+
 func (t *table) contains(id NodeID) bool {
 	_, i := t.find(id)
 	return i >= 0
@@ -111,7 +118,7 @@ func (t *table) seen(c Contact, id NodeID, now time.Time) (res insertResult, pin
 		if r.id == id {
 			r.c, r.lastSeen = c, now
 			b.replacements = append(slices.Delete(b.replacements, j, j+1), r)
-			return insReplacement, t.maybePing(b)
+			return insReplacement, t.maybePing(b, now)
 		}
 	}
 	if !t.limiter.allow(div, now) {
@@ -127,11 +134,16 @@ func (t *table) seen(c Contact, id NodeID, now time.Time) (res insertResult, pin
 		b.replacements = slices.Delete(b.replacements, 0, 1)
 	}
 	b.replacements = append(b.replacements, e)
-	return insReplacement, t.maybePing(b)
+	return insReplacement, t.maybePing(b, now)
 }
 
-func (t *table) maybePing(b *bucket) *Contact {
-	if b.pinging || len(b.entries) == 0 {
+// pingAfter is how long an entry must have been silent before a newcomer
+// makes us ping it: recently seen entries are kept without asking, which
+// also favours long-lived contacts as Kademlia intends.
+const pingAfter = time.Minute
+
+func (t *table) maybePing(b *bucket, now time.Time) *Contact {
+	if b.pinging || len(b.entries) == 0 || now.Sub(b.entries[0].lastSeen) < pingAfter {
 		return nil
 	}
 	b.pinging = true
@@ -183,17 +195,40 @@ func (t *table) removeAt(b *bucket, i int) {
 	}
 }
 
-// closest returns up to n contacts closest to target, nearest first.
+// closest returns up to n contacts closest to target, nearest first. It
+// walks buckets in distance order instead of sorting the whole table: with
+// i = CommonPrefixLen(self, target), entries of bucket i are nearest, then
+// those of every bucket deeper than i (they all differ from target first at
+// bit i), then buckets i-1, i-2, ..., 0, each farther than the one before.
 func (t *table) closest(target NodeID, n int, exclude NodeID) []*entry {
-	out := make([]*entry, 0, t.size)
-	for i := range t.buckets {
-		for _, e := range t.buckets[i].entries {
-			if e.id != exclude {
-				out = append(out, e)
+	out := make([]*entry, 0, n+MaxK)
+	i := t.bucketIndex(target)
+	cmp := func(a, b *entry) int { return CompareDistance(target, a.id, b.id) }
+	appendSorted := func(from int, buckets ...int) {
+		for _, j := range buckets {
+			for _, e := range t.buckets[j].entries {
+				if e.id != exclude {
+					out = append(out, e)
+				}
 			}
 		}
+		slices.SortFunc(out[from:], cmp)
 	}
-	slices.SortFunc(out, func(a, b *entry) int { return CompareDistance(target, a.id, b.id) })
+	appendSorted(0, i)
+	if len(out) < n && i+1 < NumBuckets {
+		from := len(out)
+		for j := i + 1; j < NumBuckets; j++ {
+			for _, e := range t.buckets[j].entries {
+				if e.id != exclude {
+					out = append(out, e)
+				}
+			}
+		}
+		slices.SortFunc(out[from:], cmp)
+	}
+	for j := i - 1; j >= 0 && len(out) < n; j-- {
+		appendSorted(len(out), j)
+	}
 	if len(out) > n {
 		out = out[:n]
 	}
