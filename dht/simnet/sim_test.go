@@ -52,4 +52,3 @@ func TestSim100(t *testing.T) {
 		t.Fatalf("success %.4f < 99.9%%", s.Success)
 	}
 }
-
