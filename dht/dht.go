@@ -470,7 +470,14 @@ func (d *DHT) Bootstrap(ctx context.Context, seeds []Contact) error {
 	ok := 0
 	var errs []error
 	for _, s := range seeds {
-		if _, err := d.Ping(ctx, s); err != nil {
+		// A few tries: one lost packet must not keep a node out.
+		var err error
+		for try := 0; try < 3 && ctx.Err() == nil; try++ {
+			if _, err = d.Ping(ctx, s); err == nil {
+				break
+			}
+		}
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}

@@ -163,11 +163,19 @@ func (c *Cluster) intN(n int) int {
 // from a random survivor and publishes.
 func (c *Cluster) Replace(ctx context.Context) error {
 	c.mu.Lock()
-	i := c.rng.IntN(len(c.nodes))
+	// Victims and seeds are nodes that finished joining.
+	pick := func() int {
+		for {
+			if i := c.rng.IntN(len(c.nodes)); c.ready[c.nodes[i].KP.Identity()] {
+				return i
+			}
+		}
+	}
+	i := pick()
 	old := c.nodes[i]
 	c.nodes = slices.Delete(c.nodes, i, i+1)
 	delete(c.ready, old.KP.Identity())
-	seed := c.nodes[c.rng.IntN(len(c.nodes))]
+	seed := c.nodes[pick()]
 	c.mu.Unlock()
 	c.Net.Detach(old.KP.Identity())
 	old.DHT.Close()
@@ -241,6 +249,78 @@ func (c *Cluster) Resolve(ctx context.Context, count, parallel int) []Sample {
 				Hops:     res.Hops,
 				Messages: res.Messages,
 				Latency:  res.Duration,
+			}
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// Churn replaces count random nodes, starting one replacement every
+// interval (each departure is immediate; its successor joins and publishes
+// concurrently, as real arrivals do). It returns when all have joined.
+func (c *Cluster) Churn(ctx context.Context, count int, interval time.Duration) error {
+	var wg sync.WaitGroup
+	errs := make([]error, count)
+	for i := 0; i < count; i++ {
+		t := time.NewTimer(interval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			wg.Wait()
+			return ctx.Err()
+		case <-t.C:
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.Replace(ctx); err != nil {
+				errs[i] = fmt.Errorf("replacement %d: %w", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// ResolveUntil runs lookups from parallel workers, each pausing pause
+// between lookups, until done is closed. Lookups whose target left the
+// network while they ran are not counted: failing to find a node that is
+// gone is correct.
+func (c *Cluster) ResolveUntil(ctx context.Context, done <-chan struct{}, parallel int, pause time.Duration) []Sample {
+	var mu sync.Mutex
+	var out []Sample
+	var wg sync.WaitGroup
+	for w := 0; w < parallel; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-done:
+					return
+				case <-time.After(pause):
+				}
+				src, dst, ok := c.pickPair()
+				if !ok {
+					continue
+				}
+				res, err := src.DHT.ResolveDetailed(ctx, dst)
+				c.mu.Lock()
+				gone := !c.ready[dst]
+				c.mu.Unlock()
+				if gone {
+					continue
+				}
+				s := Sample{
+					OK:       err == nil && res.Record != nil && res.Record.Identity == dst,
+					Hops:     res.Hops,
+					Messages: res.Messages,
+					Latency:  res.Duration,
+				}
+				mu.Lock()
+				out = append(out, s)
+				mu.Unlock()
 			}
 		}()
 	}

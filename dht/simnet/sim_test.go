@@ -12,43 +12,69 @@ import (
 func simConfig(n int, seed uint64) ClusterConfig {
 	return ClusterConfig{
 		N:       n,
-		Net:     NetConfig{Seed: seed},
+		Net:     NetConfig{Seed: seed, Loss: 0.001},
 		PoWBits: 4,
 		DHT:     dht.Config{PoWBits: 4},
 	}
 }
 
-func runSim(t *testing.T, cfg ClusterConfig, lookups int, churn int) Summary {
-	t.Helper()
-	var sum Summary
+// settle lets one adaptation window pass so k, alpha and the tiers reflect
+// the bootstrap traffic. The sleep is on synctest's virtual clock.
+func settle() { time.Sleep(time.Minute) }
+
+func TestSim1000NoChurn(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ctx := context.Background()
-		c, err := NewCluster(cfg)
+		c, err := NewCluster(simConfig(1000, 1))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		start := time.Now()
 		if err := c.Bootstrap(ctx); err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("bootstrap of %d nodes took %v virtual, %d messages", cfg.N, time.Since(start), c.Net.Messages.Load())
-		for i := range c.Net.Requests {
-			if v := c.Net.Requests[i].Load(); v > 0 {
-				t.Logf("type %d: %d", i, v)
-			}
+		settle()
+		s := Summarize(c.Resolve(ctx, 2000, 20))
+		t.Log(s)
+		if s.Success < 0.999 {
+			t.Fatalf("success %.4f, want >= 0.999", s.Success)
 		}
-		// Let one adaptation window pass so tiers exist.
-		time.Sleep(time.Minute)
-		sum = Summarize(c.Resolve(ctx, lookups, 20))
+		if s.HopsP99 > 6 {
+			t.Fatalf("p99 hops %d for 1000 nodes", s.HopsP99)
+		}
 	})
-	return sum
 }
 
-func TestSim100(t *testing.T) {
-	s := runSim(t, simConfig(100, 1), 200, 0)
-	t.Log(s)
-	if s.Success < 0.999 {
-		t.Fatalf("success %.4f < 99.9%%", s.Success)
-	}
+func TestSim1000Churn20(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		c, err := NewCluster(simConfig(1000, 2))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.Bootstrap(ctx); err != nil {
+			t.Fatal(err)
+		}
+		settle()
+		done := make(chan struct{})
+		var churnErr error
+		go func() {
+			defer close(done)
+			// 20% of the nodes replaced over 10 virtual minutes.
+			churnErr = c.Churn(ctx, 200, 3*time.Second)
+		}()
+		samples := c.ResolveUntil(ctx, done, 5, 3*time.Second)
+		if churnErr != nil {
+			t.Fatal(churnErr)
+		}
+		s := Summarize(samples)
+		t.Log(s)
+		if s.Lookups < 800 {
+			t.Fatalf("only %d lookups", s.Lookups)
+		}
+		if s.Success < 0.99 {
+			t.Fatalf("success under churn %.4f, want >= 0.99", s.Success)
+		}
+	})
 }
