@@ -175,7 +175,12 @@ func (c *Cluster) Replace(ctx context.Context) error {
 	old := c.nodes[i]
 	c.nodes = slices.Delete(c.nodes, i, i+1)
 	delete(c.ready, old.KP.Identity())
-	seed := c.nodes[pick()]
+	// Three seeds, as a real node would be configured with: one seed that
+	// departs mid-join must not strand the newcomer.
+	seeds := make([]dht.Contact, 3)
+	for j := range seeds {
+		seeds[j] = c.nodes[pick()].DHT.Self()
+	}
 	c.mu.Unlock()
 	c.Net.Detach(old.KP.Identity())
 	old.DHT.Close()
@@ -183,7 +188,7 @@ func (c *Cluster) Replace(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := n.DHT.Bootstrap(ctx, []dht.Contact{seed.DHT.Self()}); err != nil {
+	if err := n.DHT.Bootstrap(ctx, seeds); err != nil {
 		return err
 	}
 	if err := n.DHT.Publish(ctx); err != nil {
