@@ -5,27 +5,33 @@ package dht
 // calls them holds all the state.
 
 // TargetK maps the observed churn (the fraction of routing-table contacts
-// found dead during the last adaptation window, 0..1) to the bucket size
-// that keeps lookups and replicas safe: MinK for a quiet network, DefaultK at
-// 1% per window, MaxK at 2% or more (with 30 s windows that is a network
-// replacing a third of its nodes in ten minutes).
-func TargetK(churn float64) int {
+// found dead during the last adaptation window, 0..1) and congestion to the
+// bucket size, which is also the replication factor of records. A quiet
+// network keeps DefaultK; churn raises it linearly to MaxK at 2% per window
+// (with 30 s windows, a network replacing a third of its nodes in ten
+// minutes), because dead contacts then eat into every bucket and replica
+// set. Only a congested node shrinks to MinK, shedding the upkeep of large
+// buckets; a quiet one keeps 20 because more replicas also mean a nearer
+// one (the simulation shows median latency doubling at k=10).
+func TargetK(churn float64, congested bool) int {
 	const full = 0.02
 	switch {
-	case !(churn > 0): // also NaN
+	case congested:
 		return MinK
+	case !(churn > 0): // also NaN
+		return DefaultK
 	case churn >= full:
 		return MaxK
 	}
-	return MinK + int(churn*float64(MaxK-MinK)/full+0.5)
+	return DefaultK + int(churn*float64(MaxK-DefaultK)/full+0.5)
 }
 
-// NextK moves k toward TargetK(churn) by at most 2 per window: a single
-// noisy window cannot halve the table, and a churn spike is met within a few
-// windows. Growing is immediate up to 4 steps when churn is severe.
-func NextK(cur int, churn float64) int {
+// NextK moves k toward TargetK by at most 2 per window, so one noisy window
+// cannot swing the table, or by 4 when growing toward MaxK under severe
+// churn.
+func NextK(cur int, churn float64, congested bool) int {
 	cur = clamp(cur, MinK, MaxK)
-	t := TargetK(churn)
+	t := TargetK(churn, congested)
 	step := 2
 	if t >= MaxK {
 		step = 4

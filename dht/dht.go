@@ -423,7 +423,7 @@ func (d *DHT) adapt() {
 		if d.winSent >= 10 {
 			timeoutRate = float64(d.winTimeouts) / float64(d.winSent)
 		}
-		d.table.k = NextK(d.table.k, churn)
+		d.table.k = NextK(d.table.k, churn, congested)
 		d.alpha = NextAlpha(d.alpha, timeoutRate, congested)
 	}
 	d.table.removed, d.winSent, d.winTimeouts = 0, 0, 0

@@ -28,31 +28,37 @@ func testKeypair(t testing.TB, seedByte byte, powBits int) *pki.Keypair {
 
 func TestTargetAndNextK(t *testing.T) {
 	for _, tc := range []struct {
-		churn float64
-		want  int
+		churn     float64
+		congested bool
+		want      int
 	}{
-		{0, MinK}, {-1, MinK}, {0.005, 15}, {0.01, 20}, {0.015, 25}, {0.02, MaxK}, {0.5, MaxK},
+		{0, false, DefaultK}, {-1, false, DefaultK}, {0.01, false, 25}, {0.004, false, 22},
+		{0.02, false, MaxK}, {0.5, false, MaxK}, {0, true, MinK}, {0.5, true, MinK},
 	} {
-		if got := TargetK(tc.churn); got != tc.want {
-			t.Errorf("TargetK(%v) = %d, want %d", tc.churn, got, tc.want)
+		if got := TargetK(tc.churn, tc.congested); got != tc.want {
+			t.Errorf("TargetK(%v, %v) = %d, want %d", tc.churn, tc.congested, got, tc.want)
 		}
 	}
 	for _, tc := range []struct {
-		cur   int
-		churn float64
-		want  int
+		cur       int
+		churn     float64
+		congested bool
+		want      int
 	}{
-		{20, 0, 18},     // quiet: shrink by 2
-		{11, 0, 10},     // never below MinK
-		{10, 0.01, 12},  // moderate churn: grow by 2
-		{20, 0.01, 20},  // at target
-		{20, 0.5, 24},   // severe churn: grow by 4
-		{28, 0.5, 30},   // capped
-		{50, 0.5, 30},   // out-of-range input clamped
-		{19, 0.009, 19}, // target 19
+		{20, 0, false, 20},     // quiet: stay
+		{26, 0, false, 24},     // churn gone: shrink by 2
+		{20, 0.01, false, 22},  // moderate churn: grow by 2
+		{25, 0.01, false, 25},  // at target
+		{20, 0.5, false, 24},   // severe churn: grow by 4
+		{28, 0.5, false, 30},   // capped
+		{50, 0.5, false, 30},   // out-of-range input clamped
+		{20, 0, true, 18},      // congested: shed by 2
+		{11, 0.5, true, 10},    // never below MinK
+		{10, 0, false, 12},     // congestion over: back up
+		{21, 0.002, false, 21}, // target 21
 	} {
-		if got := NextK(tc.cur, tc.churn); got != tc.want {
-			t.Errorf("NextK(%d, %v) = %d, want %d", tc.cur, tc.churn, got, tc.want)
+		if got := NextK(tc.cur, tc.churn, tc.congested); got != tc.want {
+			t.Errorf("NextK(%d, %v, %v) = %d, want %d", tc.cur, tc.churn, tc.congested, got, tc.want)
 		}
 	}
 }

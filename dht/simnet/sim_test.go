@@ -78,3 +78,32 @@ func TestSim1000Churn20(t *testing.T) {
 		}
 	})
 }
+
+// TestTieringCutsLatency checks the Coral-style tiers against the
+// multi-region model: same network, same seed, tiers on and off.
+func TestTieringCutsLatency(t *testing.T) {
+	median := func(tiering bool) time.Duration {
+		var s Summary
+		synctest.Test(t, func(t *testing.T) {
+			ctx := context.Background()
+			cfg := simConfig(300, 5)
+			cfg.DHT.DisableTiering = !tiering
+			c, err := NewCluster(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if err := c.Bootstrap(ctx); err != nil {
+				t.Fatal(err)
+			}
+			settle()
+			s = Summarize(c.Resolve(ctx, 600, 20))
+		})
+		t.Logf("tiering=%v: %v", tiering, s)
+		return s.LatencyP50
+	}
+	on, off := median(true), median(false)
+	if float64(on) > 0.7*float64(off) {
+		t.Fatalf("median latency with tiers %v, without %v: cut below 30%%", on, off)
+	}
+}
