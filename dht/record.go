@@ -1,0 +1,173 @@
+package dht
+
+import (
+	"crypto/ed25519"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/korium/korium-tun/pki"
+)
+
+// Record is a node's signed contact record: how to reach it, published at
+// the k nodes closest to its node ID. Records are self-certifying: the
+// signature is by Identity, whose proof of work is Nonce. A newer Seq
+// replaces an older one; an expired record is worthless.
+type Record struct {
+	Identity pki.Identity
+	Nonce    uint64
+	// Addrs are the node's reachable addresses, at most MaxAddrs.
+	Addrs []netip.AddrPort
+	// Relays are identities of relays that forward to the node, at most
+	// MaxRelays (empty until relays exist).
+	Relays []pki.Identity
+	// Seq orders records of one identity; higher wins.
+	Seq uint64
+	// Expires is when the record stops being valid (second precision).
+	Expires time.Time
+	// Sig is Identity's Ed25519 signature of SigningBytes.
+	Sig [ed25519.SignatureSize]byte
+}
+
+// recordDomain separates record signatures from every other use of the key.
+const recordDomain = "korium-tun dht record v1\x00"
+
+// minRecordSize is the encoding with no addresses or relays.
+const minRecordSize = 32 + 8 + 8 + 8 + 1 + 1 + ed25519.SignatureSize
+
+// MaxRecordSize is the largest encoded record.
+const MaxRecordSize = minRecordSize + MaxAddrs*(1+16+2) + MaxRelays*32
+
+// ID returns the record owner's node ID.
+func (r *Record) ID() NodeID { return IDOf(r.Identity) }
+
+// Contact returns the record as a routing contact.
+func (r *Record) Contact() Contact {
+	return Contact{Identity: r.Identity, Nonce: r.Nonce, Addrs: r.Addrs}
+}
+
+func (r *Record) appendBody(b []byte) []byte {
+	b = append(b, r.Identity[:]...)
+	b = binary.BigEndian.AppendUint64(b, r.Nonce)
+	b = binary.BigEndian.AppendUint64(b, r.Seq)
+	b = binary.BigEndian.AppendUint64(b, uint64(r.Expires.Unix()))
+	n := min(len(r.Addrs), MaxAddrs)
+	b = append(b, byte(n))
+	for _, a := range r.Addrs[:n] {
+		b = appendAddr(b, a)
+	}
+	n = min(len(r.Relays), MaxRelays)
+	b = append(b, byte(n))
+	for _, id := range r.Relays[:n] {
+		b = append(b, id[:]...)
+	}
+	return b
+}
+
+// SigningBytes returns the bytes the signature covers: a domain string and
+// the encoding without the signature.
+func (r *Record) SigningBytes() []byte {
+	return r.appendBody([]byte(recordDomain))
+}
+
+// AppendBinary appends the wire encoding of r to b.
+func (r *Record) AppendBinary(b []byte) []byte {
+	b = r.appendBody(b)
+	return append(b, r.Sig[:]...)
+}
+
+// Sign fills Identity, Nonce and Sig from kp. It fails if the record has
+// more addresses or relays than the wire allows.
+func (r *Record) Sign(kp *pki.Keypair) error {
+	if len(r.Addrs) > MaxAddrs {
+		return fmt.Errorf("dht: record has %d addresses, at most %d allowed", len(r.Addrs), MaxAddrs)
+	}
+	if len(r.Relays) > MaxRelays {
+		return fmt.Errorf("dht: record has %d relays, at most %d allowed", len(r.Relays), MaxRelays)
+	}
+	r.Identity = kp.Identity()
+	r.Nonce = kp.Nonce()
+	r.Expires = time.Unix(r.Expires.Unix(), 0)
+	copy(r.Sig[:], kp.Sign(r.SigningBytes()))
+	return nil
+}
+
+// Record verification errors, wrapped by Verify.
+var (
+	ErrBadSignature = errors.New("bad signature")
+	ErrBadPoW       = errors.New("insufficient proof of work")
+	ErrExpired      = errors.New("expired")
+	ErrFarFuture    = errors.New("expiry too far in the future")
+)
+
+// Verify checks the signature, the proof of work against powBits, and that
+// the record expires after now and no later than now+maxTTL.
+func (r *Record) Verify(now time.Time, powBits int, maxTTL time.Duration) error {
+	if err := pki.CheckPoW(r.Identity, r.Nonce, powBits); err != nil {
+		return fmt.Errorf("dht: record: %w: %v", ErrBadPoW, err)
+	}
+	if !r.Expires.After(now) {
+		return fmt.Errorf("dht: record of %s: %w", r.Identity.Short(), ErrExpired)
+	}
+	if r.Expires.After(now.Add(maxTTL)) {
+		return fmt.Errorf("dht: record of %s: %w", r.Identity.Short(), ErrFarFuture)
+	}
+	if !r.Identity.Verify(r.SigningBytes(), r.Sig[:]) {
+		return fmt.Errorf("dht: record of %s: %w", r.Identity.Short(), ErrBadSignature)
+	}
+	return nil
+}
+
+// DecodeRecord parses exactly one encoded record (no trailing bytes). It
+// does not verify it.
+func DecodeRecord(b []byte) (*Record, error) {
+	r, rest, err := decodeRecord(b)
+	if err != nil {
+		return nil, err
+	}
+	if len(rest) != 0 {
+		return nil, fmt.Errorf("dht: %d trailing bytes after record", len(rest))
+	}
+	return r, nil
+}
+
+func decodeRecord(b []byte) (*Record, []byte, error) {
+	rd := &reader{b: b}
+	var r Record
+	copy(r.Identity[:], rd.take(32))
+	r.Nonce = rd.u64()
+	r.Seq = rd.u64()
+	exp := rd.u64()
+	if rd.err == nil && exp > 1<<40 {
+		rd.fail(fmt.Errorf("dht: record expiry %d out of range", exp))
+	}
+	r.Expires = time.Unix(int64(exp), 0)
+	r.Addrs = rd.addrs()
+	n := rd.count(MaxRelays, 32, "relays")
+	if n > 0 {
+		r.Relays = make([]pki.Identity, n)
+		for i := range r.Relays {
+			copy(r.Relays[i][:], rd.take(32))
+		}
+	}
+	copy(r.Sig[:], rd.take(ed25519.SignatureSize))
+	if rd.err != nil {
+		return nil, nil, rd.err
+	}
+	return &r, rd.b, nil
+}
+
+// encodedSize returns the size of r's encoding without building it.
+func (r *Record) encodedSize() int {
+	n := minRecordSize + 32*min(len(r.Relays), MaxRelays)
+	for _, a := range r.Addrs[:min(len(r.Addrs), MaxAddrs)] {
+		if a.Addr().Unmap().Is4() {
+			n += 7
+		} else {
+			n += 19
+		}
+	}
+	return n
+}

@@ -1,0 +1,141 @@
+package dht
+
+import (
+	"bytes"
+	"net/netip"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/korium/korium-tun/pki"
+)
+
+func sampleMessages(t testing.TB) []*message {
+	kp := testKeypair(t, 7, 0)
+	rec := signedRecord(t, kp, 3, time.Unix(1_900_000_000, 0),
+		netip.MustParseAddrPort("198.18.0.1:4433"), netip.MustParseAddrPort("[2001:db8::1]:443"))
+	rec.Relays = nil
+	self := Contact{Identity: kp.Identity(), Nonce: kp.Nonce(), Addrs: []netip.AddrPort{netip.MustParseAddrPort("198.18.0.2:1")}}
+	other := Contact{Identity: testKeypair(t, 8, 0).Identity(), Nonce: 9}
+	var target NodeID
+	target[0] = 0xab
+	return []*message{
+		{Type: msgPing, Sender: self},
+		{Type: msgFindNode, Sender: self, Target: target},
+		{Type: msgFindValue, Sender: self, Target: target, PrefixBits: 96},
+		{Type: msgStore, Sender: self, Record: rec},
+		{Type: msgPong},
+		{Type: msgNodes, Contacts: []Contact{self, other}},
+		{Type: msgValue, Records: []Record{*rec}, Contacts: []Contact{other}},
+		{Type: msgValue},
+		{Type: msgStoreAck, Code: codeQuota},
+		{Type: msgError, Code: codeRefused},
+	}
+}
+
+func TestMessageRoundTrip(t *testing.T) {
+	for _, m := range sampleMessages(t) {
+		b := appendMessage(nil, m)
+		got, err := decodeMessage(b)
+		if err != nil {
+			t.Fatalf("%v: %v", m.Type, err)
+		}
+		if !bytes.Equal(appendMessage(nil, got), b) {
+			t.Fatalf("%v: re-encoding differs", m.Type)
+		}
+		if m.Record != nil && !reflect.DeepEqual(m.Record.AppendBinary(nil), got.Record.AppendBinary(nil)) {
+			t.Fatalf("%v: record differs", m.Type)
+		}
+		// Every strict prefix is rejected, never a panic.
+		for i := 0; i < len(b); i++ {
+			if _, err := decodeMessage(b[:i]); err == nil {
+				t.Fatalf("%v: truncated to %d of %d bytes decoded", m.Type, i, len(b))
+			}
+		}
+		if _, err := decodeMessage(append(b, 0)); err == nil {
+			t.Fatalf("%v: trailing byte accepted", m.Type)
+		}
+	}
+}
+
+func TestDecodeRejectsLies(t *testing.T) {
+	// A NODES message claiming 200 contacts in 10 bytes must fail before
+	// allocating 200 contacts.
+	b := []byte{wireVersion, byte(msgNodes), 200, 1, 2, 3}
+	if _, err := decodeMessage(b); err == nil {
+		t.Fatal("accepted 200 contacts")
+	}
+	b = []byte{wireVersion, byte(msgNodes), MaxContactsPerMessage, 1}
+	if _, err := decodeMessage(b); err == nil {
+		t.Fatal("accepted a count larger than the bytes left")
+	}
+	if _, err := decodeMessage(make([]byte, MaxMessageSize+1)); err != errTooLarge {
+		t.Fatalf("oversized: %v", err)
+	}
+	if _, err := decodeMessage([]byte{2, byte(msgPong)}); err == nil {
+		t.Fatal("accepted version 2")
+	}
+	if _, err := decodeMessage([]byte{wireVersion, 77}); err == nil {
+		t.Fatal("accepted type 77")
+	}
+	allocs := testing.AllocsPerRun(100, func() {
+		decodeMessage([]byte{wireVersion, byte(msgNodes), 30, 0, 0})
+	})
+	if allocs > 2 {
+		t.Fatalf("lying count allocated %v times", allocs)
+	}
+}
+
+func FuzzDecodeMessage(f *testing.F) {
+	for _, m := range sampleMessages(f) {
+		f.Add(appendMessage(nil, m))
+	}
+	f.Add([]byte{})
+	f.Add([]byte{wireVersion, byte(msgNodes), 255})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := decodeMessage(b)
+		if err != nil {
+			return
+		}
+		// Whatever decodes re-encodes to the same bytes (one spelling per
+		// message) and stays within the limits.
+		if got := appendMessage(nil, m); !bytes.Equal(got, b) {
+			// Addresses are normalised (4-in-6 kept as 6), so equal length
+			// is the invariant that must hold.
+			if len(got) != len(b) {
+				t.Fatalf("re-encoding %d bytes as %d", len(b), len(got))
+			}
+		}
+		if len(m.Contacts) > MaxContactsPerMessage || len(m.Records) > MaxRecordsPerMessage {
+			t.Fatal("limits exceeded")
+		}
+		for _, c := range m.Contacts {
+			if len(c.Addrs) > MaxAddrs {
+				t.Fatal("too many addresses")
+			}
+		}
+	})
+}
+
+func FuzzDecodeRecord(f *testing.F) {
+	kp := testKeypair(f, 9, 0)
+	r := signedRecord(f, kp, 1, time.Unix(1_900_000_000, 0), netip.MustParseAddrPort("198.18.0.1:1"))
+	f.Add(r.AppendBinary(nil))
+	r.Relays = []pki.Identity{kp.Identity()}
+	f.Add(r.AppendBinary(nil))
+	f.Add(make([]byte, minRecordSize))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		rec, err := DecodeRecord(b)
+		if err != nil {
+			return
+		}
+		if len(rec.Addrs) > MaxAddrs || len(rec.Relays) > MaxRelays || len(b) > MaxRecordSize {
+			t.Fatal("limits exceeded")
+		}
+		if rec.encodedSize() != len(b) {
+			t.Fatalf("encodedSize %d, input %d", rec.encodedSize(), len(b))
+		}
+		// Verification of arbitrary input returns, never panics.
+		_ = rec.Verify(time.Unix(1_800_000_000, 0), 0, time.Hour)
+	})
+}
