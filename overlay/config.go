@@ -12,6 +12,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/korium/korium-tun/dht"
 	"github.com/korium/korium-tun/pki"
 )
 
@@ -102,8 +103,13 @@ type Config struct {
 	// Default: the listen address, or every non-loopback address of the
 	// host when listening on all of them.
 	Advertise []netip.AddrPort
+	// DisableDHT turns the DHT off: only bootstrap contacts and peers that
+	// connect to us are reachable.
+	DisableDHT bool
+	// DHT tunes the DHT; its PoWBits and Logger are the node's.
+	DHT dht.Config
 	// Resolver, when set, finds who owns an overlay address the node has
-	// no connection to (the DHT does this). A packet to such an address
+	// no connection to. Default: the DHT. A packet to such an address
 	// starts one resolution (not one per packet); the held packet goes out
 	// when the connection is up. Nil: only connected peers are reachable.
 	Resolver Resolver

@@ -22,6 +22,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 	"lukechampine.com/blake3"
 
+	"github.com/korium/korium-tun/dht"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/rpc"
 	"github.com/korium/korium-tun/smartaddr"
@@ -72,6 +73,7 @@ type Node struct {
 	resolving map[netip.Addr]bool      // a resolution is in flight
 	failed    map[netip.Addr]time.Time // resolution failed; retry after
 
+	dht        *dht.DHT                    // nil when Config.DisableDHT
 	rpc        *rpc.Server                 // serves every installed peer connection
 	appHandler atomic.Pointer[rpc.Handler] // SetRequestHandler's, or nil
 	reqMu      sync.Mutex                  // guards incoming
@@ -172,9 +174,10 @@ func New(cfg Config) (n *Node, err error) {
 	n.rpc = rpc.NewServer(rpc.Config{HandlerTimeout: c.RequestTimeout})
 	n.rpc.Handle(rpc.ProtoApp, n.handleApp)
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	node := n // the named result is nil on error returns
 	defer func() {
 		if err != nil {
-			n.Close()
+			node.Close()
 		}
 	}()
 
@@ -219,6 +222,20 @@ func New(cfg Config) (n *Node, err error) {
 		MaxIncomingStreams:      64, // the reference's MAX_CONCURRENT_STREAMS
 		MaxIncomingUniStreams:   -1,
 	}
+	if !c.DisableDHT {
+		dc := c.DHT
+		dc.PoWBits, dc.Logger = c.PoWBits, c.Logger
+		if dc.PoWBits == 0 {
+			dc.PoWBits = dht.NoPoW
+		}
+		if n.dht, err = dht.New(c.Keypair, dhtTransport{n}, n.AdvertisedAddrs(), dc); err != nil {
+			return nil, err
+		}
+		n.rpc.Handle(rpc.ProtoDHT, n.handleDHT)
+		if n.cfg.Resolver == nil {
+			n.cfg.Resolver = n.resolveViaDHT
+		}
+	}
 	n.tlsConf = pki.TLSConfig{Keypair: c.Keypair, PoWBits: c.PoWBits}
 	if n.srvTLS, err = n.tlsConf.Server(nil); err != nil {
 		return nil, err
@@ -233,6 +250,9 @@ func New(cfg Config) (n *Node, err error) {
 	n.goLoop(n.deviceReadLoop)
 	n.goLoop(n.deviceWriteLoop)
 	n.goLoop(n.supervise)
+	if n.dht != nil {
+		n.goLoop(n.dhtJoin)
+	}
 	c.Logger.Info("node started", "identity", n.id.String(), "address", n.addr.String(), "listen", udp.LocalAddr().String())
 	return n, nil
 }
@@ -345,6 +365,9 @@ func (n *Node) Close() error {
 		}
 		cwg.Wait()
 		n.cancel()
+		if n.dht != nil {
+			n.dht.Close()
+		}
 		if n.tr != nil {
 			errs = append(errs, n.tr.Close())
 		}

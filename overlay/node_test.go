@@ -34,7 +34,7 @@ func newTestNode(t testing.TB, kp *pki.Keypair, listen string, boot ...Contact) 
 		listen = "127.0.0.1:0"
 	}
 	dev := newMemDevice()
-	n, err := New(Config{Keypair: kp, PoWBits: testPoW, Listen: listen, Device: dev, Bootstrap: boot, Logger: testLogger(t)})
+	n, err := New(Config{Keypair: kp, PoWBits: testPoW, Listen: listen, Device: dev, Bootstrap: boot, Logger: testLogger(t), DisableDHT: true})
 	if err != nil {
 		t.Fatal(err)
 	}

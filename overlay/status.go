@@ -4,6 +4,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/korium/korium-tun/dht"
 	"github.com/korium/korium-tun/smartsock"
 )
 
@@ -37,6 +38,7 @@ type Status struct {
 	Drops     map[string]uint64       `json:"drops"`
 	Counters  map[string]uint64       `json:"counters"`
 	SmartSock smartsock.StatsSnapshot `json:"smartsock"`
+	DHT       *dht.Stats              `json:"dht,omitempty"`
 }
 
 // Status returns a snapshot of peers and counters.
@@ -108,6 +110,10 @@ func (n *Node) Status() Status {
 		"rpc_responses":      rs.Responses,
 		"rpc_handler_errors": rs.HandlerErrors,
 		"rpc_abandoned":      rs.Abandoned,
+	}
+	if n.dht != nil {
+		ds := n.dht.Stats()
+		s.DHT = &ds
 	}
 	return s
 }

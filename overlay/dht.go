@@ -1,0 +1,190 @@
+package overlay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/korium/korium-tun/dht"
+	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/rpc"
+	"github.com/korium/korium-tun/smartaddr"
+)
+
+// The node's DHT talks to peers through RPC on their QUIC connections
+// (dialing a contact's addresses when there is none), answers their
+// requests, joins and publishes our record once any peer is connected, and
+// is the default Resolver of unknown overlay addresses.
+
+// maxDialAddrs bounds how many of a contact's addresses one call tries.
+const maxDialAddrs = 4
+
+type dhtTransport struct{ n *Node }
+
+// Call implements dht.Transport.
+func (t dhtTransport) Call(ctx context.Context, to dht.Contact, req []byte) ([]byte, error) {
+	conn, err := t.n.connFor(ctx, to.Identity, to.Addrs)
+	if err != nil {
+		return nil, err
+	}
+	return rpc.Call(ctx, conn, rpc.ProtoDHT, req)
+}
+
+// connFor returns the connection to id, dialing addrs in order if there is
+// none. The handshake pins id, so a wrong address only costs a failed dial.
+func (n *Node) connFor(ctx context.Context, id pki.Identity, addrs []netip.AddrPort) (*quic.Conn, error) {
+	if p := n.peer(id); p != nil {
+		return p.conn, nil
+	}
+	if id == n.id {
+		return nil, fmt.Errorf("%w: that is us", ErrUnreachable)
+	}
+	err := errors.New("no address")
+	for i, a := range addrs {
+		if i == maxDialAddrs || ctx.Err() != nil {
+			break
+		}
+		if err = n.Connect(ctx, Contact{Identity: id, Addr: a}); err == nil {
+			if p := n.peer(id); p != nil {
+				return p.conn, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("%w: %s: %v", ErrUnreachable, id.Short(), err)
+}
+
+// handleDHT answers a peer's DHT request.
+func (n *Node) handleDHT(_ context.Context, from pki.Identity, req []byte) ([]byte, error) {
+	var fromAddr netip.AddrPort
+	if pi, ok := n.sock.Path(from); ok {
+		fromAddr = pi.Current
+	}
+	return n.dht.HandleRequest(from, fromAddr, req)
+}
+
+// dhtSeeds returns the connected peers as DHT contacts.
+func (n *Node) dhtSeeds() []dht.Contact {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	var out []dht.Contact
+	for _, p := range n.peers {
+		c := dht.Contact{Identity: p.id, Nonce: p.nonce}
+		if pi, ok := n.sock.Path(p.id); ok && pi.Current.IsValid() {
+			c.Addrs = []netip.AddrPort{pi.Current}
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// dhtJoin waits until some peer is connected, then bootstraps the DHT from
+// the connected peers and publishes our record, retrying with backoff. The
+// DHT republishes by itself afterwards.
+func (n *Node) dhtJoin() {
+	backoff := 500 * time.Millisecond
+	for {
+		if seeds := n.dhtSeeds(); len(seeds) > 0 {
+			ctx, cancel := context.WithTimeout(n.ctx, 30*time.Second)
+			err := n.dht.Bootstrap(ctx, seeds)
+			if err == nil {
+				err = n.dht.Publish(ctx)
+			}
+			cancel()
+			if err == nil {
+				n.cfg.Logger.Info("joined the DHT", "seeds", len(seeds), "table", n.dht.Stats().TableSize)
+				n.republishWhileGrowing()
+				return
+			}
+			n.cfg.Logger.Debug("DHT join failed", "err", err, "retry_in", backoff)
+		}
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 15*time.Second)
+	}
+}
+
+// republishWhileGrowing stores our record again whenever the routing table
+// has grown by a quarter since the last publish (checked every 5 s): a node
+// that joined early stored its record only at the few nodes it knew, which
+// may not stay. The DHT's own periodic republish takes over when the table
+// stops growing.
+func (n *Node) republishWhileGrowing() {
+	last := n.dht.Stats().TableSize
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		}
+		size := n.dht.Stats().TableSize
+		if size*4 < last*5 {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(n.ctx, 30*time.Second)
+		if err := n.dht.Publish(ctx); err == nil {
+			last = size
+		}
+		cancel()
+	}
+}
+
+// resolveViaDHT is the default Resolver.
+func (n *Node) resolveViaDHT(ctx context.Context, addr netip.Addr) ([]Contact, error) {
+	rec, err := n.dht.ResolveAddr(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	return recordContacts(rec), nil
+}
+
+func recordContacts(rec *dht.Record) []Contact {
+	out := make([]Contact, 0, len(rec.Addrs))
+	for _, a := range rec.Addrs {
+		out = append(out, Contact{Identity: rec.Identity, Addr: a})
+	}
+	return out
+}
+
+// Resolve looks up a peer's signed contact record by identity.
+func (n *Node) Resolve(ctx context.Context, id pki.Identity) (*dht.Record, error) {
+	if n.dht == nil {
+		return nil, errors.New("overlay: the DHT is disabled")
+	}
+	return n.dht.Resolve(ctx, id)
+}
+
+// ResolveAddr looks up the record of the node that owns an overlay address.
+func (n *Node) ResolveAddr(ctx context.Context, addr netip.Addr) (*dht.Record, error) {
+	if n.dht == nil {
+		return nil, errors.New("overlay: the DHT is disabled")
+	}
+	if !smartaddr.IsOverlay(addr) {
+		return nil, fmt.Errorf("overlay: %s is not an overlay address", addr)
+	}
+	return n.dht.ResolveAddr(ctx, addr)
+}
+
+// FindPeers returns the contacts closest to target's node ID.
+func (n *Node) FindPeers(ctx context.Context, target pki.Identity) ([]dht.Contact, error) {
+	if n.dht == nil {
+		return nil, errors.New("overlay: the DHT is disabled")
+	}
+	return n.dht.FindPeers(ctx, dht.IDOf(target))
+}
+
+// DHTSnapshot returns the routing table (buckets, tiers, contacts).
+func (n *Node) DHTSnapshot() (dht.Snapshot, bool) {
+	if n.dht == nil {
+		return dht.Snapshot{}, false
+	}
+	return n.dht.Snapshot(), true
+}
