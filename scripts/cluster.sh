@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # cluster.sh [N] [--check]: a local overlay of N nodes (default 4), each in
-# its own network namespace on one bridge, with real kernel TUNs. Prints
-# every node's identity and SmartAddr, pings every pair over the overlay,
-# then keeps running until Ctrl-C (or exits at once with --check). Try, in
-# another terminal while it runs:
+# its own network namespace on one bridge, with real kernel TUNs, each given
+# only the first node as bootstrap: every other address is found through the
+# DHT. Prints every node's identity and SmartAddr, pings every pair over the
+# overlay, then keeps running until Ctrl-C. With --check it then stops the
+# first node, pings every remaining pair again and exits. Try, in another
+# terminal while it runs:
 #   sudo ip netns exec kc<PID>n1 ping -6 <SmartAddr of another node>
 #   sudo korium-tun status --control /tmp/korium-test.*/n1.sock
+#   sudo korium-tun resolve --control /tmp/korium-test.*/n1.sock <SmartAddr>
 # Removes every namespace and process it made when it ends.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -25,36 +28,77 @@ HUB=kc$$hub
 mkns "$HUB"
 ip -n "$HUB" link add br0 type bridge
 ip -n "$HUB" link set br0 up
-declare -a IDS ADDRS
+declare -a IDS ADDRS PIDS
+# start_node I: run node I's korium-tun in its namespace (bootstrap: node 1).
+start_node() {
+	local i=$1 boots=()
+	[ "$i" -gt 1 ] && boots=(--bootstrap "${IDS[1]}@198.18.1.1:7400")
+	start_bg "$KT_WORK/n$i.log" ip netns exec "kc$$n$i" "$KT" up --key "$KT_WORK/n$i.key" --listen "198.18.$i.1:7400" \
+		--tun korium0 --pow-bits $POW --control "$KT_WORK/n$i.sock" "${boots[@]}"
+	PIDS[i]=$BG_PID
+	wait_until 20 "node $i" "$KT" status --control "$KT_WORK/n$i.sock"
+}
 for i in $(seq 1 "$N"); do
 	ns=kc$$n$i
 	mkns "$ns"
 	ip link add "kc$$v$i" netns "$ns" type veth peer name "p$i" netns "$HUB"
 	ip -n "$HUB" link set "p$i" master br0 up
-	ip -n "$ns" addr add "198.18.1.$i/24" dev "kc$$v$i"
+	# One /24 per node inside a /16, as separate hosts would be: the DHT
+	# caps contacts per /24.
+	ip -n "$ns" addr add "198.18.$i.1/16" dev "kc$$v$i"
 	ip -n "$ns" link set "kc$$v$i" up
 	"$KT" keygen --key "$KT_WORK/n$i.key" --pow-bits $POW >/dev/null
 	"$KT" id --key "$KT_WORK/n$i.key" --json >"$KT_WORK/n$i.id"
 	IDS[i]=$(json_get "$KT_WORK/n$i.id" identity)
 	ADDRS[i]=$(json_get "$KT_WORK/n$i.id" address)
-	# Until the DHT resolves addresses, each node is given every earlier
-	# node as a bootstrap contact, which makes a full mesh.
-	boots=()
-	for j in $(seq 1 $((i - 1))); do boots+=(--bootstrap "${IDS[j]}@198.18.1.$j:7400"); done
-	start_bg "$KT_WORK/n$i.log" ip netns exec "$ns" "$KT" up --key "$KT_WORK/n$i.key" --listen "198.18.1.$i:7400" \
-		--tun korium0 --pow-bits $POW --control "$KT_WORK/n$i.sock" "${boots[@]}"
-	wait_until 20 "node $i" "$KT" status --control "$KT_WORK/n$i.sock"
+	start_node "$i"
 	printf 'node %-2d ns %-14s %s  %s\n' "$i" "$ns" "${IDS[i]}" "${ADDRS[i]}"
 done
-log "pinging every pair over the overlay"
-for i in $(seq 1 "$N"); do
-	for j in $(seq 1 "$N"); do
-		[ "$i" = "$j" ] && continue
-		wait_until 20 "ping node $i -> node $j" ip netns exec "kc$$n$i" ping -6 -c 1 -W 1 "${ADDRS[j]}"
+ping_all() { # FIRST: ping every ordered pair among nodes FIRST..N
+	local first=$1 t0=$SECONDS
+	for i in $(seq "$first" "$N"); do
+		for j in $(seq "$first" "$N"); do
+			[ "$i" = "$j" ] && continue
+			wait_until 30 "ping node $i -> node $j" ip netns exec "kc$$n$i" ping -6 -c 1 -W 1 "${ADDRS[j]}"
+		done
 	done
-done
-log "all $((N * (N - 1))) pairs answer"
-"$KT" status --control "$KT_WORK/n1.sock"
-[ "$CHECK" = 1 ] && { log "PASS cluster"; exit 0; }
+	log "all $(((N - first + 1) * (N - first))) pairs answer ($((SECONDS - t0))s)"
+}
+tcp_ring() { # FIRST: 1 MiB over TCP from each node FIRST..N to the next, sha256 checked
+	local first=$1 i j sent got
+	for i in $(seq "$first" "$N"); do
+		j=$((i == N ? first : i + 1))
+		start_bg "$KT_WORK/recv$j.log" ip netns exec "kc$$n$j" "$XFER" recv -listen "[${ADDRS[j]}]:9000" -timeout 60s
+		local rp=$BG_PID
+		sent=$(ip netns exec "kc$$n$i" "$XFER" send -to "[${ADDRS[j]}]:9000" -bytes 1048576 -seed "$i" -timeout 60s) || die "TCP $i -> $j failed"
+		wait "$rp" || die "TCP receiver on $j failed"
+		got=$(grep -v listening "$KT_WORK/recv$j.log")
+		[ "$sent" = "$got" ] || die "TCP $i -> $j corrupted: sent '$sent', got '$got'"
+	done
+	log "TCP ring $first..$N: every transfer intact"
+}
+log "pinging every pair over the overlay (addresses found through the DHT)"
+ping_all 1
+tcp_ring 1
+"$KT" status --control "$KT_WORK/n$N.sock"
+"$KT" resolve --control "$KT_WORK/n$N.sock" "${ADDRS[2]}"
+if [ "$CHECK" = 1 ]; then
+	log "stopping node 1, the only bootstrap"
+	stop_pid "${PIDS[1]}"
+	# Every remaining pair must still answer (new connections need the DHT
+	# records, which outlive the node that was everyone's bootstrap).
+	ping_all 2
+	log "restarting node $N (same key; its only bootstrap, node 1, is gone)"
+	stop_pid "${PIDS[N]}"
+	start_node "$N"
+	# Node 2 must resolve node N afresh (the old connection died with N) and
+	# node N must then find everyone else through the DHT it joined via 2.
+	ping_all 2
+	tcp_ring 2
+	"$KT" status --control "$KT_WORK/n$N.sock" --json | grep -q '"resolve_ok": [1-9]' ||
+		die "restarted node $N reached the others without a single DHT resolution"
+	log "PASS cluster"
+	exit 0
+fi
 log "running; control sockets in $KT_WORK; Ctrl-C stops and removes everything"
 while :; do sleep 3600; done

@@ -33,7 +33,7 @@ fi
 step "netns-test"
 ./scripts/netns-test.sh
 step "cluster"
-./scripts/cluster.sh 4 --check
+./scripts/cluster.sh 6 --check
 step "throughput smoke run (overlay vs wireguard-go vs raw veth)"
 json=$(mktemp /tmp/korium-bench.XXXXXX.json)
 ./scripts/bench-throughput.sh --rounds 2 --time 3 --json "$json"

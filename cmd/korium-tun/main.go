@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"sort"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -21,6 +22,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/korium/korium-tun/control"
+	"github.com/korium/korium-tun/dht"
 	"github.com/korium/korium-tun/overlay"
 	ktun "github.com/korium/korium-tun/overlay/tun"
 	"github.com/korium/korium-tun/pki"
@@ -102,6 +104,65 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 				},
 				Action: func(c *cli.Context) error { return up(c, stdout, stderr) },
+			},
+			{
+				Name:      "resolve",
+				Usage:     "look up a peer's signed contact record by identity or SmartAddr through the DHT",
+				ArgsUsage: "IDENTITY|ADDRESS",
+				Flags:     []cli.Flag{controlFlag, jsonFlag},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return errors.New("resolve takes one IDENTITY (64 hex) or overlay ADDRESS (fd00:c0f1:...)")
+					}
+					target := c.Args().First()
+					if _, err := parseTarget(target); err != nil {
+						return err
+					}
+					ctx, cancel := context.WithTimeout(c.Context, 30*time.Second)
+					defer cancel()
+					var rec recordJSON
+					if err := control.Call(ctx, c.String("control"), "resolve", map[string]string{"target": target}, &rec); err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return json.NewEncoder(stdout).Encode(rec)
+					}
+					fmt.Fprintf(stdout, "identity %s\naddress  %s\naddrs    %s\nseq      %d\nexpires  %s\n", rec.Identity, rec.Address,
+						strings.Join(rec.Addrs, " "), rec.Seq, rec.Expires.Format(time.RFC3339))
+					return nil
+				},
+			},
+			{
+				Name:  "peers",
+				Usage: "show the DHT routing table: buckets, latency tiers, contacts",
+				Flags: []cli.Flag{controlFlag, jsonFlag},
+				Action: func(c *cli.Context) error {
+					ctx, cancel := context.WithTimeout(c.Context, 10*time.Second)
+					defer cancel()
+					var snap dht.Snapshot
+					if err := control.Call(ctx, c.String("control"), "peers", nil, &snap); err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						enc := json.NewEncoder(stdout)
+						enc.SetIndent("", "  ")
+						return enc.Encode(snap)
+					}
+					fmt.Fprintf(stdout, "k %d  alpha %d  tiers %v\n", snap.K, snap.Alpha, snap.Tiers)
+					tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(tw, "BUCKET	IDENTITY	ADDRS	TIER	RTT	LAST SEEN")
+					for _, b := range snap.Buckets {
+						for _, ct := range b.Contacts {
+							var addrs []string
+							for _, a := range ct.Addrs {
+								addrs = append(addrs, a.String())
+							}
+							fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%s ago\n", b.Index, ct.Identity.String()[:16], strings.Join(addrs, ","),
+								ct.Tier, ct.RTT.Round(10*time.Microsecond), time.Since(ct.LastSeen).Round(time.Second))
+						}
+					}
+					return tw.Flush()
+				},
 			},
 			{
 				Name:  "status",
@@ -224,9 +285,7 @@ func up(c *cli.Context, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer node.Close()
-	ctl, err := control.Listen(c.String("control"), map[string]control.Handler{
-		"status": func(context.Context, json.RawMessage) (any, error) { return node.Status(), nil },
-	}, log)
+	ctl, err := control.Listen(c.String("control"), controlHandlers(node), log)
 	if err != nil {
 		return err
 	}
@@ -257,6 +316,72 @@ func bootstrapStrings(n *overlay.Node) []string {
 	return out
 }
 
+// parseTarget accepts an identity or an overlay address.
+func parseTarget(s string) (any, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		if !smartaddr.IsOverlay(a) {
+			return nil, fmt.Errorf("%s is not an overlay address (fd00:c0f1::/32)", s)
+		}
+		return a, nil
+	}
+	id, err := pki.ParseIdentity(s)
+	if err != nil {
+		return nil, fmt.Errorf("%q is neither an identity (64 lowercase hex) nor an overlay address (fd00:c0f1:...)", s)
+	}
+	return id, nil
+}
+
+// recordJSON is a contact record as `resolve` prints it.
+type recordJSON struct {
+	Identity string    `json:"identity"`
+	Address  string    `json:"address"`
+	Addrs    []string  `json:"addrs"`
+	Relays   []string  `json:"relays"`
+	Seq      uint64    `json:"seq"`
+	Expires  time.Time `json:"expires"`
+}
+
+func controlHandlers(node *overlay.Node) map[string]control.Handler {
+	return map[string]control.Handler{
+		"status": func(context.Context, json.RawMessage) (any, error) { return node.Status(), nil },
+		"peers": func(context.Context, json.RawMessage) (any, error) {
+			snap, ok := node.DHTSnapshot()
+			if !ok {
+				return nil, errors.New("the DHT is disabled")
+			}
+			return snap, nil
+		},
+		"resolve": func(ctx context.Context, args json.RawMessage) (any, error) {
+			var a struct{ Target string }
+			if err := json.Unmarshal(args, &a); err != nil {
+				return nil, err
+			}
+			t, err := parseTarget(a.Target)
+			if err != nil {
+				return nil, err
+			}
+			var rec *dht.Record
+			switch t := t.(type) {
+			case netip.Addr:
+				rec, err = node.ResolveAddr(ctx, t)
+			case pki.Identity:
+				rec, err = node.Resolve(ctx, t)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("resolving %s: %v", a.Target, err)
+			}
+			out := recordJSON{Identity: rec.Identity.String(), Address: smartaddr.FromIdentity(rec.Identity).String(), Seq: rec.Seq, Expires: rec.Expires}
+			for _, ap := range rec.Addrs {
+				out.Addrs = append(out.Addrs, ap.String())
+			}
+			for _, r := range rec.Relays {
+				out.Relays = append(out.Relays, r.String())
+			}
+			return out, nil
+		},
+	}
+}
+
 func printStatus(w io.Writer, st overlay.Status) {
 	fmt.Fprintf(w, "identity %s\naddress  %s\nlisten   %s  mtu %d  up %s\n\n", st.Identity, st.Address, st.Listen, st.MTU, st.Uptime.Round(time.Second))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -279,7 +404,12 @@ func printStatus(w io.Writer, st overlay.Status) {
 	if len(drops) == 0 {
 		drops = []string{"none"}
 	}
+	sort.Strings(drops)
 	fmt.Fprintf(w, "\ndrops: %s\n", strings.Join(drops, " "))
+	if d := st.DHT; d != nil {
+		fmt.Fprintf(w, "dht: %d contacts in %d buckets, k %d, alpha %d, %d tiers, %d records, %d lookups (%d failed)\n",
+			d.TableSize, d.Buckets, d.K, d.Alpha, len(d.Tiers), d.Records, d.Lookups, d.LookupFailures)
+	}
 }
 
 func bytesString(b uint64) string {
