@@ -65,6 +65,20 @@ func TestDHTReachesEveryoneFromOneBootstrap(t *testing.T) {
 	})
 	nodes[0].Close()
 	rest := nodes[1:]
+	// Request/response to an identity with no connection resolves it first.
+	rest[1].SetRequestHandler(func(_ context.Context, _ pki.Identity, req []byte) ([]byte, error) {
+		return append([]byte("echo "), req...), nil
+	})
+	if p := rest[0].peer(rest[1].id); p != nil {
+		p.conn.CloseWithError(codeNormal, "test")
+	}
+	waitFor(t, "disconnect", 5*time.Second, func() bool { return rest[0].peer(rest[1].id) == nil })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	resp, err := rest[0].Send(ctx, rest[1].id, []byte("hi"))
+	cancel()
+	if err != nil || string(resp) != "echo hi" {
+		t.Fatalf("Send to an unconnected identity: %q, %v", resp, err)
+	}
 	for i, a := range rest {
 		for j, b := range rest {
 			if i == j {

@@ -110,11 +110,20 @@ func (n *Node) Send(ctx context.Context, to pki.Identity, req []byte) ([]byte, e
 }
 
 // Call sends a request under proto to the peer to over its connection; it
-// is Send for internal protocols (DHT, gossip, relay).
+// is Send for internal protocols (DHT, gossip, relay). With no connection,
+// the peer's contact record is resolved through the DHT and dialed.
 func (n *Node) Call(ctx context.Context, to pki.Identity, proto byte, req []byte) ([]byte, error) {
 	p := n.peer(to)
+	if p == nil && n.dht != nil && to != n.id {
+		if rec, err := n.dht.Resolve(ctx, to); err == nil {
+			if conn, err := n.connFor(ctx, to, rec.Addrs); err == nil {
+				return rpc.Call(ctx, conn, proto, req)
+			}
+		}
+		p = n.peer(to) // a lookup may have connected to it
+	}
 	if p == nil {
-		return nil, &rpc.Error{Kind: ErrUnreachable, Detail: "no connection to " + to.Short()}
+		return nil, &rpc.Error{Kind: ErrUnreachable, Detail: "no connection to " + to.Short() + " and no reachable contact record"}
 	}
 	return rpc.Call(ctx, p.conn, proto, req)
 }
