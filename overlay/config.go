@@ -13,6 +13,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/korium/korium-tun/dht"
+	"github.com/korium/korium-tun/gossipsub"
 	"github.com/korium/korium-tun/pki"
 )
 
@@ -108,6 +109,10 @@ type Config struct {
 	DisableDHT bool
 	// DHT tunes the DHT; its PoWBits and Logger are the node's.
 	DHT dht.Config
+	// DisablePubSub turns the GossipSub router off.
+	DisablePubSub bool
+	// PubSub tunes the GossipSub router (zero value: the reference's defaults).
+	PubSub gossipsub.Config
 	// Resolver, when set, finds who owns an overlay address the node has
 	// no connection to. Default: the DHT. A packet to such an address
 	// starts one resolution (not one per packet); the held packet goes out

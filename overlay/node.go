@@ -23,6 +23,7 @@ import (
 	"lukechampine.com/blake3"
 
 	"github.com/korium/korium-tun/dht"
+	"github.com/korium/korium-tun/gossipsub"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/rpc"
 	"github.com/korium/korium-tun/smartaddr"
@@ -74,6 +75,7 @@ type Node struct {
 	failed    map[netip.Addr]time.Time // resolution failed; retry after
 
 	dht        *dht.DHT                    // nil when Config.DisableDHT
+	gossip     *gossipsub.Router           // nil when Config.DisablePubSub
 	rpc        *rpc.Server                 // serves every installed peer connection
 	appHandler atomic.Pointer[rpc.Handler] // SetRequestHandler's, or nil
 	reqMu      sync.Mutex                  // guards incoming
@@ -236,6 +238,12 @@ func New(cfg Config) (n *Node, err error) {
 			n.cfg.Resolver = n.resolveViaDHT
 		}
 	}
+	if !c.DisablePubSub {
+		if n.gossip, err = gossipsub.New(c.PubSub, c.Keypair, gossipSender{n}, c.Logger); err != nil {
+			return nil, err
+		}
+		n.rpc.Handle(rpc.ProtoGossip, n.handleGossip)
+	}
 	n.tlsConf = pki.TLSConfig{Keypair: c.Keypair, PoWBits: c.PoWBits}
 	if n.srvTLS, err = n.tlsConf.Server(nil); err != nil {
 		return nil, err
@@ -367,6 +375,9 @@ func (n *Node) Close() error {
 		n.cancel()
 		if n.dht != nil {
 			n.dht.Close()
+		}
+		if n.gossip != nil {
+			n.gossip.Close()
 		}
 		if n.tr != nil {
 			errs = append(errs, n.tr.Close())
@@ -509,6 +520,9 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 		n.stats.DuplicateConns.Add(1)
 		old.conn.CloseWithError(codeDuplicate, "replaced")
 	}
+	if n.gossip != nil {
+		n.gossip.AddPeer(id, n.peerIP(id), outbound)
+	}
 	n.cfg.Logger.Info("peer connected", "peer", id.String(), "address", p.addr.String(), "outbound", outbound, "path", n.pathString(id))
 	n.wg.Add(2)
 	go func() { defer n.wg.Done(); n.receiveLoop(p) }()
@@ -556,12 +570,16 @@ func (n *Node) peer(id pki.Identity) *peer {
 
 func (n *Node) removePeer(p *peer) {
 	n.mu.Lock()
-	if n.peers[p.id] == p {
+	removed := n.peers[p.id] == p
+	if removed {
 		delete(n.peers, p.id)
 		delete(n.byAddr, p.addr)
 		n.gen.Add(1)
 	}
 	n.mu.Unlock()
+	if removed && n.gossip != nil {
+		n.gossip.RemovePeer(p.id)
+	}
 	n.cfg.Logger.Info("peer disconnected", "peer", p.id.String(), "reason", context.Cause(p.conn.Context()))
 }
 

@@ -1,0 +1,78 @@
+package overlay
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+
+	"github.com/korium/korium-tun/gossipsub"
+	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/rpc"
+)
+
+// The node's GossipSub router sends its RPCs over rpc.ProtoGossip on the
+// peer connections, and every connected peer is a gossip peer (the DHT
+// keeps the node connected to its neighbourhood).
+
+// ErrNoPubSub is returned by the pubsub API when Config.DisablePubSub is set.
+var ErrNoPubSub = errors.New("overlay: pubsub is disabled")
+
+type gossipSender struct{ n *Node }
+
+// Send implements gossipsub.Sender.
+func (s gossipSender) Send(ctx context.Context, to pki.Identity, data []byte) error {
+	p := s.n.peer(to)
+	if p == nil {
+		return &rpc.Error{Kind: ErrUnreachable, Detail: "no connection to " + to.Short()}
+	}
+	_, err := rpc.Call(ctx, p.conn, rpc.ProtoGossip, data)
+	return err
+}
+
+// handleGossip hands a peer's gossip RPC to the router (which never blocks).
+func (n *Node) handleGossip(_ context.Context, from pki.Identity, req []byte) ([]byte, error) {
+	n.gossip.HandleRPC(from, req)
+	return nil, nil
+}
+
+// peerIP is the IP a peer's current path uses (for GossipSub's IP
+// colocation score).
+func (n *Node) peerIP(id pki.Identity) netip.Addr {
+	if pi, ok := n.sock.Path(id); ok {
+		return pi.Current.Addr()
+	}
+	return netip.Addr{}
+}
+
+// Subscribe joins topic; messages arrive on the subscription's channel with
+// their publisher's verified identity.
+func (n *Node) Subscribe(topic string) (*gossipsub.Subscription, error) {
+	if n.gossip == nil {
+		return nil, ErrNoPubSub
+	}
+	return n.gossip.Subscribe(topic)
+}
+
+// Unsubscribe leaves topic.
+func (n *Node) Unsubscribe(topic string) error {
+	if n.gossip == nil {
+		return ErrNoPubSub
+	}
+	return n.gossip.Unsubscribe(topic)
+}
+
+// Publish signs data with the node's identity and publishes it on topic.
+func (n *Node) Publish(topic string, data []byte) error {
+	if n.gossip == nil {
+		return ErrNoPubSub
+	}
+	return n.gossip.Publish(topic, data)
+}
+
+// TopicPeers lists the peers known to be subscribed to topic.
+func (n *Node) TopicPeers(topic string) []gossipsub.PeerInfo {
+	if n.gossip == nil {
+		return nil
+	}
+	return n.gossip.TopicPeers(topic)
+}
