@@ -34,6 +34,8 @@ step "netns-test"
 ./scripts/netns-test.sh
 step "cluster"
 ./scripts/cluster.sh 6 --check
+step "chat between 4 namespaces"
+./scripts/chat-test.sh
 step "throughput smoke run (overlay vs wireguard-go vs raw veth)"
 json=$(mktemp /tmp/korium-bench.XXXXXX.json)
 ./scripts/bench-throughput.sh --rounds 2 --time 3 --json "$json"

@@ -186,6 +186,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			},
 		},
 	}
+	app.Commands = append(app.Commands, chatCommand(os.Stdin, stdout, stderr))
 	for _, cmd := range app.Commands {
 		cmd.OnUsageError = app.OnUsageError
 	}

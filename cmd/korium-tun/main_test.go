@@ -154,3 +154,25 @@ func TestStatusWithoutNode(t *testing.T) {
 	_, err := run(t, "status", "--control", filepath.Join(t.TempDir(), "none.sock"))
 	oneLine(t, err, "korium-tun up")
 }
+
+// A peer's chat text can never drive the terminal: control characters
+// (escape sequences, newlines) are replaced and invalid UTF-8 repaired.
+func TestSanitize(t *testing.T) {
+	cases := map[string]string{
+		"hello":                 "hello",
+		"red\x1b[31mtext":       "red?[31mtext",
+		"two\nlines\r":          "two?lines?",
+		"bell\a":                "bell?",
+		"bad\xffutf8":           "bad?utf8",
+		"héllo ✓":               "héllo ✓",
+		"\u009b31m (8-bit CSI)": "?31m (8-bit CSI)",
+	}
+	for in, want := range cases {
+		if got := sanitize([]byte(in)); got != want {
+			t.Errorf("sanitize(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if got := sanitize(bytes.Repeat([]byte("x"), 10*maxChatLine)); len(got) != maxChatLine {
+		t.Errorf("long text kept %d bytes", len(got))
+	}
+}
