@@ -97,7 +97,8 @@ type Config struct {
 	// MaxPending caps destinations with a held packet (default 1,024).
 	MaxPending int
 	// MaxPeers caps open connections (default 1,000, the reference's
-	// connection cache). Further inbound connections are refused.
+	// connection cache). A new connection beyond it evicts the least
+	// recently used peer that is not a bootstrap contact.
 	MaxPeers int
 	// Advertise are the addresses others should use to reach this node
 	// (published in its DHT record and printed as bootstrap strings).

@@ -38,6 +38,7 @@ func (t dhtTransport) Call(ctx context.Context, to dht.Contact, req []byte) ([]b
 // none. The handshake pins id, so a wrong address only costs a failed dial.
 func (n *Node) connFor(ctx context.Context, id pki.Identity, addrs []netip.AddrPort) (*quic.Conn, error) {
 	if p := n.peer(id); p != nil {
+		p.lastUsed.Store(n.clock.Load())
 		return p.conn, nil
 	}
 	if id == n.id {

@@ -68,6 +68,7 @@ type Node struct {
 	byAddr  map[netip.Addr]*peer
 	desired map[pki.Identity]*desired
 	gen     atomic.Uint64 // bumped whenever byAddr changes
+	clock   atomic.Int64  // unix ns, refreshed every supervise tick: a cheap "now" for lastUsed
 
 	pendMu    sync.Mutex // guards the three maps below
 	pending   map[netip.Addr]*held
@@ -101,6 +102,7 @@ type peer struct {
 	txPkts      atomic.Uint64
 	rxBytes     atomic.Uint64
 	rxPkts      atomic.Uint64
+	lastUsed    atomic.Int64 // Node.clock when a packet or request last used this peer
 }
 
 // desired is a peer the node keeps a connection to (a bootstrap contact).
@@ -128,7 +130,7 @@ type Counters struct {
 	TxNotIPv6, TxNotOverlay, TxNoPeer, TxTooBig, TxSendError atomic.Uint64
 	RxMalformed, RxSpoofedSource, RxNotForUs                 atomic.Uint64
 	DevReadErrors, DevWriteErrors, PendingDelivered          atomic.Uint64
-	HandshakeRefused, DuplicateConns                         atomic.Uint64
+	HandshakeRefused, DuplicateConns, PeersEvicted           atomic.Uint64
 	ResolveOK, ResolveFailed, TxResolveFailed, ResolveBusy   atomic.Uint64
 	AppNoHandler, AppQueueFull                               atomic.Uint64
 }
@@ -173,6 +175,7 @@ func New(cfg Config) (n *Node, err error) {
 		started:   time.Now(),
 	}
 	n.bufPool.New = func() any { return new(pbuf) }
+	n.clock.Store(time.Now().UnixNano())
 	n.rpc = rpc.NewServer(rpc.Config{HandlerTimeout: c.RequestTimeout})
 	n.rpc.Handle(rpc.ProtoApp, n.handleApp)
 	n.ctx, n.cancel = context.WithCancel(context.Background())
@@ -495,12 +498,20 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 		since:       time.Now(),
 	}
 	p.nonce, _ = pki.PeerNonce(cs.TLS)
+	p.lastUsed.Store(n.clock.Load())
 	n.mu.Lock()
 	old := n.peers[id]
+	var evicted *peer
 	if old == nil && len(n.peers) >= n.cfg.MaxPeers {
-		n.mu.Unlock()
-		conn.CloseWithError(codeRefused, "too many peers")
-		return nil, errors.New("overlay: peer limit reached")
+		// The reference's connection cache: evict the least recently used
+		// peer that is not a bootstrap contact.
+		if evicted = n.lruPeerLocked(); evicted == nil {
+			n.mu.Unlock()
+			conn.CloseWithError(codeRefused, "too many peers")
+			return nil, errors.New("overlay: peer limit reached")
+		}
+		delete(n.peers, evicted.id)
+		delete(n.byAddr, evicted.addr)
 	}
 	if old != nil && !preferNew(n.id, id, connInfo{old.outbound, old.incarnation}, connInfo{outbound, p.incarnation}) {
 		n.mu.Unlock()
@@ -516,6 +527,13 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 	}
 	n.mu.Unlock()
 	n.sock.Confirm(id)
+	if evicted != nil {
+		n.stats.PeersEvicted.Add(1)
+		if n.gossip != nil {
+			n.gossip.RemovePeer(evicted.id)
+		}
+		evicted.conn.CloseWithError(codeNormal, "evicted: peer limit")
+	}
 	if old != nil {
 		n.stats.DuplicateConns.Add(1)
 		old.conn.CloseWithError(codeDuplicate, "replaced")
@@ -531,6 +549,21 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 	go func() { defer n.wg.Done(); n.rpc.Serve(n.ctx, conn, id) }()
 	n.flushPending(p)
 	return p, nil
+}
+
+// lruPeerLocked returns the least recently used peer that is not a
+// bootstrap contact, or nil. n.mu must be held.
+func (n *Node) lruPeerLocked() *peer {
+	var lru *peer
+	for id, p := range n.peers {
+		if n.desired[id] != nil {
+			continue
+		}
+		if lru == nil || p.lastUsed.Load() < lru.lastUsed.Load() {
+			lru = p
+		}
+	}
+	return lru
 }
 
 // connInfo is what the duplicate rule looks at.
@@ -592,6 +625,7 @@ func (n *Node) supervise() {
 		case <-n.ctx.Done():
 			return
 		case now := <-t.C:
+			n.clock.Store(now.UnixNano())
 			n.mu.RLock()
 			var due []pki.Identity
 			for id, d := range n.desired {
@@ -733,6 +767,7 @@ func (n *Node) route(pkt []byte, c *routeCache) (*peer, routeVerdict) {
 func (n *Node) sendDatagram(p *peer, pkt, ptbBuf []byte, ptbBufs [][]byte) {
 	err := p.conn.SendDatagram(pkt)
 	if err == nil {
+		p.lastUsed.Store(n.clock.Load())
 		p.txPkts.Add(1)
 		p.txBytes.Add(uint64(len(pkt)))
 		return
@@ -964,6 +999,7 @@ func (n *Node) acceptInbound(p *peer, d []byte) *pbuf {
 		n.stats.RxNotForUs.Add(1)
 		return nil
 	}
+	p.lastUsed.Store(n.clock.Load())
 	p.rxPkts.Add(1)
 	p.rxBytes.Add(uint64(len(d)))
 	b := n.bufPool.Get().(*pbuf)

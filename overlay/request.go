@@ -125,6 +125,7 @@ func (n *Node) Call(ctx context.Context, to pki.Identity, proto byte, req []byte
 	if p == nil {
 		return nil, &rpc.Error{Kind: ErrUnreachable, Detail: "no connection to " + to.Short() + " and no reachable contact record"}
 	}
+	p.lastUsed.Store(n.clock.Load())
 	return rpc.Call(ctx, p.conn, proto, req)
 }
 
