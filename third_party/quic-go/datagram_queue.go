@@ -17,7 +17,7 @@ const (
 	// goroutine; on a busy host that goroutine can wait several milliseconds
 	// for a CPU, and at ~100k datagrams/s 128 entries overflow and every drop
 	// becomes an inner-TCP retransmit. See third_party/README.md.
-	maxDatagramRcvQueueLen  = 1024
+	maxDatagramRcvQueueLen = 1024
 )
 
 type datagramQueue struct {
