@@ -40,11 +40,18 @@ type Response struct {
 // Handler answers one command.
 type Handler func(ctx context.Context, args json.RawMessage) (any, error)
 
+// StreamHandler answers one command with a stream of results: it calls emit
+// for each, until ctx ends (the client went away or the server closes) or
+// it returns. emit fails once the client is gone.
+type StreamHandler func(ctx context.Context, args json.RawMessage, emit func(any) error) error
+
 // Server serves a control socket.
 type Server struct {
 	ln       net.Listener
 	path     string
 	handlers map[string]Handler
+	streamMu sync.RWMutex // guards streams
+	streams  map[string]StreamHandler
 	log      *slog.Logger
 	wg       sync.WaitGroup
 	ctx      context.Context
@@ -76,11 +83,18 @@ func Listen(path string, handlers map[string]Handler, log *slog.Logger) (*Server
 		ln.Close()
 		return nil, err
 	}
-	s := &Server{ln: ln, path: path, handlers: handlers, log: log}
+	s := &Server{ln: ln, path: path, handlers: handlers, streams: map[string]StreamHandler{}, log: log}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.wg.Add(1)
 	go s.serve()
 	return s, nil
+}
+
+// HandleStream registers a streaming command.
+func (s *Server) HandleStream(cmd string, h StreamHandler) {
+	s.streamMu.Lock()
+	defer s.streamMu.Unlock()
+	s.streams[cmd] = h
 }
 
 func (s *Server) serve() {
@@ -112,6 +126,13 @@ func (s *Server) handle(c net.Conn) {
 	case json.Unmarshal(line, &req) != nil:
 		resp.Error = "request is not JSON"
 	default:
+		s.streamMu.RLock()
+		sh := s.streams[req.Cmd]
+		s.streamMu.RUnlock()
+		if sh != nil {
+			s.stream(c, sh, req.Args)
+			return
+		}
 		h := s.handlers[req.Cmd]
 		if h == nil {
 			resp.Error = fmt.Sprintf("unknown command %q", req.Cmd)
@@ -129,6 +150,76 @@ func (s *Server) handle(c net.Conn) {
 		}
 	}
 	json.NewEncoder(c).Encode(resp)
+}
+
+// stream runs a streaming command: one JSON response line per result, a
+// final line carrying the handler's error if any. The stream ends when the
+// client closes its side.
+func (s *Server) stream(c net.Conn, h StreamHandler, args json.RawMessage) {
+	c.SetDeadline(time.Time{})
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	go func() { // the client has nothing more to say: EOF means it left
+		io.Copy(io.Discard, io.LimitReader(c, 1))
+		cancel()
+	}()
+	enc := json.NewEncoder(c)
+	var mu sync.Mutex
+	emit := func(v any) error {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		return enc.Encode(Response{Result: b})
+	}
+	if err := h(ctx, args, emit); err != nil && ctx.Err() == nil {
+		mu.Lock()
+		enc.Encode(Response{Error: err.Error()})
+		mu.Unlock()
+	}
+}
+
+// Stream sends one streaming request to the node at path and calls f with
+// each result until the stream ends, f returns an error, or ctx ends.
+func Stream(ctx context.Context, path, cmd string, args any, f func(json.RawMessage) error) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return fmt.Errorf("no running node at control socket %s (is `korium-tun up` running? pass --control PATH if it uses another): %v", path, errors.Unwrap(err))
+	}
+	defer c.Close()
+	go func() { <-ctx.Done(); c.Close() }()
+	req := Request{Cmd: cmd}
+	if args != nil {
+		if req.Args, err = json.Marshal(args); err != nil {
+			return err
+		}
+	}
+	if err := json.NewEncoder(c).Encode(req); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bufio.NewReader(c))
+	for {
+		var resp Response
+		if err := dec.Decode(&resp); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("reading control stream: %v", err)
+		}
+		if resp.Error != "" {
+			return errors.New(resp.Error)
+		}
+		if err := f(resp.Result); err != nil {
+			return err
+		}
+	}
 }
 
 // Close stops serving, removes the socket and waits for requests in flight.

@@ -98,3 +98,45 @@ func FuzzHandle(f *testing.F) {
 		<-done
 	})
 }
+
+func TestStream(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.sock")
+	s, err := Listen(path, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ended := make(chan struct{})
+	s.HandleStream("count", func(ctx context.Context, _ json.RawMessage, emit func(any) error) error {
+		defer close(ended)
+		for i := 0; ; i++ {
+			if i == 3 {
+				<-ctx.Done() // the client leaves after 3
+				return nil
+			}
+			if err := emit(i); err != nil {
+				return err
+			}
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var got []int
+	err = Stream(ctx, path, "count", nil, func(raw json.RawMessage) error {
+		var v int
+		json.Unmarshal(raw, &v)
+		got = append(got, v)
+		if len(got) == 3 {
+			return errors.New("enough")
+		}
+		return nil
+	})
+	if err == nil || err.Error() != "enough" || len(got) != 3 || got[2] != 2 {
+		t.Fatalf("Stream: %v %v", got, err)
+	}
+	select {
+	case <-ended: // the handler saw the client leave
+	case <-time.After(5 * time.Second):
+		t.Fatal("stream handler still running after the client left")
+	}
+}

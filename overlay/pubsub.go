@@ -76,3 +76,21 @@ func (n *Node) TopicPeers(topic string) []gossipsub.PeerInfo {
 	}
 	return n.gossip.TopicPeers(topic)
 }
+
+// SendSignal sends a signed relay signal to target through the gossip mesh
+// (for hole-punch and relay coordination when there is no direct path).
+func (n *Node) SendSignal(target pki.Identity, payload []byte) error {
+	if n.gossip == nil {
+		return ErrNoPubSub
+	}
+	return n.gossip.SendSignal(target, payload)
+}
+
+// Signals delivers relay signals addressed to this node, with their verified
+// originator. It is nil when pubsub is disabled.
+func (n *Node) Signals() <-chan gossipsub.Signal {
+	if n.gossip == nil {
+		return nil
+	}
+	return n.gossip.Signals()
+}

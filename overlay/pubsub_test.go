@@ -95,4 +95,23 @@ func TestPubSubAcrossNodes(t *testing.T) {
 			}
 		}
 	}
+	// A relay signal from the last node reaches the second through the mesh,
+	// with its verified originator.
+	src, dst := nodes[n-1], nodes[1]
+	deadline := time.After(15 * time.Second)
+	for got := false; !got; {
+		if err := src.SendSignal(dst.Identity(), []byte("punch at 198.18.0.9:4000")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case sig := <-dst.Signals():
+			if sig.From != src.Identity() || string(sig.Payload) != "punch at 198.18.0.9:4000" {
+				t.Fatalf("signal %q from %s", sig.Payload, sig.From.Short())
+			}
+			got = true
+		case <-time.After(500 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("relay signal never arrived")
+		}
+	}
 }

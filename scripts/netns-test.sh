@@ -72,4 +72,22 @@ wait_until 30 "c's failed dials" grep -q "is not $ID_A" "$KT_WORK/c.log"
 "$KT" status --control "$KT_WORK/c.sock" --json | grep -q '"peers": null' || die "c has a peer"
 if "$KT" status --control "$KT_WORK/b.sock" --json | grep -q "$ID_C"; then die "b accepted c"; fi
 
+log "chat attached to the running nodes through their control sockets"
+mkfifo "$KT_WORK/ca.in" "$KT_WORK/cb.in"
+exec 21<>"$KT_WORK/ca.in" 22<>"$KT_WORK/cb.in"
+"$KT" chat --room lab --control "$KT_WORK/a.sock" <"$KT_WORK/ca.in" >"$KT_WORK/chat-a.log" 2>&1 &
+KT_PIDS+=($!)
+"$KT" chat --room lab --control "$KT_WORK/b.sock" <"$KT_WORK/cb.in" >"$KT_WORK/chat-b.log" 2>&1 &
+KT_PIDS+=($!)
+wait_until 10 "attached chats" grep -q "^joined #lab as $ID_B" "$KT_WORK/chat-b.log"
+wait_until 10 "attached chats" grep -q "^joined #lab as $ID_A" "$KT_WORK/chat-a.log"
+n=0
+until grep -q "^\[lab\] ${ID_A:0:8}: hi-from-a" "$KT_WORK/chat-b.log"; do
+	n=$((n + 1)); [ $n -le 40 ] || die "attached chat line from a never reached b"
+	echo "hi-from-a-$n" >&21
+	sleep 0.5
+done
+echo "/dm $ID_A hello-a-from-b" >&22
+wait_until 15 "dm through attached chats" grep -q "^\[dm\] ${ID_B:0:8}: hello-a-from-b" "$KT_WORK/chat-a.log"
+
 log "PASS netns-test"

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/korium/korium-tun/control"
+	"github.com/korium/korium-tun/gossipsub"
 	"github.com/korium/korium-tun/overlay"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/smartaddr"
@@ -36,6 +39,7 @@ func chatCommand(stdin io.Reader, stdout, stderr io.Writer) *cli.Command {
 			&cli.StringSliceFlag{Name: "bootstrap", Usage: "IDENTITY@HOST:PORT of a peer (repeatable)"},
 			&cli.IntFlag{Name: "pow-bits", Value: pki.DefaultPoWBits, Usage: "network proof-of-work difficulty"},
 			&cli.StringFlag{Name: "log-level", Value: "warn", Usage: "debug, info, warn or error"},
+			&cli.StringFlag{Name: "control", Usage: "attach to the running `korium-tun up` node at this control socket instead of running a node"},
 		},
 		Action: func(c *cli.Context) error { return chat(c, stdin, stdout, stderr) },
 	}
@@ -53,6 +57,12 @@ func chat(c *cli.Context, stdin io.Reader, stdout, stderr io.Writer) error {
 	room := c.String("room")
 	if room == "" || len(room) > 128 || strings.ContainsFunc(room, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }) {
 		return fmt.Errorf("--room %q: want 1-128 printable characters without spaces", room)
+	}
+	if path := c.String("control"); path != "" {
+		if c.IsSet("key") || c.IsSet("bootstrap") || c.IsSet("listen") {
+			return errors.New("--control attaches to a running node: --key, --bootstrap and --listen belong to that node")
+		}
+		return chatAttached(c.Context, path, room, stdin, stdout)
 	}
 	var boot []overlay.Contact
 	for _, s := range c.StringSlice("bootstrap") {
@@ -105,6 +115,12 @@ func chat(c *cli.Context, stdin io.Reader, stdout, stderr io.Writer) error {
 			}
 		}
 	}()
+	return chatLoop(ctx, node, topic, stdin, stdout)
+}
+
+// chatLoop reads typed lines until /quit, a signal, or (after stdin ends)
+// a signal.
+func chatLoop(ctx context.Context, node chatNode, topic string, stdin io.Reader, stdout io.Writer) error {
 	lines := make(chan string)
 	go func() {
 		defer close(lines)
@@ -134,8 +150,173 @@ func chat(c *cli.Context, stdin io.Reader, stdout, stderr io.Writer) error {
 	}
 }
 
+// chatEvent is one item of the control socket's "chat" stream.
+type chatEvent struct {
+	Kind string `json:"kind"` // "joined", "room" or "dm"
+	From string `json:"from"` // identity (for "joined": the node's)
+	Text string `json:"text"` // for "joined": the node's SmartAddr
+}
+
+// chatAttached runs a chat on the node behind the control socket at path.
+func chatAttached(parent context.Context, path, room string, stdin io.Reader, stdout io.Writer) error {
+	ctx, stop := signal.NotifyContext(parent, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	topic := "chat/" + room
+	streamErr := make(chan error, 1)
+	joined := make(chan struct{})
+	go func() {
+		streamErr <- control.Stream(ctx, path, "chat", map[string]string{"room": room}, func(raw json.RawMessage) error {
+			var ev chatEvent
+			if err := json.Unmarshal(raw, &ev); err != nil {
+				return err
+			}
+			short := ev.From
+			if len(short) > 8 {
+				short = short[:8]
+			}
+			switch ev.Kind {
+			case "joined":
+				fmt.Fprintf(stdout, "joined #%s as %s (%s) through %s\n", room, ev.From, ev.Text, path)
+				close(joined)
+			case "room":
+				fmt.Fprintf(stdout, "[%s] %s: %s\n", room, short, sanitize([]byte(ev.Text)))
+			case "dm":
+				fmt.Fprintf(stdout, "[dm] %s: %s\n", short, sanitize([]byte(ev.Text)))
+			}
+			return nil
+		})
+	}()
+	select {
+	case err := <-streamErr:
+		if err == nil {
+			err = errors.New("the node closed the chat stream")
+		}
+		return err
+	case <-joined:
+	}
+	loopCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { // the node went away: stop reading input
+		<-streamErr
+		cancel()
+	}()
+	return chatLoop(loopCtx, controlChat{path}, topic, stdin, stdout)
+}
+
+// controlChat is a chatNode reached through a control socket.
+type controlChat struct{ path string }
+
+func (cc controlChat) Publish(topic string, data []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return control.Call(ctx, cc.path, "publish", map[string]string{"topic": topic, "data": string(data)}, nil)
+}
+
+func (cc controlChat) Send(ctx context.Context, to pki.Identity, data []byte) ([]byte, error) {
+	var resp string
+	err := control.Call(ctx, cc.path, "send", map[string]string{"to": to.String(), "data": string(data)}, &resp)
+	return []byte(resp), err
+}
+
+func (cc controlChat) TopicPeers(topic string) []gossipsub.PeerInfo {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var ids []pki.Identity
+	control.Call(ctx, cc.path, "topic_peers", map[string]string{"topic": topic}, &ids)
+	out := make([]gossipsub.PeerInfo, len(ids))
+	for i, id := range ids {
+		out[i].ID = id
+	}
+	return out
+}
+
+// chatControl registers what an attached chat uses on a running node: the
+// "chat" stream (room messages and direct messages, one attached chat at a
+// time) and publish, send and topic_peers.
+func chatControl(node *overlay.Node, ctl *control.Server) {
+	ctl.HandleStream("chat", func(ctx context.Context, args json.RawMessage, emit func(any) error) error {
+		var a struct{ Room string }
+		if err := json.Unmarshal(args, &a); err != nil || a.Room == "" {
+			return errors.New("chat needs a room")
+		}
+		topic := "chat/" + a.Room
+		sub, err := node.Subscribe(topic)
+		if err != nil {
+			return fmt.Errorf("cannot join #%s on this node (is another chat attached to it?): %v", a.Room, err)
+		}
+		defer node.Unsubscribe(topic)
+		node.SetRequestHandler(func(_ context.Context, from pki.Identity, req []byte) ([]byte, error) {
+			if err := emit(chatEvent{Kind: "dm", From: from.String(), Text: string(req)}); err != nil {
+				return nil, err
+			}
+			return []byte("ok"), nil
+		})
+		defer node.SetRequestHandler(nil)
+		if err := emit(chatEvent{Kind: "joined", From: node.Identity().String(), Text: node.Addr().String()}); err != nil {
+			return nil
+		}
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case m, ok := <-sub.Messages():
+				if !ok {
+					return nil
+				}
+				if m.From != node.Identity() {
+					if err := emit(chatEvent{Kind: "room", From: m.From.String(), Text: string(m.Data)}); err != nil {
+						return nil
+					}
+				}
+			}
+		}
+	})
+}
+
+func chatHandlers(node *overlay.Node, h map[string]control.Handler) {
+	h["publish"] = func(_ context.Context, args json.RawMessage) (any, error) {
+		var a struct{ Topic, Data string }
+		if err := json.Unmarshal(args, &a); err != nil {
+			return nil, err
+		}
+		return nil, node.Publish(a.Topic, []byte(a.Data))
+	}
+	h["send"] = func(ctx context.Context, args json.RawMessage) (any, error) {
+		var a struct{ To, Data string }
+		if err := json.Unmarshal(args, &a); err != nil {
+			return nil, err
+		}
+		id, err := pki.ParseIdentity(a.To)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := node.Send(ctx, id, []byte(a.Data))
+		return string(resp), err
+	}
+	h["topic_peers"] = func(_ context.Context, args json.RawMessage) (any, error) {
+		var a struct{ Topic string }
+		if err := json.Unmarshal(args, &a); err != nil {
+			return nil, err
+		}
+		var ids []pki.Identity
+		for _, p := range node.TopicPeers(a.Topic) {
+			ids = append(ids, p.ID)
+		}
+		return ids, nil
+	}
+}
+
+// chatNode is what a chat needs from a node: the node itself (its own
+// in-process node) or a running `korium-tun up` reached through its control
+// socket.
+type chatNode interface {
+	Publish(topic string, data []byte) error
+	Send(ctx context.Context, to pki.Identity, data []byte) ([]byte, error)
+	TopicPeers(topic string) []gossipsub.PeerInfo
+}
+
 // chatLine handles one typed line; it reports whether to quit.
-func chatLine(ctx context.Context, node *overlay.Node, topic, line string, stdout io.Writer) bool {
+func chatLine(ctx context.Context, node chatNode, topic, line string, stdout io.Writer) bool {
 	switch {
 	case line == "":
 	case line == "/quit":

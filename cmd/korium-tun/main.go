@@ -286,11 +286,14 @@ func up(c *cli.Context, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer node.Close()
-	ctl, err := control.Listen(c.String("control"), controlHandlers(node), log)
+	handlers := controlHandlers(node)
+	chatHandlers(node, handlers)
+	ctl, err := control.Listen(c.String("control"), handlers, log)
 	if err != nil {
 		return err
 	}
 	defer ctl.Close()
+	chatControl(node, ctl)
 
 	for _, b := range bootstrapStrings(node) {
 		fmt.Fprintf(stdout, "bootstrap %s\n", b)
