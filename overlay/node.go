@@ -989,7 +989,9 @@ func (n *Node) deviceWriteLoop() {
 func (n *Node) acceptInbound(p *peer, d []byte) *pbuf {
 	src, dst, ok := ipv6Addrs(d)
 	switch {
-	case !ok:
+	case !ok || len(d) > n.cfg.MTU:
+		// Larger than our MTU (a peer can send a datagram a little over
+		// it) would be cut by the copy below, or exceed the device's MTU.
 		n.stats.RxMalformed.Add(1)
 		return nil
 	case src != p.addr:

@@ -151,6 +151,7 @@ func TestSpoofedInnerSourceNeverReachesDevice(t *testing.T) {
 		{"length mismatch", udp6(a.addr, b.addr, []byte("x"))[:45], b.stats.RxMalformed.Load},
 		{"ipv4", append([]byte{0x45}, make([]byte, 60)...), b.stats.RxMalformed.Load},
 		{"short", []byte{0x60}, b.stats.RxMalformed.Load},
+		{"over the MTU", udp6(a.addr, b.addr, make([]byte, DefaultMTU-48+1)), b.stats.RxMalformed.Load},
 	}
 	for _, c := range cases {
 		before := c.counter()
