@@ -186,30 +186,38 @@ func (c *Conn) Stats() StatsSnapshot {
 
 // ---- path table --------------------------------------------------------
 
-// getOrAddLocked returns id's entry, creating it (evicting an unconfirmed
-// entry if the table is full). It returns nil if the table is full of
-// confirmed peers.
+// getOrAddLocked returns id's entry, creating it (evicting one if the table
+// is full).
 func (c *Conn) getOrAddLocked(id pki.Identity) *peer {
 	virt := smartaddr.Virtual(id)
 	if p := c.byVirt[virt]; p != nil {
 		return p
 	}
 	if len(c.byVirt) >= c.cfg.MaxPeers {
+		// Rare (only when full): evict an unconfirmed entry, else the
+		// confirmed one silent the longest. Peers that left are never
+		// removed otherwise, and live ones (at most the overlay's peer
+		// limit, far below MaxPeers) keep their lastRecv fresh.
 		var victim *peer
-		for _, p := range c.byVirt { // rare: only when full
-			if !p.confirmed {
+		for _, p := range c.byVirt {
+			if victim == nil || evictBefore(p, victim) {
 				victim = p
-				break
 			}
-		}
-		if victim == nil {
-			return nil
 		}
 		c.removeLocked(victim)
 	}
 	p := &peer{id: id, virt: virt, virtUDP: net.UDPAddrFromAddrPort(virt)}
 	c.byVirt[virt] = p
 	return p
+}
+
+// evictBefore orders eviction candidates: unconfirmed first, then the
+// longest silent.
+func evictBefore(a, b *peer) bool {
+	if a.confirmed != b.confirmed {
+		return !a.confirmed
+	}
+	return a.lastRecv.Load() < b.lastRecv.Load()
 }
 
 func (c *Conn) removeLocked(p *peer) {
@@ -260,9 +268,6 @@ func (c *Conn) AddPeer(id pki.Identity, real netip.AddrPort) (*net.UDPAddr, erro
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.getOrAddLocked(id)
-	if p == nil {
-		return nil, errors.New("smartsock: path table full")
-	}
 	c.mapRealLocked(p, real)
 	if !p.confirmed && p.current != real {
 		p.current = real
@@ -287,15 +292,6 @@ func (c *Conn) Confirm(id pki.Identity) {
 	p.lastRecv.Store(time.Now().UnixNano())
 }
 
-// Forget drops id's paths (the peer is gone).
-func (c *Conn) Forget(id pki.Identity) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if p := c.byVirt[smartaddr.Virtual(id)]; p != nil {
-		c.removeLocked(p)
-	}
-}
-
 // PathInfo describes a peer's current path.
 type PathInfo struct {
 	Current   netip.AddrPort
@@ -312,21 +308,6 @@ func (c *Conn) Path(id pki.Identity) (PathInfo, bool) {
 		return PathInfo{}, false
 	}
 	return PathInfo{Current: p.current, Confirmed: p.confirmed, LastRecv: time.Unix(0, p.lastRecv.Load())}, true
-}
-
-// IdentityOf returns the peer that owns virtual address a.
-func (c *Conn) IdentityOf(a net.Addr) (pki.Identity, bool) {
-	ua, ok := a.(*net.UDPAddr)
-	if !ok {
-		return pki.Identity{}, false
-	}
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	p := c.byVirt[ua.AddrPort()]
-	if p == nil {
-		return pki.Identity{}, false
-	}
-	return p.id, true
 }
 
 // ---- receive -------------------------------------------------------------
@@ -455,10 +436,6 @@ func (c *Conn) handleHello(h *Hello, src netip.AddrPort, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.getOrAddLocked(h.From)
-	if p == nil {
-		c.stats.DropNoPath.Add(1)
-		return
-	}
 	if h.Timestamp <= p.lastHelloTS {
 		c.stats.DropStaleHello.Add(1) // a replay, or reordered
 		return
