@@ -185,22 +185,13 @@ func (s *Server) stream(c net.Conn, h StreamHandler, args json.RawMessage) {
 // Stream sends one streaming request to the node at path and calls f with
 // each result until the stream ends, f returns an error, or ctx ends.
 func Stream(ctx context.Context, path, cmd string, args any, f func(json.RawMessage) error) error {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", path)
+	c, err := send(ctx, path, cmd, args)
 	if err != nil {
-		return fmt.Errorf("no running node at control socket %s (is `korium-tun up` running? pass --control PATH if it uses another): %v", path, errors.Unwrap(err))
-	}
-	defer c.Close()
-	go func() { <-ctx.Done(); c.Close() }()
-	req := Request{Cmd: cmd}
-	if args != nil {
-		if req.Args, err = json.Marshal(args); err != nil {
-			return err
-		}
-	}
-	if err := json.NewEncoder(c).Encode(req); err != nil {
 		return err
 	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() }) // unblocks Decode
+	defer stop()
 	dec := json.NewDecoder(bufio.NewReader(c))
 	for {
 		var resp Response
@@ -222,6 +213,34 @@ func Stream(ctx context.Context, path, cmd string, args any, f func(json.RawMess
 	}
 }
 
+// send dials the node at path and writes one request.
+func send(ctx context.Context, path, cmd string, args any) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			return nil, fmt.Errorf("cannot open control socket %s: permission denied (run with sudo)", path)
+		}
+		return nil, fmt.Errorf("no running node at control socket %s (is `korium-tun up` running? pass --control PATH if it uses another): %v", path, errors.Unwrap(err))
+	}
+	req := Request{Cmd: cmd}
+	if args != nil {
+		if req.Args, err = json.Marshal(args); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetWriteDeadline(dl)
+	}
+	if err := json.NewEncoder(c).Encode(req); err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.SetWriteDeadline(time.Time{})
+	return c, nil
+}
+
 // Close stops serving, removes the socket and waits for requests in flight.
 func (s *Server) Close() error {
 	s.cancel()
@@ -233,26 +252,13 @@ func (s *Server) Close() error {
 
 // Call sends one request to the node at path and decodes its result into out.
 func Call(ctx context.Context, path, cmd string, args, out any) error {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", path)
+	c, err := send(ctx, path, cmd, args)
 	if err != nil {
-		if errors.Is(err, os.ErrPermission) {
-			return fmt.Errorf("cannot open control socket %s: permission denied (run with sudo)", path)
-		}
-		return fmt.Errorf("no running node at control socket %s (is `korium-tun up` running? pass --control PATH if it uses another): %v", path, errors.Unwrap(err))
+		return err
 	}
 	defer c.Close()
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
-	}
-	req := Request{Cmd: cmd}
-	if args != nil {
-		if req.Args, err = json.Marshal(args); err != nil {
-			return err
-		}
-	}
-	if err := json.NewEncoder(c).Encode(req); err != nil {
-		return err
 	}
 	var resp Response
 	if err := json.NewDecoder(io.LimitReader(c, 64<<20)).Decode(&resp); err != nil {

@@ -46,12 +46,8 @@ func chatCommand(stdin io.Reader, stdout, stderr io.Writer) *cli.Command {
 }
 
 func chat(c *cli.Context, stdin io.Reader, stdout, stderr io.Writer) error {
-	level, err := parseLevel(c.String("log-level"))
+	level, bits, err := nodeFlags(c)
 	if err != nil {
-		return err
-	}
-	bits := c.Int("pow-bits")
-	if err := checkPoWFlag(bits); err != nil {
 		return err
 	}
 	room := c.String("room")
@@ -64,13 +60,9 @@ func chat(c *cli.Context, stdin io.Reader, stdout, stderr io.Writer) error {
 		}
 		return chatAttached(c.Context, path, room, stdin, stdout)
 	}
-	var boot []overlay.Contact
-	for _, s := range c.StringSlice("bootstrap") {
-		ct, err := overlay.ParseContact(s)
-		if err != nil {
-			return fmt.Errorf("--bootstrap: %v", err)
-		}
-		boot = append(boot, ct)
+	boot, err := parseBootstraps(c)
+	if err != nil {
+		return err
 	}
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

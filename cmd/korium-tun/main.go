@@ -215,27 +215,41 @@ func parseLevel(s string) (slog.Level, error) {
 	return l, nil
 }
 
+// nodeFlags checks the flags every command that runs a node shares.
+func nodeFlags(c *cli.Context) (level slog.Level, powBits int, err error) {
+	if level, err = parseLevel(c.String("log-level")); err != nil {
+		return level, 0, err
+	}
+	powBits = c.Int("pow-bits")
+	return level, powBits, checkPoWFlag(powBits)
+}
+
+// parseBootstraps parses every --bootstrap flag.
+func parseBootstraps(c *cli.Context) ([]overlay.Contact, error) {
+	var boot []overlay.Contact
+	for _, s := range c.StringSlice("bootstrap") {
+		ct, err := overlay.ParseContact(s)
+		if err != nil {
+			return nil, fmt.Errorf("--bootstrap: %v", err)
+		}
+		boot = append(boot, ct)
+	}
+	return boot, nil
+}
+
 func up(c *cli.Context, stdout, stderr io.Writer) error {
 	// Check every flag before touching anything.
-	level, err := parseLevel(c.String("log-level"))
+	level, bits, err := nodeFlags(c)
 	if err != nil {
-		return err
-	}
-	bits := c.Int("pow-bits")
-	if err := checkPoWFlag(bits); err != nil {
 		return err
 	}
 	mtu := c.Int("mtu")
 	if mtu < overlay.MinMTU || mtu > overlay.MaxMTU {
 		return fmt.Errorf("--mtu %d is out of range %d..%d", mtu, overlay.MinMTU, overlay.MaxMTU)
 	}
-	var boot []overlay.Contact
-	for _, s := range c.StringSlice("bootstrap") {
-		ct, err := overlay.ParseContact(s)
-		if err != nil {
-			return fmt.Errorf("--bootstrap: %v", err)
-		}
-		boot = append(boot, ct)
+	boot, err := parseBootstraps(c)
+	if err != nil {
+		return err
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("`korium-tun up` creates a TUN device and needs root: run it with sudo (Go programs can use the overlay without root through the overlay package's netstack)")
