@@ -64,6 +64,8 @@ type Config struct {
 	StatelessResetKey *[32]byte
 	// ResetRate bounds stateless resets per second (default 100).
 	ResetRate int
+	// ProbeRate bounds path probe requests answered per second (default 1,000).
+	ProbeRate int
 	// PoWBits is the network's proof-of-work difficulty: a hello from an
 	// identity below it is dropped before its signature is checked, so
 	// nobody fills the path table with free identities. 0 checks nothing.
@@ -89,14 +91,20 @@ func (c *Config) setDefaults() error {
 	if c.HelloRate <= 0 {
 		c.HelloRate = 2000
 	}
+	if c.ProbeRate <= 0 {
+		c.ProbeRate = 1000
+	}
 	if c.ResetRate <= 0 {
 		c.ResetRate = 100
 	}
 	return nil
 }
 
-// maxRealPerPeer bounds how many real addresses map to one peer.
-const maxRealPerPeer = 8
+// Bounds of one peer's paths.
+const (
+	maxRealPerPeer  = 8 // direct addresses
+	maxRelayPerPeer = 4 // relay sessions
+)
 
 type peer struct {
 	id      pki.Identity
@@ -104,14 +112,42 @@ type peer struct {
 	virtUDP *net.UDPAddr // handed to quic-go; never mutated
 
 	// Guarded by Conn.mu.
-	current     netip.AddrPort   // where packets for this peer go
-	confirmed   bool             // a handshake completed over current
-	reals       []netip.AddrPort // every real address mapped to this peer
-	lastHelloTS int64            // newest hello timestamp accepted
-	lastHelloTx time.Time        // when we last sent this peer a hello
-	handshake   netip.AddrPort   // source of the newest long-header packet
+	paths       []*path // every path: direct addresses and relay sessions
+	current     *path   // where packets for this peer go; nil: none yet
+	handshake   *path   // where the newest long-header packet came from
+	lastHelloTS int64   // newest hello timestamp accepted
+	lastHelloTx time.Time
+	key         *[32]byte // probe MAC key from the QUIC session; nil: not connected
+	punchUntil  time.Time // probe unvalidated paths fast until then
+	switches    uint64
 
 	lastRecv atomic.Int64 // unix ns of the last packet from current
+	lastSent atomic.Int64 // unix ns of the last packet quic-go sent (coarse)
+}
+
+func (p *peer) confirmed() bool { return p.current != nil && p.current.validated }
+
+// path is one way to reach a peer: a direct UDP address, or a relay
+// session (addr is then the relay's address).
+type path struct {
+	peer    *peer
+	addr    netip.AddrPort
+	relay   bool
+	session [16]byte
+	relayID pki.Identity
+
+	// Guarded by Conn.mu.
+	dialed    bool // we chose it (own dial, contact record, relay session, punch)
+	validated bool // the peer proved itself on it: handshake or probe reply
+	srtt      time.Duration
+	lastReply time.Time
+	missed    int
+	probeTx   uint64    // outstanding probe, 0: none
+	probeAt   time.Time // when it was sent
+	lastProbe time.Time // zero: probe at the next tick
+	added     time.Time
+
+	lastRecv atomic.Int64 // unix ns of the last packet that arrived on it
 }
 
 // Conn is the packet conn quic-go runs on. See the package comment.
@@ -121,9 +157,13 @@ type Conn struct {
 	batch *ipv6.PacketConn
 	self  pki.Identity
 
-	mu     sync.RWMutex // guards the maps and peer fields marked above
-	byVirt map[netip.AddrPort]*peer
-	byReal map[netip.AddrPort]*peer
+	mu       sync.RWMutex // guards the maps and peer/path fields marked above
+	byVirt   map[netip.AddrPort]*peer
+	byReal   map[netip.AddrPort]*path // direct paths by address
+	sessions map[[16]byte]*path       // relay paths by session
+	waiters  map[uint64]chan PingResult
+	dialBack map[uint64]chan struct{}
+	observed netip.AddrPort // our address as a peer last reported it
 
 	helloMu    sync.Mutex // guards helloLimit and scratch
 	helloLimit limiter
@@ -133,23 +173,57 @@ type Conn struct {
 	resetLimit limiter
 	resetMAC   hash.Hash
 
+	probeMu    sync.Mutex // guards probeLimit
+	probeLimit limiter
+
+	forward  atomic.Pointer[RelayForwarder]
+	relayBuf sync.Pool
+
 	txID   atomic.Uint64
 	closed atomic.Bool
+	done   chan struct{}
 	stats  Stats
 }
+
+// RelayForwarder is the relay server's entry point: it gets every CRLY
+// frame whose session is not one of ours and reports whether it was one of
+// its sessions.
+type RelayForwarder func(frame []byte, src netip.AddrPort, now time.Time) bool
 
 // Stats counts packets by fate. Read with Snapshot.
 type Stats struct {
 	RxQUIC, RxHello, RxRelay, TxHello                           atomic.Uint64
 	DropUnknownSource, DropBadProbe, DropStaleHello, DropNoPath atomic.Uint64
 	DropHelloRate, DropRelay, PathSwitches, TxReset, TxCalls    atomic.Uint64
+	TxProbe, RxProbe, RxProbeReply, DropProbeMAC, DropProbeRate atomic.Uint64
+	TxRelayed, RxRelayed, RxForwarded, RxDialBack, ProbeLost    atomic.Uint64
 }
 
 // StatsSnapshot is a copy of Stats.
 type StatsSnapshot struct {
-	RxQUIC, RxHello, RxRelay, TxHello                           uint64
-	DropUnknownSource, DropBadProbe, DropStaleHello, DropNoPath uint64
-	DropHelloRate, DropRelay, PathSwitches, TxReset, TxCalls    uint64
+	RxQUIC            uint64 `json:"rx_quic"`
+	RxHello           uint64 `json:"rx_hello"`
+	RxRelay           uint64 `json:"rx_relay_frames"`
+	TxHello           uint64 `json:"tx_hello"`
+	DropUnknownSource uint64 `json:"drop_unknown_source"`
+	DropBadProbe      uint64 `json:"drop_bad_probe"`
+	DropStaleHello    uint64 `json:"drop_stale_hello"`
+	DropNoPath        uint64 `json:"drop_no_path"`
+	DropHelloRate     uint64 `json:"drop_hello_rate"`
+	DropRelay         uint64 `json:"drop_relay_unknown_session"`
+	PathSwitches      uint64 `json:"path_switches"`
+	TxReset           uint64 `json:"tx_stateless_reset"`
+	TxCalls           uint64 `json:"tx_calls"`
+	TxProbe           uint64 `json:"tx_probe"`
+	RxProbe           uint64 `json:"rx_probe_request"`
+	RxProbeReply      uint64 `json:"rx_probe_reply"`
+	DropProbeMAC      uint64 `json:"drop_probe_bad_mac"`
+	DropProbeRate     uint64 `json:"drop_probe_rate"`
+	TxRelayed         uint64 `json:"tx_relayed"`
+	RxRelayed         uint64 `json:"rx_relayed"`
+	RxForwarded       uint64 `json:"relay_forwarded"`
+	RxDialBack        uint64 `json:"rx_dialback"`
+	ProbeLost         uint64 `json:"probe_lost"`
 }
 
 // New wraps udp. The Conn owns udp from now on and closes it on Close.
@@ -163,13 +237,20 @@ func New(udp *net.UDPConn, cfg Config) (*Conn, error) {
 		batch:      ipv6.NewPacketConn(udp),
 		self:       cfg.Keypair.Identity(),
 		byVirt:     make(map[netip.AddrPort]*peer),
-		byReal:     make(map[netip.AddrPort]*peer),
+		byReal:     make(map[netip.AddrPort]*path),
+		sessions:   make(map[[16]byte]*path),
+		waiters:    make(map[uint64]chan PingResult),
+		dialBack:   make(map[uint64]chan struct{}),
 		helloLimit: newLimiter(cfg.HelloRate),
 		resetLimit: newLimiter(cfg.ResetRate),
+		probeLimit: newLimiter(cfg.ProbeRate),
+		done:       make(chan struct{}),
 	}
+	c.relayBuf.New = func() any { b := make([]byte, 0, relayBufSize); return &b }
 	if cfg.StatelessResetKey != nil {
 		c.resetMAC = hmac.New(sha256.New, cfg.StatelessResetKey[:])
 	}
+	go c.probeLoop()
 	return c, nil
 }
 
@@ -181,6 +262,9 @@ func (c *Conn) Stats() StatsSnapshot {
 		DropUnknownSource: s.DropUnknownSource.Load(), DropBadProbe: s.DropBadProbe.Load(),
 		DropStaleHello: s.DropStaleHello.Load(), DropNoPath: s.DropNoPath.Load(),
 		DropHelloRate: s.DropHelloRate.Load(), DropRelay: s.DropRelay.Load(), PathSwitches: s.PathSwitches.Load(), TxReset: s.TxReset.Load(), TxCalls: s.TxCalls.Load(),
+		TxProbe: s.TxProbe.Load(), RxProbe: s.RxProbe.Load(), RxProbeReply: s.RxProbeReply.Load(), DropProbeMAC: s.DropProbeMAC.Load(),
+		DropProbeRate: s.DropProbeRate.Load(), TxRelayed: s.TxRelayed.Load(), RxRelayed: s.RxRelayed.Load(), RxForwarded: s.RxForwarded.Load(),
+		RxDialBack: s.RxDialBack.Load(), ProbeLost: s.ProbeLost.Load(),
 	}
 }
 
@@ -214,65 +298,141 @@ func (c *Conn) getOrAddLocked(id pki.Identity) *peer {
 // evictBefore orders eviction candidates: unconfirmed first, then the
 // longest silent.
 func evictBefore(a, b *peer) bool {
-	if a.confirmed != b.confirmed {
-		return !a.confirmed
+	if a.confirmed() != b.confirmed() {
+		return !a.confirmed()
 	}
 	return a.lastRecv.Load() < b.lastRecv.Load()
 }
 
 func (c *Conn) removeLocked(p *peer) {
-	for _, r := range p.reals {
-		if c.byReal[r] == p {
-			delete(c.byReal, r)
-		}
+	for _, pa := range p.paths {
+		c.unindexLocked(pa)
 	}
 	delete(c.byVirt, p.virt)
 }
 
-// mapRealLocked makes packets from real count as p's.
-func (c *Conn) mapRealLocked(p *peer, real netip.AddrPort) {
-	if old := c.byReal[real]; old == p {
-		return
-	} else if old != nil {
-		old.reals = deleteAddr(old.reals, real)
-	}
-	if len(p.reals) >= maxRealPerPeer {
-		drop := p.reals[0]
-		for _, r := range p.reals {
-			if r != p.current {
-				drop = r
-				break
-			}
+func (c *Conn) unindexLocked(pa *path) {
+	if pa.relay {
+		if c.sessions[pa.session] == pa {
+			delete(c.sessions, pa.session)
 		}
-		p.reals = deleteAddr(p.reals, drop)
-		delete(c.byReal, drop)
+	} else if c.byReal[pa.addr] == pa {
+		delete(c.byReal, pa.addr)
 	}
-	p.reals = append(p.reals, real)
-	c.byReal[real] = p
 }
 
-func deleteAddr(s []netip.AddrPort, a netip.AddrPort) []netip.AddrPort {
-	for i, x := range s {
-		if x == a {
-			return append(s[:i], s[i+1:]...)
+// directLocked returns p's direct path to real, creating it (and taking it
+// from another peer that had it) if needed.
+func (c *Conn) directLocked(p *peer, real netip.AddrPort, now time.Time) *path {
+	if pa := c.byReal[real]; pa != nil {
+		if pa.peer == p {
+			return pa
+		}
+		old := pa.peer
+		c.dropPathLocked(old, pa)
+	}
+	n := 0
+	for _, pa := range p.paths {
+		if !pa.relay {
+			n++
 		}
 	}
-	return s
+	if n >= maxRealPerPeer {
+		// Drop the oldest direct path that carries nothing.
+		var victim *path
+		for _, pa := range p.paths {
+			if pa.relay || pa == p.current || pa == p.handshake {
+				continue
+			}
+			if victim == nil || (victim.validated && !pa.validated) || (victim.validated == pa.validated && pa.added.Before(victim.added)) {
+				victim = pa
+			}
+		}
+		if victim != nil {
+			c.dropPathLocked(p, victim)
+		}
+	}
+	pa := &path{peer: p, addr: real, added: now}
+	p.paths = append(p.paths, pa)
+	c.byReal[real] = pa
+	return pa
+}
+
+// dropPathLocked removes pa from p.
+func (c *Conn) dropPathLocked(p *peer, pa *path) {
+	c.unindexLocked(pa)
+	for i, x := range p.paths {
+		if x == pa {
+			p.paths = append(p.paths[:i], p.paths[i+1:]...)
+			break
+		}
+	}
+	if p.current == pa {
+		p.current = nil
+	}
+	if p.handshake == pa {
+		p.handshake = nil
+	}
 }
 
 // AddPeer records that id is believed to be reachable at real (from a
 // bootstrap string or a verified contact record) and returns the virtual
-// address to dial. It does not replace a confirmed path.
+// address to dial. Handshake packets go to every such address until one
+// answers; it does not replace a confirmed path.
 func (c *Conn) AddPeer(id pki.Identity, real netip.AddrPort) (*net.UDPAddr, error) {
 	real = netip.AddrPortFrom(real.Addr().Unmap(), real.Port())
+	if !real.IsValid() || real.Port() == 0 {
+		return nil, errors.New("smartsock: invalid peer address " + real.String())
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.getOrAddLocked(id)
-	c.mapRealLocked(p, real)
-	if !p.confirmed && p.current != real {
-		p.current = real
+	pa := c.directLocked(p, real, time.Now())
+	pa.dialed = true
+	if !p.confirmed() {
+		p.current = pa
 	}
 	return p.virtUDP, nil
+}
+
+// AddRelayPath adds a relay session to id: packets go to relayAddr in CRLY
+// frames with session, and frames with that session from relayAddr are id's.
+// The session was set up over an authenticated connection with the relay
+// (relayID), so the mapping is not taken from the network.
+func (c *Conn) AddRelayPath(id, relayID pki.Identity, relayAddr netip.AddrPort, session [16]byte) *net.UDPAddr {
+	relayAddr = netip.AddrPortFrom(relayAddr.Addr().Unmap(), relayAddr.Port())
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.getOrAddLocked(id)
+	var relays []*path
+	for _, pa := range p.paths {
+		if pa.relay {
+			if pa.relayID == relayID {
+				c.dropPathLocked(p, pa) // a new session with the same relay replaces the old
+				break
+			}
+		}
+	}
+	for _, pa := range p.paths {
+		if pa.relay {
+			relays = append(relays, pa)
+		}
+	}
+	if len(relays) >= maxRelayPerPeer {
+		c.dropPathLocked(p, relays[0])
+	}
+	pa := &path{peer: p, addr: relayAddr, relay: true, session: session, relayID: relayID, dialed: true, added: now}
+	if old := c.sessions[session]; old != nil {
+		c.dropPathLocked(old.peer, old)
+	}
+	p.paths = append(p.paths, pa)
+	c.sessions[session] = pa
+	if !p.confirmed() && p.current == nil {
+		p.current = pa
+	}
+	pa.lastProbe = time.Time{}
+	return p.virtUDP
 }
 
 // Confirm marks the path of id's newest handshake as proven: a TLS handshake
@@ -284,17 +444,58 @@ func (c *Conn) Confirm(id pki.Identity) {
 	if p == nil {
 		return
 	}
-	if p.handshake.IsValid() && p.handshake != p.current {
+	if p.handshake != nil && p.handshake != p.current {
 		p.current = p.handshake
 		c.stats.PathSwitches.Add(1)
 	}
-	p.confirmed = true
-	p.lastRecv.Store(time.Now().UnixNano())
+	if p.current != nil {
+		p.current.validated = true
+		p.current.missed = 0
+	}
+	now := time.Now()
+	p.lastRecv.Store(now.UnixNano())
+}
+
+// SetPathKey installs the key that authenticates path probes with id: both
+// ends derive it from their QUIC session (TLS exporter), so only id can
+// answer our probes and only we can answer its. Probing starts now.
+func (c *Conn) SetPathKey(id pki.Identity, key [32]byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.byVirt[smartaddr.Virtual(id)]
+	if p == nil {
+		return
+	}
+	k := key
+	p.key = &k
+	for _, pa := range p.paths {
+		pa.lastProbe = time.Time{}
+		pa.probeTx = 0
+	}
+}
+
+// Forget drops id's probe key (its connection closed): its paths are no
+// longer probed and unproven ones are removed.
+func (c *Conn) Forget(id pki.Identity) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.byVirt[smartaddr.Virtual(id)]
+	if p == nil {
+		return
+	}
+	p.key = nil
+	for i := len(p.paths) - 1; i >= 0; i-- {
+		if pa := p.paths[i]; pa.relay {
+			c.dropPathLocked(p, pa)
+		}
+	}
 }
 
 // PathInfo describes a peer's current path.
 type PathInfo struct {
-	Current   netip.AddrPort
+	Current   netip.AddrPort // where packets go now (the relay's address when relayed)
+	Relayed   bool
+	Direct    netip.AddrPort // the peer's best known direct address (may be invalid)
 	Confirmed bool
 	LastRecv  time.Time
 }
@@ -307,16 +508,32 @@ func (c *Conn) Path(id pki.Identity) (PathInfo, bool) {
 	if p == nil {
 		return PathInfo{}, false
 	}
-	return PathInfo{Current: p.current, Confirmed: p.confirmed, LastRecv: time.Unix(0, p.lastRecv.Load())}, true
+	pi := PathInfo{Confirmed: p.confirmed(), LastRecv: time.Unix(0, p.lastRecv.Load())}
+	if p.current != nil {
+		pi.Current, pi.Relayed = p.current.addr, p.current.relay
+	}
+	var best *path
+	for _, pa := range p.paths {
+		if pa.relay {
+			continue
+		}
+		if pa == p.current || best == nil || (best != p.current && pa.lastRecv.Load() > best.lastRecv.Load()) {
+			best = pa
+		}
+	}
+	if best != nil {
+		pi.Direct = best.addr
+	}
+	return pi, true
 }
 
 // ---- receive -------------------------------------------------------------
 
 // ReadBatch implements quic-go's batch reader: it reads with recvmmsg into
-// quic-go's buffers, hands probes and relay frames to their handlers, drops
-// packets from unknown sources, and rewrites the source of every remaining
-// QUIC packet to its peer's virtual address. It never returns 0 packets
-// without an error.
+// quic-go's buffers, unwraps frames of our relay sessions, hands probes and
+// other relay frames to their handlers, drops packets from unknown sources,
+// and rewrites the source of every remaining QUIC packet to its peer's
+// virtual address. It never returns 0 packets without an error.
 func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 	for {
 		n, err := c.batch.ReadBatch(ms, flags)
@@ -324,9 +541,10 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 			return 0, err
 		}
 		now := time.Now()
+		nowNS := now.UnixNano()
 		c.mu.RLock()
 		var lastReal netip.AddrPort
-		var lastPeer *peer
+		var lastPath *path
 		for i := 0; i < n; {
 			m := &ms[i]
 			b := m.Buffers[0][:m.N]
@@ -337,36 +555,64 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 			}
 			real := ua.AddrPort()
 			real = netip.AddrPortFrom(real.Addr().Unmap(), real.Port())
-			if len(b) >= 4 && (IsProbe(b) || IsRelay(b)) {
+			var pa *path
+			if IsRelay(b) {
+				c.stats.RxRelay.Add(1)
+				pa = c.ourSessionLocked(b, real)
+				if pa == nil {
+					c.mu.RUnlock()
+					c.handleForeignRelay(b, real, now)
+					c.mu.RLock()
+					lastPath = nil
+					n = removeMsg(ms, i, n)
+					continue
+				}
+				// Unwrap in place: quic-go reads the QUIC packet inside.
+				m.N = copy(m.Buffers[0], b[RelayHeaderSize:])
+				b = m.Buffers[0][:m.N]
+				c.stats.RxRelayed.Add(1)
+			}
+			if IsProbe(b) {
 				c.mu.RUnlock()
-				c.handleNonQUIC(b, real, now)
+				c.handleProbe(b, real, pa, now)
 				c.mu.RLock()
-				lastPeer = nil
+				lastPath = nil
 				n = removeMsg(ms, i, n)
 				continue
 			}
-			p := lastPeer
-			if p == nil || real != lastReal {
-				p = c.byReal[real]
-				lastReal, lastPeer = real, p
+			if pa == nil {
+				pa = lastPath
+				if pa == nil || real != lastReal {
+					pa = c.byReal[real]
+					lastReal, lastPath = real, pa
+				}
 			}
-			if p == nil {
+			if pa == nil {
 				c.stats.DropUnknownSource.Add(1)
 				c.mu.RUnlock()
 				c.maybeReset(b, real, now)
 				c.mu.RLock()
+				lastPath = nil
 				n = removeMsg(ms, i, n)
 				continue
 			}
+			p := pa.peer
 			if len(b) > 0 && b[0]&0x80 != 0 { // long header: a handshake
 				c.mu.RUnlock()
 				c.mu.Lock()
-				p.handshake = real
+				if c.byVirt[p.virt] == p && (pa.relay && c.sessions[pa.session] == pa || !pa.relay && c.byReal[pa.addr] == pa) {
+					p.handshake = pa
+					if !p.confirmed() {
+						p.current = pa
+					}
+				}
 				c.mu.Unlock()
 				c.mu.RLock()
+				lastPath = nil
 			}
-			if real == p.current {
-				p.lastRecv.Store(now.UnixNano())
+			pa.lastRecv.Store(nowNS)
+			if pa == p.current {
+				p.lastRecv.Store(nowNS)
 			}
 			m.Addr = p.virtUDP
 			i++
@@ -377,6 +623,44 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 			return n, nil
 		}
 	}
+}
+
+// ourSessionLocked returns the relay path a CRLY frame from src belongs to,
+// or nil when the session is not one of ours (or src is not its relay).
+func (c *Conn) ourSessionLocked(b []byte, src netip.AddrPort) *path {
+	if len(b) < RelayHeaderSize {
+		return nil
+	}
+	pa := c.sessions[[16]byte(b[4:RelayHeaderSize])]
+	if pa == nil || pa.addr != src {
+		return nil
+	}
+	return pa
+}
+
+// handleForeignRelay passes a frame that is not for one of our sessions to
+// the relay server, if this node runs one.
+func (c *Conn) handleForeignRelay(b []byte, src netip.AddrPort, now time.Time) {
+	if f := c.forward.Load(); f != nil && (*f)(b, src, now) {
+		c.stats.RxForwarded.Add(1)
+		return
+	}
+	c.stats.DropRelay.Add(1)
+}
+
+// SetRelayForwarder installs the relay server (nil removes it).
+func (c *Conn) SetRelayForwarder(f RelayForwarder) {
+	if f == nil {
+		c.forward.Store(nil)
+		return
+	}
+	c.forward.Store(&f)
+}
+
+// SendRelay writes a relay frame as is to dst (the relay server's sender).
+func (c *Conn) SendRelay(frame []byte, dst netip.AddrPort) error {
+	_, err := c.udp.WriteToUDPAddrPort(frame, dst)
+	return err
 }
 
 // removeMsg drops message i of the first n by moving the last one's contents
@@ -393,19 +677,52 @@ func removeMsg(ms []ipv4.Message, i, n int) int {
 	return last
 }
 
-func (c *Conn) handleNonQUIC(b []byte, src netip.AddrPort, now time.Time) {
-	if IsRelay(b) {
-		c.stats.RxRelay.Add(1)
-		c.stats.DropRelay.Add(1) // relay sessions arrive with the SmartSock paths issue
-		return
-	}
-	h, err := ParseHello(b)
-	if err != nil {
+// handleProbe handles an SMPR packet from src; pa is the relay path it came
+// through, or nil when it came directly.
+func (c *Conn) handleProbe(b []byte, src netip.AddrPort, pa *path, now time.Time) {
+	if len(b) < ProbeHeaderSize {
 		c.stats.DropBadProbe.Add(1)
 		return
 	}
-	c.stats.RxHello.Add(1)
-	c.handleHello(h, src, now)
+	switch b[4] {
+	case ProbeHello:
+		h, err := ParseHello(b)
+		if err != nil || pa != nil { // hellos map direct addresses only
+			c.stats.DropBadProbe.Add(1)
+			return
+		}
+		c.stats.RxHello.Add(1)
+		c.handleHello(h, src, now)
+	case ProbeRequest, ProbeReply:
+		pr, err := ParseProbe(b)
+		if err != nil {
+			c.stats.DropBadProbe.Add(1)
+			return
+		}
+		if pr.Type == ProbeRequest {
+			c.handleRequest(&pr, src, pa, now)
+		} else {
+			c.handleReply(&pr, src, pa, now)
+		}
+	case ProbeDialBack:
+		h, _, err := ParseProbeHeader(b)
+		if err != nil || len(b) != DialBackSize {
+			c.stats.DropBadProbe.Add(1)
+			return
+		}
+		c.mu.Lock()
+		ch := c.dialBack[h.TxID]
+		delete(c.dialBack, h.TxID)
+		c.mu.Unlock()
+		if ch != nil {
+			c.stats.RxDialBack.Add(1)
+			close(ch)
+		} else {
+			c.stats.DropBadProbe.Add(1)
+		}
+	default:
+		c.stats.DropBadProbe.Add(1)
+	}
 }
 
 func (c *Conn) handleHello(h *Hello, src netip.AddrPort, now time.Time) {
@@ -441,14 +758,15 @@ func (c *Conn) handleHello(h *Hello, src netip.AddrPort, now time.Time) {
 		return
 	}
 	p.lastHelloTS = h.Timestamp
-	c.mapRealLocked(p, src)
+	pa := c.directLocked(p, src, now)
 	silent := now.UnixNano()-p.lastRecv.Load() > int64(c.cfg.SilentAfter)
-	if p.current != src && (!p.confirmed || silent) {
-		if p.confirmed {
-			c.cfg.Logger.Info("peer moved", "peer", h.From.Short(), "from", p.current, "to", src)
+	if p.current != pa && (!p.confirmed() || silent) {
+		if p.confirmed() {
+			c.cfg.Logger.Info("peer moved", "peer", h.From.Short(), "from", p.current.addr, "to", src)
 			c.stats.PathSwitches.Add(1)
+			p.switches++
 		}
-		p.current = src
+		p.current = pa
 	}
 }
 
@@ -530,22 +848,53 @@ func (c *Conn) ReadMsgUDP(b, oob []byte) (n, oobn, flags int, addr *net.UDPAddr,
 
 // ---- send ----------------------------------------------------------------
 
-// route returns where a packet for virtual address a goes, and the peer.
-func (c *Conn) route(a netip.AddrPort, longHeader bool) (netip.AddrPort, *peer) {
+// dest is where one write goes.
+type dest struct {
+	addr    netip.AddrPort
+	relay   bool
+	session [16]byte
+}
+
+// maxDests bounds the paths one handshake packet is copied to.
+const maxDests = maxRealPerPeer + maxRelayPerPeer
+
+// route fills ds with where a packet for virtual address a goes and returns
+// how many destinations and the peer. Data goes to the current path only;
+// a handshake packet goes to the path the peer's newest handshake came
+// from, or, while no path is proven, to every path we chose (happy
+// eyeballs: the direct addresses and relay sessions race, the first to
+// answer becomes the path).
+func (c *Conn) route(a netip.AddrPort, longHeader bool, ds *[maxDests]dest) (int, *peer) {
 	c.mu.RLock()
+	defer c.mu.RUnlock()
 	p := c.byVirt[a]
 	if p == nil {
-		c.mu.RUnlock()
-		return netip.AddrPort{}, nil
+		return 0, nil
 	}
-	dst := p.current
-	if longHeader && p.handshake.IsValid() {
-		// Answer a handshake where it came from (a restarted peer, or one
-		// whose confirmed path is stale).
-		dst = p.handshake
+	if longHeader {
+		if !p.confirmed() {
+			n := 0
+			for _, pa := range p.paths {
+				if (pa.dialed || pa == p.handshake || pa == p.current) && n < maxDests {
+					ds[n] = dest{pa.addr, pa.relay, pa.session}
+					n++
+				}
+			}
+			if n > 0 {
+				return n, p
+			}
+		}
+		if pa := p.handshake; pa != nil {
+			// Answer a handshake where it came from (a restarted peer).
+			ds[0] = dest{pa.addr, pa.relay, pa.session}
+			return 1, p
+		}
 	}
-	c.mu.RUnlock()
-	return dst, p
+	if pa := p.current; pa != nil {
+		ds[0] = dest{pa.addr, pa.relay, pa.session}
+		return 1, p
+	}
+	return 0, p
 }
 
 // WriteMsgUDP implements quic.OOBCapablePacketConn: b may hold several
@@ -555,16 +904,39 @@ func (c *Conn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err e
 		return 0, 0, errors.New("smartsock: nil address")
 	}
 	long := len(b) > 0 && b[0]&0x80 != 0
-	dst, p := c.route(addr.AddrPort(), long)
-	if p == nil || !dst.IsValid() {
+	var ds [maxDests]dest
+	nd, p := c.route(addr.AddrPort(), long, &ds)
+	if nd == 0 {
 		c.stats.DropNoPath.Add(1)
 		return len(b), len(oob), nil // like a lost packet; quic-go recovers
 	}
-	if long {
-		c.maybeSendHello(p, dst)
+	if ns := time.Now().UnixNano(); ns-p.lastSent.Load() > int64(50*time.Millisecond) {
+		p.lastSent.Store(ns) // coarse: one store per 50 ms keeps the cache line quiet
 	}
-	c.stats.TxCalls.Add(1)
-	return c.udp.WriteMsgUDPAddrPort(b, oob, dst)
+	var firstErr error
+	for _, d := range ds[:nd] {
+		if long && !d.relay {
+			c.maybeSendHello(p, d.addr)
+		}
+		c.stats.TxCalls.Add(1)
+		var err error
+		if d.relay {
+			err = c.writeRelay(d, b, oob)
+		} else {
+			_, _, err = c.udp.WriteMsgUDPAddrPort(b, oob, d.addr)
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	if nd > 1 {
+		// One dead candidate must not fail the handshake on the others.
+		firstErr = nil
+	}
+	if firstErr != nil {
+		return 0, 0, firstErr
+	}
+	return len(b), len(oob), nil
 }
 
 // WriteTo implements net.PacketConn.
@@ -582,7 +954,7 @@ func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
 func (c *Conn) maybeSendHello(p *peer, dst netip.AddrPort) {
 	now := time.Now()
 	c.mu.Lock()
-	if now.Sub(p.lastHelloTx) < 100*time.Millisecond {
+	if now.Sub(p.lastHelloTx) < 100*time.Millisecond && len(p.paths) <= 1 {
 		c.mu.Unlock()
 		return
 	}
@@ -624,5 +996,6 @@ func (c *Conn) Close() error {
 	if !c.closed.CompareAndSwap(false, true) {
 		return nil
 	}
+	close(c.done)
 	return c.udp.Close()
 }

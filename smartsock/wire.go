@@ -1,8 +1,12 @@
 package smartsock
 
 import (
+	"crypto/subtle"
 	"encoding/binary"
 	"errors"
+	"net/netip"
+
+	"lukechampine.com/blake3"
 
 	"github.com/korium/korium-tun/pki"
 )
@@ -172,4 +176,111 @@ func ParseRelayHeader(b []byte) (RelayHeader, []byte, error) {
 	}
 	copy(h.Session[:], b[4:20])
 	return h, b[RelayHeaderSize:], nil
+}
+
+// Path probe types beyond the hello. A request and its reply are
+// authenticated with a MAC under a key both peers derive from their QUIC
+// session (Conn.SetPathKey), so only the peer itself can answer a probe:
+// nobody who merely sends UDP packets can make a path look alive.
+const (
+	// ProbeRequest asks the peer to answer on the path it arrived on.
+	ProbeRequest byte = 2
+	// ProbeReply answers a request, echoing its transaction ID and
+	// timestamp, and tells the requester the address it was seen from.
+	ProbeReply byte = 3
+	// ProbeDialBack is sent by a helper from a fresh socket to the address
+	// it observed for us; the transaction ID is the nonce we chose. Its
+	// arrival proves that unsolicited packets reach us (we are public).
+	ProbeDialBack byte = 4
+)
+
+// MACSize is the length of a probe MAC.
+const MACSize = 16
+
+// Sizes of encoded probes.
+const (
+	RequestSize  = ProbeHeaderSize + pki.IdentitySize + MACSize
+	ReplySize    = ProbeHeaderSize + pki.IdentitySize + addrSize + MACSize
+	DialBackSize = ProbeHeaderSize
+	addrSize     = 16 + 2
+)
+
+const probeMACContext = "korium-tun smartsock probe v1\x00"
+
+// Probe is a decoded request or reply. It is trusted only after CheckMAC.
+type Probe struct {
+	ProbeHeader
+	From     pki.Identity
+	Observed netip.AddrPort // replies only: where the request came from
+	MAC      [MACSize]byte
+}
+
+// probeMAC computes the MAC of p for receiver to under key.
+func probeMAC(key *[32]byte, p *Probe, to pki.Identity) [MACSize]byte {
+	h := blake3.New(MACSize, key[:])
+	var buf [len(probeMACContext) + ProbeHeaderSize + 2*pki.IdentitySize + addrSize]byte
+	b := append(buf[:0], probeMACContext...)
+	b = AppendProbeHeader(b, p.ProbeHeader)
+	b = append(b, p.From[:]...)
+	b = append(b, to[:]...)
+	if p.Type == ProbeReply {
+		b = appendAddr(b, p.Observed)
+	}
+	h.Write(b)
+	var out [MACSize]byte
+	h.Sum(out[:0])
+	return out
+}
+
+// Seal sets p's MAC for receiver to.
+func (p *Probe) Seal(key *[32]byte, to pki.Identity) { p.MAC = probeMAC(key, p, to) }
+
+// CheckMAC reports whether p was sealed under key for receiver to.
+func (p *Probe) CheckMAC(key *[32]byte, to pki.Identity) bool {
+	m := probeMAC(key, p, to)
+	return subtle.ConstantTimeCompare(m[:], p.MAC[:]) == 1
+}
+
+func appendAddr(b []byte, a netip.AddrPort) []byte {
+	ip := a.Addr().As16()
+	b = append(b, ip[:]...)
+	return binary.BigEndian.AppendUint16(b, a.Port())
+}
+
+// AppendProbe appends the encoded request or reply.
+func AppendProbe(b []byte, p *Probe) []byte {
+	b = AppendProbeHeader(b, p.ProbeHeader)
+	b = append(b, p.From[:]...)
+	if p.Type == ProbeReply {
+		b = appendAddr(b, p.Observed)
+	}
+	return append(b, p.MAC[:]...)
+}
+
+// ParseProbe decodes a request or reply (header included). It checks only
+// the format; callers must check the MAC.
+func ParseProbe(b []byte) (Probe, error) {
+	var p Probe
+	ph, body, err := ParseProbeHeader(b)
+	if err != nil {
+		return p, err
+	}
+	p.ProbeHeader = ph
+	switch {
+	case ph.Type == ProbeRequest && len(body) == RequestSize-ProbeHeaderSize:
+	case ph.Type == ProbeReply && len(body) == ReplySize-ProbeHeaderSize:
+	case ph.Type == ProbeRequest || ph.Type == ProbeReply:
+		return p, errBadHello
+	default:
+		return p, errType
+	}
+	copy(p.From[:], body[:32])
+	body = body[32:]
+	if ph.Type == ProbeReply {
+		ip := netip.AddrFrom16([16]byte(body[:16])).Unmap()
+		p.Observed = netip.AddrPortFrom(ip, binary.BigEndian.Uint16(body[16:18]))
+		body = body[addrSize:]
+	}
+	copy(p.MAC[:], body)
+	return p, nil
 }

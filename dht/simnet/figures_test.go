@@ -11,7 +11,10 @@ import (
 	"time"
 )
 
-var figures = flag.String("dht.figures", "", "comma-separated network sizes to print SIMULATION.md figures for (e.g. 1000,10000)")
+var (
+	figures      = flag.String("dht.figures", "", "comma-separated network sizes to print SIMULATION.md figures for (e.g. 1000,10000)")
+	figuresModes = flag.String("dht.adaptive", "on,off", "which adaptive k/α settings -dht.figures runs (on, off or on,off)")
+)
 
 // TestFigures prints the table of dht/SIMULATION.md. It runs only when
 // -dht.figures is given, because N=10,000 takes minutes:
@@ -29,6 +32,9 @@ func TestFigures(t *testing.T) {
 			t.Fatalf("bad size %q", f)
 		}
 		for _, adaptive := range []bool{true, false} {
+			if !strings.Contains(*figuresModes, onOff(adaptive)) {
+				continue
+			}
 			for _, tiering := range []bool{true, false} {
 				row := figureRow(t, n, tiering, adaptive)
 				t.Log(row)
