@@ -17,6 +17,8 @@ func FuzzForward(f *testing.F) {
 	f.Add([]byte(""), []byte{203, 0, 113, 66}, uint16(1000), uint8(1), int64(-5))
 	f.Add([]byte("x"), []byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 51, 100, 1}, uint16(1000), uint8(2), int64(1e12))
 	f.Add([]byte("y"), []byte{192, 0, 2, 9}, uint16(9), uint8(3), int64(200e9))
+	f.Add([]byte("z"), []byte{}, uint16(0), uint8(4|1|8), int64(0))
+	f.Add(make([]byte, 20_000), []byte{}, uint16(0), uint8(4|2|16), int64(0))
 	f.Fuzz(func(t *testing.T, data, ip []byte, port uint16, sel uint8, dt int64) {
 		fs := &fakeSender{}
 		s := New(Config{Rate: 10_000, MaxBytes: 50_000}, fs)
@@ -49,6 +51,11 @@ func FuzzForward(f *testing.F) {
 		src := netip.AddrPortFrom(netip.Addr{}, port)
 		if a, ok := netip.AddrFromSlice(ip); ok {
 			src = netip.AddrPortFrom(a, port)
+		}
+		// Half the time, send from a registered endpoint (of either
+		// session), so the forwarding paths are reached, not just drops.
+		if sel&4 != 0 {
+			src = []netip.AddrPort{addrA, addrB, addrC, addrD}[sel>>3%4]
 		}
 		orig := bytes.Clone(frame)
 		handled := s.Forward(frame, src, t0.Add(time.Duration(dt)))

@@ -54,7 +54,8 @@ type Config struct {
 	MaxBytes uint64
 	// Rate caps a session's forwarded bytes per second with a token bucket
 	// holding one second's worth; frames over it are dropped and counted.
-	// Default 125,000,000 (1 Gbit/s).
+	// A frame larger than Rate never passes. Default 125,000,000
+	// (1 Gbit/s).
 	Rate int64
 }
 

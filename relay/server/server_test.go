@@ -557,7 +557,6 @@ func BenchmarkForward(b *testing.B) {
 		b.Fatal(err)
 	}
 	f := frame(id, string(make([]byte, 1200)))
-	b.SetBytes(int64(len(f)))
 	b.ReportAllocs()
 	now := t0
 	for b.Loop() {
@@ -575,7 +574,6 @@ func BenchmarkForwardParallel(b *testing.B) {
 		b.Fatal(err)
 	}
 	f := frame(id, string(make([]byte, 1200)))
-	b.SetBytes(int64(len(f)))
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
