@@ -67,6 +67,7 @@ type DHT struct {
 	rtt         *rttTable
 	alpha       int
 	addrs       []netip.AddrPort
+	relays      []pki.Identity
 	seq         uint64
 	lastPublish time.Time
 	winSent     int // requests sent in this adaptation window
@@ -153,6 +154,25 @@ func (d *DHT) SetAddrs(addrs []netip.AddrPort) error {
 	d.mu.Lock()
 	changed := !slices.Equal(d.addrs, addrs)
 	d.addrs = slices.Clone(addrs)
+	d.mu.Unlock()
+	if changed && d.published.Load() {
+		select {
+		case d.publishCh <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// SetRelays replaces the relay identities in our record (the relays that
+// forward to us while we are behind a NAT) and republishes like SetAddrs.
+func (d *DHT) SetRelays(relays []pki.Identity) error {
+	if len(relays) > MaxRelays {
+		return fmt.Errorf("dht: %d relays, at most %d allowed", len(relays), MaxRelays)
+	}
+	d.mu.Lock()
+	changed := !slices.Equal(d.relays, relays)
+	d.relays = slices.Clone(relays)
 	d.mu.Unlock()
 	if changed && d.published.Load() {
 		select {

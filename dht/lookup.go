@@ -243,7 +243,7 @@ func (d *DHT) Publish(ctx context.Context) error {
 	now := time.Now()
 	d.mu.Lock()
 	d.seq = max(d.seq+1, uint64(now.UnixNano()))
-	rec := &Record{Addrs: d.addrs, Seq: d.seq, Expires: now.Add(d.cfg.RecordTTL)}
+	rec := &Record{Addrs: d.addrs, Relays: d.relays, Seq: d.seq, Expires: now.Add(d.cfg.RecordTTL)}
 	d.lastPublish = now
 	d.mu.Unlock()
 	if err := rec.Sign(d.kp); err != nil {

@@ -15,12 +15,16 @@ import (
 	"github.com/korium/korium-tun/dht"
 	"github.com/korium/korium-tun/gossipsub"
 	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/relay/server"
 )
 
 // Contact names a peer and where to reach it.
 type Contact struct {
 	Identity pki.Identity
 	Addr     netip.AddrPort
+	// Relays forward to the peer when it is behind a NAT (from its
+	// contact record); sessions through them race Addr.
+	Relays []pki.Identity
 }
 
 // String returns the bootstrap form IDENTITY@HOST:PORT.
@@ -128,6 +132,13 @@ type Config struct {
 	// SetRequestHandler function, a reader of IncomingRequests, or a
 	// RegisterProtocol handler (default 10 s).
 	RequestTimeout time.Duration
+	// NoRelay stops this node from relaying for others. By default every
+	// node relays, and peers ask only nodes that found themselves publicly
+	// reachable.
+	NoRelay bool
+	// RelayServer tunes the relay's limits (zero value: the reference's
+	// 10,000 sessions, 50 per IP, idle expiry and per-session caps).
+	RelayServer server.Config
 	// RequestQueue caps requests waiting in IncomingRequests (default 64);
 	// further ones are refused and counted.
 	RequestQueue int

@@ -44,18 +44,13 @@ func (n *Node) connFor(ctx context.Context, id pki.Identity, addrs []netip.AddrP
 	if id == n.id {
 		return nil, fmt.Errorf("%w: that is us", ErrUnreachable)
 	}
-	err := errors.New("no address")
-	for i, a := range addrs {
-		if i == maxDialAddrs || ctx.Err() != nil {
-			break
-		}
-		if err = n.Connect(ctx, Contact{Identity: id, Addr: a}); err == nil {
-			if p := n.peer(id); p != nil {
-				return p.conn, nil
-			}
-		}
+	if err := n.SmartConnect(ctx, id, addrs, nil); err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("%w: %s: %v", ErrUnreachable, id.Short(), err)
+	if p := n.peer(id); p != nil {
+		return p.conn, nil
+	}
+	return nil, fmt.Errorf("%w: %s: connection closed", ErrUnreachable, id.Short())
 }
 
 // handleDHT answers a peer's DHT request.
@@ -148,9 +143,12 @@ func (n *Node) resolveViaDHT(ctx context.Context, addr netip.Addr) ([]Contact, e
 }
 
 func recordContacts(rec *dht.Record) []Contact {
-	out := make([]Contact, 0, len(rec.Addrs))
+	out := make([]Contact, 0, len(rec.Addrs)+1)
+	if len(rec.Addrs) == 0 && len(rec.Relays) > 0 {
+		out = append(out, Contact{Identity: rec.Identity, Relays: rec.Relays})
+	}
 	for _, a := range rec.Addrs {
-		out = append(out, Contact{Identity: rec.Identity, Addr: a})
+		out = append(out, Contact{Identity: rec.Identity, Addr: a, Relays: rec.Relays})
 	}
 	return out
 }

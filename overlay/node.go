@@ -25,6 +25,7 @@ import (
 	"github.com/korium/korium-tun/dht"
 	"github.com/korium/korium-tun/gossipsub"
 	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/relay/server"
 	"github.com/korium/korium-tun/rpc"
 	"github.com/korium/korium-tun/smartaddr"
 	"github.com/korium/korium-tun/smartsock"
@@ -82,6 +83,9 @@ type Node struct {
 	reqMu      sync.Mutex                  // guards incoming
 	incoming   chan *Request               // made by the first IncomingRequests call
 
+	relaySrv *server.Server // nil when Config.NoRelay
+	nat      natState
+
 	stats Counters
 
 	closeOnce sync.Once
@@ -103,6 +107,7 @@ type peer struct {
 	rxBytes     atomic.Uint64
 	rxPkts      atomic.Uint64
 	lastUsed    atomic.Int64 // Node.clock when a packet or request last used this peer
+	lastPunch   atomic.Int64 // unix ns of our last punch attempt
 }
 
 // desired is a peer the node keeps a connection to (a bootstrap contact).
@@ -133,6 +138,7 @@ type Counters struct {
 	HandshakeRefused, DuplicateConns, PeersEvicted           atomic.Uint64
 	ResolveOK, ResolveFailed, TxResolveFailed, ResolveBusy   atomic.Uint64
 	AppNoHandler, AppQueueFull                               atomic.Uint64
+	RelayRefused, Punches                                    atomic.Uint64
 }
 
 // netStack is what the netstack device offers Go programs.
@@ -247,6 +253,7 @@ func New(cfg Config) (n *Node, err error) {
 		}
 		n.rpc.Handle(rpc.ProtoGossip, n.handleGossip)
 	}
+	n.initRelay()
 	n.tlsConf = pki.TLSConfig{Keypair: c.Keypair, PoWBits: c.PoWBits}
 	if n.srvTLS, err = n.tlsConf.Server(nil); err != nil {
 		return nil, err
@@ -261,6 +268,7 @@ func New(cfg Config) (n *Node, err error) {
 	n.goLoop(n.deviceReadLoop)
 	n.goLoop(n.deviceWriteLoop)
 	n.goLoop(n.supervise)
+	n.goLoop(n.natLoop)
 	if n.dht != nil {
 		n.goLoop(n.dhtJoin)
 	}
@@ -421,7 +429,8 @@ func (n *Node) AddPeer(c Contact) {
 }
 
 // Connect dials c once and returns when the connection is up (or an
-// existing one is), or the dial failed.
+// existing one is), or the dial failed. If c names relays, sessions through
+// them race the direct address.
 func (n *Node) Connect(ctx context.Context, c Contact) error {
 	if c.Identity == n.id {
 		return errors.New("overlay: cannot connect to ourselves")
@@ -429,11 +438,22 @@ func (n *Node) Connect(ctx context.Context, c Contact) error {
 	if n.peer(c.Identity) != nil {
 		return nil
 	}
-	virt, err := n.sock.AddPeer(c.Identity, c.Addr)
-	if err != nil {
-		return err
+	if c.Addr.IsValid() {
+		if _, err := n.sock.AddPeer(c.Identity, c.Addr); err != nil {
+			return err
+		}
 	}
-	tlsConf, err := n.tlsConf.Client(c.Identity)
+	if len(c.Relays) > 0 {
+		n.setupRelays(ctx, c.Identity, c.Relays)
+	}
+	return n.dial(ctx, c.Identity, c.Addr)
+}
+
+// dial runs the handshake with id over every path smartsock has for it;
+// addr only names the attempt in errors.
+func (n *Node) dial(ctx context.Context, id pki.Identity, addr netip.AddrPort) error {
+	virt := net.UDPAddrFromAddrPort(smartaddr.Virtual(id))
+	tlsConf, err := n.tlsConf.Client(id)
 	if err != nil {
 		return err
 	}
@@ -445,11 +465,11 @@ func (n *Node) Connect(ctx context.Context, c Contact) error {
 			// A node drops hellos addressed to another identity, so a wrong
 			// identity looks like silence.
 			return fmt.Errorf("overlay: dial %s at %s: no handshake answer within %v (the node there is down, unreachable, or is not %s): %w",
-				c.Identity.Short(), c.Addr, n.cfg.HandshakeTimeout, c.Identity, err)
+				id.Short(), addr, n.cfg.HandshakeTimeout, id, err)
 		}
-		return fmt.Errorf("overlay: dial %s at %s: %w", c.Identity.Short(), c.Addr, err)
+		return fmt.Errorf("overlay: dial %s at %s: %w", id.Short(), addr, err)
 	}
-	_, err = n.install(conn, c.Identity, true)
+	_, err = n.install(conn, id, true)
 	return err
 }
 
@@ -527,6 +547,9 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 	}
 	n.mu.Unlock()
 	n.sock.Confirm(id)
+	if key, err := smartsock.PathKey(cs.TLS); err == nil {
+		n.sock.SetPathKey(id, key)
+	}
 	if evicted != nil {
 		n.stats.PeersEvicted.Add(1)
 		if n.gossip != nil {
@@ -610,6 +633,9 @@ func (n *Node) removePeer(p *peer) {
 		n.gen.Add(1)
 	}
 	n.mu.Unlock()
+	if removed {
+		n.sock.Forget(p.id)
+	}
 	if removed && n.gossip != nil {
 		n.gossip.RemovePeer(p.id)
 	}
@@ -620,6 +646,7 @@ func (n *Node) removePeer(p *peer) {
 func (n *Node) supervise() {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
+	var lastExpire time.Time
 	for {
 		select {
 		case <-n.ctx.Done():
@@ -639,6 +666,11 @@ func (n *Node) supervise() {
 				go func() { defer n.wg.Done(); n.kickDial(id) }()
 			}
 			n.expirePending(now)
+			n.punchRelayed(now)
+			if n.relaySrv != nil && now.Sub(lastExpire) > 5*time.Second {
+				n.relaySrv.Expire(now)
+				lastExpire = now
+			}
 		}
 	}
 }
@@ -843,14 +875,25 @@ func (n *Node) resolve(dst netip.Addr) {
 	ok := false
 	contacts, err := n.cfg.Resolver(ctx, dst)
 	if err == nil {
-		for _, c := range contacts {
-			if !smartaddr.Owns(c.Identity, dst) {
+		// One handshake races every address (and relay) of the owner.
+		var owner *Contact
+		var addrs []netip.AddrPort
+		for i := range contacts {
+			c := &contacts[i]
+			if !smartaddr.Owns(c.Identity, dst) || (owner != nil && c.Identity != owner.Identity) {
 				continue
 			}
-			if err = n.Connect(ctx, c); err == nil {
-				ok = true
-				break
+			if owner == nil {
+				owner = c
 			}
+			if c.Addr.IsValid() {
+				addrs = append(addrs, c.Addr)
+			}
+		}
+		if owner == nil {
+			err = errors.New("no contact owns the address")
+		} else if err = n.SmartConnect(ctx, owner.Identity, addrs, owner.Relays); err == nil {
+			ok = true
 		}
 	}
 	n.pendMu.Lock()

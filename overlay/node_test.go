@@ -359,7 +359,7 @@ func FuzzParseContact(f *testing.F) {
 			return
 		}
 		c2, err := ParseContact(c.String())
-		if err != nil || c2 != c {
+		if err != nil || c2.Identity != c.Identity || c2.Addr != c.Addr {
 			t.Fatalf("round trip of %q: %v %v", s, c2, err)
 		}
 	})

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/korium/korium-tun/dht"
+	"github.com/korium/korium-tun/relay/server"
 	"github.com/korium/korium-tun/smartsock"
 )
 
@@ -25,6 +26,11 @@ type PeerStatus struct {
 	// congestion window.
 	QUICLost uint64 `json:"quic_packets_lost"`
 	QUICCwnd uint64 `json:"quic_cwnd_bytes"`
+	// Path is the path traffic takes now; Paths lists every known one
+	// (current first) and PathSwitches counts moves between them.
+	Path         *smartsock.PathStatus  `json:"path,omitempty"`
+	Paths        []smartsock.PathStatus `json:"paths"`
+	PathSwitches uint64                 `json:"path_switches"`
 }
 
 // Status is a snapshot of the node for `korium-tun status`.
@@ -39,6 +45,8 @@ type Status struct {
 	Counters  map[string]uint64       `json:"counters"`
 	SmartSock smartsock.StatsSnapshot `json:"smartsock"`
 	DHT       *dht.Stats              `json:"dht,omitempty"`
+	NAT       NATStatus               `json:"nat"`
+	Relay     *server.Stats           `json:"relay,omitempty"`
 }
 
 // Status returns a snapshot of peers and counters.
@@ -75,6 +83,10 @@ func (n *Node) Status() Status {
 		if pi, ok := n.sock.Path(p.id); ok {
 			ps.Remote, ps.Confirmed = pi.Current.String(), pi.Confirmed
 		}
+		ps.Paths, ps.PathSwitches = n.sock.Paths(p.id)
+		if len(ps.Paths) > 0 && ps.Paths[0].Current {
+			ps.Path = &ps.Paths[0]
+		}
 		s.Peers = append(s.Peers, ps)
 	}
 	sort.Slice(s.Peers, func(i, j int) bool { return s.Peers[i].Identity < s.Peers[j].Identity })
@@ -100,6 +112,7 @@ func (n *Node) Status() Status {
 		"rpc_stream_errors": rs.StreamErrors,
 		"app_no_handler":    c.AppNoHandler.Load(),
 		"app_queue_full":    c.AppQueueFull.Load(),
+		"relay_refused":     c.RelayRefused.Load(),
 	}
 	s.Counters = map[string]uint64{
 		"pending_delivered":  c.PendingDelivered.Load(),
@@ -110,7 +123,10 @@ func (n *Node) Status() Status {
 		"rpc_responses":      rs.Responses,
 		"rpc_handler_errors": rs.HandlerErrors,
 		"rpc_abandoned":      rs.Abandoned,
+		"punches":            c.Punches.Load(),
 	}
+	s.NAT = n.NAT()
+	s.Relay = n.RelayStats()
 	if n.dht != nil {
 		ds := n.dht.Stats()
 		s.DHT = &ds

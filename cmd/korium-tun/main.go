@@ -102,6 +102,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					&cli.IntFlag{Name: "mtu", Value: overlay.DefaultMTU, Usage: fmt.Sprintf("tunnel MTU (%d..%d)", overlay.MinMTU, overlay.MaxMTU)},
 					powFlag, controlFlag,
 					&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+					&cli.BoolFlag{Name: "relay", Value: true, Usage: "relay for peers behind NAT when this node is publicly reachable (--relay=false turns it off)"},
 				},
 				Action: func(c *cli.Context) error { return up(c, stdout, stderr) },
 			},
@@ -164,6 +165,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					return tw.Flush()
 				},
 			},
+			pingCommand(controlFlag, jsonFlag, stdout),
 			{
 				Name:  "status",
 				Usage: "show the running node's peers and counters",
@@ -295,6 +297,7 @@ func up(c *cli.Context, stdout, stderr io.Writer) error {
 	}
 	node, err := overlay.New(overlay.Config{
 		Keypair: kp, PoWBits: bits, Conn: udp, Device: dev, MTU: mtu, Bootstrap: boot, Logger: log,
+		NoRelay: !c.Bool("relay"),
 	})
 	if err != nil {
 		return err
@@ -369,6 +372,13 @@ func controlHandlers(node *overlay.Node) map[string]control.Handler {
 			}
 			return snap, nil
 		},
+		"ping": func(ctx context.Context, args json.RawMessage) (any, error) {
+			var a struct{ Target string }
+			if err := json.Unmarshal(args, &a); err != nil {
+				return nil, err
+			}
+			return pingOnce(ctx, node, a.Target)
+		},
 		"resolve": func(ctx context.Context, args json.RawMessage) (any, error) {
 			var a struct{ Target string }
 			if err := json.Unmarshal(args, &a); err != nil {
@@ -403,16 +413,30 @@ func controlHandlers(node *overlay.Node) map[string]control.Handler {
 func printStatus(w io.Writer, st overlay.Status) {
 	fmt.Fprintf(w, "identity %s\naddress  %s\nlisten   %s  mtu %d  up %s\n\n", st.Identity, st.Address, st.Listen, st.MTU, st.Uptime.Round(time.Second))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tADDRESS\tREMOTE\tRTT\tTX\tRX\tDIR")
+	fmt.Fprintln(tw, "PEER\tADDRESS\tPATH\tRTT\tTX\tRX\tDIR")
 	for _, p := range st.Peers {
 		dir := "in"
 		if p.Outbound {
 			dir = "out"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d pkts / %s\t%d pkts / %s\t%s\n", p.Identity[:16], p.Address, p.Remote,
+		path := p.Remote
+		if p.Path != nil {
+			path = p.Path.Kind + " " + p.Path.Addr
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d pkts / %s\t%d pkts / %s\t%s\n", p.Identity[:16], p.Address, path,
 			p.RTT.Round(10*time.Microsecond), p.TxPackets, bytesString(p.TxBytes), p.RxPackets, bytesString(p.RxBytes), dir)
 	}
 	tw.Flush()
+	nat := "public"
+	if !st.NAT.Checked {
+		nat = "not checked yet"
+	} else if !st.NAT.Public {
+		nat = fmt.Sprintf("behind NAT (seen as %s), relays %d", st.NAT.Observed, len(st.NAT.Relays))
+	}
+	fmt.Fprintf(w, "\nnat: %s\n", nat)
+	if r := st.Relay; r != nil {
+		fmt.Fprintf(w, "relay: %d sessions open, %d frames forwarded\n", r.Sessions, r.ForwardedFrames)
+	}
 	var drops []string
 	for k, v := range st.Drops {
 		if v > 0 {
