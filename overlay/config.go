@@ -132,6 +132,10 @@ type Config struct {
 	// SetRequestHandler function, a reader of IncomingRequests, or a
 	// RegisterProtocol handler (default 10 s).
 	RequestTimeout time.Duration
+	// IdleEvict closes a connection that carried no packet and no request
+	// for this long (default 10 minutes; negative: never). Bootstrap peers,
+	// relays and pubsub topic peers are kept.
+	IdleEvict time.Duration
 	// NoRelay stops this node from relaying for others. By default every
 	// node relays, and peers ask only nodes that found themselves publicly
 	// reachable.
@@ -178,6 +182,9 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	def(&out.KeepAlive, 5*time.Second)
 	def(&out.IdleTimeout, 15*time.Second)
+	if out.IdleEvict == 0 {
+		out.IdleEvict = 10 * time.Minute
+	}
 	def(&out.HandshakeTimeout, 5*time.Second)
 	def(&out.PendingTimeout, 3*time.Second)
 	def(&out.ResolveTimeout, 10*time.Second)

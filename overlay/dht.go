@@ -55,9 +55,10 @@ func (n *Node) connFor(ctx context.Context, id pki.Identity, addrs []netip.AddrP
 
 // handleDHT answers a peer's DHT request.
 func (n *Node) handleDHT(_ context.Context, from pki.Identity, req []byte) ([]byte, error) {
+	n.touch(from)
 	var fromAddr netip.AddrPort
 	if pi, ok := n.sock.Path(from); ok {
-		fromAddr = pi.Current
+		fromAddr = pi.Direct
 	}
 	return n.dht.HandleRequest(from, fromAddr, req)
 }
@@ -69,8 +70,8 @@ func (n *Node) dhtSeeds() []dht.Contact {
 	var out []dht.Contact
 	for _, p := range n.peers {
 		c := dht.Contact{Identity: p.id, Nonce: p.nonce}
-		if pi, ok := n.sock.Path(p.id); ok && pi.Current.IsValid() {
-			c.Addrs = []netip.AddrPort{pi.Current}
+		if pi, ok := n.sock.Path(p.id); ok && pi.Direct.IsValid() {
+			c.Addrs = []netip.AddrPort{pi.Direct}
 		}
 		out = append(out, c)
 	}

@@ -58,3 +58,37 @@ func TestPeerLimitEvictsLeastRecentlyUsed(t *testing.T) {
 		return a.peer(b.id) == nil && a.peer(c.id) != nil && a.peer(d.id) != nil && a.peer(boot.id) != nil
 	})
 }
+
+// A connection idle for Config.IdleEvict is closed; a bootstrap contact and
+// a peer that was just used are kept.
+func TestIdleConnectionsEvicted(t *testing.T) {
+	boot := newTestNode(t, nil, "")
+	kp, _ := pki.GenerateKeypair(context.Background(), testPoW)
+	dev := newMemDevice()
+	n, err := New(Config{Keypair: kp, PoWBits: testPoW, Listen: "127.0.0.1:0", Device: dev, DisableDHT: true,
+		IdleEvict: time.Minute, Bootstrap: []Contact{boot.contact()}, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	a := &testNode{n, dev}
+	waitFor(t, "bootstrap connection", 5*time.Second, func() bool { return a.peer(boot.id) != nil })
+	b, c := newTestNode(t, nil, ""), newTestNode(t, nil, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, x := range []*testNode{b, c} {
+		if err := a.Connect(ctx, x.contact()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	later := time.Now().Add(2 * time.Minute)
+	a.clock.Store(later.UnixNano())
+	deliver(t, a, c, udp6(a.addr, c.addr, []byte("c is in use")))
+	a.evictIdle(later.Add(30 * time.Second))
+	waitFor(t, "idle eviction", 5*time.Second, func() bool {
+		return a.peer(b.id) == nil && a.peer(c.id) != nil && a.peer(boot.id) != nil
+	})
+	if got := a.stats.PeersIdleEvicted.Load(); got != 1 {
+		t.Fatalf("idle evictions %d, want 1", got)
+	}
+}

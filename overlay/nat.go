@@ -127,6 +127,7 @@ func (n *Node) candidateAddrs() []netip.AddrPort {
 
 // handleRelay answers rpc.ProtoRelay requests.
 func (n *Node) handleRelay(ctx context.Context, from pki.Identity, req []byte) ([]byte, error) {
+	n.touch(from)
 	t, err := relay.Type(req)
 	if err != nil {
 		return nil, err

@@ -136,6 +136,7 @@ type Counters struct {
 	RxMalformed, RxSpoofedSource, RxNotForUs                 atomic.Uint64
 	DevReadErrors, DevWriteErrors, PendingDelivered          atomic.Uint64
 	HandshakeRefused, DuplicateConns, PeersEvicted           atomic.Uint64
+	PeersIdleEvicted                                         atomic.Uint64
 	ResolveOK, ResolveFailed, TxResolveFailed, ResolveBusy   atomic.Uint64
 	AppNoHandler, AppQueueFull                               atomic.Uint64
 	RelayRefused, Punches                                    atomic.Uint64
@@ -574,6 +575,52 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 	return p, nil
 }
 
+// idleSweep is how often evictIdle runs.
+const idleSweep = 15 * time.Second
+
+// evictIdle closes connections nobody used for Config.IdleEvict: no packet,
+// no request either way. Bootstrap peers, our relays and peers that share a
+// pubsub topic with us (their mesh may be quiet) are kept.
+func (n *Node) evictIdle(now time.Time) {
+	if n.cfg.IdleEvict <= 0 {
+		return
+	}
+	keep := make(map[pki.Identity]bool)
+	if n.gossip != nil {
+		for _, t := range n.gossip.Topics() {
+			for _, pi := range n.gossip.TopicPeers(t) {
+				keep[pi.ID] = true
+			}
+		}
+	}
+	n.nat.mu.Lock()
+	for _, r := range n.nat.relays {
+		keep[r] = true
+	}
+	n.nat.mu.Unlock()
+	cutoff := now.Add(-n.cfg.IdleEvict).UnixNano()
+	var idle []*peer
+	n.mu.RLock()
+	for id, p := range n.peers {
+		if n.desired[id] == nil && !keep[id] && p.lastUsed.Load() < cutoff {
+			idle = append(idle, p)
+		}
+	}
+	n.mu.RUnlock()
+	for _, p := range idle {
+		n.stats.PeersIdleEvicted.Add(1)
+		n.cfg.Logger.Debug("closing idle connection", "peer", p.id.Short())
+		p.conn.CloseWithError(codeNormal, "idle")
+	}
+}
+
+// touch marks id's connection as used (an inbound request).
+func (n *Node) touch(id pki.Identity) {
+	if p := n.peer(id); p != nil {
+		p.lastUsed.Store(n.clock.Load())
+	}
+}
+
 // lruPeerLocked returns the least recently used peer that is not a
 // bootstrap contact, or nil. n.mu must be held.
 func (n *Node) lruPeerLocked() *peer {
@@ -646,7 +693,7 @@ func (n *Node) removePeer(p *peer) {
 func (n *Node) supervise() {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
-	var lastExpire time.Time
+	var lastExpire, lastIdleSweep time.Time
 	for {
 		select {
 		case <-n.ctx.Done():
@@ -667,6 +714,10 @@ func (n *Node) supervise() {
 			}
 			n.expirePending(now)
 			n.punchRelayed(now)
+			if now.Sub(lastIdleSweep) > idleSweep {
+				n.evictIdle(now)
+				lastIdleSweep = now
+			}
 			if n.relaySrv != nil && now.Sub(lastExpire) > 5*time.Second {
 				n.relaySrv.Expire(now)
 				lastExpire = now

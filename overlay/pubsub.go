@@ -25,12 +25,14 @@ func (s gossipSender) Send(ctx context.Context, to pki.Identity, data []byte) er
 	if p == nil {
 		return &rpc.Error{Kind: ErrUnreachable, Detail: "no connection to " + to.Short()}
 	}
+	p.lastUsed.Store(s.n.clock.Load())
 	_, err := rpc.Call(ctx, p.conn, rpc.ProtoGossip, data)
 	return err
 }
 
 // handleGossip hands a peer's gossip RPC to the router (which never blocks).
 func (n *Node) handleGossip(_ context.Context, from pki.Identity, req []byte) ([]byte, error) {
+	n.touch(from)
 	n.gossip.HandleRPC(from, req)
 	return nil, nil
 }
@@ -39,7 +41,7 @@ func (n *Node) handleGossip(_ context.Context, from pki.Identity, req []byte) ([
 // colocation score).
 func (n *Node) peerIP(id pki.Identity) netip.Addr {
 	if pi, ok := n.sock.Path(id); ok {
-		return pi.Current.Addr()
+		return pi.Direct.Addr()
 	}
 	return netip.Addr{}
 }

@@ -135,6 +135,7 @@ func (n *Node) RPCStats() rpc.Stats { return n.rpc.Stats() }
 // handleApp serves rpc.ProtoApp: the handler if one is set, else the
 // IncomingRequests channel, else a refusal.
 func (n *Node) handleApp(ctx context.Context, from pki.Identity, req []byte) ([]byte, error) {
+	n.touch(from)
 	if h := n.appHandler.Load(); h != nil {
 		return (*h)(ctx, from, req)
 	}

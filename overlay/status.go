@@ -124,6 +124,8 @@ func (n *Node) Status() Status {
 		"rpc_handler_errors": rs.HandlerErrors,
 		"rpc_abandoned":      rs.Abandoned,
 		"punches":            c.Punches.Load(),
+		"peers_evicted_lru":  c.PeersEvicted.Load(),
+		"peers_evicted_idle": c.PeersIdleEvicted.Load(),
 	}
 	s.NAT = n.NAT()
 	s.Relay = n.RelayStats()
