@@ -423,17 +423,22 @@ func (n *Node) SmartConnect(ctx context.Context, id pki.Identity, addrs []netip.
 	if len(addrs) == 0 && len(relays) == 0 {
 		return fmt.Errorf("%w: %s: no address", ErrUnreachable, id.Short())
 	}
-	for _, a := range addrs[:min(len(addrs), maxDialAddrs)] {
-		n.sock.AddPeer(id, a)
-	}
-	if len(relays) > 0 {
-		n.setupRelays(ctx, id, relays)
-	}
 	var first netip.AddrPort
 	if len(addrs) > 0 {
 		first = addrs[0]
 	}
-	err := n.dial(ctx, id, first)
+	err := n.dialOnce(ctx, id, func() error {
+		if n.peer(id) != nil {
+			return nil
+		}
+		for _, a := range addrs[:min(len(addrs), maxDialAddrs)] {
+			n.sock.AddPeer(id, a)
+		}
+		if len(relays) > 0 {
+			n.setupRelays(ctx, id, relays)
+		}
+		return n.dial(ctx, id, first)
+	})
 	if err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrUnreachable, id.Short(), err)
 	}

@@ -83,6 +83,8 @@ type Node struct {
 	reqMu      sync.Mutex                  // guards incoming
 	incoming   chan *Request               // made by the first IncomingRequests call
 
+	dialMu   sync.Mutex // guards dials
+	dials    map[pki.Identity]*dialCall
 	relaySrv *server.Server // nil when Config.NoRelay
 	nat      natState
 
@@ -439,15 +441,57 @@ func (n *Node) Connect(ctx context.Context, c Contact) error {
 	if n.peer(c.Identity) != nil {
 		return nil
 	}
-	if c.Addr.IsValid() {
-		if _, err := n.sock.AddPeer(c.Identity, c.Addr); err != nil {
-			return err
+	return n.dialOnce(ctx, c.Identity, func() error {
+		if n.peer(c.Identity) != nil {
+			return nil
+		}
+		if c.Addr.IsValid() {
+			if _, err := n.sock.AddPeer(c.Identity, c.Addr); err != nil {
+				return err
+			}
+		}
+		if len(c.Relays) > 0 {
+			n.setupRelays(ctx, c.Identity, c.Relays)
+		}
+		return n.dial(ctx, c.Identity, c.Addr)
+	})
+}
+
+// dialCall is one dial in progress; others wanting the same peer wait.
+type dialCall struct {
+	done chan struct{}
+	err  error
+}
+
+// dialOnce runs f unless a dial to id is already running, in which case it
+// waits for that one: two dials to one peer would only race and replace
+// each other.
+func (n *Node) dialOnce(ctx context.Context, id pki.Identity, f func() error) error {
+	n.dialMu.Lock()
+	if n.dials == nil {
+		n.dials = make(map[pki.Identity]*dialCall)
+	}
+	if c := n.dials[id]; c != nil {
+		n.dialMu.Unlock()
+		select {
+		case <-c.done:
+			if n.peer(id) != nil {
+				return nil
+			}
+			return c.err
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
-	if len(c.Relays) > 0 {
-		n.setupRelays(ctx, c.Identity, c.Relays)
-	}
-	return n.dial(ctx, c.Identity, c.Addr)
+	c := &dialCall{done: make(chan struct{})}
+	n.dials[id] = c
+	n.dialMu.Unlock()
+	c.err = f()
+	n.dialMu.Lock()
+	delete(n.dials, id)
+	n.dialMu.Unlock()
+	close(c.done)
+	return c.err
 }
 
 // dial runs the handshake with id over every path smartsock has for it;

@@ -468,14 +468,22 @@ func (c *Conn) SetPathKey(id pki.Identity, key [32]byte) {
 	}
 	k := key
 	p.key = &k
+	// Proofs were made under the previous session's key (or by a previous
+	// run of the peer): only the path this session's handshake used stays
+	// proven; the others must answer probes under the new key first.
 	for _, pa := range p.paths {
+		if pa != p.current {
+			pa.validated = false
+			pa.srtt = 0
+		}
+		pa.missed = 0
 		pa.lastProbe = time.Time{}
 		pa.probeTx = 0
 	}
 }
 
 // Forget drops id's probe key (its connection closed): its paths are no
-// longer probed and unproven ones are removed.
+// longer probed. They stay, unproven, as candidates for the next dial.
 func (c *Conn) Forget(id pki.Identity) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -484,10 +492,8 @@ func (c *Conn) Forget(id pki.Identity) {
 		return
 	}
 	p.key = nil
-	for i := len(p.paths) - 1; i >= 0; i-- {
-		if pa := p.paths[i]; pa.relay {
-			c.dropPathLocked(p, pa)
-		}
+	for _, pa := range p.paths {
+		pa.probeTx = 0
 	}
 }
 
