@@ -188,7 +188,7 @@ func (c *Config) withDefaults() (Config, error) {
 	def(&out.HandshakeTimeout, 5*time.Second)
 	def(&out.PendingTimeout, 3*time.Second)
 	def(&out.ResolveTimeout, 10*time.Second)
-	def(&out.ResolveFailTTL, 5*time.Second)
+	def(&out.ResolveFailTTL, time.Second)
 	if out.MaxPending <= 0 {
 		out.MaxPending = 1024
 	}

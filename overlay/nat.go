@@ -427,15 +427,17 @@ func (n *Node) SmartConnect(ctx context.Context, id pki.Identity, addrs []netip.
 	if len(addrs) > 0 {
 		first = addrs[0]
 	}
+	for _, a := range addrs[:min(len(addrs), maxDialAddrs)] {
+		n.sock.AddPeer(id, a)
+	}
+	if len(relays) > 0 {
+		// Before joining a dial that may be in flight: its handshake
+		// retransmissions go over every path, relays included.
+		n.setupRelays(ctx, id, relays)
+	}
 	err := n.dialOnce(ctx, id, func() error {
 		if n.peer(id) != nil {
 			return nil
-		}
-		for _, a := range addrs[:min(len(addrs), maxDialAddrs)] {
-			n.sock.AddPeer(id, a)
-		}
-		if len(relays) > 0 {
-			n.setupRelays(ctx, id, relays)
 		}
 		return n.dial(ctx, id, first)
 	})

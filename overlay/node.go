@@ -467,21 +467,28 @@ type dialCall struct {
 // waits for that one: two dials to one peer would only race and replace
 // each other.
 func (n *Node) dialOnce(ctx context.Context, id pki.Identity, f func() error) error {
-	n.dialMu.Lock()
-	if n.dials == nil {
-		n.dials = make(map[pki.Identity]*dialCall)
-	}
-	if c := n.dials[id]; c != nil {
+	for waited := 0; ; waited++ {
+		n.dialMu.Lock()
+		if n.dials == nil {
+			n.dials = make(map[pki.Identity]*dialCall)
+		}
+		c := n.dials[id]
+		if c == nil {
+			break // we dial; dialMu stays locked until registered below
+		}
 		n.dialMu.Unlock()
 		select {
 		case <-c.done:
-			if n.peer(id) != nil {
-				return nil
-			}
-			return c.err
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+		if n.peer(id) != nil {
+			return nil
+		}
+		if waited > 0 {
+			return c.err
+		}
+		// That dial failed; ours may know more (relays), so try once.
 	}
 	c := &dialCall{done: make(chan struct{})}
 	n.dials[id] = c

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# nat-test.sh [--runs N] [--topology-only]: the NAT lab. An "internet" (a
+# nat-test.sh [--runs N] [--topology-only]: the NAT lab (ONLY="a c" runs
+# just those scenarios). An "internet" (a
 # bridge in a hub namespace, 198.18.0.0/16) with a public node P on it, and
 # two hosts HA and HB, each behind its own NAT router RA / RB (nftables
 # masquerade plus a stateful firewall: a cone NAT; `masquerade fully-random`:
@@ -400,6 +401,13 @@ scen_a() {
 		fresh_pair
 		local t0
 		t0=$(now_ms)
+		# Both ends must have found their NAT and published their relay
+		# (configure_nat: about 2 s after connecting to P).
+		poll 15 knows_nat ha || { fail "HA did not finish configure_nat"; return 1; }
+		poll 15 knows_nat hb || { fail "HB did not finish configure_nat"; return 1; }
+		poll 15 lists_relay hb p || { fail "HB's record does not list P as its relay"; return 1; }
+		log "both ends know their NAT and HB's record lists its relay after $(($(now_ms) - t0)) ms"
+		t0=$(now_ms)
 		first_reply ha hb 20 || return 1
 		firsts+=("$T_FIRST")
 		wait_direct ha hb 30 || return 1
@@ -494,6 +502,10 @@ RESULTS=() FAILED=0
 # and HB's logs, and go on with the next one.
 run() {
 	local name=$1 t0=$SECONDS
+	# ONLY="a c": run just those scenarios (a debugging aid).
+	if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" ${name%%:*} "* ]]; then
+		return 0
+	fi
 	log "=== scenario $name"
 	FAIL_MSG=""
 	if "$2"; then

@@ -24,7 +24,7 @@ step "go test"
 go test -count=1 -timeout 30m ./...
 
 step "go test -race (concurrent packages)"
-go test -count=1 -race -timeout 20m ./smartsock ./overlay ./control
+go test -count=1 -race -timeout 20m ./smartsock ./overlay ./control ./relay/...
 
 if [ "$(id -u)" != 0 ]; then
 	echo "not root: namespace tests skipped (run with sudo; CI runs as root)"
@@ -36,6 +36,8 @@ step "cluster"
 ./scripts/cluster.sh 6 --check
 step "chat between 4 namespaces"
 ./scripts/chat-test.sh
+step "NAT lab (cone and symmetric NATs, relay, hole punching, loss)"
+./scripts/nat-test.sh
 step "throughput smoke run (overlay vs wireguard-go vs raw veth)"
 json=$(mktemp /tmp/korium-bench.XXXXXX.json)
 ./scripts/bench-throughput.sh --rounds 2 --time 3 --json "$json"
