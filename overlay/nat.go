@@ -14,6 +14,7 @@ import (
 
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/relay"
+	"github.com/korium/korium-tun/relay/client"
 	"github.com/korium/korium-tun/relay/server"
 	"github.com/korium/korium-tun/rpc"
 	"github.com/korium/korium-tun/smartsock"
@@ -123,6 +124,18 @@ func (n *Node) candidateAddrs() []netip.AddrPort {
 		}
 	}
 	return out[:min(len(out), relay.MaxCandidates)]
+}
+
+// relayCaller sends relay requests on the node's connections.
+type relayCaller struct{ n *Node }
+
+// CallRelay implements client.Caller.
+func (c relayCaller) CallRelay(ctx context.Context, to pki.Identity, req []byte) ([]byte, error) {
+	p := c.n.peer(to)
+	if p == nil {
+		return nil, fmt.Errorf("%w: not connected to %s", ErrUnreachable, to.Short())
+	}
+	return rpc.Call(ctx, p.conn, rpc.ProtoRelay, req)
 }
 
 // handleRelay answers rpc.ProtoRelay requests.
@@ -272,11 +285,7 @@ func (n *Node) configureNAT(ctx context.Context) {
 			defer n.sock.CancelDialBack(nonce)
 			cctx, cancel := context.WithTimeout(ctx, relayCallTime)
 			defer cancel()
-			resp, err := rpc.Call(cctx, h.conn, rpc.ProtoRelay, relay.AppendObserveReq(nil, nonce))
-			if err != nil {
-				return
-			}
-			or, err := relay.ParseObserveResp(resp)
+			or, err := client.Observe(cctx, relayCaller{n}, h.id, nonce)
 			if err != nil {
 				return
 			}
@@ -394,14 +403,10 @@ func (n *Node) setupRelays(ctx context.Context, id pki.Identity, relays []pki.Id
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, relayCallTime)
-		resp, err := rpc.Call(cctx, rp.conn, rpc.ProtoRelay, relay.AppendConnectReq(nil, id))
+		sid, err := client.Connect(cctx, relayCaller{n}, r, id)
 		cancel()
 		if err != nil {
 			n.cfg.Logger.Debug("relay refused", "relay", r.Short(), "peer", id.Short(), "err", err)
-			continue
-		}
-		sid, err := relay.ParseConnectResp(resp)
-		if err != nil {
 			continue
 		}
 		n.sock.AddRelayPath(id, r, raddr, sid)
@@ -455,18 +460,9 @@ func (n *Node) punch(p *peer) {
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, relayCallTime)
 	defer cancel()
-	req, err := relay.AppendPunch(nil, n.candidateAddrs())
-	if err != nil {
-		return
-	}
-	resp, err := rpc.Call(ctx, p.conn, rpc.ProtoRelay, req)
+	theirs, err := client.Punch(ctx, relayCaller{n}, p.id, n.candidateAddrs())
 	if err != nil {
 		n.cfg.Logger.Debug("punch refused", "peer", p.id.Short(), "err", err)
-		return
-	}
-	var buf [relay.MaxCandidates]netip.AddrPort
-	theirs, err := relay.ParsePunch(buf[:0], resp)
-	if err != nil {
 		return
 	}
 	n.stats.Punches.Add(1)

@@ -15,6 +15,7 @@ func TestImports(t *testing.T) {
 	for dir, allowed := range map[string][]string{
 		".":      {"pki"},
 		"server": {"pki", "relay", "smartsock"},
+		"client": {"pki", "relay"},
 	} {
 		pkg, err := build.ImportDir(dir, 0)
 		if err != nil {
