@@ -103,8 +103,8 @@ func (n *Node) RegisterProtocol(proto byte, h rpc.Handler) error {
 }
 
 // Send sends an application request to the peer to and returns its
-// response. It uses the existing connection to to; without one it returns
-// ErrUnreachable (resolving identities through the DHT comes later).
+// response. Without a connection to to, its contact record is resolved
+// through the DHT and dialed (through its relays if it is behind NAT).
 func (n *Node) Send(ctx context.Context, to pki.Identity, req []byte) ([]byte, error) {
 	return n.Call(ctx, to, rpc.ProtoApp, req)
 }
@@ -115,12 +115,9 @@ func (n *Node) Send(ctx context.Context, to pki.Identity, req []byte) ([]byte, e
 func (n *Node) Call(ctx context.Context, to pki.Identity, proto byte, req []byte) ([]byte, error) {
 	p := n.peer(to)
 	if p == nil && n.dht != nil && to != n.id {
-		if rec, err := n.dht.Resolve(ctx, to); err == nil {
-			if conn, err := n.connFor(ctx, to, rec.Addrs); err == nil {
-				return rpc.Call(ctx, conn, proto, req)
-			}
+		if err := n.ConnectIdentity(ctx, to); err == nil {
+			p = n.peer(to)
 		}
-		p = n.peer(to) // a lookup may have connected to it
 	}
 	if p == nil {
 		return nil, &rpc.Error{Kind: ErrUnreachable, Detail: "no connection to " + to.Short() + " and no reachable contact record"}

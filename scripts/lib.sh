@@ -32,9 +32,11 @@ need_root() { [ "$(id -u)" = 0 ] || die "must run as root (network namespaces, T
 
 build() {
 	log "building korium-tun and test tools"
-	(cd "$KT_ROOT" && go build -o "$KT_WORK/korium-tun" ./cmd/korium-tun && go build -o "$KT_WORK/xfer" ./internal/xfer)
+	(cd "$KT_ROOT" && go build -o "$KT_WORK/korium-tun" ./cmd/korium-tun && go build -o "$KT_WORK/xfer" ./internal/xfer &&
+		go build -o "$KT_WORK/reqtool" ./internal/reqtool)
 	KT="$KT_WORK/korium-tun"
 	XFER="$KT_WORK/xfer"
+	REQTOOL="$KT_WORK/reqtool"
 }
 
 # mkns NAME: a namespace with loopback up, removed on exit.

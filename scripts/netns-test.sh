@@ -68,7 +68,7 @@ start_bg "$KT_WORK/c.log" ip netns exec "$A" "$KT" up --key "$KT_WORK/c.key" --l
 # b drops a hello addressed to another identity, so c's handshakes get no
 # answer; c keeps retrying and never gets a peer, and b never lists c.
 wait_until 30 "c's failed dials" grep -q "is not $ID_A" "$KT_WORK/c.log"
-"$KT" status --control "$KT_WORK/b.sock" --json | grep -q '"DropBadProbe": [1-9]' || die "b did not count c's misaddressed hellos"
+"$KT" status --control "$KT_WORK/b.sock" --json | grep -q '"drop_bad_probe": [1-9]' || die "b did not count c's misaddressed hellos"
 "$KT" status --control "$KT_WORK/c.sock" --json | grep -q '"peers": null' || die "c has a peer"
 if "$KT" status --control "$KT_WORK/b.sock" --json | grep -q "$ID_C"; then die "b accepted c"; fi
 
@@ -89,5 +89,12 @@ until grep -q "^\[lab\] ${ID_A:0:8}: hi-from-a" "$KT_WORK/chat-b.log"; do
 done
 echo "/dm $ID_A hello-a-from-b" >&22
 wait_until 15 "dm through attached chats" grep -q "^\[dm\] ${ID_B:0:8}: hello-a-from-b" "$KT_WORK/chat-a.log"
+
+log "request/response between the namespaces (in-process nodes, no TUN): sizes and the 64-stream limit"
+start_bg "$KT_WORK/reqserve.log" ip netns exec "$B" "$REQTOOL" serve -listen 198.18.0.2:7500 -contact "$KT_WORK/req.contact"
+wait_until 20 "request server" test -s "$KT_WORK/req.contact"
+ip netns exec "$A" timeout 120 "$REQTOOL" check -listen 198.18.0.1:0 -bootstrap "$(cat "$KT_WORK/req.contact")" >"$KT_WORK/reqcheck.log" 2>&1 ||
+	{ cat "$KT_WORK/reqcheck.log"; die "request/response checks failed"; }
+sed 's/^/  /' "$KT_WORK/reqcheck.log"
 
 log "PASS netns-test"
