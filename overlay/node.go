@@ -217,7 +217,13 @@ func New(cfg Config) (n *Node, err error) {
 	// stale connections at once instead of leaving them to time out.
 	blake3.DeriveKey(resetKey[:], "korium-tun stateless reset v1", c.Keypair.Seed())
 	rk := [32]byte(resetKey)
-	if n.sock, err = smartsock.New(udp, smartsock.Config{Keypair: c.Keypair, Logger: c.Logger, StatelessResetKey: &rk, PoWBits: c.PoWBits}); err != nil {
+	onDirect := func(id pki.Identity, addr netip.AddrPort) {
+		// The relay follows an endpoint whose address changed (NAT rebinding).
+		if srv := n.relaySrv; srv != nil {
+			srv.UpdateAddr(id, addr)
+		}
+	}
+	if n.sock, err = smartsock.New(udp, smartsock.Config{Keypair: c.Keypair, Logger: c.Logger, StatelessResetKey: &rk, PoWBits: c.PoWBits, OnDirectPath: onDirect}); err != nil {
 		udp.Close()
 		return nil, err
 	}

@@ -64,6 +64,10 @@ type Config struct {
 	StatelessResetKey *[32]byte
 	// ResetRate bounds stateless resets per second (default 100).
 	ResetRate int
+	// OnDirectPath, if set, is told whenever a peer's traffic moves to a
+	// direct address (the relay server follows its endpoints with it). It
+	// runs with the path table locked and must not call back into Conn.
+	OnDirectPath func(id pki.Identity, addr netip.AddrPort)
 	// ProbeRate bounds path probe requests answered per second (default 1,000).
 	ProbeRate int
 	// PoWBits is the network's proof-of-work difficulty: a hello from an
@@ -375,6 +379,14 @@ func (c *Conn) dropPathLocked(p *peer, pa *path) {
 	}
 }
 
+// setCurrentLocked moves p's traffic to pa and reports a direct one.
+func (c *Conn) setCurrentLocked(p *peer, pa *path) {
+	p.current = pa
+	if pa != nil && !pa.relay && c.cfg.OnDirectPath != nil {
+		c.cfg.OnDirectPath(p.id, pa.addr)
+	}
+}
+
 // AddPeer records that id is believed to be reachable at real (from a
 // bootstrap string or a verified contact record) and returns the virtual
 // address to dial. Handshake packets go to every such address until one
@@ -445,7 +457,7 @@ func (c *Conn) Confirm(id pki.Identity) {
 		return
 	}
 	if p.handshake != nil && p.handshake != p.current {
-		p.current = p.handshake
+		c.setCurrentLocked(p, p.handshake)
 		c.stats.PathSwitches.Add(1)
 	}
 	if p.current != nil {
@@ -772,7 +784,7 @@ func (c *Conn) handleHello(h *Hello, src netip.AddrPort, now time.Time) {
 			c.stats.PathSwitches.Add(1)
 			p.switches++
 		}
-		p.current = pa
+		c.setCurrentLocked(p, pa)
 	}
 }
 

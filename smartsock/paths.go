@@ -160,7 +160,7 @@ func (c *Conn) selectLocked(p *peer, now time.Time) {
 		from = pathName(p.current)
 	}
 	c.cfg.Logger.Info("path switch", "peer", p.id.Short(), "from", from, "to", pathName(next), "rtt", next.srtt)
-	p.current = next
+	c.setCurrentLocked(p, next)
 	p.switches++
 	c.stats.PathSwitches.Add(1)
 }
