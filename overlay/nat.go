@@ -60,7 +60,11 @@ type natState struct {
 	relays   []pki.Identity
 }
 
+// maxDialBacks bounds dial-backs in flight (each a socket and a goroutine).
+const maxDialBacks = 32
+
 func (n *Node) initRelay() {
+	n.dialBacks = make(chan struct{}, maxDialBacks)
 	if !n.cfg.NoRelay {
 		n.relaySrv = server.New(n.cfg.RelayServer, n.sock)
 		n.sock.SetRelayForwarder(n.relaySrv.Forward)
@@ -159,7 +163,12 @@ func (n *Node) handleRelay(ctx context.Context, from pki.Identity, req []byte) (
 		if n.relaySrv != nil && n.isPublic() {
 			flags |= relay.FlagRelays
 		}
-		n.goLoop(func() { n.dialBack(addr, nonce) })
+		select {
+		case n.dialBacks <- struct{}{}: // bounded: each holds a socket for 300 ms
+			n.goLoop(func() { defer func() { <-n.dialBacks }(); n.dialBack(addr, nonce) })
+		default:
+			n.stats.RelayRefused.Add(1)
+		}
 		return relay.AppendObserveResp(nil, relay.ObserveResp{Addr: addr, Flags: flags})
 	case relay.MsgConnect:
 		target, err := relay.ParseConnectReq(req)

@@ -353,12 +353,14 @@ func (c *Conn) Observed() netip.AddrPort {
 // every PunchInterval for PunchWindow. When the peer does the same at the
 // same time, both NATs see outgoing packets first and let the other side's
 // in; a path whose probe is answered is proven and Select may move to it.
+// It returns how many candidates it took: 0 while a punch toward id runs, so
+// a peer cannot make us probe addresses of its choosing faster than that.
 func (c *Conn) Punch(id pki.Identity, addrs []netip.AddrPort) int {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.byVirt[smartaddr.Virtual(id)]
-	if p == nil || p.key == nil {
+	if p == nil || p.key == nil || now.Before(p.punchUntil) {
 		return 0
 	}
 	n := 0

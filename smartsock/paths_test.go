@@ -223,7 +223,12 @@ func TestForgedProbeRejected(t *testing.T) {
 	// claiming to be b, but cannot compute the MAC.
 	evil := listenUDP(t)
 	defer evil.Close()
-	a.sock.Punch(idb, []netip.AddrPort{loopback(evil)})
+	if a.sock.Punch(idb, []netip.AddrPort{loopback(evil)}) != 1 {
+		t.Fatal("Punch refused its first candidate")
+	}
+	if a.sock.Punch(idb, []netip.AddrPort{netip.MustParseAddrPort("198.18.9.9:9")}) != 0 {
+		t.Fatal("a second Punch during the first was taken: a peer could make us probe anyone at will")
+	}
 	evil.SetReadDeadline(time.Now().Add(3 * time.Second))
 	buf := make([]byte, 2048)
 	var answered int
