@@ -143,6 +143,9 @@ type Config struct {
 	// RelayServer tunes the relay's limits (zero value: the reference's
 	// 10,000 sessions, 50 per IP, idle expiry and per-session caps).
 	RelayServer server.Config
+	// testNoDialBack makes configure_nat ignore dial-backs, so a test on
+	// one host can play a node behind NAT.
+	testNoDialBack bool
 	// RequestQueue caps requests waiting in IncomingRequests (default 64);
 	// further ones are refused and counted.
 	RequestQueue int

@@ -301,7 +301,7 @@ func (n *Node) configureNAT(ctx context.Context) {
 			a := answer{id: h.id, observed: or.Addr, relays: or.Flags&relay.FlagRelays != 0}
 			select {
 			case <-ch:
-				a.dialBack = true
+				a.dialBack = !n.cfg.testNoDialBack
 			case <-time.After(dialBackWait):
 			case <-ctx.Done():
 			}

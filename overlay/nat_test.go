@@ -1,0 +1,94 @@
+package overlay
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/smartsock"
+)
+
+// TestConfigureNATAndRelaySessions: nodes that believe they are behind NAT
+// (dial-backs ignored) find their relay with configure_nat and publish it;
+// a session through it becomes a path on both ends; a node that is not a
+// peer's relay cannot push a session on it. One host has no NAT, so the
+// relayed connection itself and punching are tested in smartsock
+// (TestRelayThenDirectThenBlackHole) and behind real NATs in
+// scripts/nat-test.sh.
+func TestConfigureNATAndRelaySessions(t *testing.T) {
+	mk := func(natted bool, boot ...Contact) *testNode {
+		kp, err := pki.GenerateKeypair(context.Background(), testPoW)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dev := newMemDevice()
+		cfg := Config{Keypair: kp, PoWBits: testPoW, Listen: "127.0.0.1:0", Device: dev, Bootstrap: boot,
+			Logger: testLogger(t), DHT: dhtConfigForOneHost(), testNoDialBack: natted}
+		if natted {
+			cfg.Advertise = []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:9")} // nobody there
+		}
+		nd, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nd.Close() })
+		return &testNode{nd, dev}
+	}
+	p := mk(false)
+	a, b := mk(true, p.contact()), mk(true, p.contact())
+	pid := p.id.String()
+	for _, x := range []*testNode{a, b} {
+		waitFor(t, "configure_nat picks the relay", 10*time.Second, func() bool {
+			s := x.NAT()
+			return s.Checked && !s.Public && slices.Contains(s.Relays, pid)
+		})
+	}
+	if s := p.NAT(); !s.Public {
+		t.Fatalf("the seed node says it is not public: %+v", s)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	waitFor(t, "b's record lists its relay", 10*time.Second, func() bool {
+		rec, err := a.Resolve(ctx, b.id)
+		return err == nil && slices.Contains(rec.Relays, p.id)
+	})
+
+	// a asks b's relay for a session: the relay opens it, b accepts (p is
+	// its relay) and both ends hold it as a path.
+	if got := a.setupRelays(ctx, b.id, []pki.Identity{p.id}); got != 1 {
+		t.Fatalf("setupRelays = %d, want 1", got)
+	}
+	if st := p.RelayStats(); st == nil || st.Opened != 1 || st.Sessions != 1 {
+		t.Fatalf("relay stats after the session: %+v", st)
+	}
+	hasRelayPath := func(x *testNode, to pki.Identity) bool {
+		ps, _ := x.sock.Paths(to)
+		return slices.ContainsFunc(ps, func(s smartsock.PathStatus) bool { return s.Kind == "relay" && s.Relay == pid })
+	}
+	if !hasRelayPath(a, b.id) || !hasRelayPath(b, a.id) {
+		t.Fatal("the session is not a path on both ends")
+	}
+
+	// A public node that is not b's relay cannot push a session on b.
+	c := mk(false, p.contact())
+	if err := c.Connect(ctx, b.contact()); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Connect(ctx, c.contact()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "c's NAT check", 10*time.Second, func() bool { return c.NAT().Checked })
+	before := b.stats.RelayRefused.Load()
+	if got := a.setupRelays(ctx, b.id, []pki.Identity{c.id}); got != 0 {
+		t.Fatal("b accepted a session from a node that is not its relay")
+	}
+	if b.stats.RelayRefused.Load() != before+1 {
+		t.Fatal("b did not count the refused session")
+	}
+	if st := c.RelayStats(); st.Sessions != 0 {
+		t.Fatalf("c kept a session b refused: %+v", st)
+	}
+}
