@@ -151,16 +151,11 @@ func (d *DHT) SetAddrs(addrs []netip.AddrPort) error {
 	if len(addrs) > MaxAddrs {
 		return fmt.Errorf("dht: %d addresses, at most %d allowed", len(addrs), MaxAddrs)
 	}
-	d.mu.Lock()
-	changed := !slices.Equal(d.addrs, addrs)
-	d.addrs = slices.Clone(addrs)
-	d.mu.Unlock()
-	if changed && d.published.Load() {
-		select {
-		case d.publishCh <- struct{}{}:
-		default:
-		}
-	}
+	d.updateSelf(func() bool {
+		changed := !slices.Equal(d.addrs, addrs)
+		d.addrs = slices.Clone(addrs)
+		return changed
+	})
 	return nil
 }
 
@@ -170,9 +165,19 @@ func (d *DHT) SetRelays(relays []pki.Identity) error {
 	if len(relays) > MaxRelays {
 		return fmt.Errorf("dht: %d relays, at most %d allowed", len(relays), MaxRelays)
 	}
+	d.updateSelf(func() bool {
+		changed := !slices.Equal(d.relays, relays)
+		d.relays = slices.Clone(relays)
+		return changed
+	})
+	return nil
+}
+
+// updateSelf runs f (which reports whether our record's content changed)
+// under d.mu, then asks for a republish if it did and we have published.
+func (d *DHT) updateSelf(f func() bool) {
 	d.mu.Lock()
-	changed := !slices.Equal(d.relays, relays)
-	d.relays = slices.Clone(relays)
+	changed := f()
 	d.mu.Unlock()
 	if changed && d.published.Load() {
 		select {
@@ -180,7 +185,6 @@ func (d *DHT) SetRelays(relays []pki.Identity) error {
 		default:
 		}
 	}
-	return nil
 }
 
 // ---- inbound ----
