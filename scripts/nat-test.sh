@@ -528,8 +528,8 @@ build_topology
 check_topology
 [ "$TOPO_ONLY" = 0 ] || { log "PASS nat-test topology"; exit 0; }
 
-"$KT" up --help 2>&1 | grep -q -- --relay || log "note: this korium-tun has no --relay flag (NAT traversal not there yet)"
-"$KT" ping --help >/dev/null 2>&1 || log "note: this korium-tun has no ping command (NAT traversal not there yet)"
+"$KT" up --help 2>&1 | grep -q -- --relay || die "this korium-tun has no --relay flag"
+"$KT" ping --help >/dev/null 2>&1 || die "this korium-tun has no ping command"
 node_up p
 run "nat: HA learns its NAT, observed address and relay from P" scen_nat
 run "a: cone/cone, time to first reply and to direct" scen_a

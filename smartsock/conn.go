@@ -9,11 +9,18 @@
 // reads with recvmmsg, ECN, path-MTU discovery) while every address it reads
 // or writes passes through the path table.
 //
-// A real address becomes a path of a peer only on that peer's word signed
-// with its key (a hello probe), or because this node chose to dial it; a
-// QUIC packet from any other address never reaches quic-go. A path carries
-// data traffic once a handshake with the peer's certificate completed over
-// it (Confirm). It imports pki and smartaddr only.
+// A peer has several paths: direct addresses and relay sessions (CRLY
+// frames through a relay, set up by the node over an authenticated
+// connection). A real address becomes a path of a peer only on that peer's
+// word signed with its key (a hello probe), an authenticated probe, or
+// because this node chose it (a dial, a contact record, a punch); a QUIC
+// packet from any other address never reaches quic-go. A path carries data
+// once the peer proved itself on it: a handshake with its certificate
+// completed over it (Confirm), or it answered a probe MACed with a key from
+// the QUIC session (SetPathKey). Paths are probed continuously and Select
+// picks the one traffic takes (paths.go, select.go), so traffic moves between
+// relay and direct paths without a new QUIC connection. It imports pki and
+// smartaddr only.
 package smartsock
 
 import (
