@@ -528,7 +528,7 @@ build_topology
 check_topology
 [ "$TOPO_ONLY" = 0 ] || { log "PASS nat-test topology"; exit 0; }
 
-"$KT" up --help 2>&1 | grep -q -- --relay || die "this korium-tun has no --relay flag"
+grep -q -- --relay <<<"$("$KT" up --help 2>&1)" || die "this korium-tun has no --relay flag"
 "$KT" ping --help >/dev/null 2>&1 || die "this korium-tun has no ping command"
 node_up p
 run "nat: HA learns its NAT, observed address and relay from P" scen_nat
