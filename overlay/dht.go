@@ -44,13 +44,58 @@ func (n *Node) connFor(ctx context.Context, id pki.Identity, addrs []netip.AddrP
 	if id == n.id {
 		return nil, fmt.Errorf("%w: that is us", ErrUnreachable)
 	}
+	if n.recentlyUnreachable(id) {
+		// A peer behind NAT cannot be dialed directly; its DHT contact
+		// would otherwise cost every lookup a full query timeout.
+		return nil, fmt.Errorf("%w: %s: a direct dial failed moments ago", ErrUnreachable, id.Short())
+	}
 	if err := n.SmartConnect(ctx, id, addrs, nil); err != nil {
+		if ctx.Err() != nil || errors.Is(err, ErrUnreachable) {
+			n.markUnreachable(id)
+		}
 		return nil, err
 	}
 	if p := n.peer(id); p != nil {
 		return p.conn, nil
 	}
 	return nil, fmt.Errorf("%w: %s: connection closed", ErrUnreachable, id.Short())
+}
+
+// Direct dials that failed are remembered briefly (bounded).
+const (
+	unreachableTTL = 10 * time.Second
+	maxUnreachable = 4096
+)
+
+func (n *Node) recentlyUnreachable(id pki.Identity) bool {
+	n.unreachMu.Lock()
+	defer n.unreachMu.Unlock()
+	until, ok := n.unreachable[id]
+	if ok && time.Now().After(until) {
+		delete(n.unreachable, id)
+		return false
+	}
+	return ok
+}
+
+func (n *Node) markUnreachable(id pki.Identity) {
+	now := time.Now()
+	n.unreachMu.Lock()
+	defer n.unreachMu.Unlock()
+	if n.unreachable == nil {
+		n.unreachable = make(map[pki.Identity]time.Time)
+	}
+	if len(n.unreachable) >= maxUnreachable {
+		for k, t := range n.unreachable {
+			if now.After(t) {
+				delete(n.unreachable, k)
+			}
+		}
+		if len(n.unreachable) >= maxUnreachable {
+			return
+		}
+	}
+	n.unreachable[id] = now.Add(unreachableTTL)
 }
 
 // handleDHT answers a peer's DHT request.

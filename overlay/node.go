@@ -83,11 +83,13 @@ type Node struct {
 	reqMu      sync.Mutex                  // guards incoming
 	incoming   chan *Request               // made by the first IncomingRequests call
 
-	dialMu    sync.Mutex // guards dials
-	dials     map[pki.Identity]*dialCall
-	relaySrv  *server.Server // nil when Config.NoRelay
-	dialBacks chan struct{}  // semaphore of dial-backs in flight
-	nat       natState
+	unreachMu   sync.Mutex                 // guards unreachable
+	unreachable map[pki.Identity]time.Time // failed direct dials, until when
+	dialMu      sync.Mutex                 // guards dials
+	dials       map[pki.Identity]*dialCall
+	relaySrv    *server.Server // nil when Config.NoRelay
+	dialBacks   chan struct{}  // semaphore of dial-backs in flight
+	nat         natState
 
 	stats Counters
 
