@@ -188,6 +188,7 @@ type Conn struct {
 	probeLimit limiter
 
 	forward  atomic.Pointer[RelayForwarder]
+	fwd      fwdBatch
 	relayBuf sync.Pool
 
 	txID   atomic.Uint64
@@ -208,6 +209,7 @@ type Stats struct {
 	DropHelloRate, DropRelay, PathSwitches, TxReset, TxCalls    atomic.Uint64
 	TxProbe, RxProbe, RxProbeReply, DropProbeMAC, DropProbeRate atomic.Uint64
 	TxRelayed, RxRelayed, RxForwarded, RxDialBack, ProbeLost    atomic.Uint64
+	TxForwardGSO                                                atomic.Uint64
 }
 
 // StatsSnapshot is a copy of Stats.
@@ -235,6 +237,7 @@ type StatsSnapshot struct {
 	RxForwarded       uint64 `json:"relay_forwarded"`
 	RxDialBack        uint64 `json:"rx_dialback"`
 	ProbeLost         uint64 `json:"probe_lost"`
+	TxForwardGSO      uint64 `json:"relay_forward_gso_writes"`
 }
 
 // New wraps udp. The Conn owns udp from now on and closes it on Close.
@@ -275,7 +278,7 @@ func (c *Conn) Stats() StatsSnapshot {
 		DropHelloRate: s.DropHelloRate.Load(), DropRelay: s.DropRelay.Load(), PathSwitches: s.PathSwitches.Load(), TxReset: s.TxReset.Load(), TxCalls: s.TxCalls.Load(),
 		TxProbe: s.TxProbe.Load(), RxProbe: s.RxProbe.Load(), RxProbeReply: s.RxProbeReply.Load(), DropProbeMAC: s.DropProbeMAC.Load(),
 		DropProbeRate: s.DropProbeRate.Load(), TxRelayed: s.TxRelayed.Load(), RxRelayed: s.RxRelayed.Load(), RxForwarded: s.RxForwarded.Load(),
-		RxDialBack: s.RxDialBack.Load(), ProbeLost: s.ProbeLost.Load(),
+		RxDialBack: s.RxDialBack.Load(), ProbeLost: s.ProbeLost.Load(), TxForwardGSO: s.TxForwardGSO.Load(),
 	}
 }
 
@@ -567,6 +570,7 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 		}
 		now := time.Now()
 		nowNS := now.UnixNano()
+		forwarding := false // relay frames of others gathered: flush before returning
 		c.mu.RLock()
 		var lastReal netip.AddrPort
 		var lastPath *path
@@ -586,6 +590,10 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 				pa = c.ourSessionLocked(b, real)
 				if pa == nil {
 					c.mu.RUnlock()
+					if !forwarding {
+						forwarding = true
+						c.startForwarding()
+					}
 					c.handleForeignRelay(b, real, now)
 					c.mu.RLock()
 					lastPath = nil
@@ -643,6 +651,9 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 			i++
 		}
 		c.mu.RUnlock()
+		if forwarding {
+			c.endForwarding()
+		}
 		c.stats.RxQUIC.Add(uint64(n))
 		if n > 0 {
 			return n, nil
@@ -680,12 +691,6 @@ func (c *Conn) SetRelayForwarder(f RelayForwarder) {
 		return
 	}
 	c.forward.Store(&f)
-}
-
-// SendRelay writes a relay frame as is to dst (the relay server's sender).
-func (c *Conn) SendRelay(frame []byte, dst netip.AddrPort) error {
-	_, err := c.udp.WriteToUDPAddrPort(frame, dst)
-	return err
 }
 
 // removeMsg drops message i of the first n by moving the last one's contents
