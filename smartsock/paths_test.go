@@ -1,9 +1,10 @@
 package smartsock
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/binary"
+	"io"
 	"net"
 	"net/netip"
 	"sync/atomic"
@@ -308,8 +309,8 @@ func FuzzParseProbe(f *testing.F) {
 
 // TestRelayForwardingBatches runs a relay on a real smartsock Conn (its
 // forwarder a two-endpoint stand-in for relay/server) and checks that a
-// stream of datagrams between two ends arrives intact while the relay
-// gathers frames into GSO writes.
+// QUIC stream between two ends arrives intact while the relay gathers
+// frames into GSO writes.
 func TestRelayForwardingBatches(t *testing.T) {
 	a, b := newEnd(t, true), newEnd(t, true)
 	ida, idb := a.kp.Identity(), b.kp.Identity()
@@ -365,40 +366,30 @@ func TestRelayForwardingBatches(t *testing.T) {
 	if cb == nil {
 		t.Fatal("accept failed")
 	}
-	const n = 3000
-	got, bad := make(chan int, n), make(chan struct{}, n)
+	// 8 MiB on a stream: full-size packets, reliably delivered, checked
+	// byte for byte.
+	const size = 8 << 20
+	want := make([]byte, size)
+	rand.Read(want)
+	errc := make(chan error, 1)
 	go func() {
-		for {
-			d, err := cb.ReceiveDatagram(ctx)
-			if err != nil {
-				return
-			}
-			i := int(binary.BigEndian.Uint32(d))
-			if len(d) != 1200 || d[1199] != byte(i) {
-				bad <- struct{}{}
-			}
-			got <- i
+		str, err := ca.OpenStreamSync(ctx)
+		if err == nil {
+			_, err = str.Write(want)
+			str.Close()
 		}
+		errc <- err
 	}()
-	msg := make([]byte, 1200)
-	for i := 0; i < n; i++ {
-		binary.BigEndian.PutUint32(msg, uint32(i))
-		msg[1199] = byte(i)
-		for ca.SendDatagram(msg) != nil {
-			time.Sleep(time.Millisecond) // the datagram queue is full
-		}
+	str, err := cb.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
-	received := 0
-	for received < n*9/10 {
-		select {
-		case <-got:
-			received++
-		case <-ctx.Done():
-			t.Fatalf("only %d of %d datagrams through the relay", received, n)
-		}
+	got, err := io.ReadAll(str)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("%d of %d bytes through the relay (intact: %v), %v", len(got), size, bytes.Equal(got, want), err)
 	}
-	if len(bad) > 0 {
-		t.Fatalf("%d datagrams damaged on the way", len(bad))
+	if err := <-errc; err != nil {
+		t.Fatal(err)
 	}
 	st := r.Stats()
 	t.Logf("relay: %d frames forwarded in %d GSO writes (plus single writes)", st.RxForwarded, st.TxForwardGSO)
