@@ -69,7 +69,9 @@ func newTestDHT(t *testing.T, f *fakeNet, seed byte, addr string, cfg Config) *D
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
-	f.add(kp.Identity(), ap, d.HandleRequest)
+	f.add(kp.Identity(), ap, func(from pki.Identity, _ netip.AddrPort, req []byte) ([]byte, error) {
+		return d.HandleRequest(from, req)
+	})
 	return d
 }
 
@@ -86,7 +88,7 @@ func (c *client) contact() Contact {
 func (c *client) send(t *testing.T, d *DHT, m *message) (*message, error) {
 	t.Helper()
 	m.Sender = c.contact()
-	raw, err := d.HandleRequest(c.kp.Identity(), c.addr, appendMessage(nil, m))
+	raw, err := d.HandleRequest(c.kp.Identity(), appendMessage(nil, m))
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +133,7 @@ func TestForgedExpiredOversizedRecordsRejected(t *testing.T) {
 		enc := appendMessage(nil, &message{Type: msgStore, Sender: c.contact(), Record: good})
 		hdr := 2 + 32 + 8 + 1 + 7 // version, type, sender contact with one IPv4 address
 		enc[hdr+32+8+8+8] = MaxAddrs + 1
-		if _, err := d.HandleRequest(c.kp.Identity(), c.addr, enc); err == nil {
+		if _, err := d.HandleRequest(c.kp.Identity(), enc); err == nil {
 			t.Error("oversized record accepted")
 		}
 		if drops(d, dropMalformed) != 1 {
@@ -163,7 +165,7 @@ func TestSenderWithoutPoWRefused(t *testing.T) {
 		// A lying sender field is refused too.
 		liar := &client{kp: testKeypair(t, 4, testPoW), addr: weak.addr}
 		m := &message{Type: msgPing, Sender: liar.contact()}
-		if _, err := d.HandleRequest(weak.kp.Identity(), weak.addr, appendMessage(nil, m)); err == nil {
+		if _, err := d.HandleRequest(weak.kp.Identity(), appendMessage(nil, m)); err == nil {
 			t.Fatal("sender mismatch accepted")
 		}
 		// Even if it answers, a PoW-less contact never enters the table.
@@ -197,7 +199,7 @@ func TestContactEntersOnlyAfterAnswering(t *testing.T) {
 		// One that answers enters.
 		e := newTestDHT(t, f, 6, "198.18.4.1:1", Config{})
 		raw := appendMessage(nil, &message{Type: msgPing, Sender: e.Self()})
-		if _, err := d.HandleRequest(e.Self().Identity, e.Self().Addrs[0], raw); err != nil {
+		if _, err := d.HandleRequest(e.Self().Identity, raw); err != nil {
 			t.Fatal(err)
 		}
 		synctest.Wait()
@@ -400,6 +402,45 @@ func TestForgedRecordInLookupIgnored(t *testing.T) {
 		}
 		if drops(d, dropBadRecord) != 2 || drops(d, dropNoPoW) != 1 {
 			t.Fatalf("drops %v", d.Stats().Drops)
+		}
+	})
+}
+
+// A client (SetClient: behind NAT) is answered but never enters the tables
+// of the nodes it asks, so lookups never wait on it; its record, with its
+// addresses, is still stored and found.
+func TestClientModeStaysOutOfTables(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeNet()
+		server := newTestDHT(t, f, 1, "198.18.0.1:1", Config{})
+		cl := newTestDHT(t, f, 6, "198.18.4.1:1", Config{})
+		cl.SetClient(true)
+		ctx := context.Background()
+		if err := cl.Bootstrap(ctx, []Contact{server.Self()}); err != nil {
+			t.Fatal(err)
+		}
+		if err := cl.Publish(ctx); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if n := server.Stats().TableSize; n != 0 {
+			t.Fatalf("the server's table has %d contacts after a client asked it, want 0", n)
+		}
+		if n := cl.Stats().TableSize; n != 1 {
+			t.Fatalf("the client's table has %d contacts, want the server", n)
+		}
+		rec, err := server.Resolve(ctx, cl.Self().Identity)
+		if err != nil || len(rec.Addrs) != 1 || rec.Addrs[0] != cl.Self().Addrs[0] {
+			t.Fatalf("the client's record at the server: %+v, %v", rec, err)
+		}
+		// Out of client mode it enters once it answers.
+		cl.SetClient(false)
+		if _, err := cl.FindPeers(ctx, server.ID()); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if n := server.Stats().TableSize; n != 1 {
+			t.Fatalf("the server's table has %d contacts after a server asked it, want 1", n)
 		}
 	})
 }

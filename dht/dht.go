@@ -68,6 +68,7 @@ type DHT struct {
 	alpha       int
 	addrs       []netip.AddrPort
 	relays      []pki.Identity
+	client      bool // behind NAT: our requests carry no address (see SetClient)
 	seq         uint64
 	lastPublish time.Time
 	winSent     int // requests sent in this adaptation window
@@ -173,6 +174,18 @@ func (d *DHT) SetRelays(relays []pki.Identity) error {
 	return nil
 }
 
+// SetClient switches client mode on or off. A node behind a NAT that others
+// cannot dial directly should be a client (like libp2p's DHT client mode):
+// its requests carry no address and it refuses requests, so no node adds it
+// to its routing table and lookups never wait on it; it still looks up,
+// publishes and is found through its record, which keeps its addresses
+// and relays.
+func (d *DHT) SetClient(on bool) {
+	d.mu.Lock()
+	d.client = on
+	d.mu.Unlock()
+}
+
 // updateSelf runs f (which reports whether our record's content changed)
 // under d.mu, then asks for a republish if it did and we have published.
 func (d *DHT) updateSelf(f func() bool) {
@@ -190,11 +203,12 @@ func (d *DHT) updateSelf(f func() bool) {
 // ---- inbound ----
 
 // HandleRequest answers one inbound DHT request. from is the identity the
-// RPC layer authenticated (TLS), fromAddr the address the request came from
-// (may be invalid if unknown). It returns the encoded response, or an error
-// for garbage, which the RPC layer reports by resetting the stream. It never
+// RPC layer authenticated (TLS). The sender may enter our table only at the
+// addresses it states (after it answers us); one that states none is a
+// client (SetClient). It returns the encoded response, or an error for
+// garbage, which the RPC layer reports by resetting the stream. It never
 // blocks on the network.
-func (d *DHT) HandleRequest(from pki.Identity, fromAddr netip.AddrPort, req []byte) ([]byte, error) {
+func (d *DHT) HandleRequest(from pki.Identity, req []byte) ([]byte, error) {
 	m, err := decodeMessage(req)
 	if err != nil {
 		d.drop(dropMalformed)
@@ -212,15 +226,23 @@ func (d *DHT) HandleRequest(from pki.Identity, fromAddr netip.AddrPort, req []by
 		d.drop(dropNoPoW)
 		return appendMessage(nil, &message{Type: msgError, Code: codeRefused}), nil
 	}
-	sender := m.Sender
-	if len(sender.Addrs) == 0 && fromAddr.IsValid() {
-		sender.Addrs = []netip.AddrPort{fromAddr}
+	d.mu.Lock()
+	client := d.client
+	d.mu.Unlock()
+	if client {
+		// A client serves nobody: whoever asks must not take our answer
+		// as a sign that we can be routed to.
+		return appendMessage(nil, &message{Type: msgError, Code: codeRefused}), nil
 	}
+	sender := m.Sender
+	// A sender without addresses is a client (SetClient): answer it, but
+	// never route others to it.
+	client = len(sender.Addrs) == 0
 	now := time.Now()
 	senderID := IDOf(from)
 	d.mu.Lock()
 	d.stats.handled++
-	wanted := d.table.wants(senderID)
+	wanted := !client && d.table.wants(senderID)
 	var resp message
 	switch m.Type {
 	case msgPing:
@@ -323,6 +345,9 @@ func (d *DHT) request(ctx context.Context, c Contact, m *message, want msgType) 
 	}
 	d.mu.Lock()
 	m.Sender = d.selfLocked()
+	if d.client {
+		m.Sender.Addrs = nil
+	}
 	d.winSent++
 	d.stats.sent++
 	d.mu.Unlock()

@@ -14,8 +14,8 @@
 // # Wiring it into the node
 //
 //	d, err := dht.New(keypair, transport, ourAddrs, dht.Config{Logger: log})
-//	rpc.Handle(protoDHT, func(peer pki.Identity, remote netip.AddrPort, req []byte) ([]byte, error) {
-//		return d.HandleRequest(peer, remote, req)
+//	rpc.Handle(protoDHT, func(peer pki.Identity, req []byte) ([]byte, error) {
+//		return d.HandleRequest(peer, req)
 //	})
 //	d.Bootstrap(ctx, seedContacts) // ping seeds, self-lookup, fill buckets
 //	d.Publish(ctx)                 // our record at the k nodes nearest us; republished automatically

@@ -101,11 +101,7 @@ func (n *Node) markUnreachable(id pki.Identity) {
 // handleDHT answers a peer's DHT request.
 func (n *Node) handleDHT(_ context.Context, from pki.Identity, req []byte) ([]byte, error) {
 	n.touch(from)
-	var fromAddr netip.AddrPort
-	if pi, ok := n.sock.Path(from); ok {
-		fromAddr = pi.Direct
-	}
-	return n.dht.HandleRequest(from, fromAddr, req)
+	return n.dht.HandleRequest(from, req)
 }
 
 // dhtSeeds returns the connected peers as DHT contacts.
@@ -128,8 +124,12 @@ func (n *Node) dhtSeeds() []dht.Contact {
 // DHT republishes by itself afterwards.
 func (n *Node) dhtJoin() {
 	backoff := 500 * time.Millisecond
+	joinBy := time.Now().Add(natWaitForJoin)
 	for {
-		if seeds := n.dhtSeeds(); len(seeds) > 0 {
+		// Join after configure_nat (milliseconds when public, about
+		// dialBackWait behind NAT), so a node behind NAT joins as a client
+		// and never enters others' tables as a contact they cannot dial.
+		if seeds := n.dhtSeeds(); len(seeds) > 0 && (n.NAT().Checked || time.Now().After(joinBy)) {
 			ctx, cancel := context.WithTimeout(n.ctx, 30*time.Second)
 			err := n.dht.Bootstrap(ctx, seeds)
 			if err == nil {
@@ -143,14 +143,22 @@ func (n *Node) dhtJoin() {
 			}
 			n.cfg.Logger.Debug("DHT join failed", "err", err, "retry_in", backoff)
 		}
+		wait := backoff
+		if !n.NAT().Checked && time.Now().Before(joinBy) {
+			wait = 100 * time.Millisecond
+		} else {
+			backoff = min(2*backoff, 15*time.Second)
+		}
 		select {
 		case <-n.ctx.Done():
 			return
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
-		backoff = min(2*backoff, 15*time.Second)
 	}
 }
+
+// natWaitForJoin bounds how long the DHT join waits for configure_nat.
+const natWaitForJoin = 3 * time.Second
 
 // republishWhileGrowing stores our record again whenever the routing table
 // has grown by a quarter since the last publish (checked every 5 s): a node

@@ -348,6 +348,9 @@ func (n *Node) configureNAT(ctx context.Context) {
 		}
 		n.dht.SetAddrs(addrs[:min(len(addrs), 16)])
 		n.dht.SetRelays(relays)
+		// Behind NAT others cannot dial us: stay out of their routing
+		// tables (our record, with relays, is how we are found).
+		n.dht.SetClient(!public)
 	}
 }
 

@@ -56,6 +56,17 @@ func TestConfigureNATAndRelaySessions(t *testing.T) {
 		return err == nil && slices.Contains(rec.Relays, p.id)
 	})
 
+	// Behind NAT they joined the DHT as clients: the public node never
+	// routes lookups to them (they cannot be dialed directly).
+	snap, _ := p.DHTSnapshot()
+	for _, bk := range snap.Buckets {
+		for _, ct := range bk.Contacts {
+			if ct.Identity == a.id || ct.Identity == b.id {
+				t.Fatalf("a node behind NAT is in the public node's routing table: %s", ct.Identity.Short())
+			}
+		}
+	}
+
 	// a asks b's relay for a session: the relay opens it, b accepts (p is
 	// its relay) and both ends hold it as a path.
 	if got := a.setupRelays(ctx, b.id, []pki.Identity{p.id}); got != 1 {

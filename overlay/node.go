@@ -255,6 +255,11 @@ func New(cfg Config) (n *Node, err error) {
 			return nil, err
 		}
 		n.rpc.Handle(rpc.ProtoDHT, n.handleDHT)
+		if len(c.Bootstrap) > 0 {
+			// A DHT client until configure_nat finds us public (natLoop):
+			// nobody may route to us before we know they can.
+			n.dht.SetClient(true)
+		}
 		if n.cfg.Resolver == nil {
 			n.cfg.Resolver = n.resolveViaDHT
 		}

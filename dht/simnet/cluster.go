@@ -82,7 +82,9 @@ func (c *Cluster) newNode() (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	ep.SetHandler(d.HandleRequest)
+	ep.SetHandler(func(from pki.Identity, _ netip.AddrPort, req []byte) ([]byte, error) {
+		return d.HandleRequest(from, req)
+	})
 	n := &Node{KP: kp, DHT: d, EP: ep}
 	c.mu.Lock()
 	c.nodes = append(c.nodes, n)
