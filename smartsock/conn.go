@@ -402,7 +402,7 @@ func (c *Conn) setCurrentLocked(p *peer, pa *path) {
 // address to dial. Handshake packets go to every such address until one
 // answers; it does not replace a confirmed path.
 func (c *Conn) AddPeer(id pki.Identity, real netip.AddrPort) (*net.UDPAddr, error) {
-	real = netip.AddrPortFrom(real.Addr().Unmap(), real.Port())
+	real = unmap(real)
 	if !real.IsValid() || real.Port() == 0 {
 		return nil, errors.New("smartsock: invalid peer address " + real.String())
 	}
@@ -422,7 +422,7 @@ func (c *Conn) AddPeer(id pki.Identity, real netip.AddrPort) (*net.UDPAddr, erro
 // The session was set up over an authenticated connection with the relay
 // (relayID), so the mapping is not taken from the network.
 func (c *Conn) AddRelayPath(id, relayID pki.Identity, relayAddr netip.AddrPort, session [16]byte) *net.UDPAddr {
-	relayAddr = netip.AddrPortFrom(relayAddr.Addr().Unmap(), relayAddr.Port())
+	relayAddr = unmap(relayAddr)
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -462,7 +462,7 @@ func (c *Conn) AddRelayPath(id, relayID pki.Identity, relayAddr netip.AddrPort, 
 func (c *Conn) Confirm(id pki.Identity) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	p := c.byVirt[smartaddr.Virtual(id)]
+	p := c.peerLocked(id)
 	if p == nil {
 		return
 	}
@@ -484,7 +484,7 @@ func (c *Conn) Confirm(id pki.Identity) {
 func (c *Conn) SetPathKey(id pki.Identity, key [32]byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	p := c.byVirt[smartaddr.Virtual(id)]
+	p := c.peerLocked(id)
 	if p == nil {
 		return
 	}
@@ -509,7 +509,7 @@ func (c *Conn) SetPathKey(id pki.Identity, key [32]byte) {
 func (c *Conn) Forget(id pki.Identity) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	p := c.byVirt[smartaddr.Virtual(id)]
+	p := c.peerLocked(id)
 	if p == nil {
 		return
 	}
@@ -532,7 +532,7 @@ type PathInfo struct {
 func (c *Conn) Path(id pki.Identity) (PathInfo, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	p := c.byVirt[smartaddr.Virtual(id)]
+	p := c.peerLocked(id)
 	if p == nil {
 		return PathInfo{}, false
 	}
@@ -583,7 +583,7 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 				continue
 			}
 			real := ua.AddrPort()
-			real = netip.AddrPortFrom(real.Addr().Unmap(), real.Port())
+			real = unmap(real)
 			var pa *path
 			if IsRelay(b) {
 				c.stats.RxRelay.Add(1)
@@ -878,6 +878,16 @@ func (c *Conn) ReadMsgUDP(b, oob []byte) (n, oobn, flags int, addr *net.UDPAddr,
 
 // ---- send ----------------------------------------------------------------
 
+// peerLocked returns id's entry, or nil. c.mu must be held.
+func (c *Conn) peerLocked(id pki.Identity) *peer { return c.byVirt[smartaddr.Virtual(id)] }
+
+// unmap turns an IPv4-mapped IPv6 address into plain IPv4: the path table
+// keys on one form.
+func unmap(a netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(a.Addr().Unmap(), a.Port()) }
+
+// dest returns where a write on pa goes.
+func (pa *path) dest() dest { return dest{pa.addr, pa.relay, pa.session} }
+
 // dest is where one write goes.
 type dest struct {
 	addr    netip.AddrPort
@@ -906,7 +916,7 @@ func (c *Conn) route(a netip.AddrPort, longHeader bool, ds *[maxDests]dest) (int
 			n := 0
 			for _, pa := range p.paths {
 				if (pa.dialed || pa == p.handshake || pa == p.current) && n < maxDests {
-					ds[n] = dest{pa.addr, pa.relay, pa.session}
+					ds[n] = pa.dest()
 					n++
 				}
 			}
@@ -916,12 +926,12 @@ func (c *Conn) route(a netip.AddrPort, longHeader bool, ds *[maxDests]dest) (int
 		}
 		if pa := p.handshake; pa != nil {
 			// Answer a handshake where it came from (a restarted peer).
-			ds[0] = dest{pa.addr, pa.relay, pa.session}
+			ds[0] = pa.dest()
 			return 1, p
 		}
 	}
 	if pa := p.current; pa != nil {
-		ds[0] = dest{pa.addr, pa.relay, pa.session}
+		ds[0] = pa.dest()
 		return 1, p
 	}
 	return 0, p

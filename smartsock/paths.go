@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/korium/korium-tun/pki"
-	"github.com/korium/korium-tun/smartaddr"
 )
 
 // Probe timing, from the reference (every 5 s, stale after 30 s or 3 missed
@@ -117,7 +116,7 @@ func (c *Conn) probeTick(now time.Time, out []outProbe) []outProbe {
 				continue
 			}
 			pa.lastProbe = now
-			out = append(out, outProbe{d: dest{pa.addr, pa.relay, pa.session}})
+			out = append(out, outProbe{d: pa.dest()})
 			op := &out[len(out)-1]
 			c.newRequestLocked(p, pa, now, op.pkt[:0])
 		}
@@ -188,7 +187,7 @@ func (c *Conn) sendProbe(d dest, pkt []byte) {
 // a direct source not known yet becomes a new unproven path of the peer
 // (peer-reflexive: its NAT mapping toward us) if create is set.
 func (c *Conn) probePeerLocked(from pki.Identity, src netip.AddrPort, via *path, create bool, now time.Time) (*peer, *path) {
-	p := c.byVirt[smartaddr.Virtual(from)]
+	p := c.peerLocked(from)
 	if p == nil || p.key == nil {
 		return nil, nil
 	}
@@ -221,7 +220,7 @@ func (c *Conn) handleRequest(pr *Probe, src netip.AddrPort, via *path, now time.
 		return
 	}
 	c.mu.Lock()
-	p := c.byVirt[smartaddr.Virtual(pr.From)]
+	p := c.peerLocked(pr.From)
 	if p == nil || p.key == nil || !pr.CheckMAC(p.key, c.self) {
 		c.mu.Unlock()
 		c.stats.DropProbeMAC.Add(1)
@@ -245,11 +244,11 @@ func (c *Conn) handleRequest(pr *Probe, src netip.AddrPort, via *path, now time.
 	triggered := false
 	if !pa.validated && pa.probeTx == 0 {
 		triggered = true
-		trig.d = dest{pa.addr, pa.relay, pa.session}
+		trig.d = pa.dest()
 		c.newRequestLocked(p, pa, now, trig.pkt[:0])
 		pa.lastProbe = now
 	}
-	d := dest{pa.addr, pa.relay, pa.session}
+	d := pa.dest()
 	c.mu.Unlock()
 	var buf [ReplySize]byte
 	c.sendProbe(d, AppendProbe(buf[:0], &reply))
@@ -325,7 +324,7 @@ func (c *Conn) Paths(id pki.Identity) ([]PathStatus, uint64) {
 	now := time.Now()
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	p := c.byVirt[smartaddr.Virtual(id)]
+	p := c.peerLocked(id)
 	if p == nil {
 		return nil, 0
 	}
@@ -359,13 +358,13 @@ func (c *Conn) Punch(id pki.Identity, addrs []netip.AddrPort) int {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	p := c.byVirt[smartaddr.Virtual(id)]
+	p := c.peerLocked(id)
 	if p == nil || p.key == nil || now.Before(p.punchUntil) {
 		return 0
 	}
 	n := 0
 	for _, a := range addrs {
-		a = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+		a = unmap(a)
 		if !a.IsValid() || a.Port() == 0 || a.Addr().IsUnspecified() || n == maxRealPerPeer {
 			continue
 		}
@@ -393,7 +392,7 @@ var ErrNoPath = errors.New("smartsock: no connected path to that peer")
 func (c *Conn) Ping(ctx context.Context, id pki.Identity) (PingResult, error) {
 	now := time.Now()
 	c.mu.Lock()
-	p := c.byVirt[smartaddr.Virtual(id)]
+	p := c.peerLocked(id)
 	if p == nil || p.key == nil || p.current == nil {
 		c.mu.Unlock()
 		return PingResult{}, ErrNoPath
@@ -404,7 +403,7 @@ func (c *Conn) Ping(ctx context.Context, id pki.Identity) (PingResult, error) {
 	}
 	pa := p.current
 	var op outProbe
-	op.d = dest{pa.addr, pa.relay, pa.session}
+	op.d = pa.dest()
 	tx := c.newRequestLocked(p, pa, now, op.pkt[:0])
 	w := make(chan PingResult, 1)
 	c.waiters[tx] = w
