@@ -123,11 +123,10 @@ type peer struct {
 	virtUDP *net.UDPAddr // handed to quic-go; never mutated
 
 	// Guarded by Conn.mu.
-	paths       []*path // every path: direct addresses and relay sessions
-	current     *path   // where packets for this peer go; nil: none yet
-	handshake   *path   // where the newest long-header packet came from
-	lastHelloTS int64   // newest hello timestamp accepted
-	lastHelloTx time.Time
+	paths       []*path   // every path: direct addresses and relay sessions
+	current     *path     // where packets for this peer go; nil: none yet
+	handshake   *path     // where the newest long-header packet came from
+	lastHelloTS int64     // newest hello timestamp accepted
 	key         *[32]byte // probe MAC key from the QUIC session; nil: not connected
 	punchUntil  time.Time // probe unvalidated paths fast until then
 	switches    uint64
@@ -156,6 +155,7 @@ type path struct {
 	probeTx   uint64    // outstanding probe, 0: none
 	probeAt   time.Time // when it was sent
 	lastProbe time.Time // zero: probe at the next tick
+	lastHello time.Time // when we last announced ourselves on it
 	added     time.Time
 
 	lastRecv atomic.Int64 // unix ns of the last packet that arrived on it
@@ -990,15 +990,16 @@ func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
 }
 
 // maybeSendHello announces us on dst before a handshake packet, at most
-// every 100 ms per peer, so the peer's smartsock maps dst to our identity.
+// every 100 ms per path, so the peer's smartsock maps dst to our identity.
 func (c *Conn) maybeSendHello(p *peer, dst netip.AddrPort) {
 	now := time.Now()
 	c.mu.Lock()
-	if now.Sub(p.lastHelloTx) < 100*time.Millisecond && len(p.paths) <= 1 {
+	pa := c.byReal[dst]
+	if pa == nil || pa.peer != p || now.Sub(pa.lastHello) < 100*time.Millisecond {
 		c.mu.Unlock()
 		return
 	}
-	p.lastHelloTx = now
+	pa.lastHello = now
 	c.mu.Unlock()
 	h := NewHello(c.cfg.Keypair, p.id, c.txID.Add(1), now.UnixNano())
 	var buf [HelloSize]byte
