@@ -740,10 +740,17 @@ func (c *Conn) handleProbe(b []byte, src netip.AddrPort, pa *path, now time.Time
 			c.stats.DropBadProbe.Add(1)
 			return
 		}
-		c.mu.Lock()
+		c.mu.RLock() // anyone can send these: no write lock unless it is ours
 		ch := c.dialBack[h.TxID]
-		delete(c.dialBack, h.TxID)
-		c.mu.Unlock()
+		c.mu.RUnlock()
+		if ch != nil {
+			c.mu.Lock()
+			if c.dialBack[h.TxID] != ch {
+				ch = nil // another copy got there first
+			}
+			delete(c.dialBack, h.TxID)
+			c.mu.Unlock()
+		}
 		if ch != nil {
 			c.stats.RxDialBack.Add(1)
 			close(ch)

@@ -258,16 +258,27 @@ func (c *Conn) handleRequest(pr *Probe, src netip.AddrPort, via *path, now time.
 }
 
 func (c *Conn) handleReply(pr *Probe, src netip.AddrPort, via *path, now time.Time) {
-	c.mu.Lock()
+	// Anyone can send replies: check them under the read lock, so a
+	// flood never takes the write lock the data path waits on.
+	c.mu.RLock()
 	p, pa := c.probePeerLocked(pr.From, src, via, false, now)
-	if pa == nil || pa.probeTx == 0 || pa.probeTx != pr.TxID {
-		c.mu.Unlock()
+	var key *[32]byte
+	if pa != nil && pa.probeTx != 0 && pa.probeTx == pr.TxID {
+		key = p.key
+	}
+	c.mu.RUnlock()
+	if key == nil {
 		c.stats.DropBadProbe.Add(1) // late, duplicate, or not ours
 		return
 	}
-	if !pr.CheckMAC(p.key, c.self) {
-		c.mu.Unlock()
+	if !pr.CheckMAC(key, c.self) {
 		c.stats.DropProbeMAC.Add(1)
+		return
+	}
+	c.mu.Lock()
+	if pa.probeTx != pr.TxID || p.key != key || c.byVirt[p.virt] != p {
+		c.mu.Unlock() // answered, re-keyed or evicted meanwhile
+		c.stats.DropBadProbe.Add(1)
 		return
 	}
 	c.stats.RxProbeReply.Add(1)
