@@ -441,11 +441,20 @@ func (n *Node) SmartConnect(ctx context.Context, id pki.Identity, addrs []netip.
 		return fmt.Errorf("%w: %s: no address", ErrUnreachable, id.Short())
 	}
 	var first netip.AddrPort
-	if len(addrs) > 0 {
-		first = addrs[0]
-	}
+	var addErr error
+	usable := 0
 	for _, a := range addrs[:min(len(addrs), maxDialAddrs)] {
-		n.sock.AddPeer(id, a)
+		if _, err := n.sock.AddPeer(id, a); err != nil {
+			addErr = err
+			continue
+		}
+		if usable == 0 {
+			first = a
+		}
+		usable++
+	}
+	if usable == 0 && len(relays) == 0 {
+		return fmt.Errorf("%w: %s: %v", ErrUnreachable, id.Short(), addErr)
 	}
 	if len(relays) > 0 {
 		// Before joining a dial that may be in flight: its handshake

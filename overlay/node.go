@@ -447,28 +447,13 @@ func (n *Node) AddPeer(c Contact) {
 
 // Connect dials c once and returns when the connection is up (or an
 // existing one is), or the dial failed. If c names relays, sessions through
-// them race the direct address.
+// them race the direct address (see SmartConnect).
 func (n *Node) Connect(ctx context.Context, c Contact) error {
-	if c.Identity == n.id {
-		return errors.New("overlay: cannot connect to ourselves")
+	var addrs []netip.AddrPort
+	if c.Addr.IsValid() {
+		addrs = append(addrs, c.Addr)
 	}
-	if n.peer(c.Identity) != nil {
-		return nil
-	}
-	return n.dialOnce(ctx, c.Identity, func() error {
-		if n.peer(c.Identity) != nil {
-			return nil
-		}
-		if c.Addr.IsValid() {
-			if _, err := n.sock.AddPeer(c.Identity, c.Addr); err != nil {
-				return err
-			}
-		}
-		if len(c.Relays) > 0 {
-			n.setupRelays(ctx, c.Identity, c.Relays)
-		}
-		return n.dial(ctx, c.Identity, c.Addr)
-	})
+	return n.SmartConnect(ctx, c.Identity, addrs, c.Relays)
 }
 
 // dialCall is one dial in progress; others wanting the same peer wait.
