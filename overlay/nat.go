@@ -135,11 +135,7 @@ type relayCaller struct{ n *Node }
 
 // CallRelay implements client.Caller.
 func (c relayCaller) CallRelay(ctx context.Context, to pki.Identity, req []byte) ([]byte, error) {
-	p := c.n.peer(to)
-	if p == nil {
-		return nil, fmt.Errorf("%w: not connected to %s", ErrUnreachable, to.Short())
-	}
-	return rpc.Call(ctx, p.conn, rpc.ProtoRelay, req)
+	return c.n.callConnected(ctx, to, rpc.ProtoRelay, req)
 }
 
 // handleRelay answers rpc.ProtoRelay requests.

@@ -21,12 +21,7 @@ type gossipSender struct{ n *Node }
 
 // Send implements gossipsub.Sender.
 func (s gossipSender) Send(ctx context.Context, to pki.Identity, data []byte) error {
-	p := s.n.peer(to)
-	if p == nil {
-		return &rpc.Error{Kind: ErrUnreachable, Detail: "no connection to " + to.Short()}
-	}
-	p.lastUsed.Store(s.n.clock.Load())
-	_, err := rpc.Call(ctx, p.conn, rpc.ProtoGossip, data)
+	_, err := s.n.callConnected(ctx, to, rpc.ProtoGossip, data)
 	return err
 }
 

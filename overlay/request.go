@@ -113,14 +113,20 @@ func (n *Node) Send(ctx context.Context, to pki.Identity, req []byte) ([]byte, e
 // is Send for internal protocols (DHT, gossip, relay). With no connection,
 // the peer's contact record is resolved through the DHT and dialed.
 func (n *Node) Call(ctx context.Context, to pki.Identity, proto byte, req []byte) ([]byte, error) {
-	p := n.peer(to)
-	if p == nil && n.dht != nil && to != n.id {
-		if err := n.ConnectIdentity(ctx, to); err == nil {
-			p = n.peer(to)
+	if n.peer(to) == nil && n.dht != nil && to != n.id {
+		if err := n.ConnectIdentity(ctx, to); err != nil {
+			return nil, &rpc.Error{Kind: ErrUnreachable, Detail: "no connection to " + to.Short() + " and no reachable contact record", Cause: err}
 		}
 	}
+	return n.callConnected(ctx, to, proto, req)
+}
+
+// callConnected sends a request on the existing connection to to, without
+// dialing (gossip and relay traffic go only to connected peers).
+func (n *Node) callConnected(ctx context.Context, to pki.Identity, proto byte, req []byte) ([]byte, error) {
+	p := n.peer(to)
 	if p == nil {
-		return nil, &rpc.Error{Kind: ErrUnreachable, Detail: "no connection to " + to.Short() + " and no reachable contact record"}
+		return nil, &rpc.Error{Kind: ErrUnreachable, Detail: "no connection to " + to.Short()}
 	}
 	p.lastUsed.Store(n.clock.Load())
 	return rpc.Call(ctx, p.conn, proto, req)
