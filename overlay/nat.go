@@ -163,7 +163,7 @@ func (n *Node) handleRelay(ctx context.Context, from pki.Identity, req []byte) (
 		case n.dialBacks <- struct{}{}: // bounded: each holds a socket for 300 ms
 			n.goLoop(func() { defer func() { <-n.dialBacks }(); n.dialBack(addr, nonce) })
 		default:
-			n.stats.RelayRefused.Add(1)
+			n.stats.DialBackBusy.Add(1)
 		}
 		return relay.AppendObserveResp(nil, relay.ObserveResp{Addr: addr, Flags: flags})
 	case relay.MsgConnect:
@@ -191,11 +191,30 @@ func (n *Node) handleRelay(ctx context.Context, from pki.Identity, req []byte) (
 		if err != nil {
 			return nil, err
 		}
-		n.sock.Punch(from, theirs)
+		n.sock.Punch(from, n.punchable(theirs))
 		n.stats.Punches.Add(1)
 		return relay.AppendPunch(nil, n.candidateAddrs())
 	}
 	return nil, rpc.RefuseError(fmt.Sprintf("unknown relay message %d", t))
+}
+
+// punchable keeps the candidates a peer sent that we may probe: never
+// loopback or link-local addresses (a peer must not make us send packets
+// to services on our own host or link) unless we ourselves listen on
+// loopback, as tests on one host do. relay.ParsePunch already refused
+// unspecified, multicast and zero-port ones.
+func (n *Node) punchable(addrs []netip.AddrPort) []netip.AddrPort {
+	local := n.LocalAddr().Addr().IsLoopback()
+	out := addrs[:0]
+	for _, a := range addrs {
+		ip := a.Addr()
+		if (ip.IsLoopback() && !local) || ip.IsLinkLocalUnicast() {
+			n.stats.PunchRefused.Add(1)
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
 }
 
 // dialBack sends nonce to addr from a fresh socket (not our QUIC one), so
@@ -483,7 +502,7 @@ func (n *Node) punch(p *peer) {
 		return
 	}
 	n.stats.Punches.Add(1)
-	n.sock.Punch(p.id, theirs)
+	n.sock.Punch(p.id, n.punchable(theirs))
 }
 
 // punchLoop punches relayed peers we dialed right after connecting, and

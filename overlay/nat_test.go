@@ -103,3 +103,26 @@ func TestConfigureNATAndRelaySessions(t *testing.T) {
 		t.Fatalf("c kept a session b refused: %+v", st)
 	}
 }
+
+// A peer's punch candidates never make us probe our own host or link,
+// unless we listen on loopback ourselves (one-host tests).
+func TestPunchCandidatesFromPeerFiltered(t *testing.T) {
+	public := newTestNode(t, nil, "[::]:0")
+	local := newTestNode(t, nil, "127.0.0.1:0")
+	mk := func() []netip.AddrPort {
+		return []netip.AddrPort{
+			netip.MustParseAddrPort("127.0.0.1:22"),
+			netip.MustParseAddrPort("[fe80::1]:7400"),
+			netip.MustParseAddrPort("198.18.3.1:7400"),
+		}
+	}
+	if got := public.punchable(mk()); len(got) != 1 || got[0].String() != "198.18.3.1:7400" {
+		t.Fatalf("a node on [::] kept %v", got)
+	}
+	if public.stats.PunchRefused.Load() != 2 {
+		t.Fatalf("refused %d, want 2", public.stats.PunchRefused.Load())
+	}
+	if got := local.punchable(mk()); len(got) != 2 || got[0].String() != "127.0.0.1:22" {
+		t.Fatalf("a node on loopback kept %v", got)
+	}
+}

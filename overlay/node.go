@@ -144,7 +144,7 @@ type Counters struct {
 	PeersIdleEvicted                                         atomic.Uint64
 	ResolveOK, ResolveFailed, TxResolveFailed, ResolveBusy   atomic.Uint64
 	AppNoHandler, AppQueueFull                               atomic.Uint64
-	RelayRefused, Punches                                    atomic.Uint64
+	RelayRefused, Punches, PunchRefused, DialBackBusy        atomic.Uint64
 }
 
 // netStack is what the netstack device offers Go programs.

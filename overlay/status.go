@@ -113,6 +113,8 @@ func (n *Node) Status() Status {
 		"app_no_handler":    c.AppNoHandler.Load(),
 		"app_queue_full":    c.AppQueueFull.Load(),
 		"relay_refused":     c.RelayRefused.Load(),
+		"punch_refused":     c.PunchRefused.Load(),
+		"dialback_busy":     c.DialBackBusy.Load(),
 	}
 	s.Counters = map[string]uint64{
 		"pending_delivered":  c.PendingDelivered.Load(),
