@@ -132,7 +132,8 @@ type peer struct {
 	switches    uint64
 
 	lastRecv atomic.Int64 // unix ns of the last packet from current
-	lastSent atomic.Int64 // unix ns of the last packet quic-go sent (coarse)
+	sent     atomic.Bool  // quic-go wrote to this peer since the last probe tick
+	lastSent int64        // unix ns of the last tick that saw a write; guarded by Conn.mu
 }
 
 func (p *peer) confirmed() bool { return p.current != nil && p.current.validated }
@@ -957,8 +958,8 @@ func (c *Conn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err e
 		c.stats.DropNoPath.Add(1)
 		return len(b), len(oob), nil // like a lost packet; quic-go recovers
 	}
-	if ns := time.Now().UnixNano(); ns-p.lastSent.Load() > int64(50*time.Millisecond) {
-		p.lastSent.Store(ns) // coarse: one store per 50 ms keeps the cache line quiet
+	if !p.sent.Load() {
+		p.sent.Store(true) // the probe tick turns it into lastSent; a load is all a busy peer costs
 	}
 	var firstErr error
 	for _, d := range ds[:nd] {

@@ -43,7 +43,7 @@ func (c *Conn) aliveLocked(pa *path, now time.Time) bool {
 // shortly before. An idle peer is not quiet.
 func quiet(p *peer, pa *path, now int64) bool {
 	silent := now - pa.lastRecv.Load()
-	return silent > int64(QuietAfter) && (now-p.lastSent.Load() < int64(time.Second) || silent < int64(3*time.Second))
+	return silent > int64(QuietAfter) && (now-p.lastSent < int64(time.Second) || silent < int64(3*time.Second))
 }
 
 // probeTimeout is how long a probe on pa may go unanswered: a few RTTs,
@@ -97,6 +97,10 @@ func (c *Conn) probeTick(now time.Time, out []outProbe) []outProbe {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, p := range c.byVirt {
+		if p.sent.Load() {
+			p.sent.Store(false)
+			p.lastSent = now.UnixNano()
+		}
 		if p.key == nil {
 			continue
 		}
