@@ -74,12 +74,8 @@ func chat(c *cli.Context, stdin io.Reader, stdout, stderr io.Writer) error {
 	} else if kp, err = generate(ctx, stderr, bits); err != nil {
 		return err
 	}
-	powBits := bits
-	if powBits == 0 {
-		powBits = -1 // overlay: negative means none
-	}
 	node, err := overlay.New(overlay.Config{
-		Keypair: kp, PoWBits: powBits, Listen: c.String("listen"), Bootstrap: boot,
+		Keypair: kp, PoWBits: overlayPoW(bits), Listen: c.String("listen"), Bootstrap: boot,
 		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
 	})
 	if err != nil {

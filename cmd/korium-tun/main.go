@@ -202,6 +202,15 @@ func checkPoWFlag(bits int) error {
 	return nil
 }
 
+// overlayPoW turns the --pow-bits value into overlay.Config.PoWBits, where
+// 0 means "the default" and a negative value means none.
+func overlayPoW(bits int) int {
+	if bits == 0 {
+		return -1
+	}
+	return bits
+}
+
 func generate(ctx context.Context, stderr io.Writer, bits int) (*pki.Keypair, error) {
 	if bits >= 20 {
 		fmt.Fprintf(stderr, "generating an identity with %d bits of proof of work (a few seconds)...\n", bits)
@@ -296,7 +305,7 @@ func up(c *cli.Context, stdout, stderr io.Writer) error {
 		return err
 	}
 	node, err := overlay.New(overlay.Config{
-		Keypair: kp, PoWBits: bits, Conn: udp, Device: dev, MTU: mtu, Bootstrap: boot, Logger: log,
+		Keypair: kp, PoWBits: overlayPoW(bits), Conn: udp, Device: dev, MTU: mtu, Bootstrap: boot, Logger: log,
 		NoRelay: !c.Bool("relay"),
 	})
 	if err != nil {
