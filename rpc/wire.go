@@ -87,16 +87,19 @@ func expectEOF(r io.Reader) error {
 // AppendRequest appends a request frame: protocol ID, uvarint length,
 // payload.
 func AppendRequest(b []byte, proto byte, payload []byte) []byte {
-	b = append(b, proto)
-	b = binary.AppendUvarint(b, uint64(len(payload)))
-	return append(b, payload...)
+	return append(appendHeader(b, proto, len(payload)), payload...)
 }
 
 // AppendResponse appends a response frame: status, uvarint length, payload.
 func AppendResponse(b []byte, st Status, payload []byte) []byte {
-	b = append(b, byte(st))
-	b = binary.AppendUvarint(b, uint64(len(payload)))
-	return append(b, payload...)
+	return append(appendHeader(b, byte(st), len(payload)), payload...)
+}
+
+// appendHeader appends what precedes an n-byte payload: the protocol ID or
+// status, then the uvarint length. Call and the server write it apart from
+// the payload, so a 1 MiB payload is not copied into a frame buffer.
+func appendHeader(b []byte, first byte, n int) []byte {
+	return binary.AppendUvarint(append(b, first), uint64(n))
 }
 
 // ReadRequest reads one request frame from r. It returns errUnknownProto
