@@ -47,17 +47,27 @@ func main() {
 	boot := fs.String("bootstrap", "", "check: the server's IDENTITY@HOST:PORT")
 	pow := fs.Int("pow", 8, "proof-of-work bits")
 	fs.Parse(os.Args[2:])
+	switch {
+	case os.Args[1] == "serve" && *contact == "":
+		fail("serve needs -contact FILE")
+	case os.Args[1] == "check" && *boot == "":
+		fail("check needs -bootstrap IDENTITY@HOST:PORT")
+	}
 	kp, err := pki.GenerateKeypair(context.Background(), *pow)
 	if err != nil {
 		fail(err.Error())
 	}
-	cfg := overlay.Config{Keypair: kp, PoWBits: *pow, Listen: *listen}
+	powBits := *pow
+	if powBits == 0 {
+		powBits = -1 // overlay.Config: 0 is the default (24), negative is none
+	}
+	cfg := overlay.Config{Keypair: kp, PoWBits: powBits, Listen: *listen}
+	var server overlay.Contact
 	if *boot != "" {
-		c, err := overlay.ParseContact(*boot)
-		if err != nil {
+		if server, err = overlay.ParseContact(*boot); err != nil {
 			fail(err.Error())
 		}
-		cfg.Bootstrap = []overlay.Contact{c}
+		cfg.Bootstrap = []overlay.Contact{server}
 	}
 	n, err := overlay.New(cfg)
 	if err != nil {
@@ -68,8 +78,7 @@ func main() {
 	case "serve":
 		serve(n, *contact, *listen)
 	case "check":
-		c, _ := overlay.ParseContact(*boot)
-		if err := check(n, c.Identity); err != nil {
+		if err := check(n, server.Identity); err != nil {
 			n.Close()
 			fail(err.Error())
 		}
