@@ -25,6 +25,10 @@ const DefaultPath = "/run/korium-tun/control.sock"
 // maxRequest bounds a request line.
 const maxRequest = 64 << 10
 
+// maxResponse bounds what a client reads for one response: Call's whole
+// answer, and each line of a Stream.
+const maxResponse = 64 << 20
+
 // Request is one command.
 type Request struct {
 	Cmd  string          `json:"cmd"`
@@ -192,16 +196,11 @@ func Stream(ctx context.Context, path, cmd string, args any, f func(json.RawMess
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.Close() }) // unblocks Decode
 	defer stop()
-	dec := json.NewDecoder(bufio.NewReader(c))
-	for {
+	sc := bufio.NewScanner(c) // one response per line, each bounded
+	sc.Buffer(nil, maxResponse)
+	for sc.Scan() {
 		var resp Response
-		if err := dec.Decode(&resp); err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
+		if err := json.Unmarshal(sc.Bytes(), &resp); err != nil {
 			return fmt.Errorf("reading control stream: %v", err)
 		}
 		if resp.Error != "" {
@@ -211,6 +210,13 @@ func Stream(ctx context.Context, path, cmd string, args any, f func(json.RawMess
 			return err
 		}
 	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("reading control stream: %v", err)
+	}
+	return nil
 }
 
 // send dials the node at path and writes one request.
@@ -261,7 +267,7 @@ func Call(ctx context.Context, path, cmd string, args, out any) error {
 		c.SetDeadline(dl)
 	}
 	var resp Response
-	if err := json.NewDecoder(io.LimitReader(c, 64<<20)).Decode(&resp); err != nil {
+	if err := json.NewDecoder(io.LimitReader(c, maxResponse)).Decode(&resp); err != nil {
 		return fmt.Errorf("reading control response: %v", err)
 	}
 	if resp.Error != "" {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 )
 
 // Key file format (text, one field per line, nothing else):
@@ -73,7 +74,9 @@ func DecodeKeyFile(data []byte) (*Keypair, error) {
 // read or write, one that is not a regular file, and a truncated or malformed
 // one; every error names the file and says what to do.
 func LoadKeyFile(path string) (*Keypair, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: opening a FIFO must not wait for a writer before the
+	// regular-file check below refuses it. Regular files ignore the flag.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("key file %s does not exist: create one with `korium-tun keygen --key %s`", path, path)

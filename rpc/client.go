@@ -2,7 +2,6 @@ package rpc
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -47,7 +46,7 @@ func Call(ctx context.Context, conn *quic.Conn, proto byte, req []byte) ([]byte,
 	})
 	defer stop()
 
-	hdr := binary.AppendUvarint([]byte{proto}, uint64(len(req)))
+	hdr := appendHeader(nil, proto, len(req))
 	_, werr := str.Write(hdr)
 	if werr == nil {
 		_, werr = str.Write(req)

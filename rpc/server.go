@@ -2,7 +2,6 @@ package rpc
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -272,10 +271,7 @@ func (s *Server) serveStream(ctx context.Context, str *quic.Stream, from pki.Ide
 // reply writes one response and closes the stream's send side.
 func (s *Server) reply(str *quic.Stream, st Status, payload []byte) bool {
 	str.SetWriteDeadline(time.Now().Add(s.cfg.StreamTimeout))
-	// Header and payload are written separately so a 1 MiB answer is not
-	// copied into a frame buffer.
-	hdr := binary.AppendUvarint([]byte{byte(st)}, uint64(len(payload)))
-	if _, err := str.Write(hdr); err == nil {
+	if _, err := str.Write(appendHeader(nil, byte(st), len(payload))); err == nil {
 		_, err = str.Write(payload)
 		if err == nil {
 			str.Close()

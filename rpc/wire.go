@@ -1,7 +1,6 @@
 package rpc
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -88,16 +87,19 @@ func expectEOF(r io.Reader) error {
 // AppendRequest appends a request frame: protocol ID, uvarint length,
 // payload.
 func AppendRequest(b []byte, proto byte, payload []byte) []byte {
-	b = append(b, proto)
-	b = binary.AppendUvarint(b, uint64(len(payload)))
-	return append(b, payload...)
+	return append(appendHeader(b, proto, len(payload)), payload...)
 }
 
 // AppendResponse appends a response frame: status, uvarint length, payload.
 func AppendResponse(b []byte, st Status, payload []byte) []byte {
-	b = append(b, byte(st))
-	b = binary.AppendUvarint(b, uint64(len(payload)))
-	return append(b, payload...)
+	return append(appendHeader(b, byte(st), len(payload)), payload...)
+}
+
+// appendHeader appends what precedes an n-byte payload: the protocol ID or
+// status, then the uvarint length. Call and the server write it apart from
+// the payload, so a 1 MiB payload is not copied into a frame buffer.
+func appendHeader(b []byte, first byte, n int) []byte {
+	return binary.AppendUvarint(append(b, first), uint64(n))
 }
 
 // ReadRequest reads one request frame from r. It returns errUnknownProto
@@ -135,29 +137,33 @@ func ReadResponse(r io.Reader, max int) (st Status, payload []byte, err error) {
 }
 
 // readPayload reads a uvarint length and that many bytes. The buffer
-// grows with the bytes that actually arrive, so a peer that announces
-// 1 MiB and sends nothing costs us nothing.
+// starts at 64 KiB and doubles as bytes actually arrive, never past n, so a
+// peer that announces 1 MiB and sends nothing costs us little, and a full
+// 1 MiB payload is held in exactly 1 MiB.
 func readPayload(r io.Reader, max int) ([]byte, error) {
-	n, err := readUvarint(r)
+	n64, err := readUvarint(r)
 	if err != nil {
 		return nil, err
 	}
-	if n > uint64(max) {
+	if n64 > uint64(max) {
 		return nil, errFrameTooLarge
 	}
-	if n == 0 {
-		return []byte{}, nil
+	n := int(n64)
+	buf := make([]byte, 0, min(n, 64<<10))
+	for len(buf) < n {
+		if len(buf) == cap(buf) {
+			buf = append(make([]byte, 0, min(n, 2*cap(buf))), buf...)
+		}
+		got, err := io.ReadFull(r, buf[len(buf):min(cap(buf), n)])
+		buf = buf[:len(buf)+got]
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
 	}
-	var buf bytes.Buffer
-	buf.Grow(int(min(n, 64<<10)))
-	got, err := buf.ReadFrom(io.LimitReader(r, int64(n)))
-	if err != nil {
-		return nil, err
-	}
-	if uint64(got) != n {
-		return nil, io.ErrUnexpectedEOF
-	}
-	return buf.Bytes(), nil
+	return buf, nil
 }
 
 // readUvarint reads a uvarint one byte at a time, so nothing past the

@@ -81,6 +81,26 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// A full payload is held in a buffer of its own size, allocated about once
+// over (64 KiB doubling up to it), not in a 2 MiB buffer grown past it.
+func TestPayloadBufferFitsThePayload(t *testing.T) {
+	in := AppendRequest(nil, ProtoApp, make([]byte, MaxMessageSize))
+	_, p, err := ReadRequest(bytes.NewReader(in), MaxMessageSize)
+	if err != nil || len(p) != MaxMessageSize {
+		t.Fatalf("len %d, %v", len(p), err)
+	}
+	if cap(p) != MaxMessageSize {
+		t.Fatalf("1 MiB payload kept in a buffer of %d bytes", cap(p))
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	ReadRequest(bytes.NewReader(in), MaxMessageSize)
+	runtime.ReadMemStats(&after)
+	if d := after.TotalAlloc - before.TotalAlloc; d > 2*MaxMessageSize+64<<10 {
+		t.Fatalf("reading a 1 MiB payload allocated %d bytes", d)
+	}
+}
+
 func TestTooLargeReadsOnlyThePrefix(t *testing.T) {
 	in := AppendRequest(nil, ProtoApp, make([]byte, MaxMessageSize+1))
 	cr := &countingReader{r: bytes.NewReader(in)}

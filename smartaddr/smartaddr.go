@@ -22,8 +22,6 @@ const HashBits = 96
 // VirtualPort is the UDP port of every virtual address quic-go sees.
 const VirtualPort = 1
 
-var prefixBytes = [4]byte{0xfd, 0x00, 0xc0, 0xf1}
-
 // FromIdentity returns the SmartAddr of id.
 func FromIdentity(id pki.Identity) netip.Addr {
 	h := id.Hash()
@@ -34,20 +32,14 @@ func FromIdentity(id pki.Identity) netip.Addr {
 func FromHash(h [32]byte) netip.Addr { return fromHash(&h) }
 
 func fromHash(h *[32]byte) netip.Addr {
-	var a [16]byte
-	copy(a[:4], prefixBytes[:])
+	a := Prefix.Addr().As16()
 	copy(a[4:], h[:HashBits/8])
 	return netip.AddrFrom16(a)
 }
 
-// IsOverlay reports whether a is inside fd00:c0f1::/32.
-func IsOverlay(a netip.Addr) bool {
-	if !a.Is6() || a.Is4In6() {
-		return false
-	}
-	b := a.As16()
-	return b[0] == prefixBytes[0] && b[1] == prefixBytes[1] && b[2] == prefixBytes[2] && b[3] == prefixBytes[3]
-}
+// IsOverlay reports whether a is inside fd00:c0f1::/32 (a zone, which
+// Prefix.Contains would refuse, is ignored: callers that care check it).
+func IsOverlay(a netip.Addr) bool { return Prefix.Contains(a.WithZone("")) }
 
 // Owns reports whether a is id's SmartAddr.
 func Owns(id pki.Identity, a netip.Addr) bool { return FromIdentity(id) == a }

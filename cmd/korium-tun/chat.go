@@ -51,8 +51,8 @@ func chat(c *cli.Context, stdin io.Reader, stdout, stderr io.Writer) error {
 		return err
 	}
 	room := c.String("room")
-	if room == "" || len(room) > 128 || strings.ContainsFunc(room, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }) {
-		return fmt.Errorf("--room %q: want 1-128 printable characters without spaces", room)
+	if err := checkRoom(room); err != nil {
+		return fmt.Errorf("--room %v", err)
 	}
 	if path := c.String("control"); path != "" {
 		if c.IsSet("key") || c.IsSet("bootstrap") || c.IsSet("listen") {
@@ -74,12 +74,8 @@ func chat(c *cli.Context, stdin io.Reader, stdout, stderr io.Writer) error {
 	} else if kp, err = generate(ctx, stderr, bits); err != nil {
 		return err
 	}
-	powBits := bits
-	if powBits == 0 {
-		powBits = -1 // overlay: negative means none
-	}
 	node, err := overlay.New(overlay.Config{
-		Keypair: kp, PoWBits: powBits, Listen: c.String("listen"), Bootstrap: boot,
+		Keypair: kp, PoWBits: overlayPoW(bits), Listen: c.String("listen"), Bootstrap: boot,
 		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
 	})
 	if err != nil {
@@ -108,6 +104,15 @@ func chat(c *cli.Context, stdin io.Reader, stdout, stderr io.Writer) error {
 		}
 	}()
 	return chatLoop(ctx, node, topic, stdin, stdout)
+}
+
+// checkRoom accepts 1-128 printable characters without spaces: the CLI
+// checks --room with it, and a node checks what an attached chat asks for.
+func checkRoom(room string) error {
+	if room == "" || len(room) > 128 || strings.ContainsFunc(room, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }) {
+		return fmt.Errorf("%q: want 1-128 printable characters without spaces", room)
+	}
+	return nil
 }
 
 // chatLoop reads typed lines until /quit, a signal, or (after stdin ends)
@@ -228,8 +233,11 @@ func (cc controlChat) TopicPeers(topic string) []gossipsub.PeerInfo {
 func chatControl(node *overlay.Node, ctl *control.Server) {
 	ctl.HandleStream("chat", func(ctx context.Context, args json.RawMessage, emit func(any) error) error {
 		var a struct{ Room string }
-		if err := json.Unmarshal(args, &a); err != nil || a.Room == "" {
+		if err := json.Unmarshal(args, &a); err != nil {
 			return errors.New("chat needs a room")
+		}
+		if err := checkRoom(a.Room); err != nil {
+			return fmt.Errorf("room %v", err)
 		}
 		topic := "chat/" + a.Room
 		sub, err := node.Subscribe(topic)

@@ -112,11 +112,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				ArgsUsage: "IDENTITY|ADDRESS",
 				Flags:     []cli.Flag{controlFlag, jsonFlag},
 				Action: func(c *cli.Context) error {
-					if c.NArg() != 1 {
-						return errors.New("resolve takes one IDENTITY (64 hex) or overlay ADDRESS (fd00:c0f1:...)")
-					}
-					target := c.Args().First()
-					if _, err := parseTarget(target); err != nil {
+					target, err := targetArg(c)
+					if err != nil {
 						return err
 					}
 					ctx, cancel := context.WithTimeout(c.Context, 30*time.Second)
@@ -138,16 +135,12 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				Usage: "show the DHT routing table: buckets, latency tiers, contacts",
 				Flags: []cli.Flag{controlFlag, jsonFlag},
 				Action: func(c *cli.Context) error {
-					ctx, cancel := context.WithTimeout(c.Context, 10*time.Second)
-					defer cancel()
 					var snap dht.Snapshot
-					if err := control.Call(ctx, c.String("control"), "peers", nil, &snap); err != nil {
+					if err := query(c, "peers", &snap); err != nil {
 						return err
 					}
 					if c.Bool("json") {
-						enc := json.NewEncoder(stdout)
-						enc.SetIndent("", "  ")
-						return enc.Encode(snap)
+						return printIndented(stdout, snap)
 					}
 					fmt.Fprintf(stdout, "k %d  alpha %d  tiers %v\n", snap.K, snap.Alpha, snap.Tiers)
 					tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
@@ -171,16 +164,12 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				Usage: "show the running node's peers and counters",
 				Flags: []cli.Flag{controlFlag, jsonFlag},
 				Action: func(c *cli.Context) error {
-					ctx, cancel := context.WithTimeout(c.Context, 10*time.Second)
-					defer cancel()
 					var st overlay.Status
-					if err := control.Call(ctx, c.String("control"), "status", nil, &st); err != nil {
+					if err := query(c, "status", &st); err != nil {
 						return err
 					}
 					if c.Bool("json") {
-						enc := json.NewEncoder(stdout)
-						enc.SetIndent("", "  ")
-						return enc.Encode(st)
+						return printIndented(stdout, st)
 					}
 					printStatus(stdout, st)
 					return nil
@@ -195,11 +184,44 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	return app
 }
 
+// targetArg returns the one IDENTITY|ADDRESS argument of resolve and ping.
+func targetArg(c *cli.Context) (string, error) {
+	if c.NArg() != 1 {
+		return "", fmt.Errorf("%s takes one IDENTITY (64 hex) or overlay ADDRESS (fd00:c0f1:...)", c.Command.Name)
+	}
+	target := c.Args().First()
+	_, err := parseTarget(target)
+	return target, err
+}
+
+// query asks the node behind --control for cmd, without arguments, and
+// decodes its answer into out.
+func query(c *cli.Context, cmd string, out any) error {
+	ctx, cancel := context.WithTimeout(c.Context, 10*time.Second)
+	defer cancel()
+	return control.Call(ctx, c.String("control"), cmd, nil, out)
+}
+
+func printIndented(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
 func checkPoWFlag(bits int) error {
 	if bits < 0 || bits > pki.MaxPoWBits {
 		return fmt.Errorf("--pow-bits %d is out of range 0..%d", bits, pki.MaxPoWBits)
 	}
 	return nil
+}
+
+// overlayPoW turns the --pow-bits value into overlay.Config.PoWBits, where
+// 0 means "the default" and a negative value means none.
+func overlayPoW(bits int) int {
+	if bits == 0 {
+		return -1
+	}
+	return bits
 }
 
 func generate(ctx context.Context, stderr io.Writer, bits int) (*pki.Keypair, error) {
@@ -296,7 +318,7 @@ func up(c *cli.Context, stdout, stderr io.Writer) error {
 		return err
 	}
 	node, err := overlay.New(overlay.Config{
-		Keypair: kp, PoWBits: bits, Conn: udp, Device: dev, MTU: mtu, Bootstrap: boot, Logger: log,
+		Keypair: kp, PoWBits: overlayPoW(bits), Conn: udp, Device: dev, MTU: mtu, Bootstrap: boot, Logger: log,
 		NoRelay: !c.Bool("relay"),
 	})
 	if err != nil {

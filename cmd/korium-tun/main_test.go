@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/korium/korium-tun/pki"
 )
 
 // run executes the CLI in-process and returns stdout and the error line.
@@ -174,5 +176,15 @@ func TestSanitize(t *testing.T) {
 	}
 	if got := sanitize(bytes.Repeat([]byte("x"), 10*maxChatLine)); len(got) != maxChatLine {
 		t.Errorf("long text kept %d bytes", len(got))
+	}
+}
+
+// --pow-bits 0 means no proof of work; overlay.Config reads 0 as the
+// default (24), so up and chat must both translate it.
+func TestOverlayPoW(t *testing.T) {
+	for bits, want := range map[int]int{0: -1, 4: 4, pki.DefaultPoWBits: pki.DefaultPoWBits} {
+		if got := overlayPoW(bits); got != want {
+			t.Errorf("overlayPoW(%d) = %d, want %d", bits, got, want)
+		}
 	}
 }

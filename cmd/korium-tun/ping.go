@@ -37,11 +37,8 @@ func pingCommand(controlFlag, jsonFlag cli.Flag, stdout io.Writer) *cli.Command 
 			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "time between probes"},
 		},
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
-				return errors.New("ping takes one IDENTITY (64 hex) or overlay ADDRESS (fd00:c0f1:...)")
-			}
-			target := c.Args().First()
-			if _, err := parseTarget(target); err != nil {
+			target, err := targetArg(c)
+			if err != nil {
 				return err
 			}
 			if c.Int("count") < 0 || c.Duration("interval") < 10*time.Millisecond {

@@ -15,7 +15,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"flag"
 	"fmt"
 	"net/netip"
 	"os"
@@ -25,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/korium/korium-tun/internal/tool"
 	"github.com/korium/korium-tun/overlay"
 	"github.com/korium/korium-tun/pki"
 )
@@ -38,48 +38,56 @@ const (
 )
 
 func main() {
-	if len(os.Args) < 2 {
-		fail("usage: reqtool serve|check ...")
-	}
-	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
+	sub, fs := tool.Args("reqtool", "serve", "check")
 	listen := fs.String("listen", "[::]:0", "UDP address")
 	contact := fs.String("contact", "", "serve: file to write IDENTITY@HOST:PORT to")
 	boot := fs.String("bootstrap", "", "check: the server's IDENTITY@HOST:PORT")
 	pow := fs.Int("pow", 8, "proof-of-work bits")
 	fs.Parse(os.Args[2:])
-	kp, err := pki.GenerateKeypair(context.Background(), *pow)
-	if err != nil {
-		fail(err.Error())
-	}
-	cfg := overlay.Config{Keypair: kp, PoWBits: *pow, Listen: *listen}
-	if *boot != "" {
-		c, err := overlay.ParseContact(*boot)
-		if err != nil {
-			fail(err.Error())
-		}
-		cfg.Bootstrap = []overlay.Contact{c}
-	}
-	n, err := overlay.New(cfg)
-	if err != nil {
-		fail(err.Error())
-	}
-	defer n.Close()
-	switch os.Args[1] {
-	case "serve":
-		serve(n, *contact, *listen)
-	case "check":
-		c, _ := overlay.ParseContact(*boot)
-		if err := check(n, c.Identity); err != nil {
-			n.Close()
-			fail(err.Error())
-		}
-		fmt.Println("PASS reqtool")
-	default:
-		fail("usage: reqtool serve|check ...")
+	if err := run(sub, *listen, *contact, *boot, *pow); err != nil {
+		tool.Fail("reqtool", err)
 	}
 }
 
-func serve(n *overlay.Node, contactFile, listen string) {
+func run(sub, listen, contact, boot string, pow int) error {
+	switch {
+	case sub == "serve" && contact == "":
+		return errors.New("serve needs -contact FILE")
+	case sub == "check" && boot == "":
+		return errors.New("check needs -bootstrap IDENTITY@HOST:PORT")
+	}
+	kp, err := pki.GenerateKeypair(context.Background(), pow)
+	if err != nil {
+		return err
+	}
+	powBits := pow
+	if powBits == 0 {
+		powBits = -1 // overlay.Config: 0 is the default (24), negative is none
+	}
+	cfg := overlay.Config{Keypair: kp, PoWBits: powBits, Listen: listen}
+	var server overlay.Contact
+	if boot != "" {
+		if server, err = overlay.ParseContact(boot); err != nil {
+			return err
+		}
+		cfg.Bootstrap = []overlay.Contact{server}
+	}
+	n, err := overlay.New(cfg)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	if sub == "serve" {
+		return serve(n, contact, listen)
+	}
+	if err := check(n, server.Identity); err != nil {
+		return err
+	}
+	fmt.Println("PASS reqtool")
+	return nil
+}
+
+func serve(n *overlay.Node, contactFile, listen string) error {
 	var cur, peak atomic.Int64
 	n.SetRequestHandler(func(ctx context.Context, from pki.Identity, req []byte) ([]byte, error) {
 		if len(req) == 0 {
@@ -113,17 +121,21 @@ func serve(n *overlay.Node, contactFile, listen string) {
 		}
 		return nil, errors.New("unknown op")
 	})
-	ap := netip.MustParseAddrPort(listen)
+	ap, err := netip.ParseAddrPort(listen)
+	if err != nil {
+		return fmt.Errorf("-listen: %v", err)
+	}
 	c := n.Contact(ap.Addr())
 	if err := os.WriteFile(contactFile+".tmp", []byte(c.String()+"\n"), 0o600); err != nil {
-		fail(err.Error())
+		return err
 	}
 	if err := os.Rename(contactFile+".tmp", contactFile); err != nil {
-		fail(err.Error())
+		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	<-ctx.Done()
+	return nil
 }
 
 func check(n *overlay.Node, server pki.Identity) error {
@@ -203,9 +215,4 @@ func check(n *overlay.Node, server pki.Identity) error {
 		return fmt.Errorf("peak concurrency %d: want at most 64 (the stream limit) and well above 1", peak)
 	}
 	return nil
-}
-
-func fail(msg string) {
-	fmt.Fprintln(os.Stderr, "reqtool:", msg)
-	os.Exit(1)
 }

@@ -14,13 +14,14 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/korium/korium-tun/internal/tool"
 )
 
 type addrList []string
@@ -29,33 +30,26 @@ func (l *addrList) String() string     { return strings.Join(*l, ",") }
 func (l *addrList) Set(s string) error { *l = append(*l, s); return nil }
 
 func main() {
-	if len(os.Args) < 2 {
-		fail(errors.New("usage: udpmap echo|probe|punch [flags]"))
-	}
-	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
+	sub, fs := tool.Args("udpmap", "echo", "probe", "punch")
 	listen := fs.String("listen", "", "echo: address to answer on")
 	bind := fs.String("bind", "", "probe, punch: local address")
 	peer := fs.String("peer", "", "punch: the other side's public address")
 	timeout := fs.Duration("timeout", 5*time.Second, "give up after")
 	var to addrList
 	fs.Var(&to, "to", "probe: an echo server (repeatable)")
-	if err := fs.Parse(os.Args[2:]); err != nil {
-		fail(err)
-	}
+	fs.Parse(os.Args[2:])
 	deadline := time.Now().Add(*timeout)
 	var err error
-	switch os.Args[1] {
+	switch sub {
 	case "echo":
 		err = echo(*listen, deadline)
 	case "probe":
 		err = probe(*bind, to, deadline)
 	case "punch":
 		err = punch(*bind, *peer, deadline)
-	default:
-		err = errors.New("usage: udpmap echo|probe|punch [flags]")
 	}
 	if err != nil {
-		fail(err)
+		tool.Fail("udpmap", err)
 	}
 }
 
@@ -162,9 +156,4 @@ func punch(bind, peerAddr string, deadline time.Time) error {
 			}
 		}
 	}
-}
-
-func fail(err error) {
-	fmt.Fprintln(os.Stderr, "udpmap:", err)
-	os.Exit(1)
 }
