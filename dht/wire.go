@@ -220,7 +220,14 @@ func (r *reader) addr() netip.AddrPort {
 		if r.err != nil {
 			return netip.AddrPort{}
 		}
-		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(v)), port)
+		a := netip.AddrFrom16([16]byte(v))
+		if a.Is4In6() {
+			// appendAddr writes these as family 4: one spelling only, so a
+			// record's signed bytes are the bytes it arrived in.
+			r.fail(fmt.Errorf("dht: IPv4-mapped address %v in IPv6 form", a))
+			return netip.AddrPort{}
+		}
+		return netip.AddrPortFrom(a, port)
 	default:
 		r.fail(fmt.Errorf("dht: address family %d", fam))
 		return netip.AddrPort{}
