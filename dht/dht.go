@@ -226,23 +226,19 @@ func (d *DHT) HandleRequest(from pki.Identity, req []byte) ([]byte, error) {
 		d.drop(dropNoPoW)
 		return appendMessage(nil, &message{Type: msgError, Code: codeRefused}), nil
 	}
+	now := time.Now()
+	senderID := IDOf(from)
 	d.mu.Lock()
-	client := d.client
-	d.mu.Unlock()
-	if client {
+	if d.client {
+		d.mu.Unlock()
 		// A client serves nobody: whoever asks must not take our answer
 		// as a sign that we can be routed to.
 		return appendMessage(nil, &message{Type: msgError, Code: codeRefused}), nil
 	}
-	sender := m.Sender
+	d.stats.handled++
 	// A sender without addresses is a client (SetClient): answer it, but
 	// never route others to it.
-	client = len(sender.Addrs) == 0
-	now := time.Now()
-	senderID := IDOf(from)
-	d.mu.Lock()
-	d.stats.handled++
-	wanted := !client && d.table.wants(senderID)
+	wanted := len(m.Sender.Addrs) > 0 && d.table.wants(senderID)
 	var resp message
 	switch m.Type {
 	case msgPing:
@@ -250,11 +246,6 @@ func (d *DHT) HandleRequest(from pki.Identity, req []byte) ([]byte, error) {
 	case msgFindNode:
 		resp = message{Type: msgNodes, Contacts: d.closestLocked(m.Target, senderID)}
 	case msgFindValue:
-		if m.PrefixBits != 0 && m.PrefixBits != 96 {
-			d.mu.Unlock()
-			d.drop(dropMalformed)
-			return nil, fmt.Errorf("dht: FIND_VALUE prefix of %d bits, want 0 or 96", m.PrefixBits)
-		}
 		resp = message{Type: msgValue, Records: d.store.get(m.Target, int(m.PrefixBits), now)}
 		if len(resp.Records) == 0 {
 			resp.Contacts = d.closestLocked(m.Target, senderID)
@@ -266,7 +257,7 @@ func (d *DHT) HandleRequest(from pki.Identity, req []byte) ([]byte, error) {
 	if wanted {
 		// It asked us and its bucket has room; it enters the table only
 		// once it answers us too.
-		d.enqueueVerify(verifyJob{c: sender})
+		d.enqueueVerify(verifyJob{c: m.Sender})
 	}
 	return appendMessage(make([]byte, 0, 512), &resp), nil
 }

@@ -78,6 +78,11 @@ func TestDecodeRejectsLies(t *testing.T) {
 	if _, err := decodeMessage([]byte{wireVersion, 77}); err == nil {
 		t.Fatal("accepted type 77")
 	}
+	// FIND_VALUE asks for an exact key or a SmartAddr's hash prefix only.
+	fv := &message{Type: msgFindValue, PrefixBits: 64}
+	if _, err := decodeMessage(appendMessage(nil, fv)); err == nil {
+		t.Fatal("accepted a FIND_VALUE prefix of 64 bits")
+	}
 	// An IPv4 address spelled as IPv4-mapped IPv6 is a second spelling of
 	// the same contact or record (the encoder writes family 4): refused, so
 	// that every decoded message and record re-encodes to its input.
