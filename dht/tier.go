@@ -148,8 +148,7 @@ func KMeansTiers(vals []float64, maxTiers int) (centroids []float64, assign []in
 		}
 	}
 	maxTiers = min(maxTiers, distinct)
-	_, sse1 := kmeans1D(sorted, 1)
-	best, _ := kmeans1D(sorted, 1)
+	best, sse1 := kmeans1D(sorted, 1)
 	for k := 2; k <= maxTiers && sse1 > 0; k++ {
 		c, sse := kmeans1D(sorted, k)
 		best = c
