@@ -228,6 +228,12 @@ func (d *DHT) HandleRequest(from pki.Identity, req []byte) ([]byte, error) {
 	}
 	now := time.Now()
 	senderID := IDOf(from)
+	// A STORE's record is checked (proof of work, expiry, Ed25519
+	// signature) before taking d.mu, which every request and lookup needs.
+	var recErr error
+	if m.Type == msgStore {
+		recErr = m.Record.Verify(now, d.cfg.powBits(), d.cfg.MaxRecordTTL)
+	}
 	d.mu.Lock()
 	if d.client {
 		d.mu.Unlock()
@@ -251,7 +257,7 @@ func (d *DHT) HandleRequest(from pki.Identity, req []byte) ([]byte, error) {
 			resp.Contacts = d.closestLocked(m.Target, senderID)
 		}
 	case msgStore:
-		resp = message{Type: msgStoreAck, Code: d.storeLocked(from, m.Record, now)}
+		resp = message{Type: msgStoreAck, Code: d.storeLocked(from, m.Record, recErr, now)}
 	}
 	d.mu.Unlock()
 	if wanted {
@@ -271,8 +277,9 @@ func (d *DHT) closestLocked(target, exclude NodeID) []Contact {
 	return out
 }
 
-func (d *DHT) storeLocked(from pki.Identity, rec *Record, now time.Time) uint8 {
-	if err := rec.Verify(now, d.cfg.powBits(), d.cfg.MaxRecordTTL); err != nil {
+// storeLocked stores rec for from; verifyErr is rec.Verify's result.
+func (d *DHT) storeLocked(from pki.Identity, rec *Record, verifyErr error, now time.Time) uint8 {
+	if verifyErr != nil {
 		d.stats.drops[dropBadRecord]++
 		return codeInvalid
 	}
