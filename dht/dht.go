@@ -226,23 +226,25 @@ func (d *DHT) HandleRequest(from pki.Identity, req []byte) ([]byte, error) {
 		d.drop(dropNoPoW)
 		return appendMessage(nil, &message{Type: msgError, Code: codeRefused}), nil
 	}
+	now := time.Now()
+	senderID := IDOf(from)
+	// A STORE's record is checked (proof of work, expiry, Ed25519
+	// signature) before taking d.mu, which every request and lookup needs.
+	var recErr error
+	if m.Type == msgStore {
+		recErr = m.Record.Verify(now, d.cfg.powBits(), d.cfg.MaxRecordTTL)
+	}
 	d.mu.Lock()
-	client := d.client
-	d.mu.Unlock()
-	if client {
+	if d.client {
+		d.mu.Unlock()
 		// A client serves nobody: whoever asks must not take our answer
 		// as a sign that we can be routed to.
 		return appendMessage(nil, &message{Type: msgError, Code: codeRefused}), nil
 	}
-	sender := m.Sender
+	d.stats.handled++
 	// A sender without addresses is a client (SetClient): answer it, but
 	// never route others to it.
-	client = len(sender.Addrs) == 0
-	now := time.Now()
-	senderID := IDOf(from)
-	d.mu.Lock()
-	d.stats.handled++
-	wanted := !client && d.table.wants(senderID)
+	wanted := len(m.Sender.Addrs) > 0 && d.table.wants(senderID)
 	var resp message
 	switch m.Type {
 	case msgPing:
@@ -250,23 +252,18 @@ func (d *DHT) HandleRequest(from pki.Identity, req []byte) ([]byte, error) {
 	case msgFindNode:
 		resp = message{Type: msgNodes, Contacts: d.closestLocked(m.Target, senderID)}
 	case msgFindValue:
-		if m.PrefixBits != 0 && m.PrefixBits != 96 {
-			d.mu.Unlock()
-			d.drop(dropMalformed)
-			return nil, fmt.Errorf("dht: FIND_VALUE prefix of %d bits, want 0 or 96", m.PrefixBits)
-		}
 		resp = message{Type: msgValue, Records: d.store.get(m.Target, int(m.PrefixBits), now)}
 		if len(resp.Records) == 0 {
 			resp.Contacts = d.closestLocked(m.Target, senderID)
 		}
 	case msgStore:
-		resp = message{Type: msgStoreAck, Code: d.storeLocked(from, m.Record, now)}
+		resp = message{Type: msgStoreAck, Code: d.storeLocked(from, m.Record, recErr, now)}
 	}
 	d.mu.Unlock()
 	if wanted {
 		// It asked us and its bucket has room; it enters the table only
 		// once it answers us too.
-		d.enqueueVerify(verifyJob{c: sender})
+		d.enqueueVerify(verifyJob{c: m.Sender})
 	}
 	return appendMessage(make([]byte, 0, 512), &resp), nil
 }
@@ -280,8 +277,9 @@ func (d *DHT) closestLocked(target, exclude NodeID) []Contact {
 	return out
 }
 
-func (d *DHT) storeLocked(from pki.Identity, rec *Record, now time.Time) uint8 {
-	if err := rec.Verify(now, d.cfg.powBits(), d.cfg.MaxRecordTTL); err != nil {
+// storeLocked stores rec for from; verifyErr is rec.Verify's result.
+func (d *DHT) storeLocked(from pki.Identity, rec *Record, verifyErr error, now time.Time) uint8 {
+	if verifyErr != nil {
 		d.stats.drops[dropBadRecord]++
 		return codeInvalid
 	}

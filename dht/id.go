@@ -34,15 +34,7 @@ func CommonPrefixLen(a, b NodeID) int {
 
 // Closer reports whether a is strictly closer to target than b in XOR
 // distance.
-func Closer(target, a, b NodeID) bool {
-	for i := range target {
-		da, db := a[i]^target[i], b[i]^target[i]
-		if da != db {
-			return da < db
-		}
-	}
-	return false
-}
+func Closer(target, a, b NodeID) bool { return CompareDistance(target, a, b) < 0 }
 
 // CompareDistance returns -1, 0 or 1 as a is closer to, as close as, or
 // farther from target than b.
@@ -73,10 +65,7 @@ func randomIDInBucket(self NodeID, cpl int, r [32]byte) NodeID {
 	if cpl >= 256 {
 		return self
 	}
-	var out NodeID
-	for i := 0; i < 32; i++ {
-		out[i] = r[i]
-	}
+	out := NodeID(r)
 	// Copy the first cpl bits from self.
 	full := cpl / 8
 	copy(out[:full], self[:full])

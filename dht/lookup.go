@@ -117,16 +117,26 @@ func (d *DHT) iterate(ctx context.Context, target NodeID, kind msgType, prefixBi
 			res.Closest = contactsOf(set.closest(k))
 			return res, nil
 		}
-		d.mu.Lock()
+		// Hash outside the lock (proof of work, node ID); only the tier
+		// lookup and the drop counter need d.mu. The decoder bounds a
+		// reply to MaxContactsPerMessage contacts.
+		var ids [MaxContactsPerMessage]NodeID
+		fresh, noPoW := r.resp.Contacts[:0], 0
 		for _, c := range r.resp.Contacts {
 			if c.Identity == d.kp.Identity() || set.has(c.Identity) {
 				continue
 			}
 			if pki.PoWBits(c.Identity, c.Nonce) < d.cfg.powBits() {
-				d.stats.drops[dropNoPoW]++
+				noPoW++
 				continue
 			}
-			set.add(c, c.ID(), r.p.hops+1, d.rtt.tier(c.addr().Addr()))
+			ids[len(fresh)] = c.ID()
+			fresh = append(fresh, c)
+		}
+		d.mu.Lock()
+		d.stats.drops[dropNoPoW] += uint64(noPoW)
+		for i, c := range fresh {
+			set.add(c, ids[i], r.p.hops+1, d.rtt.tier(c.addr().Addr()))
 		}
 		d.mu.Unlock()
 		if set.done(k) {
@@ -155,7 +165,9 @@ func (d *DHT) pickRecord(recs []Record, accept func(*Record) bool) *Record {
 	now := time.Now()
 	for i := range recs {
 		r := &recs[i]
-		if err := r.Verify(now, d.cfg.powBits(), d.cfg.MaxRecordTTL); err != nil || accept == nil || !accept(r) {
+		// accept (an identity or hash-prefix match) is cheap; Verify costs
+		// a hash and an Ed25519 verification, spent only on records we want.
+		if accept == nil || !accept(r) || r.Verify(now, d.cfg.powBits(), d.cfg.MaxRecordTTL) != nil {
 			d.drop(dropBadRecord)
 			continue
 		}

@@ -1,6 +1,7 @@
 package dht
 
 import (
+	"iter"
 	"slices"
 
 	"github.com/korium/korium-tun/pki"
@@ -62,19 +63,24 @@ func (s *lookupSet) add(c Contact, id NodeID, hops, tier int) bool {
 	return true
 }
 
-// window returns the k nearest peers that are not unreachable.
-func (s *lookupSet) window(k int) []*lookupPeer {
-	out := make([]*lookupPeer, 0, k)
-	for _, p := range s.peers {
-		if p.state == psUnreachable {
-			continue
-		}
-		out = append(out, p)
-		if len(out) == k {
-			break
+// window yields the k nearest peers that are not unreachable, nearest
+// first, without building a slice (next and done run once per reply).
+func (s *lookupSet) window(k int) iter.Seq[*lookupPeer] {
+	return func(yield func(*lookupPeer) bool) {
+		n := 0
+		for _, p := range s.peers {
+			if n == k {
+				return
+			}
+			if p.state == psUnreachable {
+				continue
+			}
+			n++
+			if !yield(p) {
+				return
+			}
 		}
 	}
-	return out
 }
 
 // next picks the next peer to query among the k-nearest window, or nil.
@@ -85,7 +91,7 @@ func (s *lookupSet) window(k int) []*lookupPeer {
 func (s *lookupSet) next(k int) *lookupPeer {
 	var best *lookupPeer
 	bestCPL := -1
-	for _, p := range s.window(k) {
+	for p := range s.window(k) {
 		if p.state == psHeard && p.cpl > bestCPL {
 			bestCPL = p.cpl
 			if best == nil {
@@ -96,7 +102,7 @@ func (s *lookupSet) next(k int) *lookupPeer {
 	if best == nil || !s.tiering {
 		return best
 	}
-	for _, p := range s.window(k) {
+	for p := range s.window(k) {
 		if p.state != psHeard || p.cpl < bestCPL-s.slack {
 			continue
 		}
@@ -109,7 +115,7 @@ func (s *lookupSet) next(k int) *lookupPeer {
 
 // done reports whether every peer of the k-nearest window has answered.
 func (s *lookupSet) done(k int) bool {
-	for _, p := range s.window(k) {
+	for p := range s.window(k) {
 		if p.state != psQueried {
 			return false
 		}

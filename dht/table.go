@@ -202,32 +202,26 @@ func (t *table) removeAt(b *bucket, i int) {
 // bit i), then buckets i-1, i-2, ..., 0, each farther than the one before.
 func (t *table) closest(target NodeID, n int, exclude NodeID) []*entry {
 	out := make([]*entry, 0, n+MaxK)
-	i := t.bucketIndex(target)
-	cmp := func(a, b *entry) int { return CompareDistance(target, a.id, b.id) }
-	appendSorted := func(from int, buckets ...int) {
-		for _, j := range buckets {
-			for _, e := range t.buckets[j].entries {
-				if e.id != exclude {
-					out = append(out, e)
-				}
-			}
-		}
-		slices.SortFunc(out[from:], cmp)
-	}
-	appendSorted(0, i)
-	if len(out) < n && i+1 < NumBuckets {
+	// appendSorted appends the entries of buckets lo..hi, sorted among
+	// themselves; each call's entries are all farther than the previous'.
+	appendSorted := func(lo, hi int) {
 		from := len(out)
-		for j := i + 1; j < NumBuckets; j++ {
+		for j := lo; j <= hi; j++ {
 			for _, e := range t.buckets[j].entries {
 				if e.id != exclude {
 					out = append(out, e)
 				}
 			}
 		}
-		slices.SortFunc(out[from:], cmp)
+		slices.SortFunc(out[from:], func(a, b *entry) int { return CompareDistance(target, a.id, b.id) })
+	}
+	i := t.bucketIndex(target)
+	appendSorted(i, i)
+	if len(out) < n {
+		appendSorted(i+1, NumBuckets-1)
 	}
 	for j := i - 1; j >= 0 && len(out) < n; j-- {
-		appendSorted(len(out), j)
+		appendSorted(j, j)
 	}
 	if len(out) > n {
 		out = out[:n]

@@ -16,29 +16,21 @@ import (
 
 // tierPrefix returns the tiering key of an address: its /16 (IPv4) or /32
 // (IPv6) prefix. ok is false for an invalid address.
-func tierPrefix(a netip.Addr) (netip.Prefix, bool) {
-	if !a.IsValid() {
-		return netip.Prefix{}, false
-	}
-	a = a.Unmap()
-	bits := 32
-	if a.Is4() {
-		bits = 16
-	}
-	p, err := a.Prefix(bits)
-	return p, err == nil
-}
+func tierPrefix(a netip.Addr) (netip.Prefix, bool) { return addrPrefix(a, 16, 32) }
 
 // diversityPrefix returns the key of the per-bucket diversity cap: IPv4 /24
 // or IPv6 /48.
-func diversityPrefix(a netip.Addr) (netip.Prefix, bool) {
+func diversityPrefix(a netip.Addr) (netip.Prefix, bool) { return addrPrefix(a, 24, 48) }
+
+// addrPrefix returns the /v4bits or /v6bits prefix of a (unmapped).
+func addrPrefix(a netip.Addr, v4bits, v6bits int) (netip.Prefix, bool) {
 	if !a.IsValid() {
 		return netip.Prefix{}, false
 	}
 	a = a.Unmap()
-	bits := 48
+	bits := v6bits
 	if a.Is4() {
-		bits = 24
+		bits = v4bits
 	}
 	p, err := a.Prefix(bits)
 	return p, err == nil
@@ -148,8 +140,7 @@ func KMeansTiers(vals []float64, maxTiers int) (centroids []float64, assign []in
 		}
 	}
 	maxTiers = min(maxTiers, distinct)
-	_, sse1 := kmeans1D(sorted, 1)
-	best, _ := kmeans1D(sorted, 1)
+	best, sse1 := kmeans1D(sorted, 1)
 	for k := 2; k <= maxTiers && sse1 > 0; k++ {
 		c, sse := kmeans1D(sorted, k)
 		best = c

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 
 	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/smartaddr"
 )
 
 // Wire format (version 1). Every message is
@@ -77,7 +78,7 @@ type message struct {
 	Type       msgType
 	Sender     Contact   // requests
 	Target     NodeID    // FIND_NODE, FIND_VALUE
-	PrefixBits uint8     // FIND_VALUE: 0 = exact key, else match this many leading bits
+	PrefixBits uint8     // FIND_VALUE: 0 = exact key, or smartaddr.HashBits leading bits
 	Record     *Record   // STORE
 	Contacts   []Contact // NODES, VALUE
 	Records    []Record  // VALUE
@@ -220,7 +221,14 @@ func (r *reader) addr() netip.AddrPort {
 		if r.err != nil {
 			return netip.AddrPort{}
 		}
-		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(v)), port)
+		a := netip.AddrFrom16([16]byte(v))
+		if a.Is4In6() {
+			// appendAddr writes these as family 4: one spelling only, so a
+			// record's signed bytes are the bytes it arrived in.
+			r.fail(fmt.Errorf("dht: IPv4-mapped address %v in IPv6 form", a))
+			return netip.AddrPort{}
+		}
+		return netip.AddrPortFrom(a, port)
 	default:
 		r.fail(fmt.Errorf("dht: address family %d", fam))
 		return netip.AddrPort{}
@@ -319,6 +327,9 @@ func decodeMessage(b []byte) (*message, error) {
 	case msgFindValue:
 		m.Target = r.nodeID()
 		m.PrefixBits = r.u8()
+		if r.err == nil && m.PrefixBits != 0 && m.PrefixBits != smartaddr.HashBits {
+			return nil, fmt.Errorf("dht: FIND_VALUE prefix of %d bits, want 0 or %d", m.PrefixBits, smartaddr.HashBits)
+		}
 	case msgStore:
 		if r.err == nil {
 			rec, rest, err := decodeRecord(r.b)

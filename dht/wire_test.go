@@ -78,6 +78,28 @@ func TestDecodeRejectsLies(t *testing.T) {
 	if _, err := decodeMessage([]byte{wireVersion, 77}); err == nil {
 		t.Fatal("accepted type 77")
 	}
+	// FIND_VALUE asks for an exact key or a SmartAddr's hash prefix only.
+	fv := &message{Type: msgFindValue, PrefixBits: 64}
+	if _, err := decodeMessage(appendMessage(nil, fv)); err == nil {
+		t.Fatal("accepted a FIND_VALUE prefix of 64 bits")
+	}
+	// An IPv4 address spelled as IPv4-mapped IPv6 is a second spelling of
+	// the same contact or record (the encoder writes family 4): refused, so
+	// that every decoded message and record re-encodes to its input.
+	mapped := netip.MustParseAddr("::ffff:198.18.0.1").As16()
+	b = append([]byte{wireVersion, byte(msgNodes), 1}, make([]byte, 32+8)...)
+	b = append(append(append(b, 1, 6), mapped[:]...), 0, 1)
+	if _, err := decodeMessage(b); err == nil {
+		t.Fatal("accepted an IPv4-mapped IPv6 address")
+	}
+	kp := testKeypair(t, 7, 0)
+	rec := signedRecord(t, kp, 1, time.Unix(1_900_000_000, 0), netip.MustParseAddrPort("198.18.0.1:1"))
+	enc := rec.AppendBinary(nil)
+	at := 32 + 8 + 8 + 8 + 1 // first address
+	enc = append(append(append(enc[:at:at], 6), mapped[:]...), enc[at+1+4:]...)
+	if _, err := DecodeRecord(enc); err == nil {
+		t.Fatal("record with an IPv4-mapped IPv6 address decoded")
+	}
 	allocs := testing.AllocsPerRun(100, func() {
 		decodeMessage([]byte{wireVersion, byte(msgNodes), 30, 0, 0})
 	})
@@ -100,11 +122,7 @@ func FuzzDecodeMessage(f *testing.F) {
 		// Whatever decodes re-encodes to the same bytes (one spelling per
 		// message) and stays within the limits.
 		if got := appendMessage(nil, m); !bytes.Equal(got, b) {
-			// Addresses are normalised (4-in-6 kept as 6), so equal length
-			// is the invariant that must hold.
-			if len(got) != len(b) {
-				t.Fatalf("re-encoding %d bytes as %d", len(b), len(got))
-			}
+			t.Fatalf("re-encoding differs:\n in %x\nout %x", b, got)
 		}
 		if len(m.Contacts) > MaxContactsPerMessage || len(m.Records) > MaxRecordsPerMessage {
 			t.Fatal("limits exceeded")

@@ -64,15 +64,7 @@ func figureRow(t *testing.T, n int, tiering, adaptive bool) string {
 		cfg.DHT.DisableTiering = !tiering
 		cfg.DHT.FixedKAlpha = !adaptive
 		base := HeapBytes()
-		c, err := NewCluster(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if err := c.Bootstrap(ctx); err != nil {
-			t.Fatal(err)
-		}
-		settle()
+		c := settledCluster(t, ctx, cfg)
 		perNode := (HeapBytes() - base) / uint64(n)
 		s := Summarize(c.Resolve(ctx, 2000, 20))
 		st := c.Nodes()[0].DHT.Stats()

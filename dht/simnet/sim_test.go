@@ -18,22 +18,27 @@ func simConfig(n int, seed uint64) ClusterConfig {
 	}
 }
 
-// settle lets one adaptation window pass so k, alpha and the tiers reflect
-// the bootstrap traffic. The sleep is on synctest's virtual clock.
-func settle() { time.Sleep(time.Minute) }
+// settledCluster builds and bootstraps a cluster (closed when t ends), then
+// lets one adaptation window pass so k, alpha and the tiers reflect the
+// bootstrap traffic. The sleep is on synctest's virtual clock.
+func settledCluster(t *testing.T, ctx context.Context, cfg ClusterConfig) *Cluster {
+	t.Helper()
+	c, err := NewCluster(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	if err := c.Bootstrap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Minute)
+	return c
+}
 
 func TestSim1000NoChurn(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ctx := context.Background()
-		c, err := NewCluster(simConfig(1000, 1))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if err := c.Bootstrap(ctx); err != nil {
-			t.Fatal(err)
-		}
-		settle()
+		c := settledCluster(t, ctx, simConfig(1000, 1))
 		s := Summarize(c.Resolve(ctx, 2000, 20))
 		t.Log(s)
 		if s.Success < 0.999 {
@@ -48,15 +53,7 @@ func TestSim1000NoChurn(t *testing.T) {
 func TestSim1000Churn20(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ctx := context.Background()
-		c, err := NewCluster(simConfig(1000, 2))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if err := c.Bootstrap(ctx); err != nil {
-			t.Fatal(err)
-		}
-		settle()
+		c := settledCluster(t, ctx, simConfig(1000, 2))
 		done := make(chan struct{})
 		var churnErr error
 		go func() {
@@ -88,15 +85,7 @@ func TestTieringCutsLatency(t *testing.T) {
 			ctx := context.Background()
 			cfg := simConfig(300, 5)
 			cfg.DHT.DisableTiering = !tiering
-			c, err := NewCluster(cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			if err := c.Bootstrap(ctx); err != nil {
-				t.Fatal(err)
-			}
-			settle()
+			c := settledCluster(t, ctx, cfg)
 			s = Summarize(c.Resolve(ctx, 600, 20))
 		})
 		t.Logf("tiering=%v: %v", tiering, s)
