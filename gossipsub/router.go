@@ -92,7 +92,7 @@ type Router struct {
 	mcache    *msgCache
 	seen      *seenCache
 	promises  map[MsgID]map[pki.Identity]time.Time
-	relaySeen *fifoSet[[pki.IdentitySize + 8]byte]
+	relaySeen *fifoSet[MsgID] // relayKey of signals seen
 	seqno     uint64
 	pubBucket tokenBucket
 	tick      uint64
@@ -185,7 +185,7 @@ func New(cfg Config, key Signer, sender Sender, log *slog.Logger) (*Router, erro
 		mcache:    newMsgCache(cfg.HistoryLength, cfg.HistoryGossip),
 		seen:      newSeenCache(cfg.MaxSeenSources),
 		promises:  make(map[MsgID]map[pki.Identity]time.Time),
-		relaySeen: newFIFOSet[[pki.IdentitySize + 8]byte](cfg.RelaySeen),
+		relaySeen: newFIFOSet[MsgID](cfg.RelaySeen),
 		seqno:     uint64(now.UnixNano()),
 		pubBucket: newTokenBucket(cfg.PublishRate, int(cfg.PublishRate), now),
 		lastDecay: now,
@@ -1167,13 +1167,9 @@ func (r *Router) handlePrune(p *peer, pr Prune) {
 
 // ---- relay signaling ----
 
-func relayKey(s *RelaySignal) (k [pki.IdentitySize + 8]byte) {
-	copy(k[:], s.Origin[:])
-	for i := 0; i < 8; i++ {
-		k[pki.IdentitySize+i] = byte(s.Nonce >> (56 - 8*i))
-	}
-	return k
-}
+// relayKey identifies a relay signal for duplicate suppression: its origin
+// and nonce, laid out as a message ID is.
+func relayKey(s *RelaySignal) MsgID { return MakeMsgID(s.Origin, s.Nonce) }
 
 func (r *Router) handleSignal(p *peer, s *RelaySignal) {
 	if !p.relay.take(time.Now()) {
