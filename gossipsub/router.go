@@ -137,10 +137,9 @@ func (p *peer) dontWantExpire(minTick uint64) {
 }
 
 type backoffEntry struct {
-	until     time.Time
-	pruned    time.Time // when we last pruned (graft flood window)
-	count     int       // prunes in a row, for the exponential backoff
-	lastPrune time.Time
+	until  time.Time
+	pruned time.Time // when we last pruned (graft flood window, prune streak)
+	count  int       // prunes in a row, for the exponential backoff
 }
 
 type peerScore struct {
@@ -794,18 +793,6 @@ func (r *Router) addBackoff(topic string, id pki.Identity, d time.Duration) *bac
 	return b
 }
 
-// pruneBackoff returns the backoff for our next prune of id in topic:
-// PruneBackoff doubled for each prune in a row, capped at MaxPruneBackoff.
-// A peer not pruned for 2*MaxPruneBackoff starts over.
-func (r *Router) pruneBackoff(topic string, id pki.Identity) time.Duration {
-	now := time.Now()
-	n := 0
-	if b := r.backoff[topic][id]; b != nil && now.Sub(b.lastPrune) < 2*r.cfg.MaxPruneBackoff {
-		n = b.count
-	}
-	return backoffFor(r.cfg.PruneBackoff, r.cfg.MaxPruneBackoff, n)
-}
-
 // backoffFor is base * 2^n, capped.
 func backoffFor(base, max time.Duration, n int) time.Duration {
 	d := base
@@ -815,18 +802,20 @@ func backoffFor(base, max time.Duration, n int) time.Duration {
 	return min(d, max)
 }
 
-// prune removes id from our mesh of topic and returns the PRUNE to send.
+// prune removes id from our mesh of topic and returns the PRUNE to send,
+// whose backoff is PruneBackoff doubled for each prune in a row, capped at
+// MaxPruneBackoff.
 func (r *Router) prune(topic string, id pki.Identity) Prune {
-	d := r.pruneBackoff(topic, id)
+	// Prunes in a row; a peer not pruned for 2*MaxPruneBackoff starts over.
+	now := time.Now()
+	n := 0
+	if b := r.backoff[topic][id]; b != nil && now.Sub(b.pruned) < 2*r.cfg.MaxPruneBackoff {
+		n = b.count
+	}
+	d := backoffFor(r.cfg.PruneBackoff, r.cfg.MaxPruneBackoff, n)
 	r.leaveMesh(topic, id)
 	b := r.addBackoff(topic, id, d)
-	now := time.Now()
-	if now.Sub(b.lastPrune) < 2*r.cfg.MaxPruneBackoff {
-		b.count++
-	} else {
-		b.count = 1
-	}
-	b.lastPrune, b.pruned = now, now
+	b.count, b.pruned = n+1, now
 	r.stats.PruneSent.Add(1)
 	return Prune{Topic: topic, Backoff: uint32((d + time.Second - 1) / time.Second)}
 }
