@@ -993,22 +993,32 @@ func (r *Router) handleMessage(p *peer, m *WireMessage) {
 }
 
 func (r *Router) deliver(sub *Subscription, m Message) {
-	select {
-	case sub.ch <- m:
+	sent, dropped := sendDropOldest(sub.ch, m)
+	if sent {
 		r.stats.Delivered.Add(1)
-		return
+	}
+	r.stats.DropSubscriptionFull.Add(uint64(dropped))
+}
+
+// sendDropOldest sends v on the bounded channel ch without blocking: when ch
+// is full it discards the oldest value to make room. It reports whether v
+// was sent and how many values (the oldest, or v itself) were dropped.
+func sendDropOldest[T any](ch chan T, v T) (sent bool, dropped int) {
+	select {
+	case ch <- v:
+		return true, 0
 	default:
 	}
 	select {
-	case <-sub.ch:
-		r.stats.DropSubscriptionFull.Add(1)
+	case <-ch:
+		dropped++
 	default:
 	}
 	select {
-	case sub.ch <- m:
-		r.stats.Delivered.Add(1)
+	case ch <- v:
+		return true, dropped
 	default:
-		r.stats.DropSubscriptionFull.Add(1)
+		return false, dropped + 1
 	}
 }
 
@@ -1182,22 +1192,8 @@ func (r *Router) handleSignal(p *peer, s *RelaySignal) {
 	r.relaySeen.add(k, r.tick)
 	if s.Target == r.self {
 		r.stats.RelayDelivered.Add(1)
-		sig := Signal{From: s.Origin, Payload: s.Payload}
-		select {
-		case r.signals <- sig:
-			return
-		default:
-		}
-		select {
-		case <-r.signals:
-			r.stats.DropSignalQueue.Add(1)
-		default:
-		}
-		select {
-		case r.signals <- sig:
-		default:
-			r.stats.DropSignalQueue.Add(1)
-		}
+		_, dropped := sendDropOldest(r.signals, Signal{From: s.Origin, Payload: s.Payload})
+		r.stats.DropSignalQueue.Add(uint64(dropped))
 		return
 	}
 	if s.Hops <= 1 {
