@@ -97,6 +97,7 @@ type Router struct {
 	pubBucket tokenBucket
 	tick      uint64
 	lastDecay time.Time
+	sigBuf    []byte // scratch for verifying received messages
 }
 
 type peer struct {
@@ -941,7 +942,9 @@ func (r *Router) handleMessage(p *peer, m *WireMessage) {
 		r.stats.DropOwnMessage.Add(1)
 		return
 	}
-	if !VerifyMessage(m) {
+	ok, buf := verifyMessage(m, r.sigBuf)
+	r.sigBuf = buf
+	if !ok {
 		r.stats.DropInvalidSignature.Add(1)
 		if ts := r.topicStats(p.id, m.Topic); ts != nil {
 			ts.InvalidMessageDeliveries++
