@@ -81,69 +81,60 @@ func DefaultConfig() Config {
 }
 
 func (c Config) withDefaults() Config {
-	seti := func(v *int, d int) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	setd := func(v *time.Duration, d time.Duration) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	setf := func(v *float64, d float64) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	seti(&c.D, 6)
-	seti(&c.Dlo, 5)
-	seti(&c.Dhi, 12)
-	seti(&c.Dout, 2)
-	seti(&c.Dscore, 4)
-	seti(&c.Dlazy, 6)
-	setf(&c.GossipFactor, 0.25)
-	setd(&c.HeartbeatInterval, time.Second)
-	seti(&c.HistoryLength, 5)
-	seti(&c.HistoryGossip, 3)
-	setd(&c.FanoutTTL, 60*time.Second)
-	setd(&c.PruneBackoff, 60*time.Second)
-	setd(&c.MaxPruneBackoff, 10*time.Minute)
-	setd(&c.UnsubscribeBackoff, 10*time.Second)
-	setd(&c.GraftFloodWindow, 10*time.Second)
-	seti(&c.OpportunisticGraftTicks, 60)
-	seti(&c.OpportunisticGraftPeers, 2)
-	seti(&c.MaxIHaveLength, 5000)
-	seti(&c.MaxIHaveMessages, 10)
-	setd(&c.IWantFollowup, 3*time.Second)
-	seti(&c.GossipRetransmit, 3)
-	seti(&c.IDontWantMinSize, 1024)
-	seti(&c.MaxIDontWantPeer, 1000)
-	seti(&c.IDontWantTTLTicks, 3)
-	seti(&c.MaxMessageSize, 64<<10)
-	setf(&c.PublishRate, 100)
-	setf(&c.ReceiveRate, 50)
-	seti(&c.ReceiveBurst, 100)
-	seti(&c.MaxTopics, 10000)
-	seti(&c.MaxPeersPerTopic, 1000)
-	seti(&c.MaxTopicsPerPeer, 1000)
-	seti(&c.MaxSeenSources, 10000)
-	seti(&c.MaxScoredPeers, 10000)
-	seti(&c.PeerSendQueue, 256)
-	seti(&c.PeerRecvQueue, 256)
-	seti(&c.PeerSendBytes, 8<<20)
-	seti(&c.PeerRecvBytes, 4<<20)
-	seti(&c.SubscriptionSize, 1024)
-	seti(&c.SignalQueue, 256)
-	if c.RelayMaxHops == 0 {
-		c.RelayMaxHops = 8
-	}
-	setf(&c.RelayRate, 20)
-	seti(&c.RelaySeen, 10000)
+	setDefault(&c.D, 6)
+	setDefault(&c.Dlo, 5)
+	setDefault(&c.Dhi, 12)
+	setDefault(&c.Dout, 2)
+	setDefault(&c.Dscore, 4)
+	setDefault(&c.Dlazy, 6)
+	setDefault(&c.GossipFactor, 0.25)
+	setDefault(&c.HeartbeatInterval, time.Second)
+	setDefault(&c.HistoryLength, 5)
+	setDefault(&c.HistoryGossip, 3)
+	setDefault(&c.FanoutTTL, 60*time.Second)
+	setDefault(&c.PruneBackoff, 60*time.Second)
+	setDefault(&c.MaxPruneBackoff, 10*time.Minute)
+	setDefault(&c.UnsubscribeBackoff, 10*time.Second)
+	setDefault(&c.GraftFloodWindow, 10*time.Second)
+	setDefault(&c.OpportunisticGraftTicks, 60)
+	setDefault(&c.OpportunisticGraftPeers, 2)
+	setDefault(&c.MaxIHaveLength, 5000)
+	setDefault(&c.MaxIHaveMessages, 10)
+	setDefault(&c.IWantFollowup, 3*time.Second)
+	setDefault(&c.GossipRetransmit, 3)
+	setDefault(&c.IDontWantMinSize, 1024)
+	setDefault(&c.MaxIDontWantPeer, 1000)
+	setDefault(&c.IDontWantTTLTicks, 3)
+	setDefault(&c.MaxMessageSize, 64<<10)
+	setDefault(&c.PublishRate, 100)
+	setDefault(&c.ReceiveRate, 50)
+	setDefault(&c.ReceiveBurst, 100)
+	setDefault(&c.MaxTopics, 10000)
+	setDefault(&c.MaxPeersPerTopic, 1000)
+	setDefault(&c.MaxTopicsPerPeer, 1000)
+	setDefault(&c.MaxSeenSources, 10000)
+	setDefault(&c.MaxScoredPeers, 10000)
+	setDefault(&c.PeerSendQueue, 256)
+	setDefault(&c.PeerRecvQueue, 256)
+	setDefault(&c.PeerSendBytes, 8<<20)
+	setDefault(&c.PeerRecvBytes, 4<<20)
+	setDefault(&c.SubscriptionSize, 1024)
+	setDefault(&c.SignalQueue, 256)
+	setDefault(&c.RelayMaxHops, 8)
+	setDefault(&c.RelayRate, 20)
+	setDefault(&c.RelaySeen, 10000)
 	c.Score = c.Score.withDefaults()
 	c.Limits.MaxMessageSize = c.MaxMessageSize
 	c.Limits = c.Limits.withDefaults()
 	return c
+}
+
+// setDefault sets *v to d if *v is the zero value.
+func setDefault[T comparable](v *T, d T) {
+	var zero T
+	if *v == zero {
+		*v = d
+	}
 }
 
 // Validate reports the first field whose value (after defaults) is
