@@ -173,50 +173,37 @@ func (c Config) Validate() error {
 		return bad("UnsubscribeBackoff", "negative")
 	case c.MaxIHaveLength < 1 || c.MaxIHaveLength > c.Limits.MaxIHaveIDs:
 		return bad("MaxIHaveLength", "%d not in 1..Limits.MaxIHaveIDs (%d)", c.MaxIHaveLength, c.Limits.MaxIHaveIDs)
-	case c.MaxIHaveMessages < 1:
-		return bad("MaxIHaveMessages", "%d < 1", c.MaxIHaveMessages)
 	case c.IDontWantMinSize < 0:
 		return bad("IDontWantMinSize", "negative")
-	case c.MaxIDontWantPeer < 1:
-		return bad("MaxIDontWantPeer", "%d < 1", c.MaxIDontWantPeer)
 	case c.MaxMessageSize < 1 || c.MaxMessageSize > c.Limits.MaxRPCSize/2:
 		return bad("MaxMessageSize", "%d not in 1..Limits.MaxRPCSize/2", c.MaxMessageSize)
 	case c.PublishRate < 0:
 		return bad("PublishRate", "negative")
 	case c.ReceiveRate < 0:
 		return bad("ReceiveRate", "negative")
-	case c.ReceiveBurst < 1:
-		return bad("ReceiveBurst", "%d < 1", c.ReceiveBurst)
-	case c.MaxTopics < 1:
-		return bad("MaxTopics", "%d < 1", c.MaxTopics)
-	case c.MaxPeersPerTopic < 1:
-		return bad("MaxPeersPerTopic", "%d < 1", c.MaxPeersPerTopic)
-	case c.MaxTopicsPerPeer < 1:
-		return bad("MaxTopicsPerPeer", "%d < 1", c.MaxTopicsPerPeer)
-	case c.MaxSeenSources < 1:
-		return bad("MaxSeenSources", "%d < 1", c.MaxSeenSources)
-	case c.MaxScoredPeers < 1:
-		return bad("MaxScoredPeers", "%d < 1", c.MaxScoredPeers)
-	case c.PeerSendQueue < 1:
-		return bad("PeerSendQueue", "%d < 1", c.PeerSendQueue)
-	case c.PeerRecvQueue < 1:
-		return bad("PeerRecvQueue", "%d < 1", c.PeerRecvQueue)
 	case c.PeerSendBytes < c.Limits.MaxRPCSize:
 		return bad("PeerSendBytes", "%d < Limits.MaxRPCSize (%d)", c.PeerSendBytes, c.Limits.MaxRPCSize)
 	case c.PeerRecvBytes < c.Limits.MaxRPCSize:
 		return bad("PeerRecvBytes", "%d < Limits.MaxRPCSize (%d)", c.PeerRecvBytes, c.Limits.MaxRPCSize)
-	case c.SubscriptionSize < 1:
-		return bad("SubscriptionSize", "%d < 1", c.SubscriptionSize)
-	case c.SignalQueue < 1:
-		return bad("SignalQueue", "%d < 1", c.SignalQueue)
 	case c.RelayRate < 0:
 		return bad("RelayRate", "negative")
 	}
-	l := c.Limits
-	for _, f := range []struct {
+	type field struct {
 		n string
 		v int
-	}{
+	}
+	for _, f := range []field{
+		{"MaxIHaveMessages", c.MaxIHaveMessages}, {"MaxIDontWantPeer", c.MaxIDontWantPeer}, {"ReceiveBurst", c.ReceiveBurst},
+		{"MaxTopics", c.MaxTopics}, {"MaxPeersPerTopic", c.MaxPeersPerTopic}, {"MaxTopicsPerPeer", c.MaxTopicsPerPeer},
+		{"MaxSeenSources", c.MaxSeenSources}, {"MaxScoredPeers", c.MaxScoredPeers}, {"PeerSendQueue", c.PeerSendQueue},
+		{"PeerRecvQueue", c.PeerRecvQueue}, {"SubscriptionSize", c.SubscriptionSize}, {"SignalQueue", c.SignalQueue},
+	} {
+		if f.v < 1 {
+			return bad(f.n, "%d < 1", f.v)
+		}
+	}
+	l := c.Limits
+	for _, f := range []field{
 		{"MaxSubs", l.MaxSubs}, {"MaxMsgs", l.MaxMsgs}, {"MaxIHaveTopics", l.MaxIHaveTopics}, {"MaxIHaveIDs", l.MaxIHaveIDs},
 		{"MaxIWant", l.MaxIWant}, {"MaxControl", l.MaxControl}, {"MaxIDontWant", l.MaxIDontWant}, {"MaxRelay", l.MaxRelay},
 		{"MaxRelayPayload", l.MaxRelayPayload},
