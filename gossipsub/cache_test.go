@@ -137,3 +137,19 @@ func TestQueuesByteBound(t *testing.T) {
 		t.Fatalf("queued bytes %d", q.bytes)
 	}
 }
+
+func TestSendDropOldest(t *testing.T) {
+	ch := make(chan int, 2)
+	for i, want := range []struct {
+		sent    bool
+		dropped int
+	}{{true, 0}, {true, 0}, {true, 1}, {true, 1}} {
+		sent, dropped := sendDropOldest(ch, i)
+		if sent != want.sent || dropped != want.dropped {
+			t.Fatalf("send %d: sent %v dropped %d, want %v %d", i, sent, dropped, want.sent, want.dropped)
+		}
+	}
+	if a, b := <-ch, <-ch; a != 2 || b != 3 {
+		t.Fatalf("kept %d %d, want the newest 2 3", a, b)
+	}
+}

@@ -81,69 +81,60 @@ func DefaultConfig() Config {
 }
 
 func (c Config) withDefaults() Config {
-	seti := func(v *int, d int) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	setd := func(v *time.Duration, d time.Duration) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	setf := func(v *float64, d float64) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	seti(&c.D, 6)
-	seti(&c.Dlo, 5)
-	seti(&c.Dhi, 12)
-	seti(&c.Dout, 2)
-	seti(&c.Dscore, 4)
-	seti(&c.Dlazy, 6)
-	setf(&c.GossipFactor, 0.25)
-	setd(&c.HeartbeatInterval, time.Second)
-	seti(&c.HistoryLength, 5)
-	seti(&c.HistoryGossip, 3)
-	setd(&c.FanoutTTL, 60*time.Second)
-	setd(&c.PruneBackoff, 60*time.Second)
-	setd(&c.MaxPruneBackoff, 10*time.Minute)
-	setd(&c.UnsubscribeBackoff, 10*time.Second)
-	setd(&c.GraftFloodWindow, 10*time.Second)
-	seti(&c.OpportunisticGraftTicks, 60)
-	seti(&c.OpportunisticGraftPeers, 2)
-	seti(&c.MaxIHaveLength, 5000)
-	seti(&c.MaxIHaveMessages, 10)
-	setd(&c.IWantFollowup, 3*time.Second)
-	seti(&c.GossipRetransmit, 3)
-	seti(&c.IDontWantMinSize, 1024)
-	seti(&c.MaxIDontWantPeer, 1000)
-	seti(&c.IDontWantTTLTicks, 3)
-	seti(&c.MaxMessageSize, 64<<10)
-	setf(&c.PublishRate, 100)
-	setf(&c.ReceiveRate, 50)
-	seti(&c.ReceiveBurst, 100)
-	seti(&c.MaxTopics, 10000)
-	seti(&c.MaxPeersPerTopic, 1000)
-	seti(&c.MaxTopicsPerPeer, 1000)
-	seti(&c.MaxSeenSources, 10000)
-	seti(&c.MaxScoredPeers, 10000)
-	seti(&c.PeerSendQueue, 256)
-	seti(&c.PeerRecvQueue, 256)
-	seti(&c.PeerSendBytes, 8<<20)
-	seti(&c.PeerRecvBytes, 4<<20)
-	seti(&c.SubscriptionSize, 1024)
-	seti(&c.SignalQueue, 256)
-	if c.RelayMaxHops == 0 {
-		c.RelayMaxHops = 8
-	}
-	setf(&c.RelayRate, 20)
-	seti(&c.RelaySeen, 10000)
+	setDefault(&c.D, 6)
+	setDefault(&c.Dlo, 5)
+	setDefault(&c.Dhi, 12)
+	setDefault(&c.Dout, 2)
+	setDefault(&c.Dscore, 4)
+	setDefault(&c.Dlazy, 6)
+	setDefault(&c.GossipFactor, 0.25)
+	setDefault(&c.HeartbeatInterval, time.Second)
+	setDefault(&c.HistoryLength, 5)
+	setDefault(&c.HistoryGossip, 3)
+	setDefault(&c.FanoutTTL, 60*time.Second)
+	setDefault(&c.PruneBackoff, 60*time.Second)
+	setDefault(&c.MaxPruneBackoff, 10*time.Minute)
+	setDefault(&c.UnsubscribeBackoff, 10*time.Second)
+	setDefault(&c.GraftFloodWindow, 10*time.Second)
+	setDefault(&c.OpportunisticGraftTicks, 60)
+	setDefault(&c.OpportunisticGraftPeers, 2)
+	setDefault(&c.MaxIHaveLength, 5000)
+	setDefault(&c.MaxIHaveMessages, 10)
+	setDefault(&c.IWantFollowup, 3*time.Second)
+	setDefault(&c.GossipRetransmit, 3)
+	setDefault(&c.IDontWantMinSize, 1024)
+	setDefault(&c.MaxIDontWantPeer, 1000)
+	setDefault(&c.IDontWantTTLTicks, 3)
+	setDefault(&c.MaxMessageSize, 64<<10)
+	setDefault(&c.PublishRate, 100)
+	setDefault(&c.ReceiveRate, 50)
+	setDefault(&c.ReceiveBurst, 100)
+	setDefault(&c.MaxTopics, 10000)
+	setDefault(&c.MaxPeersPerTopic, 1000)
+	setDefault(&c.MaxTopicsPerPeer, 1000)
+	setDefault(&c.MaxSeenSources, 10000)
+	setDefault(&c.MaxScoredPeers, 10000)
+	setDefault(&c.PeerSendQueue, 256)
+	setDefault(&c.PeerRecvQueue, 256)
+	setDefault(&c.PeerSendBytes, 8<<20)
+	setDefault(&c.PeerRecvBytes, 4<<20)
+	setDefault(&c.SubscriptionSize, 1024)
+	setDefault(&c.SignalQueue, 256)
+	setDefault(&c.RelayMaxHops, 8)
+	setDefault(&c.RelayRate, 20)
+	setDefault(&c.RelaySeen, 10000)
 	c.Score = c.Score.withDefaults()
 	c.Limits.MaxMessageSize = c.MaxMessageSize
 	c.Limits = c.Limits.withDefaults()
 	return c
+}
+
+// setDefault sets *v to d if *v is the zero value.
+func setDefault[T comparable](v *T, d T) {
+	var zero T
+	if *v == zero {
+		*v = d
+	}
 }
 
 // Validate reports the first field whose value (after defaults) is
@@ -182,50 +173,37 @@ func (c Config) Validate() error {
 		return bad("UnsubscribeBackoff", "negative")
 	case c.MaxIHaveLength < 1 || c.MaxIHaveLength > c.Limits.MaxIHaveIDs:
 		return bad("MaxIHaveLength", "%d not in 1..Limits.MaxIHaveIDs (%d)", c.MaxIHaveLength, c.Limits.MaxIHaveIDs)
-	case c.MaxIHaveMessages < 1:
-		return bad("MaxIHaveMessages", "%d < 1", c.MaxIHaveMessages)
 	case c.IDontWantMinSize < 0:
 		return bad("IDontWantMinSize", "negative")
-	case c.MaxIDontWantPeer < 1:
-		return bad("MaxIDontWantPeer", "%d < 1", c.MaxIDontWantPeer)
 	case c.MaxMessageSize < 1 || c.MaxMessageSize > c.Limits.MaxRPCSize/2:
 		return bad("MaxMessageSize", "%d not in 1..Limits.MaxRPCSize/2", c.MaxMessageSize)
 	case c.PublishRate < 0:
 		return bad("PublishRate", "negative")
 	case c.ReceiveRate < 0:
 		return bad("ReceiveRate", "negative")
-	case c.ReceiveBurst < 1:
-		return bad("ReceiveBurst", "%d < 1", c.ReceiveBurst)
-	case c.MaxTopics < 1:
-		return bad("MaxTopics", "%d < 1", c.MaxTopics)
-	case c.MaxPeersPerTopic < 1:
-		return bad("MaxPeersPerTopic", "%d < 1", c.MaxPeersPerTopic)
-	case c.MaxTopicsPerPeer < 1:
-		return bad("MaxTopicsPerPeer", "%d < 1", c.MaxTopicsPerPeer)
-	case c.MaxSeenSources < 1:
-		return bad("MaxSeenSources", "%d < 1", c.MaxSeenSources)
-	case c.MaxScoredPeers < 1:
-		return bad("MaxScoredPeers", "%d < 1", c.MaxScoredPeers)
-	case c.PeerSendQueue < 1:
-		return bad("PeerSendQueue", "%d < 1", c.PeerSendQueue)
-	case c.PeerRecvQueue < 1:
-		return bad("PeerRecvQueue", "%d < 1", c.PeerRecvQueue)
 	case c.PeerSendBytes < c.Limits.MaxRPCSize:
 		return bad("PeerSendBytes", "%d < Limits.MaxRPCSize (%d)", c.PeerSendBytes, c.Limits.MaxRPCSize)
 	case c.PeerRecvBytes < c.Limits.MaxRPCSize:
 		return bad("PeerRecvBytes", "%d < Limits.MaxRPCSize (%d)", c.PeerRecvBytes, c.Limits.MaxRPCSize)
-	case c.SubscriptionSize < 1:
-		return bad("SubscriptionSize", "%d < 1", c.SubscriptionSize)
-	case c.SignalQueue < 1:
-		return bad("SignalQueue", "%d < 1", c.SignalQueue)
 	case c.RelayRate < 0:
 		return bad("RelayRate", "negative")
 	}
-	l := c.Limits
-	for _, f := range []struct {
+	type field struct {
 		n string
 		v int
-	}{
+	}
+	for _, f := range []field{
+		{"MaxIHaveMessages", c.MaxIHaveMessages}, {"MaxIDontWantPeer", c.MaxIDontWantPeer}, {"ReceiveBurst", c.ReceiveBurst},
+		{"MaxTopics", c.MaxTopics}, {"MaxPeersPerTopic", c.MaxPeersPerTopic}, {"MaxTopicsPerPeer", c.MaxTopicsPerPeer},
+		{"MaxSeenSources", c.MaxSeenSources}, {"MaxScoredPeers", c.MaxScoredPeers}, {"PeerSendQueue", c.PeerSendQueue},
+		{"PeerRecvQueue", c.PeerRecvQueue}, {"SubscriptionSize", c.SubscriptionSize}, {"SignalQueue", c.SignalQueue},
+	} {
+		if f.v < 1 {
+			return bad(f.n, "%d < 1", f.v)
+		}
+	}
+	l := c.Limits
+	for _, f := range []field{
 		{"MaxSubs", l.MaxSubs}, {"MaxMsgs", l.MaxMsgs}, {"MaxIHaveTopics", l.MaxIHaveTopics}, {"MaxIHaveIDs", l.MaxIHaveIDs},
 		{"MaxIWant", l.MaxIWant}, {"MaxControl", l.MaxControl}, {"MaxIDontWant", l.MaxIDontWant}, {"MaxRelay", l.MaxRelay},
 		{"MaxRelayPayload", l.MaxRelayPayload},

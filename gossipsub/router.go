@@ -92,11 +92,12 @@ type Router struct {
 	mcache    *msgCache
 	seen      *seenCache
 	promises  map[MsgID]map[pki.Identity]time.Time
-	relaySeen *fifoSet[[pki.IdentitySize + 8]byte]
+	relaySeen *fifoSet[MsgID] // relayKey of signals seen
 	seqno     uint64
 	pubBucket tokenBucket
 	tick      uint64
 	lastDecay time.Time
+	sigBuf    []byte // scratch for verifying received messages
 }
 
 type peer struct {
@@ -137,10 +138,9 @@ func (p *peer) dontWantExpire(minTick uint64) {
 }
 
 type backoffEntry struct {
-	until     time.Time
-	pruned    time.Time // when we last pruned (graft flood window)
-	count     int       // prunes in a row, for the exponential backoff
-	lastPrune time.Time
+	until  time.Time
+	pruned time.Time // when we last pruned (graft flood window, prune streak)
+	count  int       // prunes in a row, for the exponential backoff
 }
 
 type peerScore struct {
@@ -185,7 +185,7 @@ func New(cfg Config, key Signer, sender Sender, log *slog.Logger) (*Router, erro
 		mcache:    newMsgCache(cfg.HistoryLength, cfg.HistoryGossip),
 		seen:      newSeenCache(cfg.MaxSeenSources),
 		promises:  make(map[MsgID]map[pki.Identity]time.Time),
-		relaySeen: newFIFOSet[[pki.IdentitySize + 8]byte](cfg.RelaySeen),
+		relaySeen: newFIFOSet[MsgID](cfg.RelaySeen),
 		seqno:     uint64(now.UnixNano()),
 		pubBucket: newTokenBucket(cfg.PublishRate, int(cfg.PublishRate), now),
 		lastDecay: now,
@@ -794,18 +794,6 @@ func (r *Router) addBackoff(topic string, id pki.Identity, d time.Duration) *bac
 	return b
 }
 
-// pruneBackoff returns the backoff for our next prune of id in topic:
-// PruneBackoff doubled for each prune in a row, capped at MaxPruneBackoff.
-// A peer not pruned for 2*MaxPruneBackoff starts over.
-func (r *Router) pruneBackoff(topic string, id pki.Identity) time.Duration {
-	now := time.Now()
-	n := 0
-	if b := r.backoff[topic][id]; b != nil && now.Sub(b.lastPrune) < 2*r.cfg.MaxPruneBackoff {
-		n = b.count
-	}
-	return backoffFor(r.cfg.PruneBackoff, r.cfg.MaxPruneBackoff, n)
-}
-
 // backoffFor is base * 2^n, capped.
 func backoffFor(base, max time.Duration, n int) time.Duration {
 	d := base
@@ -815,18 +803,20 @@ func backoffFor(base, max time.Duration, n int) time.Duration {
 	return min(d, max)
 }
 
-// prune removes id from our mesh of topic and returns the PRUNE to send.
+// prune removes id from our mesh of topic and returns the PRUNE to send,
+// whose backoff is PruneBackoff doubled for each prune in a row, capped at
+// MaxPruneBackoff.
 func (r *Router) prune(topic string, id pki.Identity) Prune {
-	d := r.pruneBackoff(topic, id)
+	// Prunes in a row; a peer not pruned for 2*MaxPruneBackoff starts over.
+	now := time.Now()
+	n := 0
+	if b := r.backoff[topic][id]; b != nil && now.Sub(b.pruned) < 2*r.cfg.MaxPruneBackoff {
+		n = b.count
+	}
+	d := backoffFor(r.cfg.PruneBackoff, r.cfg.MaxPruneBackoff, n)
 	r.leaveMesh(topic, id)
 	b := r.addBackoff(topic, id, d)
-	now := time.Now()
-	if now.Sub(b.lastPrune) < 2*r.cfg.MaxPruneBackoff {
-		b.count++
-	} else {
-		b.count = 1
-	}
-	b.lastPrune, b.pruned = now, now
+	b.count, b.pruned = n+1, now
 	r.stats.PruneSent.Add(1)
 	return Prune{Topic: topic, Backoff: uint32((d + time.Second - 1) / time.Second)}
 }
@@ -952,7 +942,9 @@ func (r *Router) handleMessage(p *peer, m *WireMessage) {
 		r.stats.DropOwnMessage.Add(1)
 		return
 	}
-	if !VerifyMessage(m) {
+	ok, buf := verifyMessage(m, r.sigBuf)
+	r.sigBuf = buf
+	if !ok {
 		r.stats.DropInvalidSignature.Add(1)
 		if ts := r.topicStats(p.id, m.Topic); ts != nil {
 			ts.InvalidMessageDeliveries++
@@ -1004,22 +996,32 @@ func (r *Router) handleMessage(p *peer, m *WireMessage) {
 }
 
 func (r *Router) deliver(sub *Subscription, m Message) {
-	select {
-	case sub.ch <- m:
+	sent, dropped := sendDropOldest(sub.ch, m)
+	if sent {
 		r.stats.Delivered.Add(1)
-		return
+	}
+	r.stats.DropSubscriptionFull.Add(uint64(dropped))
+}
+
+// sendDropOldest sends v on the bounded channel ch without blocking: when ch
+// is full it discards the oldest value to make room. It reports whether v
+// was sent and how many values (the oldest, or v itself) were dropped.
+func sendDropOldest[T any](ch chan T, v T) (sent bool, dropped int) {
+	select {
+	case ch <- v:
+		return true, 0
 	default:
 	}
 	select {
-	case <-sub.ch:
-		r.stats.DropSubscriptionFull.Add(1)
+	case <-ch:
+		dropped++
 	default:
 	}
 	select {
-	case sub.ch <- m:
-		r.stats.Delivered.Add(1)
+	case ch <- v:
+		return true, dropped
 	default:
-		r.stats.DropSubscriptionFull.Add(1)
+		return false, dropped + 1
 	}
 }
 
@@ -1167,13 +1169,9 @@ func (r *Router) handlePrune(p *peer, pr Prune) {
 
 // ---- relay signaling ----
 
-func relayKey(s *RelaySignal) (k [pki.IdentitySize + 8]byte) {
-	copy(k[:], s.Origin[:])
-	for i := 0; i < 8; i++ {
-		k[pki.IdentitySize+i] = byte(s.Nonce >> (56 - 8*i))
-	}
-	return k
-}
+// relayKey identifies a relay signal for duplicate suppression: its origin
+// and nonce, laid out as a message ID is.
+func relayKey(s *RelaySignal) MsgID { return MakeMsgID(s.Origin, s.Nonce) }
 
 func (r *Router) handleSignal(p *peer, s *RelaySignal) {
 	if !p.relay.take(time.Now()) {
@@ -1197,22 +1195,8 @@ func (r *Router) handleSignal(p *peer, s *RelaySignal) {
 	r.relaySeen.add(k, r.tick)
 	if s.Target == r.self {
 		r.stats.RelayDelivered.Add(1)
-		sig := Signal{From: s.Origin, Payload: s.Payload}
-		select {
-		case r.signals <- sig:
-			return
-		default:
-		}
-		select {
-		case <-r.signals:
-			r.stats.DropSignalQueue.Add(1)
-		default:
-		}
-		select {
-		case r.signals <- sig:
-		default:
-			r.stats.DropSignalQueue.Add(1)
-		}
+		_, dropped := sendDropOldest(r.signals, Signal{From: s.Origin, Payload: s.Payload})
+		r.stats.DropSignalQueue.Add(uint64(dropped))
 		return
 	}
 	if s.Hops <= 1 {

@@ -153,6 +153,42 @@ func TestReceiveLimits(t *testing.T) {
 	})
 }
 
+// TestForgedMessageDropped sends a router a tampered message between two
+// valid ones (of different sizes, through the reused verify buffer): the
+// forgery is counted and not delivered, the others are.
+func TestForgedMessageDropped(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		net, nodes := line(t, 1, Config{})
+		defer closeAll(nodes)
+		r := nodes[0].r
+		sub, err := r.Subscribe("t")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rng := rand.New(rand.NewPCG(1, 2))
+		peer := net.addNode(t, 99, netip.MustParseAddr("192.0.2.1"), rng, nil)
+		pub := testKey(t, 98)
+		net.connect(peer, nodes[0])
+		for i, data := range []string{"a long first message", "forged", "ok"} {
+			m := WireMessage{Seqno: uint64(i + 1), Topic: "t", Data: []byte(data)}
+			SignMessage(pub, &m)
+			if data == "forged" {
+				m.Data[0] ^= 1
+			}
+			r.HandleRPC(peer.id, AppendRPC(nil, &RPC{Msgs: []WireMessage{m}}))
+			synctest.Wait()
+		}
+		if s := r.Stats(); s.DropInvalidSignature != 1 || s.Delivered != 2 {
+			t.Fatalf("invalid %d delivered %d, want 1 and 2", s.DropInvalidSignature, s.Delivered)
+		}
+		for _, want := range []string{"a long first message", "ok"} {
+			if m := <-sub.Messages(); string(m.Data) != want || m.From != pub.Identity() {
+				t.Fatalf("got %q from %s, want %q", m.Data, m.From.Short(), want)
+			}
+		}
+	})
+}
+
 func TestGraftDuringBackoffPenalized(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		net, nodes := line(t, 1, Config{})

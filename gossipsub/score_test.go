@@ -103,6 +103,9 @@ func TestConfigValidate(t *testing.T) {
 		{"HistoryGossip", Config{HistoryGossip: 9}},
 		{"MaxPruneBackoff", Config{PruneBackoff: time.Hour, MaxPruneBackoff: time.Minute}},
 		{"GossipFactor", Config{GossipFactor: 2}},
+		{"D", Config{D: -1}},
+		{"MaxIHaveMessages", Config{MaxIHaveMessages: -1}},
+		{"SignalQueue", Config{SignalQueue: -1}},
 		{"Score.GraylistThreshold", Config{Score: func() ScoreParams { p := DefaultScoreParams(); p.GraylistThreshold = 0; return p }()}},
 		{"Score.BehaviourPenaltyDecay", Config{Score: func() ScoreParams { p := DefaultScoreParams(); p.BehaviourPenaltyDecay = 1; return p }()}},
 	}

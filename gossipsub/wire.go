@@ -170,22 +170,17 @@ func DefaultLimits() Limits {
 
 func (l Limits) withDefaults() Limits {
 	d := DefaultLimits()
-	set := func(v *int, def int) {
-		if *v == 0 {
-			*v = def
-		}
-	}
-	set(&l.MaxRPCSize, d.MaxRPCSize)
-	set(&l.MaxMessageSize, d.MaxMessageSize)
-	set(&l.MaxSubs, d.MaxSubs)
-	set(&l.MaxMsgs, d.MaxMsgs)
-	set(&l.MaxIHaveIDs, d.MaxIHaveIDs)
-	set(&l.MaxIHaveTopics, d.MaxIHaveTopics)
-	set(&l.MaxIWant, d.MaxIWant)
-	set(&l.MaxControl, d.MaxControl)
-	set(&l.MaxIDontWant, d.MaxIDontWant)
-	set(&l.MaxRelay, d.MaxRelay)
-	set(&l.MaxRelayPayload, d.MaxRelayPayload)
+	setDefault(&l.MaxRPCSize, d.MaxRPCSize)
+	setDefault(&l.MaxMessageSize, d.MaxMessageSize)
+	setDefault(&l.MaxSubs, d.MaxSubs)
+	setDefault(&l.MaxMsgs, d.MaxMsgs)
+	setDefault(&l.MaxIHaveIDs, d.MaxIHaveIDs)
+	setDefault(&l.MaxIHaveTopics, d.MaxIHaveTopics)
+	setDefault(&l.MaxIWant, d.MaxIWant)
+	setDefault(&l.MaxControl, d.MaxControl)
+	setDefault(&l.MaxIDontWant, d.MaxIDontWant)
+	setDefault(&l.MaxRelay, d.MaxRelay)
+	setDefault(&l.MaxRelayPayload, d.MaxRelayPayload)
 	return l
 }
 
@@ -624,7 +619,16 @@ func SignMessage(s Signer, m *WireMessage) {
 
 // VerifyMessage reports whether m.Sig is m.From's signature of m.
 func VerifyMessage(m *WireMessage) bool {
-	return m.From.Verify(signedBytes(nil, m), m.Sig[:])
+	ok, _ := verifyMessage(m, nil)
+	return ok
+}
+
+// verifyMessage is VerifyMessage building the signed bytes in buf's
+// storage, which it returns for the next call: the router verifies every
+// message it receives with one buffer instead of one allocation each.
+func verifyMessage(m *WireMessage, buf []byte) (ok bool, scratch []byte) {
+	buf = signedBytes(buf[:0], m)
+	return m.From.Verify(buf, m.Sig[:]), buf
 }
 
 // SignRelaySignal fills s.Origin and s.Sig.
