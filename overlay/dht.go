@@ -7,7 +7,7 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/quic-go/quic-go"
+	quic "github.com/korium/korium-tun/third_party/quic-go"
 
 	"github.com/korium/korium-tun/dht"
 	"github.com/korium/korium-tun/pki"

@@ -18,7 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/quic-go/quic-go"
+	quic "github.com/korium/korium-tun/third_party/quic-go"
 	"golang.zx2c4.com/wireguard/tun"
 	"lukechampine.com/blake3"
 

@@ -7,7 +7,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/quic-go/quic-go"
+	quic "github.com/korium/korium-tun/third_party/quic-go"
 )
 
 // DefaultCallTimeout bounds a Call whose ctx has no deadline.

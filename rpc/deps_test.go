@@ -17,8 +17,8 @@ func TestImports(t *testing.T) {
 		t.Fatal(err)
 	}
 	allowed := map[string]bool{
-		"github.com/korium/korium-tun/pki": true,
-		"github.com/quic-go/quic-go":       true,
+		"github.com/korium/korium-tun/pki":                 true,
+		"github.com/korium/korium-tun/third_party/quic-go": true,
 	}
 	for _, name := range files {
 		if strings.HasSuffix(name, "_test.go") {

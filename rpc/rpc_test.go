@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quic-go/quic-go"
+	quic "github.com/korium/korium-tun/third_party/quic-go"
 
 	"github.com/korium/korium-tun/pki"
 )

@@ -8,7 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/quic-go/quic-go"
+	quic "github.com/korium/korium-tun/third_party/quic-go"
 
 	"github.com/korium/korium-tun/pki"
 )

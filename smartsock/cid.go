@@ -3,7 +3,7 @@ package smartsock
 import (
 	"crypto/rand"
 
-	"github.com/quic-go/quic-go"
+	quic "github.com/korium/korium-tun/third_party/quic-go"
 )
 
 // ConnIDLen is the length of the connection IDs this node issues.

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quic-go/quic-go"
+	quic "github.com/korium/korium-tun/third_party/quic-go"
 
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/smartaddr"

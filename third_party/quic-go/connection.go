@@ -16,15 +16,15 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/quic-go/quic-go/internal/ackhandler"
-	"github.com/quic-go/quic-go/internal/handshake"
-	"github.com/quic-go/quic-go/internal/monotime"
-	"github.com/quic-go/quic-go/internal/protocol"
-	"github.com/quic-go/quic-go/internal/qerr"
-	"github.com/quic-go/quic-go/internal/utils"
-	"github.com/quic-go/quic-go/internal/wire"
-	"github.com/quic-go/quic-go/qlog"
-	"github.com/quic-go/quic-go/qlogwriter"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/ackhandler"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/handshake"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/monotime"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/protocol"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/qerr"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/utils"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/wire"
+	"github.com/korium/korium-tun/third_party/quic-go/qlog"
+	"github.com/korium/korium-tun/third_party/quic-go/qlogwriter"
 )
 
 type unpacker interface {

@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/quic-go/quic-go/internal/monotime"
-	"github.com/quic-go/quic-go/internal/protocol"
-	"github.com/quic-go/quic-go/internal/qerr"
-	"github.com/quic-go/quic-go/internal/wire"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/monotime"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/protocol"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/qerr"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/wire"
 )
 
 // StreamLimitReachedError is returned from [Conn.OpenStream] and [Conn.OpenUniStream]

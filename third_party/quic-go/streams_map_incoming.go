@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/quic-go/quic-go/internal/protocol"
-	"github.com/quic-go/quic-go/internal/qerr"
-	"github.com/quic-go/quic-go/internal/wire"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/protocol"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/qerr"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/wire"
 )
 
 type incomingStream interface {

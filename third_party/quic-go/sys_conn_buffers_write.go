@@ -9,7 +9,7 @@ import (
 	"net"
 	"syscall"
 
-	"github.com/quic-go/quic-go/internal/utils"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/utils"
 )
 
 func setSendBuffer(c net.PacketConn) error {

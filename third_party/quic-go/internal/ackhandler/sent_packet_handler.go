@@ -5,14 +5,14 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/quic-go/quic-go/internal/congestion"
-	"github.com/quic-go/quic-go/internal/monotime"
-	"github.com/quic-go/quic-go/internal/protocol"
-	"github.com/quic-go/quic-go/internal/qerr"
-	"github.com/quic-go/quic-go/internal/utils"
-	"github.com/quic-go/quic-go/internal/wire"
-	"github.com/quic-go/quic-go/qlog"
-	"github.com/quic-go/quic-go/qlogwriter"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/congestion"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/monotime"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/protocol"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/qerr"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/utils"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/wire"
+	"github.com/korium/korium-tun/third_party/quic-go/qlog"
+	"github.com/korium/korium-tun/third_party/quic-go/qlogwriter"
 )
 
 const (

@@ -5,7 +5,7 @@ import (
 	"iter"
 	"slices"
 
-	"github.com/quic-go/quic-go/internal/protocol"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/protocol"
 )
 
 const maxSkippedPackets = 4

@@ -1,7 +1,7 @@
 package congestion
 
 import (
-	"github.com/quic-go/quic-go/internal/monotime"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/monotime"
 )
 
 // A Clock returns the current time

@@ -4,8 +4,8 @@ import (
 	"math"
 	"time"
 
-	"github.com/quic-go/quic-go/internal/monotime"
-	"github.com/quic-go/quic-go/internal/protocol"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/monotime"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/protocol"
 )
 
 // This cubic implementation is based on the one found in Chromiums's QUIC

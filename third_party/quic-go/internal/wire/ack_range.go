@@ -1,6 +1,6 @@
 package wire
 
-import "github.com/quic-go/quic-go/internal/protocol"
+import "github.com/korium/korium-tun/third_party/quic-go/internal/protocol"
 
 // AckRange is an ACK range
 type AckRange struct {

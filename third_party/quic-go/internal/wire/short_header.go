@@ -4,8 +4,8 @@ import (
 	"errors"
 	"io"
 
-	"github.com/quic-go/quic-go/internal/protocol"
-	"github.com/quic-go/quic-go/internal/utils"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/protocol"
+	"github.com/korium/korium-tun/third_party/quic-go/internal/utils"
 )
 
 // ParseShortHeader parses a short header packet.
