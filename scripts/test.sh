@@ -13,8 +13,16 @@ step gofmt
 bad=$(gofmt -l $(git ls-files '*.go' | grep -v '^third_party/'))
 [ -z "$bad" ] || { echo "gofmt would rewrite: $bad"; exit 1; }
 
+step "go mod tidy (go.mod and go.sum as committed)"
+go mod tidy -diff
+
 step "go vet"
 go vet ./...
+
+step "cross-platform build and vet (darwin, windows, freebsd)"
+for os in darwin windows freebsd; do
+	GOOS=$os GOARCH=amd64 go build ./... && GOOS=$os GOARCH=amd64 go vet ./... || { echo "GOOS=$os build or vet failed"; exit 1; }
+done
 
 step staticcheck
 command -v staticcheck >/dev/null || { echo "staticcheck missing: go install honnef.co/go/tools/cmd/staticcheck@latest"; exit 1; }

@@ -3,10 +3,6 @@ package smartsock
 import (
 	"net/netip"
 	"sync"
-	"syscall"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 )
 
 // A relay forwards many frames per read batch, mostly full-size ones to the
@@ -30,7 +26,6 @@ type fwdBatch struct {
 	short  bool // the last segment is shorter: nothing may follow it
 	n      int
 	oob    [fwdOOBSpace]byte
-	oobLen int
 }
 
 // SendRelay writes a relay frame as is to dst (the relay server's sender).
@@ -81,15 +76,16 @@ func (c *Conn) flushFwdLocked() {
 		c.udp.WriteToUDPAddrPort(f.buf, f.dst)
 		return
 	}
-	if f.oobLen == 0 {
-		h := (*unix.Cmsghdr)(unsafe.Pointer(&f.oob[0]))
-		h.Level, h.Type = syscall.IPPROTO_UDP, unix.UDP_SEGMENT
-		h.SetLen(unix.CmsgLen(2))
-		f.oobLen = unix.CmsgSpace(2)
+	oobLen := putGSOCmsg(f.oob[:], f.seg)
+	if oobLen == 0 {
+		f.noGSO = true
 	}
-	*(*uint16)(unsafe.Pointer(&f.oob[unix.CmsgSpace(0)])) = uint16(f.seg)
-	c.stats.TxForwardGSO.Add(1)
-	if _, _, err := c.udp.WriteMsgUDPAddrPort(f.buf, f.oob[:f.oobLen], f.dst); err != nil {
+	var err error
+	if !f.noGSO {
+		c.stats.TxForwardGSO.Add(1)
+		_, _, err = c.udp.WriteMsgUDPAddrPort(f.buf, f.oob[:oobLen], f.dst)
+	}
+	if f.noGSO || err != nil {
 		// No GSO here (or this destination refused it): from now on one
 		// frame per write, and this batch too.
 		f.noGSO = true

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quic-go/quic-go"
+	quic "github.com/korium/korium-tun/third_party/quic-go"
 	"golang.org/x/net/ipv4"
 
 	"github.com/korium/korium-tun/pki"
@@ -270,22 +270,6 @@ func TestForgedProbeRejected(t *testing.T) {
 	frame := AppendRelayHeader(nil, RelayHeader{Session: [16]byte{1}})
 	evil.WriteToUDPAddrPort(append(frame, 0x40, 1, 2, 3), loopback(a.udp))
 	waitFor(t, 2*time.Second, "spoofed relay frame dropped", func() bool { return a.sock.Stats().DropRelay > before })
-}
-
-func TestGSOSegmentPatch(t *testing.T) {
-	// quic-go's control message: ECN (IPV6_TCLASS) then UDP_SEGMENT.
-	oob := appendCmsg(nil, 41, 67, []byte{2, 0, 0, 0})
-	oob = appendCmsg(oob, 17, 103, []byte{0x98, 0x05}) // 1432 little endian
-	if got := gsoSize(oob); got != 1432 {
-		t.Fatalf("gsoSize = %d", got)
-	}
-	setGSOSize(oob, 1452)
-	if got := gsoSize(oob); got != 1452 {
-		t.Fatalf("after patch gsoSize = %d", got)
-	}
-	if gsoSize(oob[:10]) != 0 || gsoSize(nil) != 0 {
-		t.Fatal("truncated control messages must read as no GSO")
-	}
 }
 
 func FuzzParseProbe(f *testing.F) {

@@ -1,12 +1,5 @@
 package smartsock
 
-import (
-	"syscall"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
-)
-
 // relayBufSize holds the largest GSO batch quic-go writes (64 KiB) plus a
 // CRLY header per segment.
 const relayBufSize = 64<<10 + 64*RelayHeaderSize
@@ -45,35 +38,4 @@ func (c *Conn) writeRelay(d dest, b, oob []byte) error {
 	c.relayBuf.Put(bp)
 	c.stats.TxRelayed.Add(1)
 	return err
-}
-
-// gsoCmsg returns the offset of the UDP_SEGMENT value in oob, or -1.
-func gsoCmsg(oob []byte) int {
-	for i := 0; i+unix.SizeofCmsghdr <= len(oob); {
-		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[i]))
-		l := int(h.Len)
-		if l < unix.SizeofCmsghdr || i+l > len(oob) {
-			return -1
-		}
-		if h.Level == syscall.IPPROTO_UDP && h.Type == unix.UDP_SEGMENT && l >= unix.CmsgLen(2) {
-			return i + unix.CmsgSpace(0)
-		}
-		i += unix.CmsgSpace(l - unix.SizeofCmsghdr)
-	}
-	return -1
-}
-
-// gsoSize returns the GSO segment size carried in oob, or 0.
-func gsoSize(oob []byte) int {
-	if i := gsoCmsg(oob); i >= 0 {
-		return int(*(*uint16)(unsafe.Pointer(&oob[i])))
-	}
-	return 0
-}
-
-// setGSOSize rewrites the GSO segment size in oob, if it carries one.
-func setGSOSize(oob []byte, size int) {
-	if i := gsoCmsg(oob); i >= 0 {
-		*(*uint16)(unsafe.Pointer(&oob[i])) = uint16(size)
-	}
 }

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command wgbench brings up one wireguard-go device in the current network
 // namespace. It exists only as the baseline for scripts/bench-throughput.sh:
 // run one in each of two namespaces joined by a veth and they form a

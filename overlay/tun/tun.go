@@ -1,14 +1,16 @@
+//go:build linux
+
 // Package tun creates the kernel TUN device of a node: a
 // golang.zx2c4.com/wireguard/tun device (GSO/GRO offload on) that holds the
 // node's SmartAddr with the whole fd00:c0f1::/32 routed to it. Closing the
-// device removes it. It imports smartaddr only.
+// device removes it. It imports smartaddr only. The kernel device is
+// Linux-only; elsewhere Create reports that and the netstack device remains.
 package tun
 
 import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,16 +21,6 @@ import (
 
 	"github.com/korium/korium-tun/smartaddr"
 )
-
-// DefaultName is the device name when none is given.
-const DefaultName = "korium0"
-
-// Config describes the device.
-type Config struct {
-	Name string     // default DefaultName
-	MTU  int        // required
-	Addr netip.Addr // the node's SmartAddr; required
-}
 
 // Create makes the device, gives it Addr/32 (so the kernel routes the whole
 // overlay prefix to it), sets the MTU and brings it up. The kernel's own
