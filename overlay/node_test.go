@@ -333,7 +333,7 @@ func TestRestartedPeerRecovers(t *testing.T) {
 }
 
 func TestParseContact(t *testing.T) {
-	id := bytes.Repeat([]byte("ab"), 32)
+	id := []byte("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a") // RFC 8032 test key 1
 	good := []string{string(id) + "@198.18.0.1:4000", string(id) + "@[2001:db8::1]:1"}
 	for _, s := range good {
 		c, err := ParseContact(s)

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 
+	"filippo.io/edwards25519"
 	"lukechampine.com/blake3"
 )
 
@@ -66,7 +67,8 @@ var ErrBadIdentity = errors.New("malformed identity")
 
 // ParseIdentity parses exactly 64 lowercase hex characters. Anything else
 // (upper case, prefixes, spaces, other lengths) is rejected: identities are
-// compared as text in scripts and must have one spelling.
+// compared as text in scripts and must have one spelling. The key must also
+// pass Check.
 func ParseIdentity(s string) (Identity, error) {
 	var id Identity
 	if len(s) != 2*IdentitySize {
@@ -81,17 +83,51 @@ func ParseIdentity(s string) (Identity, error) {
 	if _, err := hex.Decode(id[:], []byte(s)); err != nil {
 		return id, fmt.Errorf("%w %q: %v", ErrBadIdentity, clip(s), err)
 	}
+	if err := id.Check(); err != nil {
+		return Identity{}, err
+	}
 	return id, nil
 }
 
-// IdentityFromPublicKey converts an Ed25519 public key.
+// IdentityFromPublicKey converts an Ed25519 public key; it must pass Check.
 func IdentityFromPublicKey(pub ed25519.PublicKey) (Identity, error) {
+	return IdentityFromBytes(pub)
+}
+
+// IdentityFromBytes converts the 32 bytes of an identity read off the wire
+// (a record, a message, a certificate); it must pass Check. Every decoder of
+// an identity goes through here or ParseIdentity.
+func IdentityFromBytes(b []byte) (Identity, error) {
 	var id Identity
-	if len(pub) != IdentitySize {
-		return id, fmt.Errorf("%w: public key has %d bytes, want %d", ErrBadIdentity, len(pub), IdentitySize)
+	if len(b) != IdentitySize {
+		return id, fmt.Errorf("%w: public key has %d bytes, want %d", ErrBadIdentity, len(b), IdentitySize)
 	}
-	copy(id[:], pub)
+	copy(id[:], b)
+	if err := id.Check(); err != nil {
+		return Identity{}, err
+	}
 	return id, nil
+}
+
+// Check reports whether id can be anyone's key: the canonical encoding of a
+// point on the curve that is not of small order. Refused: the all-zero and
+// all-FF keys, off-curve and non-canonical encodings, and the eight
+// small-order points (a signature by such a key proves nothing, and several
+// encodings of one point would give one peer several identities). Costs a
+// point decompression, a few microseconds: call it where an identity enters,
+// not per packet.
+func (id Identity) Check() error {
+	p, err := new(edwards25519.Point).SetBytes(id[:])
+	if err != nil {
+		return fmt.Errorf("%w %s: not a point on Ed25519's curve", ErrBadIdentity, id.Short())
+	}
+	if [IdentitySize]byte(p.Bytes()) != id {
+		return fmt.Errorf("%w %s: not the canonical encoding of its point", ErrBadIdentity, id.Short())
+	}
+	if p.MultByCofactor(p).Equal(edwards25519.NewIdentityPoint()) == 1 {
+		return fmt.Errorf("%w %s: a small-order point, not a usable public key", ErrBadIdentity, id.Short())
+	}
+	return nil
 }
 
 func clip(s string) string {

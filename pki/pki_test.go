@@ -1,9 +1,16 @@
 package pki
 
 import (
+	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
 	"errors"
+	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,7 +20,11 @@ import (
 )
 
 func TestParseIdentity(t *testing.T) {
-	good := strings.Repeat("ab", 32)
+	kp, err := GenerateKeypair(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := kp.Identity().String()
 	id, err := ParseIdentity(good)
 	if err != nil || id.String() != good {
 		t.Fatalf("ParseIdentity(good) = %v, %v", id, err)
@@ -23,6 +34,117 @@ func TestParseIdentity(t *testing.T) {
 			t.Errorf("ParseIdentity(%q) err = %v, want ErrBadIdentity", bad, err)
 		}
 	}
+}
+
+// badKeys are 32-byte strings that are nobody's Ed25519 key.
+func badKeys() map[string][]byte {
+	m := map[string][]byte{
+		"all zero": make([]byte, 32),
+		"all FF":   bytes.Repeat([]byte{0xff}, 32),
+		// y = 2 has no x on the curve.
+		"off curve": append([]byte{2}, make([]byte, 31)...),
+		// y = p + 1 is the non-canonical spelling of y = 1 (and small order
+		// too); y = p + 3 of a valid point of large order... (p = 2^255-19)
+		"non-canonical": func() []byte {
+			b := bytes.Repeat([]byte{0xff}, 32)
+			b[0], b[31] = 0xee, 0x7f // p = 2^255-19, i.e. y = 0 spelled as p
+			return b
+		}(),
+	}
+	// The eight small-order points (the torsion subgroup), in their
+	// canonical encodings (from the Ed25519 literature, e.g. RFC 8032
+	// errata discussions and libsodium's blocklist).
+	for i, h := range []string{
+		"0100000000000000000000000000000000000000000000000000000000000000",
+		"ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+		"0000000000000000000000000000000000000000000000000000000000000080",
+		"26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+		"26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+		"c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+		"c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+	} {
+		b, _ := hex.DecodeString(h)
+		m[fmt.Sprintf("small order %d", i)] = b
+	}
+	return m
+}
+
+func TestBadKeysRefusedByEveryParser(t *testing.T) {
+	for name, b := range badKeys() {
+		if _, err := IdentityFromBytes(b); !errors.Is(err, ErrBadIdentity) {
+			t.Errorf("%s: IdentityFromBytes err = %v, want ErrBadIdentity", name, err)
+		}
+		if _, err := IdentityFromPublicKey(ed25519.PublicKey(b)); !errors.Is(err, ErrBadIdentity) {
+			t.Errorf("%s: IdentityFromPublicKey err = %v, want ErrBadIdentity", name, err)
+		}
+		if _, err := ParseIdentity(hex.EncodeToString(b)); !errors.Is(err, ErrBadIdentity) {
+			t.Errorf("%s: ParseIdentity err = %v, want ErrBadIdentity", name, err)
+		}
+		var id Identity
+		if err := id.UnmarshalText([]byte(hex.EncodeToString(b))); err == nil {
+			t.Errorf("%s: UnmarshalText accepted it", name)
+		}
+	}
+	for i := 0; i < 50; i++ {
+		kp, err := GenerateKeypair(context.Background(), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := kp.Identity().Check(); err != nil {
+			t.Fatalf("a real key refused: %v", err)
+		}
+	}
+}
+
+// A certificate whose key is a small-order point is refused at the
+// handshake's verification.
+func TestCertificateWithBadKeyRefused(t *testing.T) {
+	for name, b := range badKeys() {
+		der := certWithRawKey(t, b)
+		if _, err := VerifyPeerCertificate([][]byte{der}, 0); !errors.Is(err, ErrPeerRejected) || !errors.Is(err, ErrBadIdentity) {
+			t.Errorf("%s: VerifyPeerCertificate err = %v, want ErrPeerRejected wrapping ErrBadIdentity", name, err)
+		}
+	}
+}
+
+// certWithRawKey returns a certificate carrying key b as its Ed25519 key
+// (signed by some other key: the verifier reads the key before anything).
+func certWithRawKey(t *testing.T, b []byte) []byte {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, ed25519.PublicKey(b), priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+func FuzzIdentityFromBytes(f *testing.F) {
+	for _, b := range badKeys() {
+		f.Add(b)
+	}
+	kp, _ := GenerateKeypair(context.Background(), 0)
+	id := kp.Identity()
+	f.Add(id[:])
+	f.Fuzz(func(t *testing.T, b []byte) {
+		id, err := IdentityFromBytes(b)
+		if err != nil {
+			if !id.IsZero() {
+				t.Fatal("error with a non-zero identity")
+			}
+			return
+		}
+		if id.Check() != nil {
+			t.Fatal("accepted identity fails Check")
+		}
+		if _, err := ParseIdentity(id.String()); err != nil {
+			t.Fatalf("accepted bytes do not round-trip as text: %v", err)
+		}
+	})
 }
 
 func TestPoW(t *testing.T) {

@@ -65,7 +65,9 @@ func VerifyPeerCertificate(rawCerts [][]byte, powBits int) (Identity, error) {
 	if !ok {
 		return id, fmt.Errorf("%w: key is not Ed25519", ErrPeerRejected)
 	}
-	copy(id[:], pub)
+	if id, err = IdentityFromPublicKey(pub); err != nil {
+		return id, fmt.Errorf("%w: %w", ErrPeerRejected, err)
+	}
 	nonce, found, err := certNonce(cert)
 	if err != nil {
 		return id, err
