@@ -13,11 +13,12 @@ const (
 	ProtoGossip byte = 2
 	ProtoRelay  byte = 3
 	ProtoApp    byte = 4
+	ProtoCA     byte = 5 // threshold CA: DKG round-2 shares, commitments, signature shares
 )
 
 // KnownProto reports whether p is one of the protocol IDs above. Requests
 // with any other ID are refused before their length is read.
-func KnownProto(p byte) bool { return p >= ProtoDHT && p <= ProtoApp }
+func KnownProto(p byte) bool { return p >= ProtoDHT && p <= ProtoCA }
 
 // MaxMessageSize caps a request or response payload (the reference's
 // MAX_RESPONSE_SIZE, 1 MiB). A larger length prefix is rejected before

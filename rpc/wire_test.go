@@ -24,7 +24,7 @@ func TestRequestFrames(t *testing.T) {
 		{"1 MiB + 1 prefix", binary.AppendUvarint([]byte{ProtoApp}, MaxMessageSize+1), ProtoApp, nil, errFrameTooLarge},
 		{"huge prefix", binary.AppendUvarint([]byte{ProtoApp}, 1<<62), ProtoApp, nil, errFrameTooLarge},
 		{"unknown proto 0", []byte{0, 1, 'x'}, 0, nil, errUnknownProto},
-		{"unknown proto 5", []byte{5, 1, 'x'}, 5, nil, errUnknownProto},
+		{"unknown proto 6", []byte{6, 1, 'x'}, 6, nil, errUnknownProto},
 		{"empty", nil, 0, nil, io.EOF},
 		{"no length", []byte{ProtoApp}, ProtoApp, nil, io.EOF},
 		{"truncated length", []byte{ProtoApp, 0x80}, ProtoApp, nil, io.ErrUnexpectedEOF},
