@@ -16,6 +16,7 @@ import (
 	"github.com/korium/korium-tun/gossipsub"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/relay/server"
+	"github.com/korium/korium-tun/rpc"
 )
 
 // Contact names a peer and where to reach it.
@@ -149,6 +150,13 @@ type Config struct {
 	// RequestQueue caps requests waiting in IncomingRequests (default 64);
 	// further ones are refused and counted.
 	RequestQueue int
+	// RPC tunes the request server: its budgets for request bytes in
+	// flight (rpc.DefaultPeerBudget 4 MiB per peer, rpc.DefaultNodeBudget
+	// 32 MiB in all), StreamTimeout, and the cap of threshold-CA messages
+	// (MaxSize[rpc.ProtoCA], default DefaultCAMessageSize). The caps of the
+	// other protocols are their own maxima and its HandlerTimeout is
+	// RequestTimeout.
+	RPC rpc.Config
 }
 
 // Resolver returns contacts that may own addr. The node dials them with the

@@ -31,7 +31,7 @@ func (t dhtTransport) Call(ctx context.Context, to dht.Contact, req []byte) ([]b
 	if err != nil {
 		return nil, err
 	}
-	return rpc.Call(ctx, conn, rpc.ProtoDHT, req)
+	return t.n.rpc.Call(ctx, conn, rpc.ProtoDHT, req)
 }
 
 // connFor returns the connection to id, dialing addrs in order if there is

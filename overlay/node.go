@@ -188,7 +188,7 @@ func New(cfg Config) (n *Node, err error) {
 	}
 	n.bufPool.New = func() any { return new(pbuf) }
 	n.clock.Store(time.Now().UnixNano())
-	n.rpc = rpc.NewServer(rpc.Config{HandlerTimeout: c.RequestTimeout})
+	n.rpc = rpc.NewServer(rpcConfig(c))
 	n.rpc.Handle(rpc.ProtoApp, n.handleApp)
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	node := n // the named result is nil on error returns

@@ -115,6 +115,11 @@ func (n *Node) Status() Status {
 		"relay_refused":     c.RelayRefused.Load(),
 		"punch_refused":     c.PunchRefused.Load(),
 		"dialback_busy":     c.DialBackBusy.Load(),
+
+		// Requests reset for buffering too much: see rpc.Config.PeerBudget.
+		"rpc_over_peer_budget": rs.OverPeerBudget,
+		"rpc_over_node_budget": rs.OverNodeBudget,
+		"rpc_budget_preempted": rs.Preempted,
 	}
 	s.Counters = map[string]uint64{
 		"pending_delivered":  c.PendingDelivered.Load(),
@@ -128,6 +133,8 @@ func (n *Node) Status() Status {
 		"punches":            c.Punches.Load(),
 		"peers_evicted_lru":  c.PeersEvicted.Load(),
 		"peers_evicted_idle": c.PeersIdleEvicted.Load(),
+
+		"rpc_buffered_bytes": uint64(rs.Buffered), // a gauge: request bytes arriving now
 	}
 	s.NAT = n.NAT()
 	s.Relay = n.RelayStats()
