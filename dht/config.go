@@ -92,6 +92,11 @@ type Config struct {
 	// MaxFailures is how many consecutive failed requests remove a contact.
 	// Default 2.
 	MaxFailures int
+	// Identities remembers identities that passed pki's point check, so
+	// replies naming known contacts cost no curve arithmetic. Nil: a cache
+	// of DefaultIdentityCacheSize of the DHT's own. Simulations of many
+	// nodes in one process share one.
+	Identities *IdentityCache
 
 	// Logger receives rare events (never one line per message). Nil
 	// discards.
@@ -157,6 +162,9 @@ func (c *Config) fill() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Identities == nil {
+		c.Identities = NewIdentityCache(DefaultIdentityCacheSize)
 	}
 }
 

@@ -92,7 +92,7 @@ func (c *client) send(t *testing.T, d *DHT, m *message) (*message, error) {
 	if err != nil {
 		return nil, err
 	}
-	return decodeMessage(raw)
+	return decodeMessage(raw, nil)
 }
 
 func drops(d *DHT, r DropReason) uint64 { return d.Stats().Drops[r.String()] }
@@ -383,7 +383,7 @@ func TestForgedRecordInLookupIgnored(t *testing.T) {
 		weak := testKeypair(t, 4, 0)
 		evilAddr := netip.MustParseAddrPort("198.18.9.9:1")
 		f.add(evil.Identity(), evilAddr, func(_ pki.Identity, _ netip.AddrPort, req []byte) ([]byte, error) {
-			m, err := decodeMessage(req)
+			m, err := decodeMessage(req, nil)
 			if err != nil {
 				return nil, err
 			}

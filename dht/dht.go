@@ -209,7 +209,7 @@ func (d *DHT) updateSelf(f func() bool) {
 // garbage, which the RPC layer reports by resetting the stream. It never
 // blocks on the network.
 func (d *DHT) HandleRequest(from pki.Identity, req []byte) ([]byte, error) {
-	m, err := decodeMessage(req)
+	m, err := decodeMessage(req, d.cfg.Identities)
 	if err != nil {
 		d.drop(dropMalformed)
 		return nil, err
@@ -359,7 +359,7 @@ func (d *DHT) request(ctx context.Context, c Contact, m *message, want msgType) 
 	cancel()
 	var resp *message
 	if err == nil {
-		resp, err = decodeMessage(raw)
+		resp, err = decodeMessage(raw, d.cfg.Identities)
 		if err == nil && resp.Type != want {
 			err = fmt.Errorf("%w %v to %v", errBadResponse, resp.Type, m.Type)
 		}

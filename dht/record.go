@@ -121,9 +121,10 @@ func (r *Record) Verify(now time.Time, powBits int, maxTTL time.Duration) error 
 }
 
 // DecodeRecord parses exactly one encoded record (no trailing bytes). It
-// does not verify it.
+// refuses invalid identities (owner and relays) but does not verify the
+// signature.
 func DecodeRecord(b []byte) (*Record, error) {
-	r, rest, err := decodeRecord(b)
+	r, rest, err := decodeRecord(b, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -133,10 +134,10 @@ func DecodeRecord(b []byte) (*Record, error) {
 	return r, nil
 }
 
-func decodeRecord(b []byte) (*Record, []byte, error) {
-	rd := &reader{b: b}
+func decodeRecord(b []byte, ids *IdentityCache) (*Record, []byte, error) {
+	rd := &reader{b: b, ids: ids}
 	var r Record
-	copy(r.Identity[:], rd.take(32))
+	r.Identity = rd.identity()
 	r.Nonce = rd.u64()
 	r.Seq = rd.u64()
 	exp := rd.u64()
@@ -149,7 +150,7 @@ func decodeRecord(b []byte) (*Record, []byte, error) {
 	if n > 0 {
 		r.Relays = make([]pki.Identity, n)
 		for i := range r.Relays {
-			copy(r.Relays[i][:], rd.take(32))
+			r.Relays[i] = rd.identity()
 		}
 	}
 	copy(r.Sig[:], rd.take(ed25519.SignatureSize))

@@ -137,10 +137,12 @@ func appendContact(b []byte, c *Contact) []byte {
 	return b
 }
 
-// reader is a bounds-checked cursor; the first error sticks.
+// reader is a bounds-checked cursor; the first error sticks. ids, if set,
+// saves re-checking identities seen before.
 type reader struct {
 	b   []byte
 	err error
+	ids *IdentityCache
 }
 
 func (r *reader) fail(err error) {
@@ -249,9 +251,25 @@ func (r *reader) addrs() []netip.AddrPort {
 
 const minContactSize = 32 + 8 + 1
 
+// identity reads 32 bytes that must be a usable Ed25519 key
+// (pki.IdentityFromBytes): the zero key, small-order and off-curve points
+// name nobody, and several encodings of one point would give one peer
+// several node IDs.
+func (r *reader) identity() pki.Identity {
+	b := r.take(pki.IdentitySize)
+	if r.err != nil {
+		return pki.Identity{}
+	}
+	id, err := r.ids.parse(b)
+	if err != nil {
+		r.fail(fmt.Errorf("dht: %w", err))
+	}
+	return id
+}
+
 func (r *reader) contact() Contact {
 	var c Contact
-	copy(c.Identity[:], r.take(32))
+	c.Identity = r.identity()
 	c.Nonce = r.u64()
 	c.Addrs = r.addrs()
 	return c
@@ -302,12 +320,13 @@ func appendContacts(b []byte, cs []Contact) []byte {
 }
 
 // decodeMessage parses one message. It rejects inputs above MaxMessageSize,
-// trailing bytes, unknown versions and types, and out-of-range counts.
-func decodeMessage(b []byte) (*message, error) {
+// trailing bytes, unknown versions and types, out-of-range counts and
+// invalid identities (checked through ids, which may be nil).
+func decodeMessage(b []byte, ids *IdentityCache) (*message, error) {
 	if len(b) > MaxMessageSize {
 		return nil, errTooLarge
 	}
-	r := &reader{b: b}
+	r := &reader{b: b, ids: ids}
 	if v := r.u8(); r.err == nil && v != wireVersion {
 		return nil, fmt.Errorf("dht: wire version %d, want %d", v, wireVersion)
 	}
@@ -332,7 +351,7 @@ func decodeMessage(b []byte) (*message, error) {
 		}
 	case msgStore:
 		if r.err == nil {
-			rec, rest, err := decodeRecord(r.b)
+			rec, rest, err := decodeRecord(r.b, ids)
 			if err != nil {
 				return nil, err
 			}
@@ -346,7 +365,7 @@ func decodeMessage(b []byte) (*message, error) {
 		if n > 0 && r.err == nil {
 			m.Records = make([]Record, 0, n)
 			for i := 0; i < n && r.err == nil; i++ {
-				rec, rest, err := decodeRecord(r.b)
+				rec, rest, err := decodeRecord(r.b, ids)
 				if err != nil {
 					return nil, err
 				}
