@@ -44,6 +44,7 @@
 // past and not too far ahead) on STORE and on every lookup answer; the store
 // enforces the reference's quotas. Every drop is counted by reason in Stats.
 //
-// Imports: pki, smartaddr, blake3 and the standard library only. It must not
+// Imports: pki, smartaddr, internal/addrpolicy, blake3 and the standard
+// library only. It must not
 // import quic-go, smartsock, rpc or overlay (dep_test.go enforces this).
 package dht
