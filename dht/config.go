@@ -92,6 +92,12 @@ type Config struct {
 	// MaxFailures is how many consecutive failed requests remove a contact.
 	// Default 2.
 	MaxFailures int
+	// AllowLoopback lets records, contacts and hints name loopback
+	// addresses, and our own addresses be loopback. Only a node that itself
+	// listens on loopback sets it (tests, a cluster on one host); overlay
+	// sets it from the node's socket. Whatever else addrpolicy refuses is
+	// refused regardless.
+	AllowLoopback bool
 	// Identities remembers identities that passed pki's point check, so
 	// replies naming known contacts cost no curve arithmetic. Nil: a cache
 	// of DefaultIdentityCacheSize of the DHT's own. Simulations of many

@@ -31,20 +31,23 @@ type fakeTransport struct {
 	self pki.Identity
 }
 
-func (t *fakeTransport) Call(ctx context.Context, to Contact, req []byte) ([]byte, error) {
+// Call answers from the callee's registered address, whatever the hints
+// say (the transport authenticates the identity, not the hint).
+func (t *fakeTransport) Call(ctx context.Context, to Contact, req []byte) ([]byte, netip.AddrPort, error) {
 	t.net.mu.Lock()
 	n := t.net.nodes[to.Identity]
 	src := t.net.nodes[t.self]
 	t.net.mu.Unlock()
 	if n == nil || n.h == nil {
 		<-ctx.Done()
-		return nil, ctx.Err()
+		return nil, netip.AddrPort{}, ctx.Err()
 	}
 	var from netip.AddrPort
 	if src != nil {
 		from = src.addr
 	}
-	return n.h(t.self, from, req)
+	resp, err := n.h(t.self, from, req)
+	return resp, n.addr, err
 }
 
 func (f *fakeNet) add(id pki.Identity, addr netip.AddrPort, h handler) {
@@ -69,8 +72,8 @@ func newTestDHT(t *testing.T, f *fakeNet, seed byte, addr string, cfg Config) *D
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
-	f.add(kp.Identity(), ap, func(from pki.Identity, _ netip.AddrPort, req []byte) ([]byte, error) {
-		return d.HandleRequest(from, req)
+	f.add(kp.Identity(), ap, func(from pki.Identity, fromAddr netip.AddrPort, req []byte) ([]byte, error) {
+		return d.HandleRequest(from, fromAddr, req)
 	})
 	return d
 }
@@ -88,7 +91,7 @@ func (c *client) contact() Contact {
 func (c *client) send(t *testing.T, d *DHT, m *message) (*message, error) {
 	t.Helper()
 	m.Sender = c.contact()
-	raw, err := d.HandleRequest(c.kp.Identity(), appendMessage(nil, m))
+	raw, err := d.HandleRequest(c.kp.Identity(), c.addr, appendMessage(nil, m))
 	if err != nil {
 		return nil, err
 	}
@@ -133,7 +136,7 @@ func TestForgedExpiredOversizedRecordsRejected(t *testing.T) {
 		enc := appendMessage(nil, &message{Type: msgStore, Sender: c.contact(), Record: good})
 		hdr := 2 + 32 + 8 + 1 + 7 // version, type, sender contact with one IPv4 address
 		enc[hdr+32+8+8+8] = MaxAddrs + 1
-		if _, err := d.HandleRequest(c.kp.Identity(), enc); err == nil {
+		if _, err := d.HandleRequest(c.kp.Identity(), c.addr, enc); err == nil {
 			t.Error("oversized record accepted")
 		}
 		if drops(d, dropMalformed) != 1 {
@@ -165,7 +168,7 @@ func TestSenderWithoutPoWRefused(t *testing.T) {
 		// A lying sender field is refused too.
 		liar := &client{kp: testKeypair(t, 4, testPoW), addr: weak.addr}
 		m := &message{Type: msgPing, Sender: liar.contact()}
-		if _, err := d.HandleRequest(weak.kp.Identity(), appendMessage(nil, m)); err == nil {
+		if _, err := d.HandleRequest(weak.kp.Identity(), weak.addr, appendMessage(nil, m)); err == nil {
 			t.Fatal("sender mismatch accepted")
 		}
 		// Even if it answers, a PoW-less contact never enters the table.
@@ -199,7 +202,7 @@ func TestContactEntersOnlyAfterAnswering(t *testing.T) {
 		// One that answers enters.
 		e := newTestDHT(t, f, 6, "198.18.4.1:1", Config{})
 		raw := appendMessage(nil, &message{Type: msgPing, Sender: e.Self()})
-		if _, err := d.HandleRequest(e.Self().Identity, raw); err != nil {
+		if _, err := d.HandleRequest(e.Self().Identity, e.Self().Addrs[0], raw); err != nil {
 			t.Fatal(err)
 		}
 		synctest.Wait()
@@ -391,7 +394,7 @@ func TestForgedRecordInLookupIgnored(t *testing.T) {
 				return appendMessage(nil, &message{Type: msgPong}), nil
 			}
 			return appendMessage(nil, &message{Type: msgValue, Records: []Record{*forged, *ownSigned},
-				Contacts: []Contact{{Identity: weak.Identity(), Nonce: weak.Nonce()}}}), nil
+				Contacts: []Contact{{Identity: weak.Identity(), Nonce: weak.Nonce(), Addrs: []netip.AddrPort{evilAddr}}}}), nil
 		})
 		if _, err := d.Ping(context.Background(), Contact{Identity: evil.Identity(), Nonce: evil.Nonce(), Addrs: []netip.AddrPort{evilAddr}}); err != nil {
 			t.Fatal(err)

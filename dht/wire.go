@@ -92,8 +92,9 @@ var (
 
 // Contact is how to reach a node: its identity, its proof of work and its
 // addresses. Contacts in responses are not signed; the addresses are hints
-// that the transport verifies by authenticating the identity, and a contact
-// enters the routing table only after it answered us.
+// that the transport verifies by authenticating the identity (those
+// addrpolicy refuses are dropped unread), and a contact enters the routing
+// table only after it answered us, at the one address it answered from.
 type Contact struct {
 	Identity pki.Identity
 	Nonce    uint64
@@ -103,8 +104,9 @@ type Contact struct {
 // ID returns the contact's node ID.
 func (c Contact) ID() NodeID { return IDOf(c.Identity) }
 
-// addr returns the first address (the one latency tiers and diversity caps
-// are keyed by), or the zero AddrPort.
+// addr returns the first address, or the zero AddrPort. For a routing-table
+// contact it is the only one: the address the contact answered us from,
+// which latency tiers and diversity caps are keyed by.
 func (c Contact) addr() netip.AddrPort {
 	if len(c.Addrs) == 0 {
 		return netip.AddrPort{}

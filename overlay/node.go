@@ -248,6 +248,7 @@ func New(cfg Config) (n *Node, err error) {
 	if !c.DisableDHT {
 		dc := c.DHT
 		dc.PoWBits, dc.Logger = c.PoWBits, c.Logger
+		dc.AllowLoopback = n.loopbackOK()
 		if dc.PoWBits == 0 {
 			dc.PoWBits = dht.NoPoW
 		}

@@ -87,8 +87,8 @@ func (c *Cluster) newNode() (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	ep.SetHandler(func(from pki.Identity, _ netip.AddrPort, req []byte) ([]byte, error) {
-		return d.HandleRequest(from, req)
+	ep.SetHandler(func(from pki.Identity, fromAddr netip.AddrPort, req []byte) ([]byte, error) {
+		return d.HandleRequest(from, fromAddr, req)
 	})
 	n := &Node{KP: kp, DHT: d, EP: ep}
 	c.mu.Lock()
