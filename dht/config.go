@@ -17,8 +17,12 @@ const (
 	// MinAlpha, DefaultAlpha and MaxAlpha bound lookup parallelism.
 	MinAlpha, DefaultAlpha, MaxAlpha = 2, 3, 5
 	// MaxMessageSize is the largest request or response the DHT produces or
-	// accepts (the RPC layer's 1 MiB cap).
-	MaxMessageSize = 1 << 20
+	// accepts, computed from the encoding (wire.go): a NODES or VALUE reply
+	// of MaxContactsPerMessage contacts with MaxAddrs IPv6 addresses each,
+	// 10,354 bytes, is the largest; a VALUE of MaxRecordsPerMessage records
+	// and a STORE of one MaxRecordSize record are smaller. The RPC layer
+	// caps the DHT protocol at it.
+	MaxMessageSize = max(maxContactsReplySize, maxRecordsReplySize, maxStoreSize)
 	// MaxValueSize is the largest stored value (an encoded record).
 	MaxValueSize = 1 << 20
 	// MaxAddrs bounds the addresses in a contact or record.

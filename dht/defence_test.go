@@ -378,7 +378,7 @@ func TestForgedRecordInLookupIgnored(t *testing.T) {
 		}
 		// The evil node answers FIND_VALUE with a record for the victim that
 		// it signed itself, and one with the victim's identity but a forged
-		// address, plus contacts without proof of work.
+		// address; and to FIND_NODE, contacts without proof of work.
 		forged := signedRecord(t, victim, 1, time.Now().Add(time.Hour))
 		forged.Addrs = []netip.AddrPort{netip.MustParseAddrPort("203.0.113.1:1")}
 		ownSigned := signedRecord(t, evil, 1, time.Now().Add(time.Hour))
@@ -390,11 +390,14 @@ func TestForgedRecordInLookupIgnored(t *testing.T) {
 			if err != nil {
 				return nil, err
 			}
-			if m.Type == msgPing {
+			switch m.Type {
+			case msgPing:
 				return appendMessage(nil, &message{Type: msgPong}), nil
+			case msgFindNode:
+				return appendMessage(nil, &message{Type: msgNodes,
+					Contacts: []Contact{{Identity: weak.Identity(), Nonce: weak.Nonce(), Addrs: []netip.AddrPort{evilAddr}}}}), nil
 			}
-			return appendMessage(nil, &message{Type: msgValue, Records: []Record{*forged, *ownSigned},
-				Contacts: []Contact{{Identity: weak.Identity(), Nonce: weak.Nonce(), Addrs: []netip.AddrPort{evilAddr}}}}), nil
+			return appendMessage(nil, &message{Type: msgValue, Records: []Record{*forged, *ownSigned}}), nil
 		})
 		if _, err := d.Ping(context.Background(), Contact{Identity: evil.Identity(), Nonce: evil.Nonce(), Addrs: []netip.AddrPort{evilAddr}}); err != nil {
 			t.Fatal(err)
@@ -403,6 +406,7 @@ func TestForgedRecordInLookupIgnored(t *testing.T) {
 		if rec != nil || !errors.Is(err, ErrNotFound) {
 			t.Fatalf("Resolve = %v, %v; want not found", rec, err)
 		}
+		d.FindPeers(context.Background(), IDOf(victim.Identity()))
 		if drops(d, dropBadRecord) != 2 || drops(d, dropNoPoW) != 1 {
 			t.Fatalf("drops %v", d.Stats().Drops)
 		}

@@ -47,7 +47,7 @@ const recordDomain = "korium-tun dht record v1\x00"
 const minRecordSize = 32 + 8 + 8 + 8 + 1 + 1 + ed25519.SignatureSize
 
 // MaxRecordSize is the largest encoded record.
-const MaxRecordSize = minRecordSize + MaxAddrs*(1+16+2) + MaxRelays*32
+const MaxRecordSize = minRecordSize + MaxAddrs*maxAddrSize + MaxRelays*32
 
 // ID returns the record owner's node ID.
 func (r *Record) ID() NodeID { return IDOf(r.Identity) }
@@ -210,9 +210,9 @@ func (r *Record) encodedSize() int {
 	n := minRecordSize + 32*min(len(r.Relays), MaxRelays)
 	for _, a := range r.Addrs[:min(len(r.Addrs), MaxAddrs)] {
 		if a.Addr().Unmap().Is4() {
-			n += 7
+			n += minAddrSize
 		} else {
-			n += 19
+			n += maxAddrSize
 		}
 	}
 	return n

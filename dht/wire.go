@@ -210,6 +210,19 @@ func (r *reader) count(max, minSize int, what string) int {
 
 const minAddrSize = 1 + 4 + 2
 
+// Largest encodings, for MaxMessageSize.
+const (
+	msgHeaderSize  = 2 // version, type
+	maxAddrSize    = 1 + 16 + 2
+	maxContactSize = minContactSize + MaxAddrs*maxAddrSize
+	// NODES, or VALUE without records (one more count byte): contacts.
+	maxContactsReplySize = msgHeaderSize + 1 + 1 + MaxContactsPerMessage*maxContactSize
+	// VALUE with records (and so no contacts).
+	maxRecordsReplySize = msgHeaderSize + 1 + MaxRecordsPerMessage*MaxRecordSize + 1
+	// STORE: the sender's contact and one record.
+	maxStoreSize = msgHeaderSize + maxContactSize + MaxRecordSize
+)
+
 func (r *reader) addr() netip.AddrPort {
 	switch fam := r.u8(); fam {
 	case 4:
@@ -376,6 +389,11 @@ func decodeMessage(b []byte, ids *IdentityCache) (*message, error) {
 			}
 		}
 		m.Contacts = r.contacts()
+		if r.err == nil && len(m.Records) > 0 && len(m.Contacts) > 0 {
+			// Contacts only help a lookup that found nothing; allowing both
+			// would let one reply exceed MaxMessageSize's bound.
+			return nil, errors.New("dht: VALUE with both records and contacts")
+		}
 	case msgStoreAck, msgError:
 		m.Code = r.u8()
 	}

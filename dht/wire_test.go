@@ -27,7 +27,8 @@ func sampleMessages(t testing.TB) []*message {
 		{Type: msgStore, Sender: self, Record: rec},
 		{Type: msgPong},
 		{Type: msgNodes, Contacts: []Contact{self, other}},
-		{Type: msgValue, Records: []Record{*rec}, Contacts: []Contact{other}},
+		{Type: msgValue, Records: []Record{*rec}},
+		{Type: msgValue, Contacts: []Contact{other}},
 		{Type: msgValue},
 		{Type: msgStoreAck, Code: codeQuota},
 		{Type: msgError, Code: codeRefused},
@@ -158,4 +159,66 @@ func FuzzDecodeRecord(f *testing.F) {
 		// Verification of arbitrary input returns, never panics.
 		_ = rec.Verify(time.Unix(1_800_000_000, 0), 0, time.Hour)
 	})
+}
+
+// MaxMessageSize is the DHT's real maximum: the largest message of each
+// kind fits, decodes, and the largest of all is exactly MaxMessageSize.
+func TestMaxMessageSizeIsTheLargestMessage(t *testing.T) {
+	v6 := func(i int) netip.AddrPort {
+		return netip.AddrPortFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(i + 1)}), 4433)
+	}
+	addrs := make([]netip.AddrPort, MaxAddrs)
+	for i := range addrs {
+		addrs[i] = v6(i)
+	}
+	var relays []pki.Identity
+	for i := range MaxRelays {
+		relays = append(relays, testKeypair(t, byte(100+i), 0).Identity())
+	}
+	bigRecord := func(seed byte) Record {
+		kp := testKeypair(t, seed, 0)
+		r := Record{Addrs: addrs, Relays: relays, Seq: 1, Expires: time.Unix(1_900_000_000, 0)}
+		if err := r.Sign(kp); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(r.AppendBinary(nil)); n != MaxRecordSize {
+			t.Fatalf("largest record has %d bytes, MaxRecordSize %d", n, MaxRecordSize)
+		}
+		return r
+	}
+	var contacts []Contact
+	for i := range MaxContactsPerMessage {
+		kp := testKeypair(t, byte(10+i), 0)
+		contacts = append(contacts, Contact{Identity: kp.Identity(), Nonce: kp.Nonce(), Addrs: addrs})
+	}
+	var records []Record
+	for i := range MaxRecordsPerMessage {
+		records = append(records, bigRecord(byte(50+i)))
+	}
+	rec := bigRecord(60)
+	largest := 0
+	for name, m := range map[string]*message{
+		"NODES":           {Type: msgNodes, Contacts: contacts},
+		"VALUE, contacts": {Type: msgValue, Contacts: contacts},
+		"VALUE, records":  {Type: msgValue, Records: records},
+		"STORE":           {Type: msgStore, Sender: contacts[0], Record: &rec},
+		"FIND_VALUE":      {Type: msgFindValue, Sender: contacts[0], PrefixBits: 96},
+	} {
+		b := appendMessage(nil, m)
+		t.Logf("largest %s: %d bytes", name, len(b))
+		if len(b) > MaxMessageSize {
+			t.Fatalf("%s of %d bytes exceeds MaxMessageSize %d", name, len(b), MaxMessageSize)
+		}
+		if _, err := decodeMessage(b, nil); err != nil {
+			t.Fatalf("largest %s: %v", name, err)
+		}
+		largest = max(largest, len(b))
+	}
+	if largest != MaxMessageSize {
+		t.Fatalf("largest message %d bytes, MaxMessageSize %d: the bound is not tight", largest, MaxMessageSize)
+	}
+	both := appendMessage(nil, &message{Type: msgValue, Records: records[:1], Contacts: contacts[:1]})
+	if _, err := decodeMessage(both, nil); err == nil {
+		t.Fatal("VALUE with both records and contacts decoded")
+	}
 }
