@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/korium/korium-tun/internal/addrpolicy"
 	"github.com/korium/korium-tun/pki"
 )
 
@@ -111,14 +112,67 @@ func TestDecodeRejectsLies(t *testing.T) {
 	}
 }
 
+// checkDecoded asserts what every decoded record must satisfy: valid
+// identities, one to MaxAddrs addresses that addrpolicy allows (loopback
+// aside), at most MaxRelays relays.
+func checkDecoded(t *testing.T, r *Record) {
+	t.Helper()
+	if err := r.Identity.Check(); err != nil {
+		t.Fatalf("record owner: %v", err)
+	}
+	if len(r.Addrs) == 0 || len(r.Addrs) > MaxAddrs || len(r.Relays) > MaxRelays {
+		t.Fatalf("record with %d addresses, %d relays", len(r.Addrs), len(r.Relays))
+	}
+	for _, a := range r.Addrs {
+		if err := addrpolicy.Check(a, true); err != nil {
+			t.Fatalf("record address: %v", err)
+		}
+	}
+	for _, id := range r.Relays {
+		if err := id.Check(); err != nil {
+			t.Fatalf("record relay: %v", err)
+		}
+	}
+}
+
+// fuzzRecordSeeds are records that break one rule each, correctly signed.
+func fuzzRecordSeeds(t testing.TB) [][]byte {
+	kp := testKeypair(t, 9, 0)
+	good := netip.MustParseAddrPort("198.18.0.1:1")
+	sign := func(id pki.Identity, relays []pki.Identity, addrs ...netip.AddrPort) []byte {
+		r := &Record{Identity: id, Nonce: kp.Nonce(), Addrs: addrs, Relays: relays, Seq: 1, Expires: time.Unix(1_900_000_000, 0)}
+		copy(r.Sig[:], kp.Sign(r.SigningBytes()))
+		return r.AppendBinary(nil)
+	}
+	return [][]byte{
+		sign(kp.Identity(), nil, good),
+		sign(kp.Identity(), []pki.Identity{kp.Identity()}, good, netip.MustParseAddrPort("[2001:db8::1]:443")),
+		sign(kp.Identity(), nil, netip.MustParseAddrPort("127.0.0.1:53")),
+		sign(kp.Identity(), nil),
+		sign(kp.Identity(), nil, netip.MustParseAddrPort("0.0.0.0:1")),
+		sign(kp.Identity(), nil, netip.MustParseAddrPort("[ff02::1]:1")),
+		sign(pki.Identity{}, nil, good),
+		sign(kp.Identity(), []pki.Identity{{1}}, good),
+		make([]byte, minRecordSize),
+	}
+}
+
 func FuzzDecodeMessage(f *testing.F) {
 	for _, m := range sampleMessages(f) {
 		f.Add(appendMessage(nil, m))
 	}
+	kp := testKeypair(f, 7, 0)
+	for _, rec := range fuzzRecordSeeds(f) {
+		sender := appendContact([]byte{wireVersion, byte(msgStore)}, &Contact{Identity: kp.Identity()})
+		f.Add(append(sender, rec...))
+		f.Add(append([]byte{wireVersion, byte(msgValue), 1}, append(rec, 0)...))
+	}
 	f.Add([]byte{})
 	f.Add([]byte{wireVersion, byte(msgNodes), 255})
+	f.Add(append([]byte{wireVersion, byte(msgNodes), 1}, make([]byte, 32+8+1)...)) // zero identity
+	ids := NewIdentityCache(64)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		m, err := decodeMessage(b, nil)
+		m, err := decodeMessage(b, ids)
 		if err != nil {
 			return
 		}
@@ -127,30 +181,44 @@ func FuzzDecodeMessage(f *testing.F) {
 		if got := appendMessage(nil, m); !bytes.Equal(got, b) {
 			t.Fatalf("re-encoding differs:\n in %x\nout %x", b, got)
 		}
-		if len(m.Contacts) > MaxContactsPerMessage || len(m.Records) > MaxRecordsPerMessage {
+		if len(b) > MaxMessageSize || len(m.Contacts) > MaxContactsPerMessage || len(m.Records) > MaxRecordsPerMessage {
 			t.Fatal("limits exceeded")
 		}
-		for _, c := range m.Contacts {
+		if len(m.Records) > 0 && len(m.Contacts) > 0 {
+			t.Fatal("VALUE with records and contacts")
+		}
+		contacts := m.Contacts
+		if m.Type.isRequest() {
+			contacts = append(contacts, m.Sender)
+		}
+		for _, c := range contacts {
 			if len(c.Addrs) > MaxAddrs {
 				t.Fatal("too many addresses")
 			}
+			if err := c.Identity.Check(); err != nil {
+				t.Fatalf("contact: %v", err)
+			}
+		}
+		for i := range m.Records {
+			checkDecoded(t, &m.Records[i])
+		}
+		if m.Record != nil {
+			checkDecoded(t, m.Record)
 		}
 	})
 }
 
 func FuzzDecodeRecord(f *testing.F) {
-	kp := testKeypair(f, 9, 0)
-	r := signedRecord(f, kp, 1, time.Unix(1_900_000_000, 0), netip.MustParseAddrPort("198.18.0.1:1"))
-	f.Add(r.AppendBinary(nil))
-	r.Relays = []pki.Identity{kp.Identity()}
-	f.Add(r.AppendBinary(nil))
-	f.Add(make([]byte, minRecordSize))
+	for _, b := range fuzzRecordSeeds(f) {
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		rec, err := DecodeRecord(b)
 		if err != nil {
 			return
 		}
-		if len(rec.Addrs) > MaxAddrs || len(rec.Relays) > MaxRelays || len(b) > MaxRecordSize {
+		checkDecoded(t, rec)
+		if len(b) > MaxRecordSize {
 			t.Fatal("limits exceeded")
 		}
 		if rec.encodedSize() != len(b) {
