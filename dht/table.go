@@ -131,6 +131,7 @@ func (t *table) seen(c Contact, id NodeID, now time.Time) (res insertResult, pin
 	if i >= 0 {
 		e := b.entries[i]
 		e.c, e.lastSeen, e.fails = c, now, 0
+		e.div, _ = diversityPrefix(c.addr().Addr()) // its verified path may have moved
 		copy(b.entries[i:], b.entries[i+1:])
 		b.entries[len(b.entries)-1] = e
 		return insUpdated, nil
