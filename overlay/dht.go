@@ -48,6 +48,15 @@ func (t dhtTransport) Call(ctx context.Context, to dht.Contact, req []byte) ([]b
 // peer's word make it send to a loopback address (addrpolicy).
 func (n *Node) loopbackOK() bool { return n.LocalAddr().Addr().Unmap().IsLoopback() }
 
+// hostAddrAdvertisable reports whether an address of one of the host's
+// interfaces may go into our record when we listen on all of them: one
+// addrpolicy lets others send to, never loopback (the DHT would refuse the
+// whole address list, and the node would not start, over one odd
+// interface address).
+func hostAddrAdvertisable(ip netip.Addr) bool {
+	return addrpolicy.Dialable(netip.AddrPortFrom(ip, 1), false)
+}
+
 // dialable returns the addresses a peer's word (a record, a DHT contact)
 // may make us dial, in order.
 func (n *Node) dialable(addrs []netip.AddrPort) []netip.AddrPort {

@@ -368,7 +368,7 @@ func (n *Node) AdvertisedAddrs() []netip.AddrPort {
 			continue
 		}
 		ip = ip.Unmap()
-		if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsMulticast() || smartaddr.IsOverlay(ip) {
+		if !hostAddrAdvertisable(ip) || smartaddr.IsOverlay(ip) {
 			continue
 		}
 		out = append(out, netip.AddrPortFrom(ip, la.Port()))
