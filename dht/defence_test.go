@@ -62,12 +62,23 @@ const testPoW = 6
 
 func newTestDHT(t *testing.T, f *fakeNet, seed byte, addr string, cfg Config) *DHT {
 	t.Helper()
+	return newTestDHTOver(t, f, seed, addr, cfg, nil)
+}
+
+// newTestDHTOver is newTestDHT with its transport wrapped by wrap (nil:
+// none).
+func newTestDHTOver(t *testing.T, f *fakeNet, seed byte, addr string, cfg Config, wrap func(Transport) Transport) *DHT {
+	t.Helper()
 	kp := testKeypair(t, seed, testPoW)
 	if cfg.PoWBits == 0 {
 		cfg.PoWBits = testPoW
 	}
 	ap := netip.MustParseAddrPort(addr)
-	d, err := New(kp, &fakeTransport{net: f, self: kp.Identity()}, []netip.AddrPort{ap}, cfg)
+	var tr Transport = &fakeTransport{net: f, self: kp.Identity()}
+	if wrap != nil {
+		tr = wrap(tr)
+	}
+	d, err := New(kp, tr, []netip.AddrPort{ap}, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

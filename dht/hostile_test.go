@@ -50,21 +50,23 @@ func (r *recordingTransport) hinted(a netip.AddrPort) int {
 // newRecordingDHT is newTestDHT with a recordingTransport.
 func newRecordingDHT(t *testing.T, f *fakeNet, seed byte, addr string, cfg Config) (*DHT, *recordingTransport) {
 	t.Helper()
-	kp := testKeypair(t, seed, testPoW)
-	if cfg.PoWBits == 0 {
-		cfg.PoWBits = testPoW
-	}
-	ap := netip.MustParseAddrPort(addr)
-	rt := &recordingTransport{Transport: &fakeTransport{net: f, self: kp.Identity()}}
-	d, err := New(kp, rt, []netip.AddrPort{ap}, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	f.add(kp.Identity(), ap, func(from pki.Identity, fromAddr netip.AddrPort, req []byte) ([]byte, error) {
-		return d.HandleRequest(from, fromAddr, req)
-	})
+	rt := &recordingTransport{}
+	d := newTestDHTOver(t, f, seed, addr, cfg, func(tr Transport) Transport { rt.Transport = tr; return rt })
 	return d, rt
+}
+
+// answering is a peer that answers PING and, to anything else, reply.
+func answering(reply *message) handler {
+	return func(_ pki.Identity, _ netip.AddrPort, req []byte) ([]byte, error) {
+		m, err := decodeMessage(req, nil)
+		if err != nil {
+			return nil, err
+		}
+		if m.Type == msgPing {
+			return appendMessage(nil, &message{Type: msgPong}), nil
+		}
+		return appendMessage(nil, reply), nil
+	}
 }
 
 func pongHandler(pki.Identity, netip.AddrPort, []byte) ([]byte, error) {
@@ -225,16 +227,7 @@ func TestLookupHintsFiltered(t *testing.T) {
 			}
 			named = append(named, c)
 		}
-		f.add(evil.Identity(), evilAddr, func(_ pki.Identity, _ netip.AddrPort, req []byte) ([]byte, error) {
-			m, err := decodeMessage(req, nil)
-			if err != nil {
-				return nil, err
-			}
-			if m.Type == msgPing {
-				return appendMessage(nil, &message{Type: msgPong}), nil
-			}
-			return appendMessage(nil, &message{Type: msgNodes, Contacts: named}), nil
-		})
+		f.add(evil.Identity(), evilAddr, answering(&message{Type: msgNodes, Contacts: named}))
 		if _, err := d.Ping(context.Background(), Contact{Identity: evil.Identity(), Nonce: evil.Nonce(), Addrs: []netip.AddrPort{evilAddr}}); err != nil {
 			t.Fatal(err)
 		}
@@ -385,16 +378,7 @@ func TestLookupRefusesLoopbackRecord(t *testing.T) {
 		rec := signedRecord(t, owner, 1, time.Now().Add(time.Hour), netip.MustParseAddrPort("127.0.0.1:5353"))
 		holder := testKeypair(t, 3, testPoW)
 		holderAddr := netip.MustParseAddrPort("198.18.9.9:1")
-		f.add(holder.Identity(), holderAddr, func(_ pki.Identity, _ netip.AddrPort, req []byte) ([]byte, error) {
-			m, err := decodeMessage(req, nil)
-			if err != nil {
-				return nil, err
-			}
-			if m.Type == msgPing {
-				return appendMessage(nil, &message{Type: msgPong}), nil
-			}
-			return appendMessage(nil, &message{Type: msgValue, Records: []Record{*rec}}), nil
-		})
+		f.add(holder.Identity(), holderAddr, answering(&message{Type: msgValue, Records: []Record{*rec}}))
 		if _, err := d.Ping(context.Background(), Contact{Identity: holder.Identity(), Nonce: holder.Nonce(), Addrs: []netip.AddrPort{holderAddr}}); err != nil {
 			t.Fatal(err)
 		}
