@@ -21,12 +21,13 @@ const (
 	dropRateLimited                       // insertion rate limit of an IP prefix
 	dropVerifyQueueFull                   // too many contacts waiting for a check ping
 	dropBadResponse                       // undecodable or wrong-type response
+	dropBadAddr                           // an address we may not send to: record, hint, or where a peer spoke from
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{
 	"malformed", "sender_mismatch", "no_pow", "bad_record", "quota", "stale",
-	"prefix_cap", "rate_limited", "verify_queue_full", "bad_response",
+	"prefix_cap", "rate_limited", "verify_queue_full", "bad_response", "bad_addr",
 }
 
 func (r DropReason) String() string {

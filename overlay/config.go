@@ -14,6 +14,7 @@ import (
 
 	"github.com/korium/korium-tun/dht"
 	"github.com/korium/korium-tun/gossipsub"
+	"github.com/korium/korium-tun/internal/addrpolicy"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/relay/server"
 	"github.com/korium/korium-tun/rpc"
@@ -108,12 +109,15 @@ type Config struct {
 	// Advertise are the addresses others should use to reach this node
 	// (published in its DHT record and printed as bootstrap strings).
 	// Default: the listen address, or every non-loopback address of the
-	// host when listening on all of them.
+	// host when listening on all of them. Each must be one others may be
+	// sent to (internal/addrpolicy): loopback only when the node listens on
+	// loopback.
 	Advertise []netip.AddrPort
 	// DisableDHT turns the DHT off: only bootstrap contacts and peers that
 	// connect to us are reachable.
 	DisableDHT bool
-	// DHT tunes the DHT; its PoWBits and Logger are the node's.
+	// DHT tunes the DHT; its PoWBits, Logger and AllowLoopback are the
+	// node's.
 	DHT dht.Config
 	// DisablePubSub turns the GossipSub router off.
 	DisablePubSub bool
@@ -213,5 +217,29 @@ func (c *Config) withDefaults() (Config, error) {
 	if out.KeepAlive >= out.IdleTimeout {
 		return out, fmt.Errorf("overlay: Config.KeepAlive %v must be below IdleTimeout %v", out.KeepAlive, out.IdleTimeout)
 	}
+	loop := listensOnLoopback(&out)
+	for _, a := range out.Advertise {
+		if err := addrpolicy.Check(a, loop); err != nil {
+			return out, fmt.Errorf("overlay: Config.Advertise: %w: advertise an address other nodes can reach (loopback only when listening on loopback)", err)
+		}
+	}
 	return out, nil
+}
+
+// listensOnLoopback reports whether the node's socket (Conn, else Listen)
+// is bound to a loopback address.
+func listensOnLoopback(c *Config) bool {
+	if c.Conn != nil {
+		ua, ok := c.Conn.LocalAddr().(*net.UDPAddr)
+		return ok && ua.AddrPort().Addr().Unmap().IsLoopback()
+	}
+	host, _, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
 }

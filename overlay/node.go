@@ -248,6 +248,7 @@ func New(cfg Config) (n *Node, err error) {
 	if !c.DisableDHT {
 		dc := c.DHT
 		dc.PoWBits, dc.Logger = c.PoWBits, c.Logger
+		dc.AllowLoopback = n.loopbackOK()
 		if dc.PoWBits == 0 {
 			dc.PoWBits = dht.NoPoW
 		}
@@ -367,7 +368,7 @@ func (n *Node) AdvertisedAddrs() []netip.AddrPort {
 			continue
 		}
 		ip = ip.Unmap()
-		if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsMulticast() || smartaddr.IsOverlay(ip) {
+		if !hostAddrAdvertisable(ip) || smartaddr.IsOverlay(ip) {
 			continue
 		}
 		out = append(out, netip.AddrPortFrom(ip, la.Port()))
