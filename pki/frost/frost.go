@@ -228,6 +228,9 @@ func (n *Nonces) Commitment() Commitment { return n.commitment }
 // Used reports whether n has been consumed.
 func (n *Nonces) Used() bool { return n.hiding == nil }
 
+// Discard zeroes n unused (an expired session): it can no longer sign.
+func (n *Nonces) Discard() { n.take() }
+
 // take returns the nonces and zeroes n, once.
 func (n *Nonces) take() (h, b *edwards25519.Scalar, ok bool) {
 	if n == nil || n.hiding == nil {
