@@ -15,6 +15,7 @@ import (
 	"github.com/korium/korium-tun/dht"
 	"github.com/korium/korium-tun/gossipsub"
 	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/pki/tca"
 	"github.com/korium/korium-tun/relay/server"
 )
 
@@ -149,6 +150,17 @@ type Config struct {
 	// RequestQueue caps requests waiting in IncomingRequests (default 64);
 	// further ones are refused and counted.
 	RequestQueue int
+	// TrustDomain, when set, puts the node's SPIFFE ID
+	// spiffe://TrustDomain/IDENTITY[/Workload] in its certificate, and is
+	// the default trust domain of RequestCACertificate.
+	TrustDomain string
+	Workload    string
+	// CASigner makes the node a threshold-CA signer with this state (from
+	// a DKG, see tca.LoadState): it answers CSRs on the csr topic.
+	CASigner *tca.SignerState
+	// CA tunes the threshold CA (its Keypair, Network and Signer are the
+	// node's).
+	CA tca.Config
 }
 
 // Resolver returns contacts that may own addr. The node dials them with the
@@ -201,6 +213,9 @@ func (c *Config) withDefaults() (Config, error) {
 	def(&out.RequestTimeout, 10*time.Second)
 	if out.RequestQueue <= 0 {
 		out.RequestQueue = 64
+	}
+	if err := out.checkCAConfig(); err != nil {
+		return out, err
 	}
 	if out.KeepAlive >= out.IdleTimeout {
 		return out, fmt.Errorf("overlay: Config.KeepAlive %v must be below IdleTimeout %v", out.KeepAlive, out.IdleTimeout)
