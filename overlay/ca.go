@@ -173,3 +173,9 @@ func (c *Config) checkCAConfig() error {
 	}
 	return nil
 }
+
+// SaveCASignerState writes st encrypted under the node's key to a new
+// file at path (tca.SaveState), for a later Config.CASigner.
+func (n *Node) SaveCASignerState(path string, st *tca.SignerState) error {
+	return tca.SaveState(path, st, n.kp)
+}
