@@ -26,7 +26,7 @@ import (
 
 // caEvent is one line of the ca_dkg and cert_request streams.
 type caEvent struct {
-	Kind string `json:"kind"` // "waiting" or "done"
+	Kind string `json:"kind"` // "waiting", "done" or "error" (Text says why)
 	Text string `json:"text,omitempty"`
 	// ca_dkg's result:
 	CAKey    string           `json:"ca_key,omitempty"`
@@ -100,28 +100,11 @@ func caDKG(c *cli.Context, stdout, stderr io.Writer) error {
 	caPath := c.String("ca-cert")
 	fmt.Fprintf(stderr, "running a %d-of-%d DKG for %s: every signer must run `korium-tun ca dkg` with the same --trust-domain, --threshold and --signers within %v\n",
 		a.Threshold, len(a.Signers), a.TrustDomain, a.Timeout)
-	var done *caEvent
 	ctx, cancel := context.WithTimeout(c.Context, a.Timeout+30*time.Second)
 	defer cancel()
-	err = control.Stream(ctx, c.String("control"), "ca_dkg", a, func(raw json.RawMessage) error {
-		var ev caEvent
-		if err := json.Unmarshal(raw, &ev); err != nil {
-			return err
-		}
-		switch ev.Kind {
-		case "waiting":
-			fmt.Fprintln(stderr, ev.Text)
-		case "done":
-			done = &ev
-			return errStreamDone
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, errStreamDone) {
+	done, err := streamResult(ctx, c.String("control"), "ca_dkg", a, stderr)
+	if err != nil {
 		return err
-	}
-	if done == nil {
-		return errors.New("the node closed the DKG stream without a result")
 	}
 	if err := tca.WriteCertPEM(caPath, done.CACert); err != nil {
 		return err
@@ -137,8 +120,26 @@ func caDKG(c *cli.Context, stdout, stderr io.Writer) error {
 var errStreamDone = errors.New("stream done")
 
 // caControl registers the CA streams on a running node.
+//
+// A failure is sent as an "error" event rather than returned: the control
+// stream's own final error line is written after its last event's write
+// deadline (10 s), which a ceremony or a request easily outlasts.
 func caControl(node *overlay.Node, ctl *control.Server) {
-	ctl.HandleStream("ca_dkg", func(ctx context.Context, raw json.RawMessage, emit func(any) error) error {
+	ctl.HandleStream("ca_dkg", errorEvent(caDKGStream(node)))
+	ctl.HandleStream("cert_request", errorEvent(certRequestStream(node)))
+}
+
+func errorEvent(h control.StreamHandler) control.StreamHandler {
+	return func(ctx context.Context, raw json.RawMessage, emit func(any) error) error {
+		if err := h(ctx, raw, emit); err != nil {
+			return emit(caEvent{Kind: "error", Text: err.Error()})
+		}
+		return nil
+	}
+}
+
+func caDKGStream(node *overlay.Node) control.StreamHandler {
+	return func(ctx context.Context, raw json.RawMessage, emit func(any) error) error {
 		var a dkgArgs
 		if err := json.Unmarshal(raw, &a); err != nil {
 			return errors.New("ca_dkg: malformed arguments")
@@ -170,8 +171,11 @@ func caControl(node *overlay.Node, ctl *control.Server) {
 		m := res.Messages
 		return emit(caEvent{Kind: "done", CAKey: hex.EncodeToString(res.State.CA.GroupKey), CACert: res.State.CA.DER, State: a.State,
 			Signer: int(res.State.ID), Elapsed: res.Elapsed, Messages: &m})
-	})
-	ctl.HandleStream("cert_request", func(ctx context.Context, raw json.RawMessage, emit func(any) error) error {
+	}
+}
+
+func certRequestStream(node *overlay.Node) control.StreamHandler {
+	return func(ctx context.Context, raw json.RawMessage, emit func(any) error) error {
 		var a certArgs
 		if err := json.Unmarshal(raw, &a); err != nil {
 			return errors.New("cert_request: malformed arguments")
@@ -196,7 +200,40 @@ func caControl(node *overlay.Node, ctl *control.Server) {
 			ev.Signers = append(ev.Signers, s.String())
 		}
 		return emit(ev)
+	}
+}
+
+// streamResult runs one of the CA streams and returns its "done" event,
+// printing "waiting" events to stderr.
+func streamResult(ctx context.Context, path, cmd string, args any, stderr io.Writer) (*caEvent, error) {
+	var done *caEvent
+	var failed error
+	err := control.Stream(ctx, path, cmd, args, func(raw json.RawMessage) error {
+		var ev caEvent
+		if err := json.Unmarshal(raw, &ev); err != nil {
+			return err
+		}
+		switch ev.Kind {
+		case "waiting":
+			fmt.Fprintln(stderr, ev.Text)
+		case "done":
+			done = &ev
+			return errStreamDone
+		case "error":
+			failed = errors.New(ev.Text)
+			return errStreamDone
+		}
+		return nil
 	})
+	switch {
+	case failed != nil:
+		return nil, failed
+	case err != nil && !errors.Is(err, errStreamDone):
+		return nil, err
+	case done == nil:
+		return nil, errors.New("the node closed the stream without a result")
+	}
+	return done, nil
 }
 
 // loadCASigner reads --ca-signer for up.

@@ -4,15 +4,14 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/korium/korium-tun/control"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/pki/tca"
 )
@@ -85,26 +84,9 @@ func certRequest(c *cli.Context, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(c.Context, 3*time.Minute)
 	defer cancel()
-	var done *caEvent
-	err := control.Stream(ctx, c.String("control"), "cert_request", a, func(raw json.RawMessage) error {
-		var ev caEvent
-		if err := json.Unmarshal(raw, &ev); err != nil {
-			return err
-		}
-		switch ev.Kind {
-		case "waiting":
-			fmt.Fprintln(stderr, ev.Text)
-		case "done":
-			done = &ev
-			return errStreamDone
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, errStreamDone) {
+	done, err := streamResult(ctx, c.String("control"), "cert_request", a, stderr)
+	if err != nil {
 		return err
-	}
-	if done == nil {
-		return errors.New("the node closed the request stream without a certificate")
 	}
 	if err := tca.WriteCertPEM(c.String("out"), done.Leaf); err != nil {
 		return err
@@ -119,16 +101,17 @@ func certRequest(c *cli.Context, stdout, stderr io.Writer) error {
 }
 
 func certShow(c *cli.Context, stdout io.Writer) error {
-	if c.NArg() != 1 {
-		return errors.New("cert show takes one certificate FILE (PEM)")
+	file, caPath, asJSON, err := showArgs(c)
+	if err != nil {
+		return err
 	}
-	der, err := tca.ReadCertPEM(c.Args().First())
+	der, err := tca.ReadCertPEM(file)
 	if err != nil {
 		return err
 	}
 	leaf, err := x509.ParseCertificate(der)
 	if err != nil {
-		return fmt.Errorf("%s: not a certificate: %v", c.Args().First(), err)
+		return fmt.Errorf("%s: not a certificate: %v", file, err)
 	}
 	info := certInfo{Serial: leaf.SerialNumber.Text(16), Issuer: leaf.Issuer.String(), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, IsCA: leaf.IsCA}
 	if sid, found, err := pki.ExtractSPIFFEID(leaf); err == nil && found {
@@ -137,7 +120,7 @@ func certShow(c *cli.Context, stdout io.Writer) error {
 			info.Identity, info.Workload = id.String(), wl
 		}
 	}
-	if p := c.String("ca-cert"); p != "" {
+	if p := caPath; p != "" {
 		caDER, err := tca.ReadCertPEM(p)
 		if err != nil {
 			return err
@@ -153,7 +136,7 @@ func certShow(c *cli.Context, stdout io.Writer) error {
 		}
 		info.Verified = &ok
 	}
-	if c.Bool("json") {
+	if asJSON {
 		if err := printIndented(stdout, info); err != nil {
 			return err
 		}
@@ -183,4 +166,37 @@ func orNone(s string) string {
 		return "(none)"
 	}
 	return s
+}
+
+// showArgs takes cert show's FILE and its flags, which may also follow
+// FILE as the usage `cert show FILE [--ca-cert FILE] [--json]` writes them
+// (the flag parser stops at the first argument).
+func showArgs(c *cli.Context) (file, caPath string, asJSON bool, err error) {
+	caPath, asJSON = c.String("ca-cert"), c.Bool("json")
+	args := c.Args().Slice()
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--json" || a == "-json":
+			asJSON = true
+		case a == "--ca-cert" || a == "-ca-cert":
+			if i+1 >= len(args) {
+				return "", "", false, errors.New("--ca-cert needs a FILE")
+			}
+			i++
+			caPath = args[i]
+		case strings.HasPrefix(a, "--ca-cert="):
+			caPath = strings.TrimPrefix(a, "--ca-cert=")
+		case strings.HasPrefix(a, "-") && a != "-":
+			return "", "", false, fmt.Errorf("cert show: unknown flag %s", a)
+		case file != "":
+			return "", "", false, errors.New("cert show takes one certificate FILE (PEM)")
+		default:
+			file = a
+		}
+	}
+	if file == "" {
+		return "", "", false, errors.New("cert show takes one certificate FILE (PEM)")
+	}
+	return file, caPath, asJSON, nil
 }
