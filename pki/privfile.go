@@ -18,6 +18,9 @@ import (
 // ErrFileExists is returned by CreatePrivateFile when path is taken.
 var ErrFileExists = errors.New("file already exists")
 
+// ErrFileTooLarge is wrapped by ReadPrivateFile for a file above its limit.
+var ErrFileTooLarge = errors.New("file too large")
+
 // CreatePrivateFile writes data to a new file at path with mode 0600,
 // atomically, refusing to replace an existing file.
 func CreatePrivateFile(path string, data []byte) error {
@@ -58,15 +61,16 @@ func CreatePrivateFile(path string, data []byte) error {
 	return nil
 }
 
-// ReadPrivateFile reads at most limit bytes of a regular file that group
-// and others cannot access.
+// ReadPrivateFile reads a regular file of at most limit bytes that group
+// and others cannot access. O_NONBLOCK: opening a FIFO must not wait for a
+// writer before the regular-file check refuses it.
 func ReadPrivateFile(path string, limit int) ([]byte, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("%s does not exist", path)
+			return nil, fmt.Errorf("%s does not exist: %w", path, fs.ErrNotExist)
 		}
-		return nil, fmt.Errorf("cannot open %s: %v", path, errors.Unwrap(err))
+		return nil, fmt.Errorf("cannot open %s: %v (check the path and its permissions)", path, errors.Unwrap(err))
 	}
 	defer f.Close()
 	st, err := f.Stat()
@@ -84,7 +88,7 @@ func ReadPrivateFile(path string, limit int) ([]byte, error) {
 		return nil, fmt.Errorf("cannot read %s: %v", path, err)
 	}
 	if len(data) > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
+		return nil, fmt.Errorf("%s: %w: more than %d bytes", path, ErrFileTooLarge, limit)
 	}
 	return data, nil
 }
