@@ -432,3 +432,27 @@ func BenchmarkSign3of5(b *testing.B) {
 		}
 	}
 }
+
+// FuzzDecodePoint: whatever DecodePoint accepts is canonical, not the
+// identity, and in the prime-order subgroup; DecodeScalar accepts only
+// canonical scalars.
+func FuzzDecodePoint(f *testing.F) {
+	f.Add(edwards25519.NewGeneratorPoint().Bytes())
+	f.Add(edwards25519.NewIdentityPoint().Bytes())
+	f.Add(bytes.Repeat([]byte{0xff}, 32))
+	f.Add(unhex(f, "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if p, err := DecodePoint(b); err == nil {
+			if !bytes.Equal(p.Bytes(), b) || p.Equal(edwards25519.NewIdentityPoint()) == 1 {
+				t.Fatal("accepted a non-canonical encoding or the identity")
+			}
+			q := new(edwards25519.Point).ScalarMult(lMinus1, p)
+			if q.Add(q, p).Equal(edwards25519.NewIdentityPoint()) != 1 {
+				t.Fatal("accepted a point outside the prime-order subgroup")
+			}
+		}
+		if s, err := DecodeScalar(b); err == nil && !bytes.Equal(s.Bytes(), b) {
+			t.Fatal("accepted a non-canonical scalar")
+		}
+	})
+}
