@@ -16,6 +16,7 @@ import (
 	"github.com/korium/korium-tun/gossipsub"
 	"github.com/korium/korium-tun/internal/addrpolicy"
 	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/pki/tca"
 	"github.com/korium/korium-tun/relay/server"
 	"github.com/korium/korium-tun/rpc"
 )
@@ -161,6 +162,17 @@ type Config struct {
 	// other protocols are their own maxima and its HandlerTimeout is
 	// RequestTimeout.
 	RPC rpc.Config
+	// TrustDomain, when set, puts the node's SPIFFE ID
+	// spiffe://TrustDomain/IDENTITY[/Workload] in its certificate, and is
+	// the default trust domain of RequestCACertificate.
+	TrustDomain string
+	Workload    string
+	// CASigner makes the node a threshold-CA signer with this state (from
+	// a DKG, see tca.LoadState): it answers CSRs on the csr topic.
+	CASigner *tca.SignerState
+	// CA tunes the threshold CA (its Keypair, Network and Signer are the
+	// node's).
+	CA tca.Config
 }
 
 // Resolver returns contacts that may own addr. The node dials them with the
@@ -213,6 +225,9 @@ func (c *Config) withDefaults() (Config, error) {
 	def(&out.RequestTimeout, 10*time.Second)
 	if out.RequestQueue <= 0 {
 		out.RequestQueue = 64
+	}
+	if err := out.checkCAConfig(); err != nil {
+		return out, err
 	}
 	if out.KeepAlive >= out.IdleTimeout {
 		return out, fmt.Errorf("overlay: Config.KeepAlive %v must be below IdleTimeout %v", out.KeepAlive, out.IdleTimeout)

@@ -25,6 +25,7 @@ import (
 	"github.com/korium/korium-tun/dht"
 	"github.com/korium/korium-tun/gossipsub"
 	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/pki/tca"
 	"github.com/korium/korium-tun/relay/server"
 	"github.com/korium/korium-tun/rpc"
 	"github.com/korium/korium-tun/smartaddr"
@@ -78,6 +79,7 @@ type Node struct {
 
 	dht        *dht.DHT                    // nil when Config.DisableDHT
 	gossip     *gossipsub.Router           // nil when Config.DisablePubSub
+	ca         *tca.Service                // nil when Config.DisablePubSub
 	rpc        *rpc.Server                 // serves every installed peer connection
 	appHandler atomic.Pointer[rpc.Handler] // SetRequestHandler's, or nil
 	reqMu      sync.Mutex                  // guards incoming
@@ -106,6 +108,7 @@ type peer struct {
 	outbound    bool
 	incarnation string // the peer certificate's serial: new on every start
 	nonce       uint64 // the peer's proof-of-work nonce, from its certificate
+	spiffeID    string // the SPIFFE ID in its certificate (checked against its key), or ""
 	since       time.Time
 	txBytes     atomic.Uint64
 	txPkts      atomic.Uint64
@@ -141,7 +144,7 @@ type Counters struct {
 	RxMalformed, RxSpoofedSource, RxNotForUs                 atomic.Uint64
 	DevReadErrors, DevWriteErrors, PendingDelivered          atomic.Uint64
 	HandshakeRefused, DuplicateConns, PeersEvicted           atomic.Uint64
-	PeersIdleEvicted                                         atomic.Uint64
+	PeersIdleEvicted, SPIFFERefused                          atomic.Uint64
 	ResolveOK, ResolveFailed, TxResolveFailed, ResolveBusy   atomic.Uint64
 	AppNoHandler, AppQueueFull                               atomic.Uint64
 	RelayRefused, Punches, PunchRefused, DialBackBusy        atomic.Uint64
@@ -272,7 +275,11 @@ func New(cfg Config) (n *Node, err error) {
 		n.rpc.Handle(rpc.ProtoGossip, n.handleGossip)
 	}
 	n.initRelay()
-	n.tlsConf = pki.TLSConfig{Keypair: c.Keypair, PoWBits: c.PoWBits}
+	if err := n.initCA(); err != nil {
+		return nil, err
+	}
+	n.tlsConf = pki.TLSConfig{Keypair: c.Keypair, PoWBits: c.PoWBits, Refused: n.tlsRefused,
+		SPIFFE: pki.SPIFFEConfig{TrustDomain: c.TrustDomain, Workload: c.Workload}}
 	if n.srvTLS, err = n.tlsConf.Server(nil); err != nil {
 		return nil, err
 	}
@@ -405,6 +412,7 @@ func (n *Node) Close() error {
 		if n.dht != nil {
 			n.dht.Close()
 		}
+		n.closeCA()
 		if n.gossip != nil {
 			n.gossip.Close()
 		}
@@ -570,6 +578,7 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 		since:       time.Now(),
 	}
 	p.nonce, _ = pki.PeerNonce(cs.TLS)
+	p.spiffeID = pki.PeerSPIFFEID(cs.TLS.PeerCertificates)
 	p.lastUsed.Store(n.clock.Load())
 	n.mu.Lock()
 	old := n.peers[id]

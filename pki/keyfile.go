@@ -6,12 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strconv"
-	"syscall"
 )
 
 // Key file format (text, one field per line, nothing else):
@@ -74,29 +71,15 @@ func DecodeKeyFile(data []byte) (*Keypair, error) {
 // read or write, one that is not a regular file, and a truncated or malformed
 // one; every error names the file and says what to do.
 func LoadKeyFile(path string) (*Keypair, error) {
-	// O_NONBLOCK: opening a FIFO must not wait for a writer before the
-	// regular-file check below refuses it. Regular files ignore the flag.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	data, err := ReadPrivateFile(path, maxKeyFileSize)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("key file %s does not exist: create one with `korium-tun keygen --key %s`", path, path)
 		}
-		return nil, fmt.Errorf("cannot open key file %s: %v (check the path and its permissions)", path, errors.Unwrap(err))
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("cannot stat key file %s: %v", path, err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("key file %s is not a regular file", path)
-	}
-	if perm := st.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("key file %s is accessible by group or others (mode %04o): run `chmod 600 %s`", path, perm, path)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxKeyFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("cannot read key file %s: %v", path, err)
+		if errors.Is(err, ErrFileTooLarge) {
+			return nil, fmt.Errorf("key file %s is corrupt (more than %d bytes, a key file has about 110): restore it from a backup or generate a new identity with `korium-tun keygen --key NEWFILE`", path, maxKeyFileSize)
+		}
+		return nil, fmt.Errorf("key file: %w", err)
 	}
 	kp, err := DecodeKeyFile(data)
 	if err != nil {
@@ -109,40 +92,13 @@ func LoadKeyFile(path string) (*Keypair, error) {
 // an existing file: the bytes go to a temporary file in the same directory,
 // are synced, and are then hard-linked into place (link fails if path exists,
 // unlike rename). A crash leaves either no key file or a complete one.
-func SaveKeyFile(path string, kp *Keypair) (err error) {
-	dir := filepath.Dir(path)
-	if _, err := os.Lstat(path); err == nil {
+func SaveKeyFile(path string, kp *Keypair) error {
+	err := CreatePrivateFile(path, EncodeKeyFile(kp))
+	if errors.Is(err, ErrFileExists) {
 		return fmt.Errorf("%w: %s (refusing to overwrite an identity)", ErrKeyFileExists, path)
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("cannot create directory for key file %s: %v", path, err)
-	}
-	tmp, err := os.CreateTemp(dir, ".korium-key-*")
 	if err != nil {
-		return fmt.Errorf("cannot write key file %s: %v", path, err)
-	}
-	defer func() {
-		tmp.Close()
-		os.Remove(tmp.Name())
-	}()
-	if err := tmp.Chmod(0o600); err != nil {
-		return fmt.Errorf("cannot set mode 0600 on key file %s: %v", path, err)
-	}
-	if _, err := tmp.Write(EncodeKeyFile(kp)); err != nil {
-		return fmt.Errorf("cannot write key file %s: %v", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("cannot sync key file %s: %v", path, err)
-	}
-	if err := os.Link(tmp.Name(), path); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("%w: %s (refusing to overwrite an identity)", ErrKeyFileExists, path)
-		}
-		return fmt.Errorf("cannot create key file %s: %v", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
+		return fmt.Errorf("key file: %w", err)
 	}
 	return nil
 }

@@ -103,6 +103,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					powFlag, controlFlag,
 					&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 					&cli.BoolFlag{Name: "relay", Value: true, Usage: "relay for peers behind NAT when this node is publicly reachable (--relay=false turns it off)"},
+					&cli.StringFlag{Name: "trust-domain", Usage: "SPIFFE trust domain: puts spiffe://TD/IDENTITY[/WORKLOAD] in the node's certificate"},
+					&cli.StringFlag{Name: "workload", Usage: "SPIFFE workload path after the identity (needs --trust-domain)"},
+					&cli.StringFlag{Name: "ca-signer", Usage: "threshold-CA signer state (written by `ca dkg --state`): the node signs CSRs"},
 				},
 				Action: func(c *cli.Context) error { return up(c, stdout, stderr) },
 			},
@@ -177,7 +180,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			},
 		},
 	}
-	app.Commands = append(app.Commands, chatCommand(os.Stdin, stdout, stderr))
+	app.Commands = append(app.Commands, chatCommand(os.Stdin, stdout, stderr), caCommand(controlFlag, stdout, stderr), certCommand(controlFlag, jsonFlag, stdout, stderr))
 	for _, cmd := range app.Commands {
 		cmd.OnUsageError = app.OnUsageError
 	}
@@ -275,6 +278,9 @@ func up(c *cli.Context, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := checkSPIFFEFlags(c); err != nil {
+		return err
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("`korium-tun up` creates a TUN device and needs root: run it with sudo (Go programs can use the overlay without root through the overlay package's netstack)")
 	}
@@ -307,6 +313,10 @@ func up(c *cli.Context, stdout, stderr io.Writer) error {
 	if err := pki.CheckPoW(kp.Identity(), kp.Nonce(), bits); err != nil {
 		return fmt.Errorf("key %s: %v: use a key made with `korium-tun keygen --pow-bits %d`", keyPath, err, bits)
 	}
+	signer, err := loadCASigner(c.String("ca-signer"), kp)
+	if err != nil {
+		return err
+	}
 	udp, err := overlay.ListenUDP(c.String("listen"))
 	if err != nil {
 		return err
@@ -319,7 +329,7 @@ func up(c *cli.Context, stdout, stderr io.Writer) error {
 	}
 	node, err := overlay.New(overlay.Config{
 		Keypair: kp, PoWBits: overlayPoW(bits), Conn: udp, Device: dev, MTU: mtu, Bootstrap: boot, Logger: log,
-		NoRelay: !c.Bool("relay"),
+		NoRelay: !c.Bool("relay"), TrustDomain: c.String("trust-domain"), Workload: c.String("workload"), CASigner: signer,
 	})
 	if err != nil {
 		return err
@@ -333,6 +343,7 @@ func up(c *cli.Context, stdout, stderr io.Writer) error {
 	}
 	defer ctl.Close()
 	chatControl(node, ctl)
+	caControl(node, ctl)
 
 	for _, b := range bootstrapStrings(node) {
 		fmt.Fprintf(stdout, "bootstrap %s\n", b)
