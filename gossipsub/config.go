@@ -16,6 +16,12 @@ type Config struct {
 	Dscore int // peers kept by score when pruning; default 4
 	Dlazy  int // minimum gossip targets; default 6
 
+	// DisableFloodPublish sends our own messages to our mesh (or fanout)
+	// peers only, as GossipSub v1.0 does, instead of to every topic peer
+	// above the publish threshold. Default false (flood publishing on, as
+	// the reference does).
+	DisableFloodPublish bool
+
 	GossipFactor      float64       // fraction of eligible peers gossiped to; default 0.25
 	HeartbeatInterval time.Duration // default 1s
 	HistoryLength     int           // message cache windows; default 5

@@ -337,7 +337,8 @@ func (r *Router) Unsubscribe(topic string) error {
 }
 
 // Publish signs data and sends it to topic: to every topic peer above the
-// publish threshold (flood publishing). We need not subscribe to topic.
+// publish threshold (flood publishing), or with Config.DisableFloodPublish
+// to our mesh (fanout) peers. We need not subscribe to topic.
 func (r *Router) Publish(topic string, data []byte) error {
 	if !validTopic(topic) {
 		return ErrBadTopic
@@ -742,7 +743,14 @@ func (r *Router) publish(topic string, data []byte) error {
 		}
 	}
 	// Flood publishing: every topic peer above the publish threshold.
-	for pid := range r.topics[topic] {
+	// Without it, only the mesh, or the fanout when we do not subscribe.
+	targets := r.topics[topic]
+	if r.cfg.DisableFloodPublish {
+		if targets = r.mesh[topic]; targets == nil {
+			targets = r.fanout[topic]
+		}
+	}
+	for pid := range targets {
 		if r.score(pid) < r.cfg.Score.PublishThreshold {
 			continue
 		}
@@ -995,12 +1003,13 @@ func (r *Router) handleMessage(p *peer, m *WireMessage) {
 	}
 }
 
-func (r *Router) deliver(sub *Subscription, m Message) {
+func (r *Router) deliver(sub *Subscription, m Message) bool {
 	sent, dropped := sendDropOldest(sub.ch, m)
 	if sent {
 		r.stats.Delivered.Add(1)
 	}
 	r.stats.DropSubscriptionFull.Add(uint64(dropped))
+	return sent
 }
 
 // sendDropOldest sends v on the bounded channel ch without blocking: when ch

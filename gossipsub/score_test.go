@@ -33,8 +33,12 @@ func TestComputeScore(t *testing.T) {
 		{"P4 squared", def, PeerStats{Topics: map[string]*TopicStats{"a": {InvalidMessageDeliveries: 3}}}, -90},
 		{"P4 not capped by topic cap", def, PeerStats{Topics: map[string]*TopicStats{"a": {FirstMessageDeliveries: 20, InvalidMessageDeliveries: 1}}}, 0},
 		{"P5", def, PeerStats{AppScore: -7}, -7},
-		{"P6 at threshold", def, PeerStats{IPColocated: 4}, 0},
-		{"P6 20 sybils", def, PeerStats{IPColocated: 20}, -5 * 16 * 16},
+		{"P6 at threshold", def, PeerStats{IPColocated: 12}, 0},
+		{"P6 one over", def, PeerStats{IPColocated: 13}, -5},
+		{"P6 squared", def, PeerStats{IPColocated: 15}, -5 * 3 * 3},
+		{"P6 capped", def, PeerStats{IPColocated: 20}, -75},
+		{"P6 uncapped", func() ScoreParams { p := def; p.IPColocationFactorCap = 0; return p }(), PeerStats{IPColocated: 20}, -5 * 8 * 8},
+		{"P6 cap plus one invalid message", def, PeerStats{IPColocated: 1000, Topics: map[string]*TopicStats{"a": {InvalidMessageDeliveries: 1}}}, -85},
 		{"P7 below threshold", def, PeerStats{BehaviourPenalty: 6}, 0},
 		{"P7 squared", def, PeerStats{BehaviourPenalty: 9}, -90},
 	}
@@ -47,8 +51,24 @@ func TestComputeScore(t *testing.T) {
 	if s := ComputeScore(&def, &PeerStats{Topics: map[string]*TopicStats{"a": {InvalidMessageDeliveries: 3}}}); s >= def.GraylistThreshold {
 		t.Errorf("3 invalid messages: %v not below graylist", s)
 	}
-	if s := ComputeScore(&def, &PeerStats{IPColocated: 9}); s >= def.GraylistThreshold {
-		t.Errorf("9 colocated: %v not below graylist", s)
+	if s := ComputeScore(&def, &PeerStats{BehaviourPenalty: 9}); s >= def.GraylistThreshold {
+		t.Errorf("behaviour penalty 9: %v not below graylist", s)
+	}
+	// P6 alone never graylists (the reference's cap), but a crowd is kept
+	// out of our mesh (score < 0) from 13 peers in one prefix on, and out of
+	// flood publishing from 16 on.
+	for n := 0; n <= 100000; n = max(n+1, n*2) {
+		s := ComputeScore(&def, &PeerStats{IPColocated: n})
+		switch {
+		case s < def.GraylistThreshold:
+			t.Errorf("%d colocated: %v below the graylist", n, s)
+		case n <= def.IPColocationFactorThreshold && s != 0:
+			t.Errorf("%d colocated: %v, want 0 up to the threshold", n, s)
+		case n > def.IPColocationFactorThreshold && s >= 0:
+			t.Errorf("%d colocated: %v, want negative (no mesh) beyond the threshold", n, s)
+		case n >= 16 && s >= def.PublishThreshold:
+			t.Errorf("%d colocated: %v, want below the publish threshold", n, s)
+		}
 	}
 }
 
@@ -73,11 +93,29 @@ func TestDecayStats(t *testing.T) {
 
 func TestColocationPrefix(t *testing.T) {
 	p := DefaultScoreParams()
-	a := colocationPrefix(&p, netip.MustParseAddr("10.1.2.3"))
-	b := colocationPrefix(&p, netip.MustParseAddr("::ffff:10.1.200.9"))
-	c := colocationPrefix(&p, netip.MustParseAddr("10.2.0.1"))
-	if a != b || a == c {
-		t.Errorf("prefixes %v %v %v", a, b, c)
+	for _, c := range []struct {
+		addr, want string // want "" = not counted
+	}{
+		{"198.51.100.7", "198.51.0.0/16"},
+		{"::ffff:198.51.3.9", "198.51.0.0/16"},
+		{"2001:db8:1:2::5", "2001:db8::/32"},
+		{"127.0.0.1", ""},
+		{"127.3.4.5", ""},
+		{"::1", ""},
+		{"::ffff:127.0.0.1", ""},
+		{"0.0.0.0", ""},
+		{"10.1.2.3", "10.1.2.3/32"},
+		{"172.16.9.9", "172.16.9.9/32"},
+		{"192.168.1.20", "192.168.1.20/32"},
+		{"169.254.7.7", "169.254.7.7/32"},
+		{"fd00:1::9", "fd00:1::9/128"},
+		{"fe80::1%eth0", "fe80::1/128"},
+		{"100.64.1.2", "100.64.0.0/16"}, // carrier-grade NAT: shared by strangers
+	} {
+		got := colocationPrefix(&p, netip.MustParseAddr(c.addr))
+		if (c.want == "" && got.IsValid()) || (c.want != "" && got.String() != c.want) {
+			t.Errorf("%s: grouped as %v, want %q", c.addr, got, c.want)
+		}
 	}
 	if colocationPrefix(&p, netip.Addr{}).IsValid() {
 		t.Error("invalid address grouped")

@@ -185,6 +185,8 @@ type simResult struct {
 	attackers         int
 	attackersGraylist int           // attackers below the graylist threshold at every honest neighbour
 	graylistAfter     time.Duration // time from attack start until the last attacker was graylisted everywhere
+	attackersExcluded int           // attackers below the publish threshold (no mesh, gossip or flood) at every honest neighbour
+	excludedAfter     time.Duration // time from attack start until the last attacker was excluded everywhere
 	stats             Stats         // summed over honest nodes
 	meshMin, meshMax  int           // mesh sizes when publishing starts
 	meshAvg           float64
@@ -194,7 +196,8 @@ func (r simResult) String() string {
 	s := fmt.Sprintf("mesh %d..%d (avg %.1f) delivery %.2f%% p50 %v p99 %v dups/delivery %.2f bytes/delivery %.0f",
 		r.meshMin, r.meshMax, r.meshAvg, 100*r.deliveryRatio, r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.dupsPerDelivery, r.bytesPerDelivery)
 	if r.attackers > 0 {
-		s += fmt.Sprintf(" attackers graylisted %d/%d after %v", r.attackersGraylist, r.attackers, r.graylistAfter)
+		s += fmt.Sprintf(" attackers excluded %d/%d after %v, graylisted %d/%d after %v",
+			r.attackersExcluded, r.attackers, r.excludedAfter, r.attackersGraylist, r.attackers, r.graylistAfter)
 	}
 	return s
 }
@@ -365,21 +368,27 @@ func runSim(t testing.TB, p simParams) simResult {
 	}
 
 	// Watch attacker scores every 100 ms until all are graylisted at every
-	// honest neighbour.
+	// honest neighbour (and note when they were first all below the
+	// publish threshold: out of meshes, gossip and flood publishing).
 	graylisted := make(map[pki.Identity]time.Duration)
+	excluded := make(map[pki.Identity]time.Duration)
 	checkAttackers := func() {
 		for _, a := range attackers {
 			if _, done := graylisted[a.id]; done {
 				continue
 			}
-			all := true
-			for id := range a.conn {
-				if s, ok := net.nodes[id].r.Score(a.id); !ok || s >= DefaultScoreParams().GraylistThreshold {
-					all = false
-					break
+			below := func(th float64) bool {
+				for id := range a.conn {
+					if s, ok := net.nodes[id].r.Score(a.id); !ok || s >= th {
+						return false
+					}
 				}
+				return true
 			}
-			if all {
+			if _, done := excluded[a.id]; !done && below(DefaultScoreParams().PublishThreshold) {
+				excluded[a.id] = time.Since(attackStart)
+			}
+			if below(DefaultScoreParams().GraylistThreshold) {
 				graylisted[a.id] = time.Since(attackStart)
 			}
 		}
@@ -441,6 +450,10 @@ func runSim(t testing.TB, p simParams) simResult {
 	res.attackersGraylist = len(graylisted)
 	for _, d := range graylisted {
 		res.graylistAfter = max(res.graylistAfter, d)
+	}
+	res.attackersExcluded = len(excluded)
+	for _, d := range excluded {
+		res.excludedAfter = max(res.excludedAfter, d)
 	}
 	for _, nd := range honest {
 		nd.r.Close()
