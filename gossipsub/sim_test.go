@@ -339,7 +339,7 @@ func runSim(t testing.TB, p simParams) simResult {
 		every(20*time.Millisecond, func() {
 			for id := range a.conn {
 				seq++
-				m := WireMessage{From: honest[int(seq)%len(honest)].id, Seqno: 1<<62 + seq, Topic: simTopic, Data: make([]byte, 64)}
+				m := WireMessage{From: honest[int(seq)%len(honest)].id, Seqno: 1<<62 + seq, Timestamp: nowMs(), Topic: simTopic, Data: make([]byte, 64)}
 				m.Sig[0] = 1 // not a signature
 				net.send(a, net.nodes[id], &RPC{Msgs: []WireMessage{m}})
 			}
