@@ -372,36 +372,6 @@ func TestImports(t *testing.T) {
 	}
 }
 
-// FuzzRouterHandleRPC feeds arbitrary bytes from a connected peer to a
-// subscribed router: it must count or handle them, never panic or hang.
-func FuzzRouterHandleRPC(f *testing.F) {
-	seedCorpus(f)
-	k := testKey(f, 50)
-	m := WireMessage{Seqno: 1, Timestamp: synctestEpochMs, Topic: "lobby", Data: []byte("valid")}
-	SignMessage(k, &m)
-	f.Add(AppendRPC(nil, &RPC{Subs: []SubOpt{{true, "lobby"}}, Msgs: []WireMessage{m}, Graft: []string{"lobby"}}))
-	f.Add(AppendRPC(nil, &RPC{IHave: []IHave{{"lobby", []MsgID{m.ID()}}}, IWant: []MsgID{m.ID()}, Prune: []Prune{{"lobby", 1}}}))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		synctest.Test(t, func(t *testing.T) {
-			net, nodes := line(t, 2, Config{})
-			defer closeAll(nodes)
-			for _, n := range nodes {
-				if _, err := n.r.Subscribe("lobby"); err != nil {
-					t.Fatal(err)
-				}
-			}
-			_ = net
-			nodes[0].r.HandleRPC(nodes[1].id, b)
-			nodes[0].r.HandleRPC(nodes[1].id, b)
-			time.Sleep(2 * time.Second) // two heartbeats over whatever it left behind
-			st := nodes[0].r.Stats()
-			if st.RPCsReceived < 2 {
-				t.Fatalf("RPCs not processed: %+v", st)
-			}
-		})
-	})
-}
-
 // TestMeshDeliveryPenalty enables P3/P3b and checks that a mesh peer that
 // never forwards anything is scored negative and pruned, while a peer that
 // delivers scores positive.

@@ -5,7 +5,10 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
+
+	"github.com/korium/korium-tun/pki"
 )
 
 func TestComputeScore(t *testing.T) {
@@ -146,6 +149,11 @@ func TestConfigValidate(t *testing.T) {
 		{"SignalQueue", Config{SignalQueue: -1}},
 		{"Score.GraylistThreshold", Config{Score: func() ScoreParams { p := DefaultScoreParams(); p.GraylistThreshold = 0; return p }()}},
 		{"Score.BehaviourPenaltyDecay", Config{Score: func() ScoreParams { p := DefaultScoreParams(); p.BehaviourPenaltyDecay = 1; return p }()}},
+		{"Score.IPColocationFactorCap", Config{Score: func() ScoreParams { p := DefaultScoreParams(); p.IPColocationFactorCap = -1; return p }()}},
+		{"Score.IPColocationFactorThreshold", Config{Score: func() ScoreParams { p := DefaultScoreParams(); p.IPColocationFactorThreshold = 0; return p }()}},
+		{"MaxMessageAge", Config{MaxMessageAge: 4 * time.Second}}, // below the 5 s message cache window
+		{"MaxClockSkew", Config{MaxClockSkew: -time.Second}},
+		{"RelayMaxAge", Config{RelayMaxAge: time.Millisecond}},
 	}
 	for _, c := range cases {
 		err := c.c.Validate()
@@ -153,4 +161,66 @@ func TestConfigValidate(t *testing.T) {
 			t.Errorf("%s: error %v does not name the field", c.field, err)
 		}
 	}
+}
+
+// TestColocationInRouter adds crowds of peers to a router and reads their
+// scores: 12 in one public /16 cost nothing, a 13th puts the whole crowd
+// out of the mesh (negative), 20 reach the cap (below the publish
+// threshold, above the graylist); 30 on distinct private addresses of one
+// /16 (a LAN) and 30 on loopback (one host) cost nothing; 20 sybils on one
+// private address do. A peer that leaves takes its count with it.
+func TestColocationInRouter(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		_, nodes := line(t, 1, Config{})
+		defer closeAll(nodes)
+		r := nodes[0].r
+		def := DefaultScoreParams()
+		next := byte(0)
+		crowd := func(n int, addr func(i int) netip.Addr) []pki.Identity {
+			ids := make([]pki.Identity, n)
+			for i := range ids {
+				next++
+				ids[i] = pki.Identity{0xc0, next}
+				r.AddPeer(ids[i], addr(i), false)
+			}
+			return ids
+		}
+		score := func(id pki.Identity) float64 {
+			s, ok := r.Score(id)
+			if !ok {
+				t.Fatalf("no score for %s", id.Short())
+			}
+			return s
+		}
+		public := crowd(12, func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 51, byte(i), 1}) })
+		if s := score(public[0]); s != 0 {
+			t.Errorf("12 peers in one /16: score %v, want 0", s)
+		}
+		public = append(public, crowd(1, func(int) netip.Addr { return netip.MustParseAddr("198.51.200.1") })...)
+		if s := score(public[0]); s != -5 {
+			t.Errorf("13 peers in one /16: score %v, want -5", s)
+		}
+		public = append(public, crowd(7, func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}) })...)
+		if s := score(public[5]); s != -def.IPColocationFactorCap || s >= def.PublishThreshold || s < def.GraylistThreshold {
+			t.Errorf("20 peers in one /16: score %v, want the cap %v", s, -def.IPColocationFactorCap)
+		}
+		lan := crowd(30, func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 0, byte(i / 5), byte(1 + i)}) })
+		host := crowd(30, func(int) netip.Addr { return netip.MustParseAddr("127.0.0.1") })
+		if s, h := score(lan[0]), score(host[0]); s != 0 || h != 0 {
+			t.Errorf("30 on a LAN: %v, 30 on loopback: %v; want 0 and 0", s, h)
+		}
+		sybils := crowd(20, func(int) netip.Addr { return netip.MustParseAddr("10.9.9.9") })
+		if s := score(sybils[0]); s != -def.IPColocationFactorCap {
+			t.Errorf("20 on one private address: %v, want the cap", s)
+		}
+		for _, id := range public[5:] {
+			r.RemovePeer(id)
+		}
+		if s := score(public[0]); s != 0 {
+			t.Errorf("5 peers left in the /16: score %v, want 0", s)
+		}
+		if err := checkRouter(r); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
