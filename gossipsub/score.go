@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"reflect"
 	"time"
 )
 
@@ -68,6 +69,10 @@ type ScoreParams struct {
 	IPColocationFactorCap       float64 // largest P6 penalty (a magnitude); 0 = uncapped
 	IPv4PrefixBits              int     // colocation groups public IPv4 peers by this prefix
 	IPv6PrefixBits              int
+	// IPColocationWhitelist lists prefixes P6 does not count (as
+	// go-libp2p-pubsub's IPColocationFactorWhitelist): an operator's own
+	// public subnet whose nodes all peer with each other. Default none.
+	IPColocationWhitelist []netip.Prefix
 
 	// P7: behaviour penalty above a threshold, squared. Negative.
 	BehaviourPenaltyWeight    float64
@@ -133,7 +138,7 @@ func DefaultScoreParams() ScoreParams {
 }
 
 func (p ScoreParams) withDefaults() ScoreParams {
-	if p == (ScoreParams{}) {
+	if reflect.ValueOf(p).IsZero() {
 		return DefaultScoreParams()
 	}
 	return p
@@ -168,6 +173,8 @@ func (p ScoreParams) validate() error {
 		return fmt.Errorf("IPColocationFactorThreshold: %d < 1", p.IPColocationFactorThreshold)
 	case p.IPColocationFactorCap < 0:
 		return fmt.Errorf("IPColocationFactorCap: negative (it is a magnitude)")
+	case len(p.IPColocationWhitelist) > 1000:
+		return fmt.Errorf("IPColocationWhitelist: %d prefixes, at most 1000 (it is checked per peer)", len(p.IPColocationWhitelist))
 	case p.IPv4PrefixBits < 0 || p.IPv4PrefixBits > 32:
 		return fmt.Errorf("IPv4PrefixBits: %d not in 0..32", p.IPv4PrefixBits)
 	case p.IPv6PrefixBits < 0 || p.IPv6PrefixBits > 128:
@@ -296,11 +303,17 @@ func colocationPenalty(p *ScoreParams, n int) float64 {
 //     peer is on our own network, whose whole range a LAN or a cloud
 //     subnet shares, so a block says nothing about operators there; many
 //     sybils on one host still share one address.
+//   - in IPColocationWhitelist: none.
 //   - anything else: the IPv4 or IPv6 prefix of the parameters.
 func colocationPrefix(p *ScoreParams, ip netip.Addr) netip.Prefix {
 	ip = ip.Unmap().WithZone("")
 	if !ip.IsValid() || ip.IsLoopback() || ip.IsUnspecified() {
 		return netip.Prefix{}
+	}
+	for _, w := range p.IPColocationWhitelist {
+		if w.Contains(ip) {
+			return netip.Prefix{}
+		}
 	}
 	bits := p.IPv6PrefixBits
 	if ip.Is4() {

@@ -123,6 +123,13 @@ func TestColocationPrefix(t *testing.T) {
 	if colocationPrefix(&p, netip.Addr{}).IsValid() {
 		t.Error("invalid address grouped")
 	}
+	p.IPColocationWhitelist = []netip.Prefix{netip.MustParsePrefix("198.51.0.0/16")}
+	if got := colocationPrefix(&p, netip.MustParseAddr("198.51.7.7")); got.IsValid() {
+		t.Errorf("whitelisted address grouped as %v", got)
+	}
+	if got := colocationPrefix(&p, netip.MustParseAddr("198.52.7.7")); got.String() != "198.52.0.0/16" {
+		t.Errorf("address outside the whitelist grouped as %v", got)
+	}
 }
 
 func TestConfigValidate(t *testing.T) {

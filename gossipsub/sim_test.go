@@ -172,7 +172,9 @@ type simParams struct {
 	size      int
 	idontwant bool
 	attack    attack
-	churn     int // honest nodes that leave when publishing starts
+	churn     int  // honest nodes that leave when publishing starts
+	subnet    bool // every honest node in one public /16 (198.18.0.0/16) instead of its own
+	whitelist bool // with subnet: that /16 in Score.IPColocationWhitelist
 	seed      uint64
 }
 
@@ -228,9 +230,17 @@ func runSim(t testing.TB, p simParams) simResult {
 	rng := rand.New(rand.NewPCG(p.seed, 0x9055))
 	net := newSimNet()
 	cfg := Config{DisableIDontWant: !p.idontwant}
+	addr := honestAddr
+	if p.subnet {
+		addr = func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, byte(i / 250), byte(1 + i%250)}) }
+		if p.whitelist {
+			cfg.Score = DefaultScoreParams()
+			cfg.Score.IPColocationWhitelist = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16")}
+		}
+	}
 	honest := make([]*simNode, p.nodes)
 	for i := range honest {
-		honest[i] = net.addNode(t, i, honestAddr(i), rng, &cfg)
+		honest[i] = net.addNode(t, i, addr(i), rng, &cfg)
 	}
 	for _, a := range honest {
 		for k := 0; k < p.degree; k++ {
