@@ -86,11 +86,12 @@ type Table struct {
 	mu     sync.RWMutex // guards the maps
 	byName map[string]pki.Identity
 	byID   map[pki.Identity]string
+	byAddr map[netip.Addr]string // SmartAddr -> name, for PTR answers
 }
 
 // NewTable returns an empty table.
 func NewTable() *Table {
-	return &Table{byName: map[string]pki.Identity{}, byID: map[pki.Identity]string{}}
+	return &Table{byName: map[string]pki.Identity{}, byID: map[pki.Identity]string{}, byAddr: map[netip.Addr]string{}}
 }
 
 // Lookup returns the identity of name (Canonical is applied).
@@ -106,6 +107,13 @@ func (t *Table) NameOf(id pki.Identity) string {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	return t.byID[id]
+}
+
+// NameOfAddr returns the name of the peer owning a SmartAddr, or "".
+func (t *Table) NameOfAddr(a netip.Addr) string {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.byAddr[a]
 }
 
 // Len is the number of names.
@@ -157,12 +165,14 @@ func (t *Table) Add(name string, id pki.Identity) error {
 func (t *Table) addLocked(name string, id pki.Identity) {
 	if old, ok := t.byName[name]; ok {
 		delete(t.byID, old)
+		delete(t.byAddr, smartaddr.FromIdentity(old))
 	}
 	if old, ok := t.byID[id]; ok {
 		delete(t.byName, old)
 	}
 	t.byName[name] = id
 	t.byID[id] = name
+	t.byAddr[smartaddr.FromIdentity(id)] = name
 }
 
 // Remove deletes name; it reports whether it was there.
@@ -174,6 +184,7 @@ func (t *Table) Remove(name string) bool {
 	if ok {
 		delete(t.byName, name)
 		delete(t.byID, id)
+		delete(t.byAddr, smartaddr.FromIdentity(id))
 	}
 	return ok
 }
@@ -183,12 +194,16 @@ func (t *Table) Replace(other *Table) {
 	other.mu.RLock()
 	byName := make(map[string]pki.Identity, len(other.byName))
 	byID := make(map[pki.Identity]string, len(other.byID))
+	byAddr := make(map[netip.Addr]string, len(other.byAddr))
 	for n, id := range other.byName {
 		byName[n], byID[id] = id, n
 	}
+	for a, n := range other.byAddr {
+		byAddr[a] = n
+	}
 	other.mu.RUnlock()
 	t.mu.Lock()
-	t.byName, t.byID = byName, byID
+	t.byName, t.byID, t.byAddr = byName, byID, byAddr
 	t.mu.Unlock()
 }
 

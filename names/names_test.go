@@ -55,10 +55,18 @@ func TestTable(t *testing.T) {
 	if _, ok := tb.Lookup("bob"); ok || tb.NameOf(b) != "robert" || tb.Len() != 1 {
 		t.Fatalf("after renaming: %v", tb.List())
 	}
+	if tb.NameOfAddr(smartaddr.FromIdentity(b)) != "robert" || tb.NameOfAddr(smartaddr.FromIdentity(a)) != "" {
+		t.Fatal("NameOfAddr")
+	}
+	cp := NewTable()
+	cp.Replace(tb)
+	if cp.NameOfAddr(smartaddr.FromIdentity(b)) != "robert" || cp.NameOf(b) != "robert" {
+		t.Fatal("Replace")
+	}
 	if err := tb.Add("Not Valid", a); err == nil {
 		t.Fatal("bad name accepted")
 	}
-	if !tb.Remove("robert") || tb.Remove("robert") || tb.Len() != 0 {
+	if !tb.Remove("robert") || tb.Remove("robert") || tb.Len() != 0 || tb.NameOfAddr(smartaddr.FromIdentity(b)) != "" {
 		t.Fatal("Remove")
 	}
 	if e := (Entry{Name: "x", Identity: a}); e.Address() != smartaddr.FromIdentity(a) {
