@@ -44,6 +44,8 @@ step "cluster"
 ./scripts/cluster.sh 6 --check
 step "chat between 4 namespaces"
 ./scripts/chat-test.sh
+step "ops: config files, systemd unit, metrics, names and DNS in namespaces"
+./scripts/ops-test.sh
 step "NAT lab (cone and symmetric NATs, relay, hole punching, loss)"
 ./scripts/nat-test.sh
 step "throughput smoke run (overlay vs wireguard-go vs raw veth)"

@@ -113,7 +113,7 @@ func resolveError(what string, err error) error {
 		return fmt.Errorf("no contact record for %s in the DHT: that node is not running, not connected to this network, or has not published yet (a node publishes within seconds of joining)", what)
 	}
 	if errors.Is(err, dht.ErrNoPeers) {
-		return fmt.Errorf("cannot resolve %s: this node knows no other node yet (give it a bootstrap peer)", what)
+		return fmt.Errorf("cannot resolve %s: this node's DHT knows no other node yet (it joins seconds after its first peer connects; a node without peers needs --bootstrap)", what)
 	}
 	return fmt.Errorf("resolving %s: %v", what, err)
 }
