@@ -85,6 +85,12 @@ printf 'metrics: 127.0.0.1:%s\n' $MPORT >"$KT_WORK/bad.yaml"
 expect_error "$KT_WORK/bad.yaml:1: metrics 127.0.0.1:$MPORT is in use" \
 	ip netns exec "$A" "$KT" up --config "$KT_WORK/bad.yaml" --key "$KT_WORK/x.key" --pow-bits 4 --control "$KT_WORK/x.sock"
 
+"$KT" keygen --key "$KT_WORK/x.key" --pow-bits 4 >/dev/null # no "created identity key" line
+printf 'dns: "[%s]:53"\ntun: kox%s\nlisten: 198.18.7.1:7401\n' "$ADDR_A" $$ >"$KT_WORK/bad.yaml"
+expect_error "$KT_WORK/bad.yaml:1: dns [$ADDR_A]:53 is in use" \
+	ip netns exec "$A" "$KT" up --config "$KT_WORK/bad.yaml" --key "$KT_WORK/x.key" --pow-bits 4 --control "$KT_WORK/x.sock"
+ip -n "$A" link show "kox$$" >/dev/null 2>&1 && die "a failed up left its TUN behind"
+
 log "names: a calls b bob"
 out=$("$KT" names add --control "$KT_WORK/a.sock" bob "$ID_B")
 [ "$out" = "bob.korium is $ID_B ($ADDR_B)" ] || die "names add: $out"

@@ -68,7 +68,10 @@ func chat(c *cli.Context, stdin io.Reader, stdout, stderr io.Writer) error {
 	}
 	tbl, err := names.Load(c.String("names-file"))
 	if err != nil {
-		return err
+		if c.IsSet("names-file") {
+			return err
+		}
+		tbl = names.NewTable() // the default file is a convenience, not a need
 	}
 	boot, err := parseBootstraps(c)
 	if err != nil {

@@ -347,6 +347,15 @@ func up(c *cli.Context, ucfg *upConfig, stdout, stderr io.Writer) error {
 		udp.Close()
 		return err
 	}
+	dnsConn, err := listenDNS(c, ucfg, addr) // needs addr on the TUN
+	if err != nil {
+		dev.Close()
+		udp.Close()
+		return err
+	}
+	if dnsConn != nil {
+		defer dnsConn.Close() // until the DNS responder owns it
+	}
 	node, err := overlay.New(overlay.Config{
 		Keypair: kp, PoWBits: overlayPoW(bits), Conn: udp, Device: dev, MTU: mtu, Bootstrap: boot, Logger: log,
 		NoRelay: !c.Bool("relay"),
@@ -364,7 +373,7 @@ func up(c *cli.Context, ucfg *upConfig, stdout, stderr io.Writer) error {
 	}
 	defer ctl.Close()
 	chatControl(node, ctl)
-	svc, err := startServices(ctx, c, ucfg, node, nn, metricsLn, log)
+	svc, err := startServices(ctx, c, node, nn, metricsLn, dnsConn, log)
 	if err != nil {
 		return err
 	}

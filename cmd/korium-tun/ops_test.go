@@ -564,8 +564,9 @@ func TestRegisterResolved(t *testing.T) {
 	logf := filepath.Join(dir, "calls")
 	os.WriteFile(filepath.Join(dir, "resolvectl"), []byte("#!/bin/sh\necho \"$@\" >> "+logf+"\n"), 0o755)
 	t.Setenv("PATH", dir)
-	old := resolvedRunDir
-	defer func() { resolvedRunDir = old }()
+	old, oldNS := resolvedRunDir, inHostNetNS
+	defer func() { resolvedRunDir, inHostNetNS = old, oldNS }()
+	inHostNetNS = func() bool { return true }
 	resolvedRunDir = filepath.Join(dir, "absent")
 	if ok, err := registerResolved(context.Background(), discard(), "korium0", mustAddrPort("[fd00:c0f1::1]:53")); ok || err != nil {
 		t.Fatalf("without resolved: %v %v", ok, err)
@@ -582,6 +583,15 @@ func TestRegisterResolved(t *testing.T) {
 	registerResolved(context.Background(), discard(), "kt1", mustAddrPort("[fd00:c0f1::1]:5353"))
 	if data, _ := os.ReadFile(logf); !strings.HasPrefix(string(data), "dns kt1 [fd00:c0f1::1]:5353\n") {
 		t.Fatalf("resolvectl calls:\n%s", data)
+	}
+	// In another network namespace than the host's, resolved is not asked.
+	os.Remove(logf)
+	inHostNetNS = func() bool { return false }
+	if ok, _ := registerResolved(context.Background(), discard(), "korium0", mustAddrPort("[fd00:c0f1::1]:53")); ok {
+		t.Fatal("registered from a network namespace")
+	}
+	if _, err := os.Stat(logf); err == nil {
+		t.Fatal("resolvectl ran from a network namespace")
 	}
 }
 

@@ -11,6 +11,14 @@ import (
 	"time"
 )
 
+// inHostNetNS reports whether this process shares PID 1's network
+// namespace (an `ip netns exec` one does not).
+var inHostNetNS = func() bool {
+	self, err1 := os.Stat("/proc/self/ns/net")
+	pid1, err2 := os.Stat("/proc/1/ns/net")
+	return err1 == nil && err2 == nil && os.SameFile(self, pid1)
+}
+
 // resolvedRunDir exists while systemd-resolved runs (a variable for tests).
 var resolvedRunDir = "/run/systemd/resolve"
 
@@ -22,6 +30,11 @@ var resolvedRunDir = "/run/systemd/resolve"
 // elsewhere).
 func registerResolved(ctx context.Context, log *slog.Logger, link string, dns netip.AddrPort) (bool, error) {
 	if _, err := os.Stat(resolvedRunDir); err != nil {
+		return false, nil
+	}
+	if !inHostNetNS() {
+		// resolved serves the host's namespace: it would take our link's
+		// index for one of its own links.
 		return false, nil
 	}
 	bin, err := exec.LookPath("resolvectl")

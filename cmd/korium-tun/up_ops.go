@@ -76,7 +76,37 @@ type services struct {
 	flags   map[string][]string // reloadable values now in force, by flag
 }
 
-func startServices(ctx context.Context, c *cli.Context, ucfg *upConfig, node *overlay.Node, nn *nodeNames, metricsLn net.Listener, log *slog.Logger) (*services, error) {
+// listenDNS opens the DNS responder's socket (nil for --dns off) once the
+// TUN holds the node's SmartAddr, before the node starts, so a taken port
+// is one error line.
+func listenDNS(c *cli.Context, ucfg *upConfig, smartAddr netip.Addr) (*net.UDPConn, error) {
+	dns := c.String("dns")
+	if dns == "off" {
+		return nil, nil
+	}
+	addr := netip.AddrPortFrom(smartAddr, 53)
+	if dns != "" {
+		ap, err := netip.ParseAddrPort(dns)
+		if err != nil {
+			return nil, fmt.Errorf("%s %q: want IP:PORT (or off)", ucfg.optName("dns"), dns)
+		}
+		addr = ap
+	}
+	pc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("%s %s is in use by another program: choose another with --dns HOST:PORT, or turn the responder off with --dns off", ucfg.optName("dns"), addr)
+		}
+		var op *net.OpError
+		if errors.As(err, &op) && op.Err != nil {
+			err = op.Err
+		}
+		return nil, fmt.Errorf("%s: cannot listen on %s: %v", ucfg.optName("dns"), addr, err)
+	}
+	return pc, nil
+}
+
+func startServices(ctx context.Context, c *cli.Context, node *overlay.Node, nn *nodeNames, metricsLn net.Listener, dnsConn *net.UDPConn, log *slog.Logger) (*services, error) {
 	s := &services{node: node, names: nn, log: log, flags: map[string][]string{}}
 	for _, k := range reloadable {
 		flag := strings.ReplaceAll(k, "_", "-")
@@ -86,23 +116,8 @@ func startServices(ctx context.Context, c *cli.Context, ucfg *upConfig, node *ov
 			s.flags[flag] = []string{c.String(flag)}
 		}
 	}
-	if dns := c.String("dns"); dns != "off" {
-		addr := netip.AddrPortFrom(node.Addr(), 53)
-		if dns != "" {
-			ap, err := netip.ParseAddrPort(dns)
-			if err != nil {
-				return nil, fmt.Errorf("%s %q: want IP:PORT (or off)", ucfg.optName("dns"), dns)
-			}
-			addr = ap
-		}
-		pc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
-		if err != nil {
-			if errors.Is(err, syscall.EADDRINUSE) {
-				return nil, fmt.Errorf("%s %s is in use by another program: choose another with --dns HOST:PORT, or turn the responder off with --dns off", ucfg.optName("dns"), addr)
-			}
-			return nil, fmt.Errorf("%s: cannot listen on %s: %v", ucfg.optName("dns"), addr, err)
-		}
-		s.dns = dnsserver.Serve(pc, dnsserver.Config{
+	if dnsConn != nil {
+		s.dns = dnsserver.Serve(dnsConn, dnsserver.Config{
 			Lookup: func(name string) (netip.Addr, bool) {
 				id, ok := nn.table.Lookup(name)
 				return smartaddr.FromIdentity(id), ok
@@ -114,11 +129,11 @@ func startServices(ctx context.Context, c *cli.Context, ucfg *upConfig, node *ov
 			Logger: log,
 		})
 		log.Info("DNS responder for *.korium", "addr", s.dns.Addr().String())
-		if dns == "" {
+		if c.String("dns") == "" {
 			if ok, err := registerResolved(ctx, log, c.String("tun"), s.dns.Addr()); err != nil {
 				log.Warn("cannot register *.korium with systemd-resolved", "err", err)
 			} else if !ok {
-				log.Info("systemd-resolved is not running: see the README for making NAME.korium resolve", "dns", s.dns.Addr().String())
+				log.Info("systemd-resolved is not running here: see the README for making NAME.korium resolve", "dns", s.dns.Addr().String())
 			}
 		}
 	}
