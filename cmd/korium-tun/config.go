@@ -55,6 +55,19 @@ func configKeys(flags []cli.Flag) ([]config.Key, error) {
 			}
 		case *cli.DurationFlag:
 			k.Kind, k.Default = config.String, []string{f.Value.String()}
+		case *cli.Int64Flag:
+			k.Kind, k.Default = config.Int, []string{fmt.Sprint(f.Value)}
+		case *cli.UintFlag:
+			k.Kind, k.Default = config.Int, []string{fmt.Sprint(f.Value)}
+		case *cli.Uint64Flag:
+			k.Kind, k.Default = config.Int, []string{fmt.Sprint(f.Value)}
+		case *cli.Float64Flag:
+			k.Kind, k.Default = config.String, []string{fmt.Sprint(f.Value)}
+		case *cli.PathFlag:
+			k.Kind = config.String
+			if f.Value != "" {
+				k.Default = []string{f.Value}
+			}
 		default:
 			return nil, fmt.Errorf("flag --%s of type %T has no config key kind", name, f)
 		}

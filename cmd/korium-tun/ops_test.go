@@ -598,3 +598,50 @@ func TestRegisterResolved(t *testing.T) {
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 func mustAddrPort(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+func TestConfigKeyKinds(t *testing.T) {
+	keys, err := configKeys([]cli.Flag{
+		&cli.StringFlag{Name: "a-b", Value: "x"}, &cli.IntFlag{Name: "i", Value: 3}, &cli.BoolFlag{Name: "b"},
+		&cli.StringSliceFlag{Name: "l"}, &cli.DurationFlag{Name: "d", Value: time.Second}, &cli.Int64Flag{Name: "i64"},
+		&cli.UintFlag{Name: "u"}, &cli.Uint64Flag{Name: "u64"}, &cli.Float64Flag{Name: "f"}, &cli.PathFlag{Name: "p"},
+		&cli.StringFlag{Name: configFlag},
+	})
+	if err != nil || len(keys) != 10 || keys[0].Name != "a_b" || keys[4].Default[0] != "1s" {
+		t.Fatalf("%+v %v", keys, err)
+	}
+	if _, err := configKeys([]cli.Flag{&cli.TimestampFlag{Name: "t"}}); err == nil {
+		t.Fatal("a flag type without a key kind was accepted")
+	}
+}
+
+// SIGHUP's bootstrap change on a real (in-process) node: a new bootstrap
+// peer is dialed and kept, a removed one is no longer kept.
+func TestReloadBootstraps(t *testing.T) {
+	start := func() *overlay.Node {
+		kp, _ := pki.GenerateKeypair(context.Background(), 4)
+		n, err := overlay.New(overlay.Config{Keypair: kp, PoWBits: 4, Listen: "127.0.0.1:0"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		return n
+	}
+	n, p := start(), start()
+	s := &services{node: n, log: discard(), flags: map[string][]string{}}
+	boot := p.Contact(netip.MustParseAddr("127.0.0.1")).String()
+	s.setBootstraps([]string{boot})
+	if kept := n.KeptPeers(); len(kept) != 1 || kept[0].Identity != p.Identity() {
+		t.Fatalf("kept %v", kept)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(n.Status().Peers) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the new bootstrap peer was not dialed")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.setBootstraps(nil)
+	if kept := n.KeptPeers(); len(kept) != 0 {
+		t.Fatalf("still kept after removal: %v", kept)
+	}
+}
