@@ -114,8 +114,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			},
 			{
 				Name:      "resolve",
-				Usage:     "look up a peer's signed contact record by identity or SmartAddr through the DHT",
-				ArgsUsage: "IDENTITY|ADDRESS",
+				Usage:     "look up a peer's signed contact record by name, identity or SmartAddr through the DHT",
+				ArgsUsage: "NAME|IDENTITY|ADDRESS",
 				Flags:     []cli.Flag{controlFlag, jsonFlag},
 				Action: func(c *cli.Context) error {
 					target, err := targetArg(c)
