@@ -244,6 +244,9 @@ func (u *upConfig) reload(current func(flag string) []string) (changed map[strin
 		if v, ok := file.Get(k.Name); ok {
 			want = v.Values
 		}
+		if len(want) == 0 && k.Kind != config.List {
+			want = []string{""} // a string flag without a default is ""
+		}
 		if slices.Equal(want, current(flag)) || (len(want) == 0 && len(current(flag)) == 0) {
 			continue
 		}

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/signal"
 	"slices"
-	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -73,7 +72,21 @@ type services struct {
 	log     *slog.Logger
 	metrics *metrics.Server
 	dns     *dnsserver.Server
-	flags   map[string][]string // reloadable values now in force, by flag
+	flags   map[string][]string // the values in force, by flag (as a config file writes them)
+}
+
+// flagValues returns every flag's value as text, lists item by item.
+func flagValues(c *cli.Context, flags []cli.Flag) map[string][]string {
+	out := make(map[string][]string, len(flags))
+	for _, f := range flags {
+		name := f.Names()[0]
+		if _, ok := f.(*cli.StringSliceFlag); ok {
+			out[name] = slices.Clone(c.StringSlice(name))
+			continue
+		}
+		out[name] = []string{fmt.Sprint(c.Value(name))}
+	}
+	return out
 }
 
 // listenDNS opens the DNS responder's socket (nil for --dns off) once the
@@ -107,15 +120,7 @@ func listenDNS(c *cli.Context, ucfg *upConfig, smartAddr netip.Addr) (*net.UDPCo
 }
 
 func startServices(ctx context.Context, c *cli.Context, node *overlay.Node, nn *nodeNames, metricsLn net.Listener, dnsConn *net.UDPConn, log *slog.Logger) (*services, error) {
-	s := &services{node: node, names: nn, log: log, flags: map[string][]string{}}
-	for _, k := range reloadable {
-		flag := strings.ReplaceAll(k, "_", "-")
-		if v := c.StringSlice(flag); len(v) > 0 && flag == "bootstrap" {
-			s.flags[flag] = v
-		} else if flag != "bootstrap" {
-			s.flags[flag] = []string{c.String(flag)}
-		}
-	}
+	s := &services{node: node, names: nn, log: log, flags: flagValues(c, upFlags())}
 	if dnsConn != nil {
 		s.dns = dnsserver.Serve(dnsConn, dnsserver.Config{
 			Lookup: func(name string) (netip.Addr, bool) {
