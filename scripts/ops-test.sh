@@ -113,6 +113,7 @@ ptr=$(ip netns exec "$A" dig @"$ADDR_A" -p 53 -x "$ADDR_B" +short +time=2 +tries
 [ "$ptr" = "bob.korium." ] || die "dig -x $ADDR_B answered '$ptr'"
 st=$(ip netns exec "$B" dig @"$ADDR_A" -p 53 bob.korium AAAA +time=2 +tries=3 | sed -n 's/.*status: \([A-Z]*\).*/\1/p')
 [ "$st" = REFUSED ] || die "a query from peer b got status '$st', want REFUSED"
+log "dig @$ADDR_A bob.korium AAAA on a: $ans; PTR: $ptr; the same query from b: $st"
 st=$(ip netns exec "$A" dig @"$ADDR_B" -p 5353 bob.korium AAAA +time=2 +tries=3 | sed -n 's/.*status: \([A-Z]*\).*/\1/p')
 [ "$st" = REFUSED ] || die "a query from a to b's responder got status '$st', want REFUSED"
 st=$(ip netns exec "$B" dig @"$ADDR_B" -p 5353 nobody.korium AAAA +time=2 +tries=3 | sed -n 's/.*status: \([A-Z]*\).*/\1/p')
