@@ -23,7 +23,9 @@ build
 POW=8
 A=ko$$a B=ko$$b
 NETNS_ETC=/etc/netns/$A
-trap 'rc=$?; rm -rf "$NETNS_ETC"; (exit $rc); kt_cleanup' EXIT
+# kt_cleanup reads the exit status from $?: hand it on. set +e first, or
+# errexit would end the trap at (exit 1) before anything is cleaned up.
+trap 'rc=$?; set +e; rm -rf "$NETNS_ETC"; (exit $rc); kt_cleanup' EXIT
 
 log "systemd unit: systemd-analyze verify"
 sed "s|/usr/local/bin/korium-tun|$KT|" "$KT_ROOT/dist/korium-tun.service" >"$KT_WORK/korium-tun.service"
