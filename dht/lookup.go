@@ -71,6 +71,7 @@ func (d *DHT) iterate(ctx context.Context, target NodeID, kind msgType, prefixBi
 		}
 		wg.Wait()
 		res.Duration = time.Since(start)
+		d.observeLookup(res.Duration)
 	}()
 	for {
 		for inflight < alpha {

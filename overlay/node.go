@@ -148,6 +148,7 @@ type Counters struct {
 	ResolveOK, ResolveFailed, TxResolveFailed, ResolveBusy   atomic.Uint64
 	AppNoHandler, AppQueueFull                               atomic.Uint64
 	RelayRefused, Punches, PunchRefused, DialBackBusy        atomic.Uint64
+	Handshakes                                               atomic.Uint64 // completed QUIC handshakes, both ways
 }
 
 // netStack is what the netstack device offers Go programs.
@@ -557,6 +558,7 @@ func (n *Node) acceptLoop() {
 // (see preferNew). It checks that the peer's certificate key owns the
 // virtual address quic-go saw: smartsock's mapping was only a claim.
 func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, error) {
+	n.stats.Handshakes.Add(1)
 	cs := conn.ConnectionState()
 	certID, err := pki.PeerIdentity(cs.TLS)
 	ra, _ := conn.RemoteAddr().(*net.UDPAddr)

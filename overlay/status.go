@@ -128,6 +128,7 @@ func (n *Node) Status() Status {
 		"spiffe_refused":       c.SPIFFERefused.Load(),
 	}
 	s.Counters = map[string]uint64{
+		"handshakes":         c.Handshakes.Load(),
 		"pending_delivered":  c.PendingDelivered.Load(),
 		"duplicate_conns":    c.DuplicateConns.Load(),
 		"resolve_ok":         c.ResolveOK.Load(),

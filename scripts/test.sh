@@ -48,6 +48,8 @@ step "threshold CA: 5 signers run ca dkg, a sixth gets an X509-SVID (openssl and
 ./scripts/ca-test.sh
 step "pubsub on one subnet (10 namespaces in one /16, mesh delivery)"
 ./scripts/pubsub-subnet-test.sh 10
+step "ops: config files, systemd unit, metrics, names and DNS in namespaces"
+./scripts/ops-test.sh
 step "NAT lab (cone and symmetric NATs, relay, hole punching, loss)"
 ./scripts/nat-test.sh
 step "throughput smoke run (overlay vs wireguard-go vs raw veth)"
