@@ -148,16 +148,20 @@ type path struct {
 	relayID pki.Identity
 
 	// Guarded by Conn.mu.
+	owner     bool // packets from addr (or with session) are this path's; see owner.go
 	dialed    bool // we chose it (own dial, contact record, relay session, punch)
 	validated bool // the peer proved itself on it: handshake or probe reply
-	srtt      time.Duration
-	lastReply time.Time
-	missed    int
-	probeTx   uint64    // outstanding probe, 0: none
-	probeAt   time.Time // when it was sent
-	lastProbe time.Time // zero: probe at the next tick
-	lastHello time.Time // when we last announced ourselves on it
-	added     time.Time
+	// lastSigned is when (unix ns) a hello signed by the peer last came
+	// from addr.
+	lastSigned int64
+	srtt       time.Duration
+	lastReply  time.Time
+	missed     int
+	probeTx    uint64    // outstanding probe, 0: none
+	probeAt    time.Time // when it was sent
+	lastProbe  time.Time // zero: probe at the next tick
+	lastHello  time.Time // when we last announced ourselves on it
+	added      time.Time
 
 	lastRecv atomic.Int64 // unix ns of the last packet that arrived on it
 }
@@ -211,6 +215,7 @@ type Stats struct {
 	TxProbe, RxProbe, RxProbeReply, DropProbeMAC, DropProbeRate atomic.Uint64
 	TxRelayed, RxRelayed, RxForwarded, RxDialBack, ProbeLost    atomic.Uint64
 	TxForwardGSO                                                atomic.Uint64
+	AddrClaimRefused, AddrReassigned                            atomic.Uint64
 }
 
 // StatsSnapshot is a copy of Stats.
@@ -239,6 +244,11 @@ type StatsSnapshot struct {
 	RxDialBack        uint64 `json:"rx_dialback"`
 	ProbeLost         uint64 `json:"probe_lost"`
 	TxForwardGSO      uint64 `json:"relay_forward_gso_writes"`
+	// A peer named an address (or relay session) another peer holds: its
+	// path there stayed a candidate (refused), or took it from a weaker
+	// holder (reassigned).
+	AddrClaimRefused uint64 `json:"addr_claim_refused"`
+	AddrReassigned   uint64 `json:"addr_reassigned"`
 }
 
 // New wraps udp. The Conn owns udp from now on and closes it on Close.
@@ -280,6 +290,7 @@ func (c *Conn) Stats() StatsSnapshot {
 		TxProbe: s.TxProbe.Load(), RxProbe: s.RxProbe.Load(), RxProbeReply: s.RxProbeReply.Load(), DropProbeMAC: s.DropProbeMAC.Load(),
 		DropProbeRate: s.DropProbeRate.Load(), TxRelayed: s.TxRelayed.Load(), RxRelayed: s.RxRelayed.Load(), RxForwarded: s.RxForwarded.Load(),
 		RxDialBack: s.RxDialBack.Load(), ProbeLost: s.ProbeLost.Load(), TxForwardGSO: s.TxForwardGSO.Load(),
+		AddrClaimRefused: s.AddrClaimRefused.Load(), AddrReassigned: s.AddrReassigned.Load(),
 	}
 }
 
@@ -334,17 +345,16 @@ func (c *Conn) unindexLocked(pa *path) {
 	} else if c.byReal[pa.addr] == pa {
 		delete(c.byReal, pa.addr)
 	}
+	pa.owner = false
 }
 
-// directLocked returns p's direct path to real, creating it (and taking it
-// from another peer that had it) if needed.
-func (c *Conn) directLocked(p *peer, real netip.AddrPort, now time.Time) *path {
-	if pa := c.byReal[real]; pa != nil {
-		if pa.peer == p {
-			return pa
-		}
-		old := pa.peer
-		c.dropPathLocked(old, pa)
+// directLocked returns p's direct path to real, creating it if needed, and
+// claims the address for it with evidence ev (see owner.go): the path may
+// stay a candidate that owns nothing.
+func (c *Conn) directLocked(p *peer, real netip.AddrPort, ev evidence, now time.Time) *path {
+	if pa := pathAtLocked(p, real); pa != nil {
+		c.claimLocked(pa, ev, now)
+		return pa
 	}
 	n := 0
 	for _, pa := range p.paths {
@@ -369,7 +379,7 @@ func (c *Conn) directLocked(p *peer, real netip.AddrPort, now time.Time) *path {
 	}
 	pa := &path{peer: p, addr: real, added: now}
 	p.paths = append(p.paths, pa)
-	c.byReal[real] = pa
+	c.claimLocked(pa, ev, now)
 	return pa
 }
 
@@ -401,7 +411,10 @@ func (c *Conn) setCurrentLocked(p *peer, pa *path) {
 // AddPeer records that id is believed to be reachable at real (from a
 // bootstrap string or a verified contact record) and returns the virtual
 // address to dial. Handshake packets go to every such address until one
-// answers; it does not replace a confirmed path.
+// answers; it does not replace a confirmed path. An address another peer
+// holds stays that peer's: id's path there is only a candidate, which takes
+// the address once id signs a hello from it or answers a probe there (and
+// never while the other peer answers there).
 func (c *Conn) AddPeer(id pki.Identity, real netip.AddrPort) (*net.UDPAddr, error) {
 	real = unmap(real)
 	if !real.IsValid() || real.Port() == 0 {
@@ -410,9 +423,9 @@ func (c *Conn) AddPeer(id pki.Identity, real netip.AddrPort) (*net.UDPAddr, erro
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.getOrAddLocked(id)
-	pa := c.directLocked(p, real, time.Now())
+	pa := c.directLocked(p, real, byWord, time.Now())
 	pa.dialed = true
-	if !p.confirmed() {
+	if !p.confirmed() && pa.owner {
 		p.current = pa
 	}
 	return p.virtUDP, nil
@@ -421,20 +434,29 @@ func (c *Conn) AddPeer(id pki.Identity, real netip.AddrPort) (*net.UDPAddr, erro
 // AddRelayPath adds a relay session to id: packets go to relayAddr in CRLY
 // frames with session, and frames with that session from relayAddr are id's.
 // The session was set up over an authenticated connection with the relay
-// (relayID), so the mapping is not taken from the network.
+// (relayID), so the mapping is not taken from the network. A session ID
+// that is already another peer's stays that peer's.
 func (c *Conn) AddRelayPath(id, relayID pki.Identity, relayAddr netip.AddrPort, session [16]byte) *net.UDPAddr {
 	relayAddr = unmap(relayAddr)
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.getOrAddLocked(id)
+	if old := c.sessions[session]; old != nil {
+		if old.peer != p {
+			// Relays choose session IDs at random: a relay that repeats
+			// one it gave another peer does not get to move that peer's
+			// traffic.
+			c.stats.AddrClaimRefused.Add(1)
+			return p.virtUDP
+		}
+		c.dropPathLocked(p, old)
+	}
 	var relays []*path
 	for _, pa := range p.paths {
-		if pa.relay {
-			if pa.relayID == relayID {
-				c.dropPathLocked(p, pa) // a new session with the same relay replaces the old
-				break
-			}
+		if pa.relay && pa.relayID == relayID {
+			c.dropPathLocked(p, pa) // a new session with the same relay replaces the old
+			break
 		}
 	}
 	for _, pa := range p.paths {
@@ -445,10 +467,7 @@ func (c *Conn) AddRelayPath(id, relayID pki.Identity, relayAddr netip.AddrPort, 
 	if len(relays) >= maxRelayPerPeer {
 		c.dropPathLocked(p, relays[0])
 	}
-	pa := &path{peer: p, addr: relayAddr, relay: true, session: session, relayID: relayID, dialed: true, added: now}
-	if old := c.sessions[session]; old != nil {
-		c.dropPathLocked(old.peer, old)
-	}
+	pa := &path{peer: p, addr: relayAddr, relay: true, session: session, relayID: relayID, dialed: true, added: now, owner: true}
 	p.paths = append(p.paths, pa)
 	c.sessions[session] = pa
 	if !p.confirmed() && p.current == nil {
@@ -471,7 +490,7 @@ func (c *Conn) Confirm(id pki.Identity) {
 		c.setCurrentLocked(p, p.handshake)
 		c.stats.PathSwitches.Add(1)
 	}
-	if p.current != nil {
+	if p.current != nil && p.current.owner {
 		p.current.validated = true
 		p.current.missed = 0
 	}
@@ -543,7 +562,7 @@ func (c *Conn) Path(id pki.Identity) (PathInfo, bool) {
 	}
 	var best *path
 	for _, pa := range p.paths {
-		if pa.relay {
+		if pa.relay || !pa.owner {
 			continue
 		}
 		if pa == p.current || best == nil || (best != p.current && pa.lastRecv.Load() > best.lastRecv.Load()) {
@@ -634,7 +653,7 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 			if len(b) > 0 && b[0]&0x80 != 0 { // long header: a handshake
 				c.mu.RUnlock()
 				c.mu.Lock()
-				if c.byVirt[p.virt] == p && (pa.relay && c.sessions[pa.session] == pa || !pa.relay && c.byReal[pa.addr] == pa) {
+				if c.byVirt[p.virt] == p && pa.owner {
 					p.handshake = pa
 					if !p.confirmed() {
 						p.current = pa
@@ -796,7 +815,11 @@ func (c *Conn) handleHello(h *Hello, src netip.AddrPort, now time.Time) {
 		return
 	}
 	p.lastHelloTS = h.Timestamp
-	pa := c.directLocked(p, src, now)
+	pa := c.directLocked(p, src, byPresence, now)
+	pa.lastSigned = now.UnixNano()
+	if !pa.owner {
+		return // another peer holds src; h.From's path there is a candidate
+	}
 	silent := now.UnixNano()-p.lastRecv.Load() > int64(c.cfg.SilentAfter)
 	if p.current != pa && (!p.confirmed() || silent) {
 		if p.confirmed() {
@@ -1002,8 +1025,8 @@ func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
 func (c *Conn) maybeSendHello(p *peer, dst netip.AddrPort) {
 	now := time.Now()
 	c.mu.Lock()
-	pa := c.byReal[dst]
-	if pa == nil || pa.peer != p || now.Sub(pa.lastHello) < 100*time.Millisecond {
+	pa := pathAtLocked(p, dst)
+	if pa == nil || now.Sub(pa.lastHello) < 100*time.Millisecond {
 		c.mu.Unlock()
 		return
 	}
