@@ -77,6 +77,13 @@ type Config struct {
 	OnDirectPath func(id pki.Identity, addr netip.AddrPort)
 	// ProbeRate bounds path probe requests answered per second (default 1,000).
 	ProbeRate int
+	// ProbeSourceRate bounds the probe requests checked per second from
+	// one source (address, relay session and claimed peer; default 200),
+	// before ProbeRate: a flood from one address spends its own budget.
+	ProbeSourceRate int
+	// HelloSourceRate bounds the hellos checked per second from one
+	// address (default 50), before HelloRate.
+	HelloSourceRate int
 	// PoWBits is the network's proof-of-work difficulty: a hello from an
 	// identity below it is dropped before its signature is checked, so
 	// nobody fills the path table with free identities. 0 checks nothing.
@@ -104,6 +111,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.ProbeRate <= 0 {
 		c.ProbeRate = 1000
+	}
+	if c.ProbeSourceRate <= 0 {
+		c.ProbeSourceRate = 200
+	}
+	if c.HelloSourceRate <= 0 {
+		c.HelloSourceRate = 50
 	}
 	if c.ResetRate <= 0 {
 		c.ResetRate = 100
@@ -181,7 +194,8 @@ type Conn struct {
 	dialBack map[uint64]chan struct{}
 	observed netip.AddrPort // our address as a peer last reported it
 
-	helloMu    sync.Mutex // guards helloLimit and scratch
+	helloMu    sync.Mutex // guards helloSrc, helloLimit and scratch
+	helloSrc   *srcLimiter
 	helloLimit limiter
 	scratch    []byte
 
@@ -189,7 +203,8 @@ type Conn struct {
 	resetLimit limiter
 	resetMAC   hash.Hash
 
-	probeMu    sync.Mutex // guards probeLimit
+	probeMu    sync.Mutex // guards probeSrc and probeLimit
+	probeSrc   *srcLimiter
 	probeLimit limiter
 
 	forward  atomic.Pointer[RelayForwarder]
@@ -216,6 +231,7 @@ type Stats struct {
 	TxRelayed, RxRelayed, RxForwarded, RxDialBack, ProbeLost    atomic.Uint64
 	TxForwardGSO                                                atomic.Uint64
 	AddrClaimRefused, AddrReassigned                            atomic.Uint64
+	DropProbeUnknown, DropProbeSrcRate, DropHelloSrcRate        atomic.Uint64
 }
 
 // StatsSnapshot is a copy of Stats.
@@ -249,6 +265,11 @@ type StatsSnapshot struct {
 	// holder (reassigned).
 	AddrClaimRefused uint64 `json:"addr_claim_refused"`
 	AddrReassigned   uint64 `json:"addr_reassigned"`
+	// Probe requests from no connected peer; requests and hellos over
+	// their source's budget (checked before the budgets all share).
+	DropProbeUnknown uint64 `json:"drop_probe_unknown_peer"`
+	DropProbeSrcRate uint64 `json:"drop_probe_source_rate"`
+	DropHelloSrcRate uint64 `json:"drop_hello_source_rate"`
 }
 
 // New wraps udp. The Conn owns udp from now on and closes it on Close.
@@ -266,7 +287,9 @@ func New(udp *net.UDPConn, cfg Config) (*Conn, error) {
 		sessions:   make(map[[16]byte]*path),
 		waiters:    make(map[uint64]chan PingResult),
 		dialBack:   make(map[uint64]chan struct{}),
+		helloSrc:   newSrcLimiter(cfg.HelloSourceRate, time.Now()),
 		helloLimit: newLimiter(cfg.HelloRate),
+		probeSrc:   newSrcLimiter(cfg.ProbeSourceRate, time.Now()),
 		resetLimit: newLimiter(cfg.ResetRate),
 		probeLimit: newLimiter(cfg.ProbeRate),
 		done:       make(chan struct{}),
@@ -291,6 +314,7 @@ func (c *Conn) Stats() StatsSnapshot {
 		DropProbeRate: s.DropProbeRate.Load(), TxRelayed: s.TxRelayed.Load(), RxRelayed: s.RxRelayed.Load(), RxForwarded: s.RxForwarded.Load(),
 		RxDialBack: s.RxDialBack.Load(), ProbeLost: s.ProbeLost.Load(), TxForwardGSO: s.TxForwardGSO.Load(),
 		AddrClaimRefused: s.AddrClaimRefused.Load(), AddrReassigned: s.AddrReassigned.Load(),
+		DropProbeUnknown: s.DropProbeUnknown.Load(), DropProbeSrcRate: s.DropProbeSrcRate.Load(), DropHelloSrcRate: s.DropHelloSrcRate.Load(),
 	}
 }
 
@@ -791,8 +815,28 @@ func (c *Conn) handleHello(h *Hello, src netip.AddrPort, now time.Time) {
 		c.stats.DropStaleHello.Add(1)
 		return
 	}
+	// Cheapest checks first; the shared budget of signature checks is
+	// spent only on hellos that passed them and their source's own budget,
+	// so one sender cannot use it up for everyone.
+	c.helloMu.Lock()
+	ok := c.helloSrc.allow(&srcKey{addr: src}, now)
+	c.helloMu.Unlock()
+	if !ok {
+		c.stats.DropHelloSrcRate.Add(1)
+		return
+	}
 	if c.cfg.PoWBits > 0 && pki.PoWBits(h.From, h.PoWNonce) < c.cfg.PoWBits {
 		c.stats.DropBadProbe.Add(1)
+		return
+	}
+	c.mu.RLock()
+	replay := false
+	if p := c.peerLocked(h.From); p != nil {
+		replay = h.Timestamp <= p.lastHelloTS
+	}
+	c.mu.RUnlock()
+	if replay {
+		c.stats.DropStaleHello.Add(1)
 		return
 	}
 	c.helloMu.Lock()
@@ -801,7 +845,7 @@ func (c *Conn) handleHello(h *Hello, src netip.AddrPort, now time.Time) {
 		c.stats.DropHelloRate.Add(1)
 		return
 	}
-	ok := h.Verify(c.scratch)
+	ok = h.Verify(c.scratch)
 	c.helloMu.Unlock()
 	if !ok {
 		c.stats.DropBadProbe.Add(1)
@@ -865,27 +909,6 @@ func (c *Conn) maybeReset(b []byte, dst netip.AddrPort, now time.Time) {
 	if _, err := c.udp.WriteToUDPAddrPort(pkt, dst); err == nil {
 		c.stats.TxReset.Add(1)
 	}
-}
-
-// limiter is a token bucket; its owner serializes calls.
-type limiter struct {
-	rate   float64
-	tokens float64
-	last   time.Time
-}
-
-func newLimiter(perSecond int) limiter {
-	return limiter{rate: float64(perSecond), tokens: float64(perSecond), last: time.Now()}
-}
-
-func (l *limiter) allow(now time.Time) bool {
-	l.tokens = min(l.rate, l.tokens+now.Sub(l.last).Seconds()*l.rate)
-	l.last = now
-	if l.tokens < 1 {
-		return false
-	}
-	l.tokens--
-	return true
 }
 
 // ReadFrom implements net.PacketConn for callers other than quic-go.

@@ -3,6 +3,7 @@ package smartsock
 import (
 	"context"
 	"encoding/binary"
+	mrand "math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
@@ -12,6 +13,7 @@ import (
 
 	quic "github.com/korium/korium-tun/third_party/quic-go"
 
+	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/smartaddr"
 )
 
@@ -222,5 +224,93 @@ func testPathNotStolen(t *testing.T, vec int) {
 	}
 	if cay.Context().Err() != nil || cax.Context().Err() != nil {
 		t.Error("a connection broke")
+	}
+}
+
+// flood sends garbage to dst from its own socket at pps until stop closes:
+// probe requests claiming to be claim (passing every check short of the
+// MAC), hellos to to with random signatures, and random QUIC-looking bytes.
+// It returns how many it sent.
+func flood(t *testing.T, dst netip.AddrPort, pps int, claim, to pki.Identity, stop <-chan struct{}) <-chan int {
+	u := listenUDP(t)
+	t.Cleanup(func() { u.Close() })
+	sent := make(chan int, 1)
+	go func() {
+		rng := mrand.New(mrand.NewPCG(1, 2))
+		var buf []byte
+		n := 0
+		start := time.Now()
+		for {
+			select {
+			case <-stop:
+				sent <- n
+				return
+			default:
+			}
+			if due := int(time.Since(start).Seconds()*float64(pps)) - n; due <= 0 {
+				time.Sleep(100 * time.Microsecond)
+				continue
+			}
+			now := time.Now().UnixNano()
+			switch n % 4 {
+			case 0, 1:
+				p := Probe{ProbeHeader: ProbeHeader{Type: ProbeRequest, TxID: rng.Uint64(), Timestamp: now}, From: claim}
+				binary.BigEndian.PutUint64(p.MAC[:], rng.Uint64())
+				buf = AppendProbe(buf[:0], &p)
+			case 2:
+				h := Hello{ProbeHeader: ProbeHeader{Type: ProbeHello, TxID: rng.Uint64(), Timestamp: now}, To: to}
+				binary.BigEndian.PutUint64(h.From[:], rng.Uint64())
+				binary.BigEndian.PutUint64(h.Sig[:], rng.Uint64())
+				buf = AppendHello(buf[:0], &h)
+			default:
+				buf = append(buf[:0], 0x40|byte(rng.IntN(0x40)))
+				for len(buf) < 200 {
+					buf = binary.BigEndian.AppendUint64(buf, rng.Uint64())
+				}
+			}
+			u.WriteToUDPAddrPort(buf, dst)
+			n++
+		}
+	}()
+	return sent
+}
+
+// TestProbeFloodFromOneSource: 20,000 packets/s of garbage from one address
+// (probe requests claiming to be our real peer B with random MACs, hellos
+// with random signatures, random bytes) while B pings us 20 times: at least
+// 19 must be answered, and the flood must spend only its own source's
+// budget, never the one all sources share.
+func TestProbeFloodFromOneSource(t *testing.T) {
+	a, b := newEnd(t, true), newEnd(t, true)
+	ida, idb := a.kp.Identity(), b.kp.Identity()
+	cab, cba := connect(t, a, b)
+	setKeys(t, a, b, cab, cba)
+	stop := make(chan struct{})
+	sent := flood(t, loopback(a.udp), 20000, idb, ida, stop)
+	waitFor(t, 5*time.Second, "the flood to arrive", func() bool { return a.sock.Stats().DropProbeSrcRate > 0 })
+	start := time.Now()
+	answered := 0
+	for i := 0; i < 20; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if _, err := b.sock.Ping(ctx, ida); err == nil {
+			answered++
+		}
+		cancel()
+		time.Sleep(50 * time.Millisecond)
+	}
+	el := time.Since(start)
+	close(stop)
+	n := <-sent
+	s := a.sock.Stats()
+	t.Logf("%d of 20 pings answered during a flood of %d packets (%.0f/s); a dropped %d requests over the source budget, %d for their MAC, %d hellos over the source budget, %d over the shared budgets",
+		answered, n, float64(n)/(el.Seconds()+0.1), s.DropProbeSrcRate, s.DropProbeMAC, s.DropHelloSrcRate, s.DropProbeRate+s.DropHelloRate)
+	if answered < 19 {
+		t.Errorf("only %d of 20 pings answered", answered)
+	}
+	if s.DropProbeRate != 0 || s.DropHelloRate != 0 {
+		t.Errorf("the flood spent the shared budgets: %d requests, %d hellos", s.DropProbeRate, s.DropHelloRate)
+	}
+	if s.DropHelloSrcRate == 0 {
+		t.Error("no hello was held to its source's budget")
 	}
 }

@@ -223,27 +223,50 @@ func (c *Conn) probePeerLocked(from pki.Identity, src netip.AddrPort, via *path,
 }
 
 func (c *Conn) handleRequest(pr *Probe, src netip.AddrPort, via *path, now time.Time) {
+	// Cheapest checks first: the clock, then whether the sender is a
+	// connected peer at all (read lock only), then its source's budget,
+	// then the MAC, and only then the budget shared by all sources, so
+	// nothing unauthenticated spends it.
+	if d := now.UnixNano() - pr.Timestamp; d > int64(c.cfg.HelloMaxSkew) || -d > int64(c.cfg.HelloMaxSkew) {
+		c.stats.DropStaleHello.Add(1)
+		return
+	}
+	c.mu.RLock()
+	var key *[32]byte
+	if p := c.peerLocked(pr.From); p != nil {
+		key = p.key
+	}
+	c.mu.RUnlock()
+	if key == nil {
+		c.stats.DropProbeUnknown.Add(1)
+		return
+	}
+	k := srcKey{addr: src, id: pr.From}
+	if via != nil {
+		k.session = via.session
+	}
 	c.probeMu.Lock()
-	ok := c.probeLimit.allow(now)
+	ok := c.probeSrc.allow(&k, now)
+	c.probeMu.Unlock()
+	if !ok {
+		c.stats.DropProbeSrcRate.Add(1)
+		return
+	}
+	if !pr.CheckMAC(key, c.self) {
+		c.stats.DropProbeMAC.Add(1)
+		return
+	}
+	c.probeMu.Lock()
+	ok = c.probeLimit.allow(now)
 	c.probeMu.Unlock()
 	if !ok {
 		c.stats.DropProbeRate.Add(1)
 		return
 	}
-	if d := now.UnixNano() - pr.Timestamp; d > int64(c.cfg.HelloMaxSkew) || -d > int64(c.cfg.HelloMaxSkew) {
-		c.stats.DropStaleHello.Add(1)
-		return
-	}
 	c.mu.Lock()
-	p := c.peerLocked(pr.From)
-	if p == nil || p.key == nil || !pr.CheckMAC(p.key, c.self) {
-		c.mu.Unlock()
-		c.stats.DropProbeMAC.Add(1)
-		return
-	}
-	_, pa := c.probePeerLocked(pr.From, src, via, true, now)
-	if pa == nil {
-		c.mu.Unlock()
+	p, pa := c.probePeerLocked(pr.From, src, via, true, now)
+	if pa == nil || p.key != key {
+		c.mu.Unlock() // re-keyed or gone meanwhile, or via is another peer's
 		c.stats.DropBadProbe.Add(1)
 		return
 	}
