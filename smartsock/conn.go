@@ -232,6 +232,9 @@ type Stats struct {
 	TxForwardGSO                                                atomic.Uint64
 	AddrClaimRefused, AddrReassigned                            atomic.Uint64
 	DropProbeUnknown, DropProbeSrcRate, DropHelloSrcRate        atomic.Uint64
+	// Send errors taken as packet loss (see transient.go), by kind.
+	TxErrNetUnreach, TxErrHostUnreach, TxErrNetDown atomic.Uint64
+	TxErrAddrNotAvail, TxErrNoBufs, TxErrPerm       atomic.Uint64
 }
 
 // StatsSnapshot is a copy of Stats.
@@ -270,6 +273,14 @@ type StatsSnapshot struct {
 	DropProbeUnknown uint64 `json:"drop_probe_unknown_peer"`
 	DropProbeSrcRate uint64 `json:"drop_probe_source_rate"`
 	DropHelloSrcRate uint64 `json:"drop_hello_source_rate"`
+	// Send errors reported to quic-go as sent (lost) instead of failing
+	// the connection: a link flap, a route change, a firewall.
+	TxErrNetUnreach   uint64 `json:"tx_err_net_unreachable"`
+	TxErrHostUnreach  uint64 `json:"tx_err_host_unreachable"`
+	TxErrNetDown      uint64 `json:"tx_err_net_down"`
+	TxErrAddrNotAvail uint64 `json:"tx_err_addr_not_available"`
+	TxErrNoBufs       uint64 `json:"tx_err_no_buffers"`
+	TxErrPerm         uint64 `json:"tx_err_not_permitted"`
 }
 
 // New wraps udp. The Conn owns udp from now on and closes it on Close.
@@ -315,6 +326,8 @@ func (c *Conn) Stats() StatsSnapshot {
 		RxDialBack: s.RxDialBack.Load(), ProbeLost: s.ProbeLost.Load(), TxForwardGSO: s.TxForwardGSO.Load(),
 		AddrClaimRefused: s.AddrClaimRefused.Load(), AddrReassigned: s.AddrReassigned.Load(),
 		DropProbeUnknown: s.DropProbeUnknown.Load(), DropProbeSrcRate: s.DropProbeSrcRate.Load(), DropHelloSrcRate: s.DropHelloSrcRate.Load(),
+		TxErrNetUnreach: s.TxErrNetUnreach.Load(), TxErrHostUnreach: s.TxErrHostUnreach.Load(), TxErrNetDown: s.TxErrNetDown.Load(),
+		TxErrAddrNotAvail: s.TxErrAddrNotAvail.Load(), TxErrNoBufs: s.TxErrNoBufs.Load(), TxErrPerm: s.TxErrPerm.Load(),
 	}
 }
 
@@ -1018,6 +1031,9 @@ func (c *Conn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err e
 			err = c.writeRelay(d, b, oob)
 		} else {
 			_, _, err = c.udp.WriteMsgUDPAddrPort(b, oob, d.addr)
+		}
+		if err != nil && c.countTransient(err) {
+			err = nil // a lost packet, not a broken connection (transient.go)
 		}
 		if firstErr == nil {
 			firstErr = err
