@@ -211,6 +211,10 @@ type Conn struct {
 	fwd      fwdBatch
 	relayBuf sync.Pool
 
+	// ctlSent, when set (by tests, before any packet), is told of every
+	// control packet (probe, reply, hello, reset) instead of its being sent.
+	ctlSent func(dst netip.AddrPort, size int)
+
 	txID   atomic.Uint64
 	closed atomic.Bool
 	done   chan struct{}
@@ -285,6 +289,16 @@ type StatsSnapshot struct {
 
 // New wraps udp. The Conn owns udp from now on and closes it on Close.
 func New(udp *net.UDPConn, cfg Config) (*Conn, error) {
+	c, err := newConn(udp, cfg)
+	if err != nil {
+		return nil, err
+	}
+	go c.probeLoop()
+	return c, nil
+}
+
+// newConn is New without the probe loop (tests drive probeTick).
+func newConn(udp *net.UDPConn, cfg Config) (*Conn, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
@@ -309,7 +323,6 @@ func New(udp *net.UDPConn, cfg Config) (*Conn, error) {
 	if cfg.StatelessResetKey != nil {
 		c.resetMAC = hmac.New(sha256.New, cfg.StatelessResetKey[:])
 	}
-	go c.probeLoop()
 	return c, nil
 }
 
@@ -625,97 +638,107 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		now := time.Now()
-		nowNS := now.UnixNano()
-		forwarding := false // relay frames of others gathered: flush before returning
-		c.mu.RLock()
-		var lastReal netip.AddrPort
-		var lastPath *path
-		for i := 0; i < n; {
-			m := &ms[i]
-			b := m.Buffers[0][:m.N]
-			ua, _ := m.Addr.(*net.UDPAddr)
-			if ua == nil {
-				n = removeMsg(ms, i, n)
-				continue
-			}
-			real := ua.AddrPort()
-			real = unmap(real)
-			var pa *path
-			if IsRelay(b) {
-				c.stats.RxRelay.Add(1)
-				pa = c.ourSessionLocked(b, real)
-				if pa == nil {
-					c.mu.RUnlock()
-					if !forwarding {
-						forwarding = true
-						c.startForwarding()
-					}
-					c.handleForeignRelay(b, real, now)
-					c.mu.RLock()
-					lastPath = nil
-					n = removeMsg(ms, i, n)
-					continue
-				}
-				// Unwrap in place: quic-go reads the QUIC packet inside.
-				m.N = copy(m.Buffers[0], b[RelayHeaderSize:])
-				b = m.Buffers[0][:m.N]
-				c.stats.RxRelayed.Add(1)
-			}
-			if IsProbe(b) {
-				c.mu.RUnlock()
-				c.handleProbe(b, real, pa, now)
-				c.mu.RLock()
-				lastPath = nil
-				n = removeMsg(ms, i, n)
-				continue
-			}
-			if pa == nil {
-				pa = lastPath
-				if pa == nil || real != lastReal {
-					pa = c.byReal[real]
-					lastReal, lastPath = real, pa
-				}
-			}
-			if pa == nil {
-				c.stats.DropUnknownSource.Add(1)
-				c.mu.RUnlock()
-				c.maybeReset(b, real, now)
-				c.mu.RLock()
-				lastPath = nil
-				n = removeMsg(ms, i, n)
-				continue
-			}
-			p := pa.peer
-			if len(b) > 0 && b[0]&0x80 != 0 { // long header: a handshake
-				c.mu.RUnlock()
-				c.mu.Lock()
-				if c.byVirt[p.virt] == p && pa.owner {
-					p.handshake = pa
-					if !p.confirmed() {
-						p.current = pa
-					}
-				}
-				c.mu.Unlock()
-				c.mu.RLock()
-				lastPath = nil
-			}
-			pa.lastRecv.Store(nowNS)
-			if pa == p.current {
-				p.lastRecv.Store(nowNS)
-			}
-			m.Addr = p.virtUDP
-			i++
-		}
-		c.mu.RUnlock()
-		if forwarding {
-			c.endForwarding()
-		}
-		c.stats.RxQUIC.Add(uint64(n))
-		if n > 0 {
+		if n = c.demux(ms, n, time.Now()); n > 0 {
 			return n, nil
 		}
 	}
+}
+
+// demux dispatches the first n messages of a read batch, as they came off
+// the socket: relay frames of our sessions are unwrapped, probes and other
+// relay frames go to their handlers, packets from unknown sources are
+// dropped (and may be answered with a stateless reset), and the source of
+// every QUIC packet left is rewritten to its peer's virtual address. It
+// returns how many are left in ms[:n] for quic-go. Its fast path (QUIC from
+// a known source) allocates nothing.
+func (c *Conn) demux(ms []ipv4.Message, n int, now time.Time) int {
+	nowNS := now.UnixNano()
+	forwarding := false // relay frames of others gathered: flush before returning
+	c.mu.RLock()
+	var lastReal netip.AddrPort
+	var lastPath *path
+	for i := 0; i < n; {
+		m := &ms[i]
+		b := m.Buffers[0][:m.N]
+		ua, _ := m.Addr.(*net.UDPAddr)
+		if ua == nil {
+			n = removeMsg(ms, i, n)
+			continue
+		}
+		real := ua.AddrPort()
+		real = unmap(real)
+		var pa *path
+		if IsRelay(b) {
+			c.stats.RxRelay.Add(1)
+			pa = c.ourSessionLocked(b, real)
+			if pa == nil {
+				c.mu.RUnlock()
+				if !forwarding {
+					forwarding = true
+					c.startForwarding()
+				}
+				c.handleForeignRelay(b, real, now)
+				c.mu.RLock()
+				lastPath = nil
+				n = removeMsg(ms, i, n)
+				continue
+			}
+			// Unwrap in place: quic-go reads the QUIC packet inside.
+			m.N = copy(m.Buffers[0], b[RelayHeaderSize:])
+			b = m.Buffers[0][:m.N]
+			c.stats.RxRelayed.Add(1)
+		}
+		if IsProbe(b) {
+			c.mu.RUnlock()
+			c.handleProbe(b, real, pa, now)
+			c.mu.RLock()
+			lastPath = nil
+			n = removeMsg(ms, i, n)
+			continue
+		}
+		if pa == nil {
+			pa = lastPath
+			if pa == nil || real != lastReal {
+				pa = c.byReal[real]
+				lastReal, lastPath = real, pa
+			}
+		}
+		if pa == nil {
+			c.stats.DropUnknownSource.Add(1)
+			c.mu.RUnlock()
+			c.maybeReset(b, real, now)
+			c.mu.RLock()
+			lastPath = nil
+			n = removeMsg(ms, i, n)
+			continue
+		}
+		p := pa.peer
+		if len(b) > 0 && b[0]&0x80 != 0 { // long header: a handshake
+			c.mu.RUnlock()
+			c.mu.Lock()
+			if c.byVirt[p.virt] == p && pa.owner {
+				p.handshake = pa
+				if !p.confirmed() {
+					p.current = pa
+				}
+			}
+			c.mu.Unlock()
+			c.mu.RLock()
+			lastPath = nil
+		}
+		pa.lastRecv.Store(nowNS)
+		if pa == p.current {
+			p.lastRecv.Store(nowNS)
+		}
+		m.Addr = p.virtUDP
+		i++
+	}
+	c.mu.RUnlock()
+	if forwarding {
+		c.endForwarding()
+	}
+	c.stats.RxQUIC.Add(uint64(n))
+	return n
 }
 
 // ourSessionLocked returns the relay path a CRLY frame from src belongs to,
@@ -734,7 +757,7 @@ func (c *Conn) ourSessionLocked(b []byte, src netip.AddrPort) *path {
 // handleForeignRelay passes a frame that is not for one of our sessions to
 // the relay server, if this node runs one.
 func (c *Conn) handleForeignRelay(b []byte, src netip.AddrPort, now time.Time) {
-	if f := c.forward.Load(); f != nil && (*f)(b, src, now) {
+	if f := c.forward.Load(); f != nil && len(b) >= RelayHeaderSize && (*f)(b, src, now) {
 		c.stats.RxForwarded.Add(1)
 		return
 	}
@@ -919,7 +942,7 @@ func (c *Conn) maybeReset(b []byte, dst netip.AddrPort, now time.Time) {
 	rand.Read(pkt[:len(pkt)-16])
 	pkt[0] = pkt[0]&0x7f | 0x40
 	copy(pkt[len(pkt)-16:], token)
-	if _, err := c.udp.WriteToUDPAddrPort(pkt, dst); err == nil {
+	if err := c.writeCtl(pkt, dst); err == nil {
 		c.stats.TxReset.Add(1)
 	}
 }
@@ -1073,9 +1096,19 @@ func (c *Conn) maybeSendHello(p *peer, dst netip.AddrPort) {
 	c.mu.Unlock()
 	h := NewHello(c.cfg.Keypair, p.id, c.txID.Add(1), now.UnixNano())
 	var buf [HelloSize]byte
-	if _, err := c.udp.WriteToUDPAddrPort(AppendHello(buf[:0], h), dst); err == nil {
+	if err := c.writeCtl(AppendHello(buf[:0], h), dst); err == nil {
 		c.stats.TxHello.Add(1)
 	}
+}
+
+// writeCtl sends a control packet of ours (not a QUIC packet).
+func (c *Conn) writeCtl(b []byte, dst netip.AddrPort) error {
+	if c.ctlSent != nil {
+		c.ctlSent(dst, len(b))
+		return nil
+	}
+	_, err := c.udp.WriteToUDPAddrPort(b, dst)
+	return err
 }
 
 // ---- plumbing quic-go needs -------------------------------------------------

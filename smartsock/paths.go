@@ -191,7 +191,7 @@ func (c *Conn) sendProbe(d dest, pkt []byte) {
 	if d.relay {
 		b = append(AppendRelayHeader(buf[:0], RelayHeader{Session: d.session}), pkt...)
 	}
-	if _, err := c.udp.WriteToUDPAddrPort(b, d.addr); err == nil {
+	if err := c.writeCtl(b, d.addr); err == nil {
 		c.stats.TxProbe.Add(1)
 	}
 }
