@@ -14,7 +14,12 @@
 // connection). A real address becomes a path of a peer only on that peer's
 // word signed with its key (a hello probe), an authenticated probe, or
 // because this node chose it (a dial, a contact record, a punch); a QUIC
-// packet from any other address never reaches quic-go. A path carries data
+// packet from any other address never reaches quic-go. Only one path owns
+// an address: another peer naming it gets a candidate there, and takes the
+// address only with stronger evidence than its owner holds it by, never
+// from a peer that proved itself there and still answers (owner.go). A
+// send error of a network that is away for a moment (a link flap) is a lost
+// packet, not a failed connection (transient.go). A path carries data
 // once the peer proved itself on it: a handshake with its certificate
 // completed over it (Confirm), or it answered a probe MACed with a key from
 // the QUIC session (SetPathKey). Paths are probed continuously and Select
