@@ -52,6 +52,8 @@ step "ops: config files, systemd unit, metrics, names and DNS in namespaces"
 ./scripts/ops-test.sh
 step "NAT lab (cone and symmetric NATs, relay, hole punching, loss)"
 ./scripts/nat-test.sh
+step "hostile networks (a probe flood from one address, link flaps)"
+./scripts/hostile-test.sh
 step "throughput smoke run (overlay vs wireguard-go vs raw veth)"
 json=$(mktemp /tmp/korium-bench.XXXXXX.json)
 ./scripts/bench-throughput.sh --rounds 2 --time 3 --json "$json"
