@@ -11,10 +11,13 @@ import (
 	"crypto/x509"
 	"encoding/binary"
 	"errors"
+	"flag"
 	"fmt"
 	"math/big"
 	"net"
+	"os"
 	"runtime"
+	"runtime/pprof"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -187,24 +190,57 @@ var epoch = time.Now()
 // now is the time since epoch, from the monotonic clock.
 func now() time.Duration { return time.Since(epoch) }
 
-func receive(conn *quic.Conn) *receiver {
+// oldAPI makes the benchmarks use ReceiveDatagram, which returns a new
+// slice per datagram, instead of ReceiveDatagrams, which copies into the
+// caller's buffers.
+var oldAPI = flag.Bool("quicbench.oldapi", false, "receive with ReceiveDatagram instead of ReceiveDatagrams")
+
+// recvBatch is how many datagrams one ReceiveDatagrams call takes at most:
+// the overlay's device batch.
+const recvBatch = 64
+
+func receive(conn *quic.Conn) *receiver { return receiveWith(conn, *oldAPI) }
+
+// receiveWith drains conn's datagrams in a goroutine that ends with the
+// connection, with ReceiveDatagram if old is set, else ReceiveDatagrams.
+func receiveWith(conn *quic.Conn, old bool) *receiver {
 	r := &receiver{done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
 		ctx := context.Background()
+		if old {
+			for {
+				d, err := conn.ReceiveDatagram(ctx)
+				if err != nil {
+					return
+				}
+				r.count(d)
+			}
+		}
+		bufs := make([][]byte, recvBatch)
+		sizes := make([]int, recvBatch)
+		for i := range bufs {
+			bufs[i] = make([]byte, 1500)
+		}
 		for {
-			d, err := conn.ReceiveDatagram(ctx)
+			n, err := conn.ReceiveDatagrams(ctx, bufs, sizes)
 			if err != nil {
 				return
 			}
-			if !check(d) {
-				r.bad.Add(1)
+			for i := range n {
+				r.count(bufs[i][:sizes[i]])
 			}
-			r.last.Store(int64(now()))
-			r.got.Add(1)
 		}
 	}()
 	return r
+}
+
+func (r *receiver) count(d []byte) {
+	if !check(d) {
+		r.bad.Add(1)
+	}
+	r.last.Store(int64(now()))
+	r.got.Add(1)
 }
 
 // waitFor waits until at least n datagrams arrived, or until none arrived
@@ -241,6 +277,24 @@ func send(conn *quic.Conn, seq uint64, n int) error {
 		}
 	}
 	return nil
+}
+
+// memProfile, when set, writes allocation profiles NAME.start and
+// NAME.end around every measured run (the child's get NAME.child.*), for
+// go tool pprof -sample_index=alloc_objects -diff_base NAME.start NAME.end.
+// Set MemProfileRate=1 (-test.memprofilerate 1) to see every allocation.
+var memProfile = flag.String("quicbench.memprofile", "", "write allocation profiles around measured runs to `NAME`.start and .end")
+
+func writeMemProfile(name string) {
+	runtime.GC() // the profile counts allocations up to the last GC
+	f, err := os.Create(name)
+	if err != nil {
+		panic(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		panic(err)
+	}
 }
 
 // usage is a snapshot of what this process has spent.

@@ -32,9 +32,15 @@ func BenchmarkInProcess(b *testing.B) {
 	}
 	run(warmup)
 	b.ReportAllocs()
+	if *memProfile != "" {
+		writeMemProfile(*memProfile + ".start")
+	}
 	b.ResetTimer()
 	got := run(b.N)
 	b.StopTimer()
+	if *memProfile != "" {
+		writeMemProfile(*memProfile + ".end")
+	}
 	if bad := r.bad.Load(); bad > 0 {
 		b.Fatalf("%d datagrams arrived damaged", bad)
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 const (
 	envPeer = "QUICBENCH_PEER"
 	envAddr = "QUICBENCH_ADDR"
+	envProf = "QUICBENCH_MEMPROFILE" // the child's memProfile
 
 	roleSink   = "sink"   // receives only
 	roleSource = "source" // sends on request, receives too
@@ -73,6 +75,10 @@ func unmarshalReport(b []byte) report {
 // after five minutes whatever happens.
 func runPeer(role, addr string) error {
 	time.AfterFunc(5*time.Minute, func() { os.Exit(3) })
+	prof := os.Getenv(envProf)
+	if prof != "" {
+		runtime.MemProfileRate = 1
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	e, err := dial(ctx, addr)
 	cancel()
@@ -106,6 +112,9 @@ func runPeer(role, addr string) error {
 			// got0 was taken at the last report: a datagram may overtake
 			// this stream frame, and it belongs to this phase.
 			sent = 0
+			if prof != "" {
+				writeMemProfile(prof + ".start")
+			}
 			start, startAt = snapshot(), now()
 			if role == roleSource && n > 0 {
 				sendDone = make(chan error, 1)
@@ -123,6 +132,9 @@ func runPeer(role, addr string) error {
 			got := r.waitFor(got0+n, quiet) - got0
 			rep := report{got: got, bad: r.bad.Load() - bad0, sent: sent, use: snapshot().since(start),
 				span: r.span(startAt)}
+			if prof != "" {
+				writeMemProfile(prof + ".end")
+			}
 			got0, bad0 = r.got.Load(), r.bad.Load()
 			if _, err := ctl.Write(rep.marshal()); err != nil {
 				return err
@@ -149,6 +161,9 @@ func startPeer(tb testing.TB, role string) *peerProc {
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), envPeer+"="+role, envAddr+"="+ep.udp.LocalAddr().String())
+	if *memProfile != "" {
+		cmd.Env = append(cmd.Env, envProf+"="+*memProfile+".child")
+	}
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		ep.close()
@@ -240,9 +255,15 @@ func BenchmarkSend(b *testing.B) {
 	}
 	run(warmup)
 	b.ReportAllocs()
+	if *memProfile != "" {
+		writeMemProfile(*memProfile + ".start")
+	}
 	b.ResetTimer()
 	rep, use := run(b.N)
 	b.StopTimer()
+	if *memProfile != "" {
+		writeMemProfile(*memProfile + ".end")
+	}
 	reportOneWay(b, uint64(b.N), rep.got, rep.bad, use, rep.use, rep.span)
 }
 
@@ -261,9 +282,15 @@ func BenchmarkReceive(b *testing.B) {
 	}
 	run(warmup)
 	b.ReportAllocs()
+	if *memProfile != "" {
+		writeMemProfile(*memProfile + ".start")
+	}
 	b.ResetTimer()
 	rep, got, bad, use, el := run(b.N)
 	b.StopTimer()
+	if *memProfile != "" {
+		writeMemProfile(*memProfile + ".end")
+	}
 	reportOneWay(b, rep.sent, got, bad, rep.use, use, el)
 }
 
@@ -302,9 +329,15 @@ func BenchmarkBoth(b *testing.B) {
 	}
 	run(warmup)
 	b.ReportAllocs()
+	if *memProfile != "" {
+		writeMemProfile(*memProfile + ".start")
+	}
 	b.ResetTimer()
 	rep, got, bad, use, el := run(b.N)
 	b.StopTimer()
+	if *memProfile != "" {
+		writeMemProfile(*memProfile + ".end")
+	}
 	if bad+rep.bad > 0 {
 		b.Fatalf("%d datagrams arrived damaged", bad+rep.bad)
 	}
