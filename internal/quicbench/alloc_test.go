@@ -33,14 +33,7 @@ func TestDatagramPathDoesNotAllocate(t *testing.T) {
 	for _, both := range []bool{false, true} {
 		name := map[bool]string{false: "one way", true: "both ways"}[both]
 		t.Run(name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			srv, cli, err := pair(ctx)
-			cancel()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer srv.close()
-			defer cli.close()
+			srv, cli := newPair(t)
 			rs := receiveWith(srv.conn, false)
 			rc := receiveWith(cli.conn, false)
 			var seq uint64
@@ -114,19 +107,13 @@ func mallocs() uint64 {
 func TestReceiveDatagrams(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	srv, cli, err := pair(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.close()
-	defer cli.close()
+	srv, cli := newPair(t)
 	sizes := make([]int, 4)
 	bufs := make([][]byte, 4)
 	for i := range bufs {
 		bufs[i] = make([]byte, 200)
 	}
-	// wait blocks until the server has k datagrams queued, by receiving
-	// nothing: a probe would consume them, so poll the connection's count.
+	// sendSizes sends datagrams of these sizes, each starting with its index.
 	sendSizes := func(ns ...int) {
 		for i, n := range ns {
 			b := make([]byte, n)

@@ -20,6 +20,7 @@ import (
 	"runtime/pprof"
 	"sync/atomic"
 	"syscall"
+	"testing"
 	"time"
 
 	quic "github.com/korium/korium-tun/third_party/quic-go"
@@ -164,6 +165,19 @@ var pattern = func() []byte {
 	}
 	return p
 }()
+
+// newPair connects two endpoints in this process for tb and closes them
+// when tb ends.
+func newPair(tb testing.TB) (srv, cli *endpoint) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	srv, cli, err := pair(ctx)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { cli.close(); srv.close() })
+	return srv, cli
+}
 
 // fill writes datagram number seq into b.
 func fill(b []byte, seq uint64) {

@@ -2,24 +2,13 @@
 
 package quicbench
 
-import (
-	"context"
-	"testing"
-	"time"
-)
+import "testing"
 
 // BenchmarkInProcess sends b.N datagrams one way between two connections in
 // this process: one profile (-memprofile, -cpuprofile, callgrind) holds
 // both sides. allocs/op is send and receive together.
 func BenchmarkInProcess(b *testing.B) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	srv, cli, err := pair(ctx)
-	cancel()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer srv.close()
-	defer cli.close()
+	srv, cli := newPair(b)
 	r := receive(srv.conn)
 	run := func(n int) uint64 {
 		got0, t0 := r.got.Load(), now()
@@ -30,17 +19,7 @@ func BenchmarkInProcess(b *testing.B) {
 		b.ReportMetric(float64(r.span(t0).Nanoseconds())/float64(max(got, 1)), "ns/dgram")
 		return got
 	}
-	run(warmup)
-	b.ReportAllocs()
-	if *memProfile != "" {
-		writeMemProfile(*memProfile + ".start")
-	}
-	b.ResetTimer()
-	got := run(b.N)
-	b.StopTimer()
-	if *memProfile != "" {
-		writeMemProfile(*memProfile + ".end")
-	}
+	got := measured(b, run)
 	if bad := r.bad.Load(); bad > 0 {
 		b.Fatalf("%d datagrams arrived damaged", bad)
 	}

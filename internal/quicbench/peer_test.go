@@ -239,59 +239,73 @@ func perDatagram(v, n uint64) float64 {
 	return float64(v) / float64(n)
 }
 
+// measured runs run once to warm up, then for b.N with the timer and the
+// allocation profiles (-quicbench.memprofile) around it.
+func measured[T any](b *testing.B, run func(n int) T) T {
+	run(warmup)
+	b.ReportAllocs()
+	if *memProfile != "" {
+		writeMemProfile(*memProfile + ".start")
+	}
+	b.ResetTimer()
+	r := run(b.N)
+	b.StopTimer()
+	if *memProfile != "" {
+		writeMemProfile(*memProfile + ".end")
+	}
+	return r
+}
+
+// result is one measured run as the parent saw it, with the child's report.
+type result struct {
+	rep      report
+	got, bad uint64        // datagrams the parent received, damaged ones
+	use      usage         // the parent's
+	el       time.Duration // from the start to the last arrival
+}
+
 // BenchmarkSend: this process sends b.N datagrams of payloadSize bytes, a
 // child receives them. allocs/op and tx-* are the sender's; rx-* the
 // receiver's, per datagram that arrived.
 func BenchmarkSend(b *testing.B) {
 	p := startPeer(b, roleSink)
-	run := func(n int) (report, usage) {
+	r := measured(b, func(n int) result {
 		p.start(b, 0)
 		u0 := snapshot()
 		if err := send(p.ep.conn, 0, n); err != nil {
 			b.Fatal(err)
 		}
 		rep := p.end(b, n)
-		return rep, snapshot().since(u0)
+		return result{rep: rep, use: snapshot().since(u0)}
+	})
+	reportOneWay(b, uint64(b.N), r.rep.got, r.rep.bad, r.use, r.rep.use, r.rep.span)
+}
+
+// receiveRun has the child send n datagrams to this process, which sends
+// n of its own at the same time if both is set.
+func receiveRun(b *testing.B, p *peerProc, n int, both bool) result {
+	got0, bad0 := p.r.got.Load(), p.r.bad.Load()
+	u0, t0 := snapshot(), now()
+	p.start(b, n)
+	sent := 0
+	if both {
+		if err := send(p.ep.conn, uint64(n), n); err != nil {
+			b.Fatal(err)
+		}
+		sent = n
 	}
-	run(warmup)
-	b.ReportAllocs()
-	if *memProfile != "" {
-		writeMemProfile(*memProfile + ".start")
-	}
-	b.ResetTimer()
-	rep, use := run(b.N)
-	b.StopTimer()
-	if *memProfile != "" {
-		writeMemProfile(*memProfile + ".end")
-	}
-	reportOneWay(b, uint64(b.N), rep.got, rep.bad, use, rep.use, rep.span)
+	got := p.r.waitFor(got0+uint64(n), quiet) - got0
+	use, el := snapshot().since(u0), p.r.span(t0)
+	rep := p.end(b, sent)
+	return result{rep: rep, got: got, bad: p.r.bad.Load() - bad0, use: use, el: max(el, rep.span)}
 }
 
 // BenchmarkReceive: a child sends b.N datagrams, this process receives
 // them. allocs/op and rx-* are the receiver's; tx-* the sender's.
 func BenchmarkReceive(b *testing.B) {
 	p := startPeer(b, roleSource)
-	run := func(n int) (report, uint64, uint64, usage, time.Duration) {
-		got0, bad0 := p.r.got.Load(), p.r.bad.Load()
-		u0, t0 := snapshot(), now()
-		p.start(b, n)
-		got := p.r.waitFor(got0+uint64(n), quiet) - got0
-		use, el := snapshot().since(u0), p.r.span(t0)
-		rep := p.end(b, 0)
-		return rep, got, p.r.bad.Load() - bad0, use, el
-	}
-	run(warmup)
-	b.ReportAllocs()
-	if *memProfile != "" {
-		writeMemProfile(*memProfile + ".start")
-	}
-	b.ResetTimer()
-	rep, got, bad, use, el := run(b.N)
-	b.StopTimer()
-	if *memProfile != "" {
-		writeMemProfile(*memProfile + ".end")
-	}
-	reportOneWay(b, rep.sent, got, bad, rep.use, use, el)
+	r := measured(b, func(n int) result { return receiveRun(b, p, n, false) })
+	reportOneWay(b, r.rep.sent, r.got, r.bad, r.rep.use, r.use, r.el)
 }
 
 func reportOneWay(b *testing.B, sent, got, bad uint64, tx, rx usage, el time.Duration) {
@@ -315,29 +329,8 @@ func reportOneWay(b *testing.B, sent, got, bad uint64, tx, rx usage, el time.Dur
 // by one process.
 func BenchmarkBoth(b *testing.B) {
 	p := startPeer(b, roleSource)
-	run := func(n int) (report, uint64, uint64, usage, time.Duration) {
-		got0, bad0 := p.r.got.Load(), p.r.bad.Load()
-		u0, t0 := snapshot(), now()
-		p.start(b, n)
-		if err := send(p.ep.conn, uint64(n), n); err != nil {
-			b.Fatal(err)
-		}
-		got := p.r.waitFor(got0+uint64(n), quiet) - got0
-		use, el := snapshot().since(u0), p.r.span(t0)
-		rep := p.end(b, n)
-		return rep, got, p.r.bad.Load() - bad0, use, max(el, rep.span)
-	}
-	run(warmup)
-	b.ReportAllocs()
-	if *memProfile != "" {
-		writeMemProfile(*memProfile + ".start")
-	}
-	b.ResetTimer()
-	rep, got, bad, use, el := run(b.N)
-	b.StopTimer()
-	if *memProfile != "" {
-		writeMemProfile(*memProfile + ".end")
-	}
+	r := measured(b, func(n int) result { return receiveRun(b, p, n, true) })
+	rep, got, bad, use, el := r.rep, r.got, r.bad, r.use, r.el
 	if bad+rep.bad > 0 {
 		b.Fatalf("%d datagrams arrived damaged", bad+rep.bad)
 	}
