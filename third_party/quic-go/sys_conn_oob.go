@@ -162,6 +162,11 @@ func (c *oobConn) ReadPacket() (receivedPacket, error) {
 
 		n, err := c.batchConn.ReadBatch(c.messages, 0)
 		if n == 0 || err != nil {
+			// korium-tun: nothing was read, so the next call must read again.
+			// Upstream left all batchSize messages in place with readPos 0,
+			// and the next call returned the previous batch's lengths and
+			// addresses over the fresh buffers.
+			c.messages = c.messages[:0]
 			return receivedPacket{}, err
 		}
 		c.messages = c.messages[:n]
