@@ -333,7 +333,7 @@ func (s *Stack) Write(bufs [][]byte, offset int) (int, error) {
 			continue
 		}
 		if !checked || p[ipv6NextHeader] != tcpProto {
-			s.inject(buffer.NewViewWithData(p))
+			s.inject(buffer.MakeWithData(p))
 			continue
 		}
 		s.pkts = append(s.pkts, p)
@@ -349,9 +349,9 @@ func (s *Stack) Write(bufs [][]byte, offset int) (int, error) {
 	return len(bufs), nil
 }
 
-// inject hands one inbound IPv6 packet to the stack, taking ownership of v.
-func (s *Stack) inject(v *buffer.View) {
-	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
+// inject hands one inbound IPv6 packet to the stack, taking ownership of b.
+func (s *Stack) inject(b buffer.Buffer) {
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: b})
 	s.ep.InjectInbound(header.IPv6ProtocolNumber, pkt)
 	pkt.DecRef()
 }
