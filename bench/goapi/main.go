@@ -61,10 +61,14 @@ func main() {
 		powBits  = flag.Int("pow-bits", 8, "proof-of-work bits of the korium-tun keys")
 		timeout  = flag.Duration("timeout", 5*time.Minute, "give up on one transfer after this long")
 		cpuProf  = flag.String("cpuprofile", "", "write CPU profiles of each mode's first transfer (not the setup) to FILE.MODE")
+		memProf  = flag.String("memprofile", "", "write allocation profiles around each mode's first transfer to FILE.MODE.before and FILE.MODE (go tool pprof -sample_index=alloc_objects -diff_base FILE.MODE.before)")
 		jsonPath = flag.String("json", "", "also write the figures as JSON to FILE")
 		verbose  = flag.Bool("v", false, "print the tunnel's packet counts after each transfer")
 	)
 	flag.Parse()
+	if *memProf != "" {
+		runtime.MemProfileRate = 16 << 10
+	}
 	log.SetFlags(0)
 	log.SetPrefix("goapi: ")
 	if *rounds < 1 || *sizeMiB < 1 {
@@ -108,10 +112,18 @@ func main() {
 					log.Fatal(err)
 				}
 			}
+			if *memProf != "" && round == 0 {
+				runtime.GC()
+				writeAllocs(*memProf + "." + m + ".before")
+			}
 			f, err := p.transfer(pattern, size, *timeout)
 			if prof != nil {
 				pprof.StopCPUProfile()
 				prof.Close()
+			}
+			if *memProf != "" && round == 0 {
+				runtime.GC()
+				writeAllocs(*memProf + "." + m)
 			}
 			if err == nil && *verbose && p.stats != nil {
 				fmt.Printf("round %d  %-7s %s\n", round+1, m, p.stats(size))
@@ -137,6 +149,19 @@ func main() {
 		if err := os.WriteFile(*jsonPath, append(b, '\n'), 0o644); err != nil {
 			log.Fatal(err)
 		}
+	}
+}
+
+// writeAllocs writes the heap profile, whose allocation counts only grow:
+// the difference of two (go tool pprof -diff_base) is what happened between.
+func writeAllocs(path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		log.Fatal(err)
 	}
 }
 
@@ -364,7 +389,8 @@ func newKoriumPair(mtu, powBits int) (*pair, error) {
 			for _, n := range []*overlay.Node{a, b} {
 				st := n.Status()
 				for _, p := range st.Peers {
-					fmt.Fprintf(&sb, "[%s: tx %.0f rx %.0f pkts/MiB, QUIC lost %d] ", n.Addr(), float64(p.TxPackets)/mib, float64(p.RxPackets)/mib, p.QUICLost)
+					fmt.Fprintf(&sb, "[%s: IP tx %.0f rx %.0f, UDP rx %.0f, sendmsg %.0f per MiB; QUIC lost %d] ", n.Addr().String()[:19],
+						float64(p.TxPackets)/mib, float64(p.RxPackets)/mib, float64(st.SmartSock.RxQUIC)/mib, float64(st.SmartSock.TxCalls)/mib, p.QUICLost)
 				}
 			}
 			return sb.String()
