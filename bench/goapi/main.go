@@ -12,6 +12,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ecdh"
 	"crypto/rand"
@@ -38,7 +39,9 @@ import (
 	wgnetstack "golang.zx2c4.com/wireguard/tun/netstack"
 
 	"github.com/korium/korium-tun/overlay"
+	"github.com/korium/korium-tun/overlay/netstack"
 	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/smartaddr"
 )
 
 // patternLen is the period of the data sent: a pseudo-random block larger
@@ -63,7 +66,7 @@ func main() {
 		cpuProf  = flag.String("cpuprofile", "", "write CPU profiles of each mode's first transfer (not the setup) to FILE.MODE")
 		memProf  = flag.String("memprofile", "", "write allocation profiles around each mode's first transfer to FILE.MODE.before and FILE.MODE (go tool pprof -sample_index=alloc_objects -diff_base FILE.MODE.before)")
 		jsonPath = flag.String("json", "", "also write the figures as JSON to FILE")
-		verbose  = flag.Bool("v", false, "print the tunnel's packet counts after each transfer")
+		verbose  = flag.Bool("v", false, "print the tunnel's packet counts after each transfer (korium: on devices that count the packet loop's batches)")
 	)
 	flag.Parse()
 	if *memProf != "" {
@@ -98,7 +101,7 @@ func main() {
 			case "wg":
 				p, err = newWGPair(*wgMTU)
 			case "korium":
-				p, err = newKoriumPair(*koMTU, *powBits)
+				p, err = newKoriumPair(*koMTU, *powBits, *verbose)
 			}
 			if err != nil {
 				log.Fatalf("round %d %s: setup: %v", round+1, m, err)
@@ -346,10 +349,13 @@ func verify(c net.Conn, pattern []byte, size int64) (int64, error) {
 
 // ---- korium-tun: two nodes on loopback UDP, netstack devices -----------------
 
-func newKoriumPair(mtu, powBits int) (*pair, error) {
+// newKoriumPair makes two nodes on their default netstack devices, or with
+// count on devices that count the packet loop's batches.
+func newKoriumPair(mtu, powBits int, count bool) (*pair, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var nodes []*overlay.Node
+	var devs []*countingStack
 	closeAll := func() {
 		for _, n := range nodes {
 			n.Close()
@@ -361,7 +367,18 @@ func newKoriumPair(mtu, powBits int) (*pair, error) {
 			closeAll()
 			return nil, err
 		}
-		n, err := overlay.New(overlay.Config{Keypair: kp, PoWBits: powBits, Listen: "127.0.0.1:0", MTU: mtu})
+		cfg := overlay.Config{Keypair: kp, PoWBits: powBits, Listen: "127.0.0.1:0", MTU: mtu}
+		if count {
+			s, err := netstack.New(netstack.Config{Addr: smartaddr.FromIdentity(kp.Identity()), MTU: cmp.Or(mtu, overlay.DefaultMTU)})
+			if err != nil {
+				closeAll()
+				return nil, err
+			}
+			dev := &countingStack{Stack: s}
+			devs = append(devs, dev)
+			cfg.Device = dev
+		}
+		n, err := overlay.New(cfg)
 		if err != nil {
 			closeAll()
 			return nil, err
@@ -386,7 +403,10 @@ func newKoriumPair(mtu, powBits int) (*pair, error) {
 		stats: func(size int64) string {
 			var sb strings.Builder
 			mib := float64(size >> 20)
-			for _, n := range []*overlay.Node{a, b} {
+			for i, n := range []*overlay.Node{a, b} {
+				if i < len(devs) {
+					fmt.Fprintf(&sb, "[%s] ", devs[i])
+				}
 				st := n.Status()
 				for _, p := range st.Peers {
 					fmt.Fprintf(&sb, "[%s: IP tx %.0f rx %.0f, UDP rx %.0f, sendmsg %.0f per MiB; QUIC lost %d] ", n.Addr().String()[:19],

@@ -58,7 +58,7 @@ func TestTransfer(t *testing.T) {
 			if mode == "wg" {
 				p, err = newWGPair(1420)
 			} else {
-				p, err = newKoriumPair(0, 4)
+				p, err = newKoriumPair(0, 4, true)
 			}
 			if err != nil {
 				t.Fatal(err)
@@ -71,7 +71,7 @@ func TestTransfer(t *testing.T) {
 			if f.Gbps <= 0 || f.Seconds <= 0 {
 				t.Errorf("figure %+v", f)
 			}
-			if p.stats != nil && !strings.Contains(p.stats(8<<20), "pkts/MiB") {
+			if p.stats != nil && !strings.Contains(p.stats(8<<20), "per MiB") {
 				t.Errorf("stats %q", p.stats(8<<20))
 			}
 		})
