@@ -66,11 +66,11 @@ func TestHotPathsDoNotAllocate(t *testing.T) {
 		t.Errorf("%d groups, want 1", len(c.groups))
 	}
 	// Building the coalesced packet takes its views and chunks from
-	// gVisor's pools.
+	// gVisor's pools (which the race detector makes leaky).
 	if a := testing.AllocsPerRun(100, func() {
 		b := c.build(pkts, &c.groups[0])
 		b.Release()
-	}); a != 0 {
+	}); a != 0 && !raceEnabled {
 		t.Errorf("build: %v allocs", a)
 	}
 }
