@@ -29,6 +29,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"strconv"
 	"strings"
@@ -56,17 +57,18 @@ const port = 5201
 
 func main() {
 	var (
-		rounds   = flag.Int("rounds", 3, "interleaved rounds")
-		sizeMiB  = flag.Int("size", 512, "MiB per transfer")
-		modes    = flag.String("modes", "wg,korium", "comma-separated modes in round order: wg, korium")
-		wgMTU    = flag.Int("wg-mtu", 1420, "MTU of the wireguard-go devices (wg-quick's default)")
-		koMTU    = flag.Int("korium-mtu", 0, "MTU of the korium-tun nodes (0: overlay.DefaultMTU)")
-		powBits  = flag.Int("pow-bits", 8, "proof-of-work bits of the korium-tun keys")
-		timeout  = flag.Duration("timeout", 5*time.Minute, "give up on one transfer after this long")
-		cpuProf  = flag.String("cpuprofile", "", "write CPU profiles of each mode's first transfer (not the setup) to FILE.MODE")
-		memProf  = flag.String("memprofile", "", "write allocation profiles around each mode's first transfer to FILE.MODE.before and FILE.MODE (go tool pprof -sample_index=alloc_objects -diff_base FILE.MODE.before)")
-		jsonPath = flag.String("json", "", "also write the figures as JSON to FILE")
-		verbose  = flag.Bool("v", false, "print the tunnel's packet counts after each transfer (korium: on devices that count the packet loop's batches)")
+		rounds    = flag.Int("rounds", 3, "interleaved rounds")
+		sizeMiB   = flag.Int("size", 512, "MiB per transfer")
+		modes     = flag.String("modes", "wg,korium", "comma-separated modes in round order: wg, korium")
+		wgMTU     = flag.Int("wg-mtu", 1420, "MTU of the wireguard-go devices (wg-quick's default)")
+		koMTU     = flag.Int("korium-mtu", 0, "MTU of the korium-tun nodes (0: overlay.DefaultMTU)")
+		powBits   = flag.Int("pow-bits", 8, "proof-of-work bits of the korium-tun keys")
+		timeout   = flag.Duration("timeout", 5*time.Minute, "give up on one transfer after this long")
+		cpuProf   = flag.String("cpuprofile", "", "write CPU profiles of each mode's first transfer (not the setup) to FILE.MODE")
+		memProf   = flag.String("memprofile", "", "write allocation profiles around each mode's first transfer to FILE.MODE.before and FILE.MODE (go tool pprof -sample_index=alloc_objects -diff_base FILE.MODE.before)")
+		jsonPath  = flag.String("json", "", "also write the figures as JSON to FILE")
+		tracePath = flag.String("trace", "", "write an execution trace of one second in the middle of each mode's first transfer to FILE.MODE (go tool trace -pprof=sync)")
+		verbose   = flag.Bool("v", false, "print the tunnel's packet counts after each transfer (korium: on devices that count the packet loop's batches)")
 	)
 	flag.Parse()
 	if *memProf != "" {
@@ -119,7 +121,15 @@ func main() {
 				runtime.GC()
 				writeAllocs(*memProf + "." + m + ".before")
 			}
+			var traced chan struct{}
+			if *tracePath != "" && round == 0 {
+				traced = make(chan struct{})
+				go traceWindow(*tracePath+"."+m, traced)
+			}
 			f, err := p.transfer(pattern, size, *timeout)
+			if traced != nil {
+				<-traced
+			}
 			if prof != nil {
 				pprof.StopCPUProfile()
 				prof.Close()
@@ -153,6 +163,25 @@ func main() {
 			log.Fatal(err)
 		}
 	}
+}
+
+// traceWindow writes an execution trace of the second after the first
+// one of a transfer: where goroutines wait shows what the stream waits on.
+func traceWindow(path string, done chan<- struct{}) {
+	defer close(done)
+	time.Sleep(time.Second)
+	f, err := os.Create(path)
+	if err != nil {
+		log.Print(err)
+		return
+	}
+	defer f.Close()
+	if err := trace.Start(f); err != nil {
+		log.Print(err)
+		return
+	}
+	time.Sleep(time.Second)
+	trace.Stop()
 }
 
 // writeAllocs writes the heap profile, whose allocation counts only grow:
