@@ -32,6 +32,9 @@ usage: scripts/bench-throughput.sh [options]
   --ready-timeout S  seconds to wait for a tunnel to pass pings (default 30)
   --json FILE      also write the figures as JSON to FILE
   --keep-logs DIR  copy the daemon logs to DIR before cleanup
+  --goapi [ARGS]   instead: the in-process Go API benchmark, korium-tun
+                   netstack pair against a wireguard-go tun/netstack pair
+                   (no root; scripts/bench-goapi.sh, ARGS go to it)
   -h, --help
 EOF
 }
@@ -68,6 +71,7 @@ while (($# > 0)); do
 	--ready-timeout) READY_TIMEOUT=${2:?}; shift 2 ;;
 	--json) JSON_OUT=${2:?}; shift 2 ;;
 	--keep-logs) KEEP_LOGS=${2:?}; shift 2 ;;
+	--goapi) shift; exec "$(dirname "${BASH_SOURCE[0]}")/bench-goapi.sh" "$@" ;;
 	-h | --help) usage; exit 0 ;;
 	*) usage >&2; die "unknown option: $1" ;;
 	esac

@@ -47,7 +47,9 @@ func (c *coalescer) add(pkts [][]byte, i int) {
 	p := pkts[i]
 	hl, err := tcp6HeaderLen(p)
 	if err != nil {
-		c.groups = append(c.groups, tcpGroup{first: i, last: i, closed: true})
+		// Not a TCP header gVisor would accept: it goes alone, whole (as
+		// its "headers"), for the stack to count and drop.
+		c.groups = append(c.groups, tcpGroup{first: i, last: i, hl: len(p), size: len(p), closed: true})
 		return
 	}
 	for g := len(c.groups) - 1; g >= 0; g-- {
@@ -117,24 +119,39 @@ func (c *coalescer) extend(grp *tcpGroup, head, p []byte, hl int) bool {
 	return true
 }
 
-// build returns the group as one contiguous view: the head's headers with
-// the total length, the last member's window and PSH, and every member's
-// payload. The TCP checksum is left stale; the stack is told checksums were
-// verified, which Write did for each member.
-func (c *coalescer) build(pkts [][]byte, grp *tcpGroup) *buffer.View {
+// build returns the group as one packet: the head's headers with the total
+// length, the last member's window and PSH, and every member's payload. The
+// TCP checksum is left stale; the stack is told checksums were verified,
+// which Write did for each member.
+//
+// The headers get a small view of their own and the payload a view of its
+// own. gVisor's IPv6 layer clones every inbound packet (sharing its
+// chunks) before it reads the headers, and reading a header from a shared
+// chunk copies the whole chunk first (buffer.PullUp's copy-on-write): with
+// headers and payload in one 64 KiB chunk that copied, and on a pool miss
+// zeroed, 64 KiB per packet. The payload is never pulled up, so apart the
+// copy costs hl bytes.
+func (c *coalescer) build(pkts [][]byte, grp *tcpGroup) buffer.Buffer {
 	head := pkts[grp.first]
-	v := buffer.NewView(grp.size)
-	v.Write(head)
-	if grp.first == grp.last {
-		return v
+	hdr := buffer.NewViewWithData(head[:grp.hl])
+	if grp.first != grp.last {
+		last := pkts[grp.last]
+		h := hdr.AsSlice()
+		binary.BigEndian.PutUint16(h[ipv6PayloadLen:], uint16(grp.size-ipv6HeaderLen))
+		h[ipv6HeaderLen+tcpFlags] |= last[ipv6HeaderLen+tcpFlags] & tcpFlagPsh
+		copy(h[ipv6HeaderLen+14:ipv6HeaderLen+16], last[ipv6HeaderLen+14:]) // window
 	}
-	last := pkts[grp.last]
+	buf := buffer.MakeWithView(hdr)
+	if grp.size == grp.hl {
+		return buf
+	}
+	data := buffer.NewView(grp.size - grp.hl)
+	data.Write(head[grp.hl:])
 	for i := c.next[grp.first]; i >= 0; i = c.next[i] {
-		v.Write(pkts[i][grp.hl:])
+		data.Write(pkts[i][grp.hl:])
 	}
-	b := v.AsSlice()
-	binary.BigEndian.PutUint16(b[ipv6PayloadLen:], uint16(grp.size-ipv6HeaderLen))
-	b[ipv6HeaderLen+tcpFlags] |= last[ipv6HeaderLen+tcpFlags] & tcpFlagPsh
-	copy(b[ipv6HeaderLen+14:ipv6HeaderLen+16], last[ipv6HeaderLen+14:]) // window
-	return v
+	// Merge, unlike Append, keeps the views apart.
+	payload := buffer.MakeWithView(data)
+	buf.Merge(&payload)
+	return buf
 }

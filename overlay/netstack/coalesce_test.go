@@ -15,6 +15,12 @@ func seg(sport uint16, seq uint32, flags byte, n int) []byte {
 	return p
 }
 
+// badOffset returns p with a TCP data offset below the minimum header.
+func badOffset(p []byte) []byte {
+	p[ipv6HeaderLen+tcpDataOff] = 4 << 4
+	return p
+}
+
 func TestCoalescer(t *testing.T) {
 	const ack, psh, fin = tcpFlagAck, tcpFlagAck | tcpFlagPsh, tcpFlagAck | tcpFlagFin
 	for _, tc := range []struct {
@@ -31,6 +37,7 @@ func TestCoalescer(t *testing.T) {
 		{"pure ACKs", [][]byte{seg(1, 0, ack, 0), seg(1, 0, ack, 0)}, [][]int{{0}, {1}}},
 		{"interleaved flows", [][]byte{seg(1, 0, ack, 100), seg(2, 0, ack, 100), seg(1, 100, ack, 100), seg(2, 100, ack, 100)}, [][]int{{0, 2}, {1, 3}}},
 		{"flow order kept", [][]byte{seg(1, 0, ack, 100), seg(2, 0, ack, 100), seg(1, 500, ack, 100), seg(1, 600, ack, 100)}, [][]int{{0}, {1}, {2, 3}}},
+		{"bad header goes alone, whole", [][]byte{seg(1, 0, ack, 100), badOffset(seg(1, 100, ack, 100)), seg(1, 200, ack, 100)}, [][]int{{0}, {1}, {2}}},
 		{"size cap", [][]byte{seg(1, 0, ack, 30000), seg(1, 30000, ack, 30000), seg(1, 60000, ack, 30000)}, [][]int{{0, 1}, {2}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -56,7 +63,10 @@ func TestCoalescer(t *testing.T) {
 				}
 				grp := &c.groups[g]
 				v := c.build(tc.pkts, grp)
-				b := v.AsSlice()
+				if vl := v.AsViewList(); vl.Front().Size() != grp.hl || v.Size() > int64(grp.hl) && vl.Len() != 2 {
+					t.Fatalf("group %d: headers are not a view of their own", g)
+				}
+				b := v.Flatten()
 				var payload []byte
 				for _, i := range got[g] {
 					payload = append(payload, tc.pkts[i][grp.hl:]...)

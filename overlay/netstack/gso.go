@@ -34,15 +34,19 @@ var (
 // tcp6HeaderLen returns the length of the IPv6 and TCP headers of pkt, which
 // must be IPv6 with TCP directly after the fixed header (what gVisor's TCP
 // emits).
-func tcp6HeaderLen(pkt []byte) (int, error) {
-	if len(pkt) < ipv6HeaderLen+tcpMinHeaderLen || pkt[0]>>4 != 6 || pkt[ipv6NextHeader] != tcpProto {
+func tcp6HeaderLen(pkt []byte) (int, error) { return tcp6HeaderLenOf(pkt, len(pkt)) }
+
+// tcp6HeaderLenOf is tcp6HeaderLen for a packet of total length n whose
+// first bytes (at least its headers) are hdr.
+func tcp6HeaderLenOf(hdr []byte, n int) (int, error) {
+	if len(hdr) < ipv6HeaderLen+tcpMinHeaderLen || hdr[0]>>4 != 6 || hdr[ipv6NextHeader] != tcpProto {
 		return 0, errNotTCP6
 	}
-	if int(binary.BigEndian.Uint16(pkt[ipv6PayloadLen:]))+ipv6HeaderLen != len(pkt) {
+	if int(binary.BigEndian.Uint16(hdr[ipv6PayloadLen:]))+ipv6HeaderLen != n {
 		return 0, errBadGSOLength
 	}
-	thl := int(pkt[ipv6HeaderLen+tcpDataOff]>>4) * 4
-	if thl < tcpMinHeaderLen || ipv6HeaderLen+thl > len(pkt) {
+	thl := int(hdr[ipv6HeaderLen+tcpDataOff]>>4) * 4
+	if thl < tcpMinHeaderLen || ipv6HeaderLen+thl > len(hdr) {
 		return 0, errNotTCP6
 	}
 	return ipv6HeaderLen + thl, nil
@@ -72,26 +76,45 @@ func setTCP6Checksum(seg []byte) {
 }
 
 // splitTCP6 writes the TCPv6 super-packet pkt as segments of at most mss
-// payload bytes into bufs[i][offset:], setting sizes[i], the way a kernel
-// TUN with offload splits a GSO packet: each segment gets its own payload
-// length, sequence number and checksum; FIN and PSH stay on the last
-// segment only, CWR on the first only. The caller checked that len(bufs) is
-// at least tcp6Segments. It returns the number of segments written.
+// payload bytes into bufs[i][offset:]; see splitTCP6Pieces.
 func splitTCP6(pkt []byte, hl, mss int, bufs [][]byte, sizes []int, offset int) (int, error) {
-	payload := pkt[hl:]
-	seq := binary.BigEndian.Uint32(pkt[ipv6HeaderLen+tcpSeq:])
-	flags := pkt[ipv6HeaderLen+tcpFlags]
+	payload := [1][]byte{pkt[hl:]}
+	return splitTCP6Pieces(pkt[:hl], payload[:], len(pkt)-hl, mss, bufs, sizes, offset)
+}
+
+// splitTCP6Pieces writes the TCPv6 super-packet with headers hdr and plen
+// payload bytes held in the pieces of payload (gVisor's views, read in
+// place) as segments of at most mss payload bytes into bufs[i][offset:],
+// setting sizes[i], the way a kernel TUN with offload splits a GSO packet:
+// each segment gets its own payload length, sequence number and checksum;
+// FIN and PSH stay on the last segment only, CWR on the first only. The
+// caller checked that len(bufs) is at least tcp6Segments. It returns the
+// number of segments written.
+func splitTCP6Pieces(hdr []byte, payload [][]byte, plen, mss int, bufs [][]byte, sizes []int, offset int) (int, error) {
+	hl := len(hdr)
+	seq := binary.BigEndian.Uint32(hdr[ipv6HeaderLen+tcpSeq:])
+	flags := hdr[ipv6HeaderLen+tcpFlags]
+	var piece []byte // the rest of the current piece
 	n := 0
-	for first := true; first || len(payload) > 0; first = false {
-		chunk := min(mss, len(payload))
+	for first := true; first || plen > 0; first = false {
+		chunk := min(mss, plen)
 		dst := bufs[n][offset:]
 		if len(dst) < hl+chunk {
 			return n, errShortBuffer
 		}
 		seg := dst[:hl+chunk]
-		copy(seg, pkt[:hl])
-		copy(seg[hl:], payload[:chunk])
-		payload = payload[chunk:]
+		copy(seg, hdr)
+		for w := seg[hl:]; len(w) > 0; {
+			for len(piece) == 0 {
+				if len(payload) == 0 {
+					return n, errBadGSOLength
+				}
+				piece, payload = payload[0], payload[1:]
+			}
+			c := copy(w, piece)
+			w, piece = w[c:], piece[c:]
+		}
+		plen -= chunk
 		binary.BigEndian.PutUint16(seg[ipv6PayloadLen:], uint16(len(seg)-ipv6HeaderLen))
 		binary.BigEndian.PutUint32(seg[ipv6HeaderLen+tcpSeq:], seq)
 		seq += uint32(chunk)
@@ -99,7 +122,7 @@ func splitTCP6(pkt []byte, hl, mss int, bufs [][]byte, sizes []int, offset int) 
 		if !first {
 			f &^= tcpFlagCwr
 		}
-		if len(payload) > 0 {
+		if plen > 0 {
 			f &^= tcpFlagFin | tcpFlagPsh
 		}
 		seg[ipv6HeaderLen+tcpFlags] = f

@@ -97,7 +97,50 @@ func TestSplitTCP6(t *testing.T) {
 			if !bytes.Equal(joined, payload) {
 				t.Error("payload differs after split")
 			}
+			// The same packet held in uneven pieces, as gVisor's views
+			// hold it, splits into the same segments.
+			var pieces [][]byte
+			for rest, k := payload, 0; len(rest) > 0; k++ {
+				c := min(len(rest), []int{1, 0, 777, 3000, 13}[k%5])
+				pieces = append(pieces, rest[:c])
+				rest = rest[c:]
+			}
+			bufs2 := make([][]byte, len(bufs))
+			for i := range bufs2 {
+				bufs2[i] = make([]byte, len(bufs[i]))
+			}
+			sizes2 := make([]int, len(bufs))
+			n2, err := splitTCP6Pieces(p[:hl], pieces, len(payload), tc.mss, bufs2, sizes2, off)
+			if err != nil || n2 != n {
+				t.Fatalf("splitTCP6Pieces = %d, %v", n2, err)
+			}
+			for i := range n {
+				if !bytes.Equal(bufs[i][off:off+sizes[i]], bufs2[i][off:off+sizes2[i]]) {
+					t.Errorf("segment %d differs when split from pieces", i)
+				}
+			}
+			if len(payload) > 0 {
+				if _, err := splitTCP6Pieces(p[:hl], pieces[:len(pieces)-1], len(payload), tc.mss, bufs2, sizes2, off); err == nil {
+					t.Error("split of pieces shorter than their length succeeded")
+				}
+			}
 		})
+	}
+}
+
+// TestGSOMaxSizeFor checks that super-packets split into full segments
+// only and stay within the IPv6 payload length and one coalesced packet.
+func TestGSOMaxSizeFor(t *testing.T) {
+	for mtu := minMTU; mtu <= maxMTU; mtu += 1 + mtu/7 {
+		g := int(gsoMaxSizeFor(mtu))
+		mss := mtu - ipv6HeaderLen - tcpMinHeaderLen - tcpTimestampLen
+		payload := g - gvisorTCPHeaderSlack
+		if payload%mss != 0 || payload < mss || g > gsoMaxSize || ipv6HeaderLen+tcpMinHeaderLen+tcpTimestampLen+payload > maxCoalesced {
+			t.Errorf("MTU %d: GSO max %d, payload %d for MSS %d", mtu, g, payload, mss)
+		}
+		if mss*(payload/mss+1)+gvisorTCPHeaderSlack <= gsoMaxSize {
+			t.Errorf("MTU %d: GSO max %d leaves room for another segment", mtu, g)
+		}
 	}
 }
 

@@ -12,10 +12,32 @@ const gsoMaxSize = 1<<16 - 1
 
 // linkEndpoint is gVisor's channel endpoint with a larger GSO limit than
 // its fixed 32 KiB, so that one super-packet fills half a batch.
-type linkEndpoint struct{ *channel.Endpoint }
+type linkEndpoint struct {
+	*channel.Endpoint
+	gsoMax uint32
+}
 
 // GSOMaxSize implements stack.GSOEndpoint.
-func (linkEndpoint) GSOMaxSize() uint32 { return gsoMaxSize }
+func (e linkEndpoint) GSOMaxSize() uint32 { return e.gsoMax }
+
+// gvisorTCPHeaderSlack is what gVisor's TCP subtracts from GSOMaxSize for
+// the payload of a super-packet: the largest TCP header and one byte
+// (sender.sendData).
+const gvisorTCPHeaderSlack = 60 + 1
+
+// tcpTimestampLen is the TCP timestamp option as every segment carries it
+// once negotiated (gVisor and Linux both do).
+const tcpTimestampLen = 12
+
+// gsoMaxSizeFor returns the GSO limit at which gVisor's super-packets carry
+// a whole number of full segments for an MTU, so that splitting one leaves
+// no short segment behind: each short one costs a datagram, a QUIC packet
+// and a receive-side GRO run of its own, for a few hundred bytes.
+func gsoMaxSizeFor(mtu int) uint32 {
+	mss := mtu - ipv6HeaderLen - tcpMinHeaderLen - tcpTimestampLen
+	n := (gsoMaxSize - gvisorTCPHeaderSlack) / mss
+	return uint32(n*mss + gvisorTCPHeaderSlack)
+}
 
 // newLinkEndpoint returns gVisor's channel endpoint set up for our device.
 func newLinkEndpoint(queueLen, mtu int) linkEndpoint {
@@ -27,5 +49,5 @@ func newLinkEndpoint(queueLen, mtu int) linkEndpoint {
 	// before coalescing segments, whose merged packet keeps a stale
 	// checksum; the NIC marks every packet as validated or none.
 	e.LinkEPCapabilities = stack.CapabilityRXChecksumOffload
-	return linkEndpoint{e}
+	return linkEndpoint{Endpoint: e, gsoMax: gsoMaxSizeFor(mtu)}
 }

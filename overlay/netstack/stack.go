@@ -33,6 +33,9 @@ const batchSize = 128
 // maxPacket bounds a packet the stack emits, GSO super-packets included.
 const maxPacket = ipv6HeaderLen + gsoMaxSize
 
+// maxTCP6Header is the longest IPv6 + TCP header (TCP options included).
+const maxTCP6Header = ipv6HeaderLen + 60
+
 // Stack is an in-process IPv6 stack that owns one SmartAddr. It implements
 // tun.Device for the overlay's packet loop and offers Dial and Listen for
 // Go programs. All methods are safe for concurrent use.
@@ -50,7 +53,8 @@ type Stack struct {
 	// readMu guards all following fields; it serializes Read.
 	readMu  sync.Mutex
 	pending *stack.PacketBuffer // dequeued but did not fit the last batch
-	scratch []byte              // flattened GSO super-packet
+	hdr     [maxTCP6Header]byte // a GSO super-packet's headers
+	pieces  [][]byte            // its payload: slices of its views
 
 	// writeMu guards all following fields; it serializes Write.
 	writeMu sync.Mutex
@@ -90,12 +94,11 @@ func New(cfg Config) (*Stack, error) {
 	}
 	cfg = cfg.withDefaults()
 	s := &Stack{
-		addr:    cfg.Addr,
-		mtu:     cfg.MTU,
-		log:     cfg.Logger,
-		ep:      newLinkEndpoint(cfg.QueueLen, cfg.MTU),
-		events:  make(chan tun.Event, 1),
-		scratch: make([]byte, maxPacket),
+		addr:   cfg.Addr,
+		mtu:    cfg.MTU,
+		log:    cfg.Logger,
+		ep:     newLinkEndpoint(cfg.QueueLen, cfg.MTU),
+		events: make(chan tun.Event, 1),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.stack = stack.New(stack.Options{
@@ -258,12 +261,26 @@ func (s *Stack) emit(pkt *stack.PacketBuffer, bufs [][]byte, sizes []int, offset
 		sizes[0] = flatten(pkt, dst)
 		return 1, nil
 	}
-	if pkt.Size() > len(s.scratch) {
+	size := pkt.Size()
+	if size > maxPacket {
 		s.stats.badGSO.Add(1)
 		return 0, errBadGSOLength
 	}
-	p := s.scratch[:flatten(pkt, s.scratch)]
-	hl, err := tcp6HeaderLen(p)
+	// Segment straight out of the packet's views: its headers are copied
+	// out (they are rewritten per segment), its payload read in place.
+	s.pieces = s.pieces[:0]
+	vl, skip := pkt.AsViewList()
+	for v := vl.Front(); v != nil; v = v.Next() {
+		b := v.AsSlice()
+		if skip >= len(b) {
+			skip -= len(b)
+			continue
+		}
+		s.pieces = append(s.pieces, b[skip:])
+		skip = 0
+	}
+	hdr := s.hdr[:gather(s.hdr[:min(size, len(s.hdr))], s.pieces)]
+	hl, err := tcp6HeaderLenOf(hdr, size)
 	if err != nil {
 		s.stats.badGSO.Add(1)
 		return 0, err
@@ -272,16 +289,47 @@ func (s *Stack) emit(pkt *stack.PacketBuffer, bufs [][]byte, sizes []int, offset
 	if mss == 0 || mss > s.mtu-hl {
 		mss = s.mtu - hl
 	}
-	segs := tcp6Segments(len(p), hl, mss)
+	segs := tcp6Segments(size, hl, mss)
 	if segs > len(bufs) {
 		return 0, errNoRoom
 	}
 	for _, b := range bufs[:segs] {
-		if len(b) < offset+hl+min(mss, len(p)-hl) {
+		if len(b) < offset+hl+min(mss, size-hl) {
 			return 0, errNoRoom
 		}
 	}
-	return splitTCP6(p, hl, mss, bufs, sizes, offset)
+	n, err := splitTCP6Pieces(hdr[:hl], trimFront(s.pieces, hl), size-hl, mss, bufs, sizes, offset)
+	clear(s.pieces) // do not keep the packet's chunks reachable
+	if err != nil {
+		s.stats.badGSO.Add(1)
+		return 0, err
+	}
+	return n, nil
+}
+
+// gather copies the first len(dst) bytes held in pieces into dst and
+// returns how many there were.
+func gather(dst []byte, pieces [][]byte) int {
+	n := 0
+	for _, p := range pieces {
+		if n == len(dst) {
+			break
+		}
+		n += copy(dst[n:], p)
+	}
+	return n
+}
+
+// trimFront drops the first k bytes from pieces, in place.
+func trimFront(pieces [][]byte, k int) [][]byte {
+	for len(pieces) > 0 && k >= len(pieces[0]) {
+		k -= len(pieces[0])
+		pieces = pieces[1:]
+	}
+	if len(pieces) > 0 {
+		pieces[0] = pieces[0][k:]
+	}
+	return pieces
 }
 
 // flatten copies the whole packet (headers and data) into dst, which must
@@ -333,7 +381,7 @@ func (s *Stack) Write(bufs [][]byte, offset int) (int, error) {
 			continue
 		}
 		if !checked || p[ipv6NextHeader] != tcpProto {
-			s.inject(buffer.NewViewWithData(p))
+			s.inject(buffer.MakeWithData(p))
 			continue
 		}
 		s.pkts = append(s.pkts, p)
@@ -349,9 +397,9 @@ func (s *Stack) Write(bufs [][]byte, offset int) (int, error) {
 	return len(bufs), nil
 }
 
-// inject hands one inbound IPv6 packet to the stack, taking ownership of v.
-func (s *Stack) inject(v *buffer.View) {
-	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
+// inject hands one inbound IPv6 packet to the stack, taking ownership of b.
+func (s *Stack) inject(b buffer.Buffer) {
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: b})
 	s.ep.InjectInbound(header.IPv6ProtocolNumber, pkt)
 	pkt.DecRef()
 }
