@@ -31,6 +31,9 @@ staticcheck ./...
 step "go test"
 go test -count=1 -timeout 30m ./...
 
+step "bench/goapi: a module outside ours that imports it, as a user's program does"
+(cd bench/goapi && go mod tidy -diff && go vet ./... && go test -count=1 ./...)
+
 step "go test -race (concurrent packages)"
 go test -count=1 -race -timeout 20m ./smartsock ./overlay ./control ./relay/...
 
