@@ -19,6 +19,7 @@ import (
 	"time"
 
 	quic "github.com/korium/korium-tun/third_party/quic-go"
+	"golang.org/x/time/rate"
 	"golang.zx2c4.com/wireguard/tun"
 	"lukechampine.com/blake3"
 
@@ -75,6 +76,9 @@ type Node struct {
 	pending   map[netip.Addr]*held
 	resolving map[netip.Addr]bool      // a resolution is in flight
 	failed    map[netip.Addr]time.Time // resolution failed; retry after
+
+	unreachCode byte          // the Destination Unreachable code the device understands
+	icmpLimit   *rate.Limiter // ICMPv6 errors we make up (Destination Unreachable)
 
 	dht        *dht.DHT                    // nil when Config.DisableDHT
 	gossip     *gossipsub.Router           // nil when Config.DisablePubSub
@@ -145,6 +149,7 @@ type Counters struct {
 	ResolveOK, ResolveFailed, TxResolveFailed, ResolveBusy   atomic.Uint64
 	AppNoHandler, AppQueueFull                               atomic.Uint64
 	RelayRefused, Punches, PunchRefused, DialBackBusy        atomic.Uint64
+	ICMPUnreachSent, ICMPRateLimited, DialAddrRefused        atomic.Uint64
 }
 
 // netStack is what the netstack device offers Go programs.
@@ -214,6 +219,15 @@ func New(cfg Config) (n *Node, err error) {
 	}
 	if s, ok := n.dev.(netStack); ok {
 		n.stack = s
+	}
+	n.icmpLimit = rate.NewLimiter(icmpRate, icmpRate)
+	n.unreachCode = icmpAddrUnreachable
+	if n.stack != nil {
+		// gVisor passes only codes 0 (no route) and 4 (port) of ICMPv6
+		// Destination Unreachable on to its sockets and drops code 3
+		// (network/ipv6/icmp.go, handleICMP), so a netstack Dial would not
+		// fail on it.
+		n.unreachCode = icmpNoRoute
 	}
 	var resetKey quic.StatelessResetKey
 	// Derived from the private key so a restarted node resets its peers'
@@ -916,11 +930,8 @@ func (n *Node) sendDatagram(p *peer, pkt, ptbBuf []byte, ptbBufs [][]byte) {
 // sendTooBig answers an oversized packet with ICMPv6 Packet Too Big.
 func (n *Node) sendTooBig(pkt []byte, mtu int, buf []byte, bufs [][]byte) {
 	n.stats.TxTooBig.Add(1)
-	if len(pkt) < ipv6HeaderLen {
+	if !mayAnswerWithError(pkt) {
 		return
-	}
-	if pkt[6] == 58 && len(pkt) > ipv6HeaderLen && pkt[ipv6HeaderLen] < 128 {
-		return // never answer an ICMPv6 error with another
 	}
 	out := appendPacketTooBig(buf[:devOffset], pkt, max(mtu, MinMTU))
 	bufs[0] = out
@@ -929,19 +940,52 @@ func (n *Node) sendTooBig(pkt []byte, mtu int, buf []byte, bufs [][]byte) {
 	}
 }
 
+// ICMPv6 errors the node makes up on its own (Destination Unreachable) are
+// limited to icmpRate a second with bursts of as many, whatever floods the
+// device with packets to dead addresses.
+const icmpRate = 100
+
+// sendUnreachable answers pkt, a packet for an overlay address nobody owns
+// (or nobody we can reach), with ICMPv6 Destination Unreachable, so the
+// program that sent it fails now instead of retrying until its timeout. The
+// answer goes through the device writer's queue; it is rate-limited and
+// dropped (counted) when the queue is full.
+func (n *Node) sendUnreachable(pkt []byte) {
+	if !mayAnswerWithError(pkt) {
+		return
+	}
+	if !n.icmpLimit.Allow() {
+		n.stats.ICMPRateLimited.Add(1)
+		return
+	}
+	b := n.bufPool.Get().(*pbuf)
+	b.n = len(appendDstUnreachable(b.b[devOffset:devOffset], pkt, n.unreachCode))
+	select {
+	case n.inbound <- b:
+		n.stats.ICMPUnreachSent.Add(1)
+	default:
+		n.bufPool.Put(b)
+		n.stats.ICMPRateLimited.Add(1)
+	}
+}
+
 // maxResolving bounds resolutions in flight at once.
 const maxResolving = 64
 
 // hold keeps the newest packet for an overlay address with no connection,
 // for PendingTimeout, and starts one resolution of the address if a
-// Resolver is set; a connection to its owner delivers the packet.
+// Resolver is set; a connection to its owner delivers the packet. A packet
+// to an address whose resolution failed moments ago is answered with
+// Destination Unreachable at once.
 func (n *Node) hold(dst netip.Addr, pkt []byte) {
 	n.pendMu.Lock()
-	defer n.pendMu.Unlock()
 	if until, ok := n.failed[dst]; ok && time.Now().Before(until) {
+		n.pendMu.Unlock()
 		n.stats.TxResolveFailed.Add(1)
+		n.sendUnreachable(pkt)
 		return
 	}
+	defer n.pendMu.Unlock()
 	h := n.pending[dst]
 	if h == nil {
 		if len(n.pending) >= n.cfg.MaxPending {
@@ -969,7 +1013,8 @@ func (n *Node) hold(dst netip.Addr, pkt []byte) {
 
 // resolve asks the Resolver who owns dst and connects to the first answer
 // that proves it (identity pinned in the handshake, address derived from
-// the identity). Installing the connection delivers the held packet.
+// the identity). Installing the connection delivers the held packet; a
+// failure answers it with Destination Unreachable.
 func (n *Node) resolve(dst netip.Addr) {
 	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.ResolveTimeout)
 	defer cancel()
@@ -993,43 +1038,64 @@ func (n *Node) resolve(dst netip.Addr) {
 		}
 		if owner == nil {
 			err = errors.New("no contact owns the address")
-		} else if err = n.SmartConnect(ctx, owner.Identity, addrs, owner.Relays); err == nil {
+		} else if err = n.smartConnect(ctx, owner.Identity, addrs, owner.Relays, false); err == nil {
 			ok = true
 		}
 	}
+	var answer []byte
 	n.pendMu.Lock()
 	delete(n.resolving, dst)
 	if !ok && n.ctx.Err() == nil {
 		if len(n.failed) < n.cfg.MaxPending {
 			n.failed[dst] = time.Now().Add(n.cfg.ResolveFailTTL)
 		}
-		if _, held := n.pending[dst]; held {
+		if h := n.pending[dst]; h != nil {
 			delete(n.pending, dst)
 			n.stats.TxResolveFailed.Add(1)
+			answer = h.pkt
 		}
 	}
 	n.pendMu.Unlock()
 	if ok {
 		n.stats.ResolveOK.Add(1)
-	} else {
-		n.stats.ResolveFailed.Add(1)
-		n.cfg.Logger.Debug("resolution failed", "address", dst.String(), "err", err)
+		return
+	}
+	n.stats.ResolveFailed.Add(1)
+	n.cfg.Logger.Debug("resolution failed", "address", dst.String(), "err", err)
+	if answer != nil {
+		n.sendUnreachable(answer)
 	}
 }
 
-func (n *Node) expirePending(now time.Time) {
+// resolveFailed reports whether a resolution of dst failed moments ago.
+func (n *Node) resolveFailed(dst netip.Addr) bool {
 	n.pendMu.Lock()
 	defer n.pendMu.Unlock()
+	until, ok := n.failed[dst]
+	return ok && time.Now().Before(until)
+}
+
+// expirePending drops held packets nobody resolved in time (no Resolver,
+// or the resolution ended without a connection) and answers them with
+// Destination Unreachable, and forgets failed resolutions past their TTL.
+func (n *Node) expirePending(now time.Time) {
+	var expired [][]byte
+	n.pendMu.Lock()
 	for a, h := range n.pending {
 		if now.Sub(h.at) > n.cfg.PendingTimeout && !n.resolving[a] {
 			delete(n.pending, a)
 			n.stats.TxNoPeer.Add(1)
+			expired = append(expired, h.pkt)
 		}
 	}
 	for a, until := range n.failed {
 		if now.After(until) {
 			delete(n.failed, a)
 		}
+	}
+	n.pendMu.Unlock()
+	for _, pkt := range expired {
+		n.sendUnreachable(pkt)
 	}
 }
 

@@ -115,19 +115,22 @@ func (n *Node) Status() Status {
 		"relay_refused":     c.RelayRefused.Load(),
 		"punch_refused":     c.PunchRefused.Load(),
 		"dialback_busy":     c.DialBackBusy.Load(),
+		"dial_addr_refused": c.DialAddrRefused.Load(),
+		"icmp_rate_limited": c.ICMPRateLimited.Load(),
 	}
 	s.Counters = map[string]uint64{
-		"pending_delivered":  c.PendingDelivered.Load(),
-		"duplicate_conns":    c.DuplicateConns.Load(),
-		"resolve_ok":         c.ResolveOK.Load(),
-		"resolve_failed":     c.ResolveFailed.Load(),
-		"rpc_requests":       rs.Requests,
-		"rpc_responses":      rs.Responses,
-		"rpc_handler_errors": rs.HandlerErrors,
-		"rpc_abandoned":      rs.Abandoned,
-		"punches":            c.Punches.Load(),
-		"peers_evicted_lru":  c.PeersEvicted.Load(),
-		"peers_evicted_idle": c.PeersIdleEvicted.Load(),
+		"pending_delivered":     c.PendingDelivered.Load(),
+		"duplicate_conns":       c.DuplicateConns.Load(),
+		"resolve_ok":            c.ResolveOK.Load(),
+		"resolve_failed":        c.ResolveFailed.Load(),
+		"rpc_requests":          rs.Requests,
+		"rpc_responses":         rs.Responses,
+		"rpc_handler_errors":    rs.HandlerErrors,
+		"rpc_abandoned":         rs.Abandoned,
+		"punches":               c.Punches.Load(),
+		"peers_evicted_lru":     c.PeersEvicted.Load(),
+		"peers_evicted_idle":    c.PeersIdleEvicted.Load(),
+		"icmp_unreachable_sent": c.ICMPUnreachSent.Load(),
 	}
 	s.NAT = n.NAT()
 	s.Relay = n.RelayStats()
