@@ -52,6 +52,7 @@ type Node struct {
 	tr       *quic.Transport
 	ln       *quic.Listener
 	dev      tun.Device
+	devName  string   // for errors: a deleted device has no name any more
 	stack    netStack // non-nil when dev is our netstack
 	quicConf *quic.Config
 	tlsConf  pki.TLSConfig
@@ -99,6 +100,9 @@ type Node struct {
 
 	closeOnce sync.Once
 	closeErr  error
+	done      chan struct{} // closed when Close has finished
+	failOnce  sync.Once
+	failErr   atomic.Pointer[error] // why the node stopped by itself
 }
 
 // peer is one established connection. Fields are immutable after install
@@ -190,6 +194,7 @@ func New(cfg Config) (n *Node, err error) {
 		resolving: make(map[netip.Addr]bool),
 		failed:    make(map[netip.Addr]time.Time),
 		started:   time.Now(),
+		done:      make(chan struct{}),
 	}
 	n.bufPool.New = func() any { return new(pbuf) }
 	n.clock.Store(time.Now().UnixNano())
@@ -219,6 +224,9 @@ func New(cfg Config) (n *Node, err error) {
 	}
 	if s, ok := n.dev.(netStack); ok {
 		n.stack = s
+	}
+	if n.devName, err = n.dev.Name(); err != nil {
+		n.devName = "(unnamed)"
 	}
 	n.icmpLimit = rate.NewLimiter(icmpRate, icmpRate)
 	n.unreachCode = icmpAddrUnreachable
@@ -432,6 +440,7 @@ func (n *Node) Close() error {
 		}
 		n.wg.Wait()
 		n.closeErr = errors.Join(errs...)
+		close(n.done)
 	})
 	return n.closeErr
 }
@@ -850,22 +859,87 @@ func (n *Node) deviceReadLoop() {
 			}
 		}
 		if err != nil {
-			if n.ctx.Err() != nil || errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) {
+			if n.ctx.Err() != nil {
 				return
 			}
 			if errors.Is(err, tun.ErrTooManySegments) {
+				// One super-packet did not fit our buffers; the device is fine.
 				n.stats.DevReadErrors.Add(1)
 				continue
 			}
 			n.stats.DevReadErrors.Add(1)
-			if errRun++; errRun > 100 {
-				n.cfg.Logger.Error("device read keeps failing; stopping the packet loop", "err", err)
+			if deviceGone(err) {
+				n.fail(fmt.Errorf("device %s is gone (%v): the node stops", n.devName, err))
 				return
+			}
+			// As wireguard-go's receive path: a bounded run of temporary
+			// errors, each waited out a little longer, then give up.
+			if errRun++; errRun > maxDevErrors {
+				n.fail(fmt.Errorf("device %s: %d reads in a row failed, the last with %v: the node stops", n.devName, errRun, err))
+				return
+			}
+			if errRun == 1 {
+				n.cfg.Logger.Warn("device read failed; retrying", "device", n.devName, "err", err)
+			}
+			select {
+			case <-n.ctx.Done():
+				return
+			case <-time.After(devErrBackoff(errRun)):
 			}
 			continue
 		}
 		errRun = 0
 	}
+}
+
+// maxDevErrors is how many device reads in a row may fail before the node
+// gives up on the device (about 4 s of backoff in all).
+const maxDevErrors = 10
+
+// devErrBackoff is the wait after the nth failed read in a row: 10 ms,
+// doubling, at most 1 s.
+func devErrBackoff(n int) time.Duration {
+	return min(10*time.Millisecond<<min(n-1, 10), time.Second)
+}
+
+// deviceGone reports whether a device error means the device will never
+// work again: closed under us (the kernel TUN's reads fail so once its
+// interface is deleted), or the device no longer exists.
+func deviceGone(err error) bool {
+	if errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrNotExist) {
+		return true
+	}
+	for _, e := range goneErrnos {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// fail stops the node because it cannot go on (its device is gone): it logs
+// err, makes Err return it and Done close, and closes the node. Close runs
+// in a goroutine of its own, since the caller is one of the goroutines Close
+// waits for.
+func (n *Node) fail(err error) {
+	n.failOnce.Do(func() {
+		n.failErr.Store(&err)
+		n.cfg.Logger.Error("node failed", "err", err)
+		go n.Close()
+	})
+}
+
+// Done is closed when the node has stopped: after Close, or after a failure
+// that stopped it (see Err).
+func (n *Node) Done() <-chan struct{} { return n.done }
+
+// Err returns why the node stopped by itself (its device is gone), or nil
+// while it runs and after a Close by its owner.
+func (n *Node) Err() error {
+	if e := n.failErr.Load(); e != nil {
+		return *e
+	}
+	return nil
 }
 
 // routeCache remembers the last destination's peer until the peer set
@@ -1189,6 +1263,10 @@ func (n *Node) deviceWriteLoop() {
 		}
 		if _, err := n.dev.Write(bufs, devOffset); err != nil && n.ctx.Err() == nil {
 			n.stats.DevWriteErrors.Add(1)
+			if deviceGone(err) {
+				n.fail(fmt.Errorf("device %s is gone (%v): the node stops", n.devName, err))
+				return
+			}
 		}
 		bufs = bufs[:0]
 	}

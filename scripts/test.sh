@@ -40,6 +40,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 step "netns-test"
 ./scripts/netns-test.sh
+step "hostile-test (dead destinations, a deleted TUN)"
+./scripts/hostile-test.sh
 step "cluster"
 ./scripts/cluster.sh 6 --check
 step "chat between 4 namespaces"

@@ -341,9 +341,16 @@ func up(c *cli.Context, stdout, stderr io.Writer) error {
 	if f, ok := stdout.(*os.File); ok {
 		f.Sync()
 	}
-	<-ctx.Done()
-	log.Info("shutting down")
-	return nil
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+		return nil
+	case <-node.Done(): // it stopped by itself: its device is gone
+		if err := node.Err(); err != nil {
+			return err
+		}
+		return errors.New("the node stopped")
+	}
 }
 
 // bootstrapStrings lists IDENTITY@HOST:PORT for every address others could
