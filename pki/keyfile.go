@@ -11,7 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"syscall"
+	"time"
 )
 
 // Key file format (text, one field per line, nothing else):
@@ -70,16 +70,31 @@ func DecodeKeyFile(data []byte) (*Keypair, error) {
 	return NewKeypair(seed, nonce)
 }
 
+// errEmptyPath is returned for a key file path of "".
+var errEmptyPath = errors.New("the key file path is empty: pass --key FILE")
+
 // LoadKeyFile reads a key file. It refuses a file that group or others can
-// read or write, one that is not a regular file, and a truncated or malformed
-// one; every error names the file and says what to do.
+// read or write, one owned by another user than us or root, one that is
+// not a regular file, a symbolic link (never followed), and a truncated or
+// malformed one; every error names the file and says what to do.
 func LoadKeyFile(path string) (*Keypair, error) {
-	// O_NONBLOCK: opening a FIFO must not wait for a writer before the
-	// regular-file check below refuses it. Regular files ignore the flag.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if path == "" {
+		return nil, errEmptyPath
+	}
+	lst, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("key file %s does not exist: create one with `korium-tun keygen --key %s`", path, path)
+	}
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("key file %s does not exist: create one with `korium-tun keygen --key %s`", path, path)
+		return nil, fmt.Errorf("cannot open key file %s: %v (check the path and its permissions)", path, errors.Unwrap(err))
+	}
+	if lst.Mode().Type() == fs.ModeSymlink {
+		return nil, symlinkError(path)
+	}
+	f, err := os.OpenFile(path, keyOpenFlags, 0)
+	if err != nil {
+		if errors.Is(err, errLoop) {
+			return nil, symlinkError(path)
 		}
 		return nil, fmt.Errorf("cannot open key file %s: %v (check the path and its permissions)", path, errors.Unwrap(err))
 	}
@@ -89,7 +104,10 @@ func LoadKeyFile(path string) (*Keypair, error) {
 		return nil, fmt.Errorf("cannot stat key file %s: %v", path, err)
 	}
 	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("key file %s is not a regular file", path)
+		return nil, fmt.Errorf("key file %s is not a regular file (it is %s): pass the key file itself with --key", path, typeName(st.Mode()))
+	}
+	if err := checkKeyOwner(path, st); err != nil {
+		return nil, err
 	}
 	if perm := st.Mode().Perm(); perm&0o077 != 0 {
 		return nil, fmt.Errorf("key file %s is accessible by group or others (mode %04o): run `chmod 600 %s`", path, perm, path)
@@ -105,19 +123,97 @@ func LoadKeyFile(path string) (*Keypair, error) {
 	return kp, nil
 }
 
+// typeName names a file type that is not a regular file, for errors.
+func typeName(m fs.FileMode) string {
+	switch t := m.Type(); {
+	case t&fs.ModeDir != 0:
+		return "a directory"
+	case t&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case t&fs.ModeSocket != 0:
+		return "a socket"
+	case t&fs.ModeDevice != 0:
+		return "a device"
+	default:
+		return "a special file"
+	}
+}
+
+// symlinkError says that path is a symbolic link, and whether it dangles.
+func symlinkError(path string) error {
+	to, err := os.Readlink(path)
+	if err != nil {
+		return fmt.Errorf("key file %s is a symbolic link: key files are never followed through links; pass the file itself with --key", path)
+	}
+	target := to
+	if !filepath.IsAbs(target) {
+		target = filepath.Join(filepath.Dir(path), target)
+	}
+	if _, err := os.Stat(target); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("key file %s is a symbolic link to %s, which does not exist: key files are never followed through links; pass the real file with --key", path, to)
+	}
+	return fmt.Errorf("key file %s is a symbolic link to %s: key files are never followed through links; pass the real file with --key", path, to)
+}
+
+// CheckNewKeyPath returns nil when SaveKeyFile may create a key file at
+// path: nothing is there (not even a dangling link). Its errors wrap
+// ErrKeyFileExists and say what is there.
+func CheckNewKeyPath(path string) error {
+	if path == "" {
+		return errEmptyPath
+	}
+	st, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("cannot check key file path %s: %v", path, errors.Unwrap(err))
+	}
+	if st.Mode().Type() == fs.ModeSymlink {
+		to, _ := os.Readlink(path)
+		return fmt.Errorf("%w: %s is a symbolic link to %s (refusing to write an identity through a link; choose another path)", ErrKeyFileExists, path, to)
+	}
+	return fmt.Errorf("%w: %s (refusing to overwrite an identity; choose another path)", ErrKeyFileExists, path)
+}
+
+// tempKeyPrefix names SaveKeyFile's temporary files.
+const tempKeyPrefix = ".korium-key-"
+
+// staleTempAge is when a temporary key file is certainly left over from a
+// SaveKeyFile that was killed (one lives for milliseconds).
+const staleTempAge = time.Minute
+
+// removeStaleTemps deletes temporary key files in dir that a SaveKeyFile
+// killed between creating and removing them left behind: they hold a
+// private key. Only regular files of ours older than staleTempAge go.
+func removeStaleTemps(dir string) {
+	names, err := filepath.Glob(filepath.Join(dir, tempKeyPrefix+"*"))
+	if err != nil {
+		return
+	}
+	for _, name := range names {
+		st, err := os.Lstat(name)
+		if err != nil || !st.Mode().IsRegular() || !ownedByUs(st) || time.Since(st.ModTime()) < staleTempAge {
+			continue
+		}
+		os.Remove(name)
+	}
+}
+
 // SaveKeyFile writes kp to path atomically with mode 0600 and never replaces
 // an existing file: the bytes go to a temporary file in the same directory,
 // are synced, and are then hard-linked into place (link fails if path exists,
 // unlike rename). A crash leaves either no key file or a complete one.
 func SaveKeyFile(path string, kp *Keypair) (err error) {
-	dir := filepath.Dir(path)
-	if _, err := os.Lstat(path); err == nil {
-		return fmt.Errorf("%w: %s (refusing to overwrite an identity)", ErrKeyFileExists, path)
+	if err := CheckNewKeyPath(path); err != nil {
+		return err
 	}
+	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("cannot create directory for key file %s: %v", path, err)
 	}
-	tmp, err := os.CreateTemp(dir, ".korium-key-*")
+	removeStaleTemps(dir)
+	tmp, err := os.CreateTemp(dir, tempKeyPrefix+"*")
 	if err != nil {
 		return fmt.Errorf("cannot write key file %s: %v", path, err)
 	}
@@ -150,6 +246,10 @@ func SaveKeyFile(path string, kp *Keypair) (err error) {
 // LoadOrCreateKeyFile loads path, or if it does not exist generates a key
 // with powBits bits and saves it. created reports which happened.
 func LoadOrCreateKeyFile(ctx context.Context, path string, powBits int) (kp *Keypair, created bool, err error) {
+	if path == "" {
+		return nil, false, errEmptyPath
+	}
+	removeStaleTemps(filepath.Dir(path))
 	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
 		kp, err := GenerateKeypair(ctx, powBits)
 		if err != nil {

@@ -60,8 +60,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 						return err
 					}
 					path := c.String("key")
-					if _, err := os.Lstat(path); err == nil {
-						return fmt.Errorf("key file %s already exists: refusing to overwrite an identity (choose another path)", path)
+					if err := pki.CheckNewKeyPath(path); err != nil {
+						return err
 					}
 					kp, err := generate(c.Context, stderr, c.Int("pow-bits"))
 					if err != nil {
@@ -277,6 +277,9 @@ func up(c *cli.Context, stdout, stderr io.Writer) error {
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("`korium-tun up` creates a TUN device and needs root: run it with sudo (Go programs can use the overlay without root through the overlay package's netstack)")
+	}
+	if err := control.CheckPath(c.String("control")); err != nil {
+		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	if path := os.Getenv("KORIUM_TUN_CPUPROFILE"); path != "" { // a debugging aid for benchmarks
