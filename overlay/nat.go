@@ -504,7 +504,7 @@ func (n *Node) smartConnect(ctx context.Context, id pki.Identity, addrs []netip.
 		// retransmissions go over every path, relays included.
 		n.setupRelays(ctx, id, relays)
 	}
-	err := n.dialOnce(ctx, id, func() error {
+	err := n.dialOnce(ctx, id, usable+len(relays), func(ctx context.Context) error {
 		if n.peer(id) != nil {
 			return nil
 		}

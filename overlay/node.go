@@ -96,7 +96,12 @@ type Node struct {
 	dialBacks   chan struct{}  // semaphore of dial-backs in flight
 	nat         natState
 
-	stats Counters
+	histMu sync.Mutex // guards hist
+	hist   map[pki.Identity]*addrHistory
+
+	stats    Counters
+	refusals refusalCounters
+	logGate  logGate // rate-limits refusal lines
 
 	closeOnce sync.Once
 	closeErr  error
@@ -248,7 +253,7 @@ func New(cfg Config) (n *Node, err error) {
 			srv.UpdateAddr(id, addr)
 		}
 	}
-	if n.sock, err = smartsock.New(udp, smartsock.Config{Keypair: c.Keypair, Logger: c.Logger, StatelessResetKey: &rk, PoWBits: c.PoWBits, OnDirectPath: onDirect}); err != nil {
+	if n.sock, err = smartsock.New(udp, smartsock.Config{Keypair: c.Keypair, Logger: c.Logger, StatelessResetKey: &rk, PoWBits: c.PoWBits, OnDirectPath: onDirect, OnRefusal: n.onRefusal}); err != nil {
 		udp.Close()
 		return nil, err
 	}
@@ -293,7 +298,7 @@ func New(cfg Config) (n *Node, err error) {
 		n.rpc.Handle(rpc.ProtoGossip, n.handleGossip)
 	}
 	n.initRelay()
-	n.tlsConf = pki.TLSConfig{Keypair: c.Keypair, PoWBits: c.PoWBits}
+	n.tlsConf = pki.TLSConfig{Keypair: c.Keypair, PoWBits: c.PoWBits, OnReject: n.onCertReject}
 	if n.srvTLS, err = n.tlsConf.Server(nil); err != nil {
 		return nil, err
 	}
@@ -481,14 +486,17 @@ func (n *Node) Connect(ctx context.Context, c Contact) error {
 
 // dialCall is one dial in progress; others wanting the same peer wait.
 type dialCall struct {
-	done chan struct{}
-	err  error
+	done   chan struct{}
+	err    error
+	cancel context.CancelCauseFunc // fails the dial (the peer refused it)
+	paths  int                     // addresses and relays it races
 }
 
 // dialOnce runs f unless a dial to id is already running, in which case it
 // waits for that one: two dials to one peer would only race and replace
-// each other.
-func (n *Node) dialOnce(ctx context.Context, id pki.Identity, f func() error) error {
+// each other. f's context is canceled with a *RefusedError when the peer
+// refuses the dial; paths is how many addresses and relays it races.
+func (n *Node) dialOnce(ctx context.Context, id pki.Identity, paths int, f func(context.Context) error) error {
 	for waited := 0; ; waited++ {
 		n.dialMu.Lock()
 		if n.dials == nil {
@@ -512,10 +520,12 @@ func (n *Node) dialOnce(ctx context.Context, id pki.Identity, f func() error) er
 		}
 		// That dial failed; ours may know more (relays), so try once.
 	}
-	c := &dialCall{done: make(chan struct{})}
+	dctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	c := &dialCall{done: make(chan struct{}), cancel: cancel, paths: paths}
 	n.dials[id] = c
 	n.dialMu.Unlock()
-	c.err = f()
+	c.err = f(dctx)
 	n.dialMu.Lock()
 	delete(n.dials, id)
 	n.dialMu.Unlock()
@@ -535,6 +545,10 @@ func (n *Node) dial(ctx context.Context, id pki.Identity, addr netip.AddrPort) e
 	defer cancel()
 	conn, err := n.tr.Dial(ctx, virt, tlsConf, n.quicConf)
 	if err != nil {
+		var refused *RefusedError
+		if errors.As(context.Cause(ctx), &refused) {
+			return refused // it names the peer and the address
+		}
 		if errors.Is(err, context.DeadlineExceeded) && n.ctx.Err() == nil {
 			// A node drops hellos addressed to another identity, so a wrong
 			// identity looks like silence.
@@ -558,7 +572,7 @@ func (n *Node) acceptLoop() {
 			defer n.wg.Done()
 			id, err := pki.PeerIdentity(conn.ConnectionState().TLS)
 			if err != nil {
-				n.stats.HandshakeRefused.Add(1)
+				n.refused(weRefusedBadCert, id, netip.AddrPort{}, fmt.Sprintf("refused a connection without an identity: %v", err))
 				conn.CloseWithError(codeRefused, "no identity")
 				return
 			}
@@ -574,12 +588,14 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 	cs := conn.ConnectionState()
 	certID, err := pki.PeerIdentity(cs.TLS)
 	ra, _ := conn.RemoteAddr().(*net.UDPAddr)
+	realAddr := n.handshakeAddr(id)
 	if err != nil || certID != id || ra == nil || !smartaddr.Owns(id, ra.AddrPort().Addr()) {
-		n.stats.HandshakeRefused.Add(1)
+		n.refused(weRefusedNotOwner, certID, realAddr, fmt.Sprintf("refused %s…: its identity does not own the address it used", certID.Short()))
 		conn.CloseWithError(codeRefused, "identity does not own its address")
 		return nil, fmt.Errorf("overlay: peer %s does not own address %v", certID.Short(), conn.RemoteAddr())
 	}
 	if !cs.SupportsDatagrams.Remote {
+		n.refused(weRefusedNoDatagrams, id, realAddr, fmt.Sprintf("refused %s…: it does not support QUIC datagrams", id.Short()))
 		conn.CloseWithError(codeRefused, "datagrams required")
 		return nil, errors.New("overlay: peer does not support QUIC datagrams")
 	}
@@ -593,6 +609,15 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 	}
 	p.nonce, _ = pki.PeerNonce(cs.TLS)
 	p.lastUsed.Store(n.clock.Load())
+	if other, dup := n.noteHandshake(id, realAddr, time.Now()); dup {
+		// Two nodes share id: keep the one we settled on and tell this
+		// one, instead of swapping (and resetting) them forever.
+		n.refused(weRefusedSameIdentity, id, realAddr, fmt.Sprintf(
+			"two nodes run identity %s…, at %s and at %s: refusing the second; each node needs its own key file", id.Short(), other, realAddr))
+		n.sock.SendRefusal(id, smartsock.RefuseSameIdentity)
+		conn.CloseWithError(codeSameIdentity, fmt.Sprintf("another node with your identity %s… is connected from %s", id.Short(), other))
+		return nil, fmt.Errorf("overlay: another node with identity %s is connected", id.Short())
+	}
 	n.mu.Lock()
 	old := n.peers[id]
 	var evicted *peer
@@ -601,6 +626,7 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 		// peer that is not a bootstrap contact.
 		if evicted = n.lruPeerLocked(); evicted == nil {
 			n.mu.Unlock()
+			n.refused(weRefusedPeerLimit, id, realAddr, fmt.Sprintf("refused %s…: the peer limit (%d) is reached and every peer is a bootstrap contact", id.Short(), n.cfg.MaxPeers))
 			conn.CloseWithError(codeRefused, "too many peers")
 			return nil, errors.New("overlay: peer limit reached")
 		}
@@ -613,6 +639,7 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 		conn.CloseWithError(codeDuplicate, "duplicate connection")
 		return old, nil
 	}
+
 	n.peers[id] = p
 	n.byAddr[p.addr] = p
 	n.gen.Add(1)
@@ -759,7 +786,9 @@ func (n *Node) removePeer(p *peer) {
 	if removed && n.gossip != nil {
 		n.gossip.RemovePeer(p.id)
 	}
-	n.cfg.Logger.Info("peer disconnected", "peer", p.id.String(), "reason", context.Cause(p.conn.Context()))
+	cause := context.Cause(p.conn.Context())
+	n.closedAsRefused(p, cause)
+	n.cfg.Logger.Info("peer disconnected", "peer", p.id.String(), "reason", cause)
 }
 
 // supervise redials desired peers with backoff and expires held packets.
@@ -813,7 +842,8 @@ func (n *Node) kickDial(id pki.Identity) {
 	n.mu.Lock()
 	d.dialing = false
 	if err != nil {
-		d.backoff = min(max(2*d.backoff, 500*time.Millisecond), 15*time.Second)
+		// At most 15 s, unless a refusal asked for longer (backOffDial).
+		d.backoff = min(max(2*d.backoff, 500*time.Millisecond), max(15*time.Second, d.backoff))
 		d.nextDial = time.Now().Add(d.backoff)
 	}
 	n.mu.Unlock()

@@ -43,6 +43,7 @@ type Status struct {
 	Peers     []PeerStatus            `json:"peers"`
 	Drops     map[string]uint64       `json:"drops"`
 	Counters  map[string]uint64       `json:"counters"`
+	Refusals  map[string]uint64       `json:"refusals"` // by reason: we_refused_* (their sum is drops.handshake_refused), refused_us_*
 	SmartSock smartsock.StatsSnapshot `json:"smartsock"`
 	DHT       *dht.Stats              `json:"dht,omitempty"`
 	NAT       NATStatus               `json:"nat"`
@@ -131,6 +132,10 @@ func (n *Node) Status() Status {
 		"peers_evicted_lru":     c.PeersEvicted.Load(),
 		"peers_evicted_idle":    c.PeersIdleEvicted.Load(),
 		"icmp_unreachable_sent": c.ICMPUnreachSent.Load(),
+	}
+	s.Refusals = make(map[string]uint64, numRefusals)
+	for r := range numRefusals {
+		s.Refusals[refusalNames[r]] = n.refusals[r].Load()
 	}
 	s.NAT = n.NAT()
 	s.Relay = n.RelayStats()

@@ -312,14 +312,14 @@ func TestTLSIdentity(t *testing.T) {
 	alice, _ := GenerateKeypair(context.Background(), bits)
 	bob, _ := GenerateKeypair(context.Background(), bits)
 	mallory, _ := GenerateKeypair(context.Background(), bits)
-	ac, bc := TLSConfig{alice, bits}, TLSConfig{bob, bits}
+	ac, bc := TLSConfig{Keypair: alice, PoWBits: bits}, TLSConfig{Keypair: bob, PoWBits: bits}
 
 	r := handshake(t, ac, bc, bob.Identity())
 	if r.clientErr != nil || r.serverErr != nil || r.serverSaw != alice.Identity() || r.serverNonce != alice.Nonce() {
 		t.Fatalf("good handshake: %+v", r)
 	}
 	// The dialer pins bob; mallory answers: refused.
-	cerr := handshake(t, ac, TLSConfig{mallory, bits}, bob.Identity()).clientErr
+	cerr := handshake(t, ac, TLSConfig{Keypair: mallory, PoWBits: bits}, bob.Identity()).clientErr
 	if cerr == nil || !strings.Contains(cerr.Error(), "expected") {
 		t.Fatalf("wrong identity accepted: %v", cerr)
 	}
@@ -328,11 +328,11 @@ func TestTLSIdentity(t *testing.T) {
 	for weak.PoWBits() >= bits {
 		weak.nonce++
 	}
-	serr := handshake(t, TLSConfig{weak, 0}, bc, bob.Identity()).serverErr
+	serr := handshake(t, TLSConfig{Keypair: weak}, bc, bob.Identity()).serverErr
 	if serr == nil || !strings.Contains(serr.Error(), "proof of work") {
 		t.Fatalf("server accepted low proof of work: %v", serr)
 	}
-	cerr = handshake(t, ac, TLSConfig{weak, 0}, weak.Identity()).clientErr
+	cerr = handshake(t, ac, TLSConfig{Keypair: weak}, weak.Identity()).clientErr
 	if cerr == nil || !strings.Contains(cerr.Error(), "proof of work") {
 		t.Fatalf("client accepted low proof of work: %v", cerr)
 	}

@@ -81,6 +81,10 @@ type Config struct {
 	// identity below it is dropped before its signature is checked, so
 	// nobody fills the path table with free identities. 0 checks nothing.
 	PoWBits int
+	// OnRefusal, if set, is told of every refusal either way (refusal.go):
+	// a hello we refused, a refusal a peer sent us. It runs on the read
+	// path without locks held and must not block.
+	OnRefusal func(Refusal)
 }
 
 func (c *Config) setDefaults() error {
@@ -188,6 +192,9 @@ type Conn struct {
 	probeMu    sync.Mutex // guards probeLimit
 	probeLimit limiter
 
+	refuseMu    sync.Mutex // guards refuseLimit
+	refuseLimit limiter
+
 	forward  atomic.Pointer[RelayForwarder]
 	fwd      fwdBatch
 	relayBuf sync.Pool
@@ -210,7 +217,7 @@ type Stats struct {
 	DropHelloRate, DropRelay, PathSwitches, TxReset, TxCalls    atomic.Uint64
 	TxProbe, RxProbe, RxProbeReply, DropProbeMAC, DropProbeRate atomic.Uint64
 	TxRelayed, RxRelayed, RxForwarded, RxDialBack, ProbeLost    atomic.Uint64
-	TxForwardGSO                                                atomic.Uint64
+	TxForwardGSO, TxRefusal, RxRefusal, DropRefusalRate         atomic.Uint64
 }
 
 // StatsSnapshot is a copy of Stats.
@@ -239,6 +246,9 @@ type StatsSnapshot struct {
 	RxDialBack        uint64 `json:"rx_dialback"`
 	ProbeLost         uint64 `json:"probe_lost"`
 	TxForwardGSO      uint64 `json:"relay_forward_gso_writes"`
+	TxRefusal         uint64 `json:"tx_refusal"`
+	RxRefusal         uint64 `json:"rx_refusal"`
+	DropRefusalRate   uint64 `json:"drop_refusal_rate"`
 }
 
 // New wraps udp. The Conn owns udp from now on and closes it on Close.
@@ -261,6 +271,7 @@ func New(udp *net.UDPConn, cfg Config) (*Conn, error) {
 		probeLimit: newLimiter(cfg.ProbeRate),
 		done:       make(chan struct{}),
 	}
+	c.refuseLimit = newLimiter(refusalRate)
 	c.relayBuf.New = func() any { b := make([]byte, 0, relayBufSize); return &b }
 	if cfg.StatelessResetKey != nil {
 		c.resetMAC = hmac.New(sha256.New, cfg.StatelessResetKey[:])
@@ -280,6 +291,7 @@ func (c *Conn) Stats() StatsSnapshot {
 		TxProbe: s.TxProbe.Load(), RxProbe: s.RxProbe.Load(), RxProbeReply: s.RxProbeReply.Load(), DropProbeMAC: s.DropProbeMAC.Load(),
 		DropProbeRate: s.DropProbeRate.Load(), TxRelayed: s.TxRelayed.Load(), RxRelayed: s.RxRelayed.Load(), RxForwarded: s.RxForwarded.Load(),
 		RxDialBack: s.RxDialBack.Load(), ProbeLost: s.ProbeLost.Load(), TxForwardGSO: s.TxForwardGSO.Load(),
+		TxRefusal: s.TxRefusal.Load(), RxRefusal: s.RxRefusal.Load(), DropRefusalRate: s.DropRefusalRate.Load(),
 	}
 }
 
@@ -735,6 +747,12 @@ func (c *Conn) handleProbe(b []byte, src netip.AddrPort, pa *path, now time.Time
 		} else {
 			c.handleReply(&pr, src, pa, now)
 		}
+	case ProbeRefusal:
+		if pa != nil { // refusals answer hellos, which map direct addresses only
+			c.stats.DropBadProbe.Add(1)
+			return
+		}
+		c.handleRefusal(b, src, now)
 	case ProbeDialBack:
 		h, _, err := ParseProbeHeader(b)
 		if err != nil || len(b) != DialBackSize {
@@ -764,7 +782,7 @@ func (c *Conn) handleProbe(b []byte, src netip.AddrPort, pa *path, now time.Time
 }
 
 func (c *Conn) handleHello(h *Hello, src netip.AddrPort, now time.Time) {
-	if h.To != c.self || h.From == c.self {
+	if h.From == c.self {
 		c.stats.DropBadProbe.Add(1)
 		return
 	}
@@ -772,8 +790,14 @@ func (c *Conn) handleHello(h *Hello, src netip.AddrPort, now time.Time) {
 		c.stats.DropStaleHello.Add(1)
 		return
 	}
+	if h.To != c.self {
+		c.stats.DropBadProbe.Add(1)
+		c.refuseHello(h, src, RefuseWrongIdentity, now)
+		return
+	}
 	if c.cfg.PoWBits > 0 && pki.PoWBits(h.From, h.PoWNonce) < c.cfg.PoWBits {
 		c.stats.DropBadProbe.Add(1)
+		c.refuseHello(h, src, RefuseLowPoW, now)
 		return
 	}
 	c.helloMu.Lock()

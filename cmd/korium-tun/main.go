@@ -480,6 +480,16 @@ func printStatus(w io.Writer, st overlay.Status) {
 	}
 	sort.Strings(drops)
 	fmt.Fprintf(w, "\ndrops: %s\n", strings.Join(drops, " "))
+	var refusals []string
+	for k, v := range st.Refusals {
+		if v > 0 {
+			refusals = append(refusals, fmt.Sprintf("%s=%d", k, v))
+		}
+	}
+	if len(refusals) > 0 {
+		sort.Strings(refusals)
+		fmt.Fprintf(w, "refusals: %s\n", strings.Join(refusals, " "))
+	}
 	if d := st.DHT; d != nil {
 		fmt.Fprintf(w, "dht: %d contacts in %d buckets, k %d, alpha %d, %d tiers, %d records, %d lookups (%d failed)\n",
 			d.TableSize, d.Buckets, d.K, d.Alpha, len(d.Tiers), d.Records, d.Lookups, d.LookupFailures)

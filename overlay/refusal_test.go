@@ -1,0 +1,244 @@
+package overlay
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/korium/korium-tun/pki"
+)
+
+// logCapture is a slog handler that keeps every record at Info and above
+// (the CLI's default level) and echoes everything under -v.
+type logCapture struct {
+	mu    *sync.Mutex
+	lines *[]string
+	echo  slog.Handler
+}
+
+func newLogCapture() logCapture {
+	c := logCapture{mu: new(sync.Mutex), lines: new([]string)}
+	if testing.Verbose() {
+		c.echo = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})
+	}
+	return c
+}
+
+func (c logCapture) Enabled(_ context.Context, l slog.Level) bool { return true }
+func (c logCapture) WithAttrs([]slog.Attr) slog.Handler           { return c }
+func (c logCapture) WithGroup(string) slog.Handler                { return c }
+func (c logCapture) Handle(ctx context.Context, r slog.Record) error {
+	if c.echo != nil {
+		c.echo.Handle(ctx, r)
+	}
+	if r.Level < slog.LevelInfo {
+		return nil
+	}
+	var b bytes.Buffer
+	slog.NewTextHandler(&b, nil).Handle(ctx, r)
+	c.mu.Lock()
+	*c.lines = append(*c.lines, strings.TrimSpace(b.String()))
+	c.mu.Unlock()
+	return nil
+}
+
+// matching returns the captured lines at Warn containing every part.
+func (c logCapture) matching(parts ...string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+next:
+	for _, l := range *c.lines {
+		if !strings.Contains(l, "level=WARN") {
+			continue
+		}
+		for _, p := range parts {
+			if !strings.Contains(l, p) {
+				continue next
+			}
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// refusalNode starts a node with a captured log.
+func refusalNode(t *testing.T, kp *pki.Keypair, pow int, boot ...Contact) (*testNode, logCapture) {
+	return refusalNodeWith(t, kp, pow, nil, boot...)
+}
+
+func refusalNodeWith(t *testing.T, kp *pki.Keypair, pow int, tune func(*Config), boot ...Contact) (*testNode, logCapture) {
+	t.Helper()
+	if kp == nil {
+		var err error
+		if kp, err = pki.GenerateKeypair(context.Background(), max(pow, 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	logs := newLogCapture()
+	dev := newMemDevice()
+	cfg := Config{Keypair: kp, PoWBits: pow, Listen: "127.0.0.1:0", Device: dev, Bootstrap: boot, Logger: slog.New(logs), DisableDHT: true}
+	if tune != nil {
+		tune(&cfg)
+	}
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return &testNode{n, dev}, logs
+}
+
+// expectOneLine waits for exactly one warning with every part and logs it.
+func expectOneLine(t *testing.T, side string, logs logCapture, parts ...string) {
+	t.Helper()
+	expectOneLineWithin(t, 10*time.Second, side, logs, parts...)
+}
+
+func expectOneLineWithin(t *testing.T, d time.Duration, side string, logs logCapture, parts ...string) {
+	t.Helper()
+	waitFor(t, side+"'s warning", d, func() bool { return len(logs.matching(parts...)) > 0 })
+	got := logs.matching(parts...)
+	if len(got) != 1 {
+		t.Fatalf("%s logged %d lines, want 1: %q", side, len(got), got)
+	}
+	t.Logf("%s: %s", side, got[0])
+}
+
+// A dial expecting identity X at the address of node B (which is not X)
+// fails at once with the reason, and both ends log one line and count it,
+// however often the dialer retries. Before: the dial waited out its 5 s
+// handshake timeout and nothing was logged or counted.
+func TestWrongIdentityRefusalVisible(t *testing.T) {
+	b, blogs := refusalNode(t, nil, testPoW)
+	a, alogs := refusalNode(t, nil, testPoW)
+	x, _ := pki.GenerateKeypair(context.Background(), testPoW)
+	wrong := Contact{Identity: x.Identity(), Addr: b.contact().Addr}
+	for i := 0; i < 3; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		start := time.Now()
+		err := a.Connect(ctx, wrong)
+		cancel()
+		took := time.Since(start)
+		if err == nil || !strings.Contains(err.Error(), "the node there is "+b.id.Short()) {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		if took > 2*time.Second {
+			t.Fatalf("dial %d failed after %v: not at once", i, took)
+		}
+		if i == 0 {
+			t.Logf("dial failed after %v: %v", took, err)
+		}
+	}
+	expectOneLine(t, "dialer", alogs, "peer "+x.Identity().Short()+"… is not at "+wrong.Addr.String(), "the node there is "+b.id.Short())
+	expectOneLine(t, "refuser", blogs, "refused a dial from "+a.id.Short(), "expects identity "+x.Identity().Short(), "this node is "+b.id.Short())
+	as, bs := a.Status(), b.Status()
+	if as.Refusals["refused_us_wrong_identity"] < 3 || bs.Refusals["we_refused_wrong_identity"] < 3 || bs.Drops["handshake_refused"] < 3 {
+		t.Fatalf("counters: dialer %v, refuser %v (handshake_refused %d)", as.Refusals, bs.Refusals, bs.Drops["handshake_refused"])
+	}
+	t.Logf("dialer refusals %v", nonZero(as.Refusals))
+	t.Logf("refuser refusals %v handshake_refused=%d", nonZero(bs.Refusals), bs.Drops["handshake_refused"])
+}
+
+func nonZero(m map[string]uint64) map[string]uint64 {
+	out := map[string]uint64{}
+	for k, v := range m {
+		if v > 0 {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// weakKey returns a key with fewer than bits bits of proof of work.
+func weakKey(t *testing.T, bits int) *pki.Keypair {
+	for seed := byte(1); ; seed++ {
+		kp, err := pki.NewKeypair(bytes.Repeat([]byte{seed}, 32), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if kp.PoWBits() < bits {
+			return kp
+		}
+	}
+}
+
+// A node whose proof of work is below the network's: refused both ways
+// (it dials a strong node; a strong node dials it), with one line on each
+// side naming the bits, and counted.
+func TestLowPoWRefusalVisible(t *testing.T) {
+	const strongBits = 8
+	weak := weakKey(t, strongBits)
+	t.Run("weak dials strong", func(t *testing.T) {
+		s, slogs := refusalNode(t, nil, strongBits)
+		w, wlogs := refusalNode(t, weak, -1, s.contact())
+		want := "bootstrap " + s.id.Short() + "… refused our proof of work: it requires 8 bits, we have " + strconv.Itoa(weak.PoWBits())
+		expectOneLine(t, "weak dialer", wlogs, want)
+		expectOneLine(t, "strong refuser", slogs, "refused "+w.id.Short()+"… at 127.0.0.1:", "its proof of work has "+strconv.Itoa(weak.PoWBits())+" bits, this network requires 8")
+		waitFor(t, "counters", 5*time.Second, func() bool {
+			return w.Status().Refusals["refused_us_low_pow"] > 0 && s.Status().Refusals["we_refused_low_pow"] > 0
+		})
+		if len(w.Status().Peers) != 0 || len(s.Status().Peers) != 0 {
+			t.Fatal("a connection survived")
+		}
+	})
+	t.Run("strong dials weak", func(t *testing.T) {
+		w, wlogs := refusalNode(t, weak, -1)
+		s, slogs := refusalNode(t, nil, strongBits)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.Connect(ctx, w.contact()); err == nil || !strings.Contains(err.Error(), "this network requires 8") {
+			t.Fatalf("strong node's dial: %v", err)
+		}
+		expectOneLine(t, "strong dialer", slogs, "refused "+w.id.Short()+"… at 127.0.0.1:", "its proof of work has "+strconv.Itoa(weak.PoWBits())+" bits, this network requires 8")
+		expectOneLine(t, "weak peer", wlogs, "peer "+s.id.Short()+"… refused our proof of work: it requires 8 bits, we have "+strconv.Itoa(weak.PoWBits()))
+		if s.Status().Refusals["we_refused_low_pow"] == 0 || w.Status().Refusals["refused_us_low_pow"] == 0 {
+			t.Fatalf("counters: %v %v", nonZero(s.Status().Refusals), nonZero(w.Status().Refusals))
+		}
+	})
+}
+
+// Two nodes running the same key, both bootstrapped from p, used to reset
+// each other's connection at p, silently, forever (p's path table has one
+// entry per identity, so each one's packets reach the other). Once one
+// comes back from the address p saw before the other, p refuses it with a
+// signed reason, and both p and the refused node warn once. That takes an
+// idle timeout: the connections end in silence first (1 s here).
+func TestSameKeyOnTwoNodesWarns(t *testing.T) {
+	p, plogs := refusalNode(t, nil, testPoW)
+	kp, _ := pki.GenerateKeypair(context.Background(), testPoW)
+	quick := func(c *Config) { c.KeepAlive, c.IdleTimeout = 300*time.Millisecond, time.Second }
+	_, logs1 := refusalNodeWith(t, kp, testPoW, quick, p.contact())
+	_, logs2 := refusalNodeWith(t, kp, testPoW, quick, p.contact())
+	expectOneLineWithin(t, 20*time.Second, "p", plogs, "two nodes run identity "+kp.Identity().Short()+"…", "each node needs its own key file")
+	waitFor(t, "a node told", 10*time.Second, func() bool {
+		return len(logs1.matching("Two nodes run the same key file"))+len(logs2.matching("Two nodes run the same key file")) > 0
+	})
+	for i, l := range [][]string{logs1.matching("Two nodes run the same key file"), logs2.matching("Two nodes run the same key file")} {
+		if len(l) > 1 {
+			t.Fatalf("node %d logged %d lines", i+1, len(l))
+		}
+		if len(l) == 1 {
+			t.Logf("node %d: %s", i+1, l[0])
+		}
+	}
+	if p.Status().Refusals["we_refused_same_identity"] == 0 {
+		t.Fatal("not counted")
+	}
+	// p settles on one of them.
+	waitFor(t, "one connection at p", 10*time.Second, func() bool { return p.peer(kp.Identity()) != nil })
+	kept := p.peer(kp.Identity())
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		if q := p.peer(kp.Identity()); q != kept {
+			t.Fatal("p still swaps the two nodes")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
