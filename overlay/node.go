@@ -96,8 +96,7 @@ type Node struct {
 	dialBacks   chan struct{}  // semaphore of dial-backs in flight
 	nat         natState
 
-	histMu sync.Mutex // guards hist
-	hist   map[pki.Identity]*addrHistory
+	sameIDChecks atomic.Int64 // replaced() checks waiting
 
 	stats    Counters
 	refusals refusalCounters
@@ -124,8 +123,9 @@ type peer struct {
 	txPkts      atomic.Uint64
 	rxBytes     atomic.Uint64
 	rxPkts      atomic.Uint64
-	lastUsed    atomic.Int64 // Node.clock when a packet or request last used this peer
-	lastPunch   atomic.Int64 // unix ns of our last punch attempt
+	lastUsed    atomic.Int64   // Node.clock when a packet or request last used this peer
+	lastPunch   atomic.Int64   // unix ns of our last punch attempt
+	realAddr    netip.AddrPort // where its handshake came from (invalid: relayed)
 }
 
 // desired is a peer the node keeps a connection to (a bootstrap contact).
@@ -606,18 +606,10 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 		outbound:    outbound,
 		incarnation: cs.TLS.PeerCertificates[0].SerialNumber.String(),
 		since:       time.Now(),
+		realAddr:    realAddr,
 	}
 	p.nonce, _ = pki.PeerNonce(cs.TLS)
 	p.lastUsed.Store(n.clock.Load())
-	if other, dup := n.noteHandshake(id, realAddr, time.Now()); dup {
-		// Two nodes share id: keep the one we settled on and tell this
-		// one, instead of swapping (and resetting) them forever.
-		n.refused(weRefusedSameIdentity, id, realAddr, fmt.Sprintf(
-			"two nodes run identity %s…, at %s and at %s: refusing the second; each node needs its own key file", id.Short(), other, realAddr))
-		n.sock.SendRefusal(id, smartsock.RefuseSameIdentity)
-		conn.CloseWithError(codeSameIdentity, fmt.Sprintf("another node with your identity %s… is connected from %s", id.Short(), other))
-		return nil, fmt.Errorf("overlay: another node with identity %s is connected", id.Short())
-	}
 	n.mu.Lock()
 	old := n.peers[id]
 	var evicted *peer
@@ -640,6 +632,9 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 		return old, nil
 	}
 
+	if old != nil && old.conn.Context().Err() == nil {
+		n.replaced(id, old.realAddr, realAddr)
+	}
 	n.peers[id] = p
 	n.byAddr[p.addr] = p
 	n.gen.Add(1)

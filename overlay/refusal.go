@@ -33,10 +33,10 @@ const (
 	weRefusedNotOwner                     // its identity does not own the address it used
 	weRefusedPeerLimit                    // no room for another peer
 	weRefusedNoDatagrams                  // it does not speak QUIC datagrams
-	weRefusedSameIdentity                 // another node with its identity is connected
+	weSawSameIdentity                     // two live nodes run one identity (a warning, not a refusal)
 	refusedUsWrongIdentity                // the node at the address we dialed is someone else
 	refusedUsLowPoW                       // the peer requires more proof of work than we have
-	refusedUsSameIdentity                 // the peer holds a connection from another node with our identity
+	peerSawSameIdentity                   // a peer reports another node with our identity
 	refusedUsClosed                       // the peer closed our connection as refused (peer limit, ...)
 	numRefusals
 )
@@ -44,19 +44,16 @@ const (
 // refusalNames are the Status.Refusals keys.
 var refusalNames = [numRefusals]string{
 	"we_refused_wrong_identity", "we_refused_low_pow", "we_refused_bad_certificate", "we_refused_not_owner",
-	"we_refused_peer_limit", "we_refused_no_datagrams", "we_refused_same_identity",
-	"refused_us_wrong_identity", "refused_us_low_pow", "refused_us_same_identity", "refused_us_closed",
+	"we_refused_peer_limit", "we_refused_no_datagrams", "same_identity_seen",
+	"refused_us_wrong_identity", "refused_us_low_pow", "same_identity_reported", "refused_us_closed",
 }
 
-// local reports whether we made the refusal (it counts as handshake_refused).
-func (r refusal) local() bool { return r < refusedUsWrongIdentity }
+// local reports whether we refused a handshake (it counts as
+// handshake_refused).
+func (r refusal) local() bool { return r < weSawSameIdentity }
 
 // refusalCounters count refusals by reason.
 type refusalCounters [numRefusals]atomic.Uint64
-
-// codeSameIdentity closes a connection from a node whose identity another
-// live connection already holds (two nodes run the same key).
-const codeSameIdentity quic.ApplicationErrorCode = 3
 
 // logGate lets one line per key through every logGateEvery, for at most
 // maxLogGateKeys keys at once: a peer retrying a refused dial (or many
@@ -142,15 +139,8 @@ func (n *Node) onRefusal(ev smartsock.Refusal) {
 		n.refused(refusedUsWrongIdentity, ev.Peer, ev.Addr, msg)
 		n.abortDial(ev.Peer, false, &RefusedError{msg})
 	case ev.Reason == smartsock.RefuseSameIdentity:
-		msg := fmt.Sprintf("%s refused us: another node with our identity %s… is connected to it. Two nodes run the same key file: give each node its own (korium-tun keygen)", n.who(ev.Peer), n.id.Short())
-		n.refused(refusedUsSameIdentity, ev.Peer, ev.Addr, msg)
-		n.abortDial(ev.Peer, true, &RefusedError{msg})
-		if p := n.peer(ev.Peer); p != nil {
-			// Signed by the peer itself: our side of the handshake it
-			// refused is dead.
-			p.conn.CloseWithError(codeNormal, "refused: another node has our identity")
-		}
-		n.backOffDial(ev.Peer, time.Minute)
+		n.refused(peerSawSameIdentity, ev.Peer, ev.Addr, fmt.Sprintf(
+			"%s sees another node running our identity %s…: the two reset each other's connections. Two nodes use the same key file: give each node its own (korium-tun keygen)", n.who(ev.Peer), n.id.Short()))
 	case ev.Reason == smartsock.RefuseLowPoW:
 		msg := fmt.Sprintf("%s refused our proof of work: it requires %d bits, we have %d (every node of a network needs a key made with the same --pow-bits)", n.who(ev.Peer), ev.Bits, ev.Have)
 		n.refused(refusedUsLowPoW, ev.Peer, ev.Addr, msg)
@@ -206,17 +196,6 @@ func (n *Node) abortDial(id pki.Identity, always bool, err error) {
 	}
 }
 
-// backOffDial keeps a desired peer from being redialed for at least d:
-// its refusal will not change soon.
-func (n *Node) backOffDial(id pki.Identity, d time.Duration) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if ds := n.desired[id]; ds != nil {
-		ds.backoff = max(ds.backoff, d)
-		ds.nextDial = time.Now().Add(ds.backoff)
-	}
-}
-
 // closedAsRefused logs and counts a connection the peer closed as refused.
 func (n *Node) closedAsRefused(p *peer, cause error) {
 	var ae *quic.ApplicationError
@@ -224,65 +203,53 @@ func (n *Node) closedAsRefused(p *peer, cause error) {
 		return
 	}
 	addr := n.handshakeAddr(p.id)
-	switch ae.ErrorCode {
-	case codeSameIdentity:
-		n.refused(refusedUsSameIdentity, p.id, addr, fmt.Sprintf(
-			"%s dropped us: %s. Two nodes run the same key file: give each node its own (korium-tun keygen)", n.who(p.id), ae.ErrorMessage))
-	case codeRefused:
+	if ae.ErrorCode == codeRefused {
 		n.refused(refusedUsClosed, p.id, addr, fmt.Sprintf("%s refused our connection: %s", n.who(p.id), ae.ErrorMessage))
 	}
 }
 
 // Two nodes that run one key look, to a peer of both, like one peer whose
-// connections alternate between two addresses. A restarted node, or one
-// whose NAT mapping changed, moves to a new address and does not come
-// back to the one before. So a handshake from the address before the last
-// one, within sameIdentityWindow, is a second node with that identity.
+// connection keeps being replaced from another address, and since its
+// path table has one entry per identity, each node gets the other's
+// packets and resets its connection (they share the stateless reset key).
+// A node that restarted, or whose NAT mapping changed, leaves its old
+// address silent; a dialer racing several addresses stops sending to the
+// others once its handshake is done. So when a live connection from one
+// address was replaced by one from another, and QUIC packets still arrive
+// as that identity from the old address more than sameIDBurst after the
+// replacement (the other node's keep-alives), two nodes share it: we warn,
+// and tell both with a signed notice so that they warn too. Nothing is
+// refused: which of the two is "the" node is not ours to decide.
 const (
-	sameIdentityWindow = 2 * time.Minute
-	maxAddrHistory     = 1024
+	sameIDBurst    = time.Second
+	maxSameIDCheck = 64 // checks waiting at once
 )
 
-// addrHistory is where an identity's last two accepted handshakes came from.
-type addrHistory struct {
-	last, prev netip.AddrPort
-	at         time.Time
-}
-
-// noteHandshake records a handshake from id at addr and reports whether it
-// comes from a second node with id (then it is not recorded: the node we
-// settled on keeps its place), and that node's address.
-func (n *Node) noteHandshake(id pki.Identity, addr netip.AddrPort, now time.Time) (netip.AddrPort, bool) {
-	if !addr.IsValid() {
-		return netip.AddrPort{}, false
+// replaced starts a check, after a live connection of id from was was
+// replaced by one from addr, for a second node still sending from was.
+func (n *Node) replaced(id pki.Identity, was, addr netip.AddrPort) {
+	if !was.IsValid() || !addr.IsValid() || was == addr {
+		return
 	}
-	n.histMu.Lock()
-	defer n.histMu.Unlock()
-	h := n.hist[id]
-	if h != nil && now.Sub(h.at) < sameIdentityWindow && addr == h.prev && addr != h.last {
-		h.at = now // it keeps trying: keep refusing it
-		return h.last, true
+	if n.sameIDChecks.Add(1) > maxSameIDCheck {
+		n.sameIDChecks.Add(-1)
+		return
 	}
-	if h == nil {
-		if n.hist == nil {
-			n.hist = make(map[pki.Identity]*addrHistory)
+	at := time.Now()
+	n.goLoop(func() {
+		defer n.sameIDChecks.Add(-1)
+		// The other node sends at least a keep-alive per KeepAlive.
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-time.After(n.cfg.KeepAlive + sameIDBurst):
 		}
-		if len(n.hist) >= maxAddrHistory {
-			for k, v := range n.hist {
-				if now.Sub(v.at) >= sameIdentityWindow {
-					delete(n.hist, k)
-				}
-			}
-			if len(n.hist) >= maxAddrHistory {
-				return netip.AddrPort{}, false
-			}
+		if last := n.sock.LastRecv(id, was); last.Sub(at) < sameIDBurst {
+			return // silent since: a restart, a NAT rebinding, a raced dial
 		}
-		h = &addrHistory{}
-		n.hist[id] = h
-	}
-	if addr != h.last {
-		h.prev, h.last = h.last, addr
-	}
-	h.at = now
-	return netip.AddrPort{}, false
+		n.refused(weSawSameIdentity, id, was, fmt.Sprintf(
+			"two nodes run identity %s…, at %s and at %s: they reset each other's connections; each node needs its own key file", id.Short(), was, addr))
+		n.sock.SendRefusalTo(id, was, smartsock.RefuseSameIdentity)
+		n.sock.SendRefusalTo(id, addr, smartsock.RefuseSameIdentity)
+	})
 }

@@ -204,41 +204,68 @@ func TestLowPoWRefusalVisible(t *testing.T) {
 	})
 }
 
-// Two nodes running the same key, both bootstrapped from p, used to reset
-// each other's connection at p, silently, forever (p's path table has one
-// entry per identity, so each one's packets reach the other). Once one
-// comes back from the address p saw before the other, p refuses it with a
-// signed reason, and both p and the refused node warn once. That takes an
-// idle timeout: the connections end in silence first (1 s here).
+// Two nodes running the same key, both bootstrapped from p, reset each
+// other's connections at p, silently, forever (p's path table has one entry
+// per identity, so each one's packets reach the other). Now p sees the node
+// whose live connection it replaced still sending as that identity a
+// keep-alive period later (6 s by default), warns, and tells both nodes with
+// a signed notice, so that each warns too: one line each, however long the
+// two keep fighting.
 func TestSameKeyOnTwoNodesWarns(t *testing.T) {
 	p, plogs := refusalNode(t, nil, testPoW)
 	kp, _ := pki.GenerateKeypair(context.Background(), testPoW)
 	quick := func(c *Config) { c.KeepAlive, c.IdleTimeout = 300*time.Millisecond, time.Second }
-	_, logs1 := refusalNodeWith(t, kp, testPoW, quick, p.contact())
-	_, logs2 := refusalNodeWith(t, kp, testPoW, quick, p.contact())
+	n1, logs1 := refusalNodeWith(t, kp, testPoW, quick, p.contact())
+	n2, logs2 := refusalNodeWith(t, kp, testPoW, quick, p.contact())
 	expectOneLineWithin(t, 20*time.Second, "p", plogs, "two nodes run identity "+kp.Identity().Short()+"…", "each node needs its own key file")
-	waitFor(t, "a node told", 10*time.Second, func() bool {
-		return len(logs1.matching("Two nodes run the same key file"))+len(logs2.matching("Two nodes run the same key file")) > 0
+	want := "bootstrap " + p.id.Short() + "… sees another node running our identity " + kp.Identity().Short() + "…"
+	expectOneLine(t, "node 1", logs1, want, "give each node its own")
+	expectOneLine(t, "node 2", logs2, want, "give each node its own")
+	// They go on fighting for a while: still one line each.
+	time.Sleep(3 * time.Second)
+	for i, l := range [][]string{plogs.matching("two nodes run identity"), logs1.matching(want), logs2.matching(want)} {
+		if len(l) != 1 {
+			t.Fatalf("party %d logged %d lines", i, len(l))
+		}
+	}
+	if p.Status().Refusals["same_identity_seen"] == 0 || n1.Status().Refusals["same_identity_reported"] == 0 || n2.Status().Refusals["same_identity_reported"] == 0 {
+		t.Fatalf("counters: p %v, n1 %v, n2 %v", nonZero(p.Status().Refusals), nonZero(n1.Status().Refusals), nonZero(n2.Status().Refusals))
+	}
+	if d := p.Status().Drops["handshake_refused"]; d != 0 {
+		t.Fatalf("p refused %d handshakes: it must not pick a winner", d)
+	}
+}
+
+// A node that crashed (no CONNECTION_CLOSE) and came back with its key on
+// another port is not two nodes: its old address is silent, so no warning.
+func TestRestartOnNewPortIsNotTwoNodes(t *testing.T) {
+	quick := func(c *Config) { c.KeepAlive, c.IdleTimeout = 300*time.Millisecond, 5*time.Second }
+	p, plogs := refusalNodeWith(t, nil, testPoW, quick)
+	kp, _ := pki.GenerateKeypair(context.Background(), testPoW)
+	udp, err := ListenUDP("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _ := refusalNodeWith(t, kp, testPoW, func(c *Config) { quick(c); c.Conn = udp }, p.contact())
+	waitFor(t, "first run connected", 10*time.Second, func() bool { return p.peer(kp.Identity()) != nil })
+	first := p.peer(kp.Identity())
+	udp.Close() // the crash: its socket is gone, nothing says goodbye
+	defer old.Close()
+	_, nlogs := refusalNodeWith(t, kp, testPoW, quick, p.contact())
+	waitFor(t, "second run connected", 10*time.Second, func() bool {
+		q := p.peer(kp.Identity())
+		return q != nil && q != first
 	})
-	for i, l := range [][]string{logs1.matching("Two nodes run the same key file"), logs2.matching("Two nodes run the same key file")} {
-		if len(l) > 1 {
-			t.Fatalf("node %d logged %d lines", i+1, len(l))
-		}
-		if len(l) == 1 {
-			t.Logf("node %d: %s", i+1, l[0])
-		}
+	// p replaced a connection it believed alive: the check ran.
+	if cause := context.Cause(first.conn.Context()); cause == nil || !strings.Contains(cause.Error(), "replaced") {
+		t.Fatalf("the first run's connection ended with %v, not replaced while alive", cause)
 	}
-	if p.Status().Refusals["we_refused_same_identity"] == 0 {
-		t.Fatal("not counted")
+	// p's check runs KeepAlive + 1 s after the replacement.
+	time.Sleep(3 * time.Second)
+	if l := plogs.matching("two nodes run identity"); len(l) != 0 {
+		t.Fatalf("a restart was taken for two nodes: %q", l)
 	}
-	// p settles on one of them.
-	waitFor(t, "one connection at p", 10*time.Second, func() bool { return p.peer(kp.Identity()) != nil })
-	kept := p.peer(kp.Identity())
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) {
-		if q := p.peer(kp.Identity()); q != kept {
-			t.Fatal("p still swaps the two nodes")
-		}
-		time.Sleep(50 * time.Millisecond)
+	if l := nlogs.matching("sees another node"); len(l) != 0 {
+		t.Fatalf("the restarted node was told: %q", l)
 	}
 }

@@ -33,8 +33,9 @@ const (
 	// RefuseLowPoW: the refused identity's proof of work is below the
 	// refuser's difficulty, given in bits.
 	RefuseLowPoW byte = 2
-	// RefuseSameIdentity: another node with the refused identity is
-	// connected to the refuser (two nodes run one key).
+	// RefuseSameIdentity is a notice rather than a refusal: the sender
+	// sees two live nodes with the receiver's identity (two nodes run one
+	// key). It is sent to both.
 	RefuseSameIdentity byte = 3
 )
 
@@ -186,6 +187,18 @@ func (c *Conn) SendRefusal(id pki.Identity, reason byte) {
 	}
 }
 
+// SendRefusalTo tells id at dst, one of its direct paths, that we refuse it
+// for reason.
+func (c *Conn) SendRefusalTo(id pki.Identity, dst netip.AddrPort, reason byte) {
+	c.mu.RLock()
+	pa := c.byReal[unmap(dst)]
+	ok := pa != nil && pa.peer.id == id
+	c.mu.RUnlock()
+	if ok {
+		c.sendRefusal(id, dst, reason, c.txID.Add(1), time.Now())
+	}
+}
+
 // handleRefusal takes a refusal from src: it must be addressed to us, fresh,
 // from an address we have a direct path to, and signed by its sender, who
 // must be the identity of that path, except for RefuseWrongIdentity (the
@@ -243,4 +256,17 @@ func (c *Conn) HandshakeAddr(id pki.Identity) (netip.AddrPort, bool) {
 		return netip.AddrPort{}, false
 	}
 	return p.handshake.addr, true
+}
+
+// LastRecv returns when a QUIC packet last arrived from id on its direct
+// path addr (zero time: never, or no such path). The node uses it to see
+// whether a node it replaced is still sending as id.
+func (c *Conn) LastRecv(id pki.Identity, addr netip.AddrPort) time.Time {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	pa := c.byReal[unmap(addr)]
+	if pa == nil || pa.peer.id != id || pa.lastRecv.Load() == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, pa.lastRecv.Load())
 }
