@@ -269,3 +269,20 @@ func TestRestartOnNewPortIsNotTwoNodes(t *testing.T) {
 		t.Fatalf("the restarted node was told: %q", l)
 	}
 }
+
+// A node at its peer limit (every peer a bootstrap contact) refuses a new
+// connection: both ends say so once, and count it.
+func TestPeerLimitRefusalVisible(t *testing.T) {
+	c, _ := refusalNode(t, nil, testPoW)
+	b, blogs := refusalNodeWith(t, nil, testPoW, func(cfg *Config) { cfg.MaxPeers = 1 }, c.contact())
+	waitFor(t, "b keeps its bootstrap", 10*time.Second, func() bool { return b.peer(c.id) != nil })
+	a, alogs := refusalNode(t, nil, testPoW)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a.Connect(ctx, b.contact()) // may return before b's verdict arrives
+	expectOneLine(t, "refuser", blogs, "refused "+a.id.Short()+"…: the peer limit (1) is reached")
+	expectOneLine(t, "dialer", alogs, "peer "+b.id.Short()+"… refused our connection: too many peers")
+	if b.Status().Refusals["we_refused_peer_limit"] == 0 || a.Status().Refusals["refused_us_closed"] == 0 {
+		t.Fatalf("counters: %v %v", nonZero(b.Status().Refusals), nonZero(a.Status().Refusals))
+	}
+}
