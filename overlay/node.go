@@ -903,7 +903,7 @@ func (n *Node) deviceReadLoop() {
 				n.fail(fmt.Errorf("device %s: %d reads in a row failed, the last with %v: the node stops", n.devName, errRun, err))
 				return
 			}
-			if errRun == 1 {
+			if errRun == 1 && n.logGate.allow("device read", time.Now()) {
 				n.cfg.Logger.Warn("device read failed; retrying", "device", n.devName, "err", err)
 			}
 			select {
