@@ -75,8 +75,8 @@ type Node struct {
 
 	pendMu    sync.Mutex // guards the three maps below
 	pending   map[netip.Addr]*held
-	resolving map[netip.Addr]bool      // a resolution is in flight
-	failed    map[netip.Addr]time.Time // resolution failed; retry after
+	resolving map[netip.Addr]bool    // a resolution is in flight
+	failed    map[netip.Addr]failure // resolution failed; retry after
 
 	unreachCode byte          // the Destination Unreachable code the device understands
 	icmpLimit   *rate.Limiter // ICMPv6 errors we make up (Destination Unreachable)
@@ -134,6 +134,15 @@ type desired struct {
 	dialing  bool
 	nextDial time.Time
 	backoff  time.Duration
+}
+
+// failure is a resolution that failed, remembered until until.
+type failure struct {
+	until time.Time
+	// noOwner: the lookup found nobody owning the address (packets to it
+	// are answered with Destination Unreachable). Otherwise an owner was
+	// found but not reached, which may pass: packets are only dropped.
+	noOwner bool
 }
 
 // held is the one packet kept for a destination with no connection yet.
@@ -197,7 +206,7 @@ func New(cfg Config) (n *Node, err error) {
 		desired:   make(map[pki.Identity]*desired),
 		pending:   make(map[netip.Addr]*held),
 		resolving: make(map[netip.Addr]bool),
-		failed:    make(map[netip.Addr]time.Time),
+		failed:    make(map[netip.Addr]failure),
 		started:   time.Now(),
 		done:      make(chan struct{}),
 	}
@@ -1074,14 +1083,16 @@ const maxResolving = 64
 // hold keeps the newest packet for an overlay address with no connection,
 // for PendingTimeout, and starts one resolution of the address if a
 // Resolver is set; a connection to its owner delivers the packet. A packet
-// to an address whose resolution failed moments ago is answered with
+// to an address nobody was found to own moments ago is answered with
 // Destination Unreachable at once.
 func (n *Node) hold(dst netip.Addr, pkt []byte) {
 	n.pendMu.Lock()
-	if until, ok := n.failed[dst]; ok && time.Now().Before(until) {
+	if f, ok := n.failed[dst]; ok && time.Now().Before(f.until) {
 		n.pendMu.Unlock()
 		n.stats.TxResolveFailed.Add(1)
-		n.sendUnreachable(pkt)
+		if f.noOwner {
+			n.sendUnreachable(pkt)
+		}
 		return
 	}
 	defer n.pendMu.Unlock()
@@ -1112,13 +1123,16 @@ func (n *Node) hold(dst netip.Addr, pkt []byte) {
 
 // resolve asks the Resolver who owns dst and connects to the first answer
 // that proves it (identity pinned in the handshake, address derived from
-// the identity). Installing the connection delivers the held packet; a
-// failure answers it with Destination Unreachable.
+// the identity). Installing the connection delivers the held packet. When
+// nobody owns dst the held packet is answered with Destination
+// Unreachable; when its owner was found but not reached (which may pass:
+// a relay being set up, a NAT) it is only dropped.
 func (n *Node) resolve(dst netip.Addr) {
 	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.ResolveTimeout)
 	defer cancel()
 	ok := false
 	contacts, err := n.cfg.Resolver(ctx, dst)
+	noOwner := err != nil
 	if err == nil {
 		// One handshake races every address (and relay) of the owner.
 		var owner *Contact
@@ -1136,6 +1150,7 @@ func (n *Node) resolve(dst netip.Addr) {
 			}
 		}
 		if owner == nil {
+			noOwner = true
 			err = errors.New("no contact owns the address")
 		} else if err = n.smartConnect(ctx, owner.Identity, addrs, owner.Relays, false); err == nil {
 			ok = true
@@ -1146,12 +1161,14 @@ func (n *Node) resolve(dst netip.Addr) {
 	delete(n.resolving, dst)
 	if !ok && n.ctx.Err() == nil {
 		if len(n.failed) < n.cfg.MaxPending {
-			n.failed[dst] = time.Now().Add(n.cfg.ResolveFailTTL)
+			n.failed[dst] = failure{until: time.Now().Add(n.cfg.ResolveFailTTL), noOwner: noOwner}
 		}
 		if h := n.pending[dst]; h != nil {
 			delete(n.pending, dst)
 			n.stats.TxResolveFailed.Add(1)
-			answer = h.pkt
+			if noOwner {
+				answer = h.pkt
+			}
 		}
 	}
 	n.pendMu.Unlock()
@@ -1166,17 +1183,18 @@ func (n *Node) resolve(dst netip.Addr) {
 	}
 }
 
-// resolveFailed reports whether a resolution of dst failed moments ago.
+// resolveFailed reports whether dst was found to have no owner moments ago.
 func (n *Node) resolveFailed(dst netip.Addr) bool {
 	n.pendMu.Lock()
 	defer n.pendMu.Unlock()
-	until, ok := n.failed[dst]
-	return ok && time.Now().Before(until)
+	f, ok := n.failed[dst]
+	return ok && f.noOwner && time.Now().Before(f.until)
 }
 
-// expirePending drops held packets nobody resolved in time (no Resolver,
-// or the resolution ended without a connection) and answers them with
-// Destination Unreachable, and forgets failed resolutions past their TTL.
+// expirePending drops held packets nobody resolved in time, and forgets
+// failed resolutions past their TTL. Without a Resolver nobody will ever
+// own an address we have no connection to: those packets are answered with
+// Destination Unreachable (with one, they waited for a busy resolver).
 func (n *Node) expirePending(now time.Time) {
 	var expired [][]byte
 	n.pendMu.Lock()
@@ -1184,11 +1202,13 @@ func (n *Node) expirePending(now time.Time) {
 		if now.Sub(h.at) > n.cfg.PendingTimeout && !n.resolving[a] {
 			delete(n.pending, a)
 			n.stats.TxNoPeer.Add(1)
-			expired = append(expired, h.pkt)
+			if n.cfg.Resolver == nil {
+				expired = append(expired, h.pkt)
+			}
 		}
 	}
-	for a, until := range n.failed {
-		if now.After(until) {
+	for a, f := range n.failed {
+		if now.After(f.until) {
 			delete(n.failed, a)
 		}
 	}

@@ -195,3 +195,29 @@ func TestUnreachableNeverAnswersErrorsAndIsRateLimited(t *testing.T) {
 		t.Fatal("nothing rate-limited")
 	}
 }
+
+// An owner that exists (the resolver found it) but does not answer is not
+// a dead destination: a relay may be on its way, a NAT may open. The held
+// packet is dropped (counted), not answered, so a program keeps retrying.
+func TestFoundButUnreachableOwnerNotAnswered(t *testing.T) {
+	owner, _ := pki.GenerateKeypair(context.Background(), testPoW)
+	found := func(context.Context, netip.Addr) ([]Contact, error) {
+		return []Contact{{Identity: owner.Identity(), Addr: netip.MustParseAddrPort("127.0.0.1:9")}}, nil
+	}
+	kp, _ := pki.GenerateKeypair(context.Background(), testPoW)
+	dev := newMemDevice()
+	n, err := New(Config{Keypair: kp, PoWBits: testPoW, Listen: "127.0.0.1:0", Device: dev, Resolver: found, HandshakeTimeout: 300 * time.Millisecond, DisableDHT: true, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	dst := smartaddr.FromIdentity(owner.Identity())
+	dev.send(udp6(n.Addr(), dst, []byte("anyone?")))
+	waitFor(t, "the dial fails", 5*time.Second, func() bool { return n.stats.ResolveFailed.Load() == 1 })
+	dev.send(udp6(n.Addr(), dst, []byte("again")))
+	waitFor(t, "the retry is dropped", 5*time.Second, func() bool { return n.stats.TxResolveFailed.Load() == 2 })
+	expectNothing(t, dev, 100*time.Millisecond)
+	if n.stats.ICMPUnreachSent.Load() != 0 {
+		t.Fatal("answered an owner that exists with Destination Unreachable")
+	}
+}
