@@ -17,8 +17,12 @@ const (
 	// MinAlpha, DefaultAlpha and MaxAlpha bound lookup parallelism.
 	MinAlpha, DefaultAlpha, MaxAlpha = 2, 3, 5
 	// MaxMessageSize is the largest request or response the DHT produces or
-	// accepts (the RPC layer's 1 MiB cap).
-	MaxMessageSize = 1 << 20
+	// accepts, computed from the encoding (wire.go): a NODES or VALUE reply
+	// of MaxContactsPerMessage contacts with MaxAddrs IPv6 addresses each,
+	// 10,354 bytes, is the largest; a VALUE of MaxRecordsPerMessage records
+	// and a STORE of one MaxRecordSize record are smaller. The RPC layer
+	// caps the DHT protocol at it.
+	MaxMessageSize = max(maxContactsReplySize, maxRecordsReplySize, maxStoreSize)
 	// MaxValueSize is the largest stored value (an encoded record).
 	MaxValueSize = 1 << 20
 	// MaxAddrs bounds the addresses in a contact or record.
@@ -92,6 +96,17 @@ type Config struct {
 	// MaxFailures is how many consecutive failed requests remove a contact.
 	// Default 2.
 	MaxFailures int
+	// AllowLoopback lets records, contacts and hints name loopback
+	// addresses, and our own addresses be loopback. Only a node that itself
+	// listens on loopback sets it (tests, a cluster on one host); overlay
+	// sets it from the node's socket. Whatever else addrpolicy refuses is
+	// refused regardless.
+	AllowLoopback bool
+	// Identities remembers identities that passed pki's point check, so
+	// replies naming known contacts cost no curve arithmetic. Nil: a cache
+	// of DefaultIdentityCacheSize of the DHT's own. Simulations of many
+	// nodes in one process share one.
+	Identities *IdentityCache
 
 	// Logger receives rare events (never one line per message). Nil
 	// discards.
@@ -157,6 +172,9 @@ func (c *Config) fill() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Identities == nil {
+		c.Identities = NewIdentityCache(DefaultIdentityCacheSize)
 	}
 }
 

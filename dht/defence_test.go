@@ -31,20 +31,23 @@ type fakeTransport struct {
 	self pki.Identity
 }
 
-func (t *fakeTransport) Call(ctx context.Context, to Contact, req []byte) ([]byte, error) {
+// Call answers from the callee's registered address, whatever the hints
+// say (the transport authenticates the identity, not the hint).
+func (t *fakeTransport) Call(ctx context.Context, to Contact, req []byte) ([]byte, netip.AddrPort, error) {
 	t.net.mu.Lock()
 	n := t.net.nodes[to.Identity]
 	src := t.net.nodes[t.self]
 	t.net.mu.Unlock()
 	if n == nil || n.h == nil {
 		<-ctx.Done()
-		return nil, ctx.Err()
+		return nil, netip.AddrPort{}, ctx.Err()
 	}
 	var from netip.AddrPort
 	if src != nil {
 		from = src.addr
 	}
-	return n.h(t.self, from, req)
+	resp, err := n.h(t.self, from, req)
+	return resp, n.addr, err
 }
 
 func (f *fakeNet) add(id pki.Identity, addr netip.AddrPort, h handler) {
@@ -59,18 +62,29 @@ const testPoW = 6
 
 func newTestDHT(t *testing.T, f *fakeNet, seed byte, addr string, cfg Config) *DHT {
 	t.Helper()
+	return newTestDHTOver(t, f, seed, addr, cfg, nil)
+}
+
+// newTestDHTOver is newTestDHT with its transport wrapped by wrap (nil:
+// none).
+func newTestDHTOver(t *testing.T, f *fakeNet, seed byte, addr string, cfg Config, wrap func(Transport) Transport) *DHT {
+	t.Helper()
 	kp := testKeypair(t, seed, testPoW)
 	if cfg.PoWBits == 0 {
 		cfg.PoWBits = testPoW
 	}
 	ap := netip.MustParseAddrPort(addr)
-	d, err := New(kp, &fakeTransport{net: f, self: kp.Identity()}, []netip.AddrPort{ap}, cfg)
+	var tr Transport = &fakeTransport{net: f, self: kp.Identity()}
+	if wrap != nil {
+		tr = wrap(tr)
+	}
+	d, err := New(kp, tr, []netip.AddrPort{ap}, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
-	f.add(kp.Identity(), ap, func(from pki.Identity, _ netip.AddrPort, req []byte) ([]byte, error) {
-		return d.HandleRequest(from, req)
+	f.add(kp.Identity(), ap, func(from pki.Identity, fromAddr netip.AddrPort, req []byte) ([]byte, error) {
+		return d.HandleRequest(from, fromAddr, req)
 	})
 	return d
 }
@@ -88,11 +102,11 @@ func (c *client) contact() Contact {
 func (c *client) send(t *testing.T, d *DHT, m *message) (*message, error) {
 	t.Helper()
 	m.Sender = c.contact()
-	raw, err := d.HandleRequest(c.kp.Identity(), appendMessage(nil, m))
+	raw, err := d.HandleRequest(c.kp.Identity(), c.addr, appendMessage(nil, m))
 	if err != nil {
 		return nil, err
 	}
-	return decodeMessage(raw)
+	return decodeMessage(raw, nil)
 }
 
 func drops(d *DHT, r DropReason) uint64 { return d.Stats().Drops[r.String()] }
@@ -133,7 +147,7 @@ func TestForgedExpiredOversizedRecordsRejected(t *testing.T) {
 		enc := appendMessage(nil, &message{Type: msgStore, Sender: c.contact(), Record: good})
 		hdr := 2 + 32 + 8 + 1 + 7 // version, type, sender contact with one IPv4 address
 		enc[hdr+32+8+8+8] = MaxAddrs + 1
-		if _, err := d.HandleRequest(c.kp.Identity(), enc); err == nil {
+		if _, err := d.HandleRequest(c.kp.Identity(), c.addr, enc); err == nil {
 			t.Error("oversized record accepted")
 		}
 		if drops(d, dropMalformed) != 1 {
@@ -165,7 +179,7 @@ func TestSenderWithoutPoWRefused(t *testing.T) {
 		// A lying sender field is refused too.
 		liar := &client{kp: testKeypair(t, 4, testPoW), addr: weak.addr}
 		m := &message{Type: msgPing, Sender: liar.contact()}
-		if _, err := d.HandleRequest(weak.kp.Identity(), appendMessage(nil, m)); err == nil {
+		if _, err := d.HandleRequest(weak.kp.Identity(), weak.addr, appendMessage(nil, m)); err == nil {
 			t.Fatal("sender mismatch accepted")
 		}
 		// Even if it answers, a PoW-less contact never enters the table.
@@ -199,7 +213,7 @@ func TestContactEntersOnlyAfterAnswering(t *testing.T) {
 		// One that answers enters.
 		e := newTestDHT(t, f, 6, "198.18.4.1:1", Config{})
 		raw := appendMessage(nil, &message{Type: msgPing, Sender: e.Self()})
-		if _, err := d.HandleRequest(e.Self().Identity, raw); err != nil {
+		if _, err := d.HandleRequest(e.Self().Identity, e.Self().Addrs[0], raw); err != nil {
 			t.Fatal(err)
 		}
 		synctest.Wait()
@@ -375,7 +389,7 @@ func TestForgedRecordInLookupIgnored(t *testing.T) {
 		}
 		// The evil node answers FIND_VALUE with a record for the victim that
 		// it signed itself, and one with the victim's identity but a forged
-		// address, plus contacts without proof of work.
+		// address; and to FIND_NODE, contacts without proof of work.
 		forged := signedRecord(t, victim, 1, time.Now().Add(time.Hour))
 		forged.Addrs = []netip.AddrPort{netip.MustParseAddrPort("203.0.113.1:1")}
 		ownSigned := signedRecord(t, evil, 1, time.Now().Add(time.Hour))
@@ -383,15 +397,18 @@ func TestForgedRecordInLookupIgnored(t *testing.T) {
 		weak := testKeypair(t, 4, 0)
 		evilAddr := netip.MustParseAddrPort("198.18.9.9:1")
 		f.add(evil.Identity(), evilAddr, func(_ pki.Identity, _ netip.AddrPort, req []byte) ([]byte, error) {
-			m, err := decodeMessage(req)
+			m, err := decodeMessage(req, nil)
 			if err != nil {
 				return nil, err
 			}
-			if m.Type == msgPing {
+			switch m.Type {
+			case msgPing:
 				return appendMessage(nil, &message{Type: msgPong}), nil
+			case msgFindNode:
+				return appendMessage(nil, &message{Type: msgNodes,
+					Contacts: []Contact{{Identity: weak.Identity(), Nonce: weak.Nonce(), Addrs: []netip.AddrPort{evilAddr}}}}), nil
 			}
-			return appendMessage(nil, &message{Type: msgValue, Records: []Record{*forged, *ownSigned},
-				Contacts: []Contact{{Identity: weak.Identity(), Nonce: weak.Nonce()}}}), nil
+			return appendMessage(nil, &message{Type: msgValue, Records: []Record{*forged, *ownSigned}}), nil
 		})
 		if _, err := d.Ping(context.Background(), Contact{Identity: evil.Identity(), Nonce: evil.Nonce(), Addrs: []netip.AddrPort{evilAddr}}); err != nil {
 			t.Fatal(err)
@@ -400,6 +417,7 @@ func TestForgedRecordInLookupIgnored(t *testing.T) {
 		if rec != nil || !errors.Is(err, ErrNotFound) {
 			t.Fatalf("Resolve = %v, %v; want not found", rec, err)
 		}
+		d.FindPeers(context.Background(), IDOf(victim.Identity()))
 		if drops(d, dropBadRecord) != 2 || drops(d, dropNoPoW) != 1 {
 			t.Fatalf("drops %v", d.Stats().Drops)
 		}

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/korium/korium-tun/internal/addrpolicy"
 	"github.com/korium/korium-tun/pki"
 )
 
@@ -21,19 +22,25 @@ import (
 //
 // Call sends req, an encoded DHT request, to the node to.Identity and returns
 // its response bytes, which the peer produced with its own
-// DHT.HandleRequest. The implementation must:
+// DHT.HandleRequest, and at: the underlay address the peer answered from on
+// a path it authenticated (for the node, the direct path its connection
+// uses; invalid when it answered only through a relay). The routing table
+// keeps a contact at that address, never at one it declared. The
+// implementation must:
 //   - deliver to and accept an answer only from to.Identity (mutual TLS with
-//     the identity pinned); to.Addrs are dialing hints and may be stale;
+//     the identity pinned); to.Addrs are dialing hints and may be stale (the
+//     DHT has already dropped those addrpolicy refuses);
 //   - honour ctx's deadline (the DHT sets Config.QueryTimeout per call);
 //   - reject responses above MaxMessageSize before reading them whole;
 //   - be safe for concurrent use (up to MaxAlpha calls per lookup, several
 //     lookups at once).
 //
 // On the receiving side the RPC layer calls DHT.HandleRequest with the
-// authenticated identity of the caller and writes back the bytes it returns
-// (or resets the stream on error).
+// authenticated identity of the caller and the address the request came
+// from, and writes back the bytes it returns (or resets the stream on
+// error).
 type Transport interface {
-	Call(ctx context.Context, to Contact, req []byte) ([]byte, error)
+	Call(ctx context.Context, to Contact, req []byte) (resp []byte, at netip.AddrPort, err error)
 }
 
 // Errors returned by lookups.
@@ -94,8 +101,8 @@ func New(kp *pki.Keypair, tr Transport, addrs []netip.AddrPort, cfg Config) (*DH
 	if kp == nil || tr == nil {
 		return nil, errors.New("dht: New needs a keypair and a transport")
 	}
-	if len(addrs) > MaxAddrs {
-		return nil, fmt.Errorf("dht: %d addresses, at most %d allowed", len(addrs), MaxAddrs)
+	if err := checkOwnAddrs(addrs, cfg.AllowLoopback); err != nil {
+		return nil, err
 	}
 	cfg.fill()
 	if err := pki.CheckPoW(kp.Identity(), kp.Nonce(), cfg.powBits()); err != nil {
@@ -146,11 +153,45 @@ func (d *DHT) selfLocked() Contact {
 // ID returns our node ID.
 func (d *DHT) ID() NodeID { return d.selfID }
 
-// SetAddrs replaces our advertised addresses and, if we have published,
-// republishes our record with a higher sequence number soon.
-func (d *DHT) SetAddrs(addrs []netip.AddrPort) error {
+// checkOwnAddrs refuses addresses we would publish that others could not,
+// or must not, be sent to.
+func checkOwnAddrs(addrs []netip.AddrPort, allowLoopback bool) error {
 	if len(addrs) > MaxAddrs {
 		return fmt.Errorf("dht: %d addresses, at most %d allowed", len(addrs), MaxAddrs)
+	}
+	for _, a := range addrs {
+		if err := addrpolicy.Check(a, allowLoopback); err != nil {
+			return fmt.Errorf("dht: refusing to advertise %w: give addresses others can reach (loopback only when the node listens on loopback)", err)
+		}
+	}
+	return nil
+}
+
+// dialable returns addrs without those addrpolicy refuses (a copy only when
+// it drops one).
+func (d *DHT) dialable(addrs []netip.AddrPort) []netip.AddrPort {
+	for i, a := range addrs {
+		if addrpolicy.Dialable(a, d.cfg.AllowLoopback) {
+			continue
+		}
+		out := slices.Clone(addrs[:i])
+		for _, b := range addrs[i+1:] {
+			if addrpolicy.Dialable(b, d.cfg.AllowLoopback) {
+				out = append(out, b)
+			}
+		}
+		return out
+	}
+	return addrs
+}
+
+// SetAddrs replaces our advertised addresses and, if we have published,
+// republishes our record with a higher sequence number soon. Addresses
+// addrpolicy refuses (loopback allowed only with Config.AllowLoopback) are
+// an error and change nothing.
+func (d *DHT) SetAddrs(addrs []netip.AddrPort) error {
+	if err := checkOwnAddrs(addrs, d.cfg.AllowLoopback); err != nil {
+		return err
 	}
 	d.updateSelf(func() bool {
 		changed := !slices.Equal(d.addrs, addrs)
@@ -203,13 +244,17 @@ func (d *DHT) updateSelf(f func() bool) {
 // ---- inbound ----
 
 // HandleRequest answers one inbound DHT request. from is the identity the
-// RPC layer authenticated (TLS). The sender may enter our table only at the
-// addresses it states (after it answers us); one that states none is a
-// client (SetClient). It returns the encoded response, or an error for
-// garbage, which the RPC layer reports by resetting the stream. It never
-// blocks on the network.
-func (d *DHT) HandleRequest(from pki.Identity, req []byte) ([]byte, error) {
-	m, err := decodeMessage(req)
+// RPC layer authenticated (TLS) and fromAddr the underlay address the
+// request came from on that authenticated path (invalid if it came through
+// a relay). The sender may enter our table only at fromAddr, and only after
+// it answers a ping there: never at the addresses it declares, which would
+// let one host claim many prefixes or point us at a third party. A sender
+// that declares no address is a client (SetClient), and so is one whose
+// fromAddr addrpolicy refuses. It returns the encoded response, or an error
+// for garbage, which the RPC layer reports by resetting the stream. It
+// never blocks on the network.
+func (d *DHT) HandleRequest(from pki.Identity, fromAddr netip.AddrPort, req []byte) ([]byte, error) {
+	m, err := decodeMessage(req, d.cfg.Identities)
 	if err != nil {
 		d.drop(dropMalformed)
 		return nil, err
@@ -232,7 +277,7 @@ func (d *DHT) HandleRequest(from pki.Identity, req []byte) ([]byte, error) {
 	// signature) before taking d.mu, which every request and lookup needs.
 	var recErr error
 	if m.Type == msgStore {
-		recErr = m.Record.Verify(now, d.cfg.powBits(), d.cfg.MaxRecordTTL)
+		recErr = d.checkRecord(m.Record, now)
 	}
 	d.mu.Lock()
 	if d.client {
@@ -243,8 +288,20 @@ func (d *DHT) HandleRequest(from pki.Identity, req []byte) ([]byte, error) {
 	}
 	d.stats.handled++
 	// A sender without addresses is a client (SetClient): answer it, but
-	// never route others to it.
-	wanted := len(m.Sender.Addrs) > 0 && d.table.wants(senderID)
+	// never route others to it. Nor to one we cannot verify at the address
+	// it spoke from.
+	declared := len(m.Sender.Addrs) > 0
+	heard := addrpolicy.Dialable(fromAddr, d.cfg.AllowLoopback)
+	if declared && !heard {
+		d.stats.drops[dropBadAddr]++
+	}
+	wanted := false
+	if declared && heard {
+		var capped bool
+		if wanted, capped = d.table.wants(senderID, fromAddr); capped {
+			d.stats.drops[dropPrefixCap]++
+		}
+	}
 	var resp message
 	switch m.Type {
 	case msgPing:
@@ -262,8 +319,8 @@ func (d *DHT) HandleRequest(from pki.Identity, req []byte) ([]byte, error) {
 	d.mu.Unlock()
 	if wanted {
 		// It asked us and its bucket has room; it enters the table only
-		// once it answers us too.
-		d.enqueueVerify(verifyJob{c: m.Sender})
+		// once it answers us too, at the address it spoke from.
+		d.enqueueVerify(verifyJob{c: Contact{Identity: from, Nonce: m.Sender.Nonce, Addrs: []netip.AddrPort{fromAddr}}})
 	}
 	return appendMessage(make([]byte, 0, 512), &resp), nil
 }
@@ -277,10 +334,31 @@ func (d *DHT) closestLocked(target, exclude NodeID) []Contact {
 	return out
 }
 
-// storeLocked stores rec for from; verifyErr is rec.Verify's result.
+// checkRecord is Record.Verify plus our address policy: a record naming an
+// address we may not send to (loopback, unless Config.AllowLoopback) is
+// neither stored, served nor returned. The decoder already refused every
+// address addrpolicy refuses for everyone.
+func (d *DHT) checkRecord(r *Record, now time.Time) error {
+	if !d.cfg.AllowLoopback {
+		if err := checkRecordAddrs(r.Addrs, false); err != nil {
+			return err
+		}
+	}
+	return r.Verify(now, d.cfg.powBits(), d.cfg.MaxRecordTTL)
+}
+
+// recordDrop is the drop reason of a checkRecord error.
+func recordDrop(err error) DropReason {
+	if errors.Is(err, ErrBadAddr) {
+		return dropBadAddr
+	}
+	return dropBadRecord
+}
+
+// storeLocked stores rec for from; verifyErr is checkRecord's result.
 func (d *DHT) storeLocked(from pki.Identity, rec *Record, verifyErr error, now time.Time) uint8 {
 	if verifyErr != nil {
-		d.stats.drops[dropBadRecord]++
+		d.stats.drops[recordDrop(verifyErr)]++
 		return codeInvalid
 	}
 	code := d.store.put(from, rec, now)
@@ -313,7 +391,7 @@ func (d *DHT) verifier() {
 			id := j.c.ID()
 			if !j.oldest {
 				d.mu.Lock()
-				wanted := d.table.wants(id)
+				wanted, _ := d.table.wants(id, j.c.addr())
 				d.mu.Unlock()
 				if !wanted {
 					continue
@@ -335,12 +413,15 @@ var errBadResponse = errors.New("dht: unexpected response")
 
 // request sends m to c with the per-query timeout and checks that the answer
 // has type want. Successful answers feed the routing table and the latency
-// tiers; failures count toward the contact's removal.
+// tiers, keyed by the address the transport says the peer answered from;
+// failures count toward the contact's removal. c's hints that addrpolicy
+// refuses are never handed to the transport.
 func (d *DHT) request(ctx context.Context, c Contact, m *message, want msgType) (*message, time.Duration, error) {
 	id := c.ID()
 	if id == d.selfID {
 		return nil, 0, errors.New("dht: request to self")
 	}
+	c.Addrs = d.dialable(c.Addrs)
 	d.mu.Lock()
 	m.Sender = d.selfLocked()
 	if d.client {
@@ -353,13 +434,13 @@ func (d *DHT) request(ctx context.Context, c Contact, m *message, want msgType) 
 	qctx, cancel := context.WithTimeout(ctx, d.cfg.QueryTimeout)
 	d.inflight.Add(1)
 	start := time.Now()
-	raw, err := d.tr.Call(qctx, c, req)
+	raw, at, err := d.tr.Call(qctx, c, req)
 	rtt := time.Since(start)
 	d.inflight.Add(-1)
 	cancel()
 	var resp *message
 	if err == nil {
-		resp, err = decodeMessage(raw)
+		resp, err = decodeMessage(raw, d.cfg.Identities)
 		if err == nil && resp.Type != want {
 			err = fmt.Errorf("%w %v to %v", errBadResponse, resp.Type, m.Type)
 		}
@@ -382,8 +463,19 @@ func (d *DHT) request(ctx context.Context, c Contact, m *message, want msgType) 
 		}
 		return nil, rtt, err
 	}
-	if a := c.addr(); a.IsValid() {
-		d.rtt.observe(a.Addr(), rtt)
+	if !addrpolicy.Dialable(at, d.cfg.AllowLoopback) {
+		// Alive, but at no address we could give others (a relayed path,
+		// or one we may not send to): keep what the table knows, add
+		// nothing.
+		if at.IsValid() {
+			d.stats.drops[dropBadAddr]++
+		}
+		d.table.touch(id, now)
+		return resp, rtt, nil
+	}
+	d.rtt.observe(at.Addr(), rtt)
+	if len(c.Addrs) != 1 || c.Addrs[0] != at {
+		c.Addrs = []netip.AddrPort{at}
 	}
 	d.seenLocked(c, id, now)
 	return resp, rtt, nil

@@ -2,6 +2,7 @@ package dht
 
 import (
 	"encoding/hex"
+	"fmt"
 	"math/bits"
 
 	"github.com/korium/korium-tun/pki"
@@ -16,6 +17,18 @@ func IDOf(id pki.Identity) NodeID { return NodeID(id.Hash()) }
 
 // String returns the 64-character hex form.
 func (n NodeID) String() string { return hex.EncodeToString(n[:]) }
+
+// MarshalText writes the hex form (JSON shows it as a string).
+func (n NodeID) MarshalText() ([]byte, error) { return []byte(n.String()), nil }
+
+// UnmarshalText reads the hex form.
+func (n *NodeID) UnmarshalText(b []byte) error {
+	if len(b) != 2*len(n) {
+		return fmt.Errorf("dht: node ID %q: want %d hex characters", b, 2*len(n))
+	}
+	_, err := hex.Decode(n[:], b)
+	return err
+}
 
 // Short returns 8 hex characters for logs.
 func (n NodeID) Short() string { return hex.EncodeToString(n[:4]) }

@@ -71,6 +71,7 @@ func (d *DHT) iterate(ctx context.Context, target NodeID, kind msgType, prefixBi
 		}
 		wg.Wait()
 		res.Duration = time.Since(start)
+		d.observeLookup(res.Duration)
 	}()
 	for {
 		for inflight < alpha {
@@ -121,9 +122,15 @@ func (d *DHT) iterate(ctx context.Context, target NodeID, kind msgType, prefixBi
 		// lookup and the drop counter need d.mu. The decoder bounds a
 		// reply to MaxContactsPerMessage contacts.
 		var ids [MaxContactsPerMessage]NodeID
-		fresh, noPoW := r.resp.Contacts[:0], 0
+		fresh, noPoW, badAddr := r.resp.Contacts[:0], 0, 0
 		for _, c := range r.resp.Contacts {
 			if c.Identity == d.kp.Identity() || set.has(c.Identity) {
+				continue
+			}
+			// Hints we may not send to are dropped here, so no lookup
+			// dials them; a contact left with none is no use.
+			if c.Addrs = d.dialable(c.Addrs); len(c.Addrs) == 0 {
+				badAddr++
 				continue
 			}
 			if pki.PoWBits(c.Identity, c.Nonce) < d.cfg.powBits() {
@@ -135,6 +142,7 @@ func (d *DHT) iterate(ctx context.Context, target NodeID, kind msgType, prefixBi
 		}
 		d.mu.Lock()
 		d.stats.drops[dropNoPoW] += uint64(noPoW)
+		d.stats.drops[dropBadAddr] += uint64(badAddr)
 		for i, c := range fresh {
 			set.add(c, ids[i], r.p.hops+1, d.rtt.tier(c.addr().Addr()))
 		}
@@ -165,10 +173,15 @@ func (d *DHT) pickRecord(recs []Record, accept func(*Record) bool) *Record {
 	now := time.Now()
 	for i := range recs {
 		r := &recs[i]
-		// accept (an identity or hash-prefix match) is cheap; Verify costs
-		// a hash and an Ed25519 verification, spent only on records we want.
-		if accept == nil || !accept(r) || r.Verify(now, d.cfg.powBits(), d.cfg.MaxRecordTTL) != nil {
+		// accept (an identity or hash-prefix match) is cheap; checkRecord
+		// costs a hash and an Ed25519 verification, spent only on records
+		// we want.
+		if accept == nil || !accept(r) {
 			d.drop(dropBadRecord)
+			continue
+		}
+		if err := d.checkRecord(r, now); err != nil {
+			d.drop(recordDrop(err))
 			continue
 		}
 		if best == nil || r.Seq > best.Seq {

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/korium/korium-tun/internal/addrpolicy"
 	"github.com/korium/korium-tun/pki"
 )
 
@@ -18,12 +19,20 @@ import (
 type Record struct {
 	Identity pki.Identity
 	Nonce    uint64
-	// Addrs are the node's reachable addresses, at most MaxAddrs.
+	// Addrs are the node's reachable addresses: at least one, at most
+	// MaxAddrs, each one others may send to (addrpolicy.Check with
+	// loopback allowed; whether a loopback address may be dialled is the
+	// reader's decision, see Config.AllowLoopback).
 	Addrs []netip.AddrPort
 	// Relays are identities of relays that forward to the node, at most
 	// MaxRelays (empty until relays exist).
 	Relays []pki.Identity
-	// Seq orders records of one identity; higher wins.
+	// Seq orders records of one identity; higher wins. It is the signing
+	// time in Unix nanoseconds (Publish keeps it increasing when the clock
+	// steps back), so Verify refuses a record more than MaxClockSkew ahead
+	// of the verifier's clock: one signed ahead of time, or by a node whose
+	// clock runs fast, would shadow every newer record of its identity until
+	// it expired.
 	Seq uint64
 	// Expires is when the record stops being valid (second precision).
 	Expires time.Time
@@ -38,7 +47,7 @@ const recordDomain = "korium-tun dht record v1\x00"
 const minRecordSize = 32 + 8 + 8 + 8 + 1 + 1 + ed25519.SignatureSize
 
 // MaxRecordSize is the largest encoded record.
-const MaxRecordSize = minRecordSize + MaxAddrs*(1+16+2) + MaxRelays*32
+const MaxRecordSize = minRecordSize + MaxAddrs*maxAddrSize + MaxRelays*32
 
 // ID returns the record owner's node ID.
 func (r *Record) ID() NodeID { return IDOf(r.Identity) }
@@ -78,11 +87,22 @@ func (r *Record) AppendBinary(b []byte) []byte {
 	return append(b, r.Sig[:]...)
 }
 
-// Sign fills Identity, Nonce and Sig from kp. It fails if the record has
-// more addresses or relays than the wire allows.
+// MaxClockSkew is how far ahead of our clock a record's signing time (Seq)
+// may be.
+const MaxClockSkew = 5 * time.Second
+
+// Sign fills Identity, Nonce and Sig from kp. It fails if the record has no
+// address, more addresses or relays than the wire allows, or an address
+// nobody may be sent to (see Addrs).
 func (r *Record) Sign(kp *pki.Keypair) error {
+	if len(r.Addrs) == 0 {
+		return errors.New("dht: record has no address: give the node an address others can reach")
+	}
 	if len(r.Addrs) > MaxAddrs {
 		return fmt.Errorf("dht: record has %d addresses, at most %d allowed", len(r.Addrs), MaxAddrs)
+	}
+	if err := checkRecordAddrs(r.Addrs, true); err != nil {
+		return err
 	}
 	if len(r.Relays) > MaxRelays {
 		return fmt.Errorf("dht: record has %d relays, at most %d allowed", len(r.Relays), MaxRelays)
@@ -100,10 +120,23 @@ var (
 	ErrBadPoW       = errors.New("insufficient proof of work")
 	ErrExpired      = errors.New("expired")
 	ErrFarFuture    = errors.New("expiry too far in the future")
+	ErrFuture       = errors.New("signed in the future")
+	ErrBadAddr      = errors.New("an address we may not send to")
 )
 
-// Verify checks the signature, the proof of work against powBits, and that
-// the record expires after now and no later than now+maxTTL.
+// checkRecordAddrs refuses an address that fails addrpolicy.Check.
+func checkRecordAddrs(addrs []netip.AddrPort, allowLoopback bool) error {
+	for _, a := range addrs {
+		if err := addrpolicy.Check(a, allowLoopback); err != nil {
+			return fmt.Errorf("dht: record address: %w: %w", ErrBadAddr, err)
+		}
+	}
+	return nil
+}
+
+// Verify checks the signature, the proof of work against powBits, that the
+// record expires after now and no later than now+maxTTL, and that it was
+// not signed more than MaxClockSkew after now (Seq).
 func (r *Record) Verify(now time.Time, powBits int, maxTTL time.Duration) error {
 	if err := pki.CheckPoW(r.Identity, r.Nonce, powBits); err != nil {
 		return fmt.Errorf("dht: record: %w: %v", ErrBadPoW, err)
@@ -114,6 +147,10 @@ func (r *Record) Verify(now time.Time, powBits int, maxTTL time.Duration) error 
 	if r.Expires.After(now.Add(maxTTL)) {
 		return fmt.Errorf("dht: record of %s: %w", r.Identity.Short(), ErrFarFuture)
 	}
+	if r.Seq > uint64(now.Add(MaxClockSkew).UnixNano()) {
+		return fmt.Errorf("dht: record of %s: %w (%v ahead of our clock, at most %v allowed)",
+			r.Identity.Short(), ErrFuture, time.Duration(r.Seq-uint64(now.UnixNano())).Round(time.Millisecond), MaxClockSkew)
+	}
 	if !r.Identity.Verify(r.SigningBytes(), r.Sig[:]) {
 		return fmt.Errorf("dht: record of %s: %w", r.Identity.Short(), ErrBadSignature)
 	}
@@ -121,9 +158,11 @@ func (r *Record) Verify(now time.Time, powBits int, maxTTL time.Duration) error 
 }
 
 // DecodeRecord parses exactly one encoded record (no trailing bytes). It
-// does not verify it.
+// refuses invalid identities (owner and relays), a record without
+// addresses and addresses nobody may be sent to (see Record.Addrs), but
+// does not verify the signature.
 func DecodeRecord(b []byte) (*Record, error) {
-	r, rest, err := decodeRecord(b)
+	r, rest, err := decodeRecord(b, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -133,10 +172,10 @@ func DecodeRecord(b []byte) (*Record, error) {
 	return r, nil
 }
 
-func decodeRecord(b []byte) (*Record, []byte, error) {
-	rd := &reader{b: b}
+func decodeRecord(b []byte, ids *IdentityCache) (*Record, []byte, error) {
+	rd := &reader{b: b, ids: ids}
 	var r Record
-	copy(r.Identity[:], rd.take(32))
+	r.Identity = rd.identity()
 	r.Nonce = rd.u64()
 	r.Seq = rd.u64()
 	exp := rd.u64()
@@ -145,11 +184,18 @@ func decodeRecord(b []byte) (*Record, []byte, error) {
 	}
 	r.Expires = time.Unix(int64(exp), 0)
 	r.Addrs = rd.addrs()
+	if rd.err == nil {
+		if len(r.Addrs) == 0 {
+			rd.fail(errors.New("dht: record without addresses"))
+		} else if err := checkRecordAddrs(r.Addrs, true); err != nil {
+			rd.fail(err)
+		}
+	}
 	n := rd.count(MaxRelays, 32, "relays")
 	if n > 0 {
 		r.Relays = make([]pki.Identity, n)
 		for i := range r.Relays {
-			copy(r.Relays[i][:], rd.take(32))
+			r.Relays[i] = rd.identity()
 		}
 	}
 	copy(r.Sig[:], rd.take(ed25519.SignatureSize))
@@ -164,9 +210,9 @@ func (r *Record) encodedSize() int {
 	n := minRecordSize + 32*min(len(r.Relays), MaxRelays)
 	for _, a := range r.Addrs[:min(len(r.Addrs), MaxAddrs)] {
 		if a.Addr().Unmap().Is4() {
-			n += 7
+			n += minAddrSize
 		} else {
-			n += 19
+			n += maxAddrSize
 		}
 	}
 	return n

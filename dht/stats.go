@@ -21,12 +21,13 @@ const (
 	dropRateLimited                       // insertion rate limit of an IP prefix
 	dropVerifyQueueFull                   // too many contacts waiting for a check ping
 	dropBadResponse                       // undecodable or wrong-type response
+	dropBadAddr                           // an address we may not send to: record, hint, or where a peer spoke from
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{
 	"malformed", "sender_mismatch", "no_pow", "bad_record", "quota", "stale",
-	"prefix_cap", "rate_limited", "verify_queue_full", "bad_response",
+	"prefix_cap", "rate_limited", "verify_queue_full", "bad_response", "bad_addr",
 }
 
 func (r DropReason) String() string {
@@ -44,6 +45,7 @@ type counters struct {
 	lookupFailures uint64
 	inserted       uint64
 	evicted        uint64
+	lookupLatency  histogram
 }
 
 func (d *DHT) drop(r DropReason) {
@@ -54,22 +56,24 @@ func (d *DHT) drop(r DropReason) {
 
 // Stats is a snapshot of the DHT's figures for `status`.
 type Stats struct {
-	TableSize      int               // contacts in the routing table
-	Buckets        int               // non-empty buckets
-	K              int               // current bucket size / replication factor
-	Alpha          int               // current lookup parallelism
-	Tiers          []time.Duration   // latency tier centroids, fastest first
-	TierPrefixes   int               // prefixes with RTT samples
-	Records        int               // records stored for others and us
-	RecordBytes    int               // their encoded size
-	Handled        uint64            // inbound requests answered
-	Sent           uint64            // outbound requests
-	Failed         uint64            // outbound requests without a valid answer
-	Lookups        uint64            // iterative lookups started
-	LookupFailures uint64            // of which failed
-	Inserted       uint64            // contacts added to the table
-	Evicted        uint64            // contacts removed as unresponsive
-	Drops          map[string]uint64 // by reason
+	TableSize      int               `json:"table_size"`      // contacts in the routing table
+	Buckets        int               `json:"buckets"`         // non-empty buckets
+	K              int               `json:"k"`               // current bucket size / replication factor
+	Alpha          int               `json:"alpha"`           // current lookup parallelism
+	Tiers          []time.Duration   `json:"tiers_ns"`        // latency tier centroids, fastest first
+	TierPrefixes   int               `json:"tier_prefixes"`   // prefixes with RTT samples
+	Records        int               `json:"records"`         // records stored for others and us
+	RecordBytes    int               `json:"record_bytes"`    // their encoded size
+	Handled        uint64            `json:"handled"`         // inbound requests answered
+	Sent           uint64            `json:"sent"`            // outbound requests
+	Failed         uint64            `json:"failed"`          // outbound requests without a valid answer
+	Lookups        uint64            `json:"lookups"`         // iterative lookups started
+	LookupFailures uint64            `json:"lookup_failures"` // of which failed
+	Inserted       uint64            `json:"inserted"`        // contacts added to the table
+	Evicted        uint64            `json:"evicted"`         // contacts removed as unresponsive
+	Drops          map[string]uint64 `json:"drops"`           // by reason
+	// LookupSeconds is the latency of lookups, finished or failed.
+	LookupSeconds Histogram `json:"lookup_seconds"`
 }
 
 // Stats returns current counters.
@@ -91,6 +95,7 @@ func (d *DHT) Stats() Stats {
 		Inserted:       d.stats.inserted,
 		Evicted:        d.stats.evicted,
 		Drops:          make(map[string]uint64, numDropReasons),
+		LookupSeconds:  d.stats.lookupLatency.snapshot(),
 	}
 	for i := range d.table.buckets {
 		if len(d.table.buckets[i].entries) > 0 {
@@ -108,28 +113,28 @@ func (d *DHT) Stats() Stats {
 
 // ContactInfo is one routing-table entry in a Snapshot.
 type ContactInfo struct {
-	Identity pki.Identity
-	Addrs    []netip.AddrPort
-	Tier     int           // latency tier of its address prefix, 0 = fastest
-	RTT      time.Duration // smoothed RTT of that prefix, 0 if unknown
-	LastSeen time.Time
-	Failures int
+	Identity pki.Identity     `json:"identity"`
+	Addrs    []netip.AddrPort `json:"addrs"`
+	Tier     int              `json:"tier"`   // latency tier of its address prefix, 0 = fastest
+	RTT      time.Duration    `json:"rtt_ns"` // smoothed RTT of that prefix, 0 if unknown
+	LastSeen time.Time        `json:"last_seen"`
+	Failures int              `json:"failures"`
 }
 
 // BucketInfo is one non-empty bucket in a Snapshot.
 type BucketInfo struct {
-	Index        int // common prefix length with our node ID
-	Contacts     []ContactInfo
-	Replacements int
+	Index        int           `json:"index"` // common prefix length with our node ID
+	Contacts     []ContactInfo `json:"contacts"`
+	Replacements int           `json:"replacements"`
 }
 
 // Snapshot is the routing table for the `peers` command.
 type Snapshot struct {
-	Self    NodeID
-	K       int
-	Alpha   int
-	Tiers   []time.Duration
-	Buckets []BucketInfo
+	Self    NodeID          `json:"self"`
+	K       int             `json:"k"`
+	Alpha   int             `json:"alpha"`
+	Tiers   []time.Duration `json:"tiers_ns"`
+	Buckets []BucketInfo    `json:"buckets"`
 }
 
 // Snapshot copies the routing table.

@@ -62,11 +62,42 @@ func (t *table) find(id NodeID) (*bucket, int) {
 	return b, -1
 }
 
-// wants reports whether a new contact with this ID could enter the table
-// now (it is absent and its bucket has room).
-func (t *table) wants(id NodeID) bool {
+// wants reports whether a new contact with this ID, heard at a, could
+// enter the table now: it is absent, its bucket has room, and a's prefix
+// is below the bucket's diversity cap (so a crowd from one prefix does not
+// even cost us a check ping each; capped reports that case).
+func (t *table) wants(id NodeID, a netip.AddrPort) (ok, capped bool) {
 	b, i := t.find(id)
-	return i < 0 && len(b.entries) < t.k && id != t.self
+	if i >= 0 || len(b.entries) >= t.k || id == t.self {
+		return false, false
+	}
+	div, _ := diversityPrefix(a.Addr())
+	if t.prefixFull(b, div) {
+		return false, true
+	}
+	return true, false
+}
+
+// prefixFull reports whether b holds maxPerPrefix entries of div.
+func (t *table) prefixFull(b *bucket, div netip.Prefix) bool {
+	if !div.IsValid() || t.maxPerPrefix <= 0 {
+		return false
+	}
+	n := 0
+	for _, e := range b.entries {
+		if e.div == div {
+			n++
+		}
+	}
+	return n >= t.maxPerPrefix
+}
+
+// touch records that id answered at an address we do not keep (see
+// DHT.request): a present entry counts as seen, its address unchanged.
+func (t *table) touch(id NodeID, now time.Time) {
+	if b, i := t.find(id); i >= 0 {
+		b.entries[i].lastSeen, b.entries[i].fails = now, 0
+	}
 }
 
 func (t *table) contains(id NodeID) bool {
@@ -86,7 +117,9 @@ const (
 	insRateLimited                     // too many insertions from its prefix
 )
 
-// seen records that c answered us at now. The caller has checked its proof
+// seen records that c answered us at now, at c.Addrs[0] (the address the
+// transport verified, which the diversity cap and the insertion limit are
+// keyed by and which we serve to others). The caller has checked its proof
 // of work. If the bucket is full and nobody is pinging its oldest entry,
 // ping is that entry's contact and the caller must ping it and report the
 // outcome with pingResult.
@@ -98,21 +131,14 @@ func (t *table) seen(c Contact, id NodeID, now time.Time) (res insertResult, pin
 	if i >= 0 {
 		e := b.entries[i]
 		e.c, e.lastSeen, e.fails = c, now, 0
+		e.div, _ = diversityPrefix(c.addr().Addr()) // its verified path may have moved
 		copy(b.entries[i:], b.entries[i+1:])
 		b.entries[len(b.entries)-1] = e
 		return insUpdated, nil
 	}
 	div, _ := diversityPrefix(c.addr().Addr())
-	if div.IsValid() && t.maxPerPrefix > 0 {
-		n := 0
-		for _, e := range b.entries {
-			if e.div == div {
-				n++
-			}
-		}
-		if n >= t.maxPerPrefix {
-			return insPrefixCap, nil
-		}
+	if t.prefixFull(b, div) {
+		return insPrefixCap, nil
 	}
 	for j, r := range b.replacements {
 		if r.id == id {

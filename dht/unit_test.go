@@ -178,8 +178,13 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
+// signedRecord signs a record of kp (at 198.18.0.9:1 when no address is
+// given: a record must have one).
 func signedRecord(t testing.TB, kp *pki.Keypair, seq uint64, exp time.Time, addrs ...netip.AddrPort) *Record {
 	t.Helper()
+	if len(addrs) == 0 {
+		addrs = []netip.AddrPort{netip.MustParseAddrPort("198.18.0.9:1")}
+	}
 	r := &Record{Addrs: addrs, Seq: seq, Expires: exp}
 	if err := r.Sign(kp); err != nil {
 		t.Fatal(err)

@@ -92,8 +92,9 @@ var (
 
 // Contact is how to reach a node: its identity, its proof of work and its
 // addresses. Contacts in responses are not signed; the addresses are hints
-// that the transport verifies by authenticating the identity, and a contact
-// enters the routing table only after it answered us.
+// that the transport verifies by authenticating the identity (those
+// addrpolicy refuses are dropped unread), and a contact enters the routing
+// table only after it answered us, at the one address it answered from.
 type Contact struct {
 	Identity pki.Identity
 	Nonce    uint64
@@ -103,8 +104,9 @@ type Contact struct {
 // ID returns the contact's node ID.
 func (c Contact) ID() NodeID { return IDOf(c.Identity) }
 
-// addr returns the first address (the one latency tiers and diversity caps
-// are keyed by), or the zero AddrPort.
+// addr returns the first address, or the zero AddrPort. For a routing-table
+// contact it is the only one: the address the contact answered us from,
+// which latency tiers and diversity caps are keyed by.
 func (c Contact) addr() netip.AddrPort {
 	if len(c.Addrs) == 0 {
 		return netip.AddrPort{}
@@ -137,10 +139,12 @@ func appendContact(b []byte, c *Contact) []byte {
 	return b
 }
 
-// reader is a bounds-checked cursor; the first error sticks.
+// reader is a bounds-checked cursor; the first error sticks. ids, if set,
+// saves re-checking identities seen before.
 type reader struct {
 	b   []byte
 	err error
+	ids *IdentityCache
 }
 
 func (r *reader) fail(err error) {
@@ -206,6 +210,19 @@ func (r *reader) count(max, minSize int, what string) int {
 
 const minAddrSize = 1 + 4 + 2
 
+// Largest encodings, for MaxMessageSize.
+const (
+	msgHeaderSize  = 2 // version, type
+	maxAddrSize    = 1 + 16 + 2
+	maxContactSize = minContactSize + MaxAddrs*maxAddrSize
+	// NODES, or VALUE without records (one more count byte): contacts.
+	maxContactsReplySize = msgHeaderSize + 1 + 1 + MaxContactsPerMessage*maxContactSize
+	// VALUE with records (and so no contacts).
+	maxRecordsReplySize = msgHeaderSize + 1 + MaxRecordsPerMessage*MaxRecordSize + 1
+	// STORE: the sender's contact and one record.
+	maxStoreSize = msgHeaderSize + maxContactSize + MaxRecordSize
+)
+
 func (r *reader) addr() netip.AddrPort {
 	switch fam := r.u8(); fam {
 	case 4:
@@ -249,9 +266,25 @@ func (r *reader) addrs() []netip.AddrPort {
 
 const minContactSize = 32 + 8 + 1
 
+// identity reads 32 bytes that must be a usable Ed25519 key
+// (pki.IdentityFromBytes): the zero key, small-order and off-curve points
+// name nobody, and several encodings of one point would give one peer
+// several node IDs.
+func (r *reader) identity() pki.Identity {
+	b := r.take(pki.IdentitySize)
+	if r.err != nil {
+		return pki.Identity{}
+	}
+	id, err := r.ids.parse(b)
+	if err != nil {
+		r.fail(fmt.Errorf("dht: %w", err))
+	}
+	return id
+}
+
 func (r *reader) contact() Contact {
 	var c Contact
-	copy(c.Identity[:], r.take(32))
+	c.Identity = r.identity()
 	c.Nonce = r.u64()
 	c.Addrs = r.addrs()
 	return c
@@ -302,12 +335,13 @@ func appendContacts(b []byte, cs []Contact) []byte {
 }
 
 // decodeMessage parses one message. It rejects inputs above MaxMessageSize,
-// trailing bytes, unknown versions and types, and out-of-range counts.
-func decodeMessage(b []byte) (*message, error) {
+// trailing bytes, unknown versions and types, out-of-range counts and
+// invalid identities (checked through ids, which may be nil).
+func decodeMessage(b []byte, ids *IdentityCache) (*message, error) {
 	if len(b) > MaxMessageSize {
 		return nil, errTooLarge
 	}
-	r := &reader{b: b}
+	r := &reader{b: b, ids: ids}
 	if v := r.u8(); r.err == nil && v != wireVersion {
 		return nil, fmt.Errorf("dht: wire version %d, want %d", v, wireVersion)
 	}
@@ -332,7 +366,7 @@ func decodeMessage(b []byte) (*message, error) {
 		}
 	case msgStore:
 		if r.err == nil {
-			rec, rest, err := decodeRecord(r.b)
+			rec, rest, err := decodeRecord(r.b, ids)
 			if err != nil {
 				return nil, err
 			}
@@ -346,7 +380,7 @@ func decodeMessage(b []byte) (*message, error) {
 		if n > 0 && r.err == nil {
 			m.Records = make([]Record, 0, n)
 			for i := 0; i < n && r.err == nil; i++ {
-				rec, rest, err := decodeRecord(r.b)
+				rec, rest, err := decodeRecord(r.b, ids)
 				if err != nil {
 					return nil, err
 				}
@@ -355,6 +389,11 @@ func decodeMessage(b []byte) (*message, error) {
 			}
 		}
 		m.Contacts = r.contacts()
+		if r.err == nil && len(m.Records) > 0 && len(m.Contacts) > 0 {
+			// Contacts only help a lookup that found nothing; allowing both
+			// would let one reply exceed MaxMessageSize's bound.
+			return nil, errors.New("dht: VALUE with both records and contacts")
+		}
 	case msgStoreAck, msgError:
 		m.Code = r.u8()
 	}

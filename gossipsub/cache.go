@@ -14,17 +14,29 @@ const replayWindowBits = 1024
 type srcWindow struct {
 	src     pki.Identity
 	highest uint64
+	newest  uint64                        // latest publish time accepted from src (Unix ms)
 	bits    [replayWindowBits / 64]uint64 // bit (highest-s) set: seqno s seen
 }
 
 // seenCache is the replay and duplicate filter: a sliding window of seqnos
-// per source, for at most max sources, least recently used evicted.
-// A message is new if its seqno is above the window or inside it and unset.
+// per source, for at most max sources, least recently used evicted. A
+// message is new if its seqno is above its source's window, or inside it
+// and unset.
+//
+// Eviction must never re-admit a message: fresh keys cost nothing, so
+// anyone can push a source out with max messages from new ones. The cache
+// therefore keeps a floor, the latest publish time of any source it
+// evicted, and refuses a message of a source it does not hold unless it was
+// published after the floor. Every message the evicted source sent is at or
+// below the floor, so none comes back. The floor stays far behind the
+// present (below the router's age window) unless max sources are replaced
+// within that window; then it refuses only late first messages of new
+// sources, counted as replays, which is the price of a bounded filter.
 type seenCache struct {
-	max  int
-	m    map[pki.Identity]*list.Element
-	lru  list.List
-	evic uint64
+	max   int
+	m     map[pki.Identity]*list.Element
+	lru   list.List
+	floor uint64 // latest publish time of an evicted source (Unix ms)
 }
 
 func newSeenCache(max int) *seenCache {
@@ -37,9 +49,19 @@ type seenState int
 const (
 	seenNew seenState = iota
 	seenDup
-	seenTooOld
+	seenTooOld // behind its source's window, or its source was evicted after it
 )
 
+// check classifies a message with publish time ts (Unix ms).
+func (c *seenCache) check(id MsgID, ts uint64) seenState {
+	if _, ok := c.m[id.From()]; !ok && ts <= c.floor {
+		return seenTooOld
+	}
+	return c.state(id)
+}
+
+// state classifies a message ID whose publish time is not known (IHAVE):
+// by its source's window only.
 func (c *seenCache) state(id MsgID) seenState {
 	e, ok := c.m[id.From()]
 	if !ok {
@@ -60,8 +82,9 @@ func (c *seenCache) state(id MsgID) seenState {
 	return seenNew
 }
 
-// add records id; the caller checked state(id) == seenNew.
-func (c *seenCache) add(id MsgID) {
+// add records id, published at ts, and reports whether a source was
+// evicted for it; the caller checked check(id, ts) == seenNew.
+func (c *seenCache) add(id MsgID, ts uint64) (evicted bool) {
 	src := id.From()
 	s := id.Seqno()
 	e, ok := c.m[src]
@@ -69,15 +92,18 @@ func (c *seenCache) add(id MsgID) {
 		if len(c.m) >= c.max {
 			old := c.lru.Back()
 			c.lru.Remove(old)
-			delete(c.m, old.Value.(*srcWindow).src)
-			c.evic++
+			w := old.Value.(*srcWindow)
+			delete(c.m, w.src)
+			c.floor = max(c.floor, w.newest)
+			evicted = true
 		}
-		e = c.lru.PushFront(&srcWindow{src: src, highest: s, bits: [replayWindowBits / 64]uint64{1}})
+		e = c.lru.PushFront(&srcWindow{src: src, highest: s, newest: ts, bits: [replayWindowBits / 64]uint64{1}})
 		c.m[src] = e
-		return
+		return evicted
 	}
 	c.lru.MoveToFront(e)
 	w := e.Value.(*srcWindow)
+	w.newest = max(w.newest, ts)
 	if s > w.highest {
 		shift := s - w.highest
 		w.highest = s
@@ -87,12 +113,13 @@ func (c *seenCache) add(id MsgID) {
 			shiftBits(&w.bits, uint(shift))
 		}
 		w.bits[0] |= 1
-		return
+		return false
 	}
 	d := w.highest - s
 	if d < replayWindowBits {
 		w.bits[d/64] |= 1 << (d % 64)
 	}
+	return false
 }
 
 // shiftBits moves every bit n positions towards higher indexes (older).
@@ -169,7 +196,8 @@ func (c *msgCache) shift() {
 }
 
 // fifoSet is a set bounded by insertion order: adding beyond max evicts the
-// oldest member. It remembers the tick an entry was added for expiry.
+// oldest member. It remembers a value per entry (the tick it was added, or
+// a time) for expiry.
 type fifoSet[K comparable] struct {
 	max   int
 	m     map[K]uint64
@@ -183,27 +211,27 @@ func newFIFOSet[K comparable](max int) *fifoSet[K] {
 
 func (s *fifoSet[K]) has(k K) bool { _, ok := s.m[k]; return ok }
 
-// add inserts k and reports whether an older entry was evicted.
-func (s *fifoSet[K]) add(k K, tick uint64) (evicted bool) {
+// add inserts k with value v and reports whether an older entry was
+// evicted, and its value.
+func (s *fifoSet[K]) add(k K, v uint64) (evictedValue uint64, evicted bool) {
 	if _, ok := s.m[k]; ok {
-		return false
+		return 0, false
 	}
 	if len(s.m) >= s.max {
-		s.popFront()
-		evicted = true
+		evictedValue, evicted = s.popFront()
 	}
-	s.m[k] = tick
+	s.m[k] = v
 	s.order = append(s.order, k)
-	return evicted
+	return evictedValue, evicted
 }
 
-func (s *fifoSet[K]) popFront() {
+func (s *fifoSet[K]) popFront() (v uint64, ok bool) {
 	for s.head < len(s.order) {
 		k := s.order[s.head]
 		var zero K
 		s.order[s.head] = zero
 		s.head++
-		if _, ok := s.m[k]; ok {
+		if v, ok = s.m[k]; ok {
 			delete(s.m, k)
 			break
 		}
@@ -212,12 +240,13 @@ func (s *fifoSet[K]) popFront() {
 		s.order = append(s.order[:0:0], s.order[s.head:]...)
 		s.head = 0
 	}
+	return v, ok
 }
 
-// expire removes entries added before tick minTick.
-func (s *fifoSet[K]) expire(minTick uint64) {
+// expire removes entries, oldest first, while their value is below min.
+func (s *fifoSet[K]) expire(min uint64) {
 	for s.head < len(s.order) {
-		if t, ok := s.m[s.order[s.head]]; ok && t >= minTick {
+		if v, ok := s.m[s.order[s.head]]; ok && v >= min {
 			return
 		}
 		s.popFront()

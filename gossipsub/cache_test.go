@@ -2,6 +2,7 @@ package gossipsub
 
 import (
 	"testing"
+	"time"
 
 	"github.com/korium/korium-tun/pki"
 )
@@ -13,7 +14,7 @@ func TestSeenCacheWindow(t *testing.T) {
 		if st := c.state(MakeMsgID(a, s)); st != seenNew {
 			t.Fatalf("seqno %d: state %v, want new", s, st)
 		}
-		c.add(MakeMsgID(a, s))
+		c.add(MakeMsgID(a, s), 100)
 		if st := c.state(MakeMsgID(a, s)); st != seenDup {
 			t.Fatalf("seqno %d: state %v after add, want dup", s, st)
 		}
@@ -25,18 +26,76 @@ func TestSeenCacheWindow(t *testing.T) {
 		t.Fatalf("4001: %v", st)
 	}
 	// Shifts by less than a word and across words keep old bits.
-	c.add(MakeMsgID(a, 5003))
-	c.add(MakeMsgID(a, 5100))
+	c.add(MakeMsgID(a, 5003), 100)
+	c.add(MakeMsgID(a, 5100), 100)
 	for _, s := range []uint64{5000, 5003, 5100, 4100} {
 		if st := c.state(MakeMsgID(a, s)); st != seenDup {
 			t.Fatalf("seqno %d lost after shift: %v", s, st)
 		}
 	}
 	// Bounded sources, least recently used evicted.
-	c.add(MakeMsgID(pki.Identity{2}, 1))
-	c.add(MakeMsgID(pki.Identity{3}, 1))
+	c.add(MakeMsgID(pki.Identity{2}, 1), 300)
+	c.add(MakeMsgID(pki.Identity{3}, 1), 200)
 	if len(c.m) != 2 || c.state(MakeMsgID(a, 5000)) != seenNew {
 		t.Fatalf("source window not evicted: %d sources", len(c.m))
+	}
+}
+
+// TestSeenCacheEvictionNeverReadmits: once a source is evicted, none of its
+// messages is new again, however many fresh sources pushed it out; a new
+// message of it, published later, is.
+func TestSeenCacheEvictionNeverReadmits(t *testing.T) {
+	c := newSeenCache(3)
+	a := pki.Identity{1}
+	for s := uint64(1); s <= 5; s++ {
+		c.add(MakeMsgID(a, s), 1000+s) // newest publish time of a: 1005
+	}
+	// Fresh sources with older and newer publish times push a out.
+	for i, ts := range []uint64{990, 1010, 1003} {
+		id := MakeMsgID(pki.Identity{byte(10 + i)}, 1)
+		if st := c.check(id, ts); st != seenNew {
+			t.Fatalf("fresh source %d at %d: %v", i, ts, st)
+		}
+		c.add(id, ts)
+	}
+	if _, held := c.m[a]; held {
+		t.Fatal("source not evicted")
+	}
+	if c.floor != 1005 {
+		t.Fatalf("floor %d, want 1005 (the evicted source's newest message)", c.floor)
+	}
+	for s := uint64(1); s <= 5; s++ {
+		if st := c.check(MakeMsgID(a, s), 1000+s); st != seenTooOld {
+			t.Fatalf("replay of evicted source's seqno %d: %v, want refused", s, st)
+		}
+	}
+	if st := c.check(MakeMsgID(a, 6), 1006); st != seenNew {
+		t.Fatalf("a later message of the evicted source: %v, want new", st)
+	}
+	// A source still held is judged by its window, not by the floor.
+	if st := c.check(MakeMsgID(pki.Identity{12}, 2), 900); st != seenNew {
+		t.Fatalf("held source below the floor: %v, want new", st)
+	}
+}
+
+func TestTimeVerdict(t *testing.T) {
+	now := time.UnixMilli(1_000_000_000_000)
+	ms := unixMilli(now)
+	for _, c := range []struct {
+		ts   uint64
+		want int
+	}{
+		{ms, timeOK},
+		{ms - 120_000, timeOK},
+		{ms - 120_001, tooOld},
+		{0, tooOld},
+		{ms + 5_000, timeOK},
+		{ms + 5_001, inFuture},
+		{^uint64(0), inFuture},
+	} {
+		if got := timeVerdict(c.ts, now, 2*time.Minute, 5*time.Second); got != c.want {
+			t.Errorf("publish time now%+d ms: verdict %d, want %d", int64(c.ts-ms), got, c.want)
+		}
 	}
 }
 
@@ -63,12 +122,15 @@ func TestMsgCacheShift(t *testing.T) {
 func TestFIFOSet(t *testing.T) {
 	s := newFIFOSet[int](3)
 	for i := 0; i < 5; i++ {
-		s.add(i, uint64(i))
+		v, evicted := s.add(i, uint64(10+i))
+		if evicted != (i >= 3) || (evicted && v != uint64(10+i-3)) {
+			t.Fatalf("add %d: evicted %v value %d", i, evicted, v)
+		}
 	}
 	if s.len() != 3 || s.has(1) || !s.has(4) {
 		t.Fatalf("bounded set: %v", s.m)
 	}
-	s.expire(4)
+	s.expire(14)
 	if s.len() != 1 || !s.has(4) {
 		t.Fatalf("expire: %v", s.m)
 	}

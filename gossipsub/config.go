@@ -16,6 +16,12 @@ type Config struct {
 	Dscore int // peers kept by score when pruning; default 4
 	Dlazy  int // minimum gossip targets; default 6
 
+	// DisableFloodPublish sends our own messages to our mesh (or fanout)
+	// peers only, as GossipSub v1.0 does, instead of to every topic peer
+	// above the publish threshold. Default false (flood publishing on, as
+	// the reference does).
+	DisableFloodPublish bool
+
 	GossipFactor      float64       // fraction of eligible peers gossiped to; default 0.25
 	HeartbeatInterval time.Duration // default 1s
 	HistoryLength     int           // message cache windows; default 5
@@ -54,6 +60,13 @@ type Config struct {
 	MaxSeenSources   int     // publishers with a replay window; default 10,000
 	MaxScoredPeers   int     // peers with score state incl. retained; default 10,000
 
+	// Message age. Every message carries its signed publish time; one
+	// older than MaxMessageAge or more than MaxClockSkew ahead of our clock
+	// is refused, so a message can be replayed only while it is young, and
+	// then the replay filter still holds it (see seenCache).
+	MaxMessageAge time.Duration // default 2m, the reference's message cache TTL; at least the message cache window
+	MaxClockSkew  time.Duration // how far in the future a publish time may be; default 5s
+
 	// Queues. Each is bounded and drops its oldest entry when full,
 	// counting the drop (Stats).
 	PeerSendQueue    int // RPCs waiting to be written to one peer; default 256
@@ -64,9 +77,10 @@ type Config struct {
 	SignalQueue      int // relay signals waiting for the host; default 256
 
 	// Relay signaling.
-	RelayMaxHops uint8   // hops a signal may travel; default 8
-	RelayRate    float64 // signals accepted per neighbour per second; default 20
-	RelaySeen    int     // (origin, nonce) pairs remembered; default 10,000
+	RelayMaxHops uint8         // hops a signal may travel; default 8
+	RelayRate    float64       // signals accepted per neighbour per second; default 20
+	RelaySeen    int           // (origin, nonce) pairs remembered; default 10,000
+	RelayMaxAge  time.Duration // signals older than this are refused; default 30s (the reference)
 
 	Score ScoreParams
 
@@ -113,6 +127,8 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.MaxPeersPerTopic, 1000)
 	setDefault(&c.MaxTopicsPerPeer, 1000)
 	setDefault(&c.MaxSeenSources, 10000)
+	setDefault(&c.MaxMessageAge, 2*time.Minute)
+	setDefault(&c.MaxClockSkew, 5*time.Second)
 	setDefault(&c.MaxScoredPeers, 10000)
 	setDefault(&c.PeerSendQueue, 256)
 	setDefault(&c.PeerRecvQueue, 256)
@@ -123,6 +139,7 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.RelayMaxHops, 8)
 	setDefault(&c.RelayRate, 20)
 	setDefault(&c.RelaySeen, 10000)
+	setDefault(&c.RelayMaxAge, 30*time.Second)
 	c.Score = c.Score.withDefaults()
 	c.Limits.MaxMessageSize = c.MaxMessageSize
 	c.Limits = c.Limits.withDefaults()
@@ -187,6 +204,15 @@ func (c Config) Validate() error {
 		return bad("PeerRecvBytes", "%d < Limits.MaxRPCSize (%d)", c.PeerRecvBytes, c.Limits.MaxRPCSize)
 	case c.RelayRate < 0:
 		return bad("RelayRate", "negative")
+	case c.MaxMessageAge < time.Duration(c.HistoryLength)*c.HeartbeatInterval:
+		// A message still in our cache (and advertised in IHAVE) must
+		// still be accepted by the peer that asks for it.
+		return bad("MaxMessageAge", "%v < the message cache window HistoryLength*HeartbeatInterval (%v)",
+			c.MaxMessageAge, time.Duration(c.HistoryLength)*c.HeartbeatInterval)
+	case c.MaxClockSkew < 0:
+		return bad("MaxClockSkew", "negative")
+	case c.RelayMaxAge < time.Second:
+		return bad("RelayMaxAge", "%v < 1s", c.RelayMaxAge)
 	}
 	type field struct {
 		n string

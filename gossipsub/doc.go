@@ -5,6 +5,13 @@
 // signaling (opaque signed payloads carried to a target identity through
 // mesh peers, used by SmartSock to coordinate hole punching).
 //
+// Every message and relay signal carries its signed publish time. A message
+// older than Config.MaxMessageAge (2 minutes) or a signal older than
+// Config.RelayMaxAge (30 s), or either more than Config.MaxClockSkew (5 s)
+// ahead, is refused. Inside that window the replay filters are bounded
+// (10,000 publishers, 10,000 signals) and never re-admit what they evicted:
+// see seenCache.
+//
 // The router talks to peers only through the Sender interface it is given
 // and the HandleRPC / AddPeer / RemovePeer calls the host makes, so the same
 // code runs over QUIC in the node and over an in-memory network in the
@@ -26,7 +33,10 @@
 //
 // # Deviations from go-libp2p-pubsub
 //
-// Message IDs are the publisher's identity and its seqno (40 bytes).
+// Message IDs are the publisher's identity and its seqno (40 bytes). P6
+// groups public addresses by /16 and /32 (the reference), does not count
+// loopback, counts private and link-local addresses per host, and is
+// capped above the graylist (ScoreParams).
 // Own messages are not delivered to own subscriptions. Peer exchange on
 // PRUNE and direct peers are not implemented: the DHT supplies peers. P3/P3b
 // (mesh delivery rate and failures) are computed but weigh zero by default,

@@ -169,6 +169,11 @@ func (r *Router) heartbeat() {
 	}
 
 	r.mcache.shift()
+	// Signals older than RelayMaxAge are refused by age: no need to
+	// remember them.
+	if a := uint64(r.cfg.RelayMaxAge.Milliseconds()); unixMilli(now) > a {
+		r.relaySeen.expire(unixMilli(now) - a)
+	}
 	for _, p := range r.peers {
 		p.ihaves, p.asked = 0, 0
 		if r.tick > uint64(r.cfg.IDontWantTTLTicks) {

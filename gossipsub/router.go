@@ -30,6 +30,7 @@ type Message struct {
 	Data         []byte
 	From         pki.Identity
 	Seqno        uint64
+	Published    time.Time    // publish time, signed by From (millisecond precision)
 	ReceivedFrom pki.Identity // the neighbour that forwarded it
 }
 
@@ -92,12 +93,16 @@ type Router struct {
 	mcache    *msgCache
 	seen      *seenCache
 	promises  map[MsgID]map[pki.Identity]time.Time
-	relaySeen *fifoSet[MsgID] // relayKey of signals seen
-	seqno     uint64
-	pubBucket tokenBucket
-	tick      uint64
-	lastDecay time.Time
-	sigBuf    []byte // scratch for verifying received messages
+	relaySeen *fifoSet[MsgID] // relayKey of signals seen, with their times
+	// relayFloor is the latest time of a signal evicted from relaySeen:
+	// a signal not in relaySeen is refused unless sent after it (the
+	// seenCache rule, for the same reason).
+	relayFloor uint64
+	seqno      uint64
+	pubBucket  tokenBucket
+	tick       uint64
+	lastDecay  time.Time
+	sigBuf     []byte // scratch for verifying received messages
 }
 
 type peer struct {
@@ -128,7 +133,8 @@ func (p *peer) dontWantHas(id MsgID) bool {
 func (p *peer) dontWantAdd(id MsgID, tick uint64) (evicted bool) {
 	p.dwMu.Lock()
 	defer p.dwMu.Unlock()
-	return p.dontWant.add(id, tick)
+	_, evicted = p.dontWant.add(id, tick)
+	return evicted
 }
 
 func (p *peer) dontWantExpire(minTick uint64) {
@@ -337,7 +343,8 @@ func (r *Router) Unsubscribe(topic string) error {
 }
 
 // Publish signs data and sends it to topic: to every topic peer above the
-// publish threshold (flood publishing). We need not subscribe to topic.
+// publish threshold (flood publishing), or with Config.DisableFloodPublish
+// to our mesh (fanout) peers. We need not subscribe to topic.
 func (r *Router) Publish(topic string, data []byte) error {
 	if !validTopic(topic) {
 		return ErrBadTopic
@@ -362,9 +369,9 @@ func (r *Router) SendSignal(target pki.Identity, payload []byte) error {
 	}
 	payload = append([]byte(nil), payload...)
 	return r.do(func() {
-		s := RelaySignal{Target: target, Nonce: r.rng.Uint64(), Hops: r.cfg.RelayMaxHops, Payload: payload}
+		s := RelaySignal{Target: target, Nonce: r.rng.Uint64(), Timestamp: unixMilli(time.Now()), Hops: r.cfg.RelayMaxHops, Payload: payload}
 		SignRelaySignal(r.key, &s)
-		r.relaySeen.add(relayKey(&s), r.tick)
+		r.relaySeenAdd(relayKey(&s), s.Timestamp)
 		r.stats.RelayOriginated.Add(1)
 		r.routeSignal(&s, pki.Identity{}, false)
 	})
@@ -723,10 +730,12 @@ func (r *Router) publish(topic string, data []byte) error {
 		return ErrRateLimited
 	}
 	r.seqno++
-	m := WireMessage{Seqno: r.seqno, Topic: topic, Data: data}
+	m := WireMessage{Seqno: r.seqno, Timestamp: unixMilli(now), Topic: topic, Data: data}
 	SignMessage(r.key, &m)
 	id := m.ID()
-	r.seen.add(id)
+	if r.seen.add(id, m.Timestamp) {
+		r.stats.DropSeenEvicted.Add(1)
+	}
 	e := &cacheEntry{msg: m, encoded: AppendRPC(nil, &RPC{Msgs: []WireMessage{m}}), firstSeen: now, firstFrom: r.self}
 	r.mcache.put(e)
 	r.stats.Published.Add(1)
@@ -742,7 +751,14 @@ func (r *Router) publish(topic string, data []byte) error {
 		}
 	}
 	// Flood publishing: every topic peer above the publish threshold.
-	for pid := range r.topics[topic] {
+	// Without it, only the mesh, or the fanout when we do not subscribe.
+	targets := r.topics[topic]
+	if r.cfg.DisableFloodPublish {
+		if targets = r.mesh[topic]; targets == nil {
+			targets = r.fanout[topic]
+		}
+	}
+	for pid := range targets {
 		if r.score(pid) < r.cfg.Score.PublishThreshold {
 			continue
 		}
@@ -922,8 +938,18 @@ func (r *Router) handleMessage(p *peer, m *WireMessage) {
 		r.stats.DropRateLimited.Add(1)
 		return
 	}
+	// The age window first: it is what lets the bounded replay filter
+	// below refuse every replay (see seenCache).
+	switch timeVerdict(m.Timestamp, now, r.cfg.MaxMessageAge, r.cfg.MaxClockSkew) {
+	case tooOld:
+		r.stats.DropTooOld.Add(1)
+		return
+	case inFuture:
+		r.stats.DropFuture.Add(1)
+		return
+	}
 	id := m.ID()
-	switch r.seen.state(id) {
+	switch r.seen.check(id, m.Timestamp) {
 	case seenDup:
 		r.stats.Duplicates.Add(1)
 		if e := r.mcache.get(id); e != nil {
@@ -951,7 +977,9 @@ func (r *Router) handleMessage(p *peer, m *WireMessage) {
 		}
 		return
 	}
-	r.seen.add(id)
+	if r.seen.add(id, m.Timestamp) {
+		r.stats.DropSeenEvicted.Add(1)
+	}
 	delete(r.promises, id)
 	if ts := r.topicStats(p.id, m.Topic); ts != nil {
 		tp := &r.cfg.Score.Topic
@@ -966,7 +994,12 @@ func (r *Router) handleMessage(p *peer, m *WireMessage) {
 	if sub := r.subs[m.Topic]; sub != nil {
 		// A copy: the cached one is forwarded and must stay as signed.
 		data := append([]byte(nil), m.Data...)
-		r.deliver(sub, Message{Topic: m.Topic, Data: data, From: m.From, Seqno: m.Seqno, ReceivedFrom: p.id})
+		if r.deliver(sub, Message{Topic: m.Topic, Data: data, From: m.From, Seqno: m.Seqno,
+			Published: time.UnixMilli(int64(m.Timestamp)), ReceivedFrom: p.id}) {
+			if _, in := mesh[p.id]; in {
+				r.stats.DeliveredMesh.Add(1)
+			}
+		}
 	}
 
 	// v1.2: tell mesh peers not to send it to us again, before forwarding.
@@ -995,12 +1028,13 @@ func (r *Router) handleMessage(p *peer, m *WireMessage) {
 	}
 }
 
-func (r *Router) deliver(sub *Subscription, m Message) {
+func (r *Router) deliver(sub *Subscription, m Message) bool {
 	sent, dropped := sendDropOldest(sub.ch, m)
 	if sent {
 		r.stats.Delivered.Add(1)
 	}
 	r.stats.DropSubscriptionFull.Add(uint64(dropped))
+	return sent
 }
 
 // sendDropOldest sends v on the bounded channel ch without blocking: when ch
@@ -1174,7 +1208,8 @@ func (r *Router) handlePrune(p *peer, pr Prune) {
 func relayKey(s *RelaySignal) MsgID { return MakeMsgID(s.Origin, s.Nonce) }
 
 func (r *Router) handleSignal(p *peer, s *RelaySignal) {
-	if !p.relay.take(time.Now()) {
+	now := time.Now()
+	if !p.relay.take(now) {
 		r.stats.DropRelayRate.Add(1)
 		return
 	}
@@ -1182,8 +1217,12 @@ func (r *Router) handleSignal(p *peer, s *RelaySignal) {
 		r.stats.DropRelayHops.Add(1)
 		return
 	}
+	if timeVerdict(s.Timestamp, now, r.cfg.RelayMaxAge, r.cfg.MaxClockSkew) != timeOK {
+		r.stats.DropRelayStale.Add(1)
+		return
+	}
 	k := relayKey(s)
-	if r.relaySeen.has(k) {
+	if r.relaySeen.has(k) || s.Timestamp <= r.relayFloor {
 		r.stats.DropRelayDuplicate.Add(1)
 		return
 	}
@@ -1192,7 +1231,7 @@ func (r *Router) handleSignal(p *peer, s *RelaySignal) {
 		r.penalize(p.id, 1)
 		return
 	}
-	r.relaySeen.add(k, r.tick)
+	r.relaySeenAdd(k, s.Timestamp)
 	if s.Target == r.self {
 		r.stats.RelayDelivered.Add(1)
 		_, dropped := sendDropOldest(r.signals, Signal{From: s.Origin, Payload: s.Payload})
@@ -1206,6 +1245,16 @@ func (r *Router) handleSignal(p *peer, s *RelaySignal) {
 	fwd := *s
 	fwd.Hops--
 	r.routeSignal(&fwd, p.id, true)
+}
+
+// relaySeenAdd remembers a signal sent at ts; evicting an older one (the
+// set is full of signals younger than RelayMaxAge) raises relayFloor to its
+// time.
+func (r *Router) relaySeenAdd(k MsgID, ts uint64) {
+	if v, evicted := r.relaySeen.add(k, ts); evicted {
+		r.relayFloor = max(r.relayFloor, v)
+		r.stats.DropRelaySeenEvicted.Add(1)
+	}
 }
 
 // routeSignal sends s to its target if it is a neighbour, else to the union
@@ -1245,4 +1294,27 @@ func (r *Router) routeSignal(s *RelaySignal, from pki.Identity, forwarded bool) 
 			r.stats.RelayForwarded.Add(1)
 		}
 	}
+}
+
+// unixMilli is t in Unix milliseconds, the wire's time (0 before 1970).
+func unixMilli(t time.Time) uint64 { return uint64(max(t.UnixMilli(), 0)) }
+
+// Verdicts of timeVerdict.
+const (
+	timeOK = iota
+	tooOld
+	inFuture
+)
+
+// timeVerdict tells whether a publish time ts (Unix ms) is acceptable at
+// now: not older than maxAge, not more than skew ahead.
+func timeVerdict(ts uint64, now time.Time, maxAge, skew time.Duration) int {
+	n := unixMilli(now)
+	if ts > n && ts-n > uint64(skew.Milliseconds()) {
+		return inFuture
+	}
+	if n > ts && n-ts > uint64(maxAge.Milliseconds()) {
+		return tooOld
+	}
+	return timeOK
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"reflect"
 	"time"
 )
 
@@ -52,15 +53,26 @@ type ScoreParams struct {
 	// P5: application-specific score (Router.SetAppScore) times this weight.
 	AppSpecificWeight float64
 
-	// P6: peers sharing an IP prefix beyond the threshold, squared. Negative.
-	// Peers are grouped by prefix (default /16 and /48), not by exact
-	// address: one operator of many sybils usually holds a block, and the
-	// DHT's latency tiers use /16 too. The threshold (default 4) leaves room
-	// for honest nodes behind one NAT or in one network.
+	// P6: peers sharing an IP prefix beyond the threshold, squared, times
+	// a negative weight, capped. Peers on the public internet are grouped
+	// by prefix (/16 for IPv4, /32 for IPv6, as the reference and the
+	// DHT's latency tiers do), not by exact address: one operator of many
+	// sybils usually holds a block. The threshold leaves a subnet's worth
+	// of honest peers free: up to D_hi (12) peers from one block can fill
+	// a whole mesh. The cap (the reference's rule) keeps P6 alone above
+	// the graylist: a crowd in one block is kept out of our meshes, gossip
+	// and flood publishing, but we still hear it; graylisting takes real
+	// misbehaviour on top (P4, P7). See colocationPrefix for loopback and
+	// private addresses.
 	IPColocationFactorWeight    float64
-	IPColocationFactorThreshold int
-	IPv4PrefixBits              int // colocation groups IPv4 peers by this prefix
+	IPColocationFactorThreshold int     // peers in one prefix, the scored one included, that cost nothing
+	IPColocationFactorCap       float64 // largest P6 penalty (a magnitude); 0 = uncapped
+	IPv4PrefixBits              int     // colocation groups public IPv4 peers by this prefix
 	IPv6PrefixBits              int
+	// IPColocationWhitelist lists prefixes P6 does not count (as
+	// go-libp2p-pubsub's IPColocationFactorWhitelist): an operator's own
+	// public subnet whose nodes all peer with each other. Default none.
+	IPColocationWhitelist []netip.Prefix
 
 	// P7: behaviour penalty above a threshold, squared. Negative.
 	BehaviourPenaltyWeight    float64
@@ -79,8 +91,11 @@ type ScoreParams struct {
 }
 
 // DefaultScoreParams returns the default scoring. Graylisting is reached by
-// about three invalid messages (P4), a /16 with 9 or more peers (P6), or a
-// behaviour penalty of 9 or more (P7).
+// three invalid messages (P4) or a behaviour penalty of 9 or more (P7). P6
+// starts at 13 peers in one /16 (-5) and reaches its cap of -75 at 16:
+// below the publish threshold (-50), 5 short of the graylist (-80), so any
+// real penalty on top (one invalid message, a behaviour penalty 0.71 past
+// its threshold) graylists such a peer.
 func DefaultScoreParams() ScoreParams {
 	return ScoreParams{
 		Topic: TopicScoreParams{
@@ -105,9 +120,10 @@ func DefaultScoreParams() ScoreParams {
 		TopicScoreCap:               50,
 		AppSpecificWeight:           1,
 		IPColocationFactorWeight:    -5,
-		IPColocationFactorThreshold: 4,
+		IPColocationFactorThreshold: 12,
+		IPColocationFactorCap:       75,
 		IPv4PrefixBits:              16,
-		IPv6PrefixBits:              48,
+		IPv6PrefixBits:              32,
 		BehaviourPenaltyWeight:      -10,
 		BehaviourPenaltyThreshold:   6,
 		BehaviourPenaltyDecay:       0.9,
@@ -122,7 +138,7 @@ func DefaultScoreParams() ScoreParams {
 }
 
 func (p ScoreParams) withDefaults() ScoreParams {
-	if p == (ScoreParams{}) {
+	if reflect.ValueOf(p).IsZero() {
 		return DefaultScoreParams()
 	}
 	return p
@@ -153,6 +169,12 @@ func (p ScoreParams) validate() error {
 		return fmt.Errorf("Topic.InvalidMessageDeliveriesWeight: positive")
 	case p.IPColocationFactorWeight > 0:
 		return fmt.Errorf("IPColocationFactorWeight: positive")
+	case p.IPColocationFactorWeight < 0 && p.IPColocationFactorThreshold < 1:
+		return fmt.Errorf("IPColocationFactorThreshold: %d < 1", p.IPColocationFactorThreshold)
+	case p.IPColocationFactorCap < 0:
+		return fmt.Errorf("IPColocationFactorCap: negative (it is a magnitude)")
+	case len(p.IPColocationWhitelist) > 1000:
+		return fmt.Errorf("IPColocationWhitelist: %d prefixes, at most 1000 (it is checked per peer)", len(p.IPColocationWhitelist))
 	case p.IPv4PrefixBits < 0 || p.IPv4PrefixBits > 32:
 		return fmt.Errorf("IPv4PrefixBits: %d not in 0..32", p.IPv4PrefixBits)
 	case p.IPv6PrefixBits < 0 || p.IPv6PrefixBits > 128:
@@ -228,9 +250,7 @@ func ComputeScore(p *ScoreParams, s *PeerStats) float64 {
 		topics = p.TopicScoreCap
 	}
 	score := topics + s.AppScore*p.AppSpecificWeight
-	if surplus := s.IPColocated - p.IPColocationFactorThreshold; surplus > 0 {
-		score += float64(surplus*surplus) * p.IPColocationFactorWeight
-	}
+	score += colocationPenalty(p, s.IPColocated)
 	if excess := s.BehaviourPenalty - p.BehaviourPenaltyThreshold; excess > 0 {
 		score += excess * excess * p.BehaviourPenaltyWeight
 	}
@@ -259,12 +279,48 @@ func decayStats(p *ScoreParams, s *PeerStats) {
 	s.BehaviourPenalty = z(s.BehaviourPenalty * p.BehaviourPenaltyDecay)
 }
 
-// colocationPrefix returns the prefix by which P6 groups ip.
+// colocationPenalty is P6 times its weight for a peer whose prefix holds n
+// peers (itself included): the squared surplus over the threshold, capped.
+func colocationPenalty(p *ScoreParams, n int) float64 {
+	surplus := n - p.IPColocationFactorThreshold
+	if surplus <= 0 {
+		return 0
+	}
+	v := float64(surplus) * float64(surplus) * p.IPColocationFactorWeight
+	if p.IPColocationFactorCap > 0 && v < -p.IPColocationFactorCap {
+		v = -p.IPColocationFactorCap
+	}
+	return v
+}
+
+// colocationPrefix returns the group P6 counts ip in; the zero Prefix means
+// none (no P6). It is a pure function of the parameters and the address:
+//
+//   - loopback: none. Such a peer runs on our own host, where whoever
+//     starts processes can do worse than sybils; local clusters and
+//     in-process tests run there (go-libp2p-pubsub skips loopback too).
+//   - private (RFC 1918, RFC 4193) and link-local: the exact address. The
+//     peer is on our own network, whose whole range a LAN or a cloud
+//     subnet shares, so a block says nothing about operators there; many
+//     sybils on one host still share one address.
+//   - in IPColocationWhitelist: none.
+//   - anything else: the IPv4 or IPv6 prefix of the parameters.
 func colocationPrefix(p *ScoreParams, ip netip.Addr) netip.Prefix {
-	ip = ip.Unmap()
+	ip = ip.Unmap().WithZone("")
+	if !ip.IsValid() || ip.IsLoopback() || ip.IsUnspecified() {
+		return netip.Prefix{}
+	}
+	for _, w := range p.IPColocationWhitelist {
+		if w.Contains(ip) {
+			return netip.Prefix{}
+		}
+	}
 	bits := p.IPv6PrefixBits
 	if ip.Is4() {
 		bits = p.IPv4PrefixBits
+	}
+	if ip.IsPrivate() || ip.IsLinkLocalUnicast() {
+		bits = ip.BitLen()
 	}
 	pfx, err := ip.Prefix(bits)
 	if err != nil {

@@ -172,7 +172,9 @@ type simParams struct {
 	size      int
 	idontwant bool
 	attack    attack
-	churn     int // honest nodes that leave when publishing starts
+	churn     int  // honest nodes that leave when publishing starts
+	subnet    bool // every honest node in one public /16 (198.18.0.0/16) instead of its own
+	whitelist bool // with subnet: that /16 in Score.IPColocationWhitelist
 	seed      uint64
 }
 
@@ -185,6 +187,8 @@ type simResult struct {
 	attackers         int
 	attackersGraylist int           // attackers below the graylist threshold at every honest neighbour
 	graylistAfter     time.Duration // time from attack start until the last attacker was graylisted everywhere
+	attackersExcluded int           // attackers below the publish threshold (no mesh, gossip or flood) at every honest neighbour
+	excludedAfter     time.Duration // time from attack start until the last attacker was excluded everywhere
 	stats             Stats         // summed over honest nodes
 	meshMin, meshMax  int           // mesh sizes when publishing starts
 	meshAvg           float64
@@ -194,7 +198,8 @@ func (r simResult) String() string {
 	s := fmt.Sprintf("mesh %d..%d (avg %.1f) delivery %.2f%% p50 %v p99 %v dups/delivery %.2f bytes/delivery %.0f",
 		r.meshMin, r.meshMax, r.meshAvg, 100*r.deliveryRatio, r.p50.Round(time.Millisecond), r.p99.Round(time.Millisecond), r.dupsPerDelivery, r.bytesPerDelivery)
 	if r.attackers > 0 {
-		s += fmt.Sprintf(" attackers graylisted %d/%d after %v", r.attackersGraylist, r.attackers, r.graylistAfter)
+		s += fmt.Sprintf(" attackers excluded %d/%d after %v, graylisted %d/%d after %v",
+			r.attackersExcluded, r.attackers, r.excludedAfter, r.attackersGraylist, r.attackers, r.graylistAfter)
 	}
 	return s
 }
@@ -225,9 +230,17 @@ func runSim(t testing.TB, p simParams) simResult {
 	rng := rand.New(rand.NewPCG(p.seed, 0x9055))
 	net := newSimNet()
 	cfg := Config{DisableIDontWant: !p.idontwant}
+	addr := honestAddr
+	if p.subnet {
+		addr = func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, byte(i / 250), byte(1 + i%250)}) }
+		if p.whitelist {
+			cfg.Score = DefaultScoreParams()
+			cfg.Score.IPColocationWhitelist = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16")}
+		}
+	}
 	honest := make([]*simNode, p.nodes)
 	for i := range honest {
-		honest[i] = net.addNode(t, i, honestAddr(i), rng, &cfg)
+		honest[i] = net.addNode(t, i, addr(i), rng, &cfg)
 	}
 	for _, a := range honest {
 		for k := 0; k < p.degree; k++ {
@@ -336,7 +349,7 @@ func runSim(t testing.TB, p simParams) simResult {
 		every(20*time.Millisecond, func() {
 			for id := range a.conn {
 				seq++
-				m := WireMessage{From: honest[int(seq)%len(honest)].id, Seqno: 1<<62 + seq, Topic: simTopic, Data: make([]byte, 64)}
+				m := WireMessage{From: honest[int(seq)%len(honest)].id, Seqno: 1<<62 + seq, Timestamp: nowMs(), Topic: simTopic, Data: make([]byte, 64)}
 				m.Sig[0] = 1 // not a signature
 				net.send(a, net.nodes[id], &RPC{Msgs: []WireMessage{m}})
 			}
@@ -365,21 +378,27 @@ func runSim(t testing.TB, p simParams) simResult {
 	}
 
 	// Watch attacker scores every 100 ms until all are graylisted at every
-	// honest neighbour.
+	// honest neighbour (and note when they were first all below the
+	// publish threshold: out of meshes, gossip and flood publishing).
 	graylisted := make(map[pki.Identity]time.Duration)
+	excluded := make(map[pki.Identity]time.Duration)
 	checkAttackers := func() {
 		for _, a := range attackers {
 			if _, done := graylisted[a.id]; done {
 				continue
 			}
-			all := true
-			for id := range a.conn {
-				if s, ok := net.nodes[id].r.Score(a.id); !ok || s >= DefaultScoreParams().GraylistThreshold {
-					all = false
-					break
+			below := func(th float64) bool {
+				for id := range a.conn {
+					if s, ok := net.nodes[id].r.Score(a.id); !ok || s >= th {
+						return false
+					}
 				}
+				return true
 			}
-			if all {
+			if _, done := excluded[a.id]; !done && below(DefaultScoreParams().PublishThreshold) {
+				excluded[a.id] = time.Since(attackStart)
+			}
+			if below(DefaultScoreParams().GraylistThreshold) {
 				graylisted[a.id] = time.Since(attackStart)
 			}
 		}
@@ -441,6 +460,10 @@ func runSim(t testing.TB, p simParams) simResult {
 	res.attackersGraylist = len(graylisted)
 	for _, d := range graylisted {
 		res.graylistAfter = max(res.graylistAfter, d)
+	}
+	res.attackersExcluded = len(excluded)
+	for _, d := range excluded {
+		res.excludedAfter = max(res.excludedAfter, d)
 	}
 	for _, nd := range honest {
 		nd.r.Close()

@@ -12,7 +12,7 @@ import (
 func simulate(t *testing.T, p simParams) simResult {
 	var res simResult
 	synctest.Test(t, func(t *testing.T) { res = runSim(t, p) })
-	t.Logf("%d nodes, %d msgs of %d B, idontwant=%v: %v", p.nodes, p.msgs, p.size, p.idontwant, res)
+	t.Logf("%d nodes, %d msgs of %d B, idontwant=%v subnet=%v whitelist=%v: %v", p.nodes, p.msgs, p.size, p.idontwant, p.subnet, p.whitelist, res)
 	st := res.stats
 	t.Logf("  summed over honest nodes: duplicates %d, IWANT-served %d, IDONTWANT sent %d honoured %d, invalid signatures %d, graylisted RPCs %d, IHAVE excess %d, IWANT excess %d, broken promises %d, send-queue drops %d",
 		st.Duplicates, st.IWantServed, st.IDontWantSent, st.IDontWantHonored, st.DropInvalidSignature, st.DropGraylisted,
@@ -58,22 +58,58 @@ func TestSimChurn(t *testing.T) {
 	}
 }
 
-func testAttack(t *testing.T, a attack) {
+// testAttack runs an attack: honest delivery must stay >= 99%, and every
+// attacker must fall below the publish threshold (out of meshes, gossip and
+// flood publishing) at every honest neighbour within 3 heartbeats and
+// below the graylist within graylistWithin.
+// TestSimPublicSubnet: 100 honest nodes in one public /16, each with about
+// 20 peers, all of them in that /16. P6 keeps every peer out of every mesh
+// and below the publish threshold, but never graylists one; whitelisting
+// the /16 (Score.IPColocationWhitelist) makes it an ordinary network again.
+// (Private and loopback addresses need no whitelist; see colocationPrefix.)
+func TestSimPublicSubnet(t *testing.T) {
+	crowd := simulate(t, simParams{nodes: 100, degree: 10, msgs: 100, size: 256, idontwant: true, subnet: true, seed: 5})
+	if crowd.stats.DropGraylisted != 0 {
+		t.Errorf("%d RPCs of honest colocated peers dropped as graylisted", crowd.stats.DropGraylisted)
+	}
+	if crowd.meshMax != 0 {
+		t.Errorf("meshes up to %d peers, want none (P6 keeps a crowd of one /16 out)", crowd.meshMax)
+	}
+	ok := simulate(t, simParams{nodes: 100, degree: 10, msgs: 100, size: 256, idontwant: true, subnet: true, whitelist: true, seed: 5})
+	if ok.deliveryRatio != 1 {
+		t.Errorf("whitelisted subnet: delivery %.4f, want 1", ok.deliveryRatio)
+	}
+	if d := DefaultConfig(); ok.meshMin < d.Dlo {
+		t.Errorf("whitelisted subnet: smallest mesh %d < D_lo", ok.meshMin)
+	}
+}
+
+func testAttack(t *testing.T, a attack, graylistWithin time.Duration) {
 	res := simulate(t, simParams{nodes: 100, degree: 10, msgs: 100, size: 256, idontwant: true, attack: a, seed: 3})
 	if res.deliveryRatio < 0.99 {
 		t.Errorf("honest delivery %.4f under attack, want >= 0.99", res.deliveryRatio)
 	}
+	if res.attackersExcluded != res.attackers {
+		t.Errorf("%d of %d attackers below the publish threshold at every neighbour", res.attackersExcluded, res.attackers)
+	}
+	if res.excludedAfter > 3*time.Second {
+		t.Errorf("excluding the attackers took %v, want within 3 heartbeats", res.excludedAfter)
+	}
 	if res.attackersGraylist != res.attackers {
 		t.Errorf("%d of %d attackers graylisted at every neighbour", res.attackersGraylist, res.attackers)
 	}
-	if res.graylistAfter > 3*time.Second {
-		t.Errorf("graylisting took %v, want within 3 heartbeats", res.graylistAfter)
+	if res.graylistAfter > graylistWithin {
+		t.Errorf("graylisting took %v, want within %v", res.graylistAfter, graylistWithin)
 	}
 }
 
-func TestSimAttackInvalidSignatures(t *testing.T) { testAttack(t, attackInvalidSig) }
-func TestSimAttackGossipSpam(t *testing.T)        { testAttack(t, attackGossipSpam) }
-func TestSimAttackSybils(t *testing.T)            { testAttack(t, attackSybils) }
+func TestSimAttackInvalidSignatures(t *testing.T) { testAttack(t, attackInvalidSig, 3*time.Second) }
+func TestSimAttackGossipSpam(t *testing.T)        { testAttack(t, attackGossipSpam, 3*time.Second) }
+
+// TestSimAttackSybils: 20 sybils in one /16 are excluded at once by P6,
+// which alone never graylists (capped at -75); their GRAFTs during the
+// backoff (P7) graylist them after the fourth, a second apart.
+func TestSimAttackSybils(t *testing.T) { testAttack(t, attackSybils, 6*time.Second) }
 
 // BenchmarkSim1000 runs the honest and IDONTWANT simulations with 1,000
 // nodes. synctest needs a *testing.T, so the scenario runs as an internal

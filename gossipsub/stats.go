@@ -15,6 +15,7 @@ type Stats struct {
 
 	Published        uint64 // own messages published
 	Delivered        uint64 // messages put on a subscription
+	DeliveredMesh    uint64 // of those, first received from a peer in our mesh of the topic
 	Forwarded        uint64 // message copies queued to peers
 	Duplicates       uint64 // messages received again
 	IHaveSent        uint64
@@ -42,7 +43,10 @@ type Stats struct {
 	DropSendError        uint64 // Sender returned an error
 	DropRateLimited      uint64 // message over the per-peer receive rate
 	DropInvalidSignature uint64
-	DropReplay           uint64 // seqno behind the source's replay window
+	DropReplay           uint64 // seqno behind the source's replay window, or its source evicted after it was published
+	DropTooOld           uint64 // publish time older than MaxMessageAge
+	DropFuture           uint64 // publish time more than MaxClockSkew ahead
+	DropSeenEvicted      uint64 // publishers' replay windows forgotten for room (raises the replay floor)
 	DropNotSubscribed    uint64 // message for a topic we do not subscribe to
 	DropOwnMessage       uint64 // a message claiming to be ours that we did not publish now
 	DropSubscriptionFull uint64 // oldest message dropped from a full subscription
@@ -54,7 +58,9 @@ type Stats struct {
 	DropPublishRate      uint64 // Publish calls over PublishRate
 	DropRelayRate        uint64
 	DropRelayInvalid     uint64
-	DropRelayDuplicate   uint64
+	DropRelayDuplicate   uint64 // seen, or sent before a signal evicted from the seen set
+	DropRelayStale       uint64 // older than RelayMaxAge or more than MaxClockSkew ahead
+	DropRelaySeenEvicted uint64 // seen signals forgotten for room (raises the replay floor)
 	DropRelayHops        uint64
 	DropSignalQueue      uint64 // oldest signal dropped from the full signal channel
 }
@@ -63,6 +69,7 @@ type Stats struct {
 type counters struct {
 	RPCsReceived, BytesReceived, RPCsSent, BytesSent                          atomic.Uint64
 	Published, Delivered, Forwarded, Duplicates, IHaveSent, IWantSent         atomic.Uint64
+	DeliveredMesh                                                             atomic.Uint64
 	IWantServed, GraftSent, PruneSent, IDontWantSent, IDontWantHonored        atomic.Uint64
 	RelayOriginated, RelayForwarded, RelayDelivered                           atomic.Uint64
 	BehaviourPenalties, BrokenPromises                                        atomic.Uint64
@@ -72,6 +79,8 @@ type counters struct {
 	DropSubscriptionFull, DropTopicLimit, DropPeerTopicLimit, DropIHaveExcess atomic.Uint64
 	DropIWantExcess, DropIDontWantEvicted, DropPublishRate, DropRelayRate     atomic.Uint64
 	DropRelayInvalid, DropRelayDuplicate, DropRelayHops, DropSignalQueue      atomic.Uint64
+	DropTooOld, DropFuture, DropRelayStale, DropRelaySeenEvicted              atomic.Uint64
+	DropSeenEvicted                                                           atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {

@@ -12,23 +12,27 @@ import (
 // Wire format (all integers big-endian). An RPC is a version byte followed by
 // at most one section of each kind, in increasing tag order:
 //
-//	rpc      = version(1)=1 *section
+//	rpc      = version(1)=2 *section
 //	section  = tag(1) count(2) count*item
 //	topic    = len(1, 1..255) bytes
 //	subs     tag 1: flag(1: 1 subscribe, 0 unsubscribe) topic
-//	msgs     tag 2: from(32) seqno(8) topic datalen(4) data sig(64)
+//	msgs     tag 2: from(32) seqno(8) time(8) topic datalen(4) data sig(64)
 //	ihave    tag 3: topic n(2) n*msgid(40)
 //	iwant    tag 4: msgid(40)
 //	graft    tag 5: topic
 //	prune    tag 6: topic backoff-seconds(4)
 //	idontwant tag 7: msgid(40)
-//	relay    tag 8: target(32) origin(32) nonce(8) hops(1) len(2) payload sig(64)
+//	relay    tag 8: target(32) origin(32) nonce(8) time(8) hops(1) len(2) payload sig(64)
+//
+// time is the publish (or send) time in Unix milliseconds, signed with the
+// rest: the router refuses messages and signals outside its age window.
+// Version 2 added it; a version 1 RPC is refused as malformed.
 //
 // Decoders check every count and length against the bytes left and the
 // Limits before allocating, and return errors, never panic.
 
 const (
-	wireVersion = 1
+	wireVersion = 2
 
 	tagSubs      = 1
 	tagMsgs      = 2
@@ -46,8 +50,8 @@ const (
 	// MaxTopicLen is the longest topic name in bytes.
 	MaxTopicLen = 255
 
-	minMsgSize   = pki.IdentitySize + 8 + 2 + 4 + sigSize
-	minRelaySize = 2*pki.IdentitySize + 8 + 1 + 2 + sigSize
+	minMsgSize   = pki.IdentitySize + 8 + 8 + 2 + 4 + sigSize
+	minRelaySize = 2*pki.IdentitySize + 8 + 8 + 1 + 2 + sigSize
 )
 
 // MsgID identifies a message: the publisher's identity followed by its
@@ -81,13 +85,14 @@ type SubOpt struct {
 }
 
 // WireMessage is a published message as it travels: signed by From over
-// topic, seqno, data and from (see signedBytes).
+// topic, seqno, publish time, data and from (see signedBytes).
 type WireMessage struct {
-	From  pki.Identity
-	Seqno uint64
-	Topic string
-	Data  []byte
-	Sig   [sigSize]byte
+	From      pki.Identity
+	Seqno     uint64
+	Timestamp uint64 // publish time, Unix milliseconds
+	Topic     string
+	Data      []byte
+	Sig       [sigSize]byte
 }
 
 // ID returns the message ID.
@@ -109,12 +114,13 @@ type Prune struct {
 // RelaySignal carries an opaque payload from Origin to Target through mesh
 // peers. Hops is decremented at each forward and is not signed.
 type RelaySignal struct {
-	Target  pki.Identity
-	Origin  pki.Identity
-	Nonce   uint64
-	Hops    uint8
-	Payload []byte
-	Sig     [sigSize]byte
+	Target    pki.Identity
+	Origin    pki.Identity
+	Nonce     uint64
+	Timestamp uint64 // send time, Unix milliseconds
+	Hops      uint8
+	Payload   []byte
+	Sig       [sigSize]byte
 }
 
 // RPC is one unit exchanged between two routers.
@@ -212,6 +218,7 @@ func appendMsgID(b []byte, id MsgID) []byte { return append(b, id[:]...) }
 func AppendMessage(b []byte, m *WireMessage) []byte {
 	b = append(b, m.From[:]...)
 	b = binary.BigEndian.AppendUint64(b, m.Seqno)
+	b = binary.BigEndian.AppendUint64(b, m.Timestamp)
 	b = appendTopic(b, m.Topic)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(m.Data)))
 	b = append(b, m.Data...)
@@ -223,6 +230,7 @@ func AppendRelaySignal(b []byte, s *RelaySignal) []byte {
 	b = append(b, s.Target[:]...)
 	b = append(b, s.Origin[:]...)
 	b = binary.BigEndian.AppendUint64(b, s.Nonce)
+	b = binary.BigEndian.AppendUint64(b, s.Timestamp)
 	b = append(b, s.Hops)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(s.Payload)))
 	b = append(b, s.Payload...)
@@ -409,6 +417,7 @@ func (r *reader) message(maxData int) WireMessage {
 	var m WireMessage
 	m.From = r.identity("from")
 	m.Seqno = r.u64("seqno")
+	m.Timestamp = r.u64("publish time")
 	m.Topic = r.topic()
 	n := r.u32("data length")
 	if r.err != nil {
@@ -432,6 +441,7 @@ func (r *reader) relay(maxPayload int) RelaySignal {
 	s.Target = r.identity("relay target")
 	s.Origin = r.identity("relay origin")
 	s.Nonce = r.u64("relay nonce")
+	s.Timestamp = r.u64("relay time")
 	s.Hops = r.u8("relay hops")
 	n := r.u16("relay payload length")
 	if r.err != nil {
@@ -580,17 +590,18 @@ func DecodeRPC(b []byte, lim Limits) (*RPC, error) {
 // ---- signatures ----
 
 const (
-	msgSigDomain   = "korium-gossipsub-msg-v1\x00"
-	relaySigDomain = "korium-gossipsub-relay-v1\x00"
+	msgSigDomain   = "korium-gossipsub-msg-v2\x00"
+	relaySigDomain = "korium-gossipsub-relay-v2\x00"
 )
 
 // signedBytes is what a publisher signs: a domain tag, then topic, seqno,
-// data and from, each length-prefixed where variable, so no two messages
-// share signed bytes.
+// publish time, data and from, each length-prefixed where variable, so no
+// two messages share signed bytes.
 func signedBytes(b []byte, m *WireMessage) []byte {
 	b = append(b, msgSigDomain...)
 	b = appendTopic(b, m.Topic)
 	b = binary.BigEndian.AppendUint64(b, m.Seqno)
+	b = binary.BigEndian.AppendUint64(b, m.Timestamp)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(m.Data)))
 	b = append(b, m.Data...)
 	return append(b, m.From[:]...)
@@ -601,6 +612,7 @@ func relaySignedBytes(b []byte, s *RelaySignal) []byte {
 	b = append(b, s.Target[:]...)
 	b = append(b, s.Origin[:]...)
 	b = binary.BigEndian.AppendUint64(b, s.Nonce)
+	b = binary.BigEndian.AppendUint64(b, s.Timestamp)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(s.Payload)))
 	return append(b, s.Payload...)
 }
@@ -611,7 +623,7 @@ type Signer interface {
 	Sign(msg []byte) []byte
 }
 
-// SignMessage fills m.From and m.Sig.
+// SignMessage fills m.From and m.Sig; the caller sets m.Timestamp.
 func SignMessage(s Signer, m *WireMessage) {
 	m.From = s.Identity()
 	copy(m.Sig[:], s.Sign(signedBytes(nil, m)))
@@ -631,7 +643,7 @@ func verifyMessage(m *WireMessage, buf []byte) (ok bool, scratch []byte) {
 	return m.From.Verify(buf, m.Sig[:]), buf
 }
 
-// SignRelaySignal fills s.Origin and s.Sig.
+// SignRelaySignal fills s.Origin and s.Sig; the caller sets s.Timestamp.
 func SignRelaySignal(k Signer, s *RelaySignal) {
 	s.Origin = k.Identity()
 	copy(s.Sig[:], k.Sign(relaySignedBytes(nil, s)))

@@ -23,9 +23,9 @@ func testKey(tb testing.TB, i int) *pki.Keypair {
 
 func sampleRPC(tb testing.TB) *RPC {
 	k := testKey(tb, 1)
-	m := WireMessage{Seqno: 7, Topic: "lobby", Data: []byte("hello")}
+	m := WireMessage{Seqno: 7, Timestamp: 946684800123, Topic: "lobby", Data: []byte("hello")}
 	SignMessage(k, &m)
-	s := RelaySignal{Target: testKey(tb, 2).Identity(), Nonce: 9, Hops: 4, Payload: []byte("punch")}
+	s := RelaySignal{Target: testKey(tb, 2).Identity(), Nonce: 9, Timestamp: 946684800456, Hops: 4, Payload: []byte("punch")}
 	SignRelaySignal(k, &s)
 	id := m.ID()
 	return &RPC{
@@ -57,6 +57,16 @@ func TestRPCRoundTrip(t *testing.T) {
 	if VerifyMessage(&out.Msgs[0]) {
 		t.Fatal("tampered message verifies")
 	}
+	out.Msgs[0].Data[0] ^= 1
+	out.Msgs[0].Timestamp++
+	if VerifyMessage(&out.Msgs[0]) {
+		t.Fatal("message with a changed publish time verifies")
+	}
+	out.Relay[0].Timestamp++
+	if VerifyRelaySignal(&out.Relay[0]) {
+		t.Fatal("relay signal with a changed time verifies")
+	}
+	out.Relay[0].Timestamp--
 	out.Relay[0].Hops = 1 // hops are not signed
 	if !VerifyRelaySignal(&out.Relay[0]) {
 		t.Fatal("hop change broke relay signature")
@@ -73,14 +83,15 @@ func TestDecodeRejects(t *testing.T) {
 		tooLarge bool
 	}{
 		{"empty", nil, false},
-		{"bad version", []byte{2}, false},
+		{"bad version", []byte{3}, false},
+		{"version 1, before publish times", []byte{1, tagGraft, 0, 1, 1, 'a'}, false},
 		{"truncated", good[:len(good)-1], false},
 		{"trailing garbage tag", append(append([]byte{}, good...), 99), false},
-		{"section out of order", []byte{1, tagIWant, 0, 1, tagSubs}, false},
-		{"count beyond bytes", []byte{1, tagIWant, 0x00, 0x05, 1, 2}, false},
-		{"empty topic", []byte{1, tagGraft, 0, 1, 0}, false},
-		{"zero count", []byte{1, tagGraft, 0, 0}, false},
-		{"bad flag", []byte{1, tagSubs, 0, 1, 7, 1, 'a'}, false},
+		{"section out of order", []byte{wireVersion, tagIWant, 0, 1, tagSubs}, false},
+		{"count beyond bytes", []byte{wireVersion, tagIWant, 0x00, 0x05, 1, 2}, false},
+		{"empty topic", []byte{wireVersion, tagGraft, 0, 1, 0}, false},
+		{"zero count", []byte{wireVersion, tagGraft, 0, 0}, false},
+		{"bad flag", []byte{wireVersion, tagSubs, 0, 1, 7, 1, 'a'}, false},
 		{"oversize message", big, true},
 		{"too many iwant", many, true},
 	}
@@ -104,11 +115,11 @@ func TestDecodeRejects(t *testing.T) {
 
 func seedCorpus(f *testing.F) {
 	f.Add([]byte{})
-	f.Add([]byte{1})
+	f.Add([]byte{wireVersion})
 	f.Add(AppendRPC(nil, sampleRPC(f)))
 	f.Add(AppendRPC(nil, &RPC{IHave: []IHave{{Topic: "a", IDs: make([]MsgID, 3)}}}))
-	f.Add([]byte{1, tagIHave, 0, 1, 1, 'a', 0xff, 0xff})
-	f.Add([]byte{1, tagMsgs, 0, 1})
+	f.Add([]byte{wireVersion, tagIHave, 0, 1, 1, 'a', 0xff, 0xff})
+	f.Add([]byte{wireVersion, tagMsgs, 0, 1})
 }
 
 // FuzzDecodeRPC: DecodeRPC never panics, and whatever it accepts re-encodes

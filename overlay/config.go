@@ -14,8 +14,11 @@ import (
 
 	"github.com/korium/korium-tun/dht"
 	"github.com/korium/korium-tun/gossipsub"
+	"github.com/korium/korium-tun/internal/addrpolicy"
 	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/pki/tca"
 	"github.com/korium/korium-tun/relay/server"
+	"github.com/korium/korium-tun/rpc"
 )
 
 // Contact names a peer and where to reach it.
@@ -107,12 +110,15 @@ type Config struct {
 	// Advertise are the addresses others should use to reach this node
 	// (published in its DHT record and printed as bootstrap strings).
 	// Default: the listen address, or every non-loopback address of the
-	// host when listening on all of them.
+	// host when listening on all of them. Each must be one others may be
+	// sent to (internal/addrpolicy): loopback only when the node listens on
+	// loopback.
 	Advertise []netip.AddrPort
 	// DisableDHT turns the DHT off: only bootstrap contacts and peers that
 	// connect to us are reachable.
 	DisableDHT bool
-	// DHT tunes the DHT; its PoWBits and Logger are the node's.
+	// DHT tunes the DHT; its PoWBits, Logger and AllowLoopback are the
+	// node's.
 	DHT dht.Config
 	// DisablePubSub turns the GossipSub router off.
 	DisablePubSub bool
@@ -151,6 +157,24 @@ type Config struct {
 	// RequestQueue caps requests waiting in IncomingRequests (default 64);
 	// further ones are refused and counted.
 	RequestQueue int
+	// RPC tunes the request server: its budgets for request bytes in
+	// flight (rpc.DefaultPeerBudget 4 MiB per peer, rpc.DefaultNodeBudget
+	// 32 MiB in all), StreamTimeout, and the cap of threshold-CA messages
+	// (MaxSize[rpc.ProtoCA], default DefaultCAMessageSize). The caps of the
+	// other protocols are their own maxima and its HandlerTimeout is
+	// RequestTimeout.
+	RPC rpc.Config
+	// TrustDomain, when set, puts the node's SPIFFE ID
+	// spiffe://TrustDomain/IDENTITY[/Workload] in its certificate, and is
+	// the default trust domain of RequestCACertificate.
+	TrustDomain string
+	Workload    string
+	// CASigner makes the node a threshold-CA signer with this state (from
+	// a DKG, see tca.LoadState): it answers CSRs on the csr topic.
+	CASigner *tca.SignerState
+	// CA tunes the threshold CA (its Keypair, Network and Signer are the
+	// node's).
+	CA tca.Config
 }
 
 // Resolver returns contacts that may own addr. The node dials them with the
@@ -204,8 +228,35 @@ func (c *Config) withDefaults() (Config, error) {
 	if out.RequestQueue <= 0 {
 		out.RequestQueue = 64
 	}
+	if err := out.checkCAConfig(); err != nil {
+		return out, err
+	}
 	if out.KeepAlive >= out.IdleTimeout {
 		return out, fmt.Errorf("overlay: Config.KeepAlive %v must be below IdleTimeout %v", out.KeepAlive, out.IdleTimeout)
 	}
+	loop := listensOnLoopback(&out)
+	for _, a := range out.Advertise {
+		if err := addrpolicy.Check(a, loop); err != nil {
+			return out, fmt.Errorf("overlay: Config.Advertise: %w: advertise an address other nodes can reach (loopback only when listening on loopback)", err)
+		}
+	}
 	return out, nil
+}
+
+// listensOnLoopback reports whether the node's socket (Conn, else Listen)
+// is bound to a loopback address.
+func listensOnLoopback(c *Config) bool {
+	if c.Conn != nil {
+		ua, ok := c.Conn.LocalAddr().(*net.UDPAddr)
+		return ok && ua.AddrPort().Addr().Unmap().IsLoopback()
+	}
+	host, _, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
 }

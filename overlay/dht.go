@@ -10,6 +10,7 @@ import (
 	quic "github.com/korium/korium-tun/third_party/quic-go"
 
 	"github.com/korium/korium-tun/dht"
+	"github.com/korium/korium-tun/internal/addrpolicy"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/rpc"
 	"github.com/korium/korium-tun/smartaddr"
@@ -18,24 +19,60 @@ import (
 // The node's DHT talks to peers through RPC on their QUIC connections
 // (dialing a contact's addresses when there is none), answers their
 // requests, joins and publishes our record once any peer is connected, and
-// is the default Resolver of unknown overlay addresses.
+// is the default Resolver of unknown overlay addresses. Both directions tell
+// the DHT where the peer really is: the direct path smartsock authenticated
+// for it (directAddr), not an address the peer declared. No address from a
+// record, contact or hint is dialed unless addrpolicy allows it.
 
 // maxDialAddrs bounds how many of a contact's addresses one call tries.
 const maxDialAddrs = 4
 
 type dhtTransport struct{ n *Node }
 
-// Call implements dht.Transport.
-func (t dhtTransport) Call(ctx context.Context, to dht.Contact, req []byte) ([]byte, error) {
+// Call implements dht.Transport: the answer's address is the direct path
+// the connection to.Identity uses (none when it is relayed).
+func (t dhtTransport) Call(ctx context.Context, to dht.Contact, req []byte) ([]byte, netip.AddrPort, error) {
 	conn, err := t.n.connFor(ctx, to.Identity, to.Addrs)
 	if err != nil {
-		return nil, err
+		return nil, netip.AddrPort{}, err
 	}
-	return rpc.Call(ctx, conn, rpc.ProtoDHT, req)
+	resp, err := t.n.rpc.Call(ctx, conn, rpc.ProtoDHT, req)
+	if err != nil {
+		return nil, netip.AddrPort{}, err
+	}
+	at, _ := t.n.directAddr(to.Identity)
+	return resp, at, nil
 }
 
-// connFor returns the connection to id, dialing addrs in order if there is
-// none. The handshake pins id, so a wrong address only costs a failed dial.
+// loopbackOK reports whether the node listens on loopback: only then may a
+// peer's word make it send to a loopback address (addrpolicy).
+func (n *Node) loopbackOK() bool { return n.LocalAddr().Addr().Unmap().IsLoopback() }
+
+// hostAddrAdvertisable reports whether an address of one of the host's
+// interfaces may go into our record when we listen on all of them: one
+// addrpolicy lets others send to, never loopback (the DHT would refuse the
+// whole address list, and the node would not start, over one odd
+// interface address).
+func hostAddrAdvertisable(ip netip.Addr) bool {
+	return addrpolicy.Dialable(netip.AddrPortFrom(ip, 1), false)
+}
+
+// dialable returns the addresses a peer's word (a record, a DHT contact)
+// may make us dial, in order.
+func (n *Node) dialable(addrs []netip.AddrPort) []netip.AddrPort {
+	loop := n.loopbackOK()
+	var out []netip.AddrPort
+	for _, a := range addrs {
+		if addrpolicy.Dialable(a, loop) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// connFor returns the connection to id, dialing those of addrs addrpolicy
+// allows, in order, if there is none. The handshake pins id, so a wrong
+// address only costs a failed dial.
 func (n *Node) connFor(ctx context.Context, id pki.Identity, addrs []netip.AddrPort) (*quic.Conn, error) {
 	if p := n.peer(id); p != nil {
 		p.lastUsed.Store(n.clock.Load())
@@ -44,6 +81,7 @@ func (n *Node) connFor(ctx context.Context, id pki.Identity, addrs []netip.AddrP
 	if id == n.id {
 		return nil, fmt.Errorf("%w: that is us", ErrUnreachable)
 	}
+	addrs = n.dialable(addrs)
 	if n.recentlyUnreachable(id) {
 		// A peer behind NAT cannot be dialed directly; its DHT contact
 		// would otherwise cost every lookup a full query timeout.
@@ -98,10 +136,13 @@ func (n *Node) markUnreachable(id pki.Identity) {
 	n.unreachable[id] = now.Add(unreachableTTL)
 }
 
-// handleDHT answers a peer's DHT request.
+// handleDHT answers a peer's DHT request, telling the DHT the direct path
+// the peer's connection uses (none when relayed: then it never enters our
+// routing table).
 func (n *Node) handleDHT(_ context.Context, from pki.Identity, req []byte) ([]byte, error) {
 	n.touch(from)
-	return n.dht.HandleRequest(from, req)
+	at, _ := n.directAddr(from)
+	return n.dht.HandleRequest(from, at, req)
 }
 
 // dhtSeeds returns the connected peers as DHT contacts.
@@ -199,7 +240,7 @@ func (n *Node) resolveViaDHT(ctx context.Context, addr netip.Addr) ([]Contact, e
 	if err != nil {
 		return nil, err
 	}
-	return recordContacts(rec), nil
+	return n.recordContacts(rec), nil
 }
 
 // joinPoll is how often awaitJoin looks at the routing table.
@@ -235,12 +276,16 @@ func (n *Node) awaitJoin(ctx context.Context) bool {
 	return true
 }
 
-func recordContacts(rec *dht.Record) []Contact {
-	out := make([]Contact, 0, len(rec.Addrs)+1)
-	if len(rec.Addrs) == 0 && len(rec.Relays) > 0 {
+// recordContacts turns a record into contacts to dial: one per address
+// addrpolicy allows (the DHT already refused records with others), or one
+// with only the relays when none is left.
+func (n *Node) recordContacts(rec *dht.Record) []Contact {
+	addrs := n.dialable(rec.Addrs)
+	out := make([]Contact, 0, len(addrs)+1)
+	if len(addrs) == 0 && len(rec.Relays) > 0 {
 		out = append(out, Contact{Identity: rec.Identity, Relays: rec.Relays})
 	}
-	for _, a := range rec.Addrs {
+	for _, a := range addrs {
 		out = append(out, Contact{Identity: rec.Identity, Addr: a, Relays: rec.Relays})
 	}
 	return out

@@ -273,7 +273,7 @@ func (n *Node) openSession(ctx context.Context, from, target pki.Identity) ([]by
 	}
 	cctx, cancel := context.WithTimeout(ctx, relayCallTime)
 	defer cancel()
-	resp, err := rpc.Call(cctx, tp.conn, rpc.ProtoRelay, relay.AppendIncomingReq(nil, relay.Incoming{Session: sid, From: from}))
+	resp, err := n.rpc.Call(cctx, tp.conn, rpc.ProtoRelay, relay.AppendIncomingReq(nil, relay.Incoming{Session: sid, From: from}))
 	if err == nil {
 		err = relay.ParseIncomingResp(resp)
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/korium/korium-tun/dht"
 	"github.com/korium/korium-tun/gossipsub"
 	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/pki/tca"
 	"github.com/korium/korium-tun/relay/server"
 	"github.com/korium/korium-tun/rpc"
 	"github.com/korium/korium-tun/smartaddr"
@@ -83,6 +84,7 @@ type Node struct {
 
 	dht        *dht.DHT                    // nil when Config.DisableDHT
 	gossip     *gossipsub.Router           // nil when Config.DisablePubSub
+	ca         *tca.Service                // nil when Config.DisablePubSub
 	rpc        *rpc.Server                 // serves every installed peer connection
 	appHandler atomic.Pointer[rpc.Handler] // SetRequestHandler's, or nil
 	reqMu      sync.Mutex                  // guards incoming
@@ -118,6 +120,7 @@ type peer struct {
 	outbound    bool
 	incarnation string // the peer certificate's serial: new on every start
 	nonce       uint64 // the peer's proof-of-work nonce, from its certificate
+	spiffeID    string // the SPIFFE ID in its certificate (checked against its key), or ""
 	since       time.Time
 	txBytes     atomic.Uint64
 	txPkts      atomic.Uint64
@@ -163,11 +166,12 @@ type Counters struct {
 	RxMalformed, RxSpoofedSource, RxNotForUs                 atomic.Uint64
 	DevReadErrors, DevWriteErrors, PendingDelivered          atomic.Uint64
 	HandshakeRefused, DuplicateConns, PeersEvicted           atomic.Uint64
-	PeersIdleEvicted                                         atomic.Uint64
+	PeersIdleEvicted, SPIFFERefused                          atomic.Uint64
 	ResolveOK, ResolveFailed, TxResolveFailed, ResolveBusy   atomic.Uint64
 	AppNoHandler, AppQueueFull                               atomic.Uint64
 	RelayRefused, Punches, PunchRefused, DialBackBusy        atomic.Uint64
 	ICMPUnreachSent, ICMPRateLimited, DialAddrRefused        atomic.Uint64
+	Handshakes                                               atomic.Uint64 // completed QUIC handshakes, both ways
 }
 
 // netStack is what the netstack device offers Go programs.
@@ -212,7 +216,7 @@ func New(cfg Config) (n *Node, err error) {
 	}
 	n.bufPool.New = func() any { return new(pbuf) }
 	n.clock.Store(time.Now().UnixNano())
-	n.rpc = rpc.NewServer(rpc.Config{HandlerTimeout: c.RequestTimeout})
+	n.rpc = rpc.NewServer(rpcConfig(c))
 	n.rpc.Handle(rpc.ProtoApp, n.handleApp)
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	node := n // the named result is nil on error returns
@@ -284,6 +288,7 @@ func New(cfg Config) (n *Node, err error) {
 	if !c.DisableDHT {
 		dc := c.DHT
 		dc.PoWBits, dc.Logger = c.PoWBits, c.Logger
+		dc.AllowLoopback = n.loopbackOK()
 		if dc.PoWBits == 0 {
 			dc.PoWBits = dht.NoPoW
 		}
@@ -307,7 +312,11 @@ func New(cfg Config) (n *Node, err error) {
 		n.rpc.Handle(rpc.ProtoGossip, n.handleGossip)
 	}
 	n.initRelay()
-	n.tlsConf = pki.TLSConfig{Keypair: c.Keypair, PoWBits: c.PoWBits, OnReject: n.onCertReject}
+	if err := n.initCA(); err != nil {
+		return nil, err
+	}
+	n.tlsConf = pki.TLSConfig{Keypair: c.Keypair, PoWBits: c.PoWBits, Refused: n.onCertReject,
+		SPIFFE: pki.SPIFFEConfig{TrustDomain: c.TrustDomain, Workload: c.Workload}}
 	if n.srvTLS, err = n.tlsConf.Server(nil); err != nil {
 		return nil, err
 	}
@@ -403,7 +412,7 @@ func (n *Node) AdvertisedAddrs() []netip.AddrPort {
 			continue
 		}
 		ip = ip.Unmap()
-		if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsMulticast() || smartaddr.IsOverlay(ip) {
+		if !hostAddrAdvertisable(ip) || smartaddr.IsOverlay(ip) {
 			continue
 		}
 		out = append(out, netip.AddrPortFrom(ip, la.Port()))
@@ -440,6 +449,7 @@ func (n *Node) Close() error {
 		if n.dht != nil {
 			n.dht.Close()
 		}
+		n.closeCA()
 		if n.gossip != nil {
 			n.gossip.Close()
 		}
@@ -594,6 +604,7 @@ func (n *Node) acceptLoop() {
 // (see preferNew). It checks that the peer's certificate key owns the
 // virtual address quic-go saw: smartsock's mapping was only a claim.
 func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, error) {
+	n.stats.Handshakes.Add(1)
 	cs := conn.ConnectionState()
 	certID, err := pki.PeerIdentity(cs.TLS)
 	ra, _ := conn.RemoteAddr().(*net.UDPAddr)
@@ -618,6 +629,7 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 		realAddr:    realAddr,
 	}
 	p.nonce, _ = pki.PeerNonce(cs.TLS)
+	p.spiffeID = pki.PeerSPIFFEID(cs.TLS.PeerCertificates)
 	p.lastUsed.Store(n.clock.Load())
 	n.mu.Lock()
 	old := n.peers[id]

@@ -19,9 +19,19 @@ var ErrNoPubSub = errors.New("overlay: pubsub is disabled")
 
 type gossipSender struct{ n *Node }
 
-// Send implements gossipsub.Sender.
+// Send implements gossipsub.Sender. When both sides dial at once, one of
+// the two connections is closed as a duplicate, failing the calls on it;
+// an RPC lost that way (a message pushed to a mesh peer, a GRAFT) is sent
+// once more on the connection that replaced it. The router drops a
+// duplicate message, so a copy that did arrive costs nothing.
 func (s gossipSender) Send(ctx context.Context, to pki.Identity, data []byte) error {
+	before := s.n.peer(to)
 	_, err := s.n.callConnected(ctx, to, rpc.ProtoGossip, data)
+	if err != nil && ctx.Err() == nil {
+		if now := s.n.peer(to); now != nil && now != before {
+			_, err = s.n.callConnected(ctx, to, rpc.ProtoGossip, data)
+		}
+	}
 	return err
 }
 
@@ -90,4 +100,13 @@ func (n *Node) Signals() <-chan gossipsub.Signal {
 		return nil
 	}
 	return n.gossip.Signals()
+}
+
+// PubSubStats returns the GossipSub router's counters; ok is false when
+// pubsub is disabled.
+func (n *Node) PubSubStats() (s gossipsub.Stats, ok bool) {
+	if n.gossip == nil {
+		return s, false
+	}
+	return n.gossip.Stats(), true
 }

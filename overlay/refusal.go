@@ -159,15 +159,23 @@ func lowPoWLine(id pki.Identity, addr netip.AddrPort, have, want int) string {
 // onCertReject hears of every peer certificate our TLS check refuses
 // (either end of a handshake). A dialer that refuses its peer's proof of
 // work tells the peer with a signed refusal.
-func (n *Node) onCertReject(id pki.Identity, err error) {
-	addr := n.handshakeAddr(id)
+func (n *Node) onCertReject(err error) {
+	n.tlsRefused(err)
+	var id pki.Identity
 	var pe *pki.PoWError
 	var ie *pki.IdentityError
 	switch {
 	case errors.As(err, &pe):
+		id = pe.ID
+	case errors.As(err, &ie):
+		id = ie.Got
+	}
+	addr := n.handshakeAddr(id)
+	switch {
+	case pe != nil:
 		n.refused(weRefusedLowPoW, id, addr, lowPoWLine(id, addr, pe.Have, pe.Want))
 		n.sock.SendRefusal(id, smartsock.RefuseLowPoW)
-	case errors.As(err, &ie):
+	case ie != nil:
 		// smartsock refuses misaddressed hellos, so the other side only
 		// gets here by lying about who it is.
 		n.refused(weRefusedWrongIdentity, id, addr, fmt.Sprintf("refused %s…: it presented a certificate for %s…, not the identity we dialed", ie.Want.Short(), ie.Got.Short()))

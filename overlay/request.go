@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"sync/atomic"
 
+	"github.com/korium/korium-tun/dht"
+	"github.com/korium/korium-tun/gossipsub"
 	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/relay"
 	"github.com/korium/korium-tun/rpc"
 )
 
@@ -19,8 +22,35 @@ var (
 	ErrHandler     = rpc.ErrHandler     // the peer's handler failed; the error carries its text
 )
 
-// MaxRequestSize caps requests and responses (1 MiB).
+// MaxRequestSize caps application requests and responses (1 MiB, the
+// reference's MAX_RESPONSE_SIZE).
 const MaxRequestSize = rpc.MaxMessageSize
+
+// DefaultCAMessageSize caps threshold-CA requests and responses unless
+// Config.RPC.MaxSize[rpc.ProtoCA] says otherwise: a signing request carries
+// a certificate to be signed and one commitment per signer, a DKG share a
+// few hundred bytes; 64 KiB leaves room for large committees.
+const DefaultCAMessageSize = 64 << 10
+
+// rpcConfig is the request server's configuration: every protocol capped
+// at its real maximum, so that a peer announcing a larger request is
+// refused after the length prefix and none can make the node buffer more
+// than that per stream.
+func rpcConfig(c Config) rpc.Config {
+	rc := c.RPC
+	rc.HandlerTimeout = c.RequestTimeout
+	rc.MaxSize[rpc.ProtoDHT] = dht.MaxMessageSize
+	rc.MaxSize[rpc.ProtoGossip] = c.PubSub.Limits.MaxRPCSize
+	if rc.MaxSize[rpc.ProtoGossip] == 0 {
+		rc.MaxSize[rpc.ProtoGossip] = gossipsub.DefaultLimits().MaxRPCSize
+	}
+	rc.MaxSize[rpc.ProtoRelay] = relay.MaxMessageSize
+	rc.MaxSize[rpc.ProtoApp] = MaxRequestSize
+	if rc.MaxSize[rpc.ProtoCA] <= 0 {
+		rc.MaxSize[rpc.ProtoCA] = DefaultCAMessageSize
+	}
+	return rc
+}
 
 // Request is one application request waiting for an answer, received
 // through IncomingRequests. Answer it once with Respond or Reject before
@@ -129,7 +159,7 @@ func (n *Node) callConnected(ctx context.Context, to pki.Identity, proto byte, r
 		return nil, &rpc.Error{Kind: ErrUnreachable, Detail: "no connection to " + to.Short()}
 	}
 	p.lastUsed.Store(n.clock.Load())
-	return rpc.Call(ctx, p.conn, proto, req)
+	return n.rpc.Call(ctx, p.conn, proto, req)
 }
 
 // RPCStats returns the request server's counters.

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/korium/korium-tun/dht"
+	"github.com/korium/korium-tun/pki/tca"
 	"github.com/korium/korium-tun/relay/server"
 	"github.com/korium/korium-tun/smartsock"
 )
@@ -13,6 +14,7 @@ import (
 type PeerStatus struct {
 	Identity  string        `json:"identity"`
 	Address   string        `json:"address"`
+	SPIFFEID  string        `json:"spiffe_id,omitempty"`
 	Remote    string        `json:"remote"`
 	Confirmed bool          `json:"path_confirmed"`
 	Outbound  bool          `json:"outbound"`
@@ -48,6 +50,8 @@ type Status struct {
 	DHT       *dht.Stats              `json:"dht,omitempty"`
 	NAT       NATStatus               `json:"nat"`
 	Relay     *server.Stats           `json:"relay,omitempty"`
+	SPIFFEID  string                  `json:"spiffe_id,omitempty"`
+	CA        *tca.Stats              `json:"ca,omitempty"`
 }
 
 // Status returns a snapshot of peers and counters.
@@ -71,6 +75,7 @@ func (n *Node) Status() Status {
 		ps := PeerStatus{
 			Identity:  p.id.String(),
 			Address:   p.addr.String(),
+			SPIFFEID:  p.spiffeID,
 			Outbound:  p.outbound,
 			Since:     p.since,
 			RTT:       cst.SmoothedRTT,
@@ -118,8 +123,15 @@ func (n *Node) Status() Status {
 		"dialback_busy":     c.DialBackBusy.Load(),
 		"dial_addr_refused": c.DialAddrRefused.Load(),
 		"icmp_rate_limited": c.ICMPRateLimited.Load(),
+
+		// Requests reset for buffering too much: see rpc.Config.PeerBudget.
+		"rpc_over_peer_budget": rs.OverPeerBudget,
+		"rpc_over_node_budget": rs.OverNodeBudget,
+		"rpc_budget_preempted": rs.Preempted,
+		"spiffe_refused":       c.SPIFFERefused.Load(),
 	}
 	s.Counters = map[string]uint64{
+		"handshakes":            c.Handshakes.Load(),
 		"pending_delivered":     c.PendingDelivered.Load(),
 		"duplicate_conns":       c.DuplicateConns.Load(),
 		"resolve_ok":            c.ResolveOK.Load(),
@@ -132,11 +144,14 @@ func (n *Node) Status() Status {
 		"peers_evicted_lru":     c.PeersEvicted.Load(),
 		"peers_evicted_idle":    c.PeersIdleEvicted.Load(),
 		"icmp_unreachable_sent": c.ICMPUnreachSent.Load(),
+
+		"rpc_buffered_bytes": uint64(rs.Buffered), // a gauge: request bytes arriving now
 	}
 	s.Refusals = make(map[string]uint64, numRefusals)
 	for r := range numRefusals {
 		s.Refusals[refusalNames[r]] = n.refusals[r].Load()
 	}
+	s.SPIFFEID, s.CA = n.SPIFFEID(), n.CAStats()
 	s.NAT = n.NAT()
 	s.Relay = n.RelayStats()
 	if n.dht != nil {

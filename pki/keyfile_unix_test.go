@@ -123,27 +123,31 @@ func TestKeyFileOwnedByAnotherUser(t *testing.T) {
 func TestStaleTemporaryKeyRemoved(t *testing.T) {
 	for _, via := range []string{"save", "up"} {
 		dir := t.TempDir()
-		stale := filepath.Join(dir, ".korium-key-123456")
-		fresh := filepath.Join(dir, ".korium-key-654321")
-		for _, p := range []string{stale, fresh} {
+		stale := filepath.Join(dir, ".korium-private-123456")
+		legacy := filepath.Join(dir, ".korium-key-123456") // from before privfile.go
+		fresh := filepath.Join(dir, ".korium-private-654321")
+		for _, p := range []string{stale, legacy, fresh} {
 			if err := os.WriteFile(p, []byte("korium-tun-key v1\nseed ...\n"), 0o600); err != nil {
 				t.Fatal(err)
 			}
 		}
 		old := time.Now().Add(-time.Hour)
 		os.Chtimes(stale, old, old)
+		os.Chtimes(legacy, old, old)
 		if via == "save" {
 			savedKey(t, filepath.Join(dir, "k"))
 		} else if _, _, err := LoadOrCreateKeyFile(context.Background(), filepath.Join(dir, "k"), 1); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := os.Lstat(stale); !errors.Is(err, fs.ErrNotExist) {
-			t.Fatalf("%s: the stale temporary key is still there", via)
+		for _, p := range []string{stale, legacy} {
+			if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
+				t.Fatalf("%s: the stale temporary key %s is still there", via, filepath.Base(p))
+			}
 		}
 		if _, err := os.Lstat(fresh); err != nil {
 			t.Fatalf("%s: a fresh temporary key was removed", via)
 		}
-		left, _ := filepath.Glob(filepath.Join(dir, ".korium-key-*"))
+		left, _ := filepath.Glob(filepath.Join(dir, ".korium-*"))
 		if len(left) != 1 {
 			t.Fatalf("%s: temporary files left: %v", via, left)
 		}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -50,7 +51,10 @@ func (e *IdentityError) Unwrap() error { return ErrPeerRejected }
 
 // Certificate returns a self-signed Ed25519 certificate for kp carrying its
 // proof-of-work nonce. There is no CA and no host name: the key is the name.
-func Certificate(kp *Keypair) (tls.Certificate, error) {
+func Certificate(kp *Keypair) (tls.Certificate, error) { return selfSigned(kp, nil) }
+
+// selfSigned is Certificate with uris as URI SANs (a SPIFFE ID).
+func selfSigned(kp *Keypair, uris []*url.URL) (tls.Certificate, error) {
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
 		return tls.Certificate{}, err
@@ -63,6 +67,7 @@ func Certificate(kp *Keypair) (tls.Certificate, error) {
 		NotAfter:     now.Add(10 * 365 * 24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		URIs:         uris,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, kp.priv.Public(), kp.priv)
 	if err != nil {
@@ -100,6 +105,9 @@ func VerifyPeerCertificate(rawCerts [][]byte, powBits int) (Identity, error) {
 	if id, err = IdentityFromPublicKey(pub); err != nil {
 		return id, fmt.Errorf("%w: %w", ErrPeerRejected, err)
 	}
+	if err := checkCertSPIFFE(cert, id); err != nil {
+		return id, fmt.Errorf("%w: %w", ErrPeerRejected, err)
+	}
 	nonce, found, err := certNonce(cert)
 	if err != nil {
 		return id, err
@@ -129,22 +137,24 @@ func certNonce(cert *x509.Certificate) (nonce uint64, found bool, err error) {
 type TLSConfig struct {
 	Keypair *Keypair
 	PoWBits int // network difficulty peers must meet
-	// OnReject, if set, is told of every peer certificate the handshake
-	// refuses: the peer's identity when the certificate names one (zero
-	// otherwise), and the error. It runs inside the handshake.
-	OnReject func(id Identity, err error)
+	// SPIFFE, when it has a trust domain, puts our SPIFFE ID in our
+	// certificate.
+	SPIFFE SPIFFEConfig
+	// Refused, if set, sees every error that refused a peer certificate
+	// (a *PoWError and an *IdentityError name the peer). It runs inside
+	// the handshake.
+	Refused func(error)
 }
 
-// reject reports err to OnReject and returns it.
-func (c TLSConfig) reject(id Identity, err error) error {
-	if c.OnReject != nil {
-		c.OnReject(id, err)
+func (c TLSConfig) refused(err error) error {
+	if err != nil && c.Refused != nil {
+		c.Refused(err)
 	}
 	return err
 }
 
 func (c TLSConfig) base() (*tls.Config, error) {
-	cert, err := Certificate(c.Keypair)
+	cert, err := CertificateWithSPIFFE(c.Keypair, c.SPIFFE)
 	if err != nil {
 		return nil, err
 	}
@@ -169,11 +179,11 @@ func (c TLSConfig) Server(accept func(Identity) error) (*tls.Config, error) {
 	cfg.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
 		id, err := VerifyPeerCertificate(raw, c.PoWBits)
 		if err != nil {
-			return c.reject(id, err)
+			return c.refused(err)
 		}
 		if accept != nil {
 			if err := accept(id); err != nil {
-				return c.reject(id, err)
+				return c.refused(err)
 			}
 		}
 		return nil
@@ -191,10 +201,10 @@ func (c TLSConfig) Client(expected Identity) (*tls.Config, error) {
 	cfg.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
 		id, err := VerifyPeerCertificate(raw, c.PoWBits)
 		if err != nil {
-			return c.reject(id, err)
+			return c.refused(err)
 		}
 		if id != expected {
-			return c.reject(id, &IdentityError{Got: id, Want: expected})
+			return c.refused(&IdentityError{Got: id, Want: expected})
 		}
 		return nil
 	}

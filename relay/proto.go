@@ -58,7 +58,13 @@ const (
 	incomingReqSize  = 1 + SessionIDSize + pki.IdentitySize
 	incomingRespSize = 1
 	minAddrSize      = 1 + 4 + 2
+	maxAddrSize      = 1 + 16 + 2
 )
+
+// MaxMessageSize is the longest relay message, request or response: a
+// punch message with MaxCandidates IPv6 addresses (the others are shorter
+// and of fixed size). The node caps rpc.ProtoRelay payloads at it.
+const MaxMessageSize = 2 + MaxCandidates*maxAddrSize
 
 // Errors returned by the parsers and by the encoders that take addresses.
 var (

@@ -20,13 +20,18 @@ const DefaultCallTimeout = 30 * time.Second
 // is one of ErrUnreachable, ErrTimeout, ErrRefused, ErrTooLarge,
 // ErrHandler or ErrProtocol.
 func Call(ctx context.Context, conn *quic.Conn, proto byte, req []byte) ([]byte, error) {
+	return call(ctx, conn, proto, req, MaxMessageSize)
+}
+
+// call is Call with limit capping the request and the response.
+func call(ctx context.Context, conn *quic.Conn, proto byte, req []byte, limit int) ([]byte, error) {
 	switch {
 	case conn == nil:
 		return nil, newErr(ErrUnreachable, "no connection", nil)
 	case !KnownProto(proto):
 		return nil, newErr(ErrRefused, fmt.Sprintf("unknown protocol ID %d", proto), nil)
-	case len(req) > MaxMessageSize:
-		return nil, newErr(ErrTooLarge, fmt.Sprintf("request of %d bytes above %d", len(req), MaxMessageSize), nil)
+	case len(req) > limit:
+		return nil, newErr(ErrTooLarge, fmt.Sprintf("request of %d bytes above %d", len(req), limit), nil)
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -56,7 +61,7 @@ func Call(ctx context.Context, conn *quic.Conn, proto byte, req []byte) ([]byte,
 	}
 	// Even when the write failed (the server sent STOP_SENDING because it
 	// refused the request early), its answer may be waiting: read it.
-	st, payload, err := ReadResponse(str, MaxMessageSize)
+	st, payload, err := ReadResponse(str, limit)
 	if err != nil {
 		str.CancelRead(codeCancelled)
 		str.CancelWrite(codeCancelled)

@@ -48,6 +48,13 @@ var testQUIC = &quic.Config{MaxIncomingStreams: 64, MaxIncomingUniStreams: -1, M
 
 func newPair(t testing.TB, cfg Config) *pair {
 	t.Helper()
+	return newPairOn(t, NewServer(cfg))
+}
+
+// newPairOn is newPair with a given server, so that several client
+// identities can share one.
+func newPairOn(t testing.TB, srv *Server) *pair {
+	t.Helper()
 	ckp, skp := newKey(t), newKey(t)
 	ctr, str := newTransport(t), newTransport(t)
 	stls, err := pki.TLSConfig{Keypair: skp}.Server(nil)
@@ -82,7 +89,7 @@ func newPair(t testing.TB, cfg Config) *pair {
 	if err != nil || from != ckp.Identity() {
 		t.Fatalf("server sees peer %v, %v", from, err)
 	}
-	p := &pair{client: client, server: server, clientID: from, srv: NewServer(cfg), served: make(chan error, 1)}
+	p := &pair{client: client, server: server, clientID: from, srv: srv, served: make(chan error, 1)}
 	go func() { p.served <- p.srv.Serve(context.Background(), server, from) }()
 	t.Cleanup(func() {
 		client.CloseWithError(0, "")

@@ -19,6 +19,7 @@ const (
 	codeMalformed quic.StreamErrorCode = 2 // the request frame was malformed
 	codeCancelled quic.StreamErrorCode = 3 // the caller gave up
 	codeRefused   quic.StreamErrorCode = 4 // sent with STOP_SENDING when the rest of a request is unwanted
+	codeBusy      quic.StreamErrorCode = 5 // STOP_SENDING: the request would exceed a buffer budget
 )
 
 // Handler answers one request. ctx ends at the handler timeout or when the
@@ -40,9 +41,24 @@ type Config struct {
 	// MaxConcurrent caps handlers running at once per connection
 	// (default 64, the reference's MAX_CONCURRENT_STREAMS).
 	MaxConcurrent int
-	// MaxMessageSize caps requests and responses (default and upper bound
-	// MaxMessageSize, 1 MiB).
+	// MaxMessageSize caps requests and responses of every protocol
+	// (default and upper bound MaxMessageSize, 1 MiB).
 	MaxMessageSize int
+	// MaxSize caps one protocol's requests and responses, by protocol ID
+	// (default and upper bound MaxMessageSize). The overlay sets each to its
+	// protocol's real maximum. A request whose length prefix is above it is
+	// answered StatusTooLarge before anything is allocated; a response
+	// above it is not sent, nor read by Server.Call.
+	MaxSize Sizes
+	// PeerBudget caps the request bytes buffered at once while they arrive
+	// from one peer, over all its streams and connections (default
+	// DefaultPeerBudget, 4 MiB; at least the largest MaxSize). A stream whose
+	// buffer would grow past it is reset and answered StatusRefused.
+	PeerBudget int
+	// NodeBudget caps them over all peers (default DefaultNodeBudget,
+	// 32 MiB; at least PeerBudget). When it is full, a peer holding less
+	// than another may take from it: the other's largest stream is reset.
+	NodeBudget int
 }
 
 func (c Config) withDefaults() Config {
@@ -58,6 +74,23 @@ func (c Config) withDefaults() Config {
 	if c.MaxMessageSize <= 0 || c.MaxMessageSize > MaxMessageSize {
 		c.MaxMessageSize = MaxMessageSize
 	}
+	largest := 0
+	for i := range c.MaxSize {
+		if c.MaxSize[i] <= 0 || c.MaxSize[i] > c.MaxMessageSize {
+			c.MaxSize[i] = c.MaxMessageSize
+		}
+		if KnownProto(byte(i)) {
+			largest = max(largest, c.MaxSize[i])
+		}
+	}
+	if c.PeerBudget <= 0 {
+		c.PeerBudget = DefaultPeerBudget
+	}
+	c.PeerBudget = max(c.PeerBudget, largest)
+	if c.NodeBudget <= 0 {
+		c.NodeBudget = DefaultNodeBudget
+	}
+	c.NodeBudget = max(c.NodeBudget, c.PeerBudget)
 	return c
 }
 
@@ -71,11 +104,18 @@ type Stats struct {
 	Timeouts      uint64 `json:"timeouts"`       // handler ran past HandlerTimeout
 	StreamErrors  uint64 `json:"stream_errors"`  // stalled or malformed requests, failed writes
 	Abandoned     uint64 `json:"abandoned"`      // the caller gave up before the answer
-	Active        int64  `json:"active"`         // handlers running now
+	// Streams reset because their request would buffer too much, by
+	// budget: the peer's, the node's, or taken by a peer holding less.
+	OverPeerBudget uint64 `json:"over_peer_budget"`
+	OverNodeBudget uint64 `json:"over_node_budget"`
+	Preempted      uint64 `json:"budget_preempted"`
+	Active         int64  `json:"active"`         // handlers running now
+	Buffered       int64  `json:"buffered_bytes"` // request bytes buffered now, arriving
 }
 
 type counters struct {
 	requests, responses, refused, tooLarge, handlerErrors, timeouts, streamErrors, abandoned atomic.Uint64
+	overPeer, overNode, preempted                                                            atomic.Uint64
 	active                                                                                   atomic.Int64
 }
 
@@ -88,12 +128,21 @@ type Server struct {
 	mu       sync.RWMutex // guards handlers
 	handlers [256]Handler
 
-	stats counters
+	budget *budget
+	stats  counters
 }
 
 // NewServer returns a server with no handlers.
 func NewServer(cfg Config) *Server {
-	return &Server{cfg: cfg.withDefaults()}
+	c := cfg.withDefaults()
+	return &Server{cfg: c, budget: newBudget(c.PeerBudget, c.NodeBudget)}
+}
+
+// Call is the package's Call with the server's caps for proto: a request
+// above MaxSize[proto] is refused before it is sent, and a response above
+// it after its length prefix. The node's one Server serves and calls.
+func (s *Server) Call(ctx context.Context, conn *quic.Conn, proto byte, req []byte) ([]byte, error) {
+	return call(ctx, conn, proto, req, s.cfg.MaxSize.Max(proto))
 }
 
 // Handle sets the handler for proto (nil removes it). It panics on a
@@ -117,15 +166,19 @@ func (s *Server) handler(proto byte) Handler {
 func (s *Server) Stats() Stats {
 	c := &s.stats
 	return Stats{
-		Requests:      c.requests.Load(),
-		Responses:     c.responses.Load(),
-		Refused:       c.refused.Load(),
-		TooLarge:      c.tooLarge.Load(),
-		HandlerErrors: c.handlerErrors.Load(),
-		Timeouts:      c.timeouts.Load(),
-		StreamErrors:  c.streamErrors.Load(),
-		Abandoned:     c.abandoned.Load(),
-		Active:        c.active.Load(),
+		Requests:       c.requests.Load(),
+		Responses:      c.responses.Load(),
+		Refused:        c.refused.Load(),
+		TooLarge:       c.tooLarge.Load(),
+		HandlerErrors:  c.handlerErrors.Load(),
+		Timeouts:       c.timeouts.Load(),
+		StreamErrors:   c.streamErrors.Load(),
+		Abandoned:      c.abandoned.Load(),
+		OverPeerBudget: c.overPeer.Load(),
+		OverNodeBudget: c.overNode.Load(),
+		Preempted:      c.preempted.Load(),
+		Active:         c.active.Load(),
+		Buffered:       int64(s.budget.buffered()),
 	}
 }
 
@@ -135,11 +188,13 @@ func (s *Server) Stats() Stats {
 func (s *Server) Serve(ctx context.Context, conn *quic.Conn, from pki.Identity) error {
 	ctx, cancel := context.WithCancel(ctx)
 	stop := context.AfterFunc(conn.Context(), cancel)
+	acct := s.budget.join(from)
 	var wg sync.WaitGroup
 	defer func() {
 		stop()
 		cancel()
 		wg.Wait()
+		s.budget.leave(acct)
 	}()
 	// A slot is taken before a stream is accepted, so while MaxConcurrent
 	// handlers run, further streams stay unaccepted and count against the
@@ -158,7 +213,7 @@ func (s *Server) Serve(ctx context.Context, conn *quic.Conn, from pki.Identity) 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.serveStream(ctx, str, from, slots, &wg)
+			s.serveStream(ctx, str, from, acct, slots, &wg)
 		}()
 	}
 }
@@ -166,7 +221,7 @@ func (s *Server) Serve(ctx context.Context, conn *quic.Conn, from pki.Identity) 
 // serveStream handles one request stream. It frees its slot when done,
 // unless a handler still runs: then the handler frees it on return, so a
 // handler that overruns its timeout keeps counting against MaxConcurrent.
-func (s *Server) serveStream(ctx context.Context, str *quic.Stream, from pki.Identity, slots chan struct{}, wg *sync.WaitGroup) {
+func (s *Server) serveStream(ctx context.Context, str *quic.Stream, from pki.Identity, acct *account, slots chan struct{}, wg *sync.WaitGroup) {
 	release := true
 	defer func() {
 		str.ReleaseStreamCredit()
@@ -175,11 +230,32 @@ func (s *Server) serveStream(ctx context.Context, str *quic.Stream, from pki.Ide
 		}
 	}()
 	str.SetReadDeadline(time.Now().Add(s.cfg.StreamTimeout))
-	proto, req, err := ReadRequest(str, s.cfg.MaxMessageSize)
+	res := s.budget.forStream(acct, str)
+	proto, req, err := readRequest(str, &s.cfg.MaxSize, res)
 	if err == nil {
 		err = expectEOF(str) // the caller closes its side after the frame
 	}
+	// The request is read: its bytes belong to the handler from here on,
+	// bounded by MaxConcurrent and HandlerTimeout rather than the budget.
+	if res.release() {
+		err = errPreempted
+	}
 	switch {
+	case errors.Is(err, errOverPeerBudget), errors.Is(err, errOverNodeBudget), errors.Is(err, errPreempted):
+		why := "this peer's requests in flight hold all of its budget"
+		switch {
+		case errors.Is(err, errOverPeerBudget):
+			s.stats.overPeer.Add(1)
+		case errors.Is(err, errOverNodeBudget):
+			s.stats.overNode.Add(1)
+			why = "the node's budget for requests in flight is used up"
+		default:
+			s.stats.preempted.Add(1)
+			why = "this request's buffer was taken by a peer holding less"
+		}
+		str.CancelRead(codeBusy)
+		s.reply(str, StatusRefused, []byte("request buffers full: "+why+"; retry later"))
+		return
 	case errors.Is(err, errUnknownProto):
 		s.stats.refused.Add(1)
 		str.CancelRead(codeRefused)
@@ -188,7 +264,7 @@ func (s *Server) serveStream(ctx context.Context, str *quic.Stream, from pki.Ide
 	case errors.Is(err, errFrameTooLarge):
 		s.stats.tooLarge.Add(1)
 		str.CancelRead(codeRefused)
-		s.reply(str, StatusTooLarge, []byte(fmt.Sprintf("request above %d bytes", s.cfg.MaxMessageSize)))
+		s.reply(str, StatusTooLarge, []byte(fmt.Sprintf("request above %d bytes", s.cfg.MaxSize.Max(proto))))
 		return
 	case err != nil:
 		// Stalled (read deadline), truncated, reset or malformed: there is
@@ -249,9 +325,9 @@ func (s *Server) serveStream(ctx context.Context, str *quic.Stream, from pki.Ide
 		// The caller gave up (or the connection closed): nobody to answer.
 		s.stats.abandoned.Add(1)
 		str.CancelWrite(codeCancelled)
-	case r.err == nil && len(r.resp) > s.cfg.MaxMessageSize:
+	case r.err == nil && len(r.resp) > s.cfg.MaxSize.Max(proto):
 		s.stats.tooLarge.Add(1)
-		s.reply(str, StatusTooLarge, []byte(fmt.Sprintf("response of %d bytes above %d", len(r.resp), s.cfg.MaxMessageSize)))
+		s.reply(str, StatusTooLarge, []byte(fmt.Sprintf("response of %d bytes above %d", len(r.resp), s.cfg.MaxSize.Max(proto))))
 	case r.err == nil:
 		if s.reply(str, StatusOK, r.resp) {
 			s.stats.responses.Add(1)

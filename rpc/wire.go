@@ -20,10 +20,24 @@ const (
 // with any other ID are refused before their length is read.
 func KnownProto(p byte) bool { return p >= ProtoDHT && p <= ProtoCA }
 
-// MaxMessageSize caps a request or response payload (the reference's
-// MAX_RESPONSE_SIZE, 1 MiB). A larger length prefix is rejected before
-// anything is allocated for it.
+// MaxMessageSize caps a request or response payload of any protocol (the
+// reference's MAX_RESPONSE_SIZE, 1 MiB). A larger length prefix is rejected
+// before anything is allocated for it. Config.MaxSize lowers it per
+// protocol.
 const MaxMessageSize = 1 << 20
+
+// Sizes holds a payload cap per protocol ID (the index). A zero entry means
+// MaxMessageSize.
+type Sizes [ProtoCA + 1]int
+
+// Max returns proto's cap: its entry, or MaxMessageSize for a zero entry or
+// an ID without one.
+func (s *Sizes) Max(proto byte) int {
+	if int(proto) < len(s) && s[proto] > 0 {
+		return s[proto]
+	}
+	return MaxMessageSize
+}
 
 // MaxErrorText caps the error text in a non-OK response.
 const MaxErrorText = 256
@@ -107,55 +121,91 @@ func appendHeader(b []byte, first byte, n int) []byte {
 // without reading further when the protocol ID is unknown, and
 // errFrameTooLarge when the length prefix exceeds max, before allocating.
 func ReadRequest(r io.Reader, max int) (proto byte, payload []byte, err error) {
-	var hdr [1]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+	var caps Sizes
+	for i := range caps {
+		caps[i] = max
+	}
+	return readRequest(r, &caps, nil)
+}
+
+// readRequest is ReadRequest with a cap per protocol and, when res is not
+// nil, every buffer it grows reserved from res first.
+func readRequest(r io.Reader, caps *Sizes, res *reservation) (proto byte, payload []byte, err error) {
+	var b [1]byte // one scratch byte for the whole header: it escapes once
+	if _, err := io.ReadFull(r, b[:]); err != nil {
 		return 0, nil, err
 	}
-	proto = hdr[0]
+	proto = b[0]
 	if !KnownProto(proto) {
 		return proto, nil, errUnknownProto
 	}
-	payload, err = readPayload(r, max)
+	payload, err = readPayload(r, caps.Max(proto), res, &b)
 	return proto, payload, err
 }
 
 // ReadResponse reads one response frame from r, with the same limits as
 // ReadRequest. Error texts are capped at MaxErrorText.
 func ReadResponse(r io.Reader, max int) (st Status, payload []byte, err error) {
-	var hdr [1]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+	var b [1]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
 		return 0, nil, err
 	}
-	st = Status(hdr[0])
+	st = Status(b[0])
 	if !st.valid() {
 		return st, nil, errBadStatus
 	}
 	if st != StatusOK {
 		max = MaxErrorText
 	}
-	payload, err = readPayload(r, max)
+	payload, err = readPayload(r, max, nil, &b)
 	return st, payload, err
 }
 
-// readPayload reads a uvarint length and that many bytes. The buffer
-// starts at 64 KiB and doubles as bytes actually arrive, never past n, so a
-// peer that announces 1 MiB and sends nothing costs us little, and a full
-// 1 MiB payload is held in exactly 1 MiB.
-func readPayload(r io.Reader, max int) ([]byte, error) {
-	n64, err := readUvarint(r)
+// firstChunk is the payload buffer made when the first payload byte
+// arrives; it doubles as more arrive.
+const firstChunk = 4 << 10
+
+// readPayload reads a uvarint length and that many bytes. Nothing is
+// allocated (or reserved from res) for the announced length until its first
+// byte has arrived; then the buffer starts at 4 KiB and doubles as bytes
+// actually arrive, never past n, each growth reserved from res before it is
+// made. A peer that announces 1 MiB and sends nothing thus costs nothing,
+// one that sends half of it holds at most what it sent, rounded up to the
+// next buffer size, and a full 1 MiB payload is held in exactly 1 MiB.
+// scratch is a byte the caller has already paid for.
+func readPayload(r io.Reader, limit int, res *reservation, scratch *[1]byte) ([]byte, error) {
+	n64, err := readUvarint(r, scratch)
 	if err != nil {
 		return nil, err
 	}
-	if n64 > uint64(max) {
+	if n64 > uint64(limit) {
 		return nil, errFrameTooLarge
 	}
 	n := int(n64)
-	buf := make([]byte, 0, min(n, 64<<10))
+	if n == 0 {
+		return []byte{}, nil
+	}
+	if _, err := io.ReadFull(r, scratch[:]); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	var buf []byte
 	for len(buf) < n {
 		if len(buf) == cap(buf) {
-			buf = append(make([]byte, 0, min(n, 2*cap(buf))), buf...)
+			size := min(n, max(firstChunk, 2*cap(buf)))
+			if err := res.grow(size - cap(buf)); err != nil {
+				return nil, err
+			}
+			if buf == nil {
+				buf = append(make([]byte, 0, size), scratch[0])
+			} else {
+				buf = append(make([]byte, 0, size), buf...)
+			}
+			continue // the first byte may have been the last
 		}
-		got, err := io.ReadFull(r, buf[len(buf):min(cap(buf), n)])
+		got, err := io.ReadFull(r, buf[len(buf):cap(buf)]) // cap(buf) <= n
 		buf = buf[:len(buf)+got]
 		if err != nil {
 			if err == io.EOF {
@@ -169,11 +219,10 @@ func readPayload(r io.Reader, max int) ([]byte, error) {
 
 // readUvarint reads a uvarint one byte at a time, so nothing past the
 // prefix is consumed.
-func readUvarint(r io.Reader) (uint64, error) {
+func readUvarint(r io.Reader, buf *[1]byte) (uint64, error) {
 	var (
-		x   uint64
-		s   uint
-		buf [1]byte
+		x uint64
+		s uint
 	)
 	for i := 0; i < binary.MaxVarintLen64; i++ {
 		if _, err := io.ReadFull(r, buf[:]); err != nil {

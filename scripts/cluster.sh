@@ -89,6 +89,9 @@ log "pinging every pair over the overlay (addresses found through the DHT)"
 ping_all 1
 tcp_ring 1
 "$KT" status --control "$KT_WORK/n$N.sock"
+# Node 2 answers pings as soon as it is connected, but its contact record
+# reaches the DHT only once it has joined and published: wait for that.
+wait_until 30 "node $N to resolve node 2 through the DHT" "$KT" resolve --control "$KT_WORK/n$N.sock" "${ADDRS[2]}"
 "$KT" resolve --control "$KT_WORK/n$N.sock" "${ADDRS[2]}"
 if [ "$CHECK" = 1 ]; then
 	log "stopping node 1, the only bootstrap"
@@ -114,4 +117,9 @@ if [ "$CHECK" = 1 ]; then
 	exit 0
 fi
 log "running; control sockets in $KT_WORK; Ctrl-C stops and removes everything"
-while :; do sleep 3600; done
+# bash runs a trap only after its foreground command ends: wait on a
+# background sleep instead, which a signal interrupts at once.
+while :; do
+	start_bg /dev/null sleep 3600
+	wait "$BG_PID" || true
+done

@@ -13,6 +13,7 @@ die() { log "FAIL: $*"; exit 1; }
 
 kt_cleanup() {
 	local rc=$?
+	trap '' INT TERM HUP # a second Ctrl-C must not cut the cleanup short
 	for pid in "${KT_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
 	for pid in "${KT_PIDS[@]}"; do
 		for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -26,7 +27,7 @@ kt_cleanup() {
 	exit "$rc"
 }
 trap kt_cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT TERM HUP
 
 need_root() { [ "$(id -u)" = 0 ] || die "must run as root (network namespaces, TUN devices)"; }
 

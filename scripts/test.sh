@@ -40,14 +40,22 @@ if [ "$(id -u)" != 0 ]; then
 fi
 step "netns-test"
 ./scripts/netns-test.sh
-step "hostile-test (dead destinations, a deleted TUN)"
-./scripts/hostile-test.sh
+step "deadend-test (dead destinations, a deleted TUN)"
+./scripts/deadend-test.sh
 step "cluster"
 ./scripts/cluster.sh 6 --check
 step "chat between 4 namespaces"
 ./scripts/chat-test.sh
+step "threshold CA: 5 signers run ca dkg, a sixth gets an X509-SVID (openssl and go-spiffe verify it)"
+./scripts/ca-test.sh
+step "pubsub on one subnet (10 namespaces in one /16, mesh delivery)"
+./scripts/pubsub-subnet-test.sh 10
+step "ops: config files, systemd unit, metrics, names and DNS in namespaces"
+./scripts/ops-test.sh
 step "NAT lab (cone and symmetric NATs, relay, hole punching, loss)"
 ./scripts/nat-test.sh
+step "hostile networks (a probe flood from one address, link flaps)"
+./scripts/hostile-test.sh
 step "throughput smoke run (overlay vs wireguard-go vs raw veth)"
 json=$(mktemp /tmp/korium-bench.XXXXXX.json)
 ./scripts/bench-throughput.sh --rounds 2 --time 3 --json "$json"

@@ -14,7 +14,12 @@
 // connection). A real address becomes a path of a peer only on that peer's
 // word signed with its key (a hello probe), an authenticated probe, or
 // because this node chose it (a dial, a contact record, a punch); a QUIC
-// packet from any other address never reaches quic-go. A path carries data
+// packet from any other address never reaches quic-go. Only one path owns
+// an address: another peer naming it gets a candidate there, and takes the
+// address only with stronger evidence than its owner holds it by, never
+// from a peer that proved itself there and still answers (owner.go). A
+// send error of a network that is away for a moment (a link flap) is a lost
+// packet, not a failed connection (transient.go). A path carries data
 // once the peer proved itself on it: a handshake with its certificate
 // completed over it (Confirm), or it answered a probe MACed with a key from
 // the QUIC session (SetPathKey). Paths are probed continuously and Select
@@ -77,6 +82,13 @@ type Config struct {
 	OnDirectPath func(id pki.Identity, addr netip.AddrPort)
 	// ProbeRate bounds path probe requests answered per second (default 1,000).
 	ProbeRate int
+	// ProbeSourceRate bounds the probe requests checked per second from
+	// one source (address, relay session and claimed peer; default 200),
+	// before ProbeRate: a flood from one address spends its own budget.
+	ProbeSourceRate int
+	// HelloSourceRate bounds the hellos checked per second from one
+	// address (default 50), before HelloRate.
+	HelloSourceRate int
 	// PoWBits is the network's proof-of-work difficulty: a hello from an
 	// identity below it is dropped before its signature is checked, so
 	// nobody fills the path table with free identities. 0 checks nothing.
@@ -108,6 +120,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.ProbeRate <= 0 {
 		c.ProbeRate = 1000
+	}
+	if c.ProbeSourceRate <= 0 {
+		c.ProbeSourceRate = 200
+	}
+	if c.HelloSourceRate <= 0 {
+		c.HelloSourceRate = 50
 	}
 	if c.ResetRate <= 0 {
 		c.ResetRate = 100
@@ -152,16 +170,20 @@ type path struct {
 	relayID pki.Identity
 
 	// Guarded by Conn.mu.
+	owner     bool // packets from addr (or with session) are this path's; see owner.go
 	dialed    bool // we chose it (own dial, contact record, relay session, punch)
 	validated bool // the peer proved itself on it: handshake or probe reply
-	srtt      time.Duration
-	lastReply time.Time
-	missed    int
-	probeTx   uint64    // outstanding probe, 0: none
-	probeAt   time.Time // when it was sent
-	lastProbe time.Time // zero: probe at the next tick
-	lastHello time.Time // when we last announced ourselves on it
-	added     time.Time
+	// lastSigned is when (unix ns) a hello signed by the peer last came
+	// from addr.
+	lastSigned int64
+	srtt       time.Duration
+	lastReply  time.Time
+	missed     int
+	probeTx    uint64    // outstanding probe, 0: none
+	probeAt    time.Time // when it was sent
+	lastProbe  time.Time // zero: probe at the next tick
+	lastHello  time.Time // when we last announced ourselves on it
+	added      time.Time
 
 	lastRecv atomic.Int64 // unix ns of the last packet that arrived on it
 }
@@ -181,7 +203,8 @@ type Conn struct {
 	dialBack map[uint64]chan struct{}
 	observed netip.AddrPort // our address as a peer last reported it
 
-	helloMu    sync.Mutex // guards helloLimit and scratch
+	helloMu    sync.Mutex // guards helloSrc, helloLimit and scratch
+	helloSrc   *srcLimiter
 	helloLimit limiter
 	scratch    []byte
 
@@ -189,7 +212,8 @@ type Conn struct {
 	resetLimit limiter
 	resetMAC   hash.Hash
 
-	probeMu    sync.Mutex // guards probeLimit
+	probeMu    sync.Mutex // guards probeSrc and probeLimit
+	probeSrc   *srcLimiter
 	probeLimit limiter
 
 	refuseMu    sync.Mutex // guards refuseLimit
@@ -198,6 +222,10 @@ type Conn struct {
 	forward  atomic.Pointer[RelayForwarder]
 	fwd      fwdBatch
 	relayBuf sync.Pool
+
+	// ctlSent, when set (by tests, before any packet), is told of every
+	// control packet (probe, reply, hello, reset) instead of its being sent.
+	ctlSent func(dst netip.AddrPort, size int)
 
 	txID   atomic.Uint64
 	closed atomic.Bool
@@ -218,6 +246,11 @@ type Stats struct {
 	TxProbe, RxProbe, RxProbeReply, DropProbeMAC, DropProbeRate atomic.Uint64
 	TxRelayed, RxRelayed, RxForwarded, RxDialBack, ProbeLost    atomic.Uint64
 	TxForwardGSO, TxRefusal, RxRefusal, DropRefusalRate         atomic.Uint64
+	AddrClaimRefused, AddrReassigned                            atomic.Uint64
+	DropProbeUnknown, DropProbeSrcRate, DropHelloSrcRate        atomic.Uint64
+	// Send errors taken as packet loss (see transient.go), by kind.
+	TxErrNetUnreach, TxErrHostUnreach, TxErrNetDown atomic.Uint64
+	TxErrAddrNotAvail, TxErrNoBufs, TxErrPerm       atomic.Uint64
 }
 
 // StatsSnapshot is a copy of Stats.
@@ -249,10 +282,38 @@ type StatsSnapshot struct {
 	TxRefusal         uint64 `json:"tx_refusal"`
 	RxRefusal         uint64 `json:"rx_refusal"`
 	DropRefusalRate   uint64 `json:"drop_refusal_rate"`
+	// A peer named an address (or relay session) another peer holds: its
+	// path there stayed a candidate (refused), or took it from a weaker
+	// holder (reassigned).
+	AddrClaimRefused uint64 `json:"addr_claim_refused"`
+	AddrReassigned   uint64 `json:"addr_reassigned"`
+	// Probe requests from no connected peer; requests and hellos over
+	// their source's budget (checked before the budgets all share).
+	DropProbeUnknown uint64 `json:"drop_probe_unknown_peer"`
+	DropProbeSrcRate uint64 `json:"drop_probe_source_rate"`
+	DropHelloSrcRate uint64 `json:"drop_hello_source_rate"`
+	// Send errors reported to quic-go as sent (lost) instead of failing
+	// the connection: a link flap, a route change, a firewall.
+	TxErrNetUnreach   uint64 `json:"tx_err_net_unreachable"`
+	TxErrHostUnreach  uint64 `json:"tx_err_host_unreachable"`
+	TxErrNetDown      uint64 `json:"tx_err_net_down"`
+	TxErrAddrNotAvail uint64 `json:"tx_err_addr_not_available"`
+	TxErrNoBufs       uint64 `json:"tx_err_no_buffers"`
+	TxErrPerm         uint64 `json:"tx_err_not_permitted"`
 }
 
 // New wraps udp. The Conn owns udp from now on and closes it on Close.
 func New(udp *net.UDPConn, cfg Config) (*Conn, error) {
+	c, err := newConn(udp, cfg)
+	if err != nil {
+		return nil, err
+	}
+	go c.probeLoop()
+	return c, nil
+}
+
+// newConn is New without the probe loop (tests drive probeTick).
+func newConn(udp *net.UDPConn, cfg Config) (*Conn, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
@@ -266,7 +327,9 @@ func New(udp *net.UDPConn, cfg Config) (*Conn, error) {
 		sessions:   make(map[[16]byte]*path),
 		waiters:    make(map[uint64]chan PingResult),
 		dialBack:   make(map[uint64]chan struct{}),
+		helloSrc:   newSrcLimiter(cfg.HelloSourceRate, time.Now()),
 		helloLimit: newLimiter(cfg.HelloRate),
+		probeSrc:   newSrcLimiter(cfg.ProbeSourceRate, time.Now()),
 		resetLimit: newLimiter(cfg.ResetRate),
 		probeLimit: newLimiter(cfg.ProbeRate),
 		done:       make(chan struct{}),
@@ -276,7 +339,6 @@ func New(udp *net.UDPConn, cfg Config) (*Conn, error) {
 	if cfg.StatelessResetKey != nil {
 		c.resetMAC = hmac.New(sha256.New, cfg.StatelessResetKey[:])
 	}
-	go c.probeLoop()
 	return c, nil
 }
 
@@ -292,6 +354,10 @@ func (c *Conn) Stats() StatsSnapshot {
 		DropProbeRate: s.DropProbeRate.Load(), TxRelayed: s.TxRelayed.Load(), RxRelayed: s.RxRelayed.Load(), RxForwarded: s.RxForwarded.Load(),
 		RxDialBack: s.RxDialBack.Load(), ProbeLost: s.ProbeLost.Load(), TxForwardGSO: s.TxForwardGSO.Load(),
 		TxRefusal: s.TxRefusal.Load(), RxRefusal: s.RxRefusal.Load(), DropRefusalRate: s.DropRefusalRate.Load(),
+		AddrClaimRefused: s.AddrClaimRefused.Load(), AddrReassigned: s.AddrReassigned.Load(),
+		DropProbeUnknown: s.DropProbeUnknown.Load(), DropProbeSrcRate: s.DropProbeSrcRate.Load(), DropHelloSrcRate: s.DropHelloSrcRate.Load(),
+		TxErrNetUnreach: s.TxErrNetUnreach.Load(), TxErrHostUnreach: s.TxErrHostUnreach.Load(), TxErrNetDown: s.TxErrNetDown.Load(),
+		TxErrAddrNotAvail: s.TxErrAddrNotAvail.Load(), TxErrNoBufs: s.TxErrNoBufs.Load(), TxErrPerm: s.TxErrPerm.Load(),
 	}
 }
 
@@ -346,17 +412,16 @@ func (c *Conn) unindexLocked(pa *path) {
 	} else if c.byReal[pa.addr] == pa {
 		delete(c.byReal, pa.addr)
 	}
+	pa.owner = false
 }
 
-// directLocked returns p's direct path to real, creating it (and taking it
-// from another peer that had it) if needed.
-func (c *Conn) directLocked(p *peer, real netip.AddrPort, now time.Time) *path {
-	if pa := c.byReal[real]; pa != nil {
-		if pa.peer == p {
-			return pa
-		}
-		old := pa.peer
-		c.dropPathLocked(old, pa)
+// directLocked returns p's direct path to real, creating it if needed, and
+// claims the address for it with evidence ev (see owner.go): the path may
+// stay a candidate that owns nothing.
+func (c *Conn) directLocked(p *peer, real netip.AddrPort, ev evidence, now time.Time) *path {
+	if pa := pathAtLocked(p, real); pa != nil {
+		c.claimLocked(pa, ev, now)
+		return pa
 	}
 	n := 0
 	for _, pa := range p.paths {
@@ -381,7 +446,7 @@ func (c *Conn) directLocked(p *peer, real netip.AddrPort, now time.Time) *path {
 	}
 	pa := &path{peer: p, addr: real, added: now}
 	p.paths = append(p.paths, pa)
-	c.byReal[real] = pa
+	c.claimLocked(pa, ev, now)
 	return pa
 }
 
@@ -413,7 +478,10 @@ func (c *Conn) setCurrentLocked(p *peer, pa *path) {
 // AddPeer records that id is believed to be reachable at real (from a
 // bootstrap string or a verified contact record) and returns the virtual
 // address to dial. Handshake packets go to every such address until one
-// answers; it does not replace a confirmed path.
+// answers; it does not replace a confirmed path. An address another peer
+// holds stays that peer's: id's path there is only a candidate, which takes
+// the address once id signs a hello from it or answers a probe there (and
+// never while the other peer answers there).
 func (c *Conn) AddPeer(id pki.Identity, real netip.AddrPort) (*net.UDPAddr, error) {
 	real = unmap(real)
 	if !real.IsValid() || real.Port() == 0 {
@@ -422,9 +490,9 @@ func (c *Conn) AddPeer(id pki.Identity, real netip.AddrPort) (*net.UDPAddr, erro
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.getOrAddLocked(id)
-	pa := c.directLocked(p, real, time.Now())
+	pa := c.directLocked(p, real, byWord, time.Now())
 	pa.dialed = true
-	if !p.confirmed() {
+	if !p.confirmed() && pa.owner {
 		p.current = pa
 	}
 	return p.virtUDP, nil
@@ -433,20 +501,29 @@ func (c *Conn) AddPeer(id pki.Identity, real netip.AddrPort) (*net.UDPAddr, erro
 // AddRelayPath adds a relay session to id: packets go to relayAddr in CRLY
 // frames with session, and frames with that session from relayAddr are id's.
 // The session was set up over an authenticated connection with the relay
-// (relayID), so the mapping is not taken from the network.
+// (relayID), so the mapping is not taken from the network. A session ID
+// that is already another peer's stays that peer's.
 func (c *Conn) AddRelayPath(id, relayID pki.Identity, relayAddr netip.AddrPort, session [16]byte) *net.UDPAddr {
 	relayAddr = unmap(relayAddr)
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.getOrAddLocked(id)
+	if old := c.sessions[session]; old != nil {
+		if old.peer != p {
+			// Relays choose session IDs at random: a relay that repeats
+			// one it gave another peer does not get to move that peer's
+			// traffic.
+			c.stats.AddrClaimRefused.Add(1)
+			return p.virtUDP
+		}
+		c.dropPathLocked(p, old)
+	}
 	var relays []*path
 	for _, pa := range p.paths {
-		if pa.relay {
-			if pa.relayID == relayID {
-				c.dropPathLocked(p, pa) // a new session with the same relay replaces the old
-				break
-			}
+		if pa.relay && pa.relayID == relayID {
+			c.dropPathLocked(p, pa) // a new session with the same relay replaces the old
+			break
 		}
 	}
 	for _, pa := range p.paths {
@@ -457,10 +534,7 @@ func (c *Conn) AddRelayPath(id, relayID pki.Identity, relayAddr netip.AddrPort, 
 	if len(relays) >= maxRelayPerPeer {
 		c.dropPathLocked(p, relays[0])
 	}
-	pa := &path{peer: p, addr: relayAddr, relay: true, session: session, relayID: relayID, dialed: true, added: now}
-	if old := c.sessions[session]; old != nil {
-		c.dropPathLocked(old.peer, old)
-	}
+	pa := &path{peer: p, addr: relayAddr, relay: true, session: session, relayID: relayID, dialed: true, added: now, owner: true}
 	p.paths = append(p.paths, pa)
 	c.sessions[session] = pa
 	if !p.confirmed() && p.current == nil {
@@ -483,7 +557,7 @@ func (c *Conn) Confirm(id pki.Identity) {
 		c.setCurrentLocked(p, p.handshake)
 		c.stats.PathSwitches.Add(1)
 	}
-	if p.current != nil {
+	if p.current != nil && p.current.owner {
 		p.current.validated = true
 		p.current.missed = 0
 	}
@@ -555,7 +629,7 @@ func (c *Conn) Path(id pki.Identity) (PathInfo, bool) {
 	}
 	var best *path
 	for _, pa := range p.paths {
-		if pa.relay {
+		if pa.relay || !pa.owner {
 			continue
 		}
 		if pa == p.current || best == nil || (best != p.current && pa.lastRecv.Load() > best.lastRecv.Load()) {
@@ -581,97 +655,107 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		now := time.Now()
-		nowNS := now.UnixNano()
-		forwarding := false // relay frames of others gathered: flush before returning
-		c.mu.RLock()
-		var lastReal netip.AddrPort
-		var lastPath *path
-		for i := 0; i < n; {
-			m := &ms[i]
-			b := m.Buffers[0][:m.N]
-			ua, _ := m.Addr.(*net.UDPAddr)
-			if ua == nil {
-				n = removeMsg(ms, i, n)
-				continue
-			}
-			real := ua.AddrPort()
-			real = unmap(real)
-			var pa *path
-			if IsRelay(b) {
-				c.stats.RxRelay.Add(1)
-				pa = c.ourSessionLocked(b, real)
-				if pa == nil {
-					c.mu.RUnlock()
-					if !forwarding {
-						forwarding = true
-						c.startForwarding()
-					}
-					c.handleForeignRelay(b, real, now)
-					c.mu.RLock()
-					lastPath = nil
-					n = removeMsg(ms, i, n)
-					continue
-				}
-				// Unwrap in place: quic-go reads the QUIC packet inside.
-				m.N = copy(m.Buffers[0], b[RelayHeaderSize:])
-				b = m.Buffers[0][:m.N]
-				c.stats.RxRelayed.Add(1)
-			}
-			if IsProbe(b) {
-				c.mu.RUnlock()
-				c.handleProbe(b, real, pa, now)
-				c.mu.RLock()
-				lastPath = nil
-				n = removeMsg(ms, i, n)
-				continue
-			}
-			if pa == nil {
-				pa = lastPath
-				if pa == nil || real != lastReal {
-					pa = c.byReal[real]
-					lastReal, lastPath = real, pa
-				}
-			}
-			if pa == nil {
-				c.stats.DropUnknownSource.Add(1)
-				c.mu.RUnlock()
-				c.maybeReset(b, real, now)
-				c.mu.RLock()
-				lastPath = nil
-				n = removeMsg(ms, i, n)
-				continue
-			}
-			p := pa.peer
-			if len(b) > 0 && b[0]&0x80 != 0 { // long header: a handshake
-				c.mu.RUnlock()
-				c.mu.Lock()
-				if c.byVirt[p.virt] == p && (pa.relay && c.sessions[pa.session] == pa || !pa.relay && c.byReal[pa.addr] == pa) {
-					p.handshake = pa
-					if !p.confirmed() {
-						p.current = pa
-					}
-				}
-				c.mu.Unlock()
-				c.mu.RLock()
-				lastPath = nil
-			}
-			pa.lastRecv.Store(nowNS)
-			if pa == p.current {
-				p.lastRecv.Store(nowNS)
-			}
-			m.Addr = p.virtUDP
-			i++
-		}
-		c.mu.RUnlock()
-		if forwarding {
-			c.endForwarding()
-		}
-		c.stats.RxQUIC.Add(uint64(n))
-		if n > 0 {
+		if n = c.demux(ms, n, time.Now()); n > 0 {
 			return n, nil
 		}
 	}
+}
+
+// demux dispatches the first n messages of a read batch, as they came off
+// the socket: relay frames of our sessions are unwrapped, probes and other
+// relay frames go to their handlers, packets from unknown sources are
+// dropped (and may be answered with a stateless reset), and the source of
+// every QUIC packet left is rewritten to its peer's virtual address. It
+// returns how many are left in ms[:n] for quic-go. Its fast path (QUIC from
+// a known source) allocates nothing.
+func (c *Conn) demux(ms []ipv4.Message, n int, now time.Time) int {
+	nowNS := now.UnixNano()
+	forwarding := false // relay frames of others gathered: flush before returning
+	c.mu.RLock()
+	var lastReal netip.AddrPort
+	var lastPath *path
+	for i := 0; i < n; {
+		m := &ms[i]
+		b := m.Buffers[0][:m.N]
+		ua, _ := m.Addr.(*net.UDPAddr)
+		if ua == nil {
+			n = removeMsg(ms, i, n)
+			continue
+		}
+		real := ua.AddrPort()
+		real = unmap(real)
+		var pa *path
+		if IsRelay(b) {
+			c.stats.RxRelay.Add(1)
+			pa = c.ourSessionLocked(b, real)
+			if pa == nil {
+				c.mu.RUnlock()
+				if !forwarding {
+					forwarding = true
+					c.startForwarding()
+				}
+				c.handleForeignRelay(b, real, now)
+				c.mu.RLock()
+				lastPath = nil
+				n = removeMsg(ms, i, n)
+				continue
+			}
+			// Unwrap in place: quic-go reads the QUIC packet inside.
+			m.N = copy(m.Buffers[0], b[RelayHeaderSize:])
+			b = m.Buffers[0][:m.N]
+			c.stats.RxRelayed.Add(1)
+		}
+		if IsProbe(b) {
+			c.mu.RUnlock()
+			c.handleProbe(b, real, pa, now)
+			c.mu.RLock()
+			lastPath = nil
+			n = removeMsg(ms, i, n)
+			continue
+		}
+		if pa == nil {
+			pa = lastPath
+			if pa == nil || real != lastReal {
+				pa = c.byReal[real]
+				lastReal, lastPath = real, pa
+			}
+		}
+		if pa == nil {
+			c.stats.DropUnknownSource.Add(1)
+			c.mu.RUnlock()
+			c.maybeReset(b, real, now)
+			c.mu.RLock()
+			lastPath = nil
+			n = removeMsg(ms, i, n)
+			continue
+		}
+		p := pa.peer
+		if len(b) > 0 && b[0]&0x80 != 0 { // long header: a handshake
+			c.mu.RUnlock()
+			c.mu.Lock()
+			if c.byVirt[p.virt] == p && pa.owner {
+				p.handshake = pa
+				if !p.confirmed() {
+					p.current = pa
+				}
+			}
+			c.mu.Unlock()
+			c.mu.RLock()
+			lastPath = nil
+		}
+		pa.lastRecv.Store(nowNS)
+		if pa == p.current {
+			p.lastRecv.Store(nowNS)
+		}
+		m.Addr = p.virtUDP
+		i++
+	}
+	c.mu.RUnlock()
+	if forwarding {
+		c.endForwarding()
+	}
+	c.stats.RxQUIC.Add(uint64(n))
+	return n
 }
 
 // ourSessionLocked returns the relay path a CRLY frame from src belongs to,
@@ -690,7 +774,7 @@ func (c *Conn) ourSessionLocked(b []byte, src netip.AddrPort) *path {
 // handleForeignRelay passes a frame that is not for one of our sessions to
 // the relay server, if this node runs one.
 func (c *Conn) handleForeignRelay(b []byte, src netip.AddrPort, now time.Time) {
-	if f := c.forward.Load(); f != nil && (*f)(b, src, now) {
+	if f := c.forward.Load(); f != nil && len(b) >= RelayHeaderSize && (*f)(b, src, now) {
 		c.stats.RxForwarded.Add(1)
 		return
 	}
@@ -790,6 +874,16 @@ func (c *Conn) handleHello(h *Hello, src netip.AddrPort, now time.Time) {
 		c.stats.DropStaleHello.Add(1)
 		return
 	}
+	// Cheapest checks first; the shared budget of signature checks is
+	// spent only on hellos that passed them and their source's own budget,
+	// so one sender cannot use it up for everyone.
+	c.helloMu.Lock()
+	ok := c.helloSrc.allow(&srcKey{addr: src}, now)
+	c.helloMu.Unlock()
+	if !ok {
+		c.stats.DropHelloSrcRate.Add(1)
+		return
+	}
 	if h.To != c.self {
 		c.stats.DropBadProbe.Add(1)
 		c.refuseHello(h, src, RefuseWrongIdentity, now)
@@ -800,13 +894,23 @@ func (c *Conn) handleHello(h *Hello, src netip.AddrPort, now time.Time) {
 		c.refuseHello(h, src, RefuseLowPoW, now)
 		return
 	}
+	c.mu.RLock()
+	replay := false
+	if p := c.peerLocked(h.From); p != nil {
+		replay = h.Timestamp <= p.lastHelloTS
+	}
+	c.mu.RUnlock()
+	if replay {
+		c.stats.DropStaleHello.Add(1)
+		return
+	}
 	c.helloMu.Lock()
 	if !c.helloLimit.allow(now) {
 		c.helloMu.Unlock()
 		c.stats.DropHelloRate.Add(1)
 		return
 	}
-	ok := h.Verify(c.scratch)
+	ok = h.Verify(c.scratch)
 	c.helloMu.Unlock()
 	if !ok {
 		c.stats.DropBadProbe.Add(1)
@@ -820,7 +924,11 @@ func (c *Conn) handleHello(h *Hello, src netip.AddrPort, now time.Time) {
 		return
 	}
 	p.lastHelloTS = h.Timestamp
-	pa := c.directLocked(p, src, now)
+	pa := c.directLocked(p, src, byPresence, now)
+	pa.lastSigned = now.UnixNano()
+	if !pa.owner {
+		return // another peer holds src; h.From's path there is a candidate
+	}
 	silent := now.UnixNano()-p.lastRecv.Load() > int64(c.cfg.SilentAfter)
 	if p.current != pa && (!p.confirmed() || silent) {
 		if p.confirmed() {
@@ -863,30 +971,9 @@ func (c *Conn) maybeReset(b []byte, dst netip.AddrPort, now time.Time) {
 	rand.Read(pkt[:len(pkt)-16])
 	pkt[0] = pkt[0]&0x7f | 0x40
 	copy(pkt[len(pkt)-16:], token)
-	if _, err := c.udp.WriteToUDPAddrPort(pkt, dst); err == nil {
+	if err := c.writeCtl(pkt, dst); err == nil {
 		c.stats.TxReset.Add(1)
 	}
-}
-
-// limiter is a token bucket; its owner serializes calls.
-type limiter struct {
-	rate   float64
-	tokens float64
-	last   time.Time
-}
-
-func newLimiter(perSecond int) limiter {
-	return limiter{rate: float64(perSecond), tokens: float64(perSecond), last: time.Now()}
-}
-
-func (l *limiter) allow(now time.Time) bool {
-	l.tokens = min(l.rate, l.tokens+now.Sub(l.last).Seconds()*l.rate)
-	l.last = now
-	if l.tokens < 1 {
-		return false
-	}
-	l.tokens--
-	return true
 }
 
 // ReadFrom implements net.PacketConn for callers other than quic-go.
@@ -997,6 +1084,9 @@ func (c *Conn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err e
 		} else {
 			_, _, err = c.udp.WriteMsgUDPAddrPort(b, oob, d.addr)
 		}
+		if err != nil && c.countTransient(err) {
+			err = nil // a lost packet, not a broken connection (transient.go)
+		}
 		if firstErr == nil {
 			firstErr = err
 		}
@@ -1026,8 +1116,8 @@ func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
 func (c *Conn) maybeSendHello(p *peer, dst netip.AddrPort) {
 	now := time.Now()
 	c.mu.Lock()
-	pa := c.byReal[dst]
-	if pa == nil || pa.peer != p || now.Sub(pa.lastHello) < 100*time.Millisecond {
+	pa := pathAtLocked(p, dst)
+	if pa == nil || now.Sub(pa.lastHello) < 100*time.Millisecond {
 		c.mu.Unlock()
 		return
 	}
@@ -1035,9 +1125,19 @@ func (c *Conn) maybeSendHello(p *peer, dst netip.AddrPort) {
 	c.mu.Unlock()
 	h := NewHello(c.cfg.Keypair, p.id, c.txID.Add(1), now.UnixNano())
 	var buf [HelloSize]byte
-	if _, err := c.udp.WriteToUDPAddrPort(AppendHello(buf[:0], h), dst); err == nil {
+	if err := c.writeCtl(AppendHello(buf[:0], h), dst); err == nil {
 		c.stats.TxHello.Add(1)
 	}
+}
+
+// writeCtl sends a control packet of ours (not a QUIC packet).
+func (c *Conn) writeCtl(b []byte, dst netip.AddrPort) error {
+	if c.ctlSent != nil {
+		c.ctlSent(dst, len(b))
+		return nil
+	}
+	_, err := c.udp.WriteToUDPAddrPort(b, dst)
+	return err
 }
 
 // ---- plumbing quic-go needs -------------------------------------------------

@@ -115,6 +115,14 @@ func (c *Conn) probeTick(now time.Time, out []outProbe) []outProbe {
 				c.dropPathLocked(p, pa)
 				continue
 			}
+			if !pa.owner && !pa.relay && c.byReal[pa.addr] == nil {
+				// The owner left: a candidate that was refused takes over.
+				ev := byWord
+				if pa.validated {
+					ev = byProof
+				}
+				c.claimLocked(pa, ev, now)
+			}
 			iv := c.intervalLocked(p, pa, now)
 			if iv == 0 || pa.probeTx != 0 || now.Sub(pa.lastProbe) < iv {
 				continue
@@ -150,7 +158,8 @@ func (c *Conn) selectLocked(p *peer, now time.Time) {
 		if pa == p.current {
 			cur = n
 		}
-		cands[n] = Candidate{Relay: pa.relay, Validated: pa.validated, Alive: c.aliveLocked(pa, now), RTT: pa.srtt}
+		// A path that does not own its address is only a candidate.
+		cands[n] = Candidate{Relay: pa.relay, Validated: pa.validated && pa.owner, Alive: c.aliveLocked(pa, now), RTT: pa.srtt}
 		n++
 	}
 	j := Select(cands[:n], cur)
@@ -182,14 +191,15 @@ func (c *Conn) sendProbe(d dest, pkt []byte) {
 	if d.relay {
 		b = append(AppendRelayHeader(buf[:0], RelayHeader{Session: d.session}), pkt...)
 	}
-	if _, err := c.udp.WriteToUDPAddrPort(b, d.addr); err == nil {
+	if err := c.writeCtl(b, d.addr); err == nil {
 		c.stats.TxProbe.Add(1)
 	}
 }
 
-// probePeerLocked finds the sender of a probe and the path it came on;
-// a direct source not known yet becomes a new unproven path of the peer
-// (peer-reflexive: its NAT mapping toward us) if create is set.
+// probePeerLocked finds the sender of a probe and the path it came on
+// (owned or a candidate); a direct source not known yet becomes a new
+// unproven path of the peer (peer-reflexive: its NAT mapping toward us) if
+// create is set.
 func (c *Conn) probePeerLocked(from pki.Identity, src netip.AddrPort, via *path, create bool, now time.Time) (*peer, *path) {
 	p := c.peerLocked(from)
 	if p == nil || p.key == nil {
@@ -201,38 +211,62 @@ func (c *Conn) probePeerLocked(from pki.Identity, src netip.AddrPort, via *path,
 		}
 		return p, via
 	}
-	pa := c.byReal[src]
-	if pa != nil && pa.peer == p {
+	if pa := pathAtLocked(p, src); pa != nil {
 		return p, pa
 	}
 	if !create {
 		return p, nil
 	}
-	return p, c.directLocked(p, src, now)
+	// A MACed request may be a replay from a spoofed source: only our word
+	// for the address, until the peer answers our own probe there.
+	return p, c.directLocked(p, src, byWord, now)
 }
 
 func (c *Conn) handleRequest(pr *Probe, src netip.AddrPort, via *path, now time.Time) {
+	// Cheapest checks first: the clock, then whether the sender is a
+	// connected peer at all (read lock only), then its source's budget,
+	// then the MAC, and only then the budget shared by all sources, so
+	// nothing unauthenticated spends it.
+	if d := now.UnixNano() - pr.Timestamp; d > int64(c.cfg.HelloMaxSkew) || -d > int64(c.cfg.HelloMaxSkew) {
+		c.stats.DropStaleHello.Add(1)
+		return
+	}
+	c.mu.RLock()
+	var key *[32]byte
+	if p := c.peerLocked(pr.From); p != nil {
+		key = p.key
+	}
+	c.mu.RUnlock()
+	if key == nil {
+		c.stats.DropProbeUnknown.Add(1)
+		return
+	}
+	k := srcKey{addr: src, id: pr.From}
+	if via != nil {
+		k.session = via.session
+	}
 	c.probeMu.Lock()
-	ok := c.probeLimit.allow(now)
+	ok := c.probeSrc.allow(&k, now)
+	c.probeMu.Unlock()
+	if !ok {
+		c.stats.DropProbeSrcRate.Add(1)
+		return
+	}
+	if !pr.CheckMAC(key, c.self) {
+		c.stats.DropProbeMAC.Add(1)
+		return
+	}
+	c.probeMu.Lock()
+	ok = c.probeLimit.allow(now)
 	c.probeMu.Unlock()
 	if !ok {
 		c.stats.DropProbeRate.Add(1)
 		return
 	}
-	if d := now.UnixNano() - pr.Timestamp; d > int64(c.cfg.HelloMaxSkew) || -d > int64(c.cfg.HelloMaxSkew) {
-		c.stats.DropStaleHello.Add(1)
-		return
-	}
 	c.mu.Lock()
-	p := c.peerLocked(pr.From)
-	if p == nil || p.key == nil || !pr.CheckMAC(p.key, c.self) {
-		c.mu.Unlock()
-		c.stats.DropProbeMAC.Add(1)
-		return
-	}
-	_, pa := c.probePeerLocked(pr.From, src, via, true, now)
-	if pa == nil {
-		c.mu.Unlock()
+	p, pa := c.probePeerLocked(pr.From, src, via, true, now)
+	if pa == nil || p.key != key {
+		c.mu.Unlock() // re-keyed or gone meanwhile, or via is another peer's
 		c.stats.DropBadProbe.Add(1)
 		return
 	}
@@ -298,6 +332,9 @@ func (c *Conn) handleReply(pr *Probe, src netip.AddrPort, via *path, now time.Ti
 	if !pa.validated {
 		pa.validated = true
 		c.cfg.Logger.Info("path proven", "peer", p.id.Short(), "path", pathName(pa), "rtt", rtt)
+	}
+	if !pa.relay {
+		c.claimLocked(pa, byProof, now) // never from a peer that still answers there
 	}
 	if pr.Observed.IsValid() {
 		c.observed = pr.Observed
@@ -383,7 +420,7 @@ func (c *Conn) Punch(id pki.Identity, addrs []netip.AddrPort) int {
 		if !a.IsValid() || a.Port() == 0 || a.Addr().IsUnspecified() || n == maxRealPerPeer {
 			continue
 		}
-		pa := c.directLocked(p, a, now)
+		pa := c.directLocked(p, a, byWord, now)
 		if !pa.validated {
 			pa.lastProbe = time.Time{}
 		}

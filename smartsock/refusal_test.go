@@ -172,11 +172,11 @@ func TestRefusedHelloAnswered(t *testing.T) {
 	}
 	waitStat(t, "flood handled", func() bool {
 		s := b.sock.Stats()
-		return s.TxRefusal+s.DropRefusalRate+s.DropHelloRate >= flood+2
+		return s.TxRefusal+s.DropRefusalRate+s.DropHelloRate+s.DropHelloSrcRate >= flood+2
 	})
 	s := b.sock.Stats()
 	limit := uint64(refusalRate + refusalRate*time.Since(start).Seconds() + 2)
-	t.Logf("%d refused hellos: %d refusals sent, %d rate-limited", flood, s.TxRefusal-2, s.DropRefusalRate)
+	t.Logf("%d refused hellos: %d refusals sent, %d over the refusal rate, %d over the source's hello budget", flood, s.TxRefusal-2, s.DropRefusalRate, s.DropHelloSrcRate)
 	if s.TxRefusal > limit {
 		t.Fatalf("%d refusals sent, limit %d", s.TxRefusal, limit)
 	}

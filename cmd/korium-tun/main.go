@@ -39,16 +39,26 @@ func main() {
 }
 
 func newApp(stdout, stderr io.Writer) *cli.App {
-	powFlag := &cli.IntFlag{Name: "pow-bits", Value: pki.DefaultPoWBits, Usage: "network proof-of-work difficulty (every node of a network must use the same)"}
-	controlFlag := &cli.StringFlag{Name: "control", Value: control.DefaultPath, Usage: "control socket of the running node"}
+	powFlag, controlFlag := powBitsFlag(), controlPathFlag()
 	jsonFlag := &cli.BoolFlag{Name: "json", Usage: "print JSON"}
+	cli.VersionPrinter = func(c *cli.Context) { fmt.Fprintln(c.App.Writer, readBuildInfo()) }
+	var ucfg *upConfig // up's config file, read by up's Before
 	app := &cli.App{
 		Name:      "korium-tun",
 		Usage:     "a zero-configuration overlay network: every node is an Ed25519 identity with an IPv6 address in fd00:c0f1::/32",
+		Version:   readBuildInfo().Version,
 		Writer:    stdout,
 		ErrWriter: stderr,
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
 			return fmt.Errorf("%v (see --help)", err)
+		},
+		// Without this, an unknown command prints "No help topic" and
+		// exits 3 without saying which program complained.
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return fmt.Errorf("unknown command %q: `korium-tun --help` lists the commands", c.Args().First())
+			}
+			return cli.ShowAppHelp(c)
 		},
 		Commands: []*cli.Command{
 			{
@@ -77,7 +87,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			{
 				Name:  "id",
 				Usage: "print the identity and SmartAddr of a key file",
-				Flags: []cli.Flag{&cli.StringFlag{Name: "key", Required: true}, jsonFlag},
+				Flags: []cli.Flag{&cli.StringFlag{Name: "key", Value: defaultKeyPath, Usage: "identity key file (the one up uses by default)"}, jsonFlag},
 				Action: func(c *cli.Context) error {
 					kp, err := pki.LoadKeyFile(c.String("key"))
 					if err != nil {
@@ -94,22 +104,18 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			{
 				Name:  "up",
 				Usage: "run a node in the foreground with a kernel TUN device (needs root)",
-				Flags: []cli.Flag{
-					&cli.StringFlag{Name: "key", Value: defaultKeyPath, Usage: "identity key file (created if missing)"},
-					&cli.StringFlag{Name: "listen", Value: "[::]:7400", Usage: "UDP HOST:PORT to listen on"},
-					&cli.StringSliceFlag{Name: "bootstrap", Usage: "IDENTITY@HOST:PORT of a peer to keep connected (repeatable)"},
-					&cli.StringFlag{Name: "tun", Value: ktun.DefaultName, Usage: "TUN device name"},
-					&cli.IntFlag{Name: "mtu", Value: overlay.DefaultMTU, Usage: fmt.Sprintf("tunnel MTU (%d..%d)", overlay.MinMTU, overlay.MaxMTU)},
-					powFlag, controlFlag,
-					&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
-					&cli.BoolFlag{Name: "relay", Value: true, Usage: "relay for peers behind NAT when this node is publicly reachable (--relay=false turns it off)"},
+				Flags: append(upFlags(), &cli.StringFlag{Name: configFlag, Value: defaultConfigPath,
+					Usage: "YAML config file: every flag of up as a key in snake_case (korium-tun config init writes one); read if present"}),
+				Before: func(c *cli.Context) (err error) {
+					ucfg, err = loadUpConfig(c, upFlags())
+					return err
 				},
-				Action: func(c *cli.Context) error { return up(c, stdout, stderr) },
+				Action: func(c *cli.Context) error { return up(c, ucfg, stdout, stderr) },
 			},
 			{
 				Name:      "resolve",
-				Usage:     "look up a peer's signed contact record by identity or SmartAddr through the DHT",
-				ArgsUsage: "IDENTITY|ADDRESS",
+				Usage:     "look up a peer's signed contact record by name, identity or SmartAddr through the DHT",
+				ArgsUsage: "NAME|IDENTITY|ADDRESS",
 				Flags:     []cli.Flag{controlFlag, jsonFlag},
 				Action: func(c *cli.Context) error {
 					target, err := targetArg(c)
@@ -125,6 +131,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					if c.Bool("json") {
 						return json.NewEncoder(stdout).Encode(rec)
 					}
+					if rec.Name != "" {
+						fmt.Fprintf(stdout, "name     %s.korium\n", rec.Name)
+					}
 					fmt.Fprintf(stdout, "identity %s\naddress  %s\naddrs    %s\nseq      %d\nexpires  %s\n", rec.Identity, rec.Address,
 						strings.Join(rec.Addrs, " "), rec.Seq, rec.Expires.Format(time.RFC3339))
 					return nil
@@ -135,7 +144,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				Usage: "show the DHT routing table: buckets, latency tiers, contacts",
 				Flags: []cli.Flag{controlFlag, jsonFlag},
 				Action: func(c *cli.Context) error {
-					var snap dht.Snapshot
+					var snap peersJSON
 					if err := query(c, "peers", &snap); err != nil {
 						return err
 					}
@@ -143,6 +152,10 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 						return printIndented(stdout, snap)
 					}
 					fmt.Fprintf(stdout, "k %d  alpha %d  tiers %v\n", snap.K, snap.Alpha, snap.Tiers)
+					if len(snap.Buckets) == 0 {
+						fmt.Fprintln(stdout, "the routing table is empty: this node has not met another node yet (is a --bootstrap peer given and reachable?)")
+						return nil
+					}
 					tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 					fmt.Fprintln(tw, "BUCKET	IDENTITY	ADDRS	TIER	RTT	LAST SEEN")
 					for _, b := range snap.Buckets {
@@ -151,7 +164,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 							for _, a := range ct.Addrs {
 								addrs = append(addrs, a.String())
 							}
-							fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%s ago\n", b.Index, ct.Identity.String()[:16], strings.Join(addrs, ","),
+							fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%s ago\n", b.Index, nameOr(snap.Names, ct.Identity.String(), 16), strings.Join(addrs, ","),
 								ct.Tier, ct.RTT.Round(10*time.Microsecond), time.Since(ct.LastSeen).Round(time.Second))
 						}
 					}
@@ -164,7 +177,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				Usage: "show the running node's peers and counters",
 				Flags: []cli.Flag{controlFlag, jsonFlag},
 				Action: func(c *cli.Context) error {
-					var st overlay.Status
+					var st statusJSON
 					if err := query(c, "status", &st); err != nil {
 						return err
 					}
@@ -177,7 +190,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			},
 		},
 	}
-	app.Commands = append(app.Commands, chatCommand(os.Stdin, stdout, stderr))
+	app.Commands = append(app.Commands, chatCommand(os.Stdin, stdout, stderr), namesCommand(controlFlag, jsonFlag, stdout),
+		configCommand(stdout), versionCommand(stdout, jsonFlag),
+		caCommand(controlFlag, stdout, stderr), certCommand(controlFlag, jsonFlag, stdout, stderr))
 	for _, cmd := range app.Commands {
 		cmd.OnUsageError = app.OnUsageError
 	}
@@ -187,9 +202,12 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 // targetArg returns the one IDENTITY|ADDRESS argument of resolve and ping.
 func targetArg(c *cli.Context) (string, error) {
 	if c.NArg() != 1 {
-		return "", fmt.Errorf("%s takes one IDENTITY (64 hex) or overlay ADDRESS (fd00:c0f1:...)", c.Command.Name)
+		return "", fmt.Errorf("%s takes one peer: a NAME (korium-tun names list), an IDENTITY (64 hex) or an overlay ADDRESS (fd00:c0f1:...)", c.Command.Name)
 	}
 	target := c.Args().First()
+	if isName(target) {
+		return target, nil // the node knows its names
+	}
 	_, err := parseTarget(target)
 	return target, err
 }
@@ -261,7 +279,7 @@ func parseBootstraps(c *cli.Context) ([]overlay.Contact, error) {
 	return boot, nil
 }
 
-func up(c *cli.Context, stdout, stderr io.Writer) error {
+func up(c *cli.Context, ucfg *upConfig, stdout, stderr io.Writer) error {
 	// Check every flag before touching anything.
 	level, bits, err := nodeFlags(c)
 	if err != nil {
@@ -275,13 +293,29 @@ func up(c *cli.Context, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if os.Geteuid() != 0 {
+	if err := checkSPIFFEFlags(c); err != nil {
+		return err
+	}
+	if !canCreateTUN() {
 		return errors.New("`korium-tun up` creates a TUN device and needs root: run it with sudo (Go programs can use the overlay without root through the overlay package's netstack)")
 	}
 	if err := control.CheckPath(c.String("control")); err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	var logLevel slog.LevelVar // SIGHUP may change it
+	logLevel.Set(level)
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: &logLevel}))
+	nn, err := loadNodeNames(c.String("names-file"))
+	if err != nil {
+		return fmt.Errorf("%s: %v", ucfg.optName("names-file"), err)
+	}
+	metricsLn, err := listenMetrics(c, ucfg)
+	if err != nil {
+		return err
+	}
+	if metricsLn != nil {
+		defer metricsLn.Close() // until the metrics server owns it
+	}
 	if path := os.Getenv("KORIUM_TUN_CPUPROFILE"); path != "" { // a debugging aid for benchmarks
 		f, err := os.Create(path)
 		if err != nil {
@@ -310,6 +344,10 @@ func up(c *cli.Context, stdout, stderr io.Writer) error {
 	if err := pki.CheckPoW(kp.Identity(), kp.Nonce(), bits); err != nil {
 		return fmt.Errorf("key %s: %v: use a key made with `korium-tun keygen --pow-bits %d`", keyPath, err, bits)
 	}
+	signer, err := loadCASigner(c.String("ca-signer"), kp)
+	if err != nil {
+		return err
+	}
 	udp, err := overlay.ListenUDP(c.String("listen"))
 	if err != nil {
 		return err
@@ -320,22 +358,38 @@ func up(c *cli.Context, stdout, stderr io.Writer) error {
 		udp.Close()
 		return err
 	}
+	dnsConn, err := listenDNS(c, ucfg, addr) // needs addr on the TUN
+	if err != nil {
+		dev.Close()
+		udp.Close()
+		return err
+	}
+	if dnsConn != nil {
+		defer dnsConn.Close() // until the DNS responder owns it
+	}
 	node, err := overlay.New(overlay.Config{
 		Keypair: kp, PoWBits: overlayPoW(bits), Conn: udp, Device: dev, MTU: mtu, Bootstrap: boot, Logger: log,
-		NoRelay: !c.Bool("relay"),
+		NoRelay: !c.Bool("relay"), TrustDomain: c.String("trust-domain"), Workload: c.String("workload"), CASigner: signer,
 	})
 	if err != nil {
 		return err
 	}
 	defer node.Close()
-	handlers := controlHandlers(node)
+	handlers := controlHandlers(node, nn)
 	chatHandlers(node, handlers)
+	namesHandlers(node, nn, handlers)
 	ctl, err := control.Listen(c.String("control"), handlers, log)
 	if err != nil {
 		return err
 	}
 	defer ctl.Close()
 	chatControl(node, ctl)
+	caControl(node, ctl)
+	svc, err := startServices(ctx, c, node, nn, metricsLn, dnsConn, log)
+	if err != nil {
+		return err
+	}
+	defer svc.Close()
 
 	for _, b := range bootstrapStrings(node) {
 		fmt.Fprintf(stdout, "bootstrap %s\n", b)
@@ -344,16 +398,28 @@ func up(c *cli.Context, stdout, stderr io.Writer) error {
 	if f, ok := stdout.(*os.File); ok {
 		f.Sync()
 	}
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
-		return nil
-	case <-node.Done(): // it stopped by itself: its device is gone
-		if err := node.Err(); err != nil {
-			return err
-		}
-		return errors.New("the node stopped")
+	// The TUN is up, the node listens, the control socket answers: ready.
+	if ok, err := sdNotify("READY=1"); err != nil {
+		log.Warn("cannot tell systemd that the node is ready", "err", err)
+	} else if ok {
+		log.Debug("told systemd the node is ready")
 	}
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	go func() { // a node that stops by itself (its device is gone) ends the run
+		select {
+		case <-node.Done():
+			stopRun()
+		case <-runCtx.Done():
+		}
+	}()
+	svc.run(runCtx, ucfg, &logLevel)
+	sdNotify("STOPPING=1")
+	if err := node.Err(); err != nil {
+		return err
+	}
+	log.Info("shutting down")
+	return nil
 }
 
 // bootstrapStrings lists IDENTITY@HOST:PORT for every address others could
@@ -379,13 +445,14 @@ func parseTarget(s string) (any, error) {
 	}
 	id, err := pki.ParseIdentity(s)
 	if err != nil {
-		return nil, fmt.Errorf("%q is neither an identity (64 lowercase hex) nor an overlay address (fd00:c0f1:...)", s)
+		return nil, fmt.Errorf("%q is neither a name, an identity (64 lowercase hex) nor an overlay address (fd00:c0f1:...)", s)
 	}
 	return id, nil
 }
 
 // recordJSON is a contact record as `resolve` prints it.
 type recordJSON struct {
+	Name     string    `json:"name,omitempty"`
 	Identity string    `json:"identity"`
 	Address  string    `json:"address"`
 	Addrs    []string  `json:"addrs"`
@@ -394,43 +461,61 @@ type recordJSON struct {
 	Expires  time.Time `json:"expires"`
 }
 
-func controlHandlers(node *overlay.Node) map[string]control.Handler {
+// statusJSON is `status`'s answer: the node's Status and the names of its
+// peers (identity -> name).
+type statusJSON struct {
+	overlay.Status
+	Names map[string]string `json:"names"`
+}
+
+// peersJSON is `peers`'s answer: the routing table and the names.
+type peersJSON struct {
+	dht.Snapshot
+	Names map[string]string `json:"names"`
+}
+
+func controlHandlers(node *overlay.Node, nn *nodeNames) map[string]control.Handler {
 	return map[string]control.Handler{
-		"status": func(context.Context, json.RawMessage) (any, error) { return node.Status(), nil },
+		"status": func(context.Context, json.RawMessage) (any, error) {
+			return statusJSON{Status: node.Status(), Names: nn.table.Map()}, nil
+		},
 		"peers": func(context.Context, json.RawMessage) (any, error) {
 			snap, ok := node.DHTSnapshot()
 			if !ok {
 				return nil, errors.New("the DHT is disabled")
 			}
-			return snap, nil
+			return peersJSON{Snapshot: snap, Names: nn.table.Map()}, nil
 		},
 		"ping": func(ctx context.Context, args json.RawMessage) (any, error) {
 			var a struct{ Target string }
 			if err := json.Unmarshal(args, &a); err != nil {
 				return nil, err
 			}
-			return pingOnce(ctx, node, a.Target)
+			return pingOnce(ctx, node, nn, a.Target)
 		},
 		"resolve": func(ctx context.Context, args json.RawMessage) (any, error) {
 			var a struct{ Target string }
 			if err := json.Unmarshal(args, &a); err != nil {
 				return nil, err
 			}
-			t, err := parseTarget(a.Target)
-			if err != nil {
-				return nil, err
-			}
 			var rec *dht.Record
-			switch t := t.(type) {
-			case netip.Addr:
-				rec, err = node.ResolveAddr(ctx, t)
-			case pki.Identity:
-				rec, err = node.Resolve(ctx, t)
+			if t, err := parseTarget(a.Target); err == nil {
+				if addr, ok := t.(netip.Addr); ok {
+					if rec, err = node.ResolveAddr(ctx, addr); err != nil {
+						return nil, resolveError(a.Target, err)
+					}
+				}
 			}
-			if err != nil {
-				return nil, fmt.Errorf("resolving %s: %v", a.Target, err)
+			if rec == nil {
+				id, err := resolveTarget(ctx, node, nn, a.Target)
+				if err != nil {
+					return nil, err
+				}
+				if rec, err = node.Resolve(ctx, id); err != nil {
+					return nil, resolveError(a.Target, err)
+				}
 			}
-			out := recordJSON{Identity: rec.Identity.String(), Address: smartaddr.FromIdentity(rec.Identity).String(), Seq: rec.Seq, Expires: rec.Expires}
+			out := recordJSON{Name: nn.table.NameOf(rec.Identity), Identity: rec.Identity.String(), Address: smartaddr.FromIdentity(rec.Identity).String(), Seq: rec.Seq, Expires: rec.Expires}
 			for _, ap := range rec.Addrs {
 				out.Addrs = append(out.Addrs, ap.String())
 			}
@@ -442,10 +527,15 @@ func controlHandlers(node *overlay.Node) map[string]control.Handler {
 	}
 }
 
-func printStatus(w io.Writer, st overlay.Status) {
+func printStatus(w io.Writer, st statusJSON) {
 	fmt.Fprintf(w, "identity %s\naddress  %s\nlisten   %s  mtu %d  up %s\n\n", st.Identity, st.Address, st.Listen, st.MTU, st.Uptime.Round(time.Second))
+	if len(st.Peers) == 0 {
+		fmt.Fprintln(w, "no peers connected (a --bootstrap peer brings the first; korium-tun ping NAME|ADDRESS connects on demand)")
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tADDRESS\tPATH\tRTT\tTX\tRX\tDIR")
+	if len(st.Peers) > 0 {
+		fmt.Fprintln(tw, "PEER\tADDRESS\tPATH\tRTT\tTX\tRX\tDIR")
+	}
 	for _, p := range st.Peers {
 		dir := "in"
 		if p.Outbound {
@@ -455,7 +545,7 @@ func printStatus(w io.Writer, st overlay.Status) {
 		if p.Path != nil {
 			path = p.Path.Kind + " " + p.Path.Addr
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d pkts / %s\t%d pkts / %s\t%s\n", p.Identity[:16], p.Address, path,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d pkts / %s\t%d pkts / %s\t%s\n", nameOr(st.Names, p.Identity, 16), p.Address, path,
 			p.RTT.Round(10*time.Microsecond), p.TxPackets, bytesString(p.TxBytes), p.RxPackets, bytesString(p.RxBytes), dir)
 	}
 	tw.Flush()

@@ -6,19 +6,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
+	"net"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/korium/korium-tun/control"
+	"github.com/korium/korium-tun/dht"
 	"github.com/korium/korium-tun/overlay"
-	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/smartaddr"
 )
 
 // pingReply is one answer of `korium-tun ping`.
 type pingReply struct {
+	Name     string        `json:"name,omitempty"`
 	Identity string        `json:"identity"`
 	Address  string        `json:"address"`
 	Kind     string        `json:"kind"` // "direct" or "relay"
@@ -31,7 +32,7 @@ func pingCommand(controlFlag, jsonFlag cli.Flag, stdout io.Writer) *cli.Command 
 	return &cli.Command{
 		Name:      "ping",
 		Usage:     "probe a peer's current path: prints whether traffic goes direct or through a relay, and the RTT",
-		ArgsUsage: "IDENTITY|ADDRESS",
+		ArgsUsage: "NAME|IDENTITY|ADDRESS",
 		Flags: []cli.Flag{controlFlag, jsonFlag,
 			&cli.IntFlag{Name: "count", Aliases: []string{"c"}, Value: 4, Usage: "probes to send (0: until interrupted)"},
 			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "time between probes"},
@@ -59,6 +60,9 @@ func pingCommand(controlFlag, jsonFlag cli.Flag, stdout io.Writer) *cli.Command 
 				err := control.Call(ctx, c.String("control"), "ping", map[string]string{"target": target}, &r)
 				cancel()
 				if err != nil {
+					if !nodeListening(c.String("control")) {
+						return err // no node to ask: the same error three more times says nothing
+					}
 					lastErr = err
 					fmt.Fprintf(stdout, "no reply: %v\n", err)
 					continue
@@ -68,7 +72,11 @@ func pingCommand(controlFlag, jsonFlag cli.Flag, stdout io.Writer) *cli.Command 
 					json.NewEncoder(stdout).Encode(r)
 					continue
 				}
-				fmt.Fprintf(stdout, "pong from %s (%s) via %s %s in %s\n", r.Identity[:16], r.Address, r.Kind, r.Addr, r.RTT.Round(time.Microsecond))
+				who := r.Identity[:16]
+				if r.Name != "" {
+					who = r.Name
+				}
+				fmt.Fprintf(stdout, "pong from %s (%s) via %s %s in %s\n", who, r.Address, r.Kind, r.Addr, r.RTT.Round(time.Microsecond))
 			}
 			if got == 0 {
 				return fmt.Errorf("no reply from %s: %v", target, lastErr)
@@ -78,22 +86,26 @@ func pingCommand(controlFlag, jsonFlag cli.Flag, stdout io.Writer) *cli.Command 
 	}
 }
 
+// nodeListening reports whether a node answers at the control socket path.
+func nodeListening(path string) bool {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
 // pingOnce resolves target (connecting if needed) and probes its path.
-func pingOnce(ctx context.Context, node *overlay.Node, target string) (pingReply, error) {
-	t, err := parseTarget(target)
+func pingOnce(ctx context.Context, node *overlay.Node, nn *nodeNames, target string) (pingReply, error) {
+	id, err := resolveTarget(ctx, node, nn, target)
 	if err != nil {
 		return pingReply{}, err
 	}
-	var id pki.Identity
-	switch t := t.(type) {
-	case pki.Identity:
-		id = t
-	case netip.Addr:
-		if id, err = node.OwnerOf(ctx, t); err != nil {
-			return pingReply{}, err
-		}
-	}
 	if err := node.ConnectIdentity(ctx, id); err != nil {
+		if errors.Is(err, dht.ErrNotFound) || errors.Is(err, dht.ErrNoPeers) {
+			return pingReply{}, resolveError(target, err)
+		}
 		return pingReply{}, err
 	}
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
@@ -102,5 +114,5 @@ func pingOnce(ctx context.Context, node *overlay.Node, target string) (pingReply
 	if err != nil {
 		return pingReply{}, fmt.Errorf("probe of %s: %v", id.Short(), err)
 	}
-	return pingReply{Identity: id.String(), Address: smartaddr.FromIdentity(id).String(), Kind: r.Path.Kind, Addr: r.Path.Addr, Relay: r.Path.Relay, RTT: r.RTT}, nil
+	return pingReply{Name: nn.table.NameOf(id), Identity: id.String(), Address: smartaddr.FromIdentity(id).String(), Kind: r.Path.Kind, Addr: r.Path.Addr, Relay: r.Path.Relay, RTT: r.RTT}, nil
 }

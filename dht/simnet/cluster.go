@@ -49,6 +49,11 @@ func NewCluster(cfg ClusterConfig) (*Cluster, error) {
 	if cfg.JoinParallel == 0 {
 		cfg.JoinParallel = 50
 	}
+	if cfg.DHT.Identities == nil {
+		// One process, many nodes: one memo of checked identities (each
+		// check is a point decompression) instead of one per node.
+		cfg.DHT.Identities = dht.NewIdentityCache(2*cfg.N + dht.DefaultIdentityCacheSize)
+	}
 	c := &Cluster{cfg: cfg, Net: NewNetwork(cfg.Net), ready: make(map[pki.Identity]bool)}
 	s := c.Net.Config().Seed
 	c.rng = rand.New(rand.NewPCG(s+1, s+2))
@@ -82,8 +87,8 @@ func (c *Cluster) newNode() (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	ep.SetHandler(func(from pki.Identity, _ netip.AddrPort, req []byte) ([]byte, error) {
-		return d.HandleRequest(from, req)
+	ep.SetHandler(func(from pki.Identity, fromAddr netip.AddrPort, req []byte) ([]byte, error) {
+		return d.HandleRequest(from, fromAddr, req)
 	})
 	n := &Node{KP: kp, DHT: d, EP: ep}
 	c.mu.Lock()

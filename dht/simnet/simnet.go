@@ -200,19 +200,21 @@ func wait(ctx context.Context, d time.Duration) error {
 }
 
 // Call implements dht.Transport: it delivers req to to.Identity after the
-// one-way delay, runs its handler, and returns the response after the
-// return delay. Lost messages and detached nodes make it wait for ctx.
-func (e *Endpoint) Call(ctx context.Context, to dht.Contact, req []byte) ([]byte, error) {
+// one-way delay, runs its handler (telling it our address), and returns the
+// response and the callee's address after the return delay. Lost messages
+// and detached nodes make it wait for ctx.
+func (e *Endpoint) Call(ctx context.Context, to dht.Contact, req []byte) ([]byte, netip.AddrPort, error) {
 	n := e.net
+	var none netip.AddrPort
 	if len(req) > dht.MaxMessageSize {
-		return nil, fmt.Errorf("simnet: request of %d bytes exceeds the limit", len(req))
+		return nil, none, fmt.Errorf("simnet: request of %d bytes exceeds the limit", len(req))
 	}
 	n.mu.Lock()
 	dst := n.nodes[to.Identity]
 	n.mu.Unlock()
 	if dst == nil {
 		<-ctx.Done()
-		return nil, fmt.Errorf("%w: %s: %w", ErrUnreachable, to.Identity.Short(), ctx.Err())
+		return nil, none, fmt.Errorf("%w: %s: %w", ErrUnreachable, to.Identity.Short(), ctx.Err())
 	}
 	n.Messages.Add(1)
 	if len(req) > 1 {
@@ -220,35 +222,35 @@ func (e *Endpoint) Call(ctx context.Context, to dht.Contact, req []byte) ([]byte
 	}
 	d, lost := n.delay(e.region, dst.region)
 	if err := wait(ctx, d); err != nil {
-		return nil, err
+		return nil, none, err
 	}
 	h := dst.handler.Load()
 	if lost || h == nil {
 		<-ctx.Done()
-		return nil, ctx.Err()
+		return nil, none, ctx.Err()
 	}
 	n.mu.Lock()
 	alive := n.nodes[to.Identity] == dst
 	n.mu.Unlock()
 	if !alive {
 		<-ctx.Done()
-		return nil, ctx.Err()
+		return nil, none, ctx.Err()
 	}
 	resp, err := (*h)(e.id, e.addr, req)
 	if err != nil {
-		return nil, fmt.Errorf("simnet: %s refused: %w", to.Identity.Short(), err)
+		return nil, none, fmt.Errorf("simnet: %s refused: %w", to.Identity.Short(), err)
 	}
 	if len(resp) > dht.MaxMessageSize {
-		return nil, fmt.Errorf("simnet: response of %d bytes exceeds the limit", len(resp))
+		return nil, none, fmt.Errorf("simnet: response of %d bytes exceeds the limit", len(resp))
 	}
 	n.Messages.Add(1)
 	d, lost = n.delay(dst.region, e.region)
 	if lost {
 		<-ctx.Done()
-		return nil, ctx.Err()
+		return nil, none, ctx.Err()
 	}
 	if err := wait(ctx, d); err != nil {
-		return nil, err
+		return nil, none, err
 	}
-	return resp, nil
+	return resp, dst.addr, nil
 }

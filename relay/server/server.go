@@ -126,25 +126,25 @@ var (
 
 // Stats is a snapshot of the relay's counters.
 type Stats struct {
-	Sessions int    // open now
-	Opened   uint64 // sessions opened since New, replacements included
-	Replaced uint64 // sessions closed because the same pair opened a new one
-	Expired  uint64 // sessions closed by Expire
-	Closed   uint64 // sessions closed by CloseSession
+	Sessions int    `json:"sessions"` // open now
+	Opened   uint64 `json:"opened"`   // sessions opened since New, replacements included
+	Replaced uint64 `json:"replaced"` // sessions closed because the same pair opened a new one
+	Expired  uint64 `json:"expired"`  // sessions closed by Expire
+	Closed   uint64 `json:"closed"`   // sessions closed by CloseSession
 
-	RefusedSessions uint64 // Open: ErrTooManySessions
-	RefusedPerIP    uint64 // Open: ErrTooManyPerIP
-	RefusedSelf     uint64 // Open: ErrSelf
-	RefusedAddr     uint64 // Open: ErrAddr
+	RefusedSessions uint64 `json:"refused_sessions"` // Open: ErrTooManySessions
+	RefusedPerIP    uint64 `json:"refused_per_ip"`   // Open: ErrTooManyPerIP
+	RefusedSelf     uint64 `json:"refused_self"`     // Open: ErrSelf
+	RefusedAddr     uint64 `json:"refused_addr"`     // Open: ErrAddr
 
-	ForwardedFrames uint64
-	ForwardedBytes  uint64
+	ForwardedFrames uint64 `json:"forwarded_frames"`
+	ForwardedBytes  uint64 `json:"forwarded_bytes"`
 
-	DropWrongSource uint64 // frame for a session, from neither endpoint
-	DropRate        uint64 // over the session's Rate
-	DropBytes       uint64 // would pass MaxBytes; the session was closed
-	DropSend        uint64 // Sender failed
-	Unknown         uint64 // CRLY frame for no session of ours (Forward returned false)
+	DropWrongSource uint64 `json:"drop_wrong_source"` // frame for a session, from neither endpoint
+	DropRate        uint64 `json:"drop_rate"`         // over the session's Rate
+	DropBytes       uint64 `json:"drop_bytes"`        // would pass MaxBytes; the session was closed
+	DropSend        uint64 `json:"drop_send"`         // Sender failed
+	Unknown         uint64 `json:"unknown_session"`   // CRLY frame for no session of ours (Forward returned false)
 }
 
 // Server is a relay's session table and forwarder. It is safe for

@@ -2826,7 +2826,27 @@ func (c *Conn) appendOneShortHeaderPacket(buf *packetBuffer, maxSize protocol.By
 	return size, nil
 }
 
+// korium-tun: sentDatagramFrame stands in for a DATAGRAM frame in the
+// sent-packet history once its packet is sent. The history needs only the
+// frame's presence (the packet is ack-eliciting); DATAGRAM frames are never
+// retransmitted, so the frame and its payload buffer go back to their pool
+// at once instead of staying alive until the packet is acknowledged.
+// Nothing writes to it.
+var sentDatagramFrame = &wire.DatagramFrame{}
+
+// releaseDatagramFrames is called for every packed packet after it was
+// logged and before it is registered with the sent-packet handler.
+func releaseDatagramFrames(frames []ackhandler.Frame) {
+	for i := range frames {
+		if f, ok := frames[i].Frame.(*wire.DatagramFrame); ok && f != sentDatagramFrame {
+			frames[i].Frame = sentDatagramFrame
+			f.PutBack()
+		}
+	}
+}
+
 func (c *Conn) registerPackedShortHeaderPacket(p shortHeaderPacket, ecn protocol.ECN, now monotime.Time) {
+	releaseDatagramFrames(p.Frames) // korium-tun
 	if p.IsPathProbePacket {
 		c.sentPacketHandler.SentPacket(
 			now,
@@ -2868,6 +2888,7 @@ func (c *Conn) registerPackedShortHeaderPacket(p shortHeaderPacket, ecn protocol
 func (c *Conn) sendPackedCoalescedPacket(packet *coalescedPacket, ecn protocol.ECN, now monotime.Time) error {
 	c.logCoalescedPacket(packet, ecn)
 	for _, p := range packet.longHdrPackets {
+		releaseDatagramFrames(p.frames) // korium-tun: 0-RTT packets carry DATAGRAM frames
 		if c.firstAckElicitingPacketAfterIdleSentTime.IsZero() && p.IsAckEliciting() {
 			c.firstAckElicitingPacketAfterIdleSentTime = now
 		}
@@ -2895,6 +2916,7 @@ func (c *Conn) sendPackedCoalescedPacket(packet *coalescedPacket, ecn protocol.E
 		}
 	}
 	if p := packet.shortHdrPacket; p != nil {
+		releaseDatagramFrames(p.Frames) // korium-tun
 		if c.firstAckElicitingPacketAfterIdleSentTime.IsZero() && p.IsAckEliciting() {
 			c.firstAckElicitingPacketAfterIdleSentTime = now
 		}
@@ -3146,7 +3168,10 @@ func (c *Conn) SendDatagram(p []byte) error {
 		return errors.New("datagram support disabled")
 	}
 
-	f := &wire.DatagramFrame{DataLenPresent: true}
+	// korium-tun: the frame comes from a pool and goes back once its packet
+	// is sent (releaseDatagramFrames): no allocation per datagram.
+	f := wire.GetDatagramFrame()
+	f.DataLenPresent = true
 	// The payload size estimate is conservative.
 	// Under many circumstances we could send a few more bytes.
 	maxDataLen := min(
@@ -3154,11 +3179,15 @@ func (c *Conn) SendDatagram(p []byte) error {
 		protocol.ByteCount(c.maxPayloadSizeEstimate.Load()),
 	)
 	if protocol.ByteCount(len(p)) > maxDataLen {
+		f.PutBack()
 		return &DatagramTooLargeError{MaxDatagramPayloadSize: int64(maxDataLen)}
 	}
-	f.Data = make([]byte, len(p))
-	copy(f.Data, p)
-	return c.datagramQueue.Add(f)
+	f.Data = append(f.Data, p...)
+	if err := c.datagramQueue.Add(f); err != nil {
+		f.PutBack()
+		return err
+	}
+	return nil
 }
 
 // ReceiveDatagram gets a message received in a QUIC datagram, as specified in RFC 9221.
@@ -3167,6 +3196,26 @@ func (c *Conn) ReceiveDatagram(ctx context.Context) ([]byte, error) {
 		return nil, errors.New("datagram support disabled")
 	}
 	return c.datagramQueue.Receive(ctx)
+}
+
+// ReceiveDatagrams copies messages received in QUIC datagrams into bufs, one
+// per buffer, and their lengths into sizes (which must be at least as long
+// as bufs). It blocks until at least one datagram has arrived, the
+// connection is closed, or ctx is done; then it returns every datagram
+// already received, up to len(bufs), without waiting for more.
+//
+// The buffers remain the caller's: nothing keeps them after the call. A
+// datagram is never longer than 1452 bytes; one that is longer than its
+// buffer ends the batch before it, and if it is the first, it is dropped
+// and io.ErrShortBuffer is returned. Unlike ReceiveDatagram, it allocates
+// nothing.
+//
+// korium-tun: added to the upstream API. See third_party/README.md.
+func (c *Conn) ReceiveDatagrams(ctx context.Context, bufs [][]byte, sizes []int) (int, error) {
+	if !c.config.EnableDatagrams {
+		return 0, errors.New("datagram support disabled")
+	}
+	return c.datagramQueue.ReceiveInto(ctx, bufs, sizes)
 }
 
 // LocalAddr returns the local address of the QUIC connection.

@@ -2,8 +2,10 @@ package quic
 
 import (
 	"context"
+	"io"
 	"sync"
 
+	"github.com/korium/korium-tun/third_party/quic-go/internal/protocol"
 	"github.com/korium/korium-tun/third_party/quic-go/internal/utils"
 	"github.com/korium/korium-tun/third_party/quic-go/internal/utils/ringbuffer"
 	"github.com/korium/korium-tun/third_party/quic-go/internal/wire"
@@ -25,8 +27,10 @@ type datagramQueue struct {
 	sendQueue ringbuffer.RingBuffer[*wire.DatagramFrame]
 	sent      chan struct{} // used to notify Add that a datagram was dequeued
 
-	rcvMx    sync.Mutex
-	rcvQueue [][]byte
+	rcvMx sync.Mutex
+	// korium-tun: a ring of pooled copies (rcvBufPool) instead of a slice of
+	// fresh ones, so that queueing a datagram allocates nothing.
+	rcvQueue ringbuffer.RingBuffer[*[]byte]
 	rcvd     chan struct{} // used to notify Receive that a new datagram was received
 
 	closeErr error
@@ -106,14 +110,31 @@ func (h *datagramQueue) Pop() {
 	}
 }
 
+// korium-tun: rcvBufPool holds the buffers that received datagrams are
+// queued in. A DATAGRAM frame's payload aliases its packet buffer (the frame
+// parser no longer copies), so it is copied once, into one of these, before
+// that buffer is released. Every received packet fits a packet buffer of
+// protocol.MaxPacketBufferSize bytes, and so does every datagram.
+var rcvBufPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, protocol.MaxPacketBufferSize)
+	return &b
+}}
+
+func putRcvBuf(b *[]byte) {
+	if cap(*b) == protocol.MaxPacketBufferSize {
+		rcvBufPool.Put(b)
+	}
+}
+
 // HandleDatagramFrame handles a received DATAGRAM frame.
+// korium-tun: f.Data may alias the packet buffer; it is copied here.
 func (h *datagramQueue) HandleDatagramFrame(f *wire.DatagramFrame) {
-	data := make([]byte, len(f.Data))
-	copy(data, f.Data)
+	b := rcvBufPool.Get().(*[]byte)
+	*b = append((*b)[:0], f.Data...)
 	var queued bool
 	h.rcvMx.Lock()
-	if len(h.rcvQueue) < maxDatagramRcvQueueLen {
-		h.rcvQueue = append(h.rcvQueue, data)
+	if h.rcvQueue.Len() < maxDatagramRcvQueueLen {
+		h.rcvQueue.PushBack(b)
 		queued = true
 		select {
 		case h.rcvd <- struct{}{}:
@@ -123,6 +144,7 @@ func (h *datagramQueue) HandleDatagramFrame(f *wire.DatagramFrame) {
 	h.rcvMx.Unlock()
 
 	if !queued {
+		putRcvBuf(b)
 		if h.logger.Debug() {
 			h.logger.Debugf("Discarding received DATAGRAM frame (%d bytes payload)", len(f.Data))
 		}
@@ -143,10 +165,13 @@ func (h *datagramQueue) Receive(ctx context.Context) ([]byte, error) {
 	}
 	for {
 		h.rcvMx.Lock()
-		if len(h.rcvQueue) > 0 {
-			data := h.rcvQueue[0]
-			h.rcvQueue = h.rcvQueue[1:]
+		if !h.rcvQueue.Empty() {
+			b := h.rcvQueue.PopFront()
 			h.rcvMx.Unlock()
+			// The caller keeps the returned slice: give it a copy of its own.
+			data := make([]byte, len(*b))
+			copy(data, *b)
+			putRcvBuf(b)
 			return data, nil
 		}
 		h.rcvMx.Unlock()
@@ -157,6 +182,64 @@ func (h *datagramQueue) Receive(ctx context.Context) ([]byte, error) {
 			return nil, h.closeErr
 		case <-ctx.Done():
 			return nil, context.Cause(ctx)
+		}
+	}
+}
+
+// korium-tun: ReceiveInto copies queued datagrams into bufs, one each,
+// and their lengths into sizes. It blocks until one is queued, then takes
+// up to len(bufs) without waiting for more. It stops before a datagram
+// that is longer than its buffer; if that is the first one, it drops it
+// and returns io.ErrShortBuffer. It allocates nothing, and copies outside
+// the lock that the connection's run loop takes to queue datagrams.
+func (h *datagramQueue) ReceiveInto(ctx context.Context, bufs [][]byte, sizes []int) (int, error) {
+	if len(bufs) == 0 {
+		return 0, nil
+	}
+	_ = sizes[len(bufs)-1]
+	if err := context.Cause(ctx); err != nil {
+		return 0, err
+	}
+	var taken [16]*[]byte
+	n := 0
+	for {
+		h.rcvMx.Lock()
+		k := 0
+		for n+k < len(bufs) && k < len(taken) && !h.rcvQueue.Empty() {
+			b := h.rcvQueue.PeekFront()
+			if len(*b) > len(bufs[n+k]) {
+				if n+k > 0 {
+					break
+				}
+				h.rcvQueue.PopFront()
+				h.rcvMx.Unlock()
+				putRcvBuf(b)
+				return 0, io.ErrShortBuffer
+			}
+			taken[k] = h.rcvQueue.PopFront()
+			k++
+		}
+		more := k == len(taken) && !h.rcvQueue.Empty()
+		h.rcvMx.Unlock()
+		for i, b := range taken[:k] {
+			sizes[n+i] = copy(bufs[n+i], *b)
+			putRcvBuf(b)
+			taken[i] = nil
+		}
+		n += k
+		if n > 0 && (!more || n == len(bufs)) {
+			return n, nil
+		}
+		if k > 0 {
+			continue
+		}
+		select {
+		case <-h.rcvd:
+			continue
+		case <-h.closed:
+			return 0, h.closeErr
+		case <-ctx.Done():
+			return 0, context.Cause(ctx)
 		}
 	}
 }

@@ -142,6 +142,13 @@ type packetPacker struct {
 
 	numNonAckElicitingAcks int
 	qlogger                qlogwriter.Recorder
+
+	// korium-tun: the frames of the 1-RTT (or 0-RTT) packet being packed.
+	// Its backing array is reused for the next packet: the sent-packet
+	// handler copies the frames it keeps (ackhandler SentPacket), and at
+	// most one application-data payload is composed before its packet is
+	// registered. Upstream allocated a new slice per packet.
+	frames []ackhandler.Frame
 }
 
 var _ packer = &packetPacker{}
@@ -489,6 +496,13 @@ func (p *packetPacker) PackCoalescedPacket(onlyAck bool, maxSize protocol.ByteCo
 func (p *packetPacker) PackAckOnlyPacket(maxSize protocol.ByteCount, now monotime.Time, v protocol.Version) (shortHeaderPacket, *packetBuffer, error) {
 	buf := getPacketBuffer()
 	packet, err := p.appendPacket(buf, true, maxSize, now, v)
+	if err != nil {
+		// korium-tun: upstream dropped the buffer here, and "nothing to
+		// pack" is the common case (called whenever congestion control
+		// allows only ACKs): one lost pool buffer per call.
+		buf.Release()
+		return packet, nil, err
+	}
 	return packet, buf, err
 }
 
@@ -638,7 +652,8 @@ func (p *packetPacker) maybeGetAppDataPacket(
 	now monotime.Time,
 	v protocol.Version,
 ) payload {
-	pl := p.composeNextPacket(maxPayloadSize, onlyAck, ackAllowed, now, v)
+	clear(p.frames) // korium-tun: see packetPacker.frames
+	pl := p.composeNextPacket(p.frames[:0], maxPayloadSize, onlyAck, ackAllowed, now, v)
 
 	// check if we have anything to send
 	if len(pl.frames) == 0 && len(pl.streamFrames) == 0 {
@@ -657,10 +672,14 @@ func (p *packetPacker) maybeGetAppDataPacket(
 	} else {
 		p.numNonAckElicitingAcks = 0
 	}
+	if cap(pl.frames) > cap(p.frames) {
+		p.frames = pl.frames[:0] // korium-tun: keep the grown array
+	}
 	return pl
 }
 
 func (p *packetPacker) composeNextPacket(
+	frames []ackhandler.Frame, // korium-tun: empty, to append the packet's frames to
 	maxPayloadSize protocol.ByteCount,
 	onlyAck, ackAllowed bool,
 	now monotime.Time,
@@ -669,7 +688,7 @@ func (p *packetPacker) composeNextPacket(
 	if onlyAck {
 		if ack := p.acks.GetAckFrame(protocol.Encryption1RTT, now, true); ack != nil {
 			ack.Truncate(maxPayloadSize, v)
-			return payload{ack: ack, length: ack.Length(v)}
+			return payload{ack: ack, length: ack.Length(v), frames: frames}
 		}
 		return payload{}
 	}
@@ -677,7 +696,7 @@ func (p *packetPacker) composeNextPacket(
 	hasData := p.framer.HasData()
 	hasRetransmission := p.retransmissionQueue.HasData(protocol.Encryption1RTT)
 
-	var pl payload
+	pl := payload{frames: frames} // korium-tun
 	if ackAllowed {
 		if ack := p.acks.GetAckFrame(protocol.Encryption1RTT, now, !hasRetransmission && !hasData); ack != nil {
 			ack.Truncate(maxPayloadSize, v)
@@ -744,6 +763,7 @@ func (p *packetPacker) composeNextPacket(
 						Trigger:   "too_large",
 					})
 				}
+				f.PutBack() // korium-tun: see releaseDatagramFrames
 			} else {
 				// The DATAGRAM frame will be sent in a later packet.
 				// It might not be the last frame in that packet, so it needs the length field.

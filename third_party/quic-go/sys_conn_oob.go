@@ -18,6 +18,7 @@ import (
 	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
 
+	"github.com/korium/korium-tun/internal/udpbatch"
 	"github.com/korium/korium-tun/third_party/quic-go/internal/monotime"
 	"github.com/korium/korium-tun/third_party/quic-go/internal/protocol"
 	"github.com/korium/korium-tun/third_party/quic-go/internal/utils"
@@ -114,6 +115,13 @@ func newConn(c OOBCapablePacketConn, supportsDF bool) (*oobConn, error) {
 			return nil, errors.New("quic: OOBCapablePacketConn must implement net.Conn or ReadBatch")
 		}
 		bc = ipv4.NewPacketConn(c)
+		// korium-tun: x/net's ReadBatch allocates an address per packet;
+		// udpbatch reads with recvmmsg and reuses them. See third_party/README.md.
+		if uc, ok := c.(*net.UDPConn); ok {
+			if r, err := udpbatch.New(uc); err == nil {
+				bc = r
+			}
+		}
 	}
 
 	msgs := make([]ipv4.Message, batchSize)
@@ -154,6 +162,11 @@ func (c *oobConn) ReadPacket() (receivedPacket, error) {
 
 		n, err := c.batchConn.ReadBatch(c.messages, 0)
 		if n == 0 || err != nil {
+			// korium-tun: nothing was read, so the next call must read again.
+			// Upstream left all batchSize messages in place with readPos 0,
+			// and the next call returned the previous batch's lengths and
+			// addresses over the fresh buffers.
+			c.messages = c.messages[:0]
 			return receivedPacket{}, err
 		}
 		c.messages = c.messages[:n]
@@ -244,6 +257,14 @@ func (c *oobConn) WritePacket(b []byte, addr net.Addr, packetInfoOOB []byte, gso
 				oob = appendIPv6ECNMsg(oob, ecn)
 			}
 		}
+	}
+	// korium-tun: a *net.UDPConn's WriteMsgUDP allocates a sockaddr per call
+	// (one per GSO batch or ACK); WriteMsgUDPAddrPort does not. Unmap, so
+	// that an IPv4 address in 16-byte form also goes out of an IPv4 socket.
+	if uc, ok := c.OOBCapablePacketConn.(*net.UDPConn); ok {
+		ap := addr.(*net.UDPAddr).AddrPort()
+		n, _, err := uc.WriteMsgUDPAddrPort(b, oob, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+		return n, err
 	}
 	n, _, err := c.WriteMsgUDP(b, oob, addr.(*net.UDPAddr))
 	return n, err

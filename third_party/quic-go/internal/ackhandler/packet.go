@@ -40,7 +40,7 @@ var packetPool = sync.Pool{New: func() any { return &packet{} }}
 func getPacket() *packet {
 	p := packetPool.Get().(*packet)
 	p.StreamFrames = nil
-	p.Frames = nil
+	p.Frames = p.Frames[:0] // korium-tun: keep the array, SentPacket copies into it
 	p.LargestAcked = 0
 	p.Length = 0
 	p.EncryptionLevel = protocol.EncryptionLevel(0)
@@ -54,7 +54,8 @@ func getPacket() *packet {
 // We currently only return Packets back into the pool when they're acknowledged (not when they're lost).
 // This simplifies the code, and gives the vast majority of the performance benefit we can gain from using the pool.
 func putPacket(p *packet) {
-	p.Frames = nil
+	clear(p.Frames) // korium-tun: drop the references, keep the array
+	p.Frames = p.Frames[:0]
 	p.StreamFrames = nil
 	packetPool.Put(p)
 }

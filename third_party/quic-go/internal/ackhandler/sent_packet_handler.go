@@ -324,7 +324,9 @@ func (h *sentPacketHandler) SentPacket(
 	p.SendTime = t
 	p.EncryptionLevel = encLevel
 	p.Length = size
-	p.Frames = frames
+	// korium-tun: copy the frames into the packet's own array: the packer
+	// reuses the caller's slice for its next packet. Upstream kept it.
+	p.Frames = append(p.Frames, frames...)
 	p.LargestAcked = largestAcked
 	p.StreamFrames = streamFrames
 	p.IsPathMTUProbePacket = isPathMTUProbePacket

@@ -12,6 +12,7 @@ const maxSkippedPackets = 4
 
 type sentPacketHistory struct {
 	packets          []*packet
+	base             []*packet // korium-tun: packets' backing array from its start, see reserve
 	pathProbePackets []packetWithPacketNumber
 	skippedPackets   []protocol.PacketNumber
 
@@ -22,12 +23,35 @@ type sentPacketHistory struct {
 }
 
 func newSentPacketHistory() *sentPacketHistory {
+	packets := make([]*packet, 0, 32)
 	return &sentPacketHistory{
-		packets:             make([]*packet, 0, 32),
+		packets:             packets,
+		base:                packets[:cap(packets)],
 		skippedPackets:      make([]protocol.PacketNumber, 0, maxSkippedPackets),
 		highestPacketNumber: protocol.InvalidPacketNumber,
 		firstPacketNumber:   protocol.InvalidPacketNumber,
 	}
+}
+
+// korium-tun: reserve makes room to append k packets. The front of packets
+// advances as packets are acknowledged, so a plain append reached the end of
+// the array, and allocated a new one, every few hundred packets sent. When
+// the packets still queued fit in half the array, they move to its start
+// instead; otherwise it grows. Either way the cost stays amortized O(1).
+func (h *sentPacketHistory) reserve(k int) {
+	n := len(h.packets)
+	if n+k <= cap(h.packets) {
+		return
+	}
+	if n+k <= cap(h.base)/2 {
+		copy(h.base, h.packets) // everything before packets is nil already
+		clear(h.base[n:])
+		h.packets = h.base[:n]
+		return
+	}
+	grown := make([]*packet, n, 2*(n+k))
+	copy(grown, h.packets)
+	h.packets, h.base = grown, grown[:cap(grown)]
 }
 
 func (h *sentPacketHistory) checkPacketNumberUse(pn protocol.PacketNumber) {
@@ -37,6 +61,7 @@ func (h *sentPacketHistory) checkPacketNumberUse(pn protocol.PacketNumber) {
 		}
 	}
 	if len(h.packets) > 0 {
+		h.reserve(int(pn-h.highestPacketNumber-1) + 1) // korium-tun: and the packet SentPacket appends
 		h.packets = append(h.packets, make([]*packet, pn-h.highestPacketNumber-1)...)
 	}
 	h.highestPacketNumber = pn
@@ -54,6 +79,7 @@ func (h *sentPacketHistory) SkippedPacket(pn protocol.PacketNumber) {
 
 func (h *sentPacketHistory) SentPacket(pn protocol.PacketNumber, p *packet) {
 	h.checkPacketNumberUse(pn)
+	h.reserve(1) // korium-tun
 	h.packets = append(h.packets, p)
 	if p.Outstanding() {
 		h.numOutstanding++
@@ -62,6 +88,7 @@ func (h *sentPacketHistory) SentPacket(pn protocol.PacketNumber, p *packet) {
 
 func (h *sentPacketHistory) SentPathProbePacket(pn protocol.PacketNumber, p *packet) {
 	h.checkPacketNumberUse(pn)
+	h.reserve(1) // korium-tun
 	h.packets = append(h.packets, &packet{EncryptionLevel: p.EncryptionLevel, isPathProbePacket: true})
 	h.pathProbePackets = append(h.pathProbePackets, packetWithPacketNumber{PacketNumber: pn, packet: p})
 }

@@ -17,11 +17,16 @@ var MaxDatagramSize protocol.ByteCount = 16383
 type DatagramFrame struct {
 	DataLenPresent bool
 	Data           []byte
+
+	fromPool bool // korium-tun: from GetDatagramFrame, see datagram_pool.go
 }
 
-func parseDatagramFrame(b []byte, typ FrameType, _ protocol.Version) (*DatagramFrame, int, error) {
+// korium-tun: parseDatagramFrame fills f, and f.Data aliases b instead of
+// being a copy: the caller copies the payload out (the datagram queue does)
+// before b's packet buffer is released. Upstream allocated a frame and a
+// copy of the payload per datagram. See third_party/README.md.
+func parseDatagramFrame(f *DatagramFrame, b []byte, typ FrameType, _ protocol.Version) (int, error) {
 	startLen := len(b)
-	f := &DatagramFrame{}
 	f.DataLenPresent = uint64(typ)&0x1 > 0
 
 	var length uint64
@@ -30,18 +35,17 @@ func parseDatagramFrame(b []byte, typ FrameType, _ protocol.Version) (*DatagramF
 		var l int
 		length, l, err = quicvarint.Parse(b)
 		if err != nil {
-			return nil, 0, replaceUnexpectedEOF(err)
+			return 0, replaceUnexpectedEOF(err)
 		}
 		b = b[l:]
 		if length > uint64(len(b)) {
-			return nil, 0, io.EOF
+			return 0, io.EOF
 		}
 	} else {
 		length = uint64(len(b))
 	}
-	f.Data = make([]byte, length)
-	copy(f.Data, b)
-	return f, startLen - len(b) + int(length), nil
+	f.Data = b[:length:length]
+	return startLen - len(b) + int(length), nil
 }
 
 func (f *DatagramFrame) Append(b []byte, _ protocol.Version) ([]byte, error) {

@@ -22,6 +22,8 @@ type FrameParser struct {
 	// To avoid allocating when parsing, keep a single ACK frame struct.
 	// It is used over and over again.
 	ackFrame *AckFrame
+	// korium-tun: the same for DATAGRAM frames.
+	datagramFrame *DatagramFrame
 }
 
 // NewFrameParser creates a new frame parser.
@@ -31,6 +33,7 @@ func NewFrameParser(supportsDatagrams, supportsResetStreamAt, supportsAckFrequen
 		supportsResetStreamAt: supportsResetStreamAt,
 		supportsAckFrequency:  supportsAckFrequency,
 		ackFrame:              &AckFrame{},
+		datagramFrame:         &DatagramFrame{},
 	}
 }
 
@@ -105,8 +108,13 @@ func (p *FrameParser) ParseAckFrame(frameType FrameType, data []byte, encLevel p
 	return p.ackFrame, l, nil
 }
 
+// ParseDatagramFrame parses a DATAGRAM frame.
+// korium-tun: the frame is reused by the next call, and its Data aliases
+// data: both are valid only until then and while data is.
 func (p *FrameParser) ParseDatagramFrame(frameType FrameType, data []byte, v protocol.Version) (*DatagramFrame, int, error) {
-	f, l, err := parseDatagramFrame(data, frameType, v)
+	f := p.datagramFrame
+	*f = DatagramFrame{}
+	l, err := parseDatagramFrame(f, data, frameType, v)
 	if err != nil {
 		return nil, 0, &qerr.TransportError{
 			ErrorCode:    qerr.FrameEncodingError,

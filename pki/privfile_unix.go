@@ -9,18 +9,18 @@ import (
 	"syscall"
 )
 
-// keyOpenFlags: O_NOFOLLOW, a key path that is a symbolic link is never
+// privOpenFlags: O_NOFOLLOW, a path that is a symbolic link is never
 // followed (Lstat has refused it already; this closes the race with a
 // swap); O_NONBLOCK, opening a FIFO must not wait for a writer before the
 // regular-file check refuses it. Regular files ignore O_NONBLOCK.
-const keyOpenFlags = os.O_RDONLY | syscall.O_NOFOLLOW | syscall.O_NONBLOCK
+const privOpenFlags = os.O_RDONLY | syscall.O_NOFOLLOW | syscall.O_NONBLOCK
 
 // errLoop is what open(O_NOFOLLOW) returns for a symbolic link.
 var errLoop error = syscall.ELOOP
 
-// checkKeyOwner refuses a key file owned by another user than us or root:
-// whoever owns it can read or replace the identity.
-func checkKeyOwner(path string, st fs.FileInfo) error {
+// checkOwner refuses a private file owned by another user than us or root:
+// whoever owns it can read or replace the secret.
+func checkOwner(path string, st fs.FileInfo) error {
 	sys, ok := st.Sys().(*syscall.Stat_t)
 	if !ok {
 		return nil
@@ -33,7 +33,7 @@ func checkKeyOwner(path string, st fs.FileInfo) error {
 	if me == 0 {
 		who = "root"
 	}
-	return fmt.Errorf("key file %s belongs to user %d, not to %s: refusing an identity another user controls (if it is yours, `chown %d %s`)", path, uid, who, me, path)
+	return fmt.Errorf("%s belongs to user %d, not to %s: refusing a secret another user controls (if it is yours, `chown %d %s`)", path, uid, who, me, path)
 }
 
 // ownedByUs reports whether we own the file st describes.

@@ -1,0 +1,264 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/korium/korium-tun/control"
+	"github.com/korium/korium-tun/overlay"
+	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/pki/tca"
+)
+
+// The threshold CA's commands run through the `korium-tun up` node behind
+// the control socket, on its "ca_dkg" and "cert_request" streams (they
+// outlast the control socket's 25-second calls).
+
+// caEvent is one line of the ca_dkg and cert_request streams.
+type caEvent struct {
+	Kind string `json:"kind"` // "waiting", "done" or "error" (Text says why)
+	Text string `json:"text,omitempty"`
+	// ca_dkg's result:
+	CAKey    string           `json:"ca_key,omitempty"`
+	CACert   []byte           `json:"ca_cert,omitempty"` // DER
+	State    string           `json:"state,omitempty"`
+	Signer   int              `json:"signer,omitempty"`
+	Elapsed  time.Duration    `json:"elapsed_ns,omitempty"`
+	Messages *tca.DKGMessages `json:"messages,omitempty"`
+	// cert_request's result:
+	Leaf     []byte   `json:"leaf,omitempty"` // DER
+	SPIFFEID string   `json:"spiffe_id,omitempty"`
+	Signers  []string `json:"signers,omitempty"`
+	Attempts int      `json:"attempts,omitempty"`
+}
+
+// dkgArgs is what `ca dkg` sends the node.
+type dkgArgs struct {
+	TrustDomain string         `json:"trust_domain"`
+	Threshold   int            `json:"threshold"`
+	Signers     []pki.Identity `json:"signers"`
+	State       string         `json:"state"` // absolute path the node writes
+	Timeout     time.Duration  `json:"timeout_ns"`
+}
+
+func caCommand(controlFlag cli.Flag, stdout, stderr io.Writer) *cli.Command {
+	return &cli.Command{
+		Name:  "ca",
+		Usage: "the threshold CA: key generation among signers named by identity",
+		Subcommands: []*cli.Command{{
+			Name:  "dkg",
+			Usage: "run this node's part in a K-of-N key generation (every signer runs it, in any order, within --timeout)",
+			Flags: []cli.Flag{
+				controlFlag,
+				&cli.StringFlag{Name: "trust-domain", Required: true, Usage: "the CA's SPIFFE trust domain, e.g. prod.example.com"},
+				&cli.IntFlag{Name: "threshold", Required: true, Usage: "K: signers needed to sign a certificate (2..N)"},
+				&cli.StringFlag{Name: "signers", Required: true, Usage: "the N >= 3 signers' identities, comma-separated (this node among them)"},
+				&cli.StringFlag{Name: "state", Required: true, Usage: "file to create with this signer's encrypted state (mode 0600; never overwritten)"},
+				&cli.StringFlag{Name: "ca-cert", Required: true, Usage: "file to write the CA certificate to (PEM)"},
+				&cli.DurationFlag{Name: "timeout", Value: 3 * time.Minute, Usage: "how long to wait for the other signers"},
+			},
+			Action: func(c *cli.Context) error { return caDKG(c, stdout, stderr) },
+		}},
+	}
+}
+
+func caDKG(c *cli.Context, stdout, stderr io.Writer) error {
+	a := dkgArgs{TrustDomain: c.String("trust-domain"), Threshold: c.Int("threshold"), Timeout: c.Duration("timeout")}
+	if err := (pki.SPIFFEConfig{TrustDomain: a.TrustDomain}).Check(); err != nil {
+		return fmt.Errorf("--trust-domain: %v", err)
+	}
+	for _, s := range strings.Split(c.String("signers"), ",") {
+		id, err := pki.ParseIdentity(strings.TrimSpace(s))
+		if err != nil {
+			return fmt.Errorf("--signers: %v", err)
+		}
+		a.Signers = append(a.Signers, id)
+	}
+	if n := len(a.Signers); n < 3 || n > tca.MaxSigners || a.Threshold < 2 || a.Threshold > n {
+		return fmt.Errorf("--threshold %d with %d signers: need 3 to %d signers and a threshold from 2 to the number of signers", a.Threshold, n, tca.MaxSigners)
+	}
+	if a.Timeout <= 0 {
+		return errors.New("--timeout must be positive")
+	}
+	var err error
+	if a.State, err = filepath.Abs(c.String("state")); err != nil {
+		return err
+	}
+	if _, err := os.Lstat(a.State); err == nil {
+		return fmt.Errorf("--state %s already exists: refusing to overwrite a signer's key share (choose another path)", a.State)
+	}
+	caPath := c.String("ca-cert")
+	fmt.Fprintf(stderr, "running a %d-of-%d DKG for %s: every signer must run `korium-tun ca dkg` with the same --trust-domain, --threshold and --signers within %v\n",
+		a.Threshold, len(a.Signers), a.TrustDomain, a.Timeout)
+	ctx, cancel := context.WithTimeout(c.Context, a.Timeout+30*time.Second)
+	defer cancel()
+	done, err := streamResult(ctx, c.String("control"), "ca_dkg", a, stderr)
+	if err != nil {
+		return err
+	}
+	if err := tca.WriteCertPEM(caPath, done.CACert); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "ca_key %s\nsigner %d of %d\nstate %s\nca_cert %s\nelapsed %s\n", done.CAKey, done.Signer, len(a.Signers), done.State, caPath, done.Elapsed.Round(time.Millisecond))
+	if m := done.Messages; m != nil {
+		fmt.Fprintf(stdout, "messages round1_broadcasts=%d round2_rpcs=%d ca_share_rpcs=%d\n", m.Round1Published, m.SharesSent, m.CASharesSent)
+	}
+	fmt.Fprintf(stderr, "the node now signs for %s; restart it with `korium-tun up --ca-signer %s` to keep signing\n", a.TrustDomain, done.State)
+	return nil
+}
+
+var errStreamDone = errors.New("stream done")
+
+// caControl registers the CA streams on a running node.
+//
+// A failure is sent as an "error" event rather than returned: the control
+// stream's own final error line is written after its last event's write
+// deadline (10 s), which a ceremony or a request easily outlasts.
+func caControl(node *overlay.Node, ctl *control.Server) {
+	ctl.HandleStream("ca_dkg", errorEvent(caDKGStream(node)))
+	ctl.HandleStream("cert_request", errorEvent(certRequestStream(node)))
+}
+
+func errorEvent(h control.StreamHandler) control.StreamHandler {
+	return func(ctx context.Context, raw json.RawMessage, emit func(any) error) error {
+		if err := h(ctx, raw, emit); err != nil {
+			return emit(caEvent{Kind: "error", Text: err.Error()})
+		}
+		return nil
+	}
+}
+
+func caDKGStream(node *overlay.Node) control.StreamHandler {
+	return func(ctx context.Context, raw json.RawMessage, emit func(any) error) error {
+		var a dkgArgs
+		if err := json.Unmarshal(raw, &a); err != nil {
+			return errors.New("ca_dkg: malformed arguments")
+		}
+		if !filepath.IsAbs(a.State) {
+			return errors.New("ca_dkg: the state path must be absolute")
+		}
+		if _, err := os.Lstat(a.State); err == nil {
+			return fmt.Errorf("%s already exists: refusing to overwrite a signer's key share", a.State)
+		}
+		if a.Timeout <= 0 || a.Timeout > time.Hour {
+			a.Timeout = 3 * time.Minute
+		}
+		emit(caEvent{Kind: "waiting", Text: fmt.Sprintf("node %s is signer of %d; waiting up to %v for the others", node.Identity().Short(), len(a.Signers), a.Timeout)})
+		dctx, cancel := context.WithTimeout(ctx, a.Timeout)
+		defer cancel()
+		res, err := node.RunCADKG(dctx, tca.DKGConfig{TrustDomain: a.TrustDomain, Threshold: a.Threshold, Signers: a.Signers})
+		if err != nil {
+			return err
+		}
+		if err := node.SaveCASignerState(a.State, res.State); err != nil {
+			return err
+		}
+		if node.CASignerState() == nil {
+			if err := node.SetCASigner(res.State); err != nil {
+				return err
+			}
+		}
+		m := res.Messages
+		return emit(caEvent{Kind: "done", CAKey: hex.EncodeToString(res.State.CA.GroupKey), CACert: res.State.CA.DER, State: a.State,
+			Signer: int(res.State.ID), Elapsed: res.Elapsed, Messages: &m})
+	}
+}
+
+func certRequestStream(node *overlay.Node) control.StreamHandler {
+	return func(ctx context.Context, raw json.RawMessage, emit func(any) error) error {
+		var a certArgs
+		if err := json.Unmarshal(raw, &a); err != nil {
+			return errors.New("cert_request: malformed arguments")
+		}
+		rc := tca.RequestConfig{TrustDomain: a.TrustDomain, Workload: a.Workload, Validity: a.Validity}
+		if a.CAKey != "" {
+			k, err := hex.DecodeString(a.CAKey)
+			if err != nil || len(k) != 32 {
+				return errors.New("--ca-key: want 64 hex characters")
+			}
+			rc.CAKey = k
+		}
+		emit(caEvent{Kind: "waiting", Text: fmt.Sprintf("asking the signers of %s for a certificate of %s", a.TrustDomain, node.Identity().Short())})
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		cert, err := node.RequestCACertificate(rctx, rc)
+		if err != nil {
+			return err
+		}
+		ev := caEvent{Kind: "done", Leaf: cert.DER, CACert: cert.CA.DER, CAKey: hex.EncodeToString(cert.CA.GroupKey), SPIFFEID: cert.SPIFFEID.String(), Attempts: cert.Attempts}
+		for _, s := range cert.Signers {
+			ev.Signers = append(ev.Signers, s.String())
+		}
+		return emit(ev)
+	}
+}
+
+// streamResult runs one of the CA streams and returns its "done" event,
+// printing "waiting" events to stderr.
+func streamResult(ctx context.Context, path, cmd string, args any, stderr io.Writer) (*caEvent, error) {
+	var done *caEvent
+	var failed error
+	err := control.Stream(ctx, path, cmd, args, func(raw json.RawMessage) error {
+		var ev caEvent
+		if err := json.Unmarshal(raw, &ev); err != nil {
+			return err
+		}
+		switch ev.Kind {
+		case "waiting":
+			fmt.Fprintln(stderr, ev.Text)
+		case "done":
+			done = &ev
+			return errStreamDone
+		case "error":
+			failed = errors.New(ev.Text)
+			return errStreamDone
+		}
+		return nil
+	})
+	switch {
+	case failed != nil:
+		return nil, failed
+	case err != nil && !errors.Is(err, errStreamDone):
+		return nil, err
+	case done == nil:
+		return nil, errors.New("the node closed the stream without a result")
+	}
+	return done, nil
+}
+
+// loadCASigner reads --ca-signer for up.
+func loadCASigner(path string, kp *pki.Keypair) (*tca.SignerState, error) {
+	if path == "" {
+		return nil, nil
+	}
+	st, err := tca.LoadState(path, kp)
+	if err != nil {
+		return nil, fmt.Errorf("--ca-signer: %v (it must be the file `korium-tun ca dkg --state` wrote for this node's key)", err)
+	}
+	return st, nil
+}
+
+// checkSPIFFEFlags checks up's --trust-domain and --workload.
+func checkSPIFFEFlags(c *cli.Context) error {
+	td, wl := c.String("trust-domain"), c.String("workload")
+	if td == "" {
+		if wl != "" {
+			return errors.New("--workload needs --trust-domain")
+		}
+		return nil
+	}
+	if err := (pki.SPIFFEConfig{TrustDomain: td, Workload: wl}).Check(); err != nil {
+		return fmt.Errorf("--trust-domain/--workload: %v", err)
+	}
+	return nil
+}

@@ -1,0 +1,5 @@
+//go:build !race
+
+package quicbench
+
+const raceEnabled = false

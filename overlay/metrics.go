@@ -1,0 +1,35 @@
+package overlay
+
+import (
+	"github.com/korium/korium-tun/gossipsub"
+	"github.com/korium/korium-tun/pki"
+)
+
+// GossipStats returns the GossipSub router's counters (for metrics); false
+// when Config.DisablePubSub is set.
+func (n *Node) GossipStats() (gossipsub.Stats, bool) {
+	if n.gossip == nil {
+		return gossipsub.Stats{}, false
+	}
+	return n.gossip.Stats(), true
+}
+
+// ForgetPeer undoes AddPeer: id is no longer redialed when its connection
+// drops, and the connection, if any, becomes subject to idle eviction like
+// any other. (A config reload removes a bootstrap peer with it.)
+func (n *Node) ForgetPeer(id pki.Identity) {
+	n.mu.Lock()
+	delete(n.desired, id)
+	n.mu.Unlock()
+}
+
+// KeptPeers lists the contacts AddPeer keeps connected.
+func (n *Node) KeptPeers() []Contact {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	out := make([]Contact, 0, len(n.desired))
+	for _, d := range n.desired {
+		out = append(out, d.contact)
+	}
+	return out
+}

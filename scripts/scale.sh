@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# What one node costs, and what each connected peer adds: a real
+# `korium-tun up` (kernel TUN, in a namespace of its own) and up to 1,000
+# in-process peers (internal/scalepeers) connected to it over loopback UDP.
+# For each step it prints the node's resident memory and its CPU while idle.
+#
+#   sudo scripts/scale.sh [--steps "0 100 250 500 1000"] [--idle 20] [--json FILE]
+#
+# Goals (issue: mesh relaying and scale): under 100 MB RSS with 1,000 idle
+# peer connections, idle CPU under 1% of a core.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+need_root
+
+STEPS="0 100 250 500 1000"
+IDLE=20   # seconds of idle CPU measured per step
+SETTLE=10 # seconds after the last peer connects before measuring
+JSON=""
+while [ $# -gt 0 ]; do
+	case $1 in
+	--steps) STEPS=$2; shift 2 ;;
+	--idle) IDLE=$2; shift 2 ;;
+	--settle) SETTLE=$2; shift 2 ;;
+	--json) JSON=$2; shift 2 ;;
+	*) die "unknown argument $1" ;;
+	esac
+done
+
+build
+(cd "$KT_ROOT" && go build -o "$KT_WORK/scalepeers" ./internal/scalepeers)
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+NS=ksc$$
+mkns "$NS"
+CTL=$KT_WORK/control.sock
+start_bg "$KT_WORK/node.log" ip netns exec "$NS" "$KT" up --key "$KT_WORK/key" --listen 127.0.0.1:7400 \
+	--tun "ksc$$" --pow-bits 0 --control "$CTL" --log-level warn
+NODE=$BG_PID
+wait_until 30 "the node's bootstrap line" grep -q '^bootstrap ' "$KT_WORK/node.log"
+BOOT=$(sed -n 's/^bootstrap //p' "$KT_WORK/node.log" | head -n1)
+# The node forks nothing: its PID is the `ip netns exec` child's.
+PID=$(pgrep -P "$NODE" -f "korium-tun up" || echo "$NODE")
+[ -r "/proc/$PID/status" ] || die "cannot find the node's process"
+log "node $BOOT (pid $PID)"
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$PID/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
+peers() { ip netns exec "$NS" "$KT" status --control "$CTL" --json | jq '.peers | length'; }
+HZ=$(getconf CLK_TCK)
+
+rows=()
+have=0
+printf '\n%-6s %10s %14s %12s\n' peers "RSS MiB" "KiB per peer" "idle CPU %"
+base=""
+for step in $STEPS; do
+	if [ "$step" -gt "$have" ]; then
+		add=$((step - have))
+		start_bg "$KT_WORK/peers-$step.log" ip netns exec "$NS" "$KT_WORK/scalepeers" run -bootstrap "$BOOT" -n "$add" -timeout 10m
+		wait_until 900 "$add more peers to connect" grep -q '^connected ' "$KT_WORK/peers-$step.log"
+		have=$step
+	fi
+	wait_until 120 "the node to hold $step peers" test "$(peers)" -ge "$step"
+	sleep "$SETTLE"
+	rss=$(rss_kb)
+	t0=$(cpu_ticks)
+	sleep "$IDLE"
+	t1=$(cpu_ticks)
+	rss=$(( (rss + $(rss_kb)) / 2 ))
+	cpu=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v s="$IDLE" 'BEGIN { printf "%.2f", 100 * d / hz / s }')
+	n=$(peers)
+	[ -n "$base" ] || base=$rss
+	per="-"
+	[ "$n" -gt 0 ] && per=$(awk -v r="$rss" -v b="$base" -v n="$n" 'BEGIN { printf "%.1f", (r - b) / n }')
+	printf '%-6s %10.1f %14s %12s\n' "$n" "$(awk -v r="$rss" 'BEGIN { print r / 1024 }')" "$per" "$cpu"
+	rows+=("{\"peers\": $n, \"rss_kib\": $rss, \"kib_per_peer\": \"$per\", \"idle_cpu_pct\": $cpu}")
+done
+if [ -n "$JSON" ]; then
+	(IFS=,; printf '{"steps": [%s]}\n' "${rows[*]}") >"$JSON"
+	log "wrote $JSON"
+fi
