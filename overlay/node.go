@@ -858,13 +858,13 @@ func (n *Node) kickDial(id pki.Identity) {
 	n.mu.Lock()
 	d.dialing = false
 	if err != nil {
-		// At most 15 s, unless a refusal asked for longer (backOffDial).
-		d.backoff = min(max(2*d.backoff, 500*time.Millisecond), max(15*time.Second, d.backoff))
+		d.backoff = min(max(2*d.backoff, 500*time.Millisecond), 15*time.Second)
 		d.nextDial = time.Now().Add(d.backoff)
 	}
+	retry := d.backoff // read under n.mu: the next kickDial writes it
 	n.mu.Unlock()
 	if err != nil && n.ctx.Err() == nil {
-		n.cfg.Logger.Debug("dial failed", "peer", id.Short(), "err", err, "retry_in", d.backoff)
+		n.cfg.Logger.Debug("dial failed", "peer", id.Short(), "err", err, "retry_in", retry)
 	}
 }
 
