@@ -127,12 +127,14 @@ type Config struct {
 	// Resolver, when set, finds who owns an overlay address the node has
 	// no connection to. Default: the DHT. A packet to such an address
 	// starts one resolution (not one per packet); the held packet goes out
-	// when the connection is up. Nil: only connected peers are reachable.
+	// when the connection is up, and a failure answers it with ICMPv6
+	// Destination Unreachable. Nil: only connected peers are reachable.
 	Resolver Resolver
 	// ResolveTimeout bounds one resolution and its dials (default 10 s).
 	ResolveTimeout time.Duration
 	// ResolveFailTTL is how long a failed resolution is remembered, during
-	// which packets to that address are dropped at once (default 5 s).
+	// which packets to that address are answered at once with ICMPv6
+	// Destination Unreachable (default 1 s).
 	ResolveFailTTL time.Duration
 	// RequestTimeout bounds one incoming request's handler: the
 	// SetRequestHandler function, a reader of IncomingRequests, or a

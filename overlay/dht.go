@@ -87,7 +87,7 @@ func (n *Node) connFor(ctx context.Context, id pki.Identity, addrs []netip.AddrP
 		// would otherwise cost every lookup a full query timeout.
 		return nil, fmt.Errorf("%w: %s: a direct dial failed moments ago", ErrUnreachable, id.Short())
 	}
-	if err := n.SmartConnect(ctx, id, addrs, nil); err != nil {
+	if err := n.smartConnect(ctx, id, addrs, nil, false); err != nil {
 		if ctx.Err() != nil || errors.Is(err, ErrUnreachable) {
 			n.markUnreachable(id)
 		}
@@ -228,13 +228,52 @@ func (n *Node) republishWhileGrowing() {
 	}
 }
 
-// resolveViaDHT is the default Resolver.
+// resolveViaDHT is the default Resolver. A lookup made before the node has
+// joined (the routing table is still empty, a bootstrap peer is being
+// dialed) waits for the join instead of failing: the first packet a program
+// sends right after New must not be answered with Destination Unreachable.
 func (n *Node) resolveViaDHT(ctx context.Context, addr netip.Addr) ([]Contact, error) {
 	rec, err := n.dht.ResolveAddr(ctx, addr)
+	if errors.Is(err, dht.ErrNoPeers) && n.awaitJoin(ctx) {
+		rec, err = n.dht.ResolveAddr(ctx, addr)
+	}
 	if err != nil {
 		return nil, err
 	}
 	return n.recordContacts(rec), nil
+}
+
+// joinPoll is how often awaitJoin looks at the routing table.
+const joinPoll = 20 * time.Millisecond
+
+// awaitJoin waits until the DHT's routing table has a contact, or ctx ends.
+// It does not wait for dhtJoin (which first waits for configure_nat): once
+// a peer is connected it pings it, and the answer puts it in the table
+// (our ping says we are a client, so it does not put us in its table). A
+// node without bootstrap peers (a seed) has nobody to wait for: it returns
+// false at once.
+func (n *Node) awaitJoin(ctx context.Context) bool {
+	if len(n.cfg.Bootstrap) == 0 {
+		return false
+	}
+	t := time.NewTicker(joinPoll)
+	defer t.Stop()
+	pinged := false
+	for n.dht.Stats().TableSize == 0 {
+		if seeds := n.dhtSeeds(); len(seeds) > 0 && !pinged {
+			pinged = true
+			for _, s := range seeds {
+				n.dht.Ping(ctx, s)
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+	}
+	return true
 }
 
 // recordContacts turns a record into contacts to dial: one per address

@@ -3,6 +3,7 @@ package overlay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -27,7 +28,14 @@ func (n *Node) DialContext(ctx context.Context, network, address string) (net.Co
 	if n.stack == nil {
 		return nil, ErrNoNetstack
 	}
-	return n.stack.DialContext(ctx, network, address)
+	c, err := n.stack.DialContext(ctx, network, address)
+	if err != nil {
+		if ap, perr := netip.ParseAddrPort(address); perr == nil && n.resolveFailed(ap.Addr()) {
+			// The stack only saw Destination Unreachable; say why.
+			return nil, fmt.Errorf("overlay: dial %s %s: no node owns %s, or its owner cannot be reached: %w", network, address, ap.Addr(), err)
+		}
+	}
+	return c, err
 }
 
 // Listen accepts TCP connections on the node's SmartAddr, e.g. Listen("tcp", ":80").

@@ -68,3 +68,25 @@ func (d *memDevice) Write(bufs [][]byte, offset int) (int, error) {
 	}
 	return len(bufs), nil
 }
+
+// failingDevice is a memDevice whose reads fail with the errors queued in
+// errs (one per read) before they work again; reads counts Read calls.
+type failingDevice struct {
+	*memDevice
+	errs  chan error
+	reads atomic.Int64
+}
+
+func newFailingDevice() *failingDevice {
+	return &failingDevice{memDevice: newMemDevice(), errs: make(chan error, 64)}
+}
+
+func (d *failingDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	d.reads.Add(1)
+	select {
+	case err := <-d.errs:
+		return 0, err
+	default:
+	}
+	return d.memDevice.Read(bufs, sizes, offset)
+}

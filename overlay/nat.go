@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/korium/korium-tun/internal/addrpolicy"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/relay"
 	"github.com/korium/korium-tun/relay/client"
@@ -155,6 +156,14 @@ func (n *Node) handleRelay(ctx context.Context, from pki.Identity, req []byte) (
 		if !ok {
 			return nil, rpc.RefuseError("you reach me only through a relay")
 		}
+		// addr is where from's authenticated packets come from, not an
+		// address it named; a loopback source is a process on this host
+		// that we already talk to. Anything else addrpolicy refuses
+		// (link-local, broadcast...) gets no dial-back.
+		if !addrpolicy.Dialable(addr, true) {
+			n.stats.PunchRefused.Add(1)
+			return nil, rpc.RefuseError("no dial-back to that address")
+		}
 		var flags byte
 		if n.relaySrv != nil && n.isPublic() {
 			flags |= relay.FlagRelays
@@ -198,17 +207,16 @@ func (n *Node) handleRelay(ctx context.Context, from pki.Identity, req []byte) (
 	return nil, rpc.RefuseError(fmt.Sprintf("unknown relay message %d", t))
 }
 
-// punchable keeps the candidates a peer sent that we may probe: never
-// loopback or link-local addresses (a peer must not make us send packets
-// to services on our own host or link) unless we ourselves listen on
-// loopback, as tests on one host do. relay.ParsePunch already refused
-// unspecified, multicast and zero-port ones.
+// punchable keeps the candidates a peer sent that we may probe: only
+// addresses addrpolicy allows (a peer must not make us send packets to
+// services on our own host or link, or to broadcast and multicast groups),
+// loopback only when we ourselves listen on loopback, as tests on one host
+// do.
 func (n *Node) punchable(addrs []netip.AddrPort) []netip.AddrPort {
-	local := n.LocalAddr().Addr().IsLoopback()
+	local := n.onLoopback()
 	out := addrs[:0]
 	for _, a := range addrs {
-		ip := a.Addr()
-		if (ip.IsLoopback() && !local) || ip.IsLinkLocalUnicast() {
+		if !addrpolicy.Dialable(a, local) {
 			n.stats.PunchRefused.Add(1)
 			continue
 		}
@@ -216,6 +224,10 @@ func (n *Node) punchable(addrs []netip.AddrPort) []netip.AddrPort {
 	}
 	return out
 }
+
+// onLoopback reports whether the node listens on a loopback address: only
+// then may a peer's word make it send to loopback addresses.
+func (n *Node) onLoopback() bool { return n.LocalAddr().Addr().Unmap().IsLoopback() }
 
 // dialBack sends nonce to addr from a fresh socket (not our QUIC one), so
 // it reaches addr only if its NAT lets unsolicited packets in.
@@ -444,8 +456,18 @@ func (n *Node) setupRelays(ctx context.Context, id pki.Identity, relays []pki.Id
 
 // SmartConnect connects to id: its direct addresses and, if it publishes
 // relays, relay sessions through them, raced in one handshake. Once
-// connected over a relay, the two ends try to punch a direct path.
+// connected over a relay, the two ends try to punch a direct path. The
+// caller chose addrs: loopback is allowed, addresses nobody can be reached
+// at (unspecified, multicast, broadcast, link-local) are skipped.
 func (n *Node) SmartConnect(ctx context.Context, id pki.Identity, addrs []netip.AddrPort, relays []pki.Identity) error {
+	return n.smartConnect(ctx, id, addrs, relays, true)
+}
+
+// smartConnect is SmartConnect. chosen says whether addrs come from our
+// user (bootstrap contacts, the Go API) rather than from the network
+// (records, DHT contacts): the network's word never makes us send to
+// loopback unless we listen there ourselves (addrpolicy).
+func (n *Node) smartConnect(ctx context.Context, id pki.Identity, addrs []netip.AddrPort, relays []pki.Identity, chosen bool) error {
 	if id == n.id {
 		return fmt.Errorf("%w: that is us", ErrUnreachable)
 	}
@@ -458,7 +480,13 @@ func (n *Node) SmartConnect(ctx context.Context, id pki.Identity, addrs []netip.
 	var first netip.AddrPort
 	var addErr error
 	usable := 0
+	loopback := chosen || n.onLoopback()
 	for _, a := range addrs[:min(len(addrs), maxDialAddrs)] {
+		if err := addrpolicy.Check(a, loopback); err != nil {
+			n.stats.DialAddrRefused.Add(1)
+			addErr = err
+			continue
+		}
 		if _, err := n.sock.AddPeer(id, a); err != nil {
 			addErr = err
 			continue
@@ -476,7 +504,7 @@ func (n *Node) SmartConnect(ctx context.Context, id pki.Identity, addrs []netip.
 		// retransmissions go over every path, relays included.
 		n.setupRelays(ctx, id, relays)
 	}
-	err := n.dialOnce(ctx, id, func() error {
+	err := n.dialOnce(ctx, id, usable+len(relays), func(ctx context.Context) error {
 		if n.peer(id) != nil {
 			return nil
 		}
@@ -559,5 +587,5 @@ func (n *Node) ConnectIdentity(ctx context.Context, id pki.Identity) error {
 	if err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrUnreachable, id.Short(), err)
 	}
-	return n.SmartConnect(ctx, id, rec.Addrs, rec.Relays)
+	return n.smartConnect(ctx, id, rec.Addrs, rec.Relays, false)
 }

@@ -114,15 +114,72 @@ func TestPunchCandidatesFromPeerFiltered(t *testing.T) {
 			netip.MustParseAddrPort("127.0.0.1:22"),
 			netip.MustParseAddrPort("[fe80::1]:7400"),
 			netip.MustParseAddrPort("198.18.3.1:7400"),
+			netip.MustParseAddrPort("255.255.255.255:7400"),
+			netip.MustParseAddrPort("198.18.255.255:0"),
+			netip.MustParseAddrPort("[ff02::1]:7400"),
+			netip.MustParseAddrPort("[::ffff:127.0.0.1]:7400"),
+			netip.MustParseAddrPort("0.0.0.0:7400"),
 		}
 	}
 	if got := public.punchable(mk()); len(got) != 1 || got[0].String() != "198.18.3.1:7400" {
 		t.Fatalf("a node on [::] kept %v", got)
 	}
-	if public.stats.PunchRefused.Load() != 2 {
-		t.Fatalf("refused %d, want 2", public.stats.PunchRefused.Load())
+	if public.stats.PunchRefused.Load() != 7 {
+		t.Fatalf("refused %d, want 7", public.stats.PunchRefused.Load())
 	}
-	if got := local.punchable(mk()); len(got) != 2 || got[0].String() != "127.0.0.1:22" {
+	if got := local.punchable(mk()); len(got) != 3 || got[0].String() != "127.0.0.1:22" {
 		t.Fatalf("a node on loopback kept %v", got)
+	}
+}
+
+// Addresses from the network (a record the resolver returned) never make a
+// node that does not listen on loopback send to loopback, link-local,
+// multicast, broadcast or unspecified addresses; the same node still dials
+// a loopback address its user chose.
+func TestRecordAddressesFollowPolicy(t *testing.T) {
+	owner := newTestNode(t, nil, "")
+	port := owner.LocalAddr().Port()
+	bad := []netip.AddrPort{
+		netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port),
+		netip.AddrPortFrom(netip.MustParseAddr("::1"), port),
+		netip.AddrPortFrom(netip.MustParseAddr("fe80::1"), port),
+		netip.AddrPortFrom(netip.MustParseAddr("ff02::1"), port),
+		netip.AddrPortFrom(netip.MustParseAddr("255.255.255.255"), port),
+		netip.AddrPortFrom(netip.MustParseAddr("0.0.0.0"), port),
+	}
+	hostile := func(context.Context, netip.Addr) ([]Contact, error) {
+		var out []Contact
+		for _, ap := range bad {
+			out = append(out, Contact{Identity: owner.id, Addr: ap})
+		}
+		return out, nil
+	}
+	kp, err := pki.GenerateKeypair(context.Background(), testPoW)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := newMemDevice()
+	n, err := New(Config{Keypair: kp, PoWBits: testPoW, Listen: "[::]:0", Device: dev, Resolver: hostile, DisableDHT: true, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	anyNode := &testNode{n, dev}
+	anyNode.dev.send(udp6(anyNode.addr, owner.addr, []byte("x")))
+	waitFor(t, "resolution fails", 5*time.Second, func() bool { return anyNode.stats.ResolveFailed.Load() == 1 })
+	if got := anyNode.stats.DialAddrRefused.Load(); got != uint64(min(len(bad), maxDialAddrs)) {
+		t.Fatalf("refused %d addresses, want %d", got, min(len(bad), maxDialAddrs))
+	}
+	if ps, _ := anyNode.sock.Paths(owner.id); len(ps) != 0 {
+		t.Fatalf("smartsock got paths from a hostile record: %+v", ps)
+	}
+	if s := owner.sock.Stats(); s.RxHello != 0 || s.DropUnknownSource != 0 {
+		t.Fatalf("the owner on loopback heard from us: %+v", s)
+	}
+	// Its user may still point it at loopback.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := anyNode.Connect(ctx, owner.contact()); err != nil {
+		t.Fatalf("user-chosen loopback contact: %v", err)
 	}
 }

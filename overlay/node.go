@@ -19,6 +19,7 @@ import (
 	"time"
 
 	quic "github.com/korium/korium-tun/third_party/quic-go"
+	"golang.org/x/time/rate"
 	"golang.zx2c4.com/wireguard/tun"
 	"lukechampine.com/blake3"
 
@@ -52,6 +53,7 @@ type Node struct {
 	tr       *quic.Transport
 	ln       *quic.Listener
 	dev      tun.Device
+	devName  string   // for errors: a deleted device has no name any more
 	stack    netStack // non-nil when dev is our netstack
 	quicConf *quic.Config
 	tlsConf  pki.TLSConfig
@@ -74,8 +76,11 @@ type Node struct {
 
 	pendMu    sync.Mutex // guards the three maps below
 	pending   map[netip.Addr]*held
-	resolving map[netip.Addr]bool      // a resolution is in flight
-	failed    map[netip.Addr]time.Time // resolution failed; retry after
+	resolving map[netip.Addr]bool    // a resolution is in flight
+	failed    map[netip.Addr]failure // resolution failed; retry after
+
+	unreachCode byte          // the Destination Unreachable code the device understands
+	icmpLimit   *rate.Limiter // ICMPv6 errors we make up (Destination Unreachable)
 
 	dht        *dht.DHT                    // nil when Config.DisableDHT
 	gossip     *gossipsub.Router           // nil when Config.DisablePubSub
@@ -93,10 +98,17 @@ type Node struct {
 	dialBacks   chan struct{}  // semaphore of dial-backs in flight
 	nat         natState
 
-	stats Counters
+	sameIDChecks atomic.Int64 // replaced() checks waiting
+
+	stats    Counters
+	refusals refusalCounters
+	logGate  logGate // rate-limits refusal lines
 
 	closeOnce sync.Once
 	closeErr  error
+	done      chan struct{} // closed when Close has finished
+	failOnce  sync.Once
+	failErr   atomic.Pointer[error] // why the node stopped by itself
 }
 
 // peer is one established connection. Fields are immutable after install
@@ -114,8 +126,9 @@ type peer struct {
 	txPkts      atomic.Uint64
 	rxBytes     atomic.Uint64
 	rxPkts      atomic.Uint64
-	lastUsed    atomic.Int64 // Node.clock when a packet or request last used this peer
-	lastPunch   atomic.Int64 // unix ns of our last punch attempt
+	lastUsed    atomic.Int64   // Node.clock when a packet or request last used this peer
+	lastPunch   atomic.Int64   // unix ns of our last punch attempt
+	realAddr    netip.AddrPort // where its handshake came from (invalid: relayed)
 }
 
 // desired is a peer the node keeps a connection to (a bootstrap contact).
@@ -124,6 +137,15 @@ type desired struct {
 	dialing  bool
 	nextDial time.Time
 	backoff  time.Duration
+}
+
+// failure is a resolution that failed, remembered until until.
+type failure struct {
+	until time.Time
+	// noOwner: the lookup found nobody owning the address (packets to it
+	// are answered with Destination Unreachable). Otherwise an owner was
+	// found but not reached, which may pass: packets are only dropped.
+	noOwner bool
 }
 
 // held is the one packet kept for a destination with no connection yet.
@@ -148,6 +170,7 @@ type Counters struct {
 	ResolveOK, ResolveFailed, TxResolveFailed, ResolveBusy   atomic.Uint64
 	AppNoHandler, AppQueueFull                               atomic.Uint64
 	RelayRefused, Punches, PunchRefused, DialBackBusy        atomic.Uint64
+	ICMPUnreachSent, ICMPRateLimited, DialAddrRefused        atomic.Uint64
 	Handshakes                                               atomic.Uint64 // completed QUIC handshakes, both ways
 }
 
@@ -187,8 +210,9 @@ func New(cfg Config) (n *Node, err error) {
 		desired:   make(map[pki.Identity]*desired),
 		pending:   make(map[netip.Addr]*held),
 		resolving: make(map[netip.Addr]bool),
-		failed:    make(map[netip.Addr]time.Time),
+		failed:    make(map[netip.Addr]failure),
 		started:   time.Now(),
+		done:      make(chan struct{}),
 	}
 	n.bufPool.New = func() any { return new(pbuf) }
 	n.clock.Store(time.Now().UnixNano())
@@ -219,6 +243,18 @@ func New(cfg Config) (n *Node, err error) {
 	if s, ok := n.dev.(netStack); ok {
 		n.stack = s
 	}
+	if n.devName, err = n.dev.Name(); err != nil {
+		n.devName = "(unnamed)"
+	}
+	n.icmpLimit = rate.NewLimiter(icmpRate, icmpRate)
+	n.unreachCode = icmpAddrUnreachable
+	if n.stack != nil {
+		// gVisor passes only codes 0 (no route) and 4 (port) of ICMPv6
+		// Destination Unreachable on to its sockets and drops code 3
+		// (network/ipv6/icmp.go, handleICMP), so a netstack Dial would not
+		// fail on it.
+		n.unreachCode = icmpNoRoute
+	}
 	var resetKey quic.StatelessResetKey
 	// Derived from the private key so a restarted node resets its peers'
 	// stale connections at once instead of leaving them to time out.
@@ -230,7 +266,7 @@ func New(cfg Config) (n *Node, err error) {
 			srv.UpdateAddr(id, addr)
 		}
 	}
-	if n.sock, err = smartsock.New(udp, smartsock.Config{Keypair: c.Keypair, Logger: c.Logger, StatelessResetKey: &rk, PoWBits: c.PoWBits, OnDirectPath: onDirect}); err != nil {
+	if n.sock, err = smartsock.New(udp, smartsock.Config{Keypair: c.Keypair, Logger: c.Logger, StatelessResetKey: &rk, PoWBits: c.PoWBits, OnDirectPath: onDirect, OnRefusal: n.onRefusal}); err != nil {
 		udp.Close()
 		return nil, err
 	}
@@ -279,7 +315,7 @@ func New(cfg Config) (n *Node, err error) {
 	if err := n.initCA(); err != nil {
 		return nil, err
 	}
-	n.tlsConf = pki.TLSConfig{Keypair: c.Keypair, PoWBits: c.PoWBits, Refused: n.tlsRefused,
+	n.tlsConf = pki.TLSConfig{Keypair: c.Keypair, PoWBits: c.PoWBits, Refused: n.onCertReject,
 		SPIFFE: pki.SPIFFEConfig{TrustDomain: c.TrustDomain, Workload: c.Workload}}
 	if n.srvTLS, err = n.tlsConf.Server(nil); err != nil {
 		return nil, err
@@ -428,6 +464,7 @@ func (n *Node) Close() error {
 		}
 		n.wg.Wait()
 		n.closeErr = errors.Join(errs...)
+		close(n.done)
 	})
 	return n.closeErr
 }
@@ -468,14 +505,17 @@ func (n *Node) Connect(ctx context.Context, c Contact) error {
 
 // dialCall is one dial in progress; others wanting the same peer wait.
 type dialCall struct {
-	done chan struct{}
-	err  error
+	done   chan struct{}
+	err    error
+	cancel context.CancelCauseFunc // fails the dial (the peer refused it)
+	paths  int                     // addresses and relays it races
 }
 
 // dialOnce runs f unless a dial to id is already running, in which case it
 // waits for that one: two dials to one peer would only race and replace
-// each other.
-func (n *Node) dialOnce(ctx context.Context, id pki.Identity, f func() error) error {
+// each other. f's context is canceled with a *RefusedError when the peer
+// refuses the dial; paths is how many addresses and relays it races.
+func (n *Node) dialOnce(ctx context.Context, id pki.Identity, paths int, f func(context.Context) error) error {
 	for waited := 0; ; waited++ {
 		n.dialMu.Lock()
 		if n.dials == nil {
@@ -499,10 +539,12 @@ func (n *Node) dialOnce(ctx context.Context, id pki.Identity, f func() error) er
 		}
 		// That dial failed; ours may know more (relays), so try once.
 	}
-	c := &dialCall{done: make(chan struct{})}
+	dctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	c := &dialCall{done: make(chan struct{}), cancel: cancel, paths: paths}
 	n.dials[id] = c
 	n.dialMu.Unlock()
-	c.err = f()
+	c.err = f(dctx)
 	n.dialMu.Lock()
 	delete(n.dials, id)
 	n.dialMu.Unlock()
@@ -522,6 +564,10 @@ func (n *Node) dial(ctx context.Context, id pki.Identity, addr netip.AddrPort) e
 	defer cancel()
 	conn, err := n.tr.Dial(ctx, virt, tlsConf, n.quicConf)
 	if err != nil {
+		var refused *RefusedError
+		if errors.As(context.Cause(ctx), &refused) {
+			return refused // it names the peer and the address
+		}
 		if errors.Is(err, context.DeadlineExceeded) && n.ctx.Err() == nil {
 			// A node drops hellos addressed to another identity, so a wrong
 			// identity looks like silence.
@@ -545,7 +591,7 @@ func (n *Node) acceptLoop() {
 			defer n.wg.Done()
 			id, err := pki.PeerIdentity(conn.ConnectionState().TLS)
 			if err != nil {
-				n.stats.HandshakeRefused.Add(1)
+				n.refused(weRefusedBadCert, id, netip.AddrPort{}, fmt.Sprintf("refused a connection without an identity: %v", err))
 				conn.CloseWithError(codeRefused, "no identity")
 				return
 			}
@@ -562,12 +608,14 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 	cs := conn.ConnectionState()
 	certID, err := pki.PeerIdentity(cs.TLS)
 	ra, _ := conn.RemoteAddr().(*net.UDPAddr)
+	realAddr := n.handshakeAddr(id)
 	if err != nil || certID != id || ra == nil || !smartaddr.Owns(id, ra.AddrPort().Addr()) {
-		n.stats.HandshakeRefused.Add(1)
+		n.refused(weRefusedNotOwner, certID, realAddr, fmt.Sprintf("refused %s…: its identity does not own the address it used", certID.Short()))
 		conn.CloseWithError(codeRefused, "identity does not own its address")
 		return nil, fmt.Errorf("overlay: peer %s does not own address %v", certID.Short(), conn.RemoteAddr())
 	}
 	if !cs.SupportsDatagrams.Remote {
+		n.refused(weRefusedNoDatagrams, id, realAddr, fmt.Sprintf("refused %s…: it does not support QUIC datagrams", id.Short()))
 		conn.CloseWithError(codeRefused, "datagrams required")
 		return nil, errors.New("overlay: peer does not support QUIC datagrams")
 	}
@@ -578,6 +626,7 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 		outbound:    outbound,
 		incarnation: cs.TLS.PeerCertificates[0].SerialNumber.String(),
 		since:       time.Now(),
+		realAddr:    realAddr,
 	}
 	p.nonce, _ = pki.PeerNonce(cs.TLS)
 	p.spiffeID = pki.PeerSPIFFEID(cs.TLS.PeerCertificates)
@@ -590,6 +639,7 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 		// peer that is not a bootstrap contact.
 		if evicted = n.lruPeerLocked(); evicted == nil {
 			n.mu.Unlock()
+			n.refused(weRefusedPeerLimit, id, realAddr, fmt.Sprintf("refused %s…: the peer limit (%d) is reached and every peer is a bootstrap contact", id.Short(), n.cfg.MaxPeers))
 			conn.CloseWithError(codeRefused, "too many peers")
 			return nil, errors.New("overlay: peer limit reached")
 		}
@@ -601,6 +651,10 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 		n.stats.DuplicateConns.Add(1)
 		conn.CloseWithError(codeDuplicate, "duplicate connection")
 		return old, nil
+	}
+
+	if old != nil && old.conn.Context().Err() == nil {
+		n.replaced(id, old.realAddr, realAddr)
 	}
 	n.peers[id] = p
 	n.byAddr[p.addr] = p
@@ -748,7 +802,9 @@ func (n *Node) removePeer(p *peer) {
 	if removed && n.gossip != nil {
 		n.gossip.RemovePeer(p.id)
 	}
-	n.cfg.Logger.Info("peer disconnected", "peer", p.id.String(), "reason", context.Cause(p.conn.Context()))
+	cause := context.Cause(p.conn.Context())
+	n.closedAsRefused(p, cause)
+	n.cfg.Logger.Info("peer disconnected", "peer", p.id.String(), "reason", cause)
 }
 
 // supervise redials desired peers with backoff and expires held packets.
@@ -805,9 +861,10 @@ func (n *Node) kickDial(id pki.Identity) {
 		d.backoff = min(max(2*d.backoff, 500*time.Millisecond), 15*time.Second)
 		d.nextDial = time.Now().Add(d.backoff)
 	}
+	retry := d.backoff // read under n.mu: the next kickDial writes it
 	n.mu.Unlock()
 	if err != nil && n.ctx.Err() == nil {
-		n.cfg.Logger.Debug("dial failed", "peer", id.Short(), "err", err, "retry_in", d.backoff)
+		n.cfg.Logger.Debug("dial failed", "peer", id.Short(), "err", err, "retry_in", retry)
 	}
 }
 
@@ -848,22 +905,87 @@ func (n *Node) deviceReadLoop() {
 			}
 		}
 		if err != nil {
-			if n.ctx.Err() != nil || errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) {
+			if n.ctx.Err() != nil {
 				return
 			}
 			if errors.Is(err, tun.ErrTooManySegments) {
+				// One super-packet did not fit our buffers; the device is fine.
 				n.stats.DevReadErrors.Add(1)
 				continue
 			}
 			n.stats.DevReadErrors.Add(1)
-			if errRun++; errRun > 100 {
-				n.cfg.Logger.Error("device read keeps failing; stopping the packet loop", "err", err)
+			if deviceGone(err) {
+				n.fail(fmt.Errorf("device %s is gone (%v): the node stops", n.devName, err))
 				return
+			}
+			// As wireguard-go's receive path: a bounded run of temporary
+			// errors, each waited out a little longer, then give up.
+			if errRun++; errRun > maxDevErrors {
+				n.fail(fmt.Errorf("device %s: %d reads in a row failed, the last with %v: the node stops", n.devName, errRun, err))
+				return
+			}
+			if errRun == 1 && n.logGate.allow("device read", time.Now()) {
+				n.cfg.Logger.Warn("device read failed; retrying", "device", n.devName, "err", err)
+			}
+			select {
+			case <-n.ctx.Done():
+				return
+			case <-time.After(devErrBackoff(errRun)):
 			}
 			continue
 		}
 		errRun = 0
 	}
+}
+
+// maxDevErrors is how many device reads in a row may fail before the node
+// gives up on the device (about 4 s of backoff in all).
+const maxDevErrors = 10
+
+// devErrBackoff is the wait after the nth failed read in a row: 10 ms,
+// doubling, at most 1 s.
+func devErrBackoff(n int) time.Duration {
+	return min(10*time.Millisecond<<min(n-1, 10), time.Second)
+}
+
+// deviceGone reports whether a device error means the device will never
+// work again: closed under us (the kernel TUN's reads fail so once its
+// interface is deleted), or the device no longer exists.
+func deviceGone(err error) bool {
+	if errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrNotExist) {
+		return true
+	}
+	for _, e := range goneErrnos {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// fail stops the node because it cannot go on (its device is gone): it logs
+// err, makes Err return it and Done close, and closes the node. Close runs
+// in a goroutine of its own, since the caller is one of the goroutines Close
+// waits for.
+func (n *Node) fail(err error) {
+	n.failOnce.Do(func() {
+		n.failErr.Store(&err)
+		n.cfg.Logger.Error("node failed", "err", err)
+		go n.Close()
+	})
+}
+
+// Done is closed when the node has stopped: after Close, or after a failure
+// that stopped it (see Err).
+func (n *Node) Done() <-chan struct{} { return n.done }
+
+// Err returns why the node stopped by itself (its device is gone), or nil
+// while it runs and after a Close by its owner.
+func (n *Node) Err() error {
+	if e := n.failErr.Load(); e != nil {
+		return *e
+	}
+	return nil
 }
 
 // routeCache remembers the last destination's peer until the peer set
@@ -928,11 +1050,8 @@ func (n *Node) sendDatagram(p *peer, pkt, ptbBuf []byte, ptbBufs [][]byte) {
 // sendTooBig answers an oversized packet with ICMPv6 Packet Too Big.
 func (n *Node) sendTooBig(pkt []byte, mtu int, buf []byte, bufs [][]byte) {
 	n.stats.TxTooBig.Add(1)
-	if len(pkt) < ipv6HeaderLen {
+	if !mayAnswerWithError(pkt) {
 		return
-	}
-	if pkt[6] == 58 && len(pkt) > ipv6HeaderLen && pkt[ipv6HeaderLen] < 128 {
-		return // never answer an ICMPv6 error with another
 	}
 	out := appendPacketTooBig(buf[:devOffset], pkt, max(mtu, MinMTU))
 	bufs[0] = out
@@ -941,19 +1060,54 @@ func (n *Node) sendTooBig(pkt []byte, mtu int, buf []byte, bufs [][]byte) {
 	}
 }
 
+// ICMPv6 errors the node makes up on its own (Destination Unreachable) are
+// limited to icmpRate a second with bursts of as many, whatever floods the
+// device with packets to dead addresses.
+const icmpRate = 100
+
+// sendUnreachable answers pkt, a packet for an overlay address nobody owns
+// (or nobody we can reach), with ICMPv6 Destination Unreachable, so the
+// program that sent it fails now instead of retrying until its timeout. The
+// answer goes through the device writer's queue; it is rate-limited and
+// dropped (counted) when the queue is full.
+func (n *Node) sendUnreachable(pkt []byte) {
+	if !mayAnswerWithError(pkt) {
+		return
+	}
+	if !n.icmpLimit.Allow() {
+		n.stats.ICMPRateLimited.Add(1)
+		return
+	}
+	b := n.bufPool.Get().(*pbuf)
+	b.n = len(appendDstUnreachable(b.b[devOffset:devOffset], pkt, n.unreachCode))
+	select {
+	case n.inbound <- b:
+		n.stats.ICMPUnreachSent.Add(1)
+	default:
+		n.bufPool.Put(b)
+		n.stats.ICMPRateLimited.Add(1)
+	}
+}
+
 // maxResolving bounds resolutions in flight at once.
 const maxResolving = 64
 
 // hold keeps the newest packet for an overlay address with no connection,
 // for PendingTimeout, and starts one resolution of the address if a
-// Resolver is set; a connection to its owner delivers the packet.
+// Resolver is set; a connection to its owner delivers the packet. A packet
+// to an address nobody was found to own moments ago is answered with
+// Destination Unreachable at once.
 func (n *Node) hold(dst netip.Addr, pkt []byte) {
 	n.pendMu.Lock()
-	defer n.pendMu.Unlock()
-	if until, ok := n.failed[dst]; ok && time.Now().Before(until) {
+	if f, ok := n.failed[dst]; ok && time.Now().Before(f.until) {
+		n.pendMu.Unlock()
 		n.stats.TxResolveFailed.Add(1)
+		if f.noOwner {
+			n.sendUnreachable(pkt)
+		}
 		return
 	}
+	defer n.pendMu.Unlock()
 	h := n.pending[dst]
 	if h == nil {
 		if len(n.pending) >= n.cfg.MaxPending {
@@ -981,12 +1135,16 @@ func (n *Node) hold(dst netip.Addr, pkt []byte) {
 
 // resolve asks the Resolver who owns dst and connects to the first answer
 // that proves it (identity pinned in the handshake, address derived from
-// the identity). Installing the connection delivers the held packet.
+// the identity). Installing the connection delivers the held packet. When
+// nobody owns dst the held packet is answered with Destination
+// Unreachable; when its owner was found but not reached (which may pass:
+// a relay being set up, a NAT) it is only dropped.
 func (n *Node) resolve(dst netip.Addr) {
 	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.ResolveTimeout)
 	defer cancel()
 	ok := false
 	contacts, err := n.cfg.Resolver(ctx, dst)
+	noOwner := err != nil
 	if err == nil {
 		// One handshake races every address (and relay) of the owner.
 		var owner *Contact
@@ -1004,44 +1162,71 @@ func (n *Node) resolve(dst netip.Addr) {
 			}
 		}
 		if owner == nil {
+			noOwner = true
 			err = errors.New("no contact owns the address")
-		} else if err = n.SmartConnect(ctx, owner.Identity, addrs, owner.Relays); err == nil {
+		} else if err = n.smartConnect(ctx, owner.Identity, addrs, owner.Relays, false); err == nil {
 			ok = true
 		}
 	}
+	var answer []byte
 	n.pendMu.Lock()
 	delete(n.resolving, dst)
 	if !ok && n.ctx.Err() == nil {
 		if len(n.failed) < n.cfg.MaxPending {
-			n.failed[dst] = time.Now().Add(n.cfg.ResolveFailTTL)
+			n.failed[dst] = failure{until: time.Now().Add(n.cfg.ResolveFailTTL), noOwner: noOwner}
 		}
-		if _, held := n.pending[dst]; held {
+		if h := n.pending[dst]; h != nil {
 			delete(n.pending, dst)
 			n.stats.TxResolveFailed.Add(1)
+			if noOwner {
+				answer = h.pkt
+			}
 		}
 	}
 	n.pendMu.Unlock()
 	if ok {
 		n.stats.ResolveOK.Add(1)
-	} else {
-		n.stats.ResolveFailed.Add(1)
-		n.cfg.Logger.Debug("resolution failed", "address", dst.String(), "err", err)
+		return
+	}
+	n.stats.ResolveFailed.Add(1)
+	n.cfg.Logger.Debug("resolution failed", "address", dst.String(), "err", err)
+	if answer != nil {
+		n.sendUnreachable(answer)
 	}
 }
 
-func (n *Node) expirePending(now time.Time) {
+// resolveFailed reports whether dst was found to have no owner moments ago.
+func (n *Node) resolveFailed(dst netip.Addr) bool {
 	n.pendMu.Lock()
 	defer n.pendMu.Unlock()
+	f, ok := n.failed[dst]
+	return ok && f.noOwner && time.Now().Before(f.until)
+}
+
+// expirePending drops held packets nobody resolved in time, and forgets
+// failed resolutions past their TTL. Without a Resolver nobody will ever
+// own an address we have no connection to: those packets are answered with
+// Destination Unreachable (with one, they waited for a busy resolver).
+func (n *Node) expirePending(now time.Time) {
+	var expired [][]byte
+	n.pendMu.Lock()
 	for a, h := range n.pending {
 		if now.Sub(h.at) > n.cfg.PendingTimeout && !n.resolving[a] {
 			delete(n.pending, a)
 			n.stats.TxNoPeer.Add(1)
+			if n.cfg.Resolver == nil {
+				expired = append(expired, h.pkt)
+			}
 		}
 	}
-	for a, until := range n.failed {
-		if now.After(until) {
+	for a, f := range n.failed {
+		if now.After(f.until) {
 			delete(n.failed, a)
 		}
+	}
+	n.pendMu.Unlock()
+	for _, pkt := range expired {
+		n.sendUnreachable(pkt)
 	}
 }
 
@@ -1135,6 +1320,10 @@ func (n *Node) deviceWriteLoop() {
 		}
 		if _, err := n.dev.Write(bufs, devOffset); err != nil && n.ctx.Err() == nil {
 			n.stats.DevWriteErrors.Add(1)
+			if deviceGone(err) {
+				n.fail(fmt.Errorf("device %s is gone (%v): the node stops", n.devName, err))
+				return
+			}
 		}
 		bufs = bufs[:0]
 	}

@@ -49,10 +49,37 @@ func ipv6Dst(b []byte) (netip.Addr, bool) {
 	return netip.AddrFrom16([16]byte(b[24:40])), true
 }
 
+// ICMPv6 message types and codes the node generates (RFC 4443).
+const (
+	icmpDstUnreachable = 1
+	icmpPacketTooBig   = 2
+	// icmpNoRoute is Destination Unreachable code 0, "no route to
+	// destination".
+	icmpNoRoute = 0
+	// icmpAddrUnreachable is Destination Unreachable code 3, "address
+	// unreachable": the overlay route exists, but nobody owns the address.
+	icmpAddrUnreachable = 3
+)
+
 // appendPacketTooBig appends an ICMPv6 Packet Too Big message (RFC 4443
-// 3.2) answering orig, as if sent by orig's destination, to b. The message
-// quotes as much of orig as fits in the minimum MTU.
+// 3.2) answering orig, as if sent by orig's destination, to b.
 func appendPacketTooBig(b []byte, orig []byte, mtu int) []byte {
+	return appendICMPv6Error(b, orig, icmpPacketTooBig, 0, uint32(mtu))
+}
+
+// appendDstUnreachable appends an ICMPv6 Destination Unreachable message
+// (RFC 4443 3.1) with code answering orig, as if sent by orig's
+// destination, to b.
+func appendDstUnreachable(b []byte, orig []byte, code byte) []byte {
+	return appendICMPv6Error(b, orig, icmpDstUnreachable, code, 0)
+}
+
+// appendICMPv6Error appends an ICMPv6 error message answering orig (at least
+// an IPv6 header) to b. Its source is orig's destination (the overlay has no
+// router address of its own, and a stack drops errors that claim to come
+// from its own address), its destination orig's source. It quotes as much
+// of orig as fits in the minimum MTU.
+func appendICMPv6Error(b []byte, orig []byte, typ, code byte, param uint32) []byte {
 	quote := orig
 	if max := MinMTU - ipv6HeaderLen - 8; len(quote) > max {
 		quote = quote[:max]
@@ -65,12 +92,26 @@ func appendPacketTooBig(b []byte, orig []byte, mtu int) []byte {
 	b = append(b, orig[24:40]...) // source: the unreachable destination
 	b = append(b, orig[8:24]...)  // destination: the original sender
 	icmp := len(b)
-	b = append(b, 2, 0, 0, 0) // type 2 Packet Too Big, code 0, checksum
-	b = binary.BigEndian.AppendUint32(b, uint32(mtu))
+	b = append(b, typ, code, 0, 0) // type, code, checksum
+	b = binary.BigEndian.AppendUint32(b, param)
 	b = append(b, quote...)
 	sum := icmpv6Checksum(b[start+8:start+24], b[start+24:start+40], b[icmp:])
 	binary.BigEndian.PutUint16(b[icmp+2:], sum)
 	return b
+}
+
+// mayAnswerWithError reports whether an ICMPv6 error may answer pkt (RFC
+// 4443 2.4 (e)): never an ICMPv6 error itself, never a packet whose source
+// is not a unicast address that could receive the answer.
+func mayAnswerWithError(pkt []byte) bool {
+	if len(pkt) < ipv6HeaderLen || pkt[0]>>4 != 6 {
+		return false
+	}
+	if pkt[6] == 58 && (len(pkt) == ipv6HeaderLen || pkt[ipv6HeaderLen] < 128) {
+		return false // an ICMPv6 error (types 0..127), or a truncated ICMPv6 header
+	}
+	src := netip.AddrFrom16([16]byte(pkt[8:24]))
+	return !src.IsUnspecified() && !src.IsMulticast() && !src.IsLoopback()
 }
 
 func icmpv6Checksum(src, dst, msg []byte) uint16 {

@@ -45,6 +45,7 @@ type Status struct {
 	Peers     []PeerStatus            `json:"peers"`
 	Drops     map[string]uint64       `json:"drops"`
 	Counters  map[string]uint64       `json:"counters"`
+	Refusals  map[string]uint64       `json:"refusals"` // by reason: we_refused_* (their sum is drops.handshake_refused), refused_us_*
 	SmartSock smartsock.StatsSnapshot `json:"smartsock"`
 	DHT       *dht.Stats              `json:"dht,omitempty"`
 	NAT       NATStatus               `json:"nat"`
@@ -120,6 +121,8 @@ func (n *Node) Status() Status {
 		"relay_refused":     c.RelayRefused.Load(),
 		"punch_refused":     c.PunchRefused.Load(),
 		"dialback_busy":     c.DialBackBusy.Load(),
+		"dial_addr_refused": c.DialAddrRefused.Load(),
+		"icmp_rate_limited": c.ICMPRateLimited.Load(),
 
 		// Requests reset for buffering too much: see rpc.Config.PeerBudget.
 		"rpc_over_peer_budget": rs.OverPeerBudget,
@@ -128,20 +131,25 @@ func (n *Node) Status() Status {
 		"spiffe_refused":       c.SPIFFERefused.Load(),
 	}
 	s.Counters = map[string]uint64{
-		"handshakes":         c.Handshakes.Load(),
-		"pending_delivered":  c.PendingDelivered.Load(),
-		"duplicate_conns":    c.DuplicateConns.Load(),
-		"resolve_ok":         c.ResolveOK.Load(),
-		"resolve_failed":     c.ResolveFailed.Load(),
-		"rpc_requests":       rs.Requests,
-		"rpc_responses":      rs.Responses,
-		"rpc_handler_errors": rs.HandlerErrors,
-		"rpc_abandoned":      rs.Abandoned,
-		"punches":            c.Punches.Load(),
-		"peers_evicted_lru":  c.PeersEvicted.Load(),
-		"peers_evicted_idle": c.PeersIdleEvicted.Load(),
+		"handshakes":            c.Handshakes.Load(),
+		"pending_delivered":     c.PendingDelivered.Load(),
+		"duplicate_conns":       c.DuplicateConns.Load(),
+		"resolve_ok":            c.ResolveOK.Load(),
+		"resolve_failed":        c.ResolveFailed.Load(),
+		"rpc_requests":          rs.Requests,
+		"rpc_responses":         rs.Responses,
+		"rpc_handler_errors":    rs.HandlerErrors,
+		"rpc_abandoned":         rs.Abandoned,
+		"punches":               c.Punches.Load(),
+		"peers_evicted_lru":     c.PeersEvicted.Load(),
+		"peers_evicted_idle":    c.PeersIdleEvicted.Load(),
+		"icmp_unreachable_sent": c.ICMPUnreachSent.Load(),
 
 		"rpc_buffered_bytes": uint64(rs.Buffered), // a gauge: request bytes arriving now
+	}
+	s.Refusals = make(map[string]uint64, numRefusals)
+	for r := range numRefusals {
+		s.Refusals[refusalNames[r]] = n.refusals[r].Load()
 	}
 	s.SPIFFEID, s.CA = n.SPIFFEID(), n.CAStats()
 	s.NAT = n.NAT()

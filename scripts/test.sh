@@ -43,6 +43,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 step "netns-test"
 ./scripts/netns-test.sh
+step "deadend-test (dead destinations, a deleted TUN)"
+./scripts/deadend-test.sh
 step "cluster"
 ./scripts/cluster.sh 6 --check
 step "chat between 4 namespaces"

@@ -93,6 +93,10 @@ type Config struct {
 	// identity below it is dropped before its signature is checked, so
 	// nobody fills the path table with free identities. 0 checks nothing.
 	PoWBits int
+	// OnRefusal, if set, is told of every refusal either way (refusal.go):
+	// a hello we refused, a refusal a peer sent us. It runs on the read
+	// path without locks held and must not block.
+	OnRefusal func(Refusal)
 }
 
 func (c *Config) setDefaults() error {
@@ -212,6 +216,9 @@ type Conn struct {
 	probeSrc   *srcLimiter
 	probeLimit limiter
 
+	refuseMu    sync.Mutex // guards refuseLimit
+	refuseLimit limiter
+
 	forward  atomic.Pointer[RelayForwarder]
 	fwd      fwdBatch
 	relayBuf sync.Pool
@@ -238,7 +245,7 @@ type Stats struct {
 	DropHelloRate, DropRelay, PathSwitches, TxReset, TxCalls    atomic.Uint64
 	TxProbe, RxProbe, RxProbeReply, DropProbeMAC, DropProbeRate atomic.Uint64
 	TxRelayed, RxRelayed, RxForwarded, RxDialBack, ProbeLost    atomic.Uint64
-	TxForwardGSO                                                atomic.Uint64
+	TxForwardGSO, TxRefusal, RxRefusal, DropRefusalRate         atomic.Uint64
 	AddrClaimRefused, AddrReassigned                            atomic.Uint64
 	DropProbeUnknown, DropProbeSrcRate, DropHelloSrcRate        atomic.Uint64
 	// Send errors taken as packet loss (see transient.go), by kind.
@@ -272,6 +279,9 @@ type StatsSnapshot struct {
 	RxDialBack        uint64 `json:"rx_dialback"`
 	ProbeLost         uint64 `json:"probe_lost"`
 	TxForwardGSO      uint64 `json:"relay_forward_gso_writes"`
+	TxRefusal         uint64 `json:"tx_refusal"`
+	RxRefusal         uint64 `json:"rx_refusal"`
+	DropRefusalRate   uint64 `json:"drop_refusal_rate"`
 	// A peer named an address (or relay session) another peer holds: its
 	// path there stayed a candidate (refused), or took it from a weaker
 	// holder (reassigned).
@@ -324,6 +334,7 @@ func newConn(udp *net.UDPConn, cfg Config) (*Conn, error) {
 		probeLimit: newLimiter(cfg.ProbeRate),
 		done:       make(chan struct{}),
 	}
+	c.refuseLimit = newLimiter(refusalRate)
 	c.relayBuf.New = func() any { b := make([]byte, 0, relayBufSize); return &b }
 	if cfg.StatelessResetKey != nil {
 		c.resetMAC = hmac.New(sha256.New, cfg.StatelessResetKey[:])
@@ -342,6 +353,7 @@ func (c *Conn) Stats() StatsSnapshot {
 		TxProbe: s.TxProbe.Load(), RxProbe: s.RxProbe.Load(), RxProbeReply: s.RxProbeReply.Load(), DropProbeMAC: s.DropProbeMAC.Load(),
 		DropProbeRate: s.DropProbeRate.Load(), TxRelayed: s.TxRelayed.Load(), RxRelayed: s.RxRelayed.Load(), RxForwarded: s.RxForwarded.Load(),
 		RxDialBack: s.RxDialBack.Load(), ProbeLost: s.ProbeLost.Load(), TxForwardGSO: s.TxForwardGSO.Load(),
+		TxRefusal: s.TxRefusal.Load(), RxRefusal: s.RxRefusal.Load(), DropRefusalRate: s.DropRefusalRate.Load(),
 		AddrClaimRefused: s.AddrClaimRefused.Load(), AddrReassigned: s.AddrReassigned.Load(),
 		DropProbeUnknown: s.DropProbeUnknown.Load(), DropProbeSrcRate: s.DropProbeSrcRate.Load(), DropHelloSrcRate: s.DropHelloSrcRate.Load(),
 		TxErrNetUnreach: s.TxErrNetUnreach.Load(), TxErrHostUnreach: s.TxErrHostUnreach.Load(), TxErrNetDown: s.TxErrNetDown.Load(),
@@ -819,6 +831,12 @@ func (c *Conn) handleProbe(b []byte, src netip.AddrPort, pa *path, now time.Time
 		} else {
 			c.handleReply(&pr, src, pa, now)
 		}
+	case ProbeRefusal:
+		if pa != nil { // refusals answer hellos, which map direct addresses only
+			c.stats.DropBadProbe.Add(1)
+			return
+		}
+		c.handleRefusal(b, src, now)
 	case ProbeDialBack:
 		h, _, err := ParseProbeHeader(b)
 		if err != nil || len(b) != DialBackSize {
@@ -848,7 +866,7 @@ func (c *Conn) handleProbe(b []byte, src netip.AddrPort, pa *path, now time.Time
 }
 
 func (c *Conn) handleHello(h *Hello, src netip.AddrPort, now time.Time) {
-	if h.To != c.self || h.From == c.self {
+	if h.From == c.self {
 		c.stats.DropBadProbe.Add(1)
 		return
 	}
@@ -866,8 +884,14 @@ func (c *Conn) handleHello(h *Hello, src netip.AddrPort, now time.Time) {
 		c.stats.DropHelloSrcRate.Add(1)
 		return
 	}
+	if h.To != c.self {
+		c.stats.DropBadProbe.Add(1)
+		c.refuseHello(h, src, RefuseWrongIdentity, now)
+		return
+	}
 	if c.cfg.PoWBits > 0 && pki.PoWBits(h.From, h.PoWNonce) < c.cfg.PoWBits {
 		c.stats.DropBadProbe.Add(1)
+		c.refuseHello(h, src, RefuseLowPoW, now)
 		return
 	}
 	c.mu.RLock()
