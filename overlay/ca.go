@@ -118,12 +118,13 @@ func (n *Node) RunCADKG(ctx context.Context, cfg tca.DKGConfig) (*tca.DKGResult,
 }
 
 // SetCASigner makes the node a CA signer with st (as Config.CASigner does
-// at start).
-func (n *Node) SetCASigner(st *tca.SignerState) error {
+// at start), keeping the identities it approves in approvalsFile ("": in
+// memory only).
+func (n *Node) SetCASigner(st *tca.SignerState, approvalsFile string) error {
 	if n.ca == nil {
 		return ErrNoCA
 	}
-	return n.ca.SetSigner(st)
+	return n.ca.SetSigner(st, approvalsFile)
 }
 
 // CASignerState returns the state the node signs with, or nil.
@@ -178,4 +179,30 @@ func (c *Config) checkCAConfig() error {
 // file at path (tca.SaveState), for a later Config.CASigner.
 func (n *Node) SaveCASignerState(path string, st *tca.SignerState) error {
 	return tca.SaveState(path, st, n.kp)
+}
+
+// CAApprove makes this signer sign certificates for id with workload path
+// wl ("" for none), persisted in its approvals file.
+func (n *Node) CAApprove(id pki.Identity, wl string) (tca.Approval, error) {
+	if n.ca == nil {
+		return tca.Approval{}, ErrNoCA
+	}
+	return n.ca.Approve(id, wl)
+}
+
+// CARevoke stops this signer from signing for id: its next renewal fails
+// once fewer than K signers approve it.
+func (n *Node) CARevoke(id pki.Identity) error {
+	if n.ca == nil {
+		return ErrNoCA
+	}
+	return n.ca.Revoke(id)
+}
+
+// CAApprovals lists the identities this signer signs for.
+func (n *Node) CAApprovals() ([]tca.Approval, error) {
+	if n.ca == nil {
+		return nil, ErrNoCA
+	}
+	return n.ca.Approvals()
 }

@@ -164,7 +164,7 @@ func caDKGStream(node *overlay.Node) control.StreamHandler {
 			return err
 		}
 		if node.CASignerState() == nil {
-			if err := node.SetCASigner(res.State); err != nil {
+			if err := node.SetCASigner(res.State, approvalsPath(a.State)); err != nil {
 				return err
 			}
 		}
@@ -235,6 +235,10 @@ func streamResult(ctx context.Context, path, cmd string, args any, stderr io.Wri
 	}
 	return done, nil
 }
+
+// approvalsPath is where a signer whose state is at state keeps its
+// approvals.
+func approvalsPath(state string) string { return state + ".approvals" }
 
 // loadCASigner reads --ca-signer for up.
 func loadCASigner(path string, kp *pki.Keypair) (*tca.SignerState, error) {
