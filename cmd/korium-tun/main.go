@@ -94,7 +94,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			{
 				Name:  "up",
 				Usage: "run a node in the foreground with a kernel TUN device (needs root)",
-				Flags: []cli.Flag{
+				Flags: append([]cli.Flag{
 					&cli.StringFlag{Name: "key", Value: defaultKeyPath, Usage: "identity key file (created if missing)"},
 					&cli.StringFlag{Name: "listen", Value: "[::]:7400", Usage: "UDP HOST:PORT to listen on"},
 					&cli.StringSliceFlag{Name: "bootstrap", Usage: "IDENTITY@HOST:PORT of a peer to keep connected (repeatable)"},
@@ -106,7 +106,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					&cli.StringFlag{Name: "trust-domain", Usage: "SPIFFE trust domain: puts spiffe://TD/IDENTITY[/WORKLOAD] in the node's certificate"},
 					&cli.StringFlag{Name: "workload", Usage: "SPIFFE workload path after the identity (needs --trust-domain)"},
 					&cli.StringFlag{Name: "ca-signer", Usage: "threshold-CA signer state (written by `ca dkg --state`): the node signs CSRs"},
-				},
+				}, memberFlags()...),
 				Action: func(c *cli.Context) error { return up(c, stdout, stderr) },
 			},
 			{
@@ -317,6 +317,10 @@ func up(c *cli.Context, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	members, err := loadMembers(c, kp, signer, stderr)
+	if err != nil {
+		return err
+	}
 	udp, err := overlay.ListenUDP(c.String("listen"))
 	if err != nil {
 		return err
@@ -330,6 +334,7 @@ func up(c *cli.Context, stdout, stderr io.Writer) error {
 	node, err := overlay.New(overlay.Config{
 		Keypair: kp, PoWBits: overlayPoW(bits), Conn: udp, Device: dev, MTU: mtu, Bootstrap: boot, Logger: log,
 		NoRelay: !c.Bool("relay"), TrustDomain: c.String("trust-domain"), Workload: c.String("workload"), CASigner: signer,
+		CA: caConfig(c), Members: members,
 	})
 	if err != nil {
 		return err
@@ -467,6 +472,7 @@ func printStatus(w io.Writer, st overlay.Status) {
 		nat = fmt.Sprintf("behind NAT (seen as %s), relays %d", st.NAT.Observed, len(st.NAT.Relays))
 	}
 	fmt.Fprintf(w, "\nnat: %s\n", nat)
+	printMembers(w, st.Members)
 	if r := st.Relay; r != nil {
 		fmt.Fprintf(w, "relay: %d sessions open, %d frames forwarded\n", r.Sessions, r.ForwardedFrames)
 	}
