@@ -219,3 +219,6 @@ func (n *Node) CAApprovals() ([]tca.Approval, error) {
 	}
 	return n.ca.Approvals()
 }
+
+// TrustDomain returns the node's SPIFFE trust domain, or "".
+func (n *Node) TrustDomain() string { return n.cfg.TrustDomain }

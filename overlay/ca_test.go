@@ -187,14 +187,14 @@ func TestCACorruptShareOverNodes(t *testing.T) {
 	for _, s := range signers[:2] {
 		s.rpc.Handle(rpc.ProtoCA, func(ctx context.Context, from pki.Identity, r []byte) ([]byte, error) {
 			if tca.MessageType(r) == 5 { // a CSR
-				time.Sleep(300 * time.Millisecond)
+				time.Sleep(time.Second)
 			}
 			return s.ca.HandleRPC(ctx, from, r)
 		})
 	}
 	req.rpc.Handle(rpc.ProtoCA, func(ctx context.Context, from pki.Identity, r []byte) ([]byte, error) {
 		if slow[from] && tca.MessageType(r) == 6 {
-			time.Sleep(300 * time.Millisecond)
+			time.Sleep(time.Second)
 		}
 		return req.ca.HandleRPC(ctx, from, r)
 	})

@@ -46,6 +46,8 @@ step "chat between 4 namespaces"
 ./scripts/chat-test.sh
 step "threshold CA: 5 signers run ca dkg, a sixth gets an X509-SVID (openssl and go-spiffe verify it)"
 ./scripts/ca-test.sh
+step "members-only network: approvals (K of N), enrollment from outside, renewal, revocation and expiry"
+./scripts/members-test.sh
 step "NAT lab (cone and symmetric NATs, relay, hole punching, loss)"
 ./scripts/nat-test.sh
 step "throughput smoke run (overlay vs wireguard-go vs raw veth)"

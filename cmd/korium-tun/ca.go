@@ -347,7 +347,11 @@ func certRequestStream(node *overlay.Node) control.StreamHandler {
 			}
 			rc.CAKey = k
 		}
-		emit(caEvent{Kind: "waiting", Text: fmt.Sprintf("asking the signers of %s for a certificate of %s", a.TrustDomain, node.Identity().Short())})
+		td := a.TrustDomain
+		if td == "" {
+			td = node.TrustDomain()
+		}
+		emit(caEvent{Kind: "waiting", Text: fmt.Sprintf("asking the signers of %s for a certificate of %s", td, node.Identity().Short())})
 		rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		defer cancel()
 		cert, err := node.RequestCACertificate(rctx, rc)
