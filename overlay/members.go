@@ -275,16 +275,19 @@ func (n *Node) mayEnroll() bool {
 	return st != nil && bytes.Equal(st.CA.GroupKey, n.mem.cfg.CA.GroupKey)
 }
 
-func (n *Node) enrolleeCount() int {
+func (n *Node) enrolleeCount() int { return len(n.peersWhere((*peer).enrollee)) }
+
+// peersWhere snapshots the connected peers for which keep is true.
+func (n *Node) peersWhere(keep func(*peer) bool) []*peer {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
-	c := 0
+	var out []*peer
 	for _, p := range n.peers {
-		if p.enrollee() {
-			c++
+		if keep(p) {
+			out = append(out, p)
 		}
 	}
-	return c
+	return out
 }
 
 var errEnrolleesFull = errors.New("not a member, and the node admits no more enrollees now")
@@ -551,13 +554,7 @@ func (n *Node) InstallLeaf(der []byte) error {
 // reconnectAll closes every connection; bootstrap peers are redialed, the
 // rest reconnect on demand.
 func (n *Node) reconnectAll() {
-	n.mu.RLock()
-	peers := make([]*peer, 0, len(n.peers))
-	for _, p := range n.peers {
-		peers = append(peers, p)
-	}
-	n.mu.RUnlock()
-	for _, p := range peers {
+	for _, p := range n.peersWhere(func(*peer) bool { return true }) {
 		p.conn.CloseWithError(codeNormal, "membership changed: reconnecting")
 	}
 }
@@ -565,14 +562,7 @@ func (n *Node) reconnectAll() {
 // pushLeaf sends a renewed leaf to every member connected to us.
 func (n *Node) pushLeaf(der []byte) {
 	msg := tca.EncodeLeafUpdate(der)
-	n.mu.RLock()
-	var to []*peer
-	for _, p := range n.peers {
-		if p.memberClass() == classMember {
-			to = append(to, p)
-		}
-	}
-	n.mu.RUnlock()
+	to := n.peersWhere(func(p *peer) bool { return p.memberClass() == classMember })
 	sem := make(chan struct{}, leafPushers)
 	var wg sync.WaitGroup
 	for _, p := range to {

@@ -354,6 +354,14 @@ func TestEnrolleeGetsNothingButTheCA(t *testing.T) {
 			}
 		}
 	}
+	// No relaying to it either: a member asking the signer for a session
+	// to the enrollee is refused.
+	if s.relaySrv == nil {
+		t.Fatal("the signer does not relay: the check below would prove nothing")
+	}
+	if _, err := s.openSession(ctx, mn.signers[1].id, e.id); err == nil || !strings.Contains(err.Error(), "not a member") {
+		t.Fatalf("a relay session to an enrollee: %v", err)
+	}
 	// The signer sends it nothing either: no route to an enrollee.
 	s.dev.send(udp6(s.addr, e.addr, []byte("to a non-member")))
 	expectNothing(t, e.dev, 300*time.Millisecond)
