@@ -175,6 +175,10 @@ type Config struct {
 	// CA tunes the threshold CA (its Keypair, Network and Signer are the
 	// node's).
 	CA tca.Config
+	// Members makes the node part of a members-only network: its own
+	// CA-signed certificate, renewed through the mesh, and which peers it
+	// accepts (see members.go). The zero value: no membership.
+	Members MembersConfig
 }
 
 // Resolver returns contacts that may own addr. The node dials them with the

@@ -151,6 +151,9 @@ func (n *Node) dhtSeeds() []dht.Contact {
 	defer n.mu.RUnlock()
 	var out []dht.Contact
 	for _, p := range n.peers {
+		if p.enrollee() {
+			continue // the DHT stays among members
+		}
 		c := dht.Contact{Identity: p.id, Nonce: p.nonce}
 		if pi, ok := n.sock.Path(p.id); ok && pi.Direct.IsValid() {
 			c.Addrs = []netip.AddrPort{pi.Direct}

@@ -262,6 +262,9 @@ func (n *Node) openSession(ctx context.Context, from, target pki.Identity) ([]by
 	if tp == nil {
 		return nil, rpc.RefuseError("the target is not connected to this relay")
 	}
+	if tp.enrollee() {
+		return nil, rpc.RefuseError("the target is not a member") // no relaying for enrollees (members.go)
+	}
 	fa, ok1 := n.directAddr(from)
 	ta, ok2 := n.directAddr(target)
 	if !ok1 || !ok2 {

@@ -85,6 +85,7 @@ type Node struct {
 	dht        *dht.DHT                    // nil when Config.DisableDHT
 	gossip     *gossipsub.Router           // nil when Config.DisablePubSub
 	ca         *tca.Service                // nil when Config.DisablePubSub
+	mem        *members                    // nil without Config.Members.CA (members.go)
 	rpc        *rpc.Server                 // serves every installed peer connection
 	appHandler atomic.Pointer[rpc.Handler] // SetRequestHandler's, or nil
 	reqMu      sync.Mutex                  // guards incoming
@@ -129,6 +130,8 @@ type peer struct {
 	lastUsed    atomic.Int64   // Node.clock when a packet or request last used this peer
 	lastPunch   atomic.Int64   // unix ns of our last punch attempt
 	realAddr    netip.AddrPort // where its handshake came from (invalid: relayed)
+
+	member peerMember // member, enrollee or neither (members.go)
 }
 
 // desired is a peer the node keeps a connection to (a bootstrap contact).
@@ -317,7 +320,7 @@ func New(cfg Config) (n *Node, err error) {
 	}
 	n.tlsConf = pki.TLSConfig{Keypair: c.Keypair, PoWBits: c.PoWBits, Refused: n.onCertReject,
 		SPIFFE: pki.SPIFFEConfig{TrustDomain: c.TrustDomain, Workload: c.Workload}}
-	if n.srvTLS, err = n.tlsConf.Server(nil); err != nil {
+	if n.srvTLS, err = n.memberTLS().Server(nil); err != nil {
 		return nil, err
 	}
 	if n.ln, err = n.tr.Listen(n.srvTLS, n.quicConf); err != nil {
@@ -556,7 +559,7 @@ func (n *Node) dialOnce(ctx context.Context, id pki.Identity, paths int, f func(
 // addr only names the attempt in errors.
 func (n *Node) dial(ctx context.Context, id pki.Identity, addr netip.AddrPort) error {
 	virt := net.UDPAddrFromAddrPort(smartaddr.Virtual(id))
-	tlsConf, err := n.tlsConf.Client(id)
+	tlsConf, err := n.memberTLS().Client(id)
 	if err != nil {
 		return err
 	}
@@ -630,6 +633,11 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 	}
 	p.nonce, _ = pki.PeerNonce(cs.TLS)
 	p.spiffeID = pki.PeerSPIFFEID(cs.TLS.PeerCertificates)
+	if err := n.admit(p, cs.TLS); err != nil {
+		n.stats.HandshakeRefused.Add(1)
+		conn.CloseWithError(codeRefused, "not a member")
+		return nil, fmt.Errorf("overlay: peer %s: %w", id.Short(), err)
+	}
 	p.lastUsed.Store(n.clock.Load())
 	n.mu.Lock()
 	old := n.peers[id]
@@ -657,7 +665,11 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 		n.replaced(id, old.realAddr, realAddr)
 	}
 	n.peers[id] = p
-	n.byAddr[p.addr] = p
+	if p.enrollee() { // not routable: no IP packets to or from it
+		delete(n.byAddr, p.addr)
+	} else {
+		n.byAddr[p.addr] = p
+	}
 	n.gen.Add(1)
 	if d := n.desired[id]; d != nil {
 		d.backoff = 0
@@ -678,7 +690,7 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 		n.stats.DuplicateConns.Add(1)
 		old.conn.CloseWithError(codeDuplicate, "replaced")
 	}
-	if n.gossip != nil {
+	if n.gossip != nil && !p.enrollee() {
 		n.gossip.AddPeer(id, n.peerIP(id), outbound)
 	}
 	n.cfg.Logger.Info("peer connected", "peer", id.String(), "address", p.addr.String(), "outbound", outbound, "path", n.pathString(id))
@@ -686,8 +698,10 @@ func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, 
 	go func() { defer n.wg.Done(); n.receiveLoop(p) }()
 	// Serve returns when the connection closes (also when it is replaced
 	// by a duplicate) after its handlers have returned.
-	go func() { defer n.wg.Done(); n.rpc.Serve(n.ctx, conn, id) }()
-	n.flushPending(p)
+	go func() { defer n.wg.Done(); n.rpcFor(p).Serve(n.ctx, conn, id) }()
+	if !p.enrollee() {
+		n.flushPending(p)
+	}
 	return p, nil
 }
 
@@ -1344,6 +1358,9 @@ func (n *Node) acceptInbound(p *peer, d []byte) *pbuf {
 		return nil
 	case dst != n.addr:
 		n.stats.RxNotForUs.Add(1)
+		return nil
+	case p.enrollee():
+		n.countEnrolleeIP()
 		return nil
 	}
 	p.lastUsed.Store(n.clock.Load())

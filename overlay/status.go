@@ -33,6 +33,11 @@ type PeerStatus struct {
 	Path         *smartsock.PathStatus  `json:"path,omitempty"`
 	Paths        []smartsock.PathStatus `json:"paths"`
 	PathSwitches uint64                 `json:"path_switches"`
+
+	// Membership is "member", "enrollee" or "" (see MembersConfig), and
+	// CertNotAfter when a member's certificate expires.
+	Membership   string     `json:"membership,omitempty"`
+	CertNotAfter *time.Time `json:"cert_not_after,omitempty"`
 }
 
 // Status is a snapshot of the node for `korium-tun status`.
@@ -52,6 +57,7 @@ type Status struct {
 	Relay     *server.Stats           `json:"relay,omitempty"`
 	SPIFFEID  string                  `json:"spiffe_id,omitempty"`
 	CA        *tca.Stats              `json:"ca,omitempty"`
+	Members   *MembersStatus          `json:"members,omitempty"`
 }
 
 // Status returns a snapshot of peers and counters.
@@ -89,6 +95,7 @@ func (n *Node) Status() Status {
 		if pi, ok := n.sock.Path(p.id); ok {
 			ps.Remote, ps.Confirmed = pi.Current.String(), pi.Confirmed
 		}
+		n.memberPeerStatus(p, &ps)
 		ps.Paths, ps.PathSwitches = n.sock.Paths(p.id)
 		if len(ps.Paths) > 0 && ps.Paths[0].Current {
 			ps.Path = &ps.Paths[0]
@@ -152,6 +159,7 @@ func (n *Node) Status() Status {
 		s.Refusals[refusalNames[r]] = n.refusals[r].Load()
 	}
 	s.SPIFFEID, s.CA = n.SPIFFEID(), n.CAStats()
+	s.Members = n.membersStatus()
 	s.NAT = n.NAT()
 	s.Relay = n.RelayStats()
 	if n.dht != nil {

@@ -55,6 +55,8 @@ step "pubsub on one subnet (10 namespaces in one /16, mesh delivery)"
 ./scripts/pubsub-subnet-test.sh 10
 step "ops: config files, systemd unit, metrics, names and DNS in namespaces"
 ./scripts/ops-test.sh
+step "members-only network: approvals (K of N), enrollment from outside, renewal, revocation and expiry"
+./scripts/members-test.sh
 step "NAT lab (cone and symmetric NATs, relay, hole punching, loss)"
 ./scripts/nat-test.sh
 step "hostile networks (a probe flood from one address, link flaps)"

@@ -348,6 +348,10 @@ func up(c *cli.Context, ucfg *upConfig, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	members, err := loadMembers(c, kp, signer, stderr)
+	if err != nil {
+		return err
+	}
 	udp, err := overlay.ListenUDP(c.String("listen"))
 	if err != nil {
 		return err
@@ -370,6 +374,7 @@ func up(c *cli.Context, ucfg *upConfig, stdout, stderr io.Writer) error {
 	node, err := overlay.New(overlay.Config{
 		Keypair: kp, PoWBits: overlayPoW(bits), Conn: udp, Device: dev, MTU: mtu, Bootstrap: boot, Logger: log,
 		NoRelay: !c.Bool("relay"), TrustDomain: c.String("trust-domain"), Workload: c.String("workload"), CASigner: signer,
+		CA: caConfig(c), Members: members,
 	})
 	if err != nil {
 		return err
@@ -556,6 +561,7 @@ func printStatus(w io.Writer, st statusJSON) {
 		nat = fmt.Sprintf("behind NAT (seen as %s), relays %d", st.NAT.Observed, len(st.NAT.Relays))
 	}
 	fmt.Fprintf(w, "\nnat: %s\n", nat)
+	printMembers(w, st.Members)
 	if r := st.Relay; r != nil {
 		fmt.Fprintf(w, "relay: %d sessions open, %d frames forwarded\n", r.Sessions, r.ForwardedFrames)
 	}
