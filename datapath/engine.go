@@ -65,11 +65,12 @@ type Config struct {
 	// and needs no copy.
 	CoalesceCopy bool
 	// SendQueue is each peer's send queue, in packets (default 256). A
-	// full queue drops its oldest packet (counted).
+	// full queue drops the oldest packet of its longest flow (counted).
 	SendQueue int
 	// MaxQueued caps packets queued to all peers together (default
-	// 8,192, about 12 MiB): beyond it a peer's new packet replaces its own
-	// oldest, or is dropped (counted) if it has none queued.
+	// 8,192, about 12 MiB): beyond it a peer's new packet replaces the
+	// oldest of its longest flow, or is dropped (counted) if it has none
+	// queued.
 	MaxQueued int
 	// Logger receives device events; nil discards. No line per packet.
 	Logger *slog.Logger
@@ -150,8 +151,9 @@ type pbuf struct {
 
 // txBuf holds one packet in a peer's send queue.
 type txBuf struct {
-	b [MaxMTU]byte
-	n int
+	b    [MaxMTU]byte
+	n    int
+	next *txBuf // the next packet of its flow
 }
 
 // inboundQueueLen bounds packets between the receivers and the device

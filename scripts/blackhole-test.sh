@@ -4,13 +4,14 @@
 #
 #   B 198.18.1.2 --veth-- A 198.18.1.1 | 198.18.2.1 --veth-- C 198.18.2.2
 #
-# Each round: A's iperf3 (TCP, one stream) to B with C healthy and idle
-# (the baseline); then an nftables rule in C's namespace drops every UDP
-# packet of C's node, A sends 2,000 packets/s to C's SmartAddr through its
-# TUN (ping6 -i 0.0005), and A's iperf3 to B runs again while A pings B 20
-# times. C's QUIC connection stays open on A all that time (its idle
-# timeout is 15 s), so A's packets to C queue for a peer that never
-# answers. Then the rule goes and C is reached again.
+# Each round: A's iperf3 (TCP, one stream) to B while A pings B 20 times,
+# with C healthy and idle (the baseline); then an nftables rule in C's
+# namespace drops every UDP packet of C's node, A sends 2,000 UDP
+# packets/s to C's SmartAddr through its TUN (xfer pace: ping would slow
+# down without answers), and the same runs again. C's QUIC connection stays
+# open on A all that time (its idle timeout is 15 s), so A's packets to C
+# queue for a peer that never answers. Then the rule goes and C is reached
+# again. Each round reports what B's and C's send queues on A dropped.
 #
 # Checks: the median iperf3 A -> B with C black-holed is at least
 # MIN_RATIO (0.9) of the median without, and at least 19 of A's 20 pings to
@@ -43,7 +44,7 @@ ip -n "$C" addr add 198.18.2.2/24 dev kbd$$; ip -n "$C" link set kbd$$ up
 for n in a b c; do "$KT" keygen --key "$KT_WORK/$n.key" --pow-bits $POW >/dev/null; "$KT" id --key "$KT_WORK/$n.key" --json >"$KT_WORK/$n.id"; done
 ID_A=$(json_get "$KT_WORK/a.id" identity); ADDR_A=$(json_get "$KT_WORK/a.id" address)
 ADDR_B=$(json_get "$KT_WORK/b.id" address); ADDR_C=$(json_get "$KT_WORK/c.id" address)
-ID_C=$(json_get "$KT_WORK/c.id" identity)
+ID_B=$(json_get "$KT_WORK/b.id" identity) ID_C=$(json_get "$KT_WORK/c.id" identity)
 log "a = $ADDR_A, b = $ADDR_B, c = $ADDR_C"
 
 start_bg "$KT_WORK/a.log" ip netns exec "$A" "$KT" up --key "$KT_WORK/a.key" --listen 0.0.0.0:7400 \
@@ -65,6 +66,8 @@ iperf() {
 	for _ in 1 2 3; do # the server may still be busy with the last test
 		if ip netns exec "$A" timeout $((TIME + 20)) iperf3 -6 -c "$ADDR_B" -t "$TIME" -J >"$out" 2>/dev/null; then
 			jq -r '.end.sum_received.bits_per_second / 1e9 | . * 1000 | round / 1000' "$out"
+			# Each second's figure, to tell a stall from a slow run.
+			log "  $1 per second: $(jq -r '[.intervals[].sum.bits_per_second / 1e9 | . * 100 | round / 100] | map(tostring) | join(" ")' "$out") Gbit/s" >&2
 			return
 		fi
 		sleep 1
@@ -83,15 +86,33 @@ blackhole_on() {
 blackhole_off() { ip netns exec "$C" nft delete table inet kbh$$; }
 c_peer() { "$KT" status --control "$KT_WORK/a.sock" --json | jq -r --arg id "$ID_C" '.peers[] | select(.identity == $id) | .since'; }
 
+# drops ID: what ID's send queue on A dropped so far (0 without a connection).
+drops() {
+	local v
+	v=$("$KT" status --control "$KT_WORK/a.sock" --json | jq -r --arg id "$1" '.peers[] | select(.identity == $id) | .tx_queue_dropped // 0')
+	echo "${v:-0}"
+}
+# field NODE PEER FIELD: a numeric field of NODE's status of PEER (0 without one).
+field() {
+	local v
+	v=$("$KT" status --control "$KT_WORK/$1.sock" --json | jq -r --arg id "$2" --arg f "$3" '.peers[] | select(.identity == $id) | .[$f] // 0')
+	echo "${v:-0}"
+}
 base=() dead=() pings=()
 for r in $(seq "$ROUNDS"); do
+	d0=$(drops "$ID_B") tx0=$(field a "$ID_B" tx_packets) rx0=$(field b "$ID_A" rx_packets)
+	start_bg "$KT_WORK/ping-base-$r.log" ip netns exec "$A" ping -6 -c 20 -i 0.2 -W 1 "$ADDR_B"
+	PID_PING=$BG_PID
 	g=$(iperf "base-$r")
+	wait "$PID_PING" || true
+	p=$(sed -n 's/.* \([0-9]*\) received.*/\1/p' "$KT_WORK/ping-base-$r.log")
 	base+=("$g")
-	log "round $r: A -> B with C healthy: $g Gbit/s"
+	log "round $r: A -> B with C healthy: $g Gbit/s; pings A -> B answered ${p:-0} of 20; B's queue dropped $(($(drops "$ID_B") - d0)) packets; A sent B $(($(field a "$ID_B" tx_packets) - tx0)) datagrams, B took $(($(field b "$ID_A" rx_packets) - rx0))"
 	since=$(c_peer)
 	[ -n "$since" ] || fail "round $r: A has no connection to C before the black hole"
 	blackhole_on
-	start_bg "$KT_WORK/flood-$r.log" ip netns exec "$A" ping -6 -q -i 0.0005 -s 1000 -w $((TIME + 8)) "$ADDR_C"
+	d0=$(drops "$ID_B") c0=$(drops "$ID_C")
+	start_bg "$KT_WORK/flood-$r.log" ip netns exec "$A" "$XFER" pace -to "[$ADDR_C]:9" -pps 2000 -size 1000 -timeout $((TIME + 8))s
 	PID_FLOOD=$BG_PID
 	sleep 1 # the flood runs and C's queue is full before we measure
 	start_bg "$KT_WORK/ping-$r.log" ip netns exec "$A" ping -6 -c 20 -i 0.2 -W 1 "$ADDR_B"
@@ -101,9 +122,11 @@ for r in $(seq "$ROUNDS"); do
 	p=$(sed -n 's/.* \([0-9]*\) received.*/\1/p' "$KT_WORK/ping-$r.log")
 	dead+=("$g") pings+=("${p:-0}")
 	now=$(c_peer)
-	stop_pid "$PID_FLOOD" 2>/dev/null || true
+	if kill -0 "$PID_FLOOD" 2>/dev/null; then stop_pid "$PID_FLOOD"; else wait "$PID_FLOOD" || true; fi
+	sent=$(sed -n 's/^sent \([0-9]*\)$/\1/p' "$KT_WORK/flood-$r.log")
 	log "round $r: A -> B while A sends 2,000 pkt/s to black-holed C: $g Gbit/s; pings A -> B answered ${p:-0} of 20; C's connection on A: ${now:-gone}"
-	log "round $r: A's drops: $("$KT" status --control "$KT_WORK/a.sock" --json | jq -c '.drops | with_entries(select(.value > 0))')"
+	log "round $r: the flood sent ${sent:-?} packets to C"
+	log "round $r: queues dropped: B's $(($(drops "$ID_B") - d0)), C's $(($(drops "$ID_C") - c0)) packets; A's drops: $("$KT" status --control "$KT_WORK/a.sock" --json | jq -c '.drops | with_entries(select(.value > 0))')"
 	[ "$now" = "$since" ] || fail "round $r: C's connection on A did not stay up through the measurement (since $since -> ${now:-gone}): the test measured nothing"
 	[ "${p:-0}" -ge 19 ] || fail "round $r: $p of 20 pings A -> B answered while C was black-holed (want >= 19)"
 	blackhole_off
