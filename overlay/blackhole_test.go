@@ -258,45 +258,57 @@ func TestBlackHoledPeerDoesNotStallOthers(t *testing.T) {
 	}
 
 	measure(time.Second) // warm up: both streams at full speed
-	const rounds, window = 3, 2 * time.Second
-	var base, dead []float64
-	answered := 0
-	for r := range rounds {
-		base = append(base, measure(window))
-		fwd.dead.Store(true)
-		stopFlood := flood()
-		time.Sleep(300 * time.Millisecond) // C's queue is full before we measure
-		var p int
-		var pw sync.WaitGroup
-		pw.Add(1)
-		go func() { defer pw.Done(); p = pings(b1, 10) }()
-		dead = append(dead, measure(window))
-		pw.Wait()
-		stopFlood()
-		answered += p
-		fwd.dead.Store(false)
-		t.Logf("round %d: B1+B2 %.0f MB/s with C healthy, %.0f MB/s with C black-holed; pings to B1 answered %d of 10",
-			r, base[r]/1e6, dead[r]/1e6, p)
-		// C answers through the tunnel again before the next round.
-		waitFor(t, "C reachable again", 30*time.Second, func() bool { return pings(c, 1) == 1 })
+	// series measures interleaved rounds and returns the ratio of the
+	// median throughput with C black-holed to the median without, and the
+	// pings answered of those sent.
+	series := func(attempt int) (ratio float64, answered, sent int) {
+		const rounds, window = 5, 1500 * time.Millisecond
+		var base, dead []float64
+		for r := range rounds {
+			base = append(base, measure(window))
+			fwd.dead.Store(true)
+			stopFlood := flood()
+			time.Sleep(300 * time.Millisecond) // C's queue is full before we measure
+			var p int
+			var pw sync.WaitGroup
+			pw.Add(1)
+			go func() { defer pw.Done(); p = pings(b1, 6) }()
+			dead = append(dead, measure(window))
+			pw.Wait()
+			stopFlood()
+			answered, sent = answered+p, sent+6
+			fwd.dead.Store(false)
+			t.Logf("attempt %d round %d: B1+B2 %.0f MB/s with C healthy, %.0f MB/s with C black-holed; pings to B1 answered %d of 6",
+				attempt, r, base[r]/1e6, dead[r]/1e6, p)
+			// C answers through the tunnel again before the next round.
+			waitFor(t, "C reachable again", 30*time.Second, func() bool { return pings(c, 1) == 1 })
+		}
+		slices.Sort(base)
+		slices.Sort(dead)
+		if base[rounds/2] > 0 {
+			ratio = dead[rounds/2] / base[rounds/2]
+		}
+		t.Logf("attempt %d: median B1+B2 %.0f MB/s healthy, %.0f MB/s with C black-holed: ratio %.3f; pings answered %d of %d; A's drops %v",
+			attempt, base[rounds/2]/1e6, dead[rounds/2]/1e6, ratio, answered, sent, nonZero(a.Status().Drops))
+		return ratio, answered, sent
 	}
-	slices.Sort(base)
-	slices.Sort(dead)
-	ratio := 0.0
-	if base[rounds/2] > 0 {
-		ratio = dead[rounds/2] / base[rounds/2]
+	// A busy machine can slow one series; a stall (before: 0.000 and no
+	// ping answered) fails both.
+	var ratio float64
+	var answered, sent int
+	for attempt := 1; attempt <= 2; attempt++ {
+		if ratio, answered, sent = series(attempt); ratio >= 0.9 && answered >= sent-1 {
+			break
+		}
 	}
-	st := a.Status()
-	t.Logf("median B1+B2 %.0f MB/s healthy, %.0f MB/s with C black-holed: ratio %.3f; pings answered %d of %d; A's drops %v",
-		base[rounds/2]/1e6, dead[rounds/2]/1e6, ratio, answered, 10*rounds, nonZero(st.Drops))
 	if ratio < 0.9 {
 		t.Errorf("throughput to the healthy peers fell to %.3f of the baseline while C was black-holed (want >= 0.9)", ratio)
 	}
-	if answered < 10*rounds-1 {
-		t.Errorf("%d of %d pings to B1 answered while C was black-holed", answered, 10*rounds)
+	if answered < sent-1 {
+		t.Errorf("%d of %d pings to B1 answered while C was black-holed", answered, sent)
 	}
-	if a.Status().Peers == nil || len(a.Status().Peers) != 3 {
-		t.Errorf("A lost a connection: %d peers", len(a.Status().Peers))
+	if n := len(a.Status().Peers); n != 3 {
+		t.Errorf("A lost a connection: %d peers", n)
 	}
 }
 
