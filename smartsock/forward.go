@@ -16,6 +16,11 @@ const (
 	fwdOOBSpace = 32
 )
 
+// fwdBatch is the gathered frames. mu guards all its fields; it is taken
+// by SendRelay (the relay server's sender, called from Forward on the read
+// path) and by the read path around a batch, and held across the socket
+// write of the frames it guards, with no other lock of ours ever taken
+// under it.
 type fwdBatch struct {
 	mu     sync.Mutex
 	active bool // the read loop is dispatching a batch: gather, flush later
@@ -34,8 +39,7 @@ func (c *Conn) SendRelay(frame []byte, dst netip.AddrPort) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.active || f.noGSO || len(frame) > 1500 {
-		_, err := c.udp.WriteToUDPAddrPort(frame, dst)
-		return err
+		return c.udp.WriteTo(frame, nil, dst)
 	}
 	if f.n > 0 && (dst != f.dst || len(frame) > f.seg || f.short || f.n == maxFwdSegs) {
 		c.flushFwdLocked()
@@ -73,7 +77,7 @@ func (c *Conn) flushFwdLocked() {
 	f := &c.fwd
 	defer func() { f.buf, f.n = f.buf[:0], 0 }()
 	if f.n == 1 {
-		c.udp.WriteToUDPAddrPort(f.buf, f.dst)
+		c.udp.WriteTo(f.buf, nil, f.dst)
 		return
 	}
 	oobLen := putGSOCmsg(f.oob[:], f.seg)
@@ -83,14 +87,14 @@ func (c *Conn) flushFwdLocked() {
 	var err error
 	if !f.noGSO {
 		c.stats.TxForwardGSO.Add(1)
-		_, _, err = c.udp.WriteMsgUDPAddrPort(f.buf, f.oob[:oobLen], f.dst)
+		err = c.udp.WriteTo(f.buf, f.oob[:oobLen], f.dst)
 	}
 	if f.noGSO || err != nil {
 		// No GSO here (or this destination refused it): from now on one
 		// frame per write, and this batch too.
 		f.noGSO = true
 		for off := 0; off < len(f.buf); off += f.seg {
-			c.udp.WriteToUDPAddrPort(f.buf[off:min(off+f.seg, len(f.buf))], f.dst)
+			c.udp.WriteTo(f.buf[off:min(off+f.seg, len(f.buf))], nil, f.dst)
 		}
 	}
 }
