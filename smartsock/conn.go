@@ -45,9 +45,14 @@ type Conn struct {
 	out        []outProbe
 	scratch    [wire.HelloSignedSize]byte
 
-	// readMu serializes reads of udp and guards the read side's own state
-	// below. It is held across one ReadBatch (the socket read and its
-	// demultiplexing) and never together with another lock.
+	// readMu serializes reads (quic-go has one reader; x/net's batch
+	// reader and ours are not safe for concurrent use) and guards the read
+	// side's own state below. The one goroutine reading holds it for a
+	// whole ReadBatch: the socket read, the demultiplexing and the relay
+	// server's Forward of foreign frames. Nothing it calls takes it again,
+	// and the path loop never waits for it (the read path reaches the loop
+	// through its queue, with a bounded wait). Lock order: readMu, then
+	// fwd.mu (taken by Forward's SendRelay).
 	readMu     sync.Mutex
 	helloSrc   *ratelimit.Keyed
 	probeSrc   *ratelimit.Keyed

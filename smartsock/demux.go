@@ -133,11 +133,10 @@ func (c *Conn) demuxLocked(ms []ipv4.Message, n int, now time.Time) int {
 // ourSession returns the relay path a CRLY frame from src belongs to, or
 // nil when the session is not one of ours (or src is not its relay).
 func (c *Conn) ourSession(b []byte, src netip.AddrPort) *path {
-	s, ok := wire.RelaySession(b)
-	if !ok {
+	if len(b) < wire.RelayHeaderSize { // the caller saw the magic
 		return nil
 	}
-	pa := c.sess.load(s)
+	pa := c.sess.load([16]byte(b[4:wire.RelayHeaderSize]))
 	if pa == nil || pa.addr != src {
 		return nil
 	}
