@@ -28,9 +28,9 @@ type Conn struct {
 	// only the loop writes them (index.go). virt holds every peer, real
 	// the direct paths that own their address, sess the relay paths that
 	// own their session. Each peer's route is published in peer.rt.
-	virt *index[netip.AddrPort, *peer]
-	real *index[netip.AddrPort, *path]
-	sess *index[[16]byte, *path]
+	virt *addrIndex[*peer]
+	real *addrIndex[*path]
+	sess *sessIndex[*path]
 	// dialBacks is how many dial-back nonces the loop waits for: 0 lets
 	// the read path drop dial-back packets without asking it.
 	dialBacks atomic.Int32
@@ -113,9 +113,9 @@ func newConn(u UDP, cfg Config, tick bool) (*Conn, error) {
 		cfg:        cfg,
 		udp:        u,
 		self:       cfg.Keypair.Identity(),
-		virt:       newIndex[netip.AddrPort, *peer](hashAddrPort),
-		real:       newIndex[netip.AddrPort, *path](hashAddrPort),
-		sess:       newIndex[[16]byte, *path](hashSession),
+		virt:       newAddrIndex[*peer](),
+		real:       newAddrIndex[*path](),
+		sess:       newSessIndex[*path](),
 		waiters:    make(map[uint64]chan PingResult),
 		dialBack:   make(map[uint64]chan struct{}),
 		helloLimit: ratelimit.New(ratelimit.PerSecond(int64(cfg.HelloRate))),

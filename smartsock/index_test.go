@@ -14,7 +14,7 @@ func ipPort(i int) netip.AddrPort {
 // deletes (run with -race): every load sees a whole map, entries written
 // before a reader started are always there, and len counts what is there.
 func TestIndexReadersNeverBlock(t *testing.T) {
-	x := newIndex[netip.AddrPort, int](hashAddrPort)
+	x := newAddrIndex[int]()
 	for i := range 1000 {
 		x.set(ipPort(i), i)
 	}
@@ -60,7 +60,7 @@ func TestIndexReadersNeverBlock(t *testing.T) {
 // a path appearing or leaving) in a table of 30,000 addresses, about what
 // 10,000 peers with a few paths each hold.
 func BenchmarkIndex(b *testing.B) {
-	x := newIndex[netip.AddrPort, *path](hashAddrPort)
+	x := newAddrIndex[*path]()
 	const n = 30000
 	for i := range n {
 		x.set(netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 7400), &path{})
