@@ -8,28 +8,8 @@ import (
 	quic "github.com/korium/korium-tun/third_party/quic-go"
 
 	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/wire"
 )
-
-func TestRefusalWire(t *testing.T) {
-	kp, peer := newKey(t), newKey(t)
-	r := NewRefusal(kp, peer.Identity(), RefuseLowPoW, 24, 77, time.Now().UnixNano())
-	b := AppendRefusal(nil, r)
-	if len(b) != RefusalSize || RefusalSize >= HelloSize {
-		t.Fatalf("refusal of %d bytes (hello %d): it must be smaller than what it answers", len(b), HelloSize)
-	}
-	got, err := ParseRefusal(b)
-	if err != nil || *got != *r || !got.Verify(nil) {
-		t.Fatalf("round trip: %+v %v", got, err)
-	}
-	b[len(b)-65] ^= 1 // the bits byte
-	if got, _ := ParseRefusal(b); got.Verify(nil) {
-		t.Fatal("a tampered refusal verifies")
-	}
-	b[ProbeHeaderSize+64] = 9 // unknown reason
-	if _, err := ParseRefusal(b); err == nil {
-		t.Fatal("unknown reason parsed")
-	}
-}
 
 // refusalEnd is a smartsock with its read loop running and its refusal
 // events collected.
@@ -75,27 +55,27 @@ func TestRefusalAcceptedOnlyWhereItFits(t *testing.T) {
 	defer raw.Close()
 	rawAddr := loopback(raw)
 	aAddr := loopback(a.udp)
-	send := func(r *RefusalMsg) {
-		if _, err := raw.WriteToUDPAddrPort(AppendRefusal(nil, r), aAddr); err != nil {
+	send := func(r wire.Refusal) {
+		if _, err := raw.WriteToUDPAddrPort(wire.AppendRefusal(nil, &r), aAddr); err != nil {
 			t.Fatal(err)
 		}
 	}
 	now := func() int64 { return time.Now().UnixNano() }
 	// No path to rawAddr yet: ignored.
-	send(NewRefusal(y, a.kp.Identity(), RefuseWrongIdentity, 0, 1, now()))
+	send(wire.NewRefusal(y, a.kp.Identity(), RefuseWrongIdentity, 0, 1, now()))
 	waitStat(t, "unknown address dropped", func() bool { return a.sock.stats.DropBadProbe.Load() == 1 })
 	// We dial x at rawAddr.
 	if _, err := a.sock.AddPeer(x.Identity(), rawAddr); err != nil {
 		t.Fatal(err)
 	}
-	bad := []*RefusalMsg{
-		NewRefusal(y, x.Identity(), RefuseWrongIdentity, 0, 2, now()),                    // not to us
-		NewRefusal(y, a.kp.Identity(), RefuseLowPoW, 24, 3, now()),                       // low PoW from someone else
-		NewRefusal(x, a.kp.Identity(), RefuseWrongIdentity, 0, 4, now()),                 // x says it is not x
-		NewRefusal(y, a.kp.Identity(), RefuseSameIdentity, 0, 5, now()),                  // same identity from someone else
-		NewRefusal(x, a.kp.Identity(), RefuseLowPoW, 24, 6, now()-int64(10*time.Minute)), // stale
+	bad := []wire.Refusal{
+		wire.NewRefusal(y, x.Identity(), RefuseWrongIdentity, 0, 2, now()),                    // not to us
+		wire.NewRefusal(y, a.kp.Identity(), RefuseLowPoW, 24, 3, now()),                       // low PoW from someone else
+		wire.NewRefusal(x, a.kp.Identity(), RefuseWrongIdentity, 0, 4, now()),                 // x says it is not x
+		wire.NewRefusal(y, a.kp.Identity(), RefuseSameIdentity, 0, 5, now()),                  // same identity from someone else
+		wire.NewRefusal(x, a.kp.Identity(), RefuseLowPoW, 24, 6, now()-int64(10*time.Minute)), // stale
 	}
-	forged := NewRefusal(x, a.kp.Identity(), RefuseLowPoW, 24, 7, now())
+	forged := wire.NewRefusal(x, a.kp.Identity(), RefuseLowPoW, 24, 7, now())
 	forged.Bits = 30 // not what x signed
 	bad = append(bad, forged)
 	for _, r := range bad {
@@ -108,8 +88,8 @@ func TestRefusalAcceptedOnlyWhereItFits(t *testing.T) {
 	if ev := a.got(); len(ev) != 0 {
 		t.Fatalf("accepted %+v", ev)
 	}
-	send(NewRefusal(y, a.kp.Identity(), RefuseWrongIdentity, 0, 8, now()))
-	send(NewRefusal(x, a.kp.Identity(), RefuseLowPoW, 24, 9, now()))
+	send(wire.NewRefusal(y, a.kp.Identity(), RefuseWrongIdentity, 0, 8, now()))
+	send(wire.NewRefusal(x, a.kp.Identity(), RefuseLowPoW, 24, 9, now()))
 	waitStat(t, "two events", func() bool { return len(a.got()) == 2 })
 	ev := a.got()
 	if ev[0].Local || ev[0].Peer != x.Identity() || ev[0].From != y.Identity() || ev[0].Reason != RefuseWrongIdentity || ev[0].Addr != rawAddr {
@@ -129,8 +109,8 @@ func TestRefusedHelloAnswered(t *testing.T) {
 	defer raw.Close()
 	dialer := newKey(t)
 	other := newKey(t)
-	hello := NewHello(dialer, other.Identity(), 42, time.Now().UnixNano())
-	if _, err := raw.WriteToUDPAddrPort(AppendHello(nil, hello), loopback(b.udp)); err != nil {
+	hello := wire.NewHello(dialer, other.Identity(), 42, time.Now().UnixNano())
+	if _, err := raw.WriteToUDPAddrPort(wire.AppendHello(nil, &hello), loopback(b.udp)); err != nil {
 		t.Fatal(err)
 	}
 	buf := make([]byte, 2048)
@@ -139,12 +119,12 @@ func TestRefusedHelloAnswered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := ParseRefusal(buf[:n])
+	r, err := wire.ParseRefusal(buf[:n])
 	if err != nil || !r.Verify(nil) || r.From != b.kp.Identity() || r.To != dialer.Identity() || r.Reason != RefuseWrongIdentity || r.TxID != 42 {
 		t.Fatalf("refusal %+v %v", r, err)
 	}
-	if n >= HelloSize {
-		t.Fatalf("a refusal of %d bytes answers a hello of %d", n, HelloSize)
+	if n >= wire.HelloSize {
+		t.Fatalf("a refusal of %d bytes answers a hello of %d", n, wire.HelloSize)
 	}
 	waitStat(t, "local event", func() bool { return len(b.got()) == 1 })
 	if ev := b.got()[0]; !ev.Local || ev.Peer != dialer.Identity() || ev.Wanted != other.Identity() || ev.Addr != loopback(raw) {
@@ -155,20 +135,20 @@ func TestRefusedHelloAnswered(t *testing.T) {
 	for seed := byte(1); weak == nil || weak.PoWBits() >= testPoW; seed++ {
 		weak, _ = pki.NewKeypair(append(make([]byte, 31), seed), 0)
 	}
-	raw.WriteToUDPAddrPort(AppendHello(nil, NewHello(weak, b.kp.Identity(), 43, time.Now().UnixNano())), loopback(b.udp))
+	raw.WriteToUDPAddrPort(wire.AppendHello(nil, ptr(wire.NewHello(weak, b.kp.Identity(), 43, time.Now().UnixNano()))), loopback(b.udp))
 	n, _, err = raw.ReadFromUDPAddrPort(buf)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r, err := ParseRefusal(buf[:n]); err != nil || r.Reason != RefuseLowPoW || int(r.Bits) != testPoW {
+	if r, err := wire.ParseRefusal(buf[:n]); err != nil || r.Reason != RefuseLowPoW || int(r.Bits) != testPoW {
 		t.Fatalf("low-PoW refusal %+v %v", r, err)
 	}
 	// A flood: at most refusalRate answers a second.
 	start := time.Now()
 	const flood = 200
 	for i := 0; i < flood; i++ {
-		h := NewHello(dialer, other.Identity(), uint64(100+i), time.Now().UnixNano())
-		raw.WriteToUDPAddrPort(AppendHello(nil, h), loopback(b.udp))
+		h := wire.NewHello(dialer, other.Identity(), uint64(100+i), time.Now().UnixNano())
+		raw.WriteToUDPAddrPort(wire.AppendHello(nil, &h), loopback(b.udp))
 	}
 	waitStat(t, "flood handled", func() bool {
 		s := b.sock.Stats()
@@ -193,22 +173,4 @@ func waitStat(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func FuzzParseRefusal(f *testing.F) {
-	kp := newKey(f)
-	f.Add(AppendRefusal(nil, NewRefusal(kp, kp.Identity(), RefuseWrongIdentity, 0, 1, 1)))
-	f.Add(AppendRefusal(nil, NewRefusal(kp, kp.Identity(), RefuseSameIdentity, 8, 1, 1))[:RefusalSize-1])
-	f.Add([]byte("SMPR\x05"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		r, err := ParseRefusal(b)
-		if err != nil {
-			return
-		}
-		if len(b) != RefusalSize || r.Reason < RefuseWrongIdentity || r.Reason > RefuseSameIdentity {
-			t.Fatalf("accepted %d bytes, reason %d", len(b), r.Reason)
-		}
-		if got := AppendRefusal(nil, r); string(got) != string(b) {
-			t.Fatal("re-encoding differs")
-		}
-		r.Verify(nil)
-	})
-}
+func ptr[T any](v T) *T { return &v }
