@@ -511,6 +511,12 @@ func TestForgedCertificatesRefused(t *testing.T) {
 			return &tls.Certificate{Certificate: [][]byte{mLeaf.DER}, PrivateKey: kp.PrivateKey()}
 		}), ""},
 	} {
+		if c.node == old {
+			// old was a member while its leaf was valid and may still hold
+			// a connection to m: m's expiry sweep (every 5 s) must close it
+			// before the new handshake can be refused.
+			waitFor(t, "m's sweep closes the expired member's connection", 15*time.Second, func() bool { return membership(m, old.id) == "none" })
+		}
 		refusedAtHandshake(t, c.node, m, c.reason)
 		t.Logf("%s: refused (%s)", c.name, c.reason)
 	}

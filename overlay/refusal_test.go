@@ -138,8 +138,14 @@ func TestWrongIdentityRefusalVisible(t *testing.T) {
 	}
 	expectOneLine(t, "dialer", alogs, "peer "+x.Identity().Short()+"… is not at "+wrong.Addr.String(), "the node there is "+b.id.Short())
 	expectOneLine(t, "refuser", blogs, "refused a dial from "+a.id.Short(), "expects identity "+x.Identity().Short(), "this node is "+b.id.Short())
-	as, bs := a.Status(), b.Status()
-	if as.Refusals["refused_us_wrong_identity"] < 3 || bs.Refusals["we_refused_wrong_identity"] < 3 || bs.Drops["handshake_refused"] < 3 {
+	// The refuser counts when its side of the handshake ends, which can be
+	// after the dialer already has its error: wait for it, with a deadline.
+	var as, bs Status
+	ok := waitUntil(5*time.Second, func() bool {
+		as, bs = a.Status(), b.Status()
+		return as.Refusals["refused_us_wrong_identity"] >= 3 && bs.Refusals["we_refused_wrong_identity"] >= 3 && bs.Drops["handshake_refused"] >= 3
+	})
+	if !ok {
 		t.Fatalf("counters: dialer %v, refuser %v (handshake_refused %d)", as.Refusals, bs.Refusals, bs.Drops["handshake_refused"])
 	}
 	t.Logf("dialer refusals %v", nonZero(as.Refusals))

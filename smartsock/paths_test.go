@@ -168,7 +168,7 @@ func TestRelayThenDirectThenBlackHole(t *testing.T) {
 	if n := a.sock.Punch(idb, []netip.AddrPort{direct.addr()}); n != 1 {
 		t.Fatalf("Punch took %d addresses", n)
 	}
-	took := waitFor(t, 5*time.Second, "both ends on the direct path", func() bool {
+	took := waitFor(t, 10*time.Second, "both ends on the direct path", func() bool {
 		pa, _ := a.sock.Path(idb)
 		pb, _ := b.sock.Path(ida)
 		return !pa.Relayed && pa.Current == direct.addr() && !pb.Relayed
