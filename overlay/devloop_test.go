@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/korium/korium-tun/datapath"
 	"github.com/korium/korium-tun/pki"
 )
 
@@ -36,10 +37,10 @@ func TestDeviceReadErrorsBackOff(t *testing.T) {
 	}
 	start := time.Now()
 	n := newNodeOn(t, dev)
-	waitFor(t, "errors read", 10*time.Second, func() bool { return len(dev.errs) == 0 && n.stats.DevReadErrors.Load() == 5 })
+	waitFor(t, "errors read", 10*time.Second, func() bool { return len(dev.errs) == 0 && n.dp.Counters.DevReadErrors.Load() == 5 })
 	// A packet to a non-overlay address shows the loop is alive.
-	dev.send(udp6(n.addr, netip.MustParseAddr("2001:db8::1"), []byte("x")))
-	waitFor(t, "loop alive", 5*time.Second, func() bool { return n.stats.TxNotOverlay.Load() == 1 })
+	dev.Send(udp6(n.addr, netip.MustParseAddr("2001:db8::1"), []byte("x")))
+	waitFor(t, "loop alive", 5*time.Second, func() bool { return n.dp.Counters.TxNotOverlay.Load() == 1 })
 	took := time.Since(start)
 	// 10+20+40+80+160 ms of backoff, and one read per error, not thousands.
 	if took < 300*time.Millisecond || dev.reads.Load() > 10 {
@@ -55,7 +56,7 @@ func TestDeviceReadErrorsBackOff(t *testing.T) {
 // A device that is gone (closed under the node, as the kernel TUN's fd
 // after `ip link del`) stops the node with an error naming the device.
 func TestDeviceGoneStopsNode(t *testing.T) {
-	for _, gone := range []error{os.ErrClosed, &os.PathError{Op: "read", Path: "/dev/net/tun", Err: goneErrnos[0]}} {
+	for _, gone := range []error{os.ErrClosed, &os.PathError{Op: "read", Path: "/dev/net/tun", Err: syscall.ENODEV}} {
 		dev := newFailingDevice()
 		n := newNodeOn(t, dev)
 		dev.errs <- gone
@@ -73,7 +74,7 @@ func TestDeviceGoneStopsNode(t *testing.T) {
 // Reads that keep failing stop the node after a bounded number of tries.
 func TestDeviceKeepsFailingStopsNode(t *testing.T) {
 	dev := newFailingDevice()
-	for i := 0; i <= maxDevErrors; i++ {
+	for i := 0; i <= datapath.MaxDeviceErrors; i++ {
 		dev.errs <- syscall.EIO
 	}
 	n := newNodeOn(t, dev)

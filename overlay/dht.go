@@ -24,9 +24,6 @@ import (
 // for it (directAddr), not an address the peer declared. No address from a
 // record, contact or hint is dialed unless addrpolicy allows it.
 
-// maxDialAddrs bounds how many of a contact's addresses one call tries.
-const maxDialAddrs = 4
-
 type dhtTransport struct{ n *Node }
 
 // Call implements dht.Transport: the answer's address is the direct path
@@ -40,7 +37,7 @@ func (t dhtTransport) Call(ctx context.Context, to dht.Contact, req []byte) ([]b
 	if err != nil {
 		return nil, netip.AddrPort{}, err
 	}
-	at, _ := t.n.directAddr(to.Identity)
+	at, _ := t.n.nat.DirectAddr(to.Identity)
 	return resp, at, nil
 }
 
@@ -75,8 +72,8 @@ func (n *Node) dialable(addrs []netip.AddrPort) []netip.AddrPort {
 // address only costs a failed dial.
 func (n *Node) connFor(ctx context.Context, id pki.Identity, addrs []netip.AddrPort) (*quic.Conn, error) {
 	if p := n.peer(id); p != nil {
-		p.lastUsed.Store(n.clock.Load())
-		return p.conn, nil
+		p.Touch()
+		return p.Conn, nil
 	}
 	if id == n.id {
 		return nil, fmt.Errorf("%w: that is us", ErrUnreachable)
@@ -87,14 +84,14 @@ func (n *Node) connFor(ctx context.Context, id pki.Identity, addrs []netip.AddrP
 		// would otherwise cost every lookup a full query timeout.
 		return nil, fmt.Errorf("%w: %s: a direct dial failed moments ago", ErrUnreachable, id.Short())
 	}
-	if err := n.smartConnect(ctx, id, addrs, nil, false); err != nil {
+	if err := n.nat.Connect(ctx, id, addrs, nil, false); err != nil {
 		if ctx.Err() != nil || errors.Is(err, ErrUnreachable) {
 			n.markUnreachable(id)
 		}
 		return nil, err
 	}
 	if p := n.peer(id); p != nil {
-		return p.conn, nil
+		return p.Conn, nil
 	}
 	return nil, fmt.Errorf("%w: %s: connection closed", ErrUnreachable, id.Short())
 }
@@ -141,21 +138,19 @@ func (n *Node) markUnreachable(id pki.Identity) {
 // routing table).
 func (n *Node) handleDHT(_ context.Context, from pki.Identity, req []byte) ([]byte, error) {
 	n.touch(from)
-	at, _ := n.directAddr(from)
+	at, _ := n.nat.DirectAddr(from)
 	return n.dht.HandleRequest(from, at, req)
 }
 
 // dhtSeeds returns the connected peers as DHT contacts.
 func (n *Node) dhtSeeds() []dht.Contact {
-	n.mu.RLock()
-	defer n.mu.RUnlock()
 	var out []dht.Contact
-	for _, p := range n.peers {
-		if p.enrollee() {
+	for p := range n.peers.Snapshot().All() {
+		if enrollee(p) {
 			continue // the DHT stays among members
 		}
-		c := dht.Contact{Identity: p.id, Nonce: p.nonce}
-		if pi, ok := n.sock.Path(p.id); ok && pi.Direct.IsValid() {
+		c := dht.Contact{Identity: p.ID, Nonce: p.Nonce}
+		if pi, ok := n.sock.Path(p.ID); ok && pi.Direct.IsValid() {
 			c.Addrs = []netip.AddrPort{pi.Direct}
 		}
 		out = append(out, c)

@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/korium/korium-tun/internal/addrpolicy"
+	"github.com/korium/korium-tun/nat"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/relay"
-	"github.com/korium/korium-tun/smartaddr"
 )
 
 // The demultiplexers, fuzzed: what a connected (or any) peer's relay and
@@ -47,7 +47,7 @@ func newFuzzPair(f *testing.F) *fuzzPair {
 			_, err := n.Ping(ctx, q.id)
 			return err == nil
 		})
-		obs, _ := n.directAddr(q.id)
+		obs, _ := n.nat.DirectAddr(q.id)
 		fuzzP = &fuzzPair{n: n, q: q, qObs: obs}
 	})
 	return fuzzP
@@ -91,7 +91,7 @@ func FuzzHandleRelay(f *testing.F) {
 			from = pki.Identity(sum)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		n.handleRelay(ctx, from, req)
+		n.nat.HandleRelay(ctx, from, req)
 		cancel()
 		for _, id := range []pki.Identity{fp.q.id, from} {
 			ps, _ := n.sock.Paths(id)
@@ -114,121 +114,11 @@ func FuzzHandleRelay(f *testing.F) {
 		if s := n.RelayStats(); s != nil && s.Sessions > 16 {
 			t.Fatalf("%d relay sessions", s.Sessions)
 		}
-		if len(n.dialBacks) > maxDialBacks {
+		if n.nat.DialBacks() > nat.MaxDialBacks {
 			t.Fatal("dial-backs unbounded")
 		}
-		if g := runtime.NumGoroutine(); g > base+2*maxDialBacks+64 {
+		if g := runtime.NumGoroutine(); g > base+2*nat.MaxDialBacks+64 {
 			t.Fatalf("%d goroutines (started with %d)", g, base)
-		}
-	})
-}
-
-// fuzzRouteNode is a node whose resolver fails at once, with one fake
-// connected peer in its route table, on a device that only counts writes.
-var (
-	routeOnce sync.Once
-	routeN    *testNode
-	routePeer *peer
-)
-
-func newRouteNode(f *testing.F) (*testNode, *peer) {
-	routeOnce.Do(func() {
-		kp, err := pki.GenerateKeypair(context.Background(), testPoW)
-		if err != nil {
-			f.Fatal(err)
-		}
-		dev := newMemDevice()
-		dev.countOnly = true
-		fail := func(context.Context, netip.Addr) ([]Contact, error) { return nil, ErrUnreachable }
-		n, err := New(Config{Keypair: kp, PoWBits: testPoW, Listen: "127.0.0.1:0", Device: dev, Resolver: fail, MaxPending: 64, Logger: testLogger(f)})
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Cleanup(func() { n.Close() })
-		other, _ := pki.GenerateKeypair(context.Background(), testPoW)
-		p := &peer{id: other.Identity(), addr: smartaddr.FromIdentity(other.Identity())}
-		n.mu.Lock()
-		n.byAddr[p.addr] = p // route only looks the peer up
-		n.gen.Add(1)
-		n.mu.Unlock()
-		routeN, routePeer = &testNode{n, dev}, p
-	})
-	return routeN, routePeer
-}
-
-// FuzzAcceptInbound: any datagram from a peer is either dropped and
-// counted or is a whole IPv6 packet from that peer's address to ours,
-// within the MTU.
-func FuzzAcceptInbound(f *testing.F) {
-	n, p := newRouteNode(f)
-	f.Add(udp6(p.addr, n.addr, []byte("ok")))
-	f.Add(udp6(n.addr, n.addr, []byte("spoof")))
-	f.Add(udp6(p.addr, p.addr, []byte("not for us")))
-	f.Add(udp6(p.addr, n.addr, make([]byte, MaxMTU)))
-	f.Add([]byte{0x60})
-	f.Add([]byte{0x45, 0, 0, 20})
-	f.Fuzz(func(t *testing.T, d []byte) {
-		before := n.stats.RxMalformed.Load() + n.stats.RxSpoofedSource.Load() + n.stats.RxNotForUs.Load()
-		b := n.acceptInbound(p, d)
-		after := n.stats.RxMalformed.Load() + n.stats.RxSpoofedSource.Load() + n.stats.RxNotForUs.Load()
-		if b == nil {
-			if after != before+1 {
-				t.Fatal("a dropped datagram was not counted")
-			}
-			return
-		}
-		defer n.bufPool.Put(b)
-		got := b.b[devOffset : devOffset+b.n]
-		src, dst, ok := ipv6Addrs(got)
-		if !ok || src != p.addr || dst != n.addr || b.n != len(d) || b.n > n.cfg.MTU {
-			t.Fatalf("accepted %x", d)
-		}
-	})
-}
-
-// FuzzRoute: any packet from the device gets a verdict that fits it, and
-// holding what route says to hold keeps every table within its cap.
-func FuzzRoute(f *testing.F) {
-	n, p := newRouteNode(f)
-	var nobody pki.Identity
-	nobody[0] = 1
-	f.Add(udp6(n.addr, p.addr, []byte("to the peer")))
-	f.Add(udp6(n.addr, smartaddr.FromIdentity(nobody), []byte("to nobody")))
-	f.Add(udp6(n.addr, n.addr, []byte("to us")))
-	f.Add(udp6(n.addr, netip.MustParseAddr("2001:db8::1"), []byte("off the overlay")))
-	f.Add(udp6(n.addr, p.addr, make([]byte, MaxMTU)))
-	icmp := udp6(n.addr, smartaddr.FromIdentity(nobody), make([]byte, 8))
-	icmp[6], icmp[40] = 58, icmpDstUnreachable
-	f.Add(icmp)
-	f.Add([]byte{0x60, 0, 0})
-	var cache routeCache
-	f.Fuzz(func(t *testing.T, pkt []byte) {
-		got, v := n.route(pkt, &cache)
-		dst, ok := ipv6Dst(pkt)
-		switch v {
-		case routeSend:
-			if !ok || got != p || dst != p.addr || len(pkt) > n.cfg.MTU {
-				t.Fatalf("send %x to %v", pkt, got)
-			}
-		case routeHold:
-			if !ok || !smartaddr.IsOverlay(dst) || dst == n.addr || dst == p.addr || len(pkt) > n.cfg.MTU {
-				t.Fatalf("hold %x", pkt)
-			}
-			n.hold(cache.addr, pkt)
-		case routeTooBig:
-			if !ok || len(pkt) <= n.cfg.MTU {
-				t.Fatalf("too big: %d bytes", len(pkt))
-			}
-		case routeDrop:
-			if ok && smartaddr.IsOverlay(dst) && dst != n.addr {
-				t.Fatalf("dropped a packet for %v", dst)
-			}
-		}
-		n.pendMu.Lock()
-		pending, failed, resolving := len(n.pending), len(n.failed), len(n.resolving)
-		n.pendMu.Unlock()
-		if pending > n.cfg.MaxPending || failed > n.cfg.MaxPending || resolving > maxResolving {
-			t.Fatalf("tables: %d held, %d failed, %d resolving", pending, failed, resolving)
 		}
 	})
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/korium/korium-tun/internal/atomicfile"
+	"github.com/korium/korium-tun/peers"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/pki/tca"
 	"github.com/korium/korium-tun/rpc"
@@ -100,10 +101,23 @@ type peerMember struct {
 	notAfter atomic.Int64 // unix ns: when the peer's certificate expires (members)
 }
 
-func (p *peer) memberClass() memberClass { return memberClass(p.member.class.Load()) }
+// memberOf is p's membership, kept in its Ext by admit (nil for a peer
+// admitted without membership).
+func memberOf(p *peers.Peer) *peerMember {
+	m, _ := p.Ext.(*peerMember)
+	return m
+}
+
+// classOf is p's membership class.
+func classOf(p *peers.Peer) memberClass {
+	if m := memberOf(p); m != nil {
+		return memberClass(m.class.Load())
+	}
+	return classOpen
+}
 
 // enrollee reports whether p may only ask for a certificate.
-func (p *peer) enrollee() bool { return p.memberClass() == classEnrollee }
+func enrollee(p *peers.Peer) bool { return classOf(p) == classEnrollee }
 
 // ownLeaf is the node's current certificate.
 type ownLeaf struct {
@@ -123,7 +137,6 @@ type members struct {
 	refused          map[pki.MemberReason]*atomic.Uint64 // handshakes refused, by reason (keys fixed at init)
 	refusedFull      atomic.Uint64                       // enrollees refused: MaxEnrollees reached
 	enrolleeProto    [256]atomic.Uint64                  // enrollees' requests refused, by protocol
-	enrolleeIP       atomic.Uint64                       // IP packets from enrollees dropped
 	membersAdmitted  atomic.Uint64
 	enrolleesAdmit   atomic.Uint64
 	expiredClosed    atomic.Uint64 // members disconnected: their certificate expired
@@ -198,13 +211,21 @@ func (n *Node) initMembers() error {
 		return n.ca.HandleEnrollment(ctx, from, req)
 	})
 	n.mem = m
-	n.goLoop(n.memberSweepLoop)
-	if n.ca != nil {
-		n.goLoop(n.renewLoop)
-	} else if c.Leaf != nil {
+	if n.ca == nil && c.Leaf != nil {
 		n.cfg.Logger.Warn("pubsub is disabled: the node cannot renew its certificate")
 	}
 	return nil
+}
+
+// startMembers starts the membership loops, once every room is wired.
+func (n *Node) startMembers() {
+	if n.mem == nil {
+		return
+	}
+	n.goLoop(n.memberSweepLoop)
+	if n.ca != nil {
+		n.goLoop(n.renewLoop)
+	}
 }
 
 // checkMembersConfig validates Config.Members (from checkCAConfig) and
@@ -275,14 +296,12 @@ func (n *Node) mayEnroll() bool {
 	return st != nil && bytes.Equal(st.CA.GroupKey, n.mem.cfg.CA.GroupKey)
 }
 
-func (n *Node) enrolleeCount() int { return len(n.peersWhere((*peer).enrollee)) }
+func (n *Node) enrolleeCount() int { return len(n.peersWhere(enrollee)) }
 
-// peersWhere snapshots the connected peers for which keep is true.
-func (n *Node) peersWhere(keep func(*peer) bool) []*peer {
-	n.mu.RLock()
-	defer n.mu.RUnlock()
-	var out []*peer
-	for _, p := range n.peers {
+// peersWhere lists the connected peers for which keep is true.
+func (n *Node) peersWhere(keep func(*peers.Peer) bool) []*peers.Peer {
+	var out []*peers.Peer
+	for p := range n.peers.Snapshot().All() {
 		if keep(p) {
 			out = append(out, p)
 		}
@@ -344,17 +363,23 @@ func (n *Node) logRefusal(id pki.Identity, reason string, err error) {
 	n.cfg.Logger.Info("refused a peer that is not a member", "peer", id.String(), "reason", reason, "err", err)
 }
 
-// admit classifies a new connection (from install, before it is used).
-func (n *Node) admit(p *peer, cs tls.ConnectionState) error {
+// admit classifies a new connection (the peer set's Admit, before the
+// connection is published): an enrollee is not routable.
+func (n *Node) admit(p *peers.Peer, cs tls.ConnectionState) error {
 	m := n.mem
-	if m == nil || len(cs.PeerCertificates) != 1 {
+	if m == nil {
+		return nil
+	}
+	pm := new(peerMember)
+	p.Ext = pm
+	if len(cs.PeerCertificates) != 1 {
 		return nil
 	}
 	info, err := pki.VerifyMember(cs.PeerCertificates[0], m.cfg.CA.Cert, m.cfg.CA.TrustDomain, time.Now())
 	switch {
 	case err == nil:
-		p.member.class.Store(int32(classMember))
-		p.member.notAfter.Store(info.NotAfter.UnixNano())
+		pm.class.Store(int32(classMember))
+		pm.notAfter.Store(info.NotAfter.UnixNano())
 		m.membersAdmitted.Add(1)
 		return nil
 	case !m.cfg.MembersOnly:
@@ -369,23 +394,21 @@ func (n *Node) admit(p *peer, cs tls.ConnectionState) error {
 		m.refusedFull.Add(1)
 		return errEnrolleesFull
 	}
-	p.member.class.Store(int32(classEnrollee))
+	pm.class.Store(int32(classEnrollee))
+	p.Routable = false // no IP packets to or from it
 	m.enrolleesAdmit.Add(1)
-	n.cfg.Logger.Info("admitted a non-member to ask for a certificate (CA protocol only)", "peer", p.id.String(), "why_not_member", err)
+	n.cfg.Logger.Info("admitted a non-member to ask for a certificate (CA protocol only)", "peer", p.ID.String(), "why_not_member", err)
 	return nil
 }
 
 // rpcFor is the request server for p's connection: enrollees get the one
 // that serves only the CA's enrollment messages.
-func (n *Node) rpcFor(p *peer) *rpc.Server {
-	if p.enrollee() {
+func (n *Node) rpcFor(p *peers.Peer) *rpc.Server {
+	if enrollee(p) {
 		return n.mem.enrollRPC
 	}
 	return n.rpc
 }
-
-// countEnrolleeIP counts an IP packet an enrollee sent (dropped).
-func (n *Node) countEnrolleeIP() { n.mem.enrolleeIP.Add(1) }
 
 // memberSweepLoop closes members' connections whose certificate expired
 // (members-only) and enrollees' past their window.
@@ -404,30 +427,28 @@ func (n *Node) memberSweepLoop() {
 
 func (n *Node) sweepMembers(now time.Time) {
 	m := n.mem
-	var expired, over []*peer
-	n.mu.RLock()
-	for _, p := range n.peers {
-		switch p.memberClass() {
+	var expired, over []*peers.Peer
+	for p := range n.peers.Snapshot().All() {
+		switch classOf(p) {
 		case classMember:
-			if m.cfg.MembersOnly && now.UnixNano() > p.member.notAfter.Load() {
+			if m.cfg.MembersOnly && now.UnixNano() > memberOf(p).notAfter.Load() {
 				expired = append(expired, p)
 			}
 		case classEnrollee:
-			if now.Sub(p.since) > m.cfg.EnrolleeTTL {
+			if now.Sub(p.Since) > m.cfg.EnrolleeTTL {
 				over = append(over, p)
 			}
 		}
 	}
-	n.mu.RUnlock()
 	for _, p := range expired {
 		m.expiredClosed.Add(1)
-		na := time.Unix(0, p.member.notAfter.Load())
-		n.cfg.Logger.Info("disconnecting a member whose certificate expired", "peer", p.id.String(), "not_after", na, "late", now.Sub(na).Round(time.Millisecond))
-		p.conn.CloseWithError(codeRefused, "certificate expired")
+		na := time.Unix(0, memberOf(p).notAfter.Load())
+		n.cfg.Logger.Info("disconnecting a member whose certificate expired", "peer", p.ID.String(), "not_after", na, "late", now.Sub(na).Round(time.Millisecond))
+		p.Conn.CloseWithError(peers.CodeRefused, "certificate expired")
 	}
 	for _, p := range over {
 		m.enrolleeTTL.Add(1)
-		p.conn.CloseWithError(codeNormal, "enrollment window over")
+		p.Conn.CloseWithError(peers.CodeNormal, "enrollment window over")
 	}
 }
 
@@ -554,15 +575,15 @@ func (n *Node) InstallLeaf(der []byte) error {
 // reconnectAll closes every connection; bootstrap peers are redialed, the
 // rest reconnect on demand.
 func (n *Node) reconnectAll() {
-	for _, p := range n.peersWhere(func(*peer) bool { return true }) {
-		p.conn.CloseWithError(codeNormal, "membership changed: reconnecting")
+	for _, p := range n.peersWhere(func(*peers.Peer) bool { return true }) {
+		p.Conn.CloseWithError(peers.CodeNormal, "membership changed: reconnecting")
 	}
 }
 
 // pushLeaf sends a renewed leaf to every member connected to us.
 func (n *Node) pushLeaf(der []byte) {
 	msg := tca.EncodeLeafUpdate(der)
-	to := n.peersWhere(func(p *peer) bool { return p.memberClass() == classMember })
+	to := n.peersWhere(func(p *peers.Peer) bool { return classOf(p) == classMember })
 	sem := make(chan struct{}, leafPushers)
 	var wg sync.WaitGroup
 	for _, p := range to {
@@ -577,9 +598,9 @@ func (n *Node) pushLeaf(der []byte) {
 			defer func() { <-sem }()
 			ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
 			defer cancel()
-			if _, err := n.rpc.Call(ctx, p.conn, rpc.ProtoCA, msg); err != nil {
+			if _, err := n.rpc.Call(ctx, p.Conn, rpc.ProtoCA, msg); err != nil {
 				n.mem.leafPushFailed.Add(1)
-				n.cfg.Logger.Debug("sending our renewed certificate failed", "peer", p.id.Short(), "err", err)
+				n.cfg.Logger.Debug("sending our renewed certificate failed", "peer", p.ID.Short(), "err", err)
 				return
 			}
 			n.mem.leafPushed.Add(1)
@@ -593,9 +614,10 @@ func (n *Node) pushLeaf(der []byte) {
 func (n *Node) onLeafUpdate(from pki.Identity, req []byte) ([]byte, error) {
 	m := n.mem
 	p := n.peer(from)
-	if m == nil || p == nil || p.enrollee() {
+	if m == nil || p == nil || enrollee(p) || memberOf(p) == nil {
 		return nil, rpc.RefuseError("no membership here")
 	}
+	pm := memberOf(p)
 	err := func() error {
 		der, err := tca.DecodeLeafUpdate(req)
 		if err != nil {
@@ -613,12 +635,12 @@ func (n *Node) onLeafUpdate(from pki.Identity, req []byte) ([]byte, error) {
 			return fmt.Errorf("a certificate of %s sent by %s", info.Identity.Short(), from.Short())
 		}
 		for {
-			old := p.member.notAfter.Load()
-			if info.NotAfter.UnixNano() <= old || p.member.notAfter.CompareAndSwap(old, info.NotAfter.UnixNano()) {
+			old := pm.notAfter.Load()
+			if info.NotAfter.UnixNano() <= old || pm.notAfter.CompareAndSwap(old, info.NotAfter.UnixNano()) {
 				break
 			}
 		}
-		p.member.class.CompareAndSwap(int32(classOpen), int32(classMember))
+		pm.class.CompareAndSwap(int32(classOpen), int32(classMember))
 		return nil
 	}()
 	if err != nil {
@@ -651,10 +673,10 @@ type MembersStatus struct {
 }
 
 // memberPeerStatus fills a peer's membership fields.
-func (n *Node) memberPeerStatus(p *peer, ps *PeerStatus) {
-	ps.Membership = p.memberClass().String()
-	if p.memberClass() == classMember {
-		t := time.Unix(0, p.member.notAfter.Load()).UTC()
+func (n *Node) memberPeerStatus(p *peers.Peer, ps *PeerStatus) {
+	ps.Membership = classOf(p).String()
+	if classOf(p) == classMember {
+		t := time.Unix(0, memberOf(p).notAfter.Load()).UTC()
 		ps.CertNotAfter = &t
 	}
 }
@@ -676,20 +698,18 @@ func (n *Node) membersStatus() *MembersStatus {
 	for name, p := range map[string]byte{"dht": rpc.ProtoDHT, "gossip": rpc.ProtoGossip, "relay": rpc.ProtoRelay, "app": rpc.ProtoApp} {
 		st.Enrollee[name] = m.enrolleeProto[p].Load()
 	}
-	st.Enrollee["ip"] = m.enrolleeIP.Load()
+	st.Enrollee["ip"] = n.dp.Counters.RxNotRoutable.Load() // only enrollees are not routable
 	if n.ca != nil {
 		st.Enrollee["ca"] = n.ca.Stats().EnrolleeRefused
 	}
-	n.mu.RLock()
-	for _, p := range n.peers {
-		switch p.memberClass() {
+	for p := range n.peers.Snapshot().All() {
+		switch classOf(p) {
 		case classMember:
 			st.Members++
 		case classEnrollee:
 			st.Enrollees++
 		}
 	}
-	n.mu.RUnlock()
 	st.Counters = map[string]uint64{
 		"members_admitted":       m.membersAdmitted.Load(),
 		"enrollees_admitted":     m.enrolleesAdmit.Load(),

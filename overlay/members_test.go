@@ -19,6 +19,7 @@ import (
 
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/pki/tca"
+	"github.com/korium/korium-tun/relay"
 	"github.com/korium/korium-tun/rpc"
 )
 
@@ -195,7 +196,7 @@ func membership(a *testNode, id pki.Identity) string {
 	if p == nil {
 		return "none"
 	}
-	if c := p.memberClass(); c != classOpen {
+	if c := classOf(p); c != classOpen {
 		return c.String()
 	}
 	return "open"
@@ -240,11 +241,11 @@ func TestMembersOnlyEnrollment(t *testing.T) {
 	}
 	// E's packets reach no signer.
 	s0 := mn.signers[0]
-	before := s0.mem.enrolleeIP.Load()
+	before := s0.dp.Counters.RxNotRoutable.Load()
 	for i := 0; i < 5; i++ {
-		e.dev.send(udp6(e.addr, s0.addr, []byte("from a non-member")))
+		e.dev.Send(udp6(e.addr, s0.addr, []byte("from a non-member")))
 	}
-	waitFor(t, "E's packets dropped and counted", 5*time.Second, func() bool { return s0.mem.enrolleeIP.Load() >= before+5 })
+	waitFor(t, "E's packets dropped and counted", 5*time.Second, func() bool { return s0.dp.Counters.RxNotRoutable.Load() >= before+5 })
 	expectNothing(t, s0.dev, 200*time.Millisecond)
 
 	// D is a member that is no signer: E is refused at its handshake. (In
@@ -316,7 +317,7 @@ func TestEnrolleeGetsNothingButTheCA(t *testing.T) {
 	}
 	for i := 0; i < 20; i++ {
 		e.Publish("chat", []byte("from a non-member"))
-		e.dev.send(udp6(e.addr, s.addr, []byte("x")))
+		e.dev.Send(udp6(e.addr, s.addr, []byte("x")))
 	}
 	st := func() *MembersStatus { return s.Status().Members }
 	defer func() {
@@ -359,11 +360,11 @@ func TestEnrolleeGetsNothingButTheCA(t *testing.T) {
 	if s.relaySrv == nil {
 		t.Fatal("the signer does not relay: the check below would prove nothing")
 	}
-	if _, err := s.openSession(ctx, mn.signers[1].id, e.id); err == nil || !strings.Contains(err.Error(), "not a member") {
+	if _, err := s.nat.HandleRelay(ctx, mn.signers[1].id, relay.AppendConnectReq(nil, e.id)); err == nil || !strings.Contains(err.Error(), "not a member") {
 		t.Fatalf("a relay session to an enrollee: %v", err)
 	}
 	// The signer sends it nothing either: no route to an enrollee.
-	s.dev.send(udp6(s.addr, e.addr, []byte("to a non-member")))
+	s.dev.Send(udp6(s.addr, e.addr, []byte("to a non-member")))
 	expectNothing(t, e.dev, 300*time.Millisecond)
 	t.Logf("enrollee refusals at the signer: %v", st().Enrollee)
 }
@@ -413,7 +414,7 @@ func TestMemberRenewalAndExpiry(t *testing.T) {
 	}
 	waitFor(t, "the renewed leaf at the signer", 5*time.Second, func() bool {
 		p := s.peer(d.id)
-		return p != nil && p.member.notAfter.Load() == renewed.NotAfter.UnixNano()
+		return p != nil && memberOf(p).notAfter.Load() == renewed.NotAfter.UnixNano()
 	})
 	if s.peer(d.id) != conn {
 		t.Fatal("the renewal replaced the connection")
@@ -454,7 +455,7 @@ func TestMemberRenewalAndExpiry(t *testing.T) {
 	fmt.Printf("members-only: an expired member disconnected %v after its certificate's expiry (sweep 200ms)\n", late.Round(time.Millisecond))
 	// It may reconnect to a signer only as an enrollee: no packets pass.
 	waitFor(t, "D back as an enrollee", 10*time.Second, func() bool { return membership(s, d.id) == "enrollee" })
-	d.dev.send(udp6(d.addr, s.addr, []byte("expired")))
+	d.dev.Send(udp6(d.addr, s.addr, []byte("expired")))
 	expectNothing(t, s.dev, 300*time.Millisecond)
 }
 
@@ -478,6 +479,9 @@ func TestForgedCertificatesRefused(t *testing.T) {
 		sg.CARevoke(old.id)
 	}
 	time.Sleep(time.Until(oldLeaf.Leaf.NotAfter.Add(100 * time.Millisecond)))
+	// m's sweep (every 200 ms) closes old's connection from before: only
+	// then does old have to dial m again.
+	waitFor(t, "old's expired connection closed", 5*time.Second, func() bool { return membership(m, old.id) != "member" })
 
 	attacker := func(present func(kp *pki.Keypair) *tls.Certificate) *testNode {
 		a := memberNode(t, nil, func(c *Config) { c.Members = MembersConfig{CA: mn.ca} })

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/korium/korium-tun/nat"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/smartsock"
 )
@@ -69,7 +70,7 @@ func TestConfigureNATAndRelaySessions(t *testing.T) {
 
 	// a asks b's relay for a session: the relay opens it, b accepts (p is
 	// its relay) and both ends hold it as a path.
-	if got := a.setupRelays(ctx, b.id, []pki.Identity{p.id}); got != 1 {
+	if got := a.nat.SetupRelays(ctx, b.id, []pki.Identity{p.id}); got != 1 {
 		t.Fatalf("setupRelays = %d, want 1", got)
 	}
 	if st := p.RelayStats(); st == nil || st.Opened != 1 || st.Sessions != 1 {
@@ -92,11 +93,11 @@ func TestConfigureNATAndRelaySessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "c's NAT check", 10*time.Second, func() bool { return c.NAT().Checked })
-	before := b.stats.RelayRefused.Load()
-	if got := a.setupRelays(ctx, b.id, []pki.Identity{c.id}); got != 0 {
+	before := b.nat.Counters.RelayRefused.Load()
+	if got := a.nat.SetupRelays(ctx, b.id, []pki.Identity{c.id}); got != 0 {
 		t.Fatal("b accepted a session from a node that is not its relay")
 	}
-	if b.stats.RelayRefused.Load() != before+1 {
+	if b.nat.Counters.RelayRefused.Load() != before+1 {
 		t.Fatal("b did not count the refused session")
 	}
 	if st := c.RelayStats(); st.Sessions != 0 {
@@ -121,13 +122,13 @@ func TestPunchCandidatesFromPeerFiltered(t *testing.T) {
 			netip.MustParseAddrPort("0.0.0.0:7400"),
 		}
 	}
-	if got := public.punchable(mk()); len(got) != 1 || got[0].String() != "198.18.3.1:7400" {
+	if got := public.nat.Punchable(mk()); len(got) != 1 || got[0].String() != "198.18.3.1:7400" {
 		t.Fatalf("a node on [::] kept %v", got)
 	}
-	if public.stats.PunchRefused.Load() != 7 {
-		t.Fatalf("refused %d, want 7", public.stats.PunchRefused.Load())
+	if public.nat.Counters.PunchRefused.Load() != 7 {
+		t.Fatalf("refused %d, want 7", public.nat.Counters.PunchRefused.Load())
 	}
-	if got := local.punchable(mk()); len(got) != 3 || got[0].String() != "127.0.0.1:22" {
+	if got := local.nat.Punchable(mk()); len(got) != 3 || got[0].String() != "127.0.0.1:22" {
 		t.Fatalf("a node on loopback kept %v", got)
 	}
 }
@@ -165,10 +166,10 @@ func TestRecordAddressesFollowPolicy(t *testing.T) {
 	}
 	t.Cleanup(func() { n.Close() })
 	anyNode := &testNode{n, dev}
-	anyNode.dev.send(udp6(anyNode.addr, owner.addr, []byte("x")))
-	waitFor(t, "resolution fails", 5*time.Second, func() bool { return anyNode.stats.ResolveFailed.Load() == 1 })
-	if got := anyNode.stats.DialAddrRefused.Load(); got != uint64(min(len(bad), maxDialAddrs)) {
-		t.Fatalf("refused %d addresses, want %d", got, min(len(bad), maxDialAddrs))
+	anyNode.dev.Send(udp6(anyNode.addr, owner.addr, []byte("x")))
+	waitFor(t, "resolution fails", 5*time.Second, func() bool { return anyNode.dp.Counters.ResolveFailed.Load() == 1 })
+	if got := anyNode.nat.Counters.DialAddrRefused.Load(); got != uint64(min(len(bad), nat.MaxDialAddrs)) {
+		t.Fatalf("refused %d addresses, want %d", got, min(len(bad), nat.MaxDialAddrs))
 	}
 	if ps, _ := anyNode.sock.Paths(owner.id); len(ps) != 0 {
 		t.Fatalf("smartsock got paths from a hostile record: %+v", ps)

@@ -10,6 +10,7 @@ import (
 
 	quic "github.com/korium/korium-tun/third_party/quic-go"
 
+	"github.com/korium/korium-tun/peers"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/smartsock"
 )
@@ -109,10 +110,7 @@ func (n *Node) refused(r refusal, peer pki.Identity, addr netip.AddrPort, msg st
 // who names a peer in a log line: "bootstrap 5f1c…" for a bootstrap
 // contact, "peer 5f1c…" otherwise.
 func (n *Node) who(id pki.Identity) string {
-	n.mu.RLock()
-	_, boot := n.desired[id]
-	n.mu.RUnlock()
-	if boot {
+	if n.peers.Snapshot().Kept(id) {
 		return "bootstrap " + id.Short() + "…"
 	}
 	return "peer " + id.Short() + "…"
@@ -196,23 +194,35 @@ func (n *Node) handshakeAddr(id pki.Identity) netip.AddrPort {
 // abortDial fails a dial to id in progress with err. Unless always, only a
 // dial with a single path is failed: one of several addresses answering
 // for someone else says nothing about the others.
-func (n *Node) abortDial(id pki.Identity, always bool, err error) {
-	n.dialMu.Lock()
-	defer n.dialMu.Unlock()
-	if c := n.dials[id]; c != nil && (always || c.paths == 1) {
-		c.cancel(err)
+func (n *Node) abortDial(id pki.Identity, always bool, err error) { n.peers.AbortDial(id, always, err) }
+
+// peerRefused takes the peer set's refusals: each is counted and logged by
+// reason like ours, except a refusal of the host's admission (members.go
+// counts and logs those itself).
+func (n *Node) peerRefused(r peers.Refusal, id pki.Identity, addr netip.AddrPort, msg string) {
+	switch r {
+	case peers.RefusedBadCert:
+		n.refused(weRefusedBadCert, id, addr, msg)
+	case peers.RefusedNotOwner:
+		n.refused(weRefusedNotOwner, id, addr, msg)
+	case peers.RefusedNoDatagrams:
+		n.refused(weRefusedNoDatagrams, id, addr, msg)
+	case peers.RefusedPeerLimit:
+		n.refused(weRefusedPeerLimit, id, addr, msg)
+	default:
+		n.stats.HandshakeRefused.Add(1)
 	}
 }
 
 // closedAsRefused logs and counts a connection the peer closed as refused.
-func (n *Node) closedAsRefused(p *peer, cause error) {
+func (n *Node) closedAsRefused(p *peers.Peer, cause error) {
 	var ae *quic.ApplicationError
 	if !errors.As(cause, &ae) || !ae.Remote {
 		return
 	}
-	addr := n.handshakeAddr(p.id)
-	if ae.ErrorCode == codeRefused {
-		n.refused(refusedUsClosed, p.id, addr, fmt.Sprintf("%s refused our connection: %s", n.who(p.id), ae.ErrorMessage))
+	addr := n.handshakeAddr(p.ID)
+	if ae.ErrorCode == peers.CodeRefused {
+		n.refused(refusedUsClosed, p.ID, addr, fmt.Sprintf("%s refused our connection: %s", n.who(p.ID), ae.ErrorMessage))
 	}
 }
 

@@ -263,7 +263,7 @@ func TestRestartOnNewPortIsNotTwoNodes(t *testing.T) {
 		return q != nil && q != first
 	})
 	// p replaced a connection it believed alive: the check ran.
-	if cause := context.Cause(first.conn.Context()); cause == nil || !strings.Contains(cause.Error(), "replaced") {
+	if cause := context.Cause(first.Conn.Context()); cause == nil || !strings.Contains(cause.Error(), "replaced") {
 		t.Fatalf("the first run's connection ended with %v, not replaced while alive", cause)
 	}
 	// p's check runs KeepAlive + 1 s after the replacement.

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/korium/korium-tun/datapath"
+	"github.com/korium/korium-tun/internal/ip6"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/smartaddr"
 )
@@ -138,14 +140,14 @@ func TestResolveFailureAnswersUnreachable(t *testing.T) {
 	dst := pkiAddr(nobody)
 	for i := 0; i < 2; i++ {
 		p := udp6(a.addr, dst, []byte("knock"))
-		a.dev.send(p)
+		a.dev.Send(p)
 		select {
-		case got := <-a.dev.got:
-			src, to, ok := ipv6Addrs(got)
-			if !ok || src != dst || to != a.addr || got[6] != 58 || got[40] != icmpDstUnreachable || got[41] != icmpAddrUnreachable {
+		case got := <-a.dev.Got:
+			src, to, ok := ip6.Addrs(got)
+			if !ok || src != dst || to != a.addr || got[6] != 58 || got[40] != ip6.TypeDstUnreachable || got[41] != ip6.CodeAddrUnreachable {
 				t.Fatalf("not a Destination Unreachable (address unreachable) from %v: %x", dst, got[:48])
 			}
-			if icmpv6Checksum(got[8:24], got[24:40], got[40:]) != 0 {
+			if ip6.Checksum(got[8:24], got[24:40], got[40:]) != 0 {
 				t.Fatal("bad ICMPv6 checksum")
 			}
 			if !bytes.Equal(got[48:], p) {
@@ -166,32 +168,32 @@ func TestUnreachableNeverAnswersErrorsAndIsRateLimited(t *testing.T) {
 	nobody[5] = 9
 	dst := pkiAddr(nobody)
 	// Resolve and fail once.
-	a.dev.send(udp6(a.addr, dst, []byte("x")))
-	<-a.dev.got
+	a.dev.Send(udp6(a.addr, dst, []byte("x")))
+	<-a.dev.Got
 	icmpErr := udp6(a.addr, dst, make([]byte, 8))
-	icmpErr[6], icmpErr[40] = 58, icmpDstUnreachable
-	a.dev.send(icmpErr)
+	icmpErr[6], icmpErr[40] = 58, ip6.TypeDstUnreachable
+	a.dev.Send(icmpErr)
 	unspec := udp6(netip.IPv6Unspecified(), dst, []byte("x"))
-	a.dev.send(unspec)
-	before := a.stats.TxResolveFailed.Load()
-	waitFor(t, "both dropped", 5*time.Second, func() bool { return a.stats.TxResolveFailed.Load() == before+2 })
+	a.dev.Send(unspec)
+	before := a.dp.Counters.TxResolveFailed.Load()
+	waitFor(t, "both dropped", 5*time.Second, func() bool { return a.dp.Counters.TxResolveFailed.Load() == before+2 })
 	expectNothing(t, a.dev, 100*time.Millisecond)
 
 	const flood = 3000
 	start := time.Now()
 	p := udp6(a.addr, dst, []byte("flood"))
 	for i := 0; i < flood; i++ {
-		a.dev.send(p)
+		a.dev.Send(p)
 	}
-	waitFor(t, "flood read", 10*time.Second, func() bool { return a.stats.TxResolveFailed.Load() >= before+2+flood })
+	waitFor(t, "flood read", 10*time.Second, func() bool { return a.dp.Counters.TxResolveFailed.Load() >= before+2+flood })
 	elapsed := time.Since(start)
-	sent := a.stats.ICMPUnreachSent.Load()
-	limit := uint64(icmpRate + icmpRate*elapsed.Seconds() + 2)
-	t.Logf("%d packets to a dead address in %v: %d answered, %d rate-limited", flood, elapsed, sent, a.stats.ICMPRateLimited.Load())
+	sent := a.dp.Counters.ICMPUnreachSent.Load()
+	limit := uint64(datapath.ICMPRate + datapath.ICMPRate*elapsed.Seconds() + 2)
+	t.Logf("%d packets to a dead address in %v: %d answered, %d rate-limited", flood, elapsed, sent, a.dp.Counters.ICMPRateLimited.Load())
 	if sent > limit {
 		t.Fatalf("%d Destination Unreachable in %v, limit %d", sent, elapsed, limit)
 	}
-	if a.stats.ICMPRateLimited.Load() == 0 {
+	if a.dp.Counters.ICMPRateLimited.Load() == 0 {
 		t.Fatal("nothing rate-limited")
 	}
 }
@@ -212,12 +214,12 @@ func TestFoundButUnreachableOwnerNotAnswered(t *testing.T) {
 	}
 	defer n.Close()
 	dst := smartaddr.FromIdentity(owner.Identity())
-	dev.send(udp6(n.Addr(), dst, []byte("anyone?")))
-	waitFor(t, "the dial fails", 5*time.Second, func() bool { return n.stats.ResolveFailed.Load() == 1 })
-	dev.send(udp6(n.Addr(), dst, []byte("again")))
-	waitFor(t, "the retry is dropped", 5*time.Second, func() bool { return n.stats.TxResolveFailed.Load() == 2 })
+	dev.Send(udp6(n.Addr(), dst, []byte("anyone?")))
+	waitFor(t, "the dial fails", 5*time.Second, func() bool { return n.dp.Counters.ResolveFailed.Load() == 1 })
+	dev.Send(udp6(n.Addr(), dst, []byte("again")))
+	waitFor(t, "the retry is dropped", 5*time.Second, func() bool { return n.dp.Counters.TxResolveFailed.Load() == 2 })
 	expectNothing(t, dev, 100*time.Millisecond)
-	if n.stats.ICMPUnreachSent.Load() != 0 {
+	if n.dp.Counters.ICMPUnreachSent.Load() != 0 {
 		t.Fatal("answered an owner that exists with Destination Unreachable")
 	}
 }

@@ -1,6 +1,6 @@
 //go:build !linux
 
-package overlay
+package datapath
 
 import "syscall"
 
