@@ -90,7 +90,8 @@ type Node struct {
 	unreachMu   sync.Mutex                 // guards unreachable
 	unreachable map[pki.Identity]time.Time // failed direct dials, until when (dht.go)
 
-	sameIDChecks atomic.Int64 // replaced() checks waiting
+	sameIDChecks atomic.Int64   // replaced() checks waiting
+	pcache       peerCacheState // peercache.go
 	stats        Counters
 	refusals     refusalCounters
 	logGate      logGate // rate-limits refusal lines
@@ -298,6 +299,7 @@ func start(c Config) (n *Node, err error) {
 		return nil, fmt.Errorf("overlay: listen: %w", err)
 	}
 	n.peers.Accept(n.ln)
+	n.initPeerCache()
 	for _, b := range c.Bootstrap {
 		n.AddPeer(b)
 	}
@@ -482,6 +484,9 @@ func (n *Node) peerUp(p *peers.Peer) {
 	}
 	n.cfg.Logger.Info("peer connected", "peer", p.ID.String(), "address", p.Addr.String(), "outbound", p.Outbound, "path", n.pathString(p.ID))
 	n.dp.PeerUp(p)
+	if p.Routable {
+		n.cacheReached(p.ID)
+	}
 	// Serve returns when the connection closes (also when it is replaced
 	// by a duplicate) after its handlers have returned.
 	n.goLoop(func() { n.rpcFor(p).Serve(n.ctx, p.Conn, p.ID) })

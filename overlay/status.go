@@ -61,6 +61,7 @@ type Status struct {
 	SPIFFEID  string                  `json:"spiffe_id,omitempty"`
 	CA        *tca.Stats              `json:"ca,omitempty"`
 	Members   *MembersStatus          `json:"members,omitempty"`
+	PeerCache *PeerCacheStatus        `json:"peer_cache,omitempty"`
 }
 
 // Status returns a snapshot of peers and counters.
@@ -164,6 +165,7 @@ func (n *Node) Status() Status {
 	s.Members = n.membersStatus()
 	s.NAT = n.NAT()
 	s.Relay = n.RelayStats()
+	s.PeerCache = n.PeerCache()
 	if n.dht != nil {
 		ds := n.dht.Stats()
 		s.DHT = &ds
