@@ -86,6 +86,7 @@ type Node struct {
 	appHandler atomic.Pointer[rpc.Handler] // SetRequestHandler's, or nil
 	reqMu      sync.Mutex                  // guards incoming
 	incoming   chan *Request               // made by the first IncomingRequests call
+	appSignals chan gossipsub.Signal       // signals for the application (mesh.go)
 
 	unreachMu   sync.Mutex                 // guards unreachable
 	unreachable map[pki.Identity]time.Time // failed direct dials, until when (dht.go)
@@ -108,6 +109,7 @@ type Counters struct {
 	HandshakeRefused           atomic.Uint64 // handshakes refused here, every reason
 	SPIFFERefused              atomic.Uint64
 	AppNoHandler, AppQueueFull atomic.Uint64
+	AppSignalsDropped          atomic.Uint64 // the application's Signals channel was full
 }
 
 // Net is the Dial and Listen face of an in-process network stack (what
@@ -282,12 +284,20 @@ func start(c Config) (n *Node, err error) {
 		return nil, err
 	}
 	closeDev = false // the datapath owns it now
-	n.nat = nat.New(nat.Config{
+	nc := nat.Config{
 		Self: n.id, Peers: n.peers, Sock: n.sock, Call: n.callRelay, Relay: n.relaySrv,
-		MayRelayTo: n.mayRelayTo, Reach: n.reachRelay, Advertised: n.AdvertisedAddrs,
+		MayRelayTo: n.mayRelayTo, Reach: n.reachRelay, Advertised: n.AdvertisedAddrs, Spares: n.spares,
 		Loopback: n.loopbackOK(), Seed: len(c.Bootstrap) == 0, OnChange: n.natChanged,
 		IgnoreDialBacks: c.testNoDialBack, Logger: c.Logger,
-	})
+	}
+	if n.gossip != nil {
+		nc.Signal = n.sendMeshSignal
+	}
+	n.nat = nat.New(nc)
+	if n.gossip != nil {
+		n.appSignals = make(chan gossipsub.Signal, signalQueue)
+		n.goLoop(n.signalLoop)
+	}
 	n.rpc.Handle(rpc.ProtoRelay, func(ctx context.Context, from pki.Identity, req []byte) ([]byte, error) {
 		n.touch(from)
 		return n.nat.HandleRelay(ctx, from, req)
