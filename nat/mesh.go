@@ -409,6 +409,10 @@ func (t *Traversal) repairRelayed(now time.Time) {
 		if alive || len(dead) == 0 {
 			continue
 		}
+		rs := t.meshRelays(p.ID, dead)
+		if len(rs) == 0 {
+			continue // no relay yet (ours may be being picked again): look again next tick
+		}
 		m.repaired[p.ID] = now
 		select {
 		case m.inflight <- struct{}{}:
@@ -420,7 +424,7 @@ func (t *Traversal) repairRelayed(now time.Time) {
 		t.cfg.Logger.Info("relay path died: repairing through the mesh", "peer", p.ID.Short(), "dead", len(dead))
 		t.goRun(func() {
 			defer func() { <-m.inflight }()
-			t.MeshConnect(t.ctx, p.ID, dead)
+			t.meshAttempt(t.ctx, p.ID, rs, true)
 		})
 	}
 }

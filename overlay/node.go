@@ -508,6 +508,9 @@ func (n *Node) peerUp(p *peers.Peer) {
 func (n *Node) peerDown(p *peers.Peer, current bool) {
 	if current {
 		n.sock.Forget(p.ID)
+		// Paths relayed by p are dead now: traffic moves to another
+		// proven path at once (a mesh relay's, nat/mesh.go).
+		n.sock.RelayGone(p.ID)
 		if n.gossip != nil {
 			n.gossip.RemovePeer(p.ID)
 		}
