@@ -44,8 +44,8 @@ func (t *Traversal) HandleRelay(ctx context.Context, from pki.Identity, req []by
 			return nil, err
 		}
 		raddr, ok := t.directAddr(from)
-		allowed := t.takeAllowed(in.From, from, time.Now()) // marks a mesh attempt's session as come
-		if !ok || in.From == t.cfg.Self || (!allowed && !t.isMyRelay(from)) {
+		// takeAllowed first: it marks a mesh attempt's session as come.
+		if !ok || in.From == t.cfg.Self || !(t.takeAllowed(in.From, from, time.Now()) || t.isMyRelay(from)) {
 			// A relay we did not choose may offer a session only from a
 			// peer that it and we named in a mesh attempt (mesh.go).
 			t.Counters.RelayRefused.Add(1)

@@ -358,8 +358,8 @@ func (t *Traversal) HandleSignal(origin pki.Identity, payload []byte) {
 	for _, r := range rs {
 		t.allow(origin, r.ID, now) // cheap and bounded, even when no attempt can run
 	}
-	if t.ctx.Err() != nil {
-		return
+	if t.ctx.Err() != nil || bytes.Compare(t.cfg.Self[:], origin[:]) > 0 {
+		return // the origin has the lower identity: it asks, we only allow
 	}
 	select {
 	case t.mesh.inflight <- struct{}{}:
