@@ -82,6 +82,7 @@ func TestRejoinFromPeerCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	x := newCacheNode(t, kp, cachePath, nil, seed.contact())
+	started := time.Now()
 	// Everyone has joined the DHT before x looks them up.
 	waitFor(t, "DHT joins", 30*time.Second, func() bool {
 		for _, nd := range append([]*testNode{x}, others...) {
@@ -99,7 +100,15 @@ func TestRejoinFromPeerCache(t *testing.T) {
 	waitFor(t, "x caches the seed and the five peers", 30*time.Second, func() bool {
 		return x.PeerCache().Count == 6
 	})
+	// Six peers came one by one, but the file is written at most every
+	// peerCacheSaveEvery (and once more at Close).
+	if saves, most := x.PeerCache().Saves, 1+uint64(time.Since(started)/peerCacheSaveEvery); saves > most {
+		t.Fatalf("%d saves in %v, at most %d allowed", saves, time.Since(started), most)
+	}
 	x.Close()
+	if got := x.PeerCache().Saves; got == 0 {
+		t.Fatal("nothing saved at Close")
+	}
 	fi, err := os.Stat(cachePath)
 	if err != nil {
 		t.Fatalf("no peer cache file after Close: %v", err)
