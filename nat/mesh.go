@@ -85,7 +85,7 @@ type allowEntry struct {
 type mesh struct {
 	inflight chan struct{} // semaphore of attempts in flight
 
-	mu       sync.Mutex // guards every field below; never held across a call out of nat
+	mu       sync.Mutex // guards every field below; held only for map and bucket arithmetic (ratelimit calls back into nothing)
 	allowed  map[allowKey]*allowEntry
 	busy     map[pki.Identity]bool          // a mesh attempt for this peer runs
 	hints    map[pki.Identity][]SignalRelay // relays a peer's signal named, for its running attempt
