@@ -222,12 +222,18 @@ func (t *Traversal) run() {
 	defer tk.Stop()
 	var next, lastExpire, lastRepick time.Time
 	checking := false
+	repickWait := repickEvery // doubles while rounds find no relay
 	for {
 		select {
 		case <-t.ctx.Done():
 			return
 		case v := <-t.checked:
 			checking = false
+			if v.Checked && !v.Public && len(v.Relays) == 0 {
+				repickWait = min(2*repickWait, natRecheck)
+			} else {
+				repickWait = repickEvery
+			}
 			if v.Checked {
 				next = time.Now().Add(natRecheck)
 				t.status.Store(&v)
@@ -237,7 +243,7 @@ func (t *Traversal) run() {
 				checking = true
 				t.goRun(t.configureNAT)
 			}
-			if !checking && now.Sub(lastRepick) > repickEvery && t.relayLost() {
+			if !checking && now.Sub(lastRepick) > repickWait && t.relayLost() {
 				// Our relay left: choose another at once, not at the
 				// next recheck.
 				checking, lastRepick = true, now
