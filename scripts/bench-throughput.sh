@@ -436,6 +436,17 @@ rx_bytes() {
 	in_b cat "/sys/class/net/$dev/statistics/rx_bytes"
 }
 
+# udp_drops: datagrams the kernel dropped for a full socket buffer in both
+# namespaces (Udp RcvbufErrors): a tunnel's reader that falls behind.
+udp_drops() {
+	local ns t=0 v
+	for ns in "$NS_A" "$NS_B"; do
+		v=$(ip netns exec "$ns" awk '$1 == "Udp:" { if (!h) { for (i = 2; i <= NF; i++) if ($i == "RcvbufErrors") c = i; h = 1 } else print $c }' /proc/net/snmp)
+		t=$((t + ${v:-0}))
+	done
+	echo "$t"
+}
+
 measure() { # measure MODE ROUND
 	local m=$1 r=$2 t=${TARGET[$1]} f="$TMP/res/$1"
 	# Idle RTT first, while nothing else runs.
@@ -455,13 +466,14 @@ measure() { # measure MODE ROUND
 	for p in "${STREAMS[@]}"; do
 		key=tcp1
 		((p == 1)) || key=tcpP
-		local c0 c1 b0 b1 cpu=
-		c0=$(cpu_ticks "${DAEMONS[$m]:-}") b0=$(rx_bytes "$m")
+		local c0 c1 b0 b1 d0 cpu=
+		c0=$(cpu_ticks "${DAEMONS[$m]:-}") b0=$(rx_bytes "$m") d0=$(udp_drops)
 		if run_measure "$f.p$p.$r" timeout $((TIME + 20)) ip netns exec "$NS_A" \
 			iperf3 -c "$t" -p 5201 -t "$TIME" -O 1 -P "$p" -f m --connect-timeout 3000 &&
 			g=$(iperf_gbps "$f.p$p.$r"); then
 			c1=$(cpu_ticks "${DAEMONS[$m]:-}") b1=$(rx_bytes "$m")
 			echo "$g" >>"$f.$key"
+			echo $(($(udp_drops) - d0)) >>"$f.drops"
 			if [[ -n ${DAEMONS[$m]:-} ]] && ((b1 > b0)); then
 				# CPU seconds of both daemons per Gbit b took in
 				cpu=$(awk -v c=$((c1 - c0)) -v hz="$CLK_TCK" -v b=$((b1 - b0)) 'BEGIN { printf "%.4f\n", c / hz / (b * 8 / 1e9) }')
@@ -528,21 +540,22 @@ done
 echo
 echo "korium-tun throughput/latency benchmark  ($(date -u +%FT%TZ), $(nproc) cpus, kernel $(uname -r))"
 echo "rounds=$ROUNDS interleaved, iperf3 -t $TIME -O 1, ping -c $PINGS -i 0.05, underlay IPv$UNDERLAY, load $LOAD_START -> $LOAD_END"
-echo "CPU = CPU seconds (user + system) of both daemons per Gbit the receiving TUN took in"
+echo "CPU = CPU seconds (user + system) of both daemons per Gbit the receiving TUN took in;"
+echo "UDP drops = datagrams dropped on full socket buffers in both namespaces, over all runs"
 echo
 PCOL="x$PARALLEL Gbit/s" PCPU="CPU x$PARALLEL"
 ((PARALLEL > 1)) || PCOL="-" PCPU="-"
-printf '%-8s  %-8s  %10s  %10s  %8s  %8s  %10s  %10s  %s\n' mode status "x1 Gbit/s" "$PCOL" "CPU x1" "$PCPU" \
-	"RTT med ms" "RTT avg ms" "x1 per round"
+printf '%-8s  %-8s  %10s  %10s  %8s  %8s  %10s  %10s  %9s  %s\n' mode status "x1 Gbit/s" "$PCOL" "CPU x1" "$PCPU" \
+	"RTT med ms" "RTT avg ms" "UDP drops" "x1 per round"
 for m in "${ALL_MODES[@]}"; do
 	[[ $m == base && ${STATUS[$m]} == skipped ]] && continue
 	if [[ ${STATUS[$m]} == skipped || ${STATUS[$m]} == failed ]]; then
 		printf '%-8s  %-8s  %s\n' "$m" "${STATUS[$m]}" "${REASON[$m]:-}"
 		continue
 	fi
-	printf '%-8s  %-8s  %10s  %10s  %8s  %8s  %10s  %10s  %s\n' "$m" "${STATUS[$m]}" "$(or_dash "${T1[$m]}")" \
+	printf '%-8s  %-8s  %10s  %10s  %8s  %8s  %10s  %10s  %9s  %s\n' "$m" "${STATUS[$m]}" "$(or_dash "${T1[$m]}")" \
 		"$(or_dash "${TP[$m]}")" "$(or_dash "${C1[$m]}")" "$(or_dash "${CP[$m]}")" \
-		"$(or_dash "${RMED[$m]}")" "$(or_dash "${RAVG[$m]}")" "$(list "$TMP/res/$m.tcp1")"
+		"$(or_dash "${RMED[$m]}")" "$(or_dash "${RAVG[$m]}")" "$(or_dash "$(sum "$TMP/res/$m.drops")")" "$(list "$TMP/res/$m.tcp1")"
 done
 echo
 # ratio columns: A/B for each pair below; rows: the figures
@@ -601,9 +614,9 @@ if [[ -n $JSON_OUT ]]; then
 				"$(list "$f.tcpP")"
 			printf '      "cpu_s_per_gbit": {"tcp1": %s, "tcpP": %s, "tcp1_rounds": [%s], "tcpP_rounds": [%s]},\n' \
 				"$(or_null "${C1[$m]}")" "$(or_null "${CP[$m]}")" "$(list "$f.cputcp1")" "$(list "$f.cputcpP")"
-			printf '      "rtt_ms": {"median": %s, "avg": %s, "round_avgs": [%s]}, "ping_lost": %s, "failures": %s}' \
+			printf '      "rtt_ms": {"median": %s, "avg": %s, "round_avgs": [%s]}, "ping_lost": %s, "udp_rcvbuf_drops": %s, "failures": %s}' \
 				"$(or_null "${RMED[$m]}")" "$(or_null "${RAVG[$m]}")" "$(list "$f.rttavg")" \
-				"$(or_null "$(sum "$f.loss")")" "$(count_lines "$f.failures")"
+				"$(or_null "$(sum "$f.loss")")" "$(or_null "$(sum "$f.drops")")" "$(count_lines "$f.failures")"
 			sep=$',\n'
 		done
 		echo

@@ -54,7 +54,7 @@ func TestGROUnderQUIC(t *testing.T) {
 		t.Fatalf("got %d bytes that differ from the %d sent", n, len(data))
 	}
 	st := b.sock.Stats()
-	t.Logf("receiver: %d coalesced reads, %d segments, %d QUIC packets", st.RxGROReads, st.RxGROSegments, st.RxQUIC)
+	t.Logf("receiver: %d coalesced reads, %d segments, %d QUIC packets in, %d writes out; sender: %d writes", st.RxGROReads, st.RxGROSegments, st.RxQUIC, st.TxCalls, a.sock.Stats().TxCalls)
 	if st.RxGROReads == 0 || st.RxGROSegments <= st.RxGROReads {
 		t.Fatalf("receiver: %d coalesced reads with %d segments, want some", st.RxGROReads, st.RxGROSegments)
 	}
