@@ -80,11 +80,13 @@ type StatsSnapshot struct {
 	LoopSlow     uint64 `json:"loop_slow"`
 	// UDP GRO on an OS socket (udp.go): reads that held several
 	// datagrams and the datagrams split out of them; reads dropped whole
-	// for a malformed or truncated control message or cut-short data.
+	// for a malformed or truncated control message, cut-short data, or
+	// no data (an empty datagram).
 	RxGROReads    uint64 `json:"rx_gro_reads"`
 	RxGROSegments uint64 `json:"rx_gro_segments"`
 	DropGROCmsg   uint64 `json:"drop_gro_bad_cmsg"`
 	DropGROTrunc  uint64 `json:"drop_gro_truncated"`
+	DropGROEmpty  uint64 `json:"drop_gro_empty"`
 }
 
 // Stats returns a snapshot of the counters.
@@ -108,7 +110,7 @@ func (c *Conn) Stats() StatsSnapshot {
 	if u, ok := c.udp.(interface{ groStats() *udpbatch.GROStats }); ok {
 		g := u.groStats()
 		snap.RxGROReads, snap.RxGROSegments = g.Coalesced.Load(), g.Segments.Load()
-		snap.DropGROCmsg, snap.DropGROTrunc = g.DropCmsg.Load(), g.DropTrunc.Load()+g.DropEmpty.Load()
+		snap.DropGROCmsg, snap.DropGROTrunc, snap.DropGROEmpty = g.DropCmsg.Load(), g.DropTrunc.Load(), g.DropEmpty.Load()
 	}
 	return snap
 }

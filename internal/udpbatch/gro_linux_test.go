@@ -157,23 +157,27 @@ func TestGROKeepsOtherCmsgs(t *testing.T) {
 }
 
 // TestGRODropsBadCmsg: a read whose control messages are malformed, carry an
-// odd UDP_GRO message or were cut short is dropped whole and counted, and
-// the reads after it still come through.
+// odd UDP_GRO message or were cut short, whose data was cut short, or that is
+// empty, is dropped whole and counted, and the reads after it still come
+// through with their other control messages.
 func TestGRODropsBadCmsg(t *testing.T) {
 	st := new(GROStats)
-	r := &groReader{st: st, big: make([]ipv4.Message, 6)}
+	r := &groReader{st: st, big: make([]ipv4.Message, 8)}
 	payload := bytes.Repeat([]byte("p"), 3000)
 	set := func(i int, oob []byte, flags int) {
 		r.big[i] = ipv4.Message{Buffers: [][]byte{payload}, N: len(payload), OOB: oob, NN: len(oob), Flags: flags,
 			Addr: &net.UDPAddr{IP: net.IPv4(198, 18, 0, byte(i)), Port: 1}}
 	}
 	short := groCmsg(1000)[:unix.SizeofCmsghdr+2]
-	set(0, groCmsg(0), 0)                                                              // segment size 0
-	set(1, append(groCmsg(1000), groCmsg(1000)...), 0)                                 // two of them
-	set(2, short, 0)                                                                   // runs past the end
-	set(3, cmsg(syscall.IPPROTO_UDP, unix.UDP_GRO, []byte{1, 2}), 0)                   // not an int
-	set(4, groCmsg(1000), unix.MSG_CTRUNC)                                             // cut short
-	set(5, append(cmsg(unix.IPPROTO_IP, unix.IP_TOS, []byte{2}), groCmsg(1000)...), 0) // good
+	set(0, groCmsg(0), 0)                                            // segment size 0
+	set(1, append(groCmsg(1000), groCmsg(1000)...), 0)               // two of them
+	set(2, short, 0)                                                 // runs past the end
+	set(3, cmsg(syscall.IPPROTO_UDP, unix.UDP_GRO, []byte{1, 2}), 0) // not an int
+	set(4, groCmsg(1000), unix.MSG_CTRUNC)                           // cut short
+	set(5, groCmsg(1000), unix.MSG_TRUNC)                            // data cut short
+	set(6, nil, 0)                                                   // empty
+	r.big[6].N = 0
+	set(7, append(cmsg(unix.IPPROTO_IP, unix.IP_TOS, []byte{2}), groCmsg(1000)...), 0) // good
 	r.n, r.cur = len(r.big), -1
 	r.advance()
 	ms := messages(8, 1500)
@@ -182,12 +186,12 @@ func TestGRODropsBadCmsg(t *testing.T) {
 		t.Fatalf("got %d datagrams, want the 3 segments of the good read", k)
 	}
 	for i, m := range ms[:k] {
-		if m.Addr.(*net.UDPAddr).IP[15] != 5 || m.N != min(1000, 3000-1000*i) {
+		if m.Addr.(*net.UDPAddr).IP[15] != 7 || m.N != min(1000, 3000-1000*i) || m.NN != unix.CmsgSpace(1) {
 			t.Errorf("datagram %d: %d bytes from %v", i, m.N, m.Addr)
 		}
 	}
-	if d := st.DropCmsg.Load(); d != 5 {
-		t.Errorf("DropCmsg = %d, want 5", d)
+	if d, tr, e := st.DropCmsg.Load(), st.DropTrunc.Load(), st.DropEmpty.Load(); d != 5 || tr != 1 || e != 1 {
+		t.Errorf("dropped %d for control messages, %d truncated, %d empty; want 5, 1, 1", d, tr, e)
 	}
 	if k := r.fill(ms); k != 0 {
 		t.Errorf("%d more datagrams after the read was used up", k)
