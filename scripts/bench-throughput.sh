@@ -497,6 +497,24 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
+# What each overlay pair's daemons counted over all runs (a sends, b
+# receives the iperf3 data): where throughput went that CPU does not show.
+json_num() { # json_num KEY FILE: the first number field KEY in FILE, summed over all occurrences
+	grep -o "\"$1\": *[0-9]*" "$2" | awk -F: '{ s += $2 } END { print s + 0 }'
+}
+DIAG=()
+for m in overlay base; do
+	[[ ${STATUS[$m]} == ok ]] || continue
+	bin=$KORIUM
+	[[ $m == base ]] && bin=$KORIUM_BASE
+	"$bin" status --control "$TMP/$m-a.ctl" --json >"$TMP/$m-a.status.json" 2>/dev/null &&
+		"$bin" status --control "$TMP/$m-b.ctl" --json >"$TMP/$m-b.status.json" 2>/dev/null || continue
+	a=$TMP/$m-a.status.json b=$TMP/$m-b.status.json
+	DIAG+=("$(printf '%-8s  a: QUIC lost %s, send-queue drops %s, UDP writes %s for %s packets;  b: GRO reads %s with %s segments, QUIC packets in %s' "$m" \
+		"$(json_num quic_packets_lost "$a")" "$(json_num tx_queue_dropped "$a")" "$(json_num tx_calls "$a")" \
+		"$(json_num tx_packets "$a")" "$(json_num rx_gro_reads "$b")" "$(json_num rx_gro_segments "$b")" "$(json_num rx_quic "$b")")")
+done
+
 # ---------------------------------------------------------------- report
 # median FILE / mean FILE / list FILE: of the numbers in FILE, "" if none.
 median() {
@@ -579,6 +597,10 @@ row "throughput x1" T1
 row "CPU per bit x1" C1
 ((PARALLEL > 1)) && row "CPU per bit x$PARALLEL" CP
 row "RTT median" RMED
+if ((${#DIAG[@]} > 0)); then
+	echo
+	printf '%s\n' "${DIAG[@]}"
+fi
 
 # ratio_json ARRAY: the pairs' ratios as a JSON object
 ratio_json() {
