@@ -68,8 +68,8 @@ json=$(mktemp /tmp/korium-bench.XXXXXX.json)
 # wireguard-go in the same run, measured here (issue 15): one stream
 # 0.64-1.10, 4 streams 0.66-2.4, CPU per bit 1.08-1.22; before UDP GRO and
 # 44-packet GSO writes 0.55-0.79, 0.56-0.91 and 1.48-1.61. The throughput
-# ratios depend on the load (a quieter machine lets wireguard-go's parallel
-# crypto use the second core: 0.64 at load 12, 0.8-1.1 at load 20-30); CPU
+# ratios depend on the load (a quieter machine favours wireguard-go, which
+# encrypts on every core: 0.64 at load 12, 0.8-1.1 at load 20-30); CPU
 # per bit hardly does, so it is the tighter gate.
 gate() { # gate NAME KEY OP LIMIT: the overlay/wireguard-go ratio KEY must be OP LIMIT
 	local r
