@@ -86,11 +86,13 @@ type Node struct {
 	appHandler atomic.Pointer[rpc.Handler] // SetRequestHandler's, or nil
 	reqMu      sync.Mutex                  // guards incoming
 	incoming   chan *Request               // made by the first IncomingRequests call
+	appSignals chan gossipsub.Signal       // signals for the application (mesh.go)
 
 	unreachMu   sync.Mutex                 // guards unreachable
 	unreachable map[pki.Identity]time.Time // failed direct dials, until when (dht.go)
 
-	sameIDChecks atomic.Int64 // replaced() checks waiting
+	sameIDChecks atomic.Int64   // replaced() checks waiting
+	pcache       peerCacheState // peercache.go
 	stats        Counters
 	refusals     refusalCounters
 	logGate      logGate // rate-limits refusal lines
@@ -107,6 +109,7 @@ type Counters struct {
 	HandshakeRefused           atomic.Uint64 // handshakes refused here, every reason
 	SPIFFERefused              atomic.Uint64
 	AppNoHandler, AppQueueFull atomic.Uint64
+	AppSignalsDropped          atomic.Uint64 // the application's Signals channel was full
 }
 
 // Net is the Dial and Listen face of an in-process network stack (what
@@ -281,12 +284,20 @@ func start(c Config) (n *Node, err error) {
 		return nil, err
 	}
 	closeDev = false // the datapath owns it now
-	n.nat = nat.New(nat.Config{
+	nc := nat.Config{
 		Self: n.id, Peers: n.peers, Sock: n.sock, Call: n.callRelay, Relay: n.relaySrv,
-		MayRelayTo: n.mayRelayTo, Reach: n.reachRelay, Advertised: n.AdvertisedAddrs,
+		MayRelayTo: n.mayRelayTo, Reach: n.reachRelay, Advertised: n.AdvertisedAddrs, Spares: n.spares,
 		Loopback: n.loopbackOK(), Seed: len(c.Bootstrap) == 0, OnChange: n.natChanged,
 		IgnoreDialBacks: c.testNoDialBack, Logger: c.Logger,
-	})
+	}
+	if n.gossip != nil {
+		nc.Signal = n.sendMeshSignal
+	}
+	n.nat = nat.New(nc)
+	if n.gossip != nil {
+		n.appSignals = make(chan gossipsub.Signal, signalQueue)
+		n.goLoop(n.signalLoop)
+	}
 	n.rpc.Handle(rpc.ProtoRelay, func(ctx context.Context, from pki.Identity, req []byte) ([]byte, error) {
 		n.touch(from)
 		return n.nat.HandleRelay(ctx, from, req)
@@ -298,6 +309,7 @@ func start(c Config) (n *Node, err error) {
 		return nil, fmt.Errorf("overlay: listen: %w", err)
 	}
 	n.peers.Accept(n.ln)
+	n.initPeerCache()
 	for _, b := range c.Bootstrap {
 		n.AddPeer(b)
 	}
@@ -482,6 +494,9 @@ func (n *Node) peerUp(p *peers.Peer) {
 	}
 	n.cfg.Logger.Info("peer connected", "peer", p.ID.String(), "address", p.Addr.String(), "outbound", p.Outbound, "path", n.pathString(p.ID))
 	n.dp.PeerUp(p)
+	if p.Routable {
+		n.cacheReached(p.ID)
+	}
 	// Serve returns when the connection closes (also when it is replaced
 	// by a duplicate) after its handlers have returned.
 	n.goLoop(func() { n.rpcFor(p).Serve(n.ctx, p.Conn, p.ID) })
@@ -493,6 +508,9 @@ func (n *Node) peerUp(p *peers.Peer) {
 func (n *Node) peerDown(p *peers.Peer, current bool) {
 	if current {
 		n.sock.Forget(p.ID)
+		// Paths relayed by p are dead now: traffic moves to another
+		// proven path at once (a mesh relay's, nat/mesh.go).
+		n.sock.RelayGone(p.ID)
 		if n.gossip != nil {
 			n.gossip.RemovePeer(p.ID)
 		}

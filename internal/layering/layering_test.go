@@ -14,7 +14,7 @@ var allowed = map[string][]string{
 	"internal/ip6": nil,
 	"peers":        {"pki", "smartaddr", "third_party/quic-go"},
 	"datapath":     {"peers", "internal/ip6", "smartaddr", "third_party/quic-go"},
-	"nat":          {"peers", "pki", "smartsock", "relay", "relay/client", "relay/server", "rpc", "internal/addrpolicy"},
+	"nat":          {"peers", "pki", "smartsock", "relay", "relay/client", "relay/server", "rpc", "internal/addrpolicy", "internal/ratelimit"},
 }
 
 func TestImportsPointDown(t *testing.T) {
