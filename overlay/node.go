@@ -83,6 +83,9 @@ type Node struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the node's own goroutines (see the package comment)
 
+	// The node's mutexes (reqMu, unreachMu, logGate's, members' logMu)
+	// are leaves: none is held while another is taken, or across a call
+	// out of the package, so there is no lock order to keep.
 	appHandler atomic.Pointer[rpc.Handler] // SetRequestHandler's, or nil
 	reqMu      sync.Mutex                  // guards incoming
 	incoming   chan *Request               // made by the first IncomingRequests call
