@@ -45,6 +45,7 @@
 // destination checks, and its outbound tracking call in the read loop's
 // send, before a packet is queued.
 //
-// datapath imports peers (their snapshot and connections), smartaddr and
-// quic-go; never nat, the DHT, gossipsub or the overlay.
+// datapath imports peers (their snapshot and connections), smartaddr,
+// quic-go, internal/ip6 and internal/group; never nat, the DHT, gossipsub
+// or the overlay.
 package datapath

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/time/rate"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/korium/korium-tun/internal/group"
 	"github.com/korium/korium-tun/peers"
 )
 
@@ -137,7 +138,7 @@ type Engine struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // the loops, senders, receivers, resolutions
+	group  group.Group // the loops, senders, receivers, resolutions
 	once   sync.Once
 
 	inbound   chan *pbuf    // checked packets and ICMPv6 answers for the device writer
@@ -204,13 +205,8 @@ func New(cfg Config) (*Engine, error) {
 	return e, nil
 }
 
-func (e *Engine) goRun(f func()) {
-	e.wg.Add(1)
-	go func() {
-		defer e.wg.Done()
-		f()
-	}()
-}
+// goRun runs f as one of the engine's goroutines, unless Close began.
+func (e *Engine) goRun(f func()) bool { return e.group.Go(f) }
 
 // Close stops the datapath: it closes the device (which ends its reads)
 // and waits for every goroutine. Close the peers' connections first: a
@@ -220,7 +216,7 @@ func (e *Engine) Close() error {
 	e.once.Do(func() {
 		e.cancel()
 		err = e.dev.Close()
-		e.wg.Wait()
+		e.group.Wait()
 	})
 	return err
 }

@@ -102,7 +102,9 @@ const sendBatch = 32
 // p's connection ends or the engine stops. Called by the read loop.
 func (e *Engine) newLink(p *peers.Peer) *link {
 	l := &link{p: p, wake: make(chan struct{}, 1)}
-	e.goRun(func() { e.sender(l) })
+	if !e.goRun(func() { e.sender(l) }) {
+		l.closed = true // the engine is closing: the queue takes nothing
+	}
 	return l
 }
 

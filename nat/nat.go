@@ -24,8 +24,8 @@
 // it), the punches it starts, and at most MaxDialBacks dial-backs.
 //
 // nat imports peers, smartsock (path types), relay, relay/client,
-// relay/server, rpc and internal/addrpolicy: never the datapath, the DHT,
-// gossipsub or the overlay.
+// relay/server, rpc, internal/addrpolicy and internal/group: never the
+// datapath, the DHT, gossipsub or the overlay.
 package nat
 
 import (
@@ -38,6 +38,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/korium/korium-tun/internal/group"
 	"github.com/korium/korium-tun/peers"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/relay/server"
@@ -128,7 +129,7 @@ type Traversal struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // the loop, configure_nat rounds, punches, dial-backs
+	group  group.Group // the loop, configure_nat rounds, punches, dial-backs
 	once   sync.Once
 
 	checked chan Status // configure_nat rounds report to the loop
@@ -166,19 +167,14 @@ func New(cfg Config) *Traversal {
 	return t
 }
 
-func (t *Traversal) goRun(f func()) {
-	t.wg.Add(1)
-	go func() {
-		defer t.wg.Done()
-		f()
-	}()
-}
+// goRun runs f as one of the Traversal's goroutines, unless Close began.
+func (t *Traversal) goRun(f func()) bool { return t.group.Go(f) }
 
 // Close stops every goroutine of the Traversal and waits for them.
 func (t *Traversal) Close() {
 	t.once.Do(func() {
 		t.cancel()
-		t.wg.Wait()
+		t.group.Wait()
 	})
 }
 

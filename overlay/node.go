@@ -41,6 +41,7 @@ import (
 	"github.com/korium/korium-tun/datapath"
 	"github.com/korium/korium-tun/dht"
 	"github.com/korium/korium-tun/gossipsub"
+	"github.com/korium/korium-tun/internal/group"
 	"github.com/korium/korium-tun/nat"
 	"github.com/korium/korium-tun/overlay/netstack"
 	"github.com/korium/korium-tun/peers"
@@ -81,7 +82,7 @@ type Node struct {
 
 	ctx    context.Context // canceled by Close: ends the node's own goroutines
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // the node's own goroutines (see the package comment)
+	group  group.Group // the node's own goroutines (see the package comment)
 
 	// The node's mutexes (reqMu, unreachMu, logGate's, members' logMu)
 	// are leaves: none is held while another is taken, or across a call
@@ -330,13 +331,7 @@ func ListenUDP(hostport string) (*net.UDPConn, error) {
 }
 
 // goLoop runs f as one of the node's own goroutines (Close waits for it).
-func (n *Node) goLoop(f func()) {
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		f()
-	}()
-}
+func (n *Node) goLoop(f func()) { n.group.Go(f) }
 
 // Identity returns the node's identity.
 func (n *Node) Identity() pki.Identity { return n.id }
@@ -425,7 +420,7 @@ func (n *Node) Close() error {
 		if n.sock != nil {
 			errs = append(errs, n.sock.Close())
 		}
-		n.wg.Wait()
+		n.group.Wait()
 		n.closeErr = errors.Join(errs...)
 		close(n.done)
 	})
