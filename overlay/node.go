@@ -102,6 +102,7 @@ type Node struct {
 	closeOnce sync.Once
 	closeErr  error
 	done      chan struct{} // closed when Close has finished
+	wired     chan struct{} // closed when start returned: fail's Close waits for it
 	failOnce  sync.Once
 	failErr   atomic.Pointer[error] // why the node stopped by itself
 }
@@ -179,6 +180,7 @@ func start(c Config) (n *Node, err error) {
 		stack:   c.Net,
 		started: time.Now(),
 		done:    make(chan struct{}),
+		wired:   make(chan struct{}),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	node := n // the named result is nil on error returns
@@ -191,6 +193,7 @@ func start(c Config) (n *Node, err error) {
 			node.Close()
 		}
 	}()
+	defer close(n.wired)
 	n.rpc = rpc.NewServer(rpcConfig(c))
 	n.rpc.Handle(rpc.ProtoApp, n.handleApp)
 
@@ -448,7 +451,9 @@ func (n *Node) fail(err error) {
 	n.failOnce.Do(func() {
 		n.failErr.Store(&err)
 		n.cfg.Logger.Error("node failed", "err", err)
-		go n.Close()
+		// A device can fail while start is still wiring the node (the
+		// datapath reads from New on): Close reads what start writes.
+		go func() { <-n.wired; n.Close() }()
 	})
 }
 
