@@ -28,7 +28,7 @@
 # against another build (how the "before" figures were measured); CHECK=0
 # only reports; PROFILE=DIR keeps each node's CPU profile of the whole run
 # (DIR/{a,b,c}.pprof), their status (JSON) before and after every phase,
-# and, with perf installed, A's and B's perf profile of every phase. It
+# their logs, and, with perf installed, A's and B's perf profile of every phase. It
 # removes every namespace, process and file it made, also on failure.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -241,6 +241,7 @@ for s in $(seq "$SERIES"); do
 	awk -v r="$ratio" -v m="$MIN_RATIO" 'BEGIN { exit !(r >= m) }' && break
 	[ "$s" -lt "$SERIES" ] && log "series $s: ratio $ratio below $MIN_RATIO; another series (a busy machine can slow one)"
 done
+[ -z "${PROFILE:-}" ] || cp "$KT_WORK"/*.log "$PROFILE"/ # the nodes' logs too
 if [ "$CHECK" = 1 ]; then
 	awk -v r="$ratio" -v m="$MIN_RATIO" 'BEGIN { exit !(r >= m) }' || fail "throughput ratio $ratio below $MIN_RATIO in $SERIES series"
 fi
