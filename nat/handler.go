@@ -87,7 +87,9 @@ func (t *Traversal) handleObserve(from pki.Identity, req []byte) ([]byte, error)
 	}
 	select {
 	case t.dialBacks <- struct{}{}: // bounded: each holds a socket for 300 ms
-		t.goRun(func() { defer func() { <-t.dialBacks }(); t.dialBack(addr, nonce) })
+		if !t.goRun(func() { defer func() { <-t.dialBacks }(); t.dialBack(addr, nonce) }) {
+			<-t.dialBacks // closing: no dial-back
+		}
 	default:
 		t.Counters.DialBackBusy.Add(1)
 	}

@@ -30,7 +30,8 @@
 // (repick.go).
 //
 // nat imports peers, smartsock (path types), relay, relay/client,
-// relay/server, rpc, internal/addrpolicy and internal/ratelimit: never the
+// relay/server, rpc, internal/addrpolicy, internal/ratelimit and
+// internal/group: never the
 // datapath, the DHT, gossipsub or the overlay.
 package nat
 
@@ -44,6 +45,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/korium/korium-tun/internal/group"
 	"github.com/korium/korium-tun/peers"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/relay/server"
@@ -152,7 +154,7 @@ type Traversal struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // the loop, configure_nat rounds, punches, dial-backs
+	group  group.Group // the loop, configure_nat rounds, punches, dial-backs
 	once   sync.Once
 
 	checked chan Status // configure_nat rounds report to the loop
@@ -191,19 +193,14 @@ func New(cfg Config) *Traversal {
 	return t
 }
 
-func (t *Traversal) goRun(f func()) {
-	t.wg.Add(1)
-	go func() {
-		defer t.wg.Done()
-		f()
-	}()
-}
+// goRun runs f as one of the Traversal's goroutines, unless Close began.
+func (t *Traversal) goRun(f func()) bool { return t.group.Go(f) }
 
 // Close stops every goroutine of the Traversal and waits for them.
 func (t *Traversal) Close() {
 	t.once.Do(func() {
 		t.cancel()
-		t.wg.Wait()
+		t.group.Wait()
 	})
 }
 

@@ -107,7 +107,7 @@ type Config struct {
 	// connection cache). A new connection beyond it evicts the least
 	// recently used peer that is not a bootstrap contact.
 	MaxPeers int
-	// SendQueue is each peer's send queue in packets (default 256): the
+	// SendQueue is each peer's send queue in packets (default 1,024): the
 	// device is read on while a peer's connection is congested or dead,
 	// and a full queue loses its oldest packet (counted as
 	// tx_queue_dropped).

@@ -41,6 +41,7 @@ import (
 	"github.com/korium/korium-tun/datapath"
 	"github.com/korium/korium-tun/dht"
 	"github.com/korium/korium-tun/gossipsub"
+	"github.com/korium/korium-tun/internal/group"
 	"github.com/korium/korium-tun/nat"
 	"github.com/korium/korium-tun/overlay/netstack"
 	"github.com/korium/korium-tun/peers"
@@ -81,8 +82,11 @@ type Node struct {
 
 	ctx    context.Context // canceled by Close: ends the node's own goroutines
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // the node's own goroutines (see the package comment)
+	group  group.Group // the node's own goroutines (see the package comment)
 
+	// The node's mutexes (reqMu, unreachMu, logGate's, members' logMu)
+	// are leaves: none is held while another is taken, or across a call
+	// out of the package, so there is no lock order to keep.
 	appHandler atomic.Pointer[rpc.Handler] // SetRequestHandler's, or nil
 	reqMu      sync.Mutex                  // guards incoming
 	incoming   chan *Request               // made by the first IncomingRequests call
@@ -100,6 +104,7 @@ type Node struct {
 	closeOnce sync.Once
 	closeErr  error
 	done      chan struct{} // closed when Close has finished
+	wired     chan struct{} // closed when start returned: fail's Close waits for it
 	failOnce  sync.Once
 	failErr   atomic.Pointer[error] // why the node stopped by itself
 }
@@ -178,6 +183,7 @@ func start(c Config) (n *Node, err error) {
 		stack:   c.Net,
 		started: time.Now(),
 		done:    make(chan struct{}),
+		wired:   make(chan struct{}),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	node := n // the named result is nil on error returns
@@ -190,6 +196,7 @@ func start(c Config) (n *Node, err error) {
 			node.Close()
 		}
 	}()
+	defer close(n.wired)
 	n.rpc = rpc.NewServer(rpcConfig(c))
 	n.rpc.Handle(rpc.ProtoApp, n.handleApp)
 
@@ -339,13 +346,7 @@ func ListenUDP(hostport string) (*net.UDPConn, error) {
 }
 
 // goLoop runs f as one of the node's own goroutines (Close waits for it).
-func (n *Node) goLoop(f func()) {
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		f()
-	}()
-}
+func (n *Node) goLoop(f func()) { n.group.Go(f) }
 
 // Identity returns the node's identity.
 func (n *Node) Identity() pki.Identity { return n.id }
@@ -434,7 +435,7 @@ func (n *Node) Close() error {
 		if n.sock != nil {
 			errs = append(errs, n.sock.Close())
 		}
-		n.wg.Wait()
+		n.group.Wait()
 		n.closeErr = errors.Join(errs...)
 		close(n.done)
 	})
@@ -462,7 +463,9 @@ func (n *Node) fail(err error) {
 	n.failOnce.Do(func() {
 		n.failErr.Store(&err)
 		n.cfg.Logger.Error("node failed", "err", err)
-		go n.Close()
+		// A device can fail while start is still wiring the node (the
+		// datapath reads from New on): Close reads what start writes.
+		go func() { <-n.wired; n.Close() }()
 	})
 }
 
