@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/korium/korium-tun/dht"
+	"github.com/korium/korium-tun/firewall"
 	"github.com/korium/korium-tun/pki/tca"
 	"github.com/korium/korium-tun/relay/server"
 	"github.com/korium/korium-tun/smartsock"
@@ -61,6 +62,7 @@ type Status struct {
 	SPIFFEID  string                  `json:"spiffe_id,omitempty"`
 	CA        *tca.Stats              `json:"ca,omitempty"`
 	Members   *MembersStatus          `json:"members,omitempty"`
+	Firewall  *firewall.Stats         `json:"firewall,omitempty"` // nil without a firewall
 }
 
 // Status returns a snapshot of peers and counters.
@@ -162,6 +164,9 @@ func (n *Node) Status() Status {
 	}
 	s.SPIFFEID, s.CA = n.SPIFFEID(), n.CAStats()
 	s.Members = n.membersStatus()
+	if fs, ok := n.FirewallStats(); ok {
+		s.Firewall = &fs
+	}
 	s.NAT = n.NAT()
 	s.Relay = n.RelayStats()
 	if n.dht != nil {
