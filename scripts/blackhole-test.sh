@@ -51,7 +51,7 @@ start_bg "$KT_WORK/a.log" ip netns exec "$A" "$KT" up --key "$KT_WORK/a.key" --l
 	--tun kt0 --pow-bits $POW --control "$KT_WORK/a.sock" --dns off
 wait_until 20 "a's control socket" "$KT" status --control "$KT_WORK/a.sock"
 start_bg "$KT_WORK/b.log" ip netns exec "$B" "$KT" up --key "$KT_WORK/b.key" --listen 198.18.1.2:7400 \
-	--tun kt0 --pow-bits $POW --control "$KT_WORK/b.sock" --dns off --bootstrap "$ID_A@198.18.1.1:7400"
+	--tun kt0 --pow-bits $POW --control "$KT_WORK/b.sock" --dns off --bootstrap "$ID_A@198.18.1.1:7400" --allow '* tcp/5201'
 start_bg "$KT_WORK/c.log" ip netns exec "$C" "$KT" up --key "$KT_WORK/c.key" --listen 198.18.2.2:7400 \
 	--tun kt0 --pow-bits $POW --control "$KT_WORK/c.sock" --dns off --bootstrap "$ID_A@198.18.2.1:7400"
 wait_until 20 "ping6 a -> b" ip netns exec "$A" ping -6 -c 1 -W 1 "$ADDR_B"

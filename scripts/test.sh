@@ -43,6 +43,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 step "netns-test"
 ./scripts/netns-test.sh
+step "firewall-test (--allow rules, default deny, replies to our flows, SIGHUP reload)"
+./scripts/firewall-test.sh
 step "deadend-test (dead destinations, a deleted TUN)"
 ./scripts/deadend-test.sh
 step "cluster"
