@@ -13,6 +13,7 @@
 #                    if that directory exists, else skip the overlay mode)
 #   WGBENCH_BIN      wgbench binary to use (default: build ./cmd/wgbench)
 #   KORIUM_POW_BITS  proof-of-work bits for overlay keys (default 8)
+#   RULES            as --rules N
 
 # SC2317: cleanup runs from a trap and the readiness checks through
 # wait_until "$@", which shellcheck 0.9 reports as unreachable.
@@ -29,6 +30,11 @@ usage: scripts/bench-throughput.sh [options]
   --modes LIST     comma-separated subset of raw,wg,overlay (default all)
   --underlay 4|6   underlay family the tunnels run over (default 4)
   --pow-bits N     proof-of-work bits for overlay keys (default $KORIUM_POW_BITS or 8)
+  --rules N        also measure mode "overlayfw": a second korium-tun pair whose
+                   firewalls hold N --allow rules (default deny; the one rule
+                   that admits iperf3 comes last), interleaved with the others,
+                   and report overlayfw/overlay (default $RULES or 0: skip).
+                   The plain overlay pair runs --inbound-default allow.
   --ready-timeout S  seconds to wait for a tunnel to pass pings (default 30)
   --json FILE      also write the figures as JSON to FILE
   --keep-logs DIR  copy the daemon logs to DIR before cleanup
@@ -47,6 +53,7 @@ MODES=raw,wg,overlay
 UNDERLAY=4
 POW_BITS=${KORIUM_POW_BITS:-8}
 READY_TIMEOUT=30
+RULES=${RULES:-0}
 JSON_OUT=
 KEEP_LOGS=
 
@@ -69,6 +76,7 @@ while (($# > 0)); do
 	--underlay) UNDERLAY=${2:?}; shift 2 ;;
 	--pow-bits) POW_BITS=${2:?}; shift 2 ;;
 	--ready-timeout) READY_TIMEOUT=${2:?}; shift 2 ;;
+	--rules) RULES=${2:?}; shift 2 ;;
 	--json) JSON_OUT=${2:?}; shift 2 ;;
 	--keep-logs) KEEP_LOGS=${2:?}; shift 2 ;;
 	--goapi) shift; exec "$(dirname "${BASH_SOURCE[0]}")/bench-goapi.sh" "$@" ;;
@@ -77,7 +85,7 @@ while (($# > 0)); do
 	esac
 done
 
-for v in ROUNDS TIME PARALLEL PINGS POW_BITS READY_TIMEOUT; do
+for v in ROUNDS TIME PARALLEL PINGS POW_BITS READY_TIMEOUT RULES; do
 	is_uint "${!v}" || die "$v must be a non-negative integer, got '${!v}'"
 done
 ((ROUNDS >= 1)) || die "--rounds must be >= 1"
@@ -89,6 +97,12 @@ IFS=, read -r -a MODE_LIST <<<"$MODES"
 for m in "${MODE_LIST[@]}"; do
 	[[ $m == raw || $m == wg || $m == overlay ]] || die "unknown mode '$m' (raw, wg, overlay)"
 done
+ALL_MODES=(raw wg overlay)
+if ((RULES > 0)); then
+	((RULES <= 10000)) || die "--rules must be at most 10000 (the firewall's limit)"
+	ALL_MODES+=(overlayfw)
+	[[ ,$MODES, == *,overlay,* ]] && MODE_LIST+=(overlayfw)
+fi
 has_mode() {
 	local m
 	for m in "${MODE_LIST[@]}"; do [[ $m == "$1" ]] && return 0; done
@@ -201,7 +215,7 @@ tail_log() { sed 's/^/    | /' "$TMP/$1.log" | tail -n 15 >&2 || true; }
 # ---------------------------------------------------------------- binaries
 mkdir -p "$TMP/res"
 declare -A STATUS REASON TARGET
-for m in raw wg overlay; do
+for m in "${ALL_MODES[@]}"; do
 	if has_mode "$m"; then STATUS[$m]=pending; else STATUS[$m]=skipped REASON[$m]="not selected"; fi
 done
 
@@ -234,6 +248,9 @@ if has_mode overlay; then
 		STATUS[overlay]=skipped REASON[overlay]="no korium-tun binary (set KORIUM_BIN or add ./cmd/korium-tun)"
 	fi
 	[[ ${STATUS[overlay]} == skipped ]] && log "SKIPPING overlay mode: ${REASON[overlay]}"
+	if ((RULES > 0)) && [[ ${STATUS[overlay]} == skipped ]]; then
+		STATUS[overlayfw]=skipped REASON[overlayfw]=${REASON[overlay]}
+	fi
 fi
 
 # ---------------------------------------------------------------- namespaces
@@ -307,54 +324,89 @@ json_field() { # json_field KEY FILE: value of a string field in flat JSON
 	sed -n "s/.*\"$1\"[[:space:]]*:[[:space:]]*\"\([^\"]*\)\".*/\1/p" "$2" | head -n 1
 }
 
+# overlay_setup MODE PORT TUN: a korium-tun pair for MODE (overlay: no
+# rules, --inbound-default allow; overlayfw: RULES rules in a config file).
 overlay_setup() {
-	local side ns
+	local mode=$1 port=$2 tun=$3 side ns
 	for side in a b; do
 		ns=$NS_A
 		[[ $side == b ]] && ns=$NS_B
-		timeout 300 "$KORIUM" keygen --key "$TMP/ov-$side.key" --pow-bits "$POW_BITS" \
-			>"$TMP/ov-keygen-$side.log" 2>&1 || {
-			tail_log "ov-keygen-$side"
-			REASON[overlay]="korium-tun keygen failed"
+		timeout 300 "$KORIUM" keygen --key "$TMP/$mode-$side.key" --pow-bits "$POW_BITS" \
+			>"$TMP/$mode-keygen-$side.log" 2>&1 || {
+			tail_log "$mode-keygen-$side"
+			REASON[$mode]="korium-tun keygen failed"
 			return 1
 		}
-		"$KORIUM" id --key "$TMP/ov-$side.key" --json >"$TMP/ov-id-$side.json" 2>"$TMP/ov-id-$side.log" || {
-			tail_log "ov-id-$side"
-			REASON[overlay]="korium-tun id failed"
+		"$KORIUM" id --key "$TMP/$mode-$side.key" --json >"$TMP/$mode-id-$side.json" 2>"$TMP/$mode-id-$side.log" || {
+			tail_log "$mode-id-$side"
+			REASON[$mode]="korium-tun id failed"
 			return 1
 		}
 	done
-	local id_b addr_b
-	id_b=$(json_field identity "$TMP/ov-id-b.json")
-	addr_b=$(json_field address "$TMP/ov-id-b.json")
+	local id_a id_b addr_b fw=(--inbound-default allow)
+	id_a=$(json_field identity "$TMP/$mode-id-a.json")
+	id_b=$(json_field identity "$TMP/$mode-id-b.json")
+	addr_b=$(json_field address "$TMP/$mode-id-b.json")
 	[[ -n $id_b && $addr_b == fd00:c0f1:* ]] || {
-		REASON[overlay]="cannot parse 'korium-tun id --json' output: $(head -c 200 "$TMP/ov-id-b.json")"
+		REASON[$mode]="cannot parse 'korium-tun id --json' output: $(head -c 200 "$TMP/$mode-id-b.json")"
 		return 1
 	}
-	log "starting korium-tun pair over IPv$UNDERLAY underlay (b = $addr_b)"
+	if [[ $mode == overlayfw ]]; then
+		# RULES-1 rules for ports nobody uses, then the one for iperf3:
+		# every packet of the measured flow is judged against all of them.
+		local i
+		{
+			echo "inbound_default: deny"
+			echo "allow:"
+			for ((i = 1; i < RULES; i++)); do echo "  - \"* tcp/$((10000 + 2 * i))\""; done
+			echo "  - \"$id_a tcp/5201\""
+		} >"$TMP/fw-rules.yaml"
+		fw=(--config "$TMP/fw-rules.yaml")
+	fi
+	log "starting korium-tun pair ($mode) over IPv$UNDERLAY underlay (b = $addr_b)"
 	# b is the first node; a joins through it.
-	start overlay-b "$NS_B" "$KORIUM" up --key "$TMP/ov-b.key" --listen "$(hostport "$UB" 7400)" \
-		--tun kbov0 --pow-bits "$POW_BITS" --control "$TMP/ov-b.ctl"
+	start "$mode-b" "$NS_B" "$KORIUM" up --key "$TMP/$mode-b.key" --listen "$(hostport "$UB" "$port")" \
+		--tun "$tun" --pow-bits "$POW_BITS" --control "$TMP/$mode-b.ctl" "${fw[@]}"
 	local pids=$STARTED
-	ov_listening() { in_b ss -Hlun 'sport = :7400' | grep -q .; }
+	ov_listening() { in_b ss -Hlun "sport = :$port" | grep -q .; }
 	wait_until "$READY_TIMEOUT" "korium-tun b listening" "$pids" ov_listening || {
-		tail_log overlay-b
-		REASON[overlay]="korium-tun b did not listen on UDP 7400"
+		tail_log "$mode-b"
+		REASON[$mode]="korium-tun b did not listen on UDP $port"
 		return 1
 	}
-	start overlay-a "$NS_A" "$KORIUM" up --key "$TMP/ov-a.key" --listen "$(hostport "$UA" 7400)" \
-		--bootstrap "$id_b@$(hostport "$UB" 7400)" --tun kbov0 --pow-bits "$POW_BITS" --control "$TMP/ov-a.ctl"
+	start "$mode-a" "$NS_A" "$KORIUM" up --key "$TMP/$mode-a.key" --listen "$(hostport "$UA" "$port")" \
+		--bootstrap "$id_b@$(hostport "$UB" "$port")" --tun "$tun" --pow-bits "$POW_BITS" --control "$TMP/$mode-a.ctl" "${fw[@]}"
 	pids="$pids $STARTED"
-	wait_until "$READY_TIMEOUT" "korium-tun overlay" "$pids" ping_ok 6 "$addr_b" || {
-		tail_log overlay-a
-		tail_log overlay-b
-		REASON[overlay]="overlay did not pass pings to $addr_b within ${READY_TIMEOUT}s"
+	if [[ $mode == overlayfw ]]; then
+		# Both pairs' TUNs route fd00:c0f1::/32; a host route sends this
+		# pair's traffic (and picks its source address) through its own.
+		local addr_a
+		addr_a=$(json_field address "$TMP/$mode-id-a.json")
+		tun_up() { in_a ip link show "$tun" && in_b ip link show "$tun"; }
+		wait_until "$READY_TIMEOUT" "korium-tun $mode TUNs" "$pids" tun_up || {
+			REASON[$mode]="the $tun devices did not appear"
+			return 1
+		}
+		in_a ip -6 route replace "$addr_b/128" dev "$tun"
+		in_b ip -6 route replace "$addr_a/128" dev "$tun"
+	fi
+	wait_until "$READY_TIMEOUT" "korium-tun $mode" "$pids" ping_ok 6 "$addr_b" || {
+		tail_log "$mode-a"
+		tail_log "$mode-b"
+		REASON[$mode]="overlay did not pass pings to $addr_b within ${READY_TIMEOUT}s"
 		return 1
 	}
-	TARGET[overlay]=$addr_b
+	if [[ $mode == overlayfw ]] && ! grep -q "inbound default deny, $RULES rules" <<<"$("$KORIUM" status --control "$TMP/$mode-b.ctl")"; then
+		REASON[$mode]="b's status does not show $RULES firewall rules"
+		return 1
+	fi
+	TARGET[$mode]=$addr_b
 }
 if [[ ${STATUS[overlay]} == pending ]]; then
-	if overlay_setup; then STATUS[overlay]=ok; else STATUS[overlay]=failed; fi
+	if overlay_setup overlay 7400 kbov0; then STATUS[overlay]=ok; else STATUS[overlay]=failed; fi
+fi
+if [[ ${STATUS[overlayfw]:-} == pending ]]; then
+	if overlay_setup overlayfw 7401 kbfw0; then STATUS[overlayfw]=ok; else STATUS[overlayfw]=failed; fi
 fi
 
 # ---------------------------------------------------------------- measure
@@ -451,7 +503,7 @@ json_str_or_null() { if [[ -n $1 ]]; then json_str "$1"; else echo null; fi; }
 json_str() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g' | tr -d '\n\t')"; }
 
 declare -A T1 TP RMED RAVG
-for m in raw wg overlay; do
+for m in "${ALL_MODES[@]}"; do
 	f="$TMP/res/$m"
 	T1[$m]=$(median "$f.tcp1")
 	TP[$m]=$(median "$f.tcpP")
@@ -467,7 +519,7 @@ echo
 PCOL="x$PARALLEL Gbit/s"
 ((PARALLEL > 1)) || PCOL="-"
 printf '%-8s  %-8s  %12s  %12s  %10s  %10s  %s\n' mode status "x1 Gbit/s" "$PCOL" "RTT med ms" "RTT avg ms" "x1 per round"
-for m in raw wg overlay; do
+for m in "${ALL_MODES[@]}"; do
 	if [[ ${STATUS[$m]} == skipped || ${STATUS[$m]} == failed ]]; then
 		printf '%-8s  %-8s  %s\n' "$m" "${STATUS[$m]}" "${REASON[$m]:-}"
 		continue
@@ -485,6 +537,18 @@ if ((PARALLEL > 1)); then
 fi
 printf '%-22s  %10s  %10s  %10s\n' "RTT median" "$(or_dash "$(ratio "${RMED[overlay]}" "${RMED[wg]}")")" \
 	"$(or_dash "$(ratio "${RMED[overlay]}" "${RMED[raw]}")")" "$(or_dash "$(ratio "${RMED[wg]}" "${RMED[raw]}")")"
+if ((RULES > 0)); then
+	echo
+	printf '%-22s  %14s  %12s\n' "with $RULES rules" overlayfw/overlay overlayfw/wg
+	printf '%-22s  %14s  %12s\n' "throughput x1" "$(or_dash "$(ratio "${T1[overlayfw]}" "${T1[overlay]}")")" \
+		"$(or_dash "$(ratio "${T1[overlayfw]}" "${T1[wg]}")")"
+	if ((PARALLEL > 1)); then
+		printf '%-22s  %14s  %12s\n' "throughput x$PARALLEL" "$(or_dash "$(ratio "${TP[overlayfw]}" "${TP[overlay]}")")" \
+			"$(or_dash "$(ratio "${TP[overlayfw]}" "${TP[wg]}")")"
+	fi
+	printf '%-22s  %14s  %12s\n' "RTT median" "$(or_dash "$(ratio "${RMED[overlayfw]}" "${RMED[overlay]}")")" \
+		"$(or_dash "$(ratio "${RMED[overlayfw]}" "${RMED[wg]}")")"
+fi
 
 if [[ -n $JSON_OUT ]]; then
 	{
@@ -498,7 +562,7 @@ if [[ -n $JSON_OUT ]]; then
 		echo "  \"params\": {\"rounds\": $ROUNDS, \"seconds\": $TIME, \"omit_seconds\": 1, \"parallel\": $PARALLEL, \"pings\": $PINGS, \"ping_interval_ms\": 50, \"underlay\": \"ipv$UNDERLAY\"},"
 		echo "  \"modes\": {"
 		sep=""
-		for m in raw wg overlay; do
+		for m in "${ALL_MODES[@]}"; do
 			f="$TMP/res/$m"
 			printf '%s    "%s": {"status": "%s", "reason": %s,\n' "$sep" "$m" "${STATUS[$m]}" \
 				"$(json_str_or_null "${REASON[$m]:-}")"
@@ -515,7 +579,10 @@ if [[ -n $JSON_OUT ]]; then
 		echo "  \"ratios\": {"
 		echo "    \"tcp1\": {\"overlay_wg\": $(or_null "$(ratio "${T1[overlay]}" "${T1[wg]}")"), \"overlay_raw\": $(or_null "$(ratio "${T1[overlay]}" "${T1[raw]}")"), \"wg_raw\": $(or_null "$(ratio "${T1[wg]}" "${T1[raw]}")")},"
 		echo "    \"tcpP\": {\"overlay_wg\": $(or_null "$(ratio "${TP[overlay]}" "${TP[wg]}")"), \"overlay_raw\": $(or_null "$(ratio "${TP[overlay]}" "${TP[raw]}")"), \"wg_raw\": $(or_null "$(ratio "${TP[wg]}" "${TP[raw]}")")},"
-		echo "    \"rtt_median\": {\"overlay_wg\": $(or_null "$(ratio "${RMED[overlay]}" "${RMED[wg]}")"), \"overlay_raw\": $(or_null "$(ratio "${RMED[overlay]}" "${RMED[raw]}")"), \"wg_raw\": $(or_null "$(ratio "${RMED[wg]}" "${RMED[raw]}")")}"
+		echo "    \"rtt_median\": {\"overlay_wg\": $(or_null "$(ratio "${RMED[overlay]}" "${RMED[wg]}")"), \"overlay_raw\": $(or_null "$(ratio "${RMED[overlay]}" "${RMED[raw]}")"), \"wg_raw\": $(or_null "$(ratio "${RMED[wg]}" "${RMED[raw]}")")}$( ((RULES > 0)) && echo ,)"
+		if ((RULES > 0)); then
+			echo "    \"rules\": {\"count\": $RULES, \"tcp1_fw_overlay\": $(or_null "$(ratio "${T1[overlayfw]}" "${T1[overlay]}")"), \"tcpP_fw_overlay\": $(or_null "$(ratio "${TP[overlayfw]}" "${TP[overlay]}")"), \"tcp1_fw_wg\": $(or_null "$(ratio "${T1[overlayfw]}" "${T1[wg]}")"), \"tcpP_fw_wg\": $(or_null "$(ratio "${TP[overlayfw]}" "${TP[wg]}")")}"
+		fi
 		echo "  }"
 		echo "}"
 	} >"$TMP/result.json"
@@ -526,7 +593,7 @@ fi
 # Exit status: 0 when every selected mode that could run did, 1 when a mode's
 # setup or a measurement failed (skipped modes do not count: no binary).
 rc=0
-for m in raw wg overlay; do
+for m in "${ALL_MODES[@]}"; do
 	if [[ ${STATUS[$m]} == failed ]]; then
 		warn "mode $m failed: ${REASON[$m]:-}"
 		rc=1
