@@ -290,3 +290,43 @@ func BenchmarkFirewallOutbound(b *testing.B) {
 		e.trackOut(out)
 	}
 }
+
+// FuzzFirewallHook: any datagram from a peer, against a rule set, is
+// either dropped and counted (by accept or by the firewall) or comes from
+// the peer's own address to ours; the flow table never outgrows its cap.
+func FuzzFirewallHook(f *testing.F) {
+	p := testPeer(1)
+	e := newFirewallEngine(f, firewall.Config{MaxFlows: 256}, []string{"%s tcp/8080", "* udp/53"}, nil, p)
+	fp := e.firewallPeer(p)
+	self := e.cfg.Addr
+	f.Add(tcp6(p.Addr, self, 1, 8080))
+	f.Add(udp6port(p.Addr, self, 1, 53))
+	f.Add(tcp6(self, p.Addr, 1, 8080))
+	f.Add([]byte{0x60})
+	fw := e.cfg.Firewall
+	dropped := func() uint64 {
+		c := &e.Counters
+		n := c.RxMalformed.Load() + c.RxSpoofedSource.Load() + c.RxNotForUs.Load()
+		for _, v := range fw.Stats().Dropped {
+			n += v
+		}
+		return n
+	}
+	f.Fuzz(func(t *testing.T, d []byte) {
+		before := dropped()
+		ok := e.in(fp, p, d)
+		e.trackOut(d)
+		if !ok {
+			if dropped() != before+1 {
+				t.Fatal("a dropped datagram was not counted once")
+			}
+			return
+		}
+		if len(d) < 40 || [16]byte(d[8:24]) != p.Addr.As16() || [16]byte(d[24:40]) != self.As16() {
+			t.Fatalf("passed a datagram not from the peer to us: %x", d[:min(len(d), 40)])
+		}
+		if st := fw.Stats(); st.Flows > st.MaxFlows {
+			t.Fatalf("%d flows, cap %d", st.Flows, st.MaxFlows)
+		}
+	})
+}
