@@ -267,6 +267,7 @@ func (e *Engine) housekeeping() {
 			return
 		case now := <-t.C:
 			e.expirePending(now)
+			e.fw.clock.Store(now.UnixNano()) // firewall.go
 		}
 	}
 }

@@ -20,35 +20,17 @@ import (
 // Verdicts and the last dropped flows are counted by the firewall itself
 // (Firewall.Stats), not here.
 
-// fwClockTick is the resolution of the clock the firewall's flow timeouts
-// run on: they are minutes long, and reading a coarse clock costs one
-// atomic load per packet instead of a clock read.
-const fwClockTick = 250 * time.Millisecond
-
 // fwHook is the engine's firewall state.
 type fwHook struct {
-	clock atomic.Int64 // unix ns, refreshed every fwClockTick by fwClockLoop
+	// clock is the time (unix ns) the firewall's flow timeouts run on,
+	// refreshed by the housekeeping loop every 250 ms: the timeouts are
+	// minutes long, and a coarse clock costs one atomic load per packet
+	// instead of a clock read.
+	clock atomic.Int64
 }
 
-// startFirewall starts the firewall's clock, when there is a firewall.
-func (e *Engine) startFirewall() {
-	if e.cfg.Firewall == nil {
-		return
-	}
-	e.fw.clock.Store(time.Now().UnixNano())
-	e.goRun(func() {
-		t := time.NewTicker(fwClockTick)
-		defer t.Stop()
-		for {
-			select {
-			case <-e.ctx.Done():
-				return
-			case now := <-t.C:
-				e.fw.clock.Store(now.UnixNano())
-			}
-		}
-	})
-}
+// startFirewall sets the firewall's clock before the first packet.
+func (e *Engine) startFirewall() { e.fw.clock.Store(time.Now().UnixNano()) }
 
 // firewallPeer returns p's firewall handle (nil without a firewall), with
 // the SPIFFE ID Config.FirewallSPIFFE vouches for.
