@@ -13,7 +13,8 @@ import (
 var allowed = map[string][]string{
 	"internal/ip6": nil,
 	"peers":        {"pki", "smartaddr", "third_party/quic-go"},
-	"datapath":     {"peers", "internal/ip6", "smartaddr", "third_party/quic-go"},
+	"datapath":     {"peers", "firewall", "internal/ip6", "smartaddr", "third_party/quic-go"},
+	"firewall":     {"pki", "smartaddr"},
 	"nat":          {"peers", "pki", "smartsock", "relay", "relay/client", "relay/server", "rpc", "internal/addrpolicy"},
 }
 
