@@ -152,3 +152,54 @@ func TestFirewallConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// A SPIFFE pattern admits a member, whose certificate chains to the CA,
+// and not a stranger whose self-signed certificate claims an ID of the
+// same trust domain (node 0 accepts strangers: it is not members-only).
+func TestFirewallSPIFFEOnlyFromTheCA(t *testing.T) {
+	mn := newMemberNet(t, 3, 2, func(i int, c *Config) {
+		if i == 0 {
+			c.Members.MembersOnly = false
+			c.Firewall = FirewallConfig{Allow: []string{"spiffe://" + memberTD + "/* udp/5000"}}
+		}
+	})
+	a, m := mn.signers[0], mn.signers[1]
+	stranger := memberNode(t, nil, func(c *Config) { c.Bootstrap = []Contact{a.contact()} })
+	waitFor(t, "the stranger connected to node 0", 20*time.Second, func() bool { return a.peer(stranger.id) != nil })
+	if sid := a.peer(stranger.id).SPIFFEID; !strings.HasPrefix(sid, "spiffe://"+memberTD+"/") {
+		t.Fatalf("the stranger claims no SPIFFE ID of the trust domain: %q", sid)
+	}
+	got := func(payload string) bool {
+		for {
+			select {
+			case p := <-a.dev.Got:
+				if strings.HasSuffix(string(p), payload) {
+					return true
+				}
+			default:
+				return false
+			}
+		}
+	}
+	waitFor(t, "a member's packet through node 0's firewall", 20*time.Second, func() bool {
+		m.dev.Send(udp6(m.addr, a.addr, []byte("from a member")))
+		time.Sleep(20 * time.Millisecond)
+		return got("from a member")
+	})
+	dropped := func() bool {
+		for _, d := range a.Status().Firewall.RecentDrops {
+			if d.Peer == stranger.id && d.Proto == "udp" && d.Port == 5000 && d.Reason == "no_rule" {
+				return true
+			}
+		}
+		return false
+	}
+	waitFor(t, "node 0 dropping the stranger's packet", 20*time.Second, func() bool {
+		stranger.dev.Send(udp6(stranger.addr, a.addr, []byte("from a stranger")))
+		time.Sleep(20 * time.Millisecond)
+		return dropped()
+	})
+	if got("from a stranger") {
+		t.Fatal("the stranger's packet reached node 0's device")
+	}
+}
