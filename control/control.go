@@ -63,7 +63,14 @@ type Server struct {
 	wg       sync.WaitGroup
 	ctx      context.Context
 	cancel   context.CancelFunc
+	// writeTimeout bounds each write of a stream to a client that stopped
+	// reading (streamWriteTimeout; tests shorten it).
+	writeTimeout time.Duration
 }
+
+// streamWriteTimeout is how long one line of a stream may wait for a
+// client that does not read.
+const streamWriteTimeout = 10 * time.Second
 
 // CheckPath returns nil when Listen may create its socket at path: nothing
 // is there, or a stale socket that nothing answers on (Listen replaces it).
@@ -124,6 +131,10 @@ func describe(path string, st fs.FileInfo) string {
 // socket 0600). A stale socket left by a dead node (nothing answers on it)
 // is replaced; a live one, and anything that is not a socket, is an error.
 func Listen(path string, handlers map[string]Handler, log *slog.Logger) (*Server, error) {
+	return listen(path, handlers, log, streamWriteTimeout)
+}
+
+func listen(path string, handlers map[string]Handler, log *slog.Logger, writeTimeout time.Duration) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -162,7 +173,7 @@ func Listen(path string, handlers map[string]Handler, log *slog.Logger) (*Server
 		ln.Close()
 		return nil, err
 	}
-	s := &Server{ln: ln, path: path, sock: ours, handlers: handlers, streams: map[string]StreamHandler{}, log: log}
+	s := &Server{ln: ln, path: path, sock: ours, handlers: handlers, streams: map[string]StreamHandler{}, log: log, writeTimeout: writeTimeout}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.wg.Add(1)
 	go s.serve()
@@ -251,12 +262,17 @@ func (s *Server) stream(c net.Conn, h StreamHandler, args json.RawMessage) {
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		c.SetWriteDeadline(time.Now().Add(s.writeTimeout))
 		return enc.Encode(Response{Result: b})
 	}
 	if err := h(ctx, args, emit); err != nil && ctx.Err() == nil {
+		// The last emit's deadline may be long past (a handler that
+		// emitted, then waited): the error line gets a deadline of its own.
 		mu.Lock()
-		enc.Encode(Response{Error: err.Error()})
+		c.SetWriteDeadline(time.Now().Add(s.writeTimeout))
+		if werr := enc.Encode(Response{Error: err.Error()}); werr != nil {
+			s.log.Debug("control: stream error not delivered", "err", err, "write", werr)
+		}
 		mu.Unlock()
 	}
 }

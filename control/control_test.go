@@ -147,6 +147,33 @@ func TestStream(t *testing.T) {
 	}
 }
 
+// A stream handler that emits, waits longer than the write timeout, then
+// fails: the client still gets the error line (the last emit's write
+// deadline is not the error's).
+func TestStreamErrorAfterQuietSpell(t *testing.T) {
+	const timeout = 50 * time.Millisecond
+	path := filepath.Join(t.TempDir(), "c.sock")
+	s, err := listen(path, nil, nil, timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.HandleStream("late", func(ctx context.Context, _ json.RawMessage, emit func(any) error) error {
+		if err := emit(1); err != nil {
+			return err
+		}
+		time.Sleep(4 * timeout) // quiet, then a failure
+		return errors.New("the peer went away")
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	n := 0
+	err = Stream(ctx, path, "late", nil, func(json.RawMessage) error { n++; return nil })
+	if n != 1 || err == nil || err.Error() != "the peer went away" {
+		t.Fatalf("got %d results and error %v, want 1 and the handler's error", n, err)
+	}
+}
+
 // Listen never removes what is not a stale socket: a key file, a
 // directory, a symbolic link (nor its target), a live socket. A stale
 // socket (nothing answers on it) is replaced.

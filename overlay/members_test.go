@@ -555,3 +555,64 @@ func (ca *fakeCA) leaf(t *testing.T, kp *pki.Keypair) []byte {
 	}
 	return der
 }
+
+// TestSPIFFEIDNamingAnotherKeyRefused: over real QUIC, a node presents a
+// self-signed certificate whose SPIFFE ID names another identity (the
+// victim's own, then a third one). The victim, an open-overlay node with a
+// trust domain, refuses it at the handshake and counts spiffe_refused; no
+// connection survives on either side, and an honest node with a SPIFFE ID
+// still connects and shows its spiffe_id.
+func TestSPIFFEIDNamingAnotherKeyRefused(t *testing.T) {
+	mn := newMemberNet(t, 3, 2, nil)
+	victim := memberNode(t, nil, nil)
+	third, _ := pki.GenerateKeypair(context.Background(), testPoW)
+	for _, named := range []pki.Identity{victim.id, third.Identity()} {
+		a := memberNode(t, nil, func(c *Config) { c.Members = MembersConfig{CA: mn.ca} })
+		c := selfSignedNaming(t, a.kp, named)
+		a.mem.leaf.Store(&ownLeaf{tls: c, cert: mustParse(t, c.Certificate[0])})
+		before := victim.Status().Drops["spiffe_refused"]
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := a.Connect(ctx, victim.contact())
+		cancel()
+		waitFor(t, "spiffe_refused counted", 5*time.Second, func() bool { return victim.Status().Drops["spiffe_refused"] > before })
+		waitFor(t, "no connection either way", 5*time.Second, func() bool { return victim.peer(a.id) == nil && a.peer(victim.id) == nil })
+		t.Logf("a certificate naming %s… from %s…: dial error %v; spiffe_refused %d", named.Short(), a.id.Short(), err, victim.Status().Drops["spiffe_refused"])
+	}
+	honest := memberNode(t, nil, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := honest.Connect(ctx, victim.contact()); err != nil {
+		t.Fatalf("an honest node with a SPIFFE ID: %v", err)
+	}
+	want := "spiffe://" + memberTD + "/" + honest.id.String()
+	waitFor(t, "the honest peer's spiffe_id in status", 5*time.Second, func() bool {
+		for _, p := range victim.Status().Peers {
+			if p.Identity == honest.id.String() {
+				return p.SPIFFEID == want
+			}
+		}
+		return false
+	})
+}
+
+func selfSignedNaming(t *testing.T, kp *pki.Keypair, named pki.Identity) tls.Certificate {
+	t.Helper()
+	u, _ := url.Parse("spiffe://" + memberTD + "/" + named.String())
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{SerialNumber: pki.PoWSerialNumber(kp.Nonce())},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, BasicConstraintsValid: true, URIs: []*url.URL{u}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, kp.Identity().PublicKey(), kp.PrivateKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: kp.PrivateKey()}
+}
+
+func mustParse(t *testing.T, der []byte) *x509.Certificate {
+	t.Helper()
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}

@@ -21,15 +21,12 @@ type failingDevice struct {
 }
 
 func newFailingDevice() *failingDevice {
-	return &failingDevice{memDevice: newMemDevice(), errs: make(chan error, 64)}
+	d := &failingDevice{memDevice: newMemDevice(), errs: make(chan error, 64)}
+	d.memDevice.Errs = d.errs // a Read already waiting sees a queued error too
+	return d
 }
 
 func (d *failingDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	d.reads.Add(1)
-	select {
-	case err := <-d.errs:
-		return 0, err
-	default:
-	}
 	return d.memDevice.Read(bufs, sizes, offset)
 }

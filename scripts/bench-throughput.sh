@@ -2,7 +2,9 @@
 # bench-throughput.sh: TCP throughput and idle RTT between two network
 # namespaces over (a) the raw veth, (b) a wireguard-go pair (cmd/wgbench) and
 # (c) the korium-tun overlay, measured in interleaved rounds so that the
-# ratios within one run stay meaningful on a busy machine.
+# ratios within one run stay meaningful on a busy machine. Besides Gbit/s and
+# RTT it reports CPU per bit: the CPU time (user + system) both daemons of a
+# tunnel spent during an iperf3 run over the bits the receiving TUN took in.
 #
 # Needs root, iproute2, iperf3, iputils ping, go (unless binaries are given).
 # Everything it creates (namespaces kbench-<pid>-a/-b, their veth and TUNs,
@@ -12,8 +14,12 @@
 #   KORIUM_BIN       korium-tun binary to use (default: build ./cmd/korium-tun
 #                    if that directory exists, else skip the overlay mode)
 #   WGBENCH_BIN      wgbench binary to use (default: build ./cmd/wgbench)
+#   KORIUM_BASE_BIN  a second korium-tun binary for mode "base" (another
+#                    build measured in the same rounds: before/after ratios)
 #   KORIUM_POW_BITS  proof-of-work bits for overlay keys (default 8)
 #   RULES            as --rules N
+#   KORIUM_PROFILE_DIR  write each overlay daemon's CPU profile to
+#                    DIR/MODE-SIDE.pprof (KORIUM_TUN_CPUPROFILE)
 
 # SC2317: cleanup runs from a trap and the readiness checks through
 # wait_until "$@", which shellcheck 0.9 reports as unreachable.
@@ -27,15 +33,17 @@ usage: scripts/bench-throughput.sh [options]
   --time S         iperf3 seconds per run (default 5, first second omitted)
   --parallel N     also measure iperf3 -P N (default 4; 0 or 1 = skip)
   --pings N        pings per RTT sample, 50 ms apart (default 20)
-  --modes LIST     comma-separated subset of raw,wg,overlay (default all)
+  --modes LIST     comma-separated subset of raw,wg,overlay,base (default
+                   raw,wg,overlay; base is KORIUM_BASE_BIN's overlay)
   --underlay 4|6   underlay family the tunnels run over (default 4)
   --pow-bits N     proof-of-work bits for overlay keys (default $KORIUM_POW_BITS or 8)
-  --rules N        also measure mode "overlayfw": a second korium-tun pair whose
-                   firewalls hold N --allow rules (default deny; the one rule
-                   that admits iperf3 comes last), interleaved with the others,
-                   and report overlayfw/overlay (default $RULES or 0: skip).
-                   The plain overlay pair runs --inbound-default allow.
   --ready-timeout S  seconds to wait for a tunnel to pass pings (default 30)
+  --rules N        also measure mode "overlayfw": a third korium-tun pair whose
+                   firewalls hold N --allow rules (default deny; the one rule
+                   that admits iperf3 comes last), in the same rounds, with
+                   the ratios overlayfw/overlay and overlayfw/wg (default
+                   $RULES or 0: skip). The overlay pair runs --inbound-default
+                   allow (no rules, flows still tracked).
   --json FILE      also write the figures as JSON to FILE
   --keep-logs DIR  copy the daemon logs to DIR before cleanup
   --goapi [ARGS]   instead: the in-process Go API benchmark, korium-tun
@@ -95,12 +103,10 @@ done
 
 IFS=, read -r -a MODE_LIST <<<"$MODES"
 for m in "${MODE_LIST[@]}"; do
-	[[ $m == raw || $m == wg || $m == overlay ]] || die "unknown mode '$m' (raw, wg, overlay)"
+	[[ $m == raw || $m == wg || $m == overlay || $m == base ]] || die "unknown mode '$m' (raw, wg, overlay, base)"
 done
-ALL_MODES=(raw wg overlay)
 if ((RULES > 0)); then
 	((RULES <= 10000)) || die "--rules must be at most 10000 (the firewall's limit)"
-	ALL_MODES+=(overlayfw)
 	[[ ,$MODES, == *,overlay,* ]] && MODE_LIST+=(overlayfw)
 fi
 has_mode() {
@@ -215,6 +221,9 @@ tail_log() { sed 's/^/    | /' "$TMP/$1.log" | tail -n 15 >&2 || true; }
 # ---------------------------------------------------------------- binaries
 mkdir -p "$TMP/res"
 declare -A STATUS REASON TARGET
+declare -A DAEMONS TUNDEV # per mode: the PIDs of its two daemons, b's TUN
+ALL_MODES=(raw wg overlay base)
+((RULES > 0)) && ALL_MODES+=(overlayfw)
 for m in "${ALL_MODES[@]}"; do
 	if has_mode "$m"; then STATUS[$m]=pending; else STATUS[$m]=skipped REASON[$m]="not selected"; fi
 done
@@ -250,6 +259,15 @@ if has_mode overlay; then
 	[[ ${STATUS[overlay]} == skipped ]] && log "SKIPPING overlay mode: ${REASON[overlay]}"
 	if ((RULES > 0)) && [[ ${STATUS[overlay]} == skipped ]]; then
 		STATUS[overlayfw]=skipped REASON[overlayfw]=${REASON[overlay]}
+	fi
+fi
+KORIUM_BASE=
+if has_mode base; then
+	if [[ -n ${KORIUM_BASE_BIN:-} && -x $KORIUM_BASE_BIN ]]; then
+		KORIUM_BASE=$KORIUM_BASE_BIN
+	else
+		STATUS[base]=skipped REASON[base]="mode base needs KORIUM_BASE_BIN, an executable korium-tun"
+		log "SKIPPING base mode: ${REASON[base]}"
 	fi
 fi
 
@@ -310,7 +328,7 @@ if [[ ${STATUS[wg]} == pending ]]; then
 		-listen-port 51820 -peer-endpoint "$(hostport "$UA" 51820)" -tun kbwg0 -address "$WG_B/64"
 	WG_PIDS="$WG_PIDS $STARTED"
 	if wait_until "$READY_TIMEOUT" "wireguard-go tunnel" "$WG_PIDS" ping_ok 6 "$WG_B"; then
-		TARGET[wg]=$WG_B
+		TARGET[wg]=$WG_B DAEMONS[wg]=$WG_PIDS TUNDEV[wg]=kbwg0
 		STATUS[wg]=ok
 	else
 		tail_log wg-a
@@ -324,48 +342,54 @@ json_field() { # json_field KEY FILE: value of a string field in flat JSON
 	sed -n "s/.*\"$1\"[[:space:]]*:[[:space:]]*\"\([^\"]*\)\".*/\1/p" "$2" | head -n 1
 }
 
-# overlay_setup MODE PORT TUN: a korium-tun pair for MODE (overlay: no
-# rules, --inbound-default allow; overlayfw: RULES rules in a config file).
-overlay_setup() {
-	local mode=$1 port=$2 tun=$3 side ns
+overlay_setup() { # overlay_setup MODE BIN PORT TUN
+	local mode=$1 bin=$2 port=$3 tun=$4 side ns
 	for side in a b; do
 		ns=$NS_A
 		[[ $side == b ]] && ns=$NS_B
-		timeout 300 "$KORIUM" keygen --key "$TMP/$mode-$side.key" --pow-bits "$POW_BITS" \
+		timeout 300 "$bin" keygen --key "$TMP/$mode-$side.key" --pow-bits "$POW_BITS" \
 			>"$TMP/$mode-keygen-$side.log" 2>&1 || {
 			tail_log "$mode-keygen-$side"
 			REASON[$mode]="korium-tun keygen failed"
 			return 1
 		}
-		"$KORIUM" id --key "$TMP/$mode-$side.key" --json >"$TMP/$mode-id-$side.json" 2>"$TMP/$mode-id-$side.log" || {
+		"$bin" id --key "$TMP/$mode-$side.key" --json >"$TMP/$mode-id-$side.json" 2>"$TMP/$mode-id-$side.log" || {
 			tail_log "$mode-id-$side"
 			REASON[$mode]="korium-tun id failed"
 			return 1
 		}
 	done
-	local id_a id_b addr_b fw=(--inbound-default allow)
-	id_a=$(json_field identity "$TMP/$mode-id-a.json")
+	local id_b addr_b fw=()
 	id_b=$(json_field identity "$TMP/$mode-id-b.json")
 	addr_b=$(json_field address "$TMP/$mode-id-b.json")
 	[[ -n $id_b && $addr_b == fd00:c0f1:* ]] || {
 		REASON[$mode]="cannot parse 'korium-tun id --json' output: $(head -c 200 "$TMP/$mode-id-b.json")"
 		return 1
 	}
+	# The firewall: none for a base build that predates it; the overlay pair
+	# lets every flow in (flows still tracked); overlayfw holds RULES rules,
+	# RULES-1 for ports nobody uses and last the one for iperf3, so every
+	# packet of the measured flow is judged against all of them.
 	if [[ $mode == overlayfw ]]; then
-		# RULES-1 rules for ports nobody uses, then the one for iperf3:
-		# every packet of the measured flow is judged against all of them.
 		local i
 		{
 			echo "inbound_default: deny"
 			echo "allow:"
 			for ((i = 1; i < RULES; i++)); do echo "  - \"* tcp/$((10000 + 2 * i))\""; done
-			echo "  - \"$id_a tcp/5201\""
+			echo "  - \"$(json_field identity "$TMP/$mode-id-a.json") tcp/5201\""
 		} >"$TMP/fw-rules.yaml"
 		fw=(--config "$TMP/fw-rules.yaml")
+	elif "$bin" up --help 2>&1 | grep -q -- --inbound-default; then
+		fw=(--inbound-default allow)
 	fi
-	log "starting korium-tun pair ($mode) over IPv$UNDERLAY underlay (b = $addr_b)"
+	local prof_a=() prof_b=()
+	if [[ -n ${KORIUM_PROFILE_DIR:-} ]]; then
+		prof_a=(env "KORIUM_TUN_CPUPROFILE=$KORIUM_PROFILE_DIR/$mode-a.pprof")
+		prof_b=(env "KORIUM_TUN_CPUPROFILE=$KORIUM_PROFILE_DIR/$mode-b.pprof")
+	fi
+	log "starting korium-tun pair ($mode, $bin) over IPv$UNDERLAY underlay (b = $addr_b)"
 	# b is the first node; a joins through it.
-	start "$mode-b" "$NS_B" "$KORIUM" up --key "$TMP/$mode-b.key" --listen "$(hostport "$UB" "$port")" \
+	start "$mode-b" "$NS_B" "${prof_b[@]}" "$bin" up --key "$TMP/$mode-b.key" --listen "$(hostport "$UB" "$port")" \
 		--tun "$tun" --pow-bits "$POW_BITS" --control "$TMP/$mode-b.ctl" "${fw[@]}"
 	local pids=$STARTED
 	ov_listening() { in_b ss -Hlun "sport = :$port" | grep -q .; }
@@ -374,44 +398,47 @@ overlay_setup() {
 		REASON[$mode]="korium-tun b did not listen on UDP $port"
 		return 1
 	}
-	start "$mode-a" "$NS_A" "$KORIUM" up --key "$TMP/$mode-a.key" --listen "$(hostport "$UA" "$port")" \
+	start "$mode-a" "$NS_A" "${prof_a[@]}" "$bin" up --key "$TMP/$mode-a.key" --listen "$(hostport "$UA" "$port")" \
 		--bootstrap "$id_b@$(hostport "$UB" "$port")" --tun "$tun" --pow-bits "$POW_BITS" --control "$TMP/$mode-a.ctl" "${fw[@]}"
 	pids="$pids $STARTED"
-	if [[ $mode == overlayfw ]]; then
-		# Both pairs' TUNs route fd00:c0f1::/32; a host route sends this
-		# pair's traffic (and picks its source address) through its own.
-		local addr_a
-		addr_a=$(json_field address "$TMP/$mode-id-a.json")
-		tun_up() { in_a ip link show "$tun" && in_b ip link show "$tun"; }
-		wait_until "$READY_TIMEOUT" "korium-tun $mode TUNs" "$pids" tun_up || {
-			REASON[$mode]="the $tun devices did not appear"
-			return 1
-		}
-		in_a ip -6 route replace "$addr_b/128" dev "$tun"
-		in_b ip -6 route replace "$addr_a/128" dev "$tun"
-	fi
-	wait_until "$READY_TIMEOUT" "korium-tun $mode" "$pids" ping_ok 6 "$addr_b" || {
+	# Each node's TUN takes the whole overlay prefix; with two overlay
+	# modes the peers' own addresses must go to their own pair's TUNs.
+	local addr_a
+	addr_a=$(json_field address "$TMP/$mode-id-a.json")
+	tun_up() { in_a ip link show "$tun"; }
+	wait_until "$READY_TIMEOUT" "korium-tun a's TUN" "$pids" tun_up &&
+		in_a ip -6 route add "$addr_b/128" dev "$tun" &&
+		in_b ip -6 route add "$addr_a/128" dev "$tun" || {
+		tail_log "$mode-a"
+		REASON[$mode]="korium-tun a did not make its TUN $tun"
+		return 1
+	}
+	wait_until "$READY_TIMEOUT" "korium-tun overlay" "$pids" ping_ok 6 "$addr_b" || {
 		tail_log "$mode-a"
 		tail_log "$mode-b"
 		REASON[$mode]="overlay did not pass pings to $addr_b within ${READY_TIMEOUT}s"
 		return 1
 	}
-	if [[ $mode == overlayfw ]] && ! grep -q "inbound default deny, $RULES rules" <<<"$("$KORIUM" status --control "$TMP/$mode-b.ctl")"; then
+	if [[ $mode == overlayfw ]] && ! grep -q "inbound default deny, $RULES rules" <<<"$("$bin" status --control "$TMP/$mode-b.ctl")"; then
 		REASON[$mode]="b's status does not show $RULES firewall rules"
 		return 1
 	fi
-	TARGET[$mode]=$addr_b
+	TARGET[$mode]=$addr_b DAEMONS[$mode]=$pids TUNDEV[$mode]=$tun
 }
 if [[ ${STATUS[overlay]} == pending ]]; then
-	if overlay_setup overlay 7400 kbov0; then STATUS[overlay]=ok; else STATUS[overlay]=failed; fi
+	if overlay_setup overlay "$KORIUM" 7400 kbov0; then STATUS[overlay]=ok; else STATUS[overlay]=failed; fi
+fi
+if [[ ${STATUS[base]} == pending ]]; then
+	if overlay_setup base "$KORIUM_BASE" 7401 kbov1; then STATUS[base]=ok; else STATUS[base]=failed; fi
 fi
 if [[ ${STATUS[overlayfw]:-} == pending ]]; then
-	if overlay_setup overlayfw 7401 kbfw0; then STATUS[overlayfw]=ok; else STATUS[overlayfw]=failed; fi
+	if overlay_setup overlayfw "$KORIUM" 7402 kbov2; then STATUS[overlayfw]=ok; else STATUS[overlayfw]=failed; fi
 fi
 
 # ---------------------------------------------------------------- measure
 ACTIVE=()
-for m in "${MODE_LIST[@]}"; do
+for m in "${ALL_MODES[@]}"; do
+	has_mode "$m" || continue
 	if [[ ${STATUS[$m]} == ok ]]; then
 		ACTIVE+=("$m")
 	else
@@ -433,6 +460,33 @@ record_fail() {
 	echo "$1" >>"$TMP/res/$2.failures"
 }
 
+# cpu_ticks PIDS: user + system clock ticks the processes have used.
+cpu_ticks() {
+	local pid t=0 v
+	for pid in $1; do
+		v=$(sed 's/.*) //' "/proc/$pid/stat" | awk '{ print $12 + $13 }') || return 1
+		t=$((t + v))
+	done
+	echo "$t"
+}
+CLK_TCK=$(getconf CLK_TCK)
+# rx_bytes MODE: bytes b's end of the tunnel took in (its TUN, or the veth).
+rx_bytes() {
+	local dev=${TUNDEV[$1]:-$VETH_B}
+	in_b cat "/sys/class/net/$dev/statistics/rx_bytes"
+}
+
+# udp_drops: datagrams the kernel dropped for a full socket buffer in both
+# namespaces (Udp RcvbufErrors): a tunnel's reader that falls behind.
+udp_drops() {
+	local ns t=0 v
+	for ns in "$NS_A" "$NS_B"; do
+		v=$(ip netns exec "$ns" awk '$1 == "Udp:" { if (!h) { for (i = 2; i <= NF; i++) if ($i == "RcvbufErrors") c = i; h = 1 } else print $c }' /proc/net/snmp)
+		t=$((t + ${v:-0}))
+	done
+	echo "$t"
+}
+
 measure() { # measure MODE ROUND
 	local m=$1 r=$2 t=${TARGET[$1]} f="$TMP/res/$1"
 	# Idle RTT first, while nothing else runs.
@@ -452,11 +506,20 @@ measure() { # measure MODE ROUND
 	for p in "${STREAMS[@]}"; do
 		key=tcp1
 		((p == 1)) || key=tcpP
+		local c0 c1 b0 b1 d0 cpu=
+		c0=$(cpu_ticks "${DAEMONS[$m]:-}") b0=$(rx_bytes "$m") d0=$(udp_drops)
 		if run_measure "$f.p$p.$r" timeout $((TIME + 20)) ip netns exec "$NS_A" \
 			iperf3 -c "$t" -p 5201 -t "$TIME" -O 1 -P "$p" -f m --connect-timeout 3000 &&
 			g=$(iperf_gbps "$f.p$p.$r"); then
+			c1=$(cpu_ticks "${DAEMONS[$m]:-}") b1=$(rx_bytes "$m")
 			echo "$g" >>"$f.$key"
-			log "  round $r  $m  TCP x$p: $g Gbit/s"
+			echo $(($(udp_drops) - d0)) >>"$f.drops"
+			if [[ -n ${DAEMONS[$m]:-} ]] && ((b1 > b0)); then
+				# CPU seconds of both daemons per Gbit b took in
+				cpu=$(awk -v c=$((c1 - c0)) -v hz="$CLK_TCK" -v b=$((b1 - b0)) 'BEGIN { printf "%.4f\n", c / hz / (b * 8 / 1e9) }')
+				echo "$cpu" >>"$f.cpu$key"
+			fi
+			log "  round $r  $m  TCP x$p: $g Gbit/s${cpu:+, $cpu CPU s/Gbit}"
 		else
 			record_fail "$m round $r: iperf3 -P $p failed: $(tail -n 1 "$f.p$p.$r")" "$m"
 		fi
@@ -473,6 +536,24 @@ for ((r = 1; r <= ROUNDS; r++)); do
 	done
 done
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# What each overlay pair's daemons counted over all runs (a sends, b
+# receives the iperf3 data): where throughput went that CPU does not show.
+json_num() { # json_num KEY FILE: the first number field KEY in FILE, summed over all occurrences
+	grep -o "\"$1\": *[0-9]*" "$2" | awk -F: '{ s += $2 } END { print s + 0 }'
+}
+DIAG=()
+for m in overlay base overlayfw; do
+	[[ ${STATUS[$m]:-} == ok ]] || continue
+	bin=$KORIUM
+	[[ $m == base ]] && bin=$KORIUM_BASE
+	"$bin" status --control "$TMP/$m-a.ctl" --json >"$TMP/$m-a.status.json" 2>/dev/null &&
+		"$bin" status --control "$TMP/$m-b.ctl" --json >"$TMP/$m-b.status.json" 2>/dev/null || continue
+	a=$TMP/$m-a.status.json b=$TMP/$m-b.status.json
+	DIAG+=("$(printf '%-8s  a: QUIC lost %s, send-queue drops %s, UDP writes %s for %s packets;  b: GRO reads %s with %s segments, QUIC packets in %s' "$m" \
+		"$(json_num quic_packets_lost "$a")" "$(json_num tx_queue_dropped "$a")" "$(json_num tx_calls "$a")" \
+		"$(json_num tx_packets "$a")" "$(json_num rx_gro_reads "$b")" "$(json_num rx_gro_segments "$b")" "$(json_num rx_quic "$b")")")
+done
 
 # ---------------------------------------------------------------- report
 # median FILE / mean FILE / list FILE: of the numbers in FILE, "" if none.
@@ -502,11 +583,13 @@ or_dash() { if [[ -n $1 ]]; then echo "$1"; else echo -; fi; }
 json_str_or_null() { if [[ -n $1 ]]; then json_str "$1"; else echo null; fi; }
 json_str() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g' | tr -d '\n\t')"; }
 
-declare -A T1 TP RMED RAVG
+declare -A T1 TP RMED RAVG C1 CP
 for m in "${ALL_MODES[@]}"; do
 	f="$TMP/res/$m"
 	T1[$m]=$(median "$f.tcp1")
 	TP[$m]=$(median "$f.tcpP")
+	C1[$m]=$(median "$f.cputcp1")
+	CP[$m]=$(median "$f.cputcpP")
 	RMED[$m]=$(median "$f.rtt")
 	RAVG[$m]=$(mean "$f.rtt")
 	if [[ ${STATUS[$m]} == ok && -s $f.failures ]]; then STATUS[$m]=partial; fi
@@ -515,45 +598,68 @@ done
 echo
 echo "korium-tun throughput/latency benchmark  ($(date -u +%FT%TZ), $(nproc) cpus, kernel $(uname -r))"
 echo "rounds=$ROUNDS interleaved, iperf3 -t $TIME -O 1, ping -c $PINGS -i 0.05, underlay IPv$UNDERLAY, load $LOAD_START -> $LOAD_END"
+echo "CPU = CPU seconds (user + system) of both daemons per Gbit the receiving TUN took in;"
+echo "UDP drops = datagrams dropped on full socket buffers in both namespaces, over all runs"
 echo
-PCOL="x$PARALLEL Gbit/s"
-((PARALLEL > 1)) || PCOL="-"
-printf '%-8s  %-8s  %12s  %12s  %10s  %10s  %s\n' mode status "x1 Gbit/s" "$PCOL" "RTT med ms" "RTT avg ms" "x1 per round"
+PCOL="x$PARALLEL Gbit/s" PCPU="CPU x$PARALLEL"
+((PARALLEL > 1)) || PCOL="-" PCPU="-"
+printf '%-8s  %-8s  %10s  %10s  %8s  %8s  %10s  %10s  %9s  %s\n' mode status "x1 Gbit/s" "$PCOL" "CPU x1" "$PCPU" \
+	"RTT med ms" "RTT avg ms" "UDP drops" "x1 per round"
 for m in "${ALL_MODES[@]}"; do
+	[[ ($m == base || $m == overlayfw) && ${STATUS[$m]} == skipped ]] && continue
 	if [[ ${STATUS[$m]} == skipped || ${STATUS[$m]} == failed ]]; then
 		printf '%-8s  %-8s  %s\n' "$m" "${STATUS[$m]}" "${REASON[$m]:-}"
 		continue
 	fi
-	printf '%-8s  %-8s  %12s  %12s  %10s  %10s  %s\n' "$m" "${STATUS[$m]}" "$(or_dash "${T1[$m]}")" \
-		"$(or_dash "${TP[$m]}")" "$(or_dash "${RMED[$m]}")" "$(or_dash "${RAVG[$m]}")" "$(list "$TMP/res/$m.tcp1")"
+	printf '%-8s  %-8s  %10s  %10s  %8s  %8s  %10s  %10s  %9s  %s\n' "$m" "${STATUS[$m]}" "$(or_dash "${T1[$m]}")" \
+		"$(or_dash "${TP[$m]}")" "$(or_dash "${C1[$m]}")" "$(or_dash "${CP[$m]}")" \
+		"$(or_dash "${RMED[$m]}")" "$(or_dash "${RAVG[$m]}")" "$(or_dash "$(sum "$TMP/res/$m.drops")")" "$(list "$TMP/res/$m.tcp1")"
 done
 echo
-printf '%-22s  %10s  %10s  %10s\n' ratio overlay/wg overlay/raw wg/raw
-printf '%-22s  %10s  %10s  %10s\n' "throughput x1" "$(or_dash "$(ratio "${T1[overlay]}" "${T1[wg]}")")" \
-	"$(or_dash "$(ratio "${T1[overlay]}" "${T1[raw]}")")" "$(or_dash "$(ratio "${T1[wg]}" "${T1[raw]}")")"
-if ((PARALLEL > 1)); then
-	printf '%-22s  %10s  %10s  %10s\n' "throughput x$PARALLEL" "$(or_dash "$(ratio "${TP[overlay]}" "${TP[wg]}")")" \
-		"$(or_dash "$(ratio "${TP[overlay]}" "${TP[raw]}")")" "$(or_dash "$(ratio "${TP[wg]}" "${TP[raw]}")")"
-fi
-printf '%-22s  %10s  %10s  %10s\n' "RTT median" "$(or_dash "$(ratio "${RMED[overlay]}" "${RMED[wg]}")")" \
-	"$(or_dash "$(ratio "${RMED[overlay]}" "${RMED[raw]}")")" "$(or_dash "$(ratio "${RMED[wg]}" "${RMED[raw]}")")"
-if ((RULES > 0)); then
+# ratio columns: A/B for each pair below; rows: the figures
+PAIRS=("overlay wg" "overlay raw" "wg raw")
+[[ ${STATUS[base]} != skipped ]] && PAIRS+=("overlay base" "base wg")
+[[ ${STATUS[overlayfw]:-skipped} != skipped ]] && PAIRS+=("overlayfw overlay" "overlayfw wg")
+row() { # row LABEL ARRAY
+	local label=$1 pr
+	local -n arr=$2
+	printf '%-22s' "$label"
+	for pr in "${PAIRS[@]}"; do
+		set -- $pr
+		printf '  %12s' "$(or_dash "$(ratio "${arr[$1]}" "${arr[$2]}")")"
+	done
 	echo
-	printf '%-22s  %14s  %12s\n' "with $RULES rules" overlayfw/overlay overlayfw/wg
-	printf '%-22s  %14s  %12s\n' "throughput x1" "$(or_dash "$(ratio "${T1[overlayfw]}" "${T1[overlay]}")")" \
-		"$(or_dash "$(ratio "${T1[overlayfw]}" "${T1[wg]}")")"
-	if ((PARALLEL > 1)); then
-		printf '%-22s  %14s  %12s\n' "throughput x$PARALLEL" "$(or_dash "$(ratio "${TP[overlayfw]}" "${TP[overlay]}")")" \
-			"$(or_dash "$(ratio "${TP[overlayfw]}" "${TP[wg]}")")"
-	fi
-	printf '%-22s  %14s  %12s\n' "RTT median" "$(or_dash "$(ratio "${RMED[overlayfw]}" "${RMED[overlay]}")")" \
-		"$(or_dash "$(ratio "${RMED[overlayfw]}" "${RMED[wg]}")")"
+}
+printf '%-22s' ratio
+for pr in "${PAIRS[@]}"; do printf '  %12s' "${pr/ //}"; done
+echo
+row "throughput x1" T1
+((PARALLEL > 1)) && row "throughput x$PARALLEL" TP
+row "CPU per bit x1" C1
+((PARALLEL > 1)) && row "CPU per bit x$PARALLEL" CP
+row "RTT median" RMED
+if ((${#DIAG[@]} > 0)); then
+	echo
+	printf '%s\n' "${DIAG[@]}"
 fi
+
+# ratio_json ARRAY: the pairs' ratios as a JSON object
+ratio_json() {
+	local -n arr=$1
+	local pr sep=""
+	printf '{'
+	for pr in "${PAIRS[@]}"; do
+		set -- $pr
+		printf '%s"%s_%s": %s' "$sep" "$1" "$2" "$(or_null "$(ratio "${arr[$1]}" "${arr[$2]}")")"
+		sep=", "
+	done
+	printf '}'
+}
 
 if [[ -n $JSON_OUT ]]; then
 	{
 		echo "{"
-		echo "  \"version\": 1,"
+		echo "  \"version\": 2,"
 		echo "  \"time\": \"$(date -u +%FT%TZ)\","
 		echo "  \"cpus\": $(nproc),"
 		echo "  \"kernel\": $(json_str "$(uname -r)"),"
@@ -569,20 +675,21 @@ if [[ -n $JSON_OUT ]]; then
 			printf '      "tcp1_gbps": {"median": %s, "rounds": [%s]},\n' "$(or_null "${T1[$m]}")" "$(list "$f.tcp1")"
 			printf '      "tcpP_gbps": {"median": %s, "rounds": [%s]},\n' "$(or_null "${TP[$m]}")" \
 				"$(list "$f.tcpP")"
-			printf '      "rtt_ms": {"median": %s, "avg": %s, "round_avgs": [%s]}, "ping_lost": %s, "failures": %s}' \
+			printf '      "cpu_s_per_gbit": {"tcp1": %s, "tcpP": %s, "tcp1_rounds": [%s], "tcpP_rounds": [%s]},\n' \
+				"$(or_null "${C1[$m]}")" "$(or_null "${CP[$m]}")" "$(list "$f.cputcp1")" "$(list "$f.cputcpP")"
+			printf '      "rtt_ms": {"median": %s, "avg": %s, "round_avgs": [%s]}, "ping_lost": %s, "udp_rcvbuf_drops": %s, "failures": %s}' \
 				"$(or_null "${RMED[$m]}")" "$(or_null "${RAVG[$m]}")" "$(list "$f.rttavg")" \
-				"$(or_null "$(sum "$f.loss")")" "$(count_lines "$f.failures")"
+				"$(or_null "$(sum "$f.loss")")" "$(or_null "$(sum "$f.drops")")" "$(count_lines "$f.failures")"
 			sep=$',\n'
 		done
 		echo
 		echo "  },"
 		echo "  \"ratios\": {"
-		echo "    \"tcp1\": {\"overlay_wg\": $(or_null "$(ratio "${T1[overlay]}" "${T1[wg]}")"), \"overlay_raw\": $(or_null "$(ratio "${T1[overlay]}" "${T1[raw]}")"), \"wg_raw\": $(or_null "$(ratio "${T1[wg]}" "${T1[raw]}")")},"
-		echo "    \"tcpP\": {\"overlay_wg\": $(or_null "$(ratio "${TP[overlay]}" "${TP[wg]}")"), \"overlay_raw\": $(or_null "$(ratio "${TP[overlay]}" "${TP[raw]}")"), \"wg_raw\": $(or_null "$(ratio "${TP[wg]}" "${TP[raw]}")")},"
-		echo "    \"rtt_median\": {\"overlay_wg\": $(or_null "$(ratio "${RMED[overlay]}" "${RMED[wg]}")"), \"overlay_raw\": $(or_null "$(ratio "${RMED[overlay]}" "${RMED[raw]}")"), \"wg_raw\": $(or_null "$(ratio "${RMED[wg]}" "${RMED[raw]}")")}$( ((RULES > 0)) && echo ,)"
-		if ((RULES > 0)); then
-			echo "    \"rules\": {\"count\": $RULES, \"tcp1_fw_overlay\": $(or_null "$(ratio "${T1[overlayfw]}" "${T1[overlay]}")"), \"tcpP_fw_overlay\": $(or_null "$(ratio "${TP[overlayfw]}" "${TP[overlay]}")"), \"tcp1_fw_wg\": $(or_null "$(ratio "${T1[overlayfw]}" "${T1[wg]}")"), \"tcpP_fw_wg\": $(or_null "$(ratio "${TP[overlayfw]}" "${TP[wg]}")")}"
-		fi
+		echo "    \"tcp1\": $(ratio_json T1),"
+		echo "    \"tcpP\": $(ratio_json TP),"
+		echo "    \"cpu_tcp1\": $(ratio_json C1),"
+		echo "    \"cpu_tcpP\": $(ratio_json CP),"
+		echo "    \"rtt_median\": $(ratio_json RMED)"
 		echo "  }"
 		echo "}"
 	} >"$TMP/result.json"

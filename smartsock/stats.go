@@ -1,6 +1,10 @@
 package smartsock
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+
+	"github.com/korium/korium-tun/internal/udpbatch"
+)
 
 // Stats counts packets by fate. Read with Snapshot.
 type Stats struct {
@@ -74,12 +78,21 @@ type StatsSnapshot struct {
 	// (see demux.go).
 	DropLoopFull uint64 `json:"drop_loop_full"`
 	LoopSlow     uint64 `json:"loop_slow"`
+	// UDP GRO on an OS socket (udp.go): reads that held several
+	// datagrams and the datagrams split out of them; reads dropped whole
+	// for a malformed or truncated control message, cut-short data, or
+	// no data (an empty datagram).
+	RxGROReads    uint64 `json:"rx_gro_reads"`
+	RxGROSegments uint64 `json:"rx_gro_segments"`
+	DropGROCmsg   uint64 `json:"drop_gro_bad_cmsg"`
+	DropGROTrunc  uint64 `json:"drop_gro_truncated"`
+	DropGROEmpty  uint64 `json:"drop_gro_empty"`
 }
 
 // Stats returns a snapshot of the counters.
 func (c *Conn) Stats() StatsSnapshot {
 	s := &c.stats
-	return StatsSnapshot{
+	snap := StatsSnapshot{
 		RxQUIC: s.RxQUIC.Load(), RxHello: s.RxHello.Load(), RxRelay: s.RxRelay.Load(), TxHello: s.TxHello.Load(),
 		DropUnknownSource: s.DropUnknownSource.Load(), DropBadProbe: s.DropBadProbe.Load(),
 		DropStaleHello: s.DropStaleHello.Load(), DropNoPath: s.DropNoPath.Load(),
@@ -94,4 +107,10 @@ func (c *Conn) Stats() StatsSnapshot {
 		TxErrAddrNotAvail: s.TxErrAddrNotAvail.Load(), TxErrNoBufs: s.TxErrNoBufs.Load(), TxErrPerm: s.TxErrPerm.Load(),
 		DropLoopFull: s.DropLoopFull.Load(), LoopSlow: s.LoopSlow.Load(),
 	}
+	if u, ok := c.udp.(interface{ groStats() *udpbatch.GROStats }); ok {
+		g := u.groStats()
+		snap.RxGROReads, snap.RxGROSegments = g.Coalesced.Load(), g.Segments.Load()
+		snap.DropGROCmsg, snap.DropGROTrunc, snap.DropGROEmpty = g.DropCmsg.Load(), g.DropTrunc.Load(), g.DropEmpty.Load()
+	}
+	return snap
 }

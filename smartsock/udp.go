@@ -48,20 +48,28 @@ type SysUDP interface {
 var errNoFD = errors.New("smartsock: this Conn runs on a UDP without a file descriptor; give quic-go Conn.PacketConn()")
 
 // osUDP is a *net.UDPConn with batched reads that allocate nothing
-// (internal/udpbatch: recvmmsg on Linux).
+// (internal/udpbatch: recvmmsg on Linux) and, where the kernel has UDP GRO,
+// take a burst from one sender (a peer's GSO write) as one read and split
+// it before demultiplexing, so neither smartsock nor quic-go ever sees a
+// coalesced datagram.
 type osUDP struct {
 	conn *net.UDPConn
 	r    udpbatch.Reader // not safe for concurrent use: the Conn serializes reads
+	gro  udpbatch.GROStats
 }
 
 // NewUDP wraps c; the result owns c and closes it on Close.
 func NewUDP(c *net.UDPConn) (SysUDP, error) {
-	r, err := udpbatch.New(c)
+	u := &osUDP{conn: c}
+	r, _, err := udpbatch.NewGRO(c, &u.gro)
 	if err != nil {
 		return nil, err
 	}
-	return &osUDP{conn: c, r: r}, nil
+	u.r = r
+	return u, nil
 }
+
+func (u *osUDP) groStats() *udpbatch.GROStats { return &u.gro }
 
 func (u *osUDP) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 	return u.r.ReadBatch(ms, flags)

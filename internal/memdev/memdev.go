@@ -22,6 +22,9 @@ type Device struct {
 	Written   atomic.Int64
 	// MTUValue is what MTU reports (default 1392).
 	MTUValue int
+	// Errs, if set, holds errors for Read to return (one per read), also
+	// to a Read already waiting for a packet.
+	Errs chan error
 
 	closed chan struct{}
 	once   sync.Once
@@ -45,6 +48,8 @@ func (d *Device) Close() error             { d.once.Do(func() { close(d.closed) 
 // Read waits for one packet, then takes whatever else is queued.
 func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	select {
+	case err := <-d.Errs:
+		return 0, err
 	case p := <-d.In:
 		sizes[0] = copy(bufs[0][offset:], p)
 	case <-d.closed:

@@ -116,9 +116,10 @@ func newConn(c OOBCapablePacketConn, supportsDF bool) (*oobConn, error) {
 		}
 		bc = ipv4.NewPacketConn(c)
 		// korium-tun: x/net's ReadBatch allocates an address per packet;
-		// udpbatch reads with recvmmsg and reuses them. See third_party/README.md.
+		// udpbatch reads with recvmmsg and reuses them, and takes a peer's
+		// GSO burst as one read (UDP_GRO). See third_party/README.md.
 		if uc, ok := c.(*net.UDPConn); ok {
-			if r, err := udpbatch.New(uc); err == nil {
+			if r, _, err := udpbatch.NewGRO(uc, new(udpbatch.GROStats)); err == nil {
 				bc = r
 			}
 		}

@@ -111,7 +111,13 @@ type StatelessResetToken [16]byte
 const MaxPacketBufferSize = 1452
 
 // MaxLargePacketBufferSize is used when using GSO
-const MaxLargePacketBufferSize = 20 * 1024
+//
+// korium-tun: upstream's 20 KiB caps a GSO write at 14 tunnel packets; 44
+// of the largest (MaxPacketBufferSize) take a third of the sendmsg calls and
+// reach a UDP_GRO receiver as one read, and still fit one UDP datagram with
+// the 20-byte relay header smartsock puts in front of each (44 * 1472 <
+// 65507). See third_party/README.md.
+const MaxLargePacketBufferSize = 44 * MaxPacketBufferSize
 
 // MinInitialPacketSize is the minimum size an Initial packet is required to have.
 const MinInitialPacketSize = 1200
