@@ -23,7 +23,7 @@ func TestPerPacketPathDoesNotAllocate(t *testing.T) {
 	l := testLink(e, p)
 	var batch [sendBatch]*txBuf
 	if allocs := testing.AllocsPerRun(1000, func() {
-		if !e.enqueue(l, pkt) {
+		if !e.enqueue(l, pkt, nil) {
 			t.Fatal("refused")
 		}
 		if k := l.take(batch[:]); k != 1 || batch[0].n != len(pkt) {
@@ -65,7 +65,7 @@ func BenchmarkEnqueue(b *testing.B) {
 	b.ReportAllocs()
 	b.SetBytes(int64(len(pkt)))
 	for b.Loop() {
-		e.enqueue(l, pkt)
+		e.enqueue(l, pkt, nil)
 		l.take(batch[:])
 		e.putTx(batch[0])
 	}

@@ -27,11 +27,14 @@
 //	resolutions (at most 64 at once): ask Config.Resolve for an owner
 //
 // State and its owners: the send queues and the peer-to-queue map belong
-// to the read loop (a queue's ring is shared with its sender under the
+// to the read loop (a queue's packets are shared with its sender under the
 // queue's own mutex, held only to move pointers); held packets and
 // resolutions are behind one mutex (pending.mu); everything else is
 // counters and the peers' snapshot, read without a lock. No lock is held
-// across a call into another package.
+// across a call into another package, and no two are ever held at once
+// (there is no lock order to keep): the read loop takes a buffer from
+// another queue (when every queue together is full, the longest gives way)
+// before it locks the queue the packet goes to.
 //
 // Every goroutine is stopped by Close, which closes the device and waits
 // for them all. A sender blocked in SendDatagram returns only when its
@@ -41,6 +44,7 @@
 // firewall.go: each receiver checks its peer's datagrams after accept, and
 // the read loop tells it the flows it sends.
 //
-// datapath imports peers (their snapshot and connections), smartaddr and
-// quic-go; never nat, the DHT, gossipsub or the overlay.
+// datapath imports peers (their snapshot and connections), smartaddr,
+// quic-go, internal/ip6 and internal/group; never nat, the DHT, gossipsub
+// or the overlay.
 package datapath

@@ -78,12 +78,26 @@ func (e *Engine) hold(dst netip.Addr, pkt []byte) {
 		}
 		return
 	}
-	defer p.mu.Unlock()
+	start := e.holdLocked(dst, pkt)
+	p.mu.Unlock()
+	// Started outside p.mu: no lock is held while another is taken.
+	if start && !e.goRun(func() { e.resolve(dst) }) {
+		p.mu.Lock()
+		delete(p.resolving, dst) // the engine is closing
+		p.mu.Unlock()
+	}
+}
+
+// holdLocked keeps pkt as dst's held packet and reports whether a
+// resolution of dst is to start (it is marked in flight). e.pend.mu is
+// held.
+func (e *Engine) holdLocked(dst netip.Addr, pkt []byte) bool {
+	p := &e.pend
 	h := p.held[dst]
 	if h == nil {
 		if len(p.held) >= e.cfg.MaxPending {
 			e.Counters.TxNoPeer.Add(1)
-			return
+			return false
 		}
 		h = &held{}
 		p.held[dst] = h
@@ -93,14 +107,14 @@ func (e *Engine) hold(dst netip.Addr, pkt []byte) {
 	h.pkt = append(h.pkt[:0], pkt...)
 	h.at = time.Now()
 	if e.cfg.Resolve == nil || p.resolving[dst] {
-		return
+		return false
 	}
 	if len(p.resolving) >= maxResolving {
 		e.Counters.ResolveBusy.Add(1)
-		return
+		return false
 	}
 	p.resolving[dst] = true
-	e.goRun(func() { e.resolve(dst) })
+	return true
 }
 
 // resolve asks Config.Resolve to find and connect dst's owner. The

@@ -102,7 +102,9 @@ const sendBatch = 32
 // p's connection ends or the engine stops. Called by the read loop.
 func (e *Engine) newLink(p *peers.Peer) *link {
 	l := &link{p: p, wake: make(chan struct{}, 1)}
-	e.goRun(func() { e.sender(l) })
+	if !e.goRun(func() { e.sender(l) }) {
+		l.closed = true // the engine is closing: the queue takes nothing
+	}
 	return l
 }
 
@@ -122,13 +124,17 @@ func (e *Engine) putTx(b *txBuf) {
 }
 
 // enqueue copies pkt into l's queue. A full queue (SendQueue packets)
-// drops the oldest packet of its longest flow to make room; when every
-// queue together holds MaxQueued packets, that packet's buffer is reused
-// for pkt, and with none queued pkt is dropped. Both drops are counted.
-// It never blocks and allocates nothing in steady state; false means l's
-// sender has stopped.
-func (e *Engine) enqueue(l *link, pkt []byte) bool {
+// drops the oldest packet of its longest flow to make room. When every
+// queue together holds MaxQueued packets, reclaim (nil: none) may free the
+// buffer of a packet of a longer queue than l's; failing that, l's own
+// oldest packet makes room, and with none queued pkt is dropped. Every
+// drop is counted. It never blocks and allocates nothing in steady state;
+// false means l's sender has stopped.
+func (e *Engine) enqueue(l *link, pkt []byte, reclaim func(*link) *txBuf) bool {
 	b := e.getTx()
+	if b == nil && reclaim != nil {
+		b = reclaim(l) // before l.mu: no two queues' locks are ever held at once
+	}
 	if b != nil {
 		b.n = copy(b.b[:], pkt)
 	}
@@ -169,6 +175,30 @@ func (e *Engine) enqueue(l *link, pkt []byte) bool {
 		l.p.TxDropped.Add(1)
 	}
 	return true
+}
+
+// len is how many packets l holds.
+func (l *link) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.n
+}
+
+// dropOldest takes the oldest packet of l's longest flow out of the queue
+// if l holds more than than packets, and counts it as dropped; nil
+// otherwise.
+func (e *Engine) dropOldest(l *link, than int) *txBuf {
+	l.mu.Lock()
+	var b *txBuf
+	if l.n > than && !l.closed {
+		b = l.dropLongest()
+	}
+	l.mu.Unlock()
+	if b != nil {
+		e.Counters.TxQueueDropped.Add(1)
+		l.p.TxDropped.Add(1)
+	}
+	return b
 }
 
 // dropLongest removes the oldest packet of the longest flow. l.mu must be
@@ -266,4 +296,70 @@ func (e *Engine) sendOne(p *peers.Peer, pkt []byte) {
 		return
 	}
 	e.Counters.TxSendError.Add(1)
+}
+
+// forget drops p's queue l from the read loop's state.
+func (r *reader) forget(p *peers.Peer, l *link) {
+	delete(r.links, p)
+	if r.cache.link == l {
+		r.cache.link = nil
+	}
+	if r.fat == l {
+		r.fat = nil
+	}
+}
+
+// reclaim frees a buffer for l's next packet when every queue together
+// holds MaxQueued packets: the oldest packet of the longest flow of the
+// longest queue, if that queue holds at least two more packets than l's
+// (so the queues even out instead of trading packets). Without it, the
+// queues of peers that take nothing (dead ones: their queues stay full)
+// would keep every buffer, and a healthy peer with nothing queued could
+// send nothing.
+//
+// Finding the longest queue takes a scan of every queue, at most one per
+// batch of the device's packets (a thousand queues must not cost a
+// thousand locks per packet). Between scans the longest one found gives
+// until it is down to the second longest, then (until the next scan) only
+// while it is still longer than l's.
+func (r *reader) reclaim(l *link) *txBuf {
+	own := l.len()
+	if b := r.takeFrom(l, max(own+1, r.second-1)); b != nil {
+		return b
+	}
+	if !r.scanned {
+		r.scan(l)
+		if b := r.takeFrom(l, max(own+1, r.second-1)); b != nil {
+			return b
+		}
+	}
+	return r.takeFrom(l, own+1)
+}
+
+// takeFrom takes the oldest packet of r.fat's longest flow for l, if
+// r.fat is another queue than l and holds more than than packets.
+func (r *reader) takeFrom(l *link, than int) *txBuf {
+	if r.fat == nil || r.fat == l {
+		return nil
+	}
+	return r.e.dropOldest(r.fat, than)
+}
+
+// scan finds the longest queue other than l, and the length of the
+// second longest.
+func (r *reader) scan(l *link) {
+	r.scanned = true
+	r.fat, r.second = nil, 0
+	longest := 0
+	for _, c := range r.links {
+		if c == l {
+			continue
+		}
+		switch n := c.len(); {
+		case n > longest:
+			r.fat, r.second, longest = c, longest, n
+		case n > r.second:
+			r.second = n
+		}
+	}
 }

@@ -65,6 +65,12 @@ type reader struct {
 	links   map[*peers.Peer]*link // send queues of peers we sent to
 	swept   *peers.Snapshot       // links holds no peer missing from it
 	touched []*link               // queues given packets in this batch
+
+	// When every queue together is full (MaxQueued), the longest queue
+	// gives up its oldest packet to a shorter one (reclaim).
+	fat     *link // the longest queue the last scan found, or nil
+	second  int   // the length of the second longest then
+	scanned bool  // a scan ran in this batch: at most one per batch
 }
 
 // maxDevErrors is how many device reads in a row may fail before the
@@ -152,12 +158,11 @@ func (r *reader) send(pkt []byte) {
 		}
 		c.link = l
 	}
-	if !r.e.enqueue(l, pkt) {
+	if !r.e.enqueue(l, pkt, r.reclaim) {
 		// The peer's connection ended and its sender is gone; the peer
 		// leaves the snapshot in a moment.
 		r.e.Counters.TxSendError.Add(1)
-		delete(r.links, c.peer)
-		c.link = nil
+		r.forget(c.peer, l)
 		return
 	}
 	if !l.touched {
@@ -178,15 +183,13 @@ func (r *reader) flush() {
 		r.touched[i] = nil
 	}
 	r.touched = r.touched[:0]
+	r.scanned = false
 	if s := r.e.cfg.Peers.Snapshot(); s != r.swept {
 		r.swept = s
 		for p, l := range r.links {
 			if s.Peer(p.ID) != p {
-				delete(r.links, p)
+				r.forget(p, l)
 				l.stop(r.e) // its sender ends with its connection
-				if r.cache.link == l {
-					r.cache.link = nil
-				}
 			}
 		}
 	}

@@ -1266,8 +1266,10 @@ func (r *Router) routeSignal(s *RelaySignal, from pki.Identity, forwarded bool) 
 		r.queue(t, b, true)
 		if forwarded {
 			r.stats.RelayForwarded.Add(1)
+			return
 		}
-		return
+		// Our own signal also goes through the mesh: the connection to
+		// the target may be the one it is meant to repair.
 	}
 	targets := make(map[pki.Identity]struct{})
 	for _, m := range r.mesh {
@@ -1282,7 +1284,7 @@ func (r *Router) routeSignal(s *RelaySignal, from pki.Identity, forwarded bool) 
 	}
 	limit := 2 * r.cfg.Dhi
 	for id := range targets {
-		if id == from || id == s.Origin || r.score(id) < r.cfg.Score.GossipThreshold {
+		if id == from || id == s.Origin || id == s.Target || r.score(id) < r.cfg.Score.GossipThreshold {
 			continue
 		}
 		if limit == 0 {

@@ -53,7 +53,7 @@ func (t *Traversal) check(ctx context.Context) (Status, bool) {
 	}
 	wg.Wait()
 	v, ok := decide(helpers)
-	return Status{Public: v.public, Observed: v.observed, Relays: v.relays}, ok
+	return Status{Public: v.public, Observed: v.observed, Relays: v.relays, Relayers: relayersOf(helpers)}, ok
 }
 
 // ask puts configure_nat's question to one helper and waits (bounded) for

@@ -53,8 +53,24 @@ func (t *Traversal) Connect(ctx context.Context, id pki.Identity, addrs []netip.
 	}
 	if len(relays) > 0 {
 		// Before joining a dial that may be in flight: its handshake
-		// retransmissions go over every path, relays included.
-		t.SetupRelays(ctx, id, relays)
+		// retransmissions go over every path, relays included. Relays
+		// that do not answer quickly are not waited for: mesh relays
+		// are asked instead (mesh.go).
+		rctx, cancel := context.WithTimeout(ctx, relaySetupTime)
+		done := make(chan int, 1)
+		go func() { done <- t.SetupRelays(rctx, id, relays) }() // bounded by rctx
+		select {
+		case got := <-done:
+			if got == 0 && t.cfg.Peers.Peer(id) == nil {
+				t.MeshConnect(ctx, id, relays)
+			}
+		case <-time.After(meshHeadStart):
+			// The published relays are slow (one may be gone, and a
+			// dial to it times out): ask mesh relays meanwhile.
+			t.MeshConnect(ctx, id, relays)
+			<-done
+		}
+		cancel()
 	}
 	if err := t.cfg.Peers.Dial(ctx, id, first, usable+len(relays)); err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrUnreachable, id.Short(), err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/korium/korium-tun/internal/addrpolicy"
 	"github.com/korium/korium-tun/pki"
@@ -28,6 +29,9 @@ func (t *Traversal) HandleRelay(ctx context.Context, from pki.Identity, req []by
 		if t.cfg.Relay == nil {
 			return nil, rpc.RefuseError("this node does not relay")
 		}
+		if !t.allowConnect(from) {
+			return nil, rpc.RefuseError("too many session requests")
+		}
 		resp, err := t.cfg.Relay.HandleConnect(ctx, relayHost{t}, from, req)
 		var re *server.RefusedError
 		if errors.As(err, &re) {
@@ -40,7 +44,10 @@ func (t *Traversal) HandleRelay(ctx context.Context, from pki.Identity, req []by
 			return nil, err
 		}
 		raddr, ok := t.directAddr(from)
-		if !ok || !t.isMyRelay(from) {
+		// takeAllowed first: it marks a mesh attempt's session as come.
+		if !ok || in.From == t.cfg.Self || !(t.takeAllowed(in.From, from, time.Now()) || t.isMyRelay(from)) {
+			// A relay we did not choose may offer a session only from a
+			// peer that it and we named in a mesh attempt (mesh.go).
 			t.Counters.RelayRefused.Add(1)
 			return nil, rpc.RefuseError("you are not one of my relays")
 		}
@@ -80,7 +87,9 @@ func (t *Traversal) handleObserve(from pki.Identity, req []byte) ([]byte, error)
 	}
 	select {
 	case t.dialBacks <- struct{}{}: // bounded: each holds a socket for 300 ms
-		t.goRun(func() { defer func() { <-t.dialBacks }(); t.dialBack(addr, nonce) })
+		if !t.goRun(func() { defer func() { <-t.dialBacks }(); t.dialBack(addr, nonce) }) {
+			<-t.dialBacks // closing: no dial-back
+		}
 	default:
 		t.Counters.DialBackBusy.Add(1)
 	}

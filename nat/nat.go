@@ -23,9 +23,16 @@
 // loop, one configure_nat round at a time (its helper calls joined within
 // it), the punches it starts, and at most MaxDialBacks dial-backs.
 //
+// Mesh-first relaying (mesh.go, signal.go): any public peer may relay;
+// when a target's published relays do not answer, or a relayed peer's relay
+// leaves, mesh relays are asked, signalled to the target through the gossip
+// mesh (Config.Signal); a node whose relay left picks another at once
+// (repick.go).
+//
 // nat imports peers, smartsock (path types), relay, relay/client,
-// relay/server, rpc and internal/addrpolicy: never the datapath, the DHT,
-// gossipsub or the overlay.
+// relay/server, rpc, internal/addrpolicy, internal/ratelimit and
+// internal/group: never the
+// datapath, the DHT, gossipsub or the overlay.
 package nat
 
 import (
@@ -38,6 +45,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/korium/korium-tun/internal/group"
 	"github.com/korium/korium-tun/peers"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/relay/server"
@@ -49,6 +57,7 @@ type Sock interface {
 	Path(id pki.Identity) (smartsock.PathInfo, bool)
 	AddPeer(id pki.Identity, real netip.AddrPort) (*net.UDPAddr, error)
 	AddRelayPath(id, relayID pki.Identity, relayAddr netip.AddrPort, session [16]byte) *net.UDPAddr
+	Paths(id pki.Identity) ([]smartsock.PathStatus, uint64)
 	Punch(id pki.Identity, addrs []netip.AddrPort) int
 	ExpectDialBack(nonce uint64) (<-chan struct{}, error)
 	CancelDialBack(nonce uint64)
@@ -71,6 +80,14 @@ type Config struct {
 	Reach func(ctx context.Context, id pki.Identity) error
 	// Advertised returns the addresses we advertise.
 	Advertised func() []netip.AddrPort
+	// Signal sends a mesh relay signal (signal.go) to target through the
+	// gossip mesh (gossipsub's SendSignal); nil: no mesh signalling (mesh
+	// relays are still asked, and allow only our own attempts).
+	Signal func(target pki.Identity, payload []byte) error
+	// Spares returns public peers the host knows (the DHT routing table:
+	// nodes behind NAT never enter it), candidates for mesh relays and for
+	// a relay when ours leaves.
+	Spares func() []peers.Contact
 	// Loopback: the node listens on loopback, so a peer's word may make
 	// it send to loopback addresses (tests on one host).
 	Loopback bool
@@ -93,9 +110,12 @@ const (
 	natRecheck    = 60 * time.Second // how often configure_nat runs again
 	dialBackWait  = 1500 * time.Millisecond
 	relayCallTime = 3 * time.Second
-	punchRetry    = 30 * time.Second // a relayed peer is punched again this often
-	relayExpiry   = 5 * time.Second  // how often the relay's idle sessions expire
-	tick          = 250 * time.Millisecond
+	// relaySetupTime bounds asking a target's published relays for
+	// sessions before mesh relays are asked (a dead relay costs a dial).
+	relaySetupTime = 2 * time.Second
+	punchRetry     = 30 * time.Second // a relayed peer is punched again this often
+	relayExpiry    = 5 * time.Second  // how often the relay's idle sessions expire
+	tick           = 250 * time.Millisecond
 )
 
 // MaxDialBacks bounds dial-backs in flight (each a socket and a goroutine).
@@ -107,6 +127,9 @@ type Status struct {
 	Checked  bool
 	Observed []netip.AddrPort // our address as helpers saw it
 	Relays   []pki.Identity   // the relays we publish
+	// Relayers are the helpers that said they relay for others (our
+	// relays are among them): candidates for mesh relaying.
+	Relayers []pki.Identity
 }
 
 // Counters count NAT traversal events, by reason.
@@ -122,13 +145,16 @@ type Counters struct {
 type Traversal struct {
 	cfg      Config
 	Counters Counters
+	Mesh     MeshCounters
+
+	mesh mesh // mesh.go
 
 	status    atomic.Pointer[Status] // published by the loop; never modified
 	dialBacks chan struct{}          // semaphore of dial-backs in flight
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // the loop, configure_nat rounds, punches, dial-backs
+	group  group.Group // the loop, configure_nat rounds, punches, dial-backs
 	once   sync.Once
 
 	checked chan Status // configure_nat rounds report to the loop
@@ -155,6 +181,7 @@ func New(cfg Config) *Traversal {
 		dialBacks: make(chan struct{}, MaxDialBacks),
 		checked:   make(chan Status),
 		lastPunch: make(map[*peers.Peer]time.Time),
+		mesh:      newMesh(),
 	}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	st := &Status{}
@@ -166,26 +193,21 @@ func New(cfg Config) *Traversal {
 	return t
 }
 
-func (t *Traversal) goRun(f func()) {
-	t.wg.Add(1)
-	go func() {
-		defer t.wg.Done()
-		f()
-	}()
-}
+// goRun runs f as one of the Traversal's goroutines, unless Close began.
+func (t *Traversal) goRun(f func()) bool { return t.group.Go(f) }
 
 // Close stops every goroutine of the Traversal and waits for them.
 func (t *Traversal) Close() {
 	t.once.Do(func() {
 		t.cancel()
-		t.wg.Wait()
+		t.group.Wait()
 	})
 }
 
 // Status returns what configure_nat found. Its slices are the caller's.
 func (t *Traversal) Status() Status {
 	s := *t.status.Load()
-	s.Observed, s.Relays = slices.Clone(s.Observed), slices.Clone(s.Relays)
+	s.Observed, s.Relays, s.Relayers = slices.Clone(s.Observed), slices.Clone(s.Relays), slices.Clone(s.Relayers)
 	return s
 }
 
@@ -195,14 +217,20 @@ func (t *Traversal) DialBacks() int { return len(t.dialBacks) }
 func (t *Traversal) run() {
 	tk := time.NewTicker(tick)
 	defer tk.Stop()
-	var next, lastExpire time.Time
+	var next, lastExpire, lastRepick time.Time
 	checking := false
+	repickWait := repickEvery // doubles while rounds find no relay
 	for {
 		select {
 		case <-t.ctx.Done():
 			return
 		case v := <-t.checked:
 			checking = false
+			if v.Checked && !v.Public && len(v.Relays) == 0 {
+				repickWait = min(2*repickWait, natRecheck)
+			} else {
+				repickWait = repickEvery
+			}
 			if v.Checked {
 				next = time.Now().Add(natRecheck)
 				t.status.Store(&v)
@@ -212,14 +240,27 @@ func (t *Traversal) run() {
 				checking = true
 				t.goRun(t.configureNAT)
 			}
+			if !checking && now.Sub(lastRepick) > repickWait && t.relayLost() {
+				// Our relay left: choose another at once, not at the
+				// next recheck.
+				checking, lastRepick = true, now
+				t.goRun(t.repick)
+			}
 			t.punchRelayed(now)
-			if t.cfg.Relay != nil && now.Sub(lastExpire) > relayExpiry {
-				t.cfg.Relay.Expire(now)
+			t.repairRelayed(now)
+			if now.Sub(lastExpire) > relayExpiry {
+				if t.cfg.Relay != nil {
+					t.cfg.Relay.Expire(now)
+				}
+				t.expireAllowed(now)
 				lastExpire = now
 			}
 		}
 	}
 }
+
+// relayers returns the helpers known to relay for others.
+func (t *Traversal) relayers() []pki.Identity { return t.status.Load().Relayers }
 
 // isMyRelay reports whether id is one of the relays we publish.
 func (t *Traversal) isMyRelay(id pki.Identity) bool {

@@ -7,6 +7,7 @@ import (
 	"github.com/korium/korium-tun/internal/addrpolicy"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/relay"
+	"github.com/korium/korium-tun/smartsock"
 )
 
 // The decisions of NAT traversal, as pure functions of what they look at;
@@ -132,3 +133,58 @@ func observeFlags(relaying, public bool) byte {
 
 // observeRelays reads observeFlags' answer: the helper relays for others.
 func observeRelays(flags byte) bool { return flags&relay.FlagRelays != 0 }
+
+// relayersOf are the helpers that answered and said they relay.
+func relayersOf(answers []answer) []pki.Identity {
+	var out []pki.Identity
+	for _, a := range answers {
+		if a.observed.IsValid() && a.relays {
+			out = append(out, a.id)
+		}
+	}
+	return out
+}
+
+// deadRelays looks at a relayed peer's paths: dead are the relays of relay
+// paths whose relay is gone (connected reports false) or that missed
+// probes after they had been proven; alive is whether another path may
+// still carry the traffic (a proven path that answers probes, or a relay
+// path still on probation).
+func deadRelays(paths []smartsock.PathStatus, connected func(pki.Identity) bool) (dead []pki.Identity, alive bool) {
+	for _, p := range paths {
+		if p.Kind != "relay" {
+			alive = alive || p.Alive
+			continue
+		}
+		id, err := pki.ParseIdentity(p.Relay)
+		if err != nil {
+			continue
+		}
+		switch {
+		case !connected(id) || (p.Validated && p.Missed >= deadAfterMissed):
+			dead = append(dead, id)
+		case p.Alive || !p.Validated:
+			alive = true
+		}
+	}
+	return dead, alive
+}
+
+// deadAfterMissed: a proven relay path that missed this many probes in a
+// row is dead for repairing (smartsock gives up on it at MaxMissed).
+const deadAfterMissed = 2
+
+// mergeRelays keeps the relays still connected (keep, in order) and adds
+// the new ones that relay, up to maxRelaysChosen.
+func mergeRelays(keep, found []pki.Identity) []pki.Identity {
+	out := slices.Clone(keep[:min(len(keep), maxRelaysChosen)])
+	for _, id := range found {
+		if len(out) == maxRelaysChosen {
+			break
+		}
+		if !slices.Contains(out, id) {
+			out = append(out, id)
+		}
+	}
+	return out
+}

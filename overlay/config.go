@@ -107,7 +107,7 @@ type Config struct {
 	// connection cache). A new connection beyond it evicts the least
 	// recently used peer that is not a bootstrap contact.
 	MaxPeers int
-	// SendQueue is each peer's send queue in packets (default 256): the
+	// SendQueue is each peer's send queue in packets (default 1,024): the
 	// device is read on while a peer's connection is congested or dead,
 	// and a full queue loses its oldest packet (counted as
 	// tx_queue_dropped).
@@ -156,6 +156,13 @@ type Config struct {
 	// RelayServer tunes the relay's limits (zero value: the reference's
 	// 10,000 sessions, 50 per IP, idle expiry and per-session caps).
 	RelayServer server.Config
+	// PeerCache is the file that keeps the signed records of up to 100
+	// peers this node reached (the reference's passive view), so that a
+	// restart whose bootstrap peers are all gone rejoins through them.
+	// It is read at start (a bad file costs a warning), written when it
+	// changed (at most every 10 s) and at Close. Empty: no cache. The
+	// CLI puts it beside the key file.
+	PeerCache string
 	// testNoDialBack makes configure_nat ignore dial-backs, so a test on
 	// one host can play a node behind NAT.
 	testNoDialBack bool

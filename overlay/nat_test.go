@@ -20,24 +20,7 @@ import (
 // (TestRelayThenDirectThenBlackHole) and behind real NATs in
 // scripts/nat-test.sh.
 func TestConfigureNATAndRelaySessions(t *testing.T) {
-	mk := func(natted bool, boot ...Contact) *testNode {
-		kp, err := pki.GenerateKeypair(context.Background(), testPoW)
-		if err != nil {
-			t.Fatal(err)
-		}
-		dev := newMemDevice()
-		cfg := Config{Keypair: kp, PoWBits: testPoW, Listen: "127.0.0.1:0", Device: dev, Bootstrap: boot,
-			Logger: testLogger(t), DHT: dhtConfigForOneHost(), testNoDialBack: natted}
-		if natted {
-			cfg.Advertise = []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:9")} // nobody there
-		}
-		nd, err := New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { nd.Close() })
-		return &testNode{nd, dev}
-	}
+	mk := func(natted bool, boot ...Contact) *testNode { return newNATNode(t, natted, boot...) }
 	p := mk(false)
 	a, b := mk(true, p.contact()), mk(true, p.contact())
 	pid := p.id.String()

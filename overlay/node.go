@@ -42,6 +42,7 @@ import (
 	"github.com/korium/korium-tun/dht"
 	"github.com/korium/korium-tun/firewall"
 	"github.com/korium/korium-tun/gossipsub"
+	"github.com/korium/korium-tun/internal/group"
 	"github.com/korium/korium-tun/nat"
 	"github.com/korium/korium-tun/overlay/netstack"
 	"github.com/korium/korium-tun/peers"
@@ -84,16 +85,21 @@ type Node struct {
 
 	ctx    context.Context // canceled by Close: ends the node's own goroutines
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // the node's own goroutines (see the package comment)
+	group  group.Group // the node's own goroutines (see the package comment)
 
+	// The node's mutexes (reqMu, unreachMu, logGate's, members' logMu)
+	// are leaves: none is held while another is taken, or across a call
+	// out of the package, so there is no lock order to keep.
 	appHandler atomic.Pointer[rpc.Handler] // SetRequestHandler's, or nil
 	reqMu      sync.Mutex                  // guards incoming
 	incoming   chan *Request               // made by the first IncomingRequests call
+	appSignals chan gossipsub.Signal       // signals for the application (mesh.go)
 
 	unreachMu   sync.Mutex                 // guards unreachable
 	unreachable map[pki.Identity]time.Time // failed direct dials, until when (dht.go)
 
-	sameIDChecks atomic.Int64 // replaced() checks waiting
+	sameIDChecks atomic.Int64   // replaced() checks waiting
+	pcache       peerCacheState // peercache.go
 	stats        Counters
 	refusals     refusalCounters
 	logGate      logGate // rate-limits refusal lines
@@ -101,6 +107,7 @@ type Node struct {
 	closeOnce sync.Once
 	closeErr  error
 	done      chan struct{} // closed when Close has finished
+	wired     chan struct{} // closed when start returned: fail's Close waits for it
 	failOnce  sync.Once
 	failErr   atomic.Pointer[error] // why the node stopped by itself
 }
@@ -110,6 +117,7 @@ type Counters struct {
 	HandshakeRefused           atomic.Uint64 // handshakes refused here, every reason
 	SPIFFERefused              atomic.Uint64
 	AppNoHandler, AppQueueFull atomic.Uint64
+	AppSignalsDropped          atomic.Uint64 // the application's Signals channel was full
 }
 
 // Net is the Dial and Listen face of an in-process network stack (what
@@ -178,6 +186,7 @@ func start(c Config) (n *Node, err error) {
 		stack:   c.Net,
 		started: time.Now(),
 		done:    make(chan struct{}),
+		wired:   make(chan struct{}),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	node := n // the named result is nil on error returns
@@ -190,6 +199,7 @@ func start(c Config) (n *Node, err error) {
 			node.Close()
 		}
 	}()
+	defer close(n.wired)
 	n.rpc = rpc.NewServer(rpcConfig(c))
 	n.rpc.Handle(rpc.ProtoApp, n.handleApp)
 
@@ -288,12 +298,20 @@ func start(c Config) (n *Node, err error) {
 		return nil, err
 	}
 	closeDev = false // the datapath owns it now
-	n.nat = nat.New(nat.Config{
+	nc := nat.Config{
 		Self: n.id, Peers: n.peers, Sock: n.sock, Call: n.callRelay, Relay: n.relaySrv,
-		MayRelayTo: n.mayRelayTo, Reach: n.reachRelay, Advertised: n.AdvertisedAddrs,
+		MayRelayTo: n.mayRelayTo, Reach: n.reachRelay, Advertised: n.AdvertisedAddrs, Spares: n.spares,
 		Loopback: n.loopbackOK(), Seed: len(c.Bootstrap) == 0, OnChange: n.natChanged,
 		IgnoreDialBacks: c.testNoDialBack, Logger: c.Logger,
-	})
+	}
+	if n.gossip != nil {
+		nc.Signal = n.sendMeshSignal
+	}
+	n.nat = nat.New(nc)
+	if n.gossip != nil {
+		n.appSignals = make(chan gossipsub.Signal, signalQueue)
+		n.goLoop(n.signalLoop)
+	}
 	n.rpc.Handle(rpc.ProtoRelay, func(ctx context.Context, from pki.Identity, req []byte) ([]byte, error) {
 		n.touch(from)
 		return n.nat.HandleRelay(ctx, from, req)
@@ -305,6 +323,7 @@ func start(c Config) (n *Node, err error) {
 		return nil, fmt.Errorf("overlay: listen: %w", err)
 	}
 	n.peers.Accept(n.ln)
+	n.initPeerCache()
 	for _, b := range c.Bootstrap {
 		n.AddPeer(b)
 	}
@@ -334,13 +353,7 @@ func ListenUDP(hostport string) (*net.UDPConn, error) {
 }
 
 // goLoop runs f as one of the node's own goroutines (Close waits for it).
-func (n *Node) goLoop(f func()) {
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		f()
-	}()
-}
+func (n *Node) goLoop(f func()) { n.group.Go(f) }
 
 // Identity returns the node's identity.
 func (n *Node) Identity() pki.Identity { return n.id }
@@ -429,7 +442,7 @@ func (n *Node) Close() error {
 		if n.sock != nil {
 			errs = append(errs, n.sock.Close())
 		}
-		n.wg.Wait()
+		n.group.Wait()
 		n.closeErr = errors.Join(errs...)
 		close(n.done)
 	})
@@ -457,7 +470,9 @@ func (n *Node) fail(err error) {
 	n.failOnce.Do(func() {
 		n.failErr.Store(&err)
 		n.cfg.Logger.Error("node failed", "err", err)
-		go n.Close()
+		// A device can fail while start is still wiring the node (the
+		// datapath reads from New on): Close reads what start writes.
+		go func() { <-n.wired; n.Close() }()
 	})
 }
 
@@ -489,6 +504,9 @@ func (n *Node) peerUp(p *peers.Peer) {
 	}
 	n.cfg.Logger.Info("peer connected", "peer", p.ID.String(), "address", p.Addr.String(), "outbound", p.Outbound, "path", n.pathString(p.ID))
 	n.dp.PeerUp(p)
+	if p.Routable {
+		n.cacheReached(p.ID)
+	}
 	// Serve returns when the connection closes (also when it is replaced
 	// by a duplicate) after its handlers have returned.
 	n.goLoop(func() { n.rpcFor(p).Serve(n.ctx, p.Conn, p.ID) })
@@ -500,6 +518,9 @@ func (n *Node) peerUp(p *peers.Peer) {
 func (n *Node) peerDown(p *peers.Peer, current bool) {
 	if current {
 		n.sock.Forget(p.ID)
+		// Paths relayed by p are dead now: traffic moves to another
+		// proven path at once (a mesh relay's, nat/mesh.go).
+		n.sock.RelayGone(p.ID)
 		if n.gossip != nil {
 			n.gossip.RemovePeer(p.ID)
 		}

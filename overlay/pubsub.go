@@ -94,12 +94,14 @@ func (n *Node) SendSignal(target pki.Identity, payload []byte) error {
 }
 
 // Signals delivers relay signals addressed to this node, with their verified
-// originator. It is nil when pubsub is disabled.
+// originator, but for the node's own mesh relay signals (nat.IsSignal),
+// which NAT traversal consumes. It holds 256 (the oldest dropped) and is
+// nil when pubsub is disabled.
 func (n *Node) Signals() <-chan gossipsub.Signal {
 	if n.gossip == nil {
 		return nil
 	}
-	return n.gossip.Signals()
+	return n.appSignals
 }
 
 // PubSubStats returns the GossipSub router's counters; ok is false when

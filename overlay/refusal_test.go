@@ -262,7 +262,9 @@ func TestRestartOnNewPortIsNotTwoNodes(t *testing.T) {
 		q := p.peer(kp.Identity())
 		return q != nil && q != first
 	})
-	// p replaced a connection it believed alive: the check ran.
+	// p replaced a connection it believed alive: the check ran. The peer
+	// set publishes the new connection before it closes the old one.
+	waitFor(t, "the first run's connection closed", 10*time.Second, func() bool { return first.Conn.Context().Err() != nil })
 	if cause := context.Cause(first.Conn.Context()); cause == nil || !strings.Contains(cause.Error(), "replaced") {
 		t.Fatalf("the first run's connection ended with %v, not replaced while alive", cause)
 	}

@@ -62,6 +62,7 @@ type Status struct {
 	SPIFFEID  string                  `json:"spiffe_id,omitempty"`
 	CA        *tca.Stats              `json:"ca,omitempty"`
 	Members   *MembersStatus          `json:"members,omitempty"`
+	PeerCache *PeerCacheStatus        `json:"peer_cache,omitempty"`
 	Firewall  *firewall.Stats         `json:"firewall,omitempty"` // nil without a firewall
 }
 
@@ -103,7 +104,7 @@ func (n *Node) Status() Status {
 		s.Peers = append(s.Peers, ps)
 	}
 	sort.Slice(s.Peers, func(i, j int) bool { return s.Peers[i].Identity < s.Peers[j].Identity })
-	c, d, pc, nc := &n.stats, &n.dp.Counters, &n.peers.Counters, &n.nat.Counters
+	c, d, pc, nc, mc := &n.stats, &n.dp.Counters, &n.peers.Counters, &n.nat.Counters, &n.nat.Mesh
 	rs := n.rpc.Stats()
 	s.Drops = map[string]uint64{
 		"tx_not_ipv6":       d.TxNotIPv6.Load(),
@@ -132,8 +133,16 @@ func (n *Node) Status() Status {
 		"punch_refused":     nc.PunchRefused.Load(),
 		"dialback_busy":     nc.DialBackBusy.Load(),
 		"dial_addr_refused": nc.DialAddrRefused.Load(),
-		"icmp_rate_limited": d.ICMPRateLimited.Load(),
-		"icmp_queue_full":   d.ICMPQueueFull.Load(),
+		// Mesh relaying (nat/mesh.go), by reason.
+		"mesh_signal_malformed": mc.SignalMalformed.Load(),
+		"mesh_signal_rate":      mc.SignalRate.Load(),
+		"mesh_signal_ignored":   mc.SignalIgnored.Load(),
+		"mesh_attempts_busy":    mc.AttemptsBusy.Load(),
+		"mesh_allow_evicted":    mc.AllowEvicted.Load(),
+		"mesh_connect_rate":     mc.ConnectRate.Load(),
+		"app_signals_dropped":   c.AppSignalsDropped.Load(),
+		"icmp_rate_limited":     d.ICMPRateLimited.Load(),
+		"icmp_queue_full":       d.ICMPQueueFull.Load(),
 
 		// Requests reset for buffering too much: see rpc.Config.PeerBudget.
 		"rpc_over_peer_budget": rs.OverPeerBudget,
@@ -152,6 +161,13 @@ func (n *Node) Status() Status {
 		"rpc_handler_errors":    rs.HandlerErrors,
 		"rpc_abandoned":         rs.Abandoned,
 		"punches":               nc.Punches.Load(),
+		"mesh_signals_sent":     mc.SignalsSent.Load(),
+		"mesh_signals_received": mc.SignalsReceived.Load(),
+		"mesh_attempts":         mc.Attempts.Load(),
+		"mesh_sessions":         mc.Sessions.Load(),
+		"mesh_failed":           mc.Failed.Load(),
+		"mesh_repairs":          mc.Repairs.Load(),
+		"relay_repicks":         mc.Repicks.Load(),
 		"peers_evicted_lru":     pc.Evicted.Load(),
 		"peers_evicted_idle":    pc.IdleEvicted.Load(),
 		"icmp_unreachable_sent": d.ICMPUnreachSent.Load(),
@@ -169,6 +185,7 @@ func (n *Node) Status() Status {
 	}
 	s.NAT = n.NAT()
 	s.Relay = n.RelayStats()
+	s.PeerCache = n.PeerCache()
 	if n.dht != nil {
 		ds := n.dht.Stats()
 		s.DHT = &ds

@@ -116,7 +116,7 @@ func (s *Set) acceptLoop(ln *quic.Listener) {
 		if err != nil {
 			return
 		}
-		s.goRun(func() {
+		ok := s.goRun(func() {
 			id, err := pki.PeerIdentity(conn.ConnectionState().TLS)
 			if err != nil {
 				s.cfg.Refused(RefusedBadCert, id, netip.AddrPort{}, fmt.Sprintf("refused a connection without an identity: %v", err))
@@ -125,5 +125,8 @@ func (s *Set) acceptLoop(ln *quic.Listener) {
 			}
 			s.install(conn, id, false)
 		})
+		if !ok {
+			conn.CloseWithError(CodeNormal, "node closing") // the set is closing: nobody installs it
+		}
 	}
 }

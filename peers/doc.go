@@ -29,8 +29,9 @@
 // per installed peer (it reports the end of the connection), the redials
 // of kept contacts, and idle sweeps.
 //
-// peers imports pki, smartaddr and quic-go: never the datapath, nat,
-// the DHT, gossipsub or the overlay.
+// peers imports pki, smartaddr, quic-go and internal/group (the goroutines
+// Close waits for): never the datapath, nat, the DHT, gossipsub or the
+// overlay.
 //
 // The signed-record cache of peers reached (peercache) is to be wired in
 // here by a later change: Up is where a reached peer's record is stored,

@@ -12,6 +12,7 @@ import (
 
 	quic "github.com/korium/korium-tun/third_party/quic-go"
 
+	"github.com/korium/korium-tun/internal/group"
 	"github.com/korium/korium-tun/pki"
 )
 
@@ -137,7 +138,7 @@ type Set struct {
 	ops    chan func() // work for the loop; unbuffered, so a sent op always runs
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // the loop, the accept loop, watchers, redials, sweeps, accepted handshakes
+	group  group.Group // the loop, the accept loop, watchers, redials, sweeps, accepted handshakes
 	once   sync.Once
 
 	// Owned by the loop: read and written only by functions it runs.
@@ -184,13 +185,8 @@ func New(cfg Config) *Set {
 // closed (the host closes ln).
 func (s *Set) Accept(ln *quic.Listener) { s.goRun(func() { s.acceptLoop(ln) }) }
 
-func (s *Set) goRun(f func()) {
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		f()
-	}()
-}
+// goRun runs f as one of the set's goroutines, unless Close began.
+func (s *Set) goRun(f func()) bool { return s.group.Go(f) }
 
 // Close stops every goroutine of the set and waits for them. It closes no
 // connection: the host closes them (and its listener) first, so that
@@ -198,7 +194,7 @@ func (s *Set) goRun(f func()) {
 func (s *Set) Close() {
 	s.once.Do(func() {
 		s.cancel()
-		s.wg.Wait()
+		s.group.Wait()
 	})
 }
 

@@ -27,6 +27,15 @@
 #             transfer, and the direct path still happen
 #   d         cone/cone with a direct path: P stops; ping6 and a TCP
 #             transfer between HA and HB still work
+#   f         HB behind a symmetric NAT, relayed through P (its only
+#             bootstrap); Q is public and known only through the DHT. P
+#             stops during a 256 MiB transfer: HA and HB pick Q and move
+#             the connection onto a session through it (mesh relaying);
+#             prints the failover time (longest ping6 gap, every 100 ms),
+#             which must stay under 5 s, and checks the transfer's sha256
+#   g         after f: HA has cached Q and HB; HA restarts while P, its
+#             only bootstrap, is down: it rejoins through its peer cache
+#             (beside its key file) and reaches HB and Q by SmartAddr
 # Every scenario runs even when an earlier one failed; the script prints a
 # summary and exits non-zero if any failed. It removes every namespace,
 # process and file it made, also on failure.
@@ -239,7 +248,8 @@ node_up() {
 		--tun kt0 --pow-bits $POW --control "${SOCK[$n]}" --inbound-default allow "${boots[@]}"
 	PID[$n]=$BG_PID
 	wait_until 20 "$n's control socket" "$KT" status --control "${SOCK[$n]}"
-	[ "$n" = p ] || wait_until 20 "$n connected to P" has_peer "$n" p
+	# NO_P=1: P is down on purpose (the peer cache scenario).
+	[ "$n" = p ] || [ -n "${NO_P:-}" ] || wait_until 20 "$n connected to P" has_peer "$n" p
 	log "node $n up: ${ID[$n]:0:16} ${ADDR[$n]} on ${IP[$n]}:${PORT[$n]}"
 }
 
@@ -497,6 +507,94 @@ scen_d() {
 	is_direct ha hb || { fail "path is no longer direct without P: $(path ha hb)"; return 1; }
 }
 
+# relay_id FROM TO: the relay identity of FROM's current path to TO, or "-".
+relay_id() {
+	status_json "$1" | jq -r --arg id "${ID[$2]}" 'first(.peers[]? | select(.identity == $id)) // {} | .path.relay // "-"' 2>/dev/null || echo -
+}
+via_relay() { [ "$(path_kind "$1" "$2")" = relay ] && [ "$(relay_id "$1" "$2")" = "${ID[$3]}" ]; }
+p_knows_q() { status_json p | jq -e '.dht.table_size >= 1' >/dev/null; }
+rx_from() { status_json "$1" | jq -r --arg id "${ID[$2]}" 'first(.peers[]? | select(.identity == $id)) // {} | .rx_bytes // 0'; }
+rx_over() { [ "$(rx_from "$1" "$2")" -ge "$3" ]; }
+
+scen_f() {
+	set_nat "$RB" symmetric
+	[ -n "${PID[p]:-}" ] || node_up p
+	node_up q
+	# Q is in P's DHT table before HA and HB join through P, so they learn
+	# it; nobody is configured with it.
+	poll 20 p_knows_q || { fail "Q did not join P's DHT"; return 1; }
+	fresh_pair
+	poll 15 knows_nat ha || { fail "HA did not finish configure_nat"; return 1; }
+	poll 15 knows_nat hb || { fail "HB did not finish configure_nat"; return 1; }
+	poll 15 lists_relay hb p || { fail "HB's record does not list P as its relay: $(record ha hb)"; return 1; }
+	first_reply ha hb 20 || return 1
+	poll 10 via_relay ha hb p || { fail "HA's path to HB is not through P: $(path ha hb) $(relay_id ha hb)"; return 1; }
+	log "HA -> HB through P: $(path ha hb)"
+
+	local port=9200 rlog=$KT_WORK/recv.f.txt slog=$KT_WORK/send.f.txt plog=$KT_WORK/ping.f.txt rp sp pp t_stop t_switch
+	start_bg "$rlog" ip netns exec "${NS[hb]}" "$XFER" recv -listen "[${ADDR[hb]}]:$port" -timeout 240s
+	rp=$BG_PID
+	wait_until 10 "xfer receiver on hb" grep -q listening "$rlog"
+	start_bg "$plog" ip netns exec "${NS[ha]}" ping -6 -n -D -i 0.1 -W 1 -w 60 "${ADDR[hb]}"
+	pp=$BG_PID
+	start_bg "$slog" ip netns exec "${NS[ha]}" "$XFER" send -to "[${ADDR[hb]}]:$port" -bytes $((256 << 20)) -seed 77 -timeout 240s
+	sp=$BG_PID
+	# Stop P once the transfer is well under way (32 MiB arrived).
+	poll 60 rx_over hb ha $((32 << 20)) || { fail "the transfer did not get going: $(rx_from hb ha) bytes"; return 1; }
+	t_stop=$(now_ms)
+	log "stopping P (pid ${PID[p]}) with $(($(rx_from hb ha) >> 20)) MiB across"
+	node_down p
+	if ! poll 15 via_relay ha hb q; then
+		fail "HA's path to HB did not move to Q within 15 s: $(path ha hb) $(relay_id ha hb)"
+		return 1
+	fi
+	t_switch=$(($(now_ms) - t_stop))
+	log "HA's path to HB is through Q ${t_switch} ms after P stopped: $(path ha hb)"
+	wait "$sp" || { fail "xfer sender failed: $(tail -n 1 "$slog")"; return 1; }
+	wait "$rp" || { fail "xfer receiver failed: $(tail -n 1 "$rlog")"; return 1; }
+	kill -0 "$pp" 2>/dev/null && kill -INT "$pp" 2>/dev/null
+	wait "$pp" 2>/dev/null || true
+	local sent got gap
+	sent=$(cat "$slog") got=$(grep -v listening "$rlog")
+	[ "$sent" = "$got" ] || { fail "256 MiB across the failover corrupted: sent '$sent', received '$got'"; return 1; }
+	log "256 MiB across the failover arrived intact: $got"
+	# The failover time: the longest gap between ping6 replies around the stop.
+	gap=$(awk -v t0="$t_stop" '/bytes from/ { ts = substr($1, 2, length($1) - 2) * 1000; if (ts >= t0 - 1000) { if (last && ts - last > max) max = ts - last; last = ts } } END { printf "%d", max }' "$plog")
+	log "failover P -> Q: longest ping6 gap ${gap} ms; path on Q ${t_switch} ms after the stop"
+	SUMMARY+=("failover P -> Q (HB symmetric NAT): ping6 gap ${gap} ms, path through Q after ${t_switch} ms, 256 MiB intact")
+	[ "${gap:-99999}" -lt 5000 ] || { fail "traffic stopped for ${gap} ms (want < 5000)"; return 1; }
+}
+
+cache_count() { status_json "$1" | jq -r '.peer_cache.count // 0'; }
+cache_has() { [ "$(cache_count "$1")" -ge "$2" ]; }
+
+scen_g() {
+	[ -n "${PID[ha]:-}" ] && [ -n "${PID[hb]:-}" ] && [ -n "${PID[q]:-}" ] || { fail "needs f's nodes (HA, HB, Q) running"; return 1; }
+	[ -z "${PID[p]:-}" ] || node_down p
+	# HB and Q at least (P was up only briefly after HA started).
+	poll 30 cache_has ha 2 || { fail "HA cached $(cache_count ha) peers, want Q and HB: $(status_json ha | jq -c .peer_cache)"; return 1; }
+	log "HA's peer cache: $(status_json ha | jq -c '.peer_cache | {path, count}')"
+	node_down ha
+	[ -s "$KT_WORK/ha.key.peers" ] || { fail "no peer cache beside HA's key after it stopped"; return 1; }
+	local t0 n reached=0
+	t0=$(now_ms)
+	NO_P=1 node_up ha
+	for n in hb q; do
+		# One ping6 at a time: the first may be answered with Destination
+		# Unreachable while HA has no peer to resolve through.
+		if poll 30 nsx ha ping -6 -n -q -c 1 -W 1 "${ADDR[$n]}"; then
+			reached=$((reached + 1))
+			log "HA reaches $n by SmartAddr $(($(now_ms) - t0)) ms after its restart; path $(path ha "$n")"
+		else
+			log "HA does not reach $n within 30 s of its restart"
+		fi
+	done
+	local ms=$(($(now_ms) - t0))
+	log "HA restarted without its bootstrap: reached $reached of 2 cached peers by SmartAddr in ${ms} ms; $(status_json ha | jq -c '.peer_cache | {count, loaded, rejoins, rejoined}')"
+	SUMMARY+=("rejoin from the peer cache, bootstrap down: $reached of 2 earlier peers reached by SmartAddr in ${ms} ms")
+	[ "$reached" = 2 ] || { fail "HA reached $reached of 2 earlier peers after a restart without its bootstrap"; return 1; }
+}
+
 RESULTS=() FAILED=0
 # run NAME FUNCTION: run one scenario; on failure print the tails of HA's
 # and HB's logs, and go on with the next one.
@@ -540,7 +638,10 @@ run "thr: public <-> public baseline" scen_thr
 run "e: cone/cone with 3% loss" scen_e
 set_loss 0
 run "d: cone/cone direct, then P stops" scen_d
-node_down ha; node_down hb
+run "f: HB symmetric, relay P stops, traffic moves to Q" scen_f
+run "g: HA restarts with its bootstrap down, rejoins from its peer cache" scen_g
+set_nat "$RB" cone
+node_down ha; node_down hb; node_down q
 
 # ratio KIND: THR[KIND] / THR[public], or n/a.
 ratio() {

@@ -63,6 +63,10 @@ step "NAT lab (cone and symmetric NATs, relay, hole punching, loss)"
 ./scripts/nat-test.sh
 step "hostile networks (a probe flood from one address, link flaps)"
 ./scripts/hostile-test.sh
+step "a black-holed peer (A's iperf3 to B while A floods a C whose UDP is dropped: within 10%, pings answered)"
+# Three rounds, about a minute; a second series only when the first one's
+# ratio is below 0.9 (a busy machine).
+ROUNDS=3 ./scripts/blackhole-test.sh
 step "throughput smoke run (overlay vs wireguard-go vs raw veth)"
 json=$(mktemp /tmp/korium-bench.XXXXXX.json)
 RULES=100 ./scripts/bench-throughput.sh --rounds 2 --time 3 --json "$json"

@@ -378,7 +378,7 @@ func up(c *cli.Context, ucfg *upConfig, stdout, stderr io.Writer) error {
 	node, err := overlay.New(overlay.Config{
 		Keypair: kp, PoWBits: overlayPoW(bits), Conn: udp, Device: dev, MTU: mtu, Bootstrap: boot, Logger: log,
 		NoRelay: !c.Bool("relay"), TrustDomain: c.String("trust-domain"), Workload: c.String("workload"), CASigner: signer,
-		CA: caConfig(c), Members: members, Firewall: fw,
+		CA: caConfig(c), Members: members, PeerCache: peerCachePath(keyPath), Firewall: fw,
 	})
 	if err != nil {
 		return err
@@ -569,6 +569,9 @@ func printStatus(w io.Writer, st statusJSON) {
 	if r := st.Relay; r != nil {
 		fmt.Fprintf(w, "relay: %d sessions open, %d frames forwarded\n", r.Sessions, r.ForwardedFrames)
 	}
+	if pc := st.PeerCache; pc != nil {
+		fmt.Fprintf(w, "peer cache: %d of %d peers in %s\n", pc.Count, pc.Max, pc.Path)
+	}
 	var drops []string
 	for k, v := range st.Drops {
 		if v > 0 {
@@ -596,6 +599,9 @@ func printStatus(w io.Writer, st statusJSON) {
 			d.TableSize, d.Buckets, d.K, d.Alpha, len(d.Tiers), d.Records, d.Lookups, d.LookupFailures)
 	}
 }
+
+// peerCachePath is where up keeps its peer cache: beside the key file.
+func peerCachePath(keyPath string) string { return keyPath + ".peers" }
 
 func bytesString(b uint64) string {
 	switch {

@@ -11,11 +11,12 @@ import (
 // allowed lists, for each room, the project packages it may import
 // (besides the standard library and third-party modules).
 var allowed = map[string][]string{
-	"internal/ip6": nil,
-	"peers":        {"pki", "smartaddr", "third_party/quic-go"},
-	"datapath":     {"peers", "firewall", "internal/ip6", "smartaddr", "third_party/quic-go"},
-	"firewall":     {"pki", "smartaddr"},
-	"nat":          {"peers", "pki", "smartsock", "relay", "relay/client", "relay/server", "rpc", "internal/addrpolicy"},
+	"internal/ip6":   nil,
+	"internal/group": nil,
+	"peers":          {"pki", "smartaddr", "third_party/quic-go", "internal/group"},
+	"datapath":       {"peers", "firewall", "internal/ip6", "smartaddr", "third_party/quic-go", "internal/group"},
+	"firewall":       {"pki", "smartaddr"},
+	"nat":            {"peers", "pki", "smartsock", "relay", "relay/client", "relay/server", "rpc", "internal/addrpolicy", "internal/ratelimit", "internal/group"},
 }
 
 func TestImportsPointDown(t *testing.T) {

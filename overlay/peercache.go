@@ -1,0 +1,259 @@
+package overlay
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/korium/korium-tun/peercache"
+	"github.com/korium/korium-tun/pki"
+)
+
+// The node's peer cache (the reference's passive view of 100 recovery
+// candidates): the signed records of peers it reached, persisted at
+// Config.PeerCache. One goroutine, the keeper, owns the cache's file: it
+// learns of each new connection (peerUp posts the identity, never
+// blocking), fetches the peer's signed record, saves the file when it
+// changed (at most once per peerCacheSaveEvery, and once more when the
+// node closes), and rejoins through the cached peers when the node has no
+// connection at all (no bootstrap peer answered, or they all left).
+
+// Timing and bounds of the peer cache keeper.
+const (
+	peerCacheSaveEvery = 10 * time.Second // bounded write rate
+	peerCacheRefresh   = 10 * time.Minute // a peer's record is fetched again after this
+	peerCacheRetry     = 5 * time.Second  // after a failed fetch (its record may not be published yet)
+	peerCacheSweep     = 5 * time.Second  // how often connected peers not cached are looked for
+	peerCacheResolve   = 5 * time.Second  // one record fetch
+	peerCacheQueue     = 256              // peers waiting for their record to be fetched
+	peerCacheSweepMax  = 8                // fetches per sweep
+	rejoinAfter        = 3 * time.Second  // alone this long: dial the cache
+	rejoinEvery        = 10 * time.Second // at most one rejoin round this often
+	rejoinParallel     = 8                // cached peers dialed at once
+	rejoinDial         = 5 * time.Second  // one cached peer's dial
+)
+
+// peerCacheState is the node's side of its peer cache.
+type peerCacheState struct {
+	cache *peercache.Cache // nil: no cache (Config.PeerCache empty)
+	path  string
+	up    chan pki.Identity // peerUp -> keeper; full: the peer is skipped
+
+	loaded, refused int // what the file gave at start (set before the keeper runs)
+	loadErr         string
+
+	saves, saveErrors, queueDropped, fetchFailed, rejoins, rejoined atomic.Uint64
+
+	// Owned by the keeper: when each peer's record may be fetched again.
+	fetched map[pki.Identity]time.Time
+}
+
+// PeerCacheStatus is the peer cache as `status` shows it.
+type PeerCacheStatus struct {
+	Path  string `json:"path"`
+	Count int    `json:"count"`
+	Max   int    `json:"max"`
+	// Loaded and Refused are what the file gave at start; LoadError why it
+	// was not used.
+	Loaded    int    `json:"loaded"`
+	Refused   int    `json:"refused"`
+	LoadError string `json:"load_error,omitempty"`
+	Saves     uint64 `json:"saves"`
+	// SaveErrors, QueueDropped (new peers not cached: the queue was full)
+	// and FetchFailed (a peer's record could not be fetched) count drops.
+	SaveErrors   uint64 `json:"save_errors"`
+	QueueDropped uint64 `json:"queue_dropped"`
+	FetchFailed  uint64 `json:"fetch_failed"`
+	// Rejoins counts rounds of dialing cached peers because no peer was
+	// connected; Rejoined the cached peers reached that way.
+	Rejoins  uint64 `json:"rejoins"`
+	Rejoined uint64 `json:"rejoined"`
+}
+
+// initPeerCache loads the cache file. An unreadable or malformed file costs
+// one warning and the node starts without it (the next save replaces it);
+// nothing else is ever written or removed.
+func (n *Node) initPeerCache() {
+	pc := &n.pcache
+	if n.cfg.PeerCache == "" {
+		return
+	}
+	pc.path = n.cfg.PeerCache
+	pc.cache = peercache.New(peercache.DefaultMax, n.cfg.PoWBits)
+	pc.up = make(chan pki.Identity, peerCacheQueue)
+	pc.fetched = make(map[pki.Identity]time.Time)
+	st, err := pc.cache.Load(pc.path)
+	if err != nil {
+		pc.cache = peercache.New(peercache.DefaultMax, n.cfg.PoWBits) // nothing of a bad file
+		pc.loadErr = err.Error()
+		n.cfg.Logger.Warn("peer cache unreadable: starting without it (it is rewritten once peers are reached)", "path", pc.path, "err", err)
+	} else {
+		pc.loaded, pc.refused = st.Loaded, st.Refused
+		if st.Loaded > 0 || st.Refused > 0 {
+			n.cfg.Logger.Info("peer cache loaded", "path", pc.path, "peers", st.Loaded, "refused", st.Refused)
+		}
+	}
+	n.goLoop(n.peerCacheKeeper)
+}
+
+// cacheReached tells the keeper that p's connection came up (peerUp).
+func (n *Node) cacheReached(id pki.Identity) {
+	if n.pcache.cache == nil {
+		return
+	}
+	select {
+	case n.pcache.up <- id:
+	default:
+		n.pcache.queueDropped.Add(1)
+	}
+}
+
+// PeerCache returns the peer cache's status (nil without one).
+func (n *Node) PeerCache() *PeerCacheStatus {
+	pc := &n.pcache
+	if pc.cache == nil {
+		return nil
+	}
+	return &PeerCacheStatus{
+		Path: pc.path, Count: pc.cache.Len(), Max: peercache.DefaultMax,
+		Loaded: pc.loaded, Refused: pc.refused, LoadError: pc.loadErr,
+		Saves: pc.saves.Load(), SaveErrors: pc.saveErrors.Load(), QueueDropped: pc.queueDropped.Load(),
+		FetchFailed: pc.fetchFailed.Load(), Rejoins: pc.rejoins.Load(), Rejoined: pc.rejoined.Load(),
+	}
+}
+
+// peerCacheKeeper is the keeper goroutine (see above). It saves a changed
+// cache once more when the node closes.
+func (n *Node) peerCacheKeeper() {
+	pc := &n.pcache
+	tk := time.NewTicker(time.Second)
+	defer tk.Stop()
+	dirty := false
+	var lastSave, lastRejoin, lastSweep time.Time
+	var rejoining sync.WaitGroup
+	defer rejoining.Wait()
+	save := func() {
+		if err := pc.cache.Save(pc.path); err != nil {
+			pc.saveErrors.Add(1)
+			n.cfg.Logger.Warn("cannot save the peer cache", "err", err)
+		} else {
+			pc.saves.Add(1)
+		}
+		dirty, lastSave = false, time.Now()
+	}
+	busy := make(chan struct{}, 1) // one rejoin round at a time
+	for {
+		select {
+		case <-n.ctx.Done():
+			if dirty {
+				save()
+			}
+			return
+		case id := <-pc.up:
+			if n.fetchRecord(id) {
+				dirty = true
+			}
+		case now := <-tk.C:
+			if dirty && now.Sub(lastSave) >= peerCacheSaveEvery {
+				save()
+			}
+			for id, t := range pc.fetched {
+				if now.After(t) {
+					delete(pc.fetched, id)
+				}
+			}
+			if now.Sub(lastSweep) >= peerCacheSweep {
+				// Peers whose fetch failed or whose peerUp was dropped.
+				lastSweep = now
+				budget := peerCacheSweepMax
+				for p := range n.peers.Snapshot().All() {
+					if _, ok := pc.fetched[p.ID]; ok || !p.Routable || n.ctx.Err() != nil {
+						continue
+					}
+					if budget--; budget < 0 {
+						break
+					}
+					if n.fetchRecord(p.ID) {
+						dirty = true
+					}
+				}
+			}
+			if n.peers.Snapshot().Len() == 0 && len(n.cfg.Bootstrap) > 0 && now.Sub(n.started) > rejoinAfter &&
+				now.Sub(lastRejoin) > rejoinEvery && pc.cache.Len() > 0 {
+				select {
+				case busy <- struct{}{}:
+					lastRejoin = now
+					rejoining.Add(1)
+					go func() {
+						defer rejoining.Done()
+						defer func() { <-busy }()
+						n.rejoinFromCache()
+					}()
+				default:
+				}
+			}
+		}
+	}
+}
+
+// fetchRecord fetches id's signed record (a DHT lookup) and caches it,
+// unless it was fetched recently. It reports whether the cache changed.
+func (n *Node) fetchRecord(id pki.Identity) bool {
+	pc := &n.pcache
+	if n.dht == nil {
+		return false
+	}
+	if t, ok := pc.fetched[id]; ok && time.Now().Before(t) {
+		return false
+	}
+	pc.fetched[id] = time.Now().Add(peerCacheRefresh)
+	// The DHT join may still be under way: wait for it (bounded) so the
+	// first peers are cached too.
+	ctx, cancel := context.WithTimeout(n.ctx, peerCacheResolve)
+	defer cancel()
+	n.awaitJoin(ctx)
+	rec, err := n.dht.Resolve(ctx, id)
+	if err != nil {
+		pc.fetchFailed.Add(1)
+		pc.fetched[id] = time.Now().Add(peerCacheRetry)
+		return false
+	}
+	if err := pc.cache.Add(rec, time.Now()); err != nil {
+		pc.fetchFailed.Add(1)
+		return false
+	}
+	return true
+}
+
+// rejoinFromCache dials the cached peers, most recently reached first,
+// rejoinParallel at a time, until one round has tried them all. The DHT
+// join (dhtJoin) then bootstraps from whoever answered.
+func (n *Node) rejoinFromCache() {
+	pc := &n.pcache
+	pc.rejoins.Add(1)
+	cached := pc.cache.Peers()
+	n.cfg.Logger.Info("no peer connected: rejoining through the peer cache", "peers", len(cached))
+	sem := make(chan struct{}, rejoinParallel)
+	var wg sync.WaitGroup
+	for _, p := range cached {
+		select {
+		case sem <- struct{}{}:
+		case <-n.ctx.Done():
+			wg.Wait()
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			ctx, cancel := context.WithTimeout(n.ctx, rejoinDial)
+			defer cancel()
+			r := p.Record
+			if n.nat.Connect(ctx, r.Identity, r.Addrs, r.Relays, false) == nil {
+				pc.rejoined.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+}
