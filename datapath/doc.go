@@ -40,10 +40,9 @@
 // for them all. A sender blocked in SendDatagram returns only when its
 // connection closes: close the connections first (the node does).
 //
-// The stateful packet filter (firewall/) is to be wired in here by a later
-// change: its inbound check goes in accept, after the source and
-// destination checks, and its outbound tracking call in the read loop's
-// send, before a packet is queued.
+// The stateful packet filter (firewall/, Config.Firewall) sits in
+// firewall.go: each receiver checks its peer's datagrams after accept, and
+// the read loop tells it the flows it sends.
 //
 // datapath imports peers (their snapshot and connections), smartaddr,
 // quic-go, internal/ip6 and internal/group; never nat, the DHT, gossipsub

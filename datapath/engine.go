@@ -13,6 +13,7 @@ import (
 	"golang.org/x/time/rate"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/korium/korium-tun/firewall"
 	"github.com/korium/korium-tun/internal/group"
 	"github.com/korium/korium-tun/peers"
 )
@@ -84,6 +85,13 @@ type Config struct {
 	// OnFail is called once when the device is gone or keeps failing:
 	// the engine has stopped reading or writing it, and the node stops.
 	OnFail func(err error)
+	// Firewall judges peers' datagrams before the device write and learns
+	// the flows the device sends (firewall.go); nil: none.
+	Firewall *firewall.Firewall
+	// FirewallSPIFFE returns the SPIFFE ID of p that Firewall's patterns
+	// may match (one a CA vouches for; "" for none) and its expiry in unix
+	// ns, which a renewal may push. Nil: no peer's SPIFFE ID counts.
+	FirewallSPIFFE func(p *peers.Peer) (string, *atomic.Int64)
 }
 
 func (c Config) withDefaults() Config {
@@ -148,6 +156,7 @@ type Engine struct {
 	icmpLimit *rate.Limiter // ICMPv6 errors we make up (Destination Unreachable)
 
 	pend pending
+	fw   fwHook // firewall.go
 }
 
 // pbuf holds one packet on its way to the device: a datagram read
@@ -202,6 +211,7 @@ func New(cfg Config) (*Engine, error) {
 	e.goRun(e.readLoop)
 	e.goRun(e.writeLoop)
 	e.goRun(e.housekeeping)
+	e.startFirewall()
 	return e, nil
 }
 
@@ -260,6 +270,7 @@ func (e *Engine) housekeeping() {
 			return
 		case now := <-t.C:
 			e.expirePending(now)
+			e.fw.clock.Store(now.UnixNano()) // firewall.go
 		}
 	}
 }

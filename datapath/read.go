@@ -103,8 +103,10 @@ func (e *Engine) readLoop() {
 			pkt := bufs[i][devOffset : devOffset+sizes[i]]
 			switch e.route(pkt, &r.cache) {
 			case routeSend:
+				e.trackOut(pkt)
 				r.send(pkt)
 			case routeHold:
+				e.trackOut(pkt)
 				e.hold(r.cache.addr, pkt)
 			case routeTooBig:
 				e.answerTooBig(pkt, e.cfg.MTU)
@@ -156,8 +158,6 @@ func (r *reader) send(pkt []byte) {
 		}
 		c.link = l
 	}
-	// The firewall's outbound tracking call goes here (a later change):
-	// a packet we send opens the way for its answers.
 	if !r.e.enqueue(l, pkt, r.reclaim) {
 		// The peer's connection ended and its sender is gone; the peer
 		// leaves the snapshot in a moment.

@@ -19,6 +19,7 @@ const recvBatch = 32
 // slow, so quic-go's queue of received datagrams rarely fills. It ends
 // with p's connection (or the engine).
 func (e *Engine) receive(p *peers.Peer) {
+	fp := e.firewallPeer(p)
 	var (
 		held  [recvBatch]*pbuf
 		bufs  [recvBatch][]byte
@@ -50,7 +51,7 @@ func (e *Engine) receive(p *peers.Peer) {
 		for i := range n {
 			b := held[i]
 			b.n = sizes[i]
-			if !e.accept(p, b.b[devOffset:devOffset+b.n]) {
+			if d := b.b[devOffset : devOffset+b.n]; !e.accept(p, d) || !e.filterIn(fp, d) {
 				continue // its buffer is reused
 			}
 			select {
@@ -98,8 +99,6 @@ func (e *Engine) accept(p *peers.Peer, d []byte) bool {
 		e.Counters.RxNotRoutable.Add(1)
 		return false
 	}
-	// The firewall's inbound check goes here (a later change): the
-	// packet is known to come from p's address to ours.
 	p.Touch()
 	p.RxPackets.Add(1)
 	p.RxBytes.Add(uint64(len(d)))

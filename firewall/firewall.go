@@ -7,21 +7,29 @@
 // connections pass whatever the rules say.
 //
 // Outbound packets are never filtered, only tracked. ICMPv6 error messages
-// (Packet Too Big among them) and echo requests always pass; everything
-// else not admitted by a rule or a tracked flow is dropped unless the
-// default is Allow. The per-packet path allocates nothing.
+// (Packet Too Big among them) that quote a packet we sent to their sender,
+// and echo requests, always pass; everything else not admitted by a rule
+// or a tracked flow is dropped unless the default is Allow. A packet whose
+// source is not its peer's own SmartAddr is dropped whatever the rules say.
+// The per-packet path allocates nothing.
 //
-// It imports pki only; the node's datapath calls it.
+// SPIFFE patterns match only the SPIFFE IDs the caller vouches for (the
+// node passes those of certificates that chain to its CA, with their
+// expiry): a self-signed certificate can claim any SPIFFE ID.
+//
+// It imports pki and smartaddr only; the node's datapath calls it.
 package firewall
 
 import (
 	"fmt"
+	"math"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/smartaddr"
 )
 
 // Default is what happens to a new inbound flow no rule admits.
@@ -100,20 +108,22 @@ type Verdict uint8
 
 // Verdicts. Pass* let the packet through; Drop* are counted by reason.
 const (
-	PassFlow      Verdict = iota // a tracked flow (ours, or admitted earlier)
-	PassRule                     // a rule admits it
-	PassDefault                  // no rule, but the default is Allow
-	PassICMP                     // ICMPv6 error message or echo request
-	DropNoRule                   // a new inbound flow no rule admits
-	DropFragment                 // a later fragment of a flow we cannot tell
-	DropMalformed                // headers shorter than they claim
+	PassFlow       Verdict = iota // a tracked flow (ours, or admitted earlier)
+	PassRule                      // a rule admits it
+	PassDefault                   // no rule, but the default is Allow
+	PassICMP                      // ICMPv6 error message or echo request
+	DropNoRule                    // a new inbound flow no rule admits
+	DropFragment                  // a later fragment of a flow we cannot tell
+	DropMalformed                 // headers shorter than they claim
+	DropSpoofed                   // the source is not the peer's own address
+	DropICMPForged                // an ICMPv6 error quoting a packet we did not send to its sender
 	numVerdicts
 )
 
 // Pass reports whether v lets the packet through.
 func (v Verdict) Pass() bool { return v < DropNoRule }
 
-var verdictNames = [numVerdicts]string{"flow", "rule", "default", "icmp", "no_rule", "fragment", "malformed"}
+var verdictNames = [numVerdicts]string{"flow", "rule", "default", "icmp", "no_rule", "fragment", "malformed", "spoofed", "icmp_forged"}
 
 func (v Verdict) String() string {
 	if v < numVerdicts {
@@ -125,8 +135,9 @@ func (v Verdict) String() string {
 // Firewall filters inbound packets for any number of peers. Its methods are
 // safe for concurrent use; Inbound and Outbound allocate nothing.
 type Firewall struct {
-	set   atomic.Pointer[ruleSet] // replaced whole by Reload
-	flows table
+	set      atomic.Pointer[ruleSet] // replaced whole by Reload
+	reloadMu sync.Mutex              // one Reload at a time
+	flows    table
 
 	passed  [numVerdicts]atomic.Uint64
 	evicted atomic.Uint64 // live flows pushed out of a full bucket
@@ -156,19 +167,30 @@ func New(cfg Config) (*Firewall, error) {
 	return f, nil
 }
 
-// Reload replaces the rules and the default. Tracked flows survive: flows
-// this node started keep passing, and flows a peer started pass only while
-// the new rules still admit them (checked on their next packet). The flow
-// table keeps its size; the other bounds and timeouts change.
-func (f *Firewall) Reload(cfg Config) error {
+// Reload replaces the rules and the default at now (unix ns). Tracked
+// flows survive: flows this node started keep passing, and flows a peer
+// started survive while the new rules still admit them; the others are
+// forgotten now (their next packet is judged as a new flow) and counted in
+// dropped. The flow table keeps its size; the other bounds and timeouts
+// change.
+func (f *Firewall) Reload(cfg Config, now int64) (dropped int, err error) {
 	c, err := cfg.withDefaults()
 	if err != nil {
-		return err
+		return 0, err
 	}
+	f.reloadMu.Lock()
+	defer f.reloadMu.Unlock()
 	old := f.set.Load()
 	c.MaxFlows = old.cfg.MaxFlows
-	f.set.Store(&ruleSet{cfg: c, gen: old.gen + 1})
-	return nil
+	s := &ruleSet{cfg: c, gen: old.gen + 1}
+	f.set.Store(s)
+	if c.Default == Allow {
+		return 0, nil
+	}
+	return f.flows.removeIf(now, func(e *entry) bool {
+		h := headers{proto: e.k.proto, dst: e.k.local, src: e.k.remote, ports: true}
+		return !f.rules(s, e.owner, now).admits(&h)
+	}), nil
 }
 
 // Rules returns the rules in force and the default.
@@ -182,7 +204,9 @@ func (f *Firewall) Rules() ([]Rule, Default) {
 // after each Reload. Make one per connection with NewPeer.
 type Peer struct {
 	id       pki.Identity
+	addr     [16]byte // its SmartAddr: the only source its packets may have
 	spiffeID string
+	expiry   *atomic.Int64 // unix ns after which spiffeID no longer counts; nil: never
 	compiled atomic.Pointer[peerRules]
 	inbound  atomic.Int32 // tracked flows this peer started
 }
@@ -190,7 +214,17 @@ type Peer struct {
 // NewPeer returns the handle for a peer with identity id and the SPIFFE ID
 // of its verified certificate ("" when it has none).
 func (f *Firewall) NewPeer(id pki.Identity, spiffeID string) *Peer {
-	return &Peer{id: id, spiffeID: spiffeID}
+	return &Peer{id: id, addr: smartaddr.FromIdentity(id).As16(), spiffeID: spiffeID}
+}
+
+// NewPeerWithExpiry is NewPeer for a SPIFFE ID that counts only until the
+// unix-ns time in expiry, which the caller may push later (a renewed
+// certificate): rules naming SPIFFE patterns stop admitting the peer, and
+// its flows they admitted, once it passes.
+func (f *Firewall) NewPeerWithExpiry(id pki.Identity, spiffeID string, expiry *atomic.Int64) *Peer {
+	p := f.NewPeer(id, spiffeID)
+	p.expiry = expiry
+	return p
 }
 
 // Identity returns the peer's identity.
@@ -200,6 +234,7 @@ func (p *Peer) Identity() pki.Identity { return p.id }
 // sorted port intervals per protocol.
 type peerRules struct {
 	gen      uint64
+	recheck  int64      // unix ns: compile again from then on (the SPIFFE ID expires, or may have been renewed)
 	allowAll bool       // a rule admits any protocol from this peer
 	tcp, udp []interval // sorted, disjoint
 	icmp     bool
@@ -207,11 +242,20 @@ type peerRules struct {
 
 type interval struct{ lo, hi uint16 }
 
-func (s *ruleSet) compile(p *Peer) *peerRules {
-	pr := &peerRules{gen: s.gen}
+func (s *ruleSet) compile(p *Peer, now int64) *peerRules {
+	pr := &peerRules{gen: s.gen, recheck: math.MaxInt64}
+	spiffeID := p.spiffeID
+	if spiffeID != "" && p.expiry != nil {
+		if until := p.expiry.Load(); now < until {
+			pr.recheck = until
+		} else {
+			spiffeID = ""                         // expired: the pattern rules do not apply
+			pr.recheck = now + int64(time.Second) // until a renewal pushes expiry
+		}
+	}
 	for i := range s.cfg.Rules {
 		r := &s.cfg.Rules[i]
-		if !r.matchesPeer(p.id, p.spiffeID) {
+		if !r.matchesPeer(p.id, spiffeID) {
 			continue
 		}
 		lo, hi := r.PortLo, r.PortHi
@@ -270,11 +314,11 @@ func (pr *peerRules) admits(h *headers) bool {
 	return false
 }
 
-// rules returns p's compiled rules for the current generation.
-func (f *Firewall) rules(s *ruleSet, p *Peer) *peerRules {
+// rules returns p's compiled rules for the current generation at now.
+func (f *Firewall) rules(s *ruleSet, p *Peer, now int64) *peerRules {
 	pr := p.compiled.Load()
-	if pr == nil || pr.gen != s.gen {
-		pr = s.compile(p) // allocates, once per peer per Reload
+	if pr == nil || pr.gen != s.gen || now >= pr.recheck {
+		pr = s.compile(p, now) // allocates, once per peer per Reload (or expiry)
 		p.compiled.Store(pr)
 	}
 	return pr
@@ -307,9 +351,19 @@ func (f *Firewall) inbound(p *Peer, pkt []byte, now int64) Verdict {
 	if !ok {
 		return DropMalformed
 	}
+	if [16]byte(pkt[8:24]) != p.addr {
+		return DropSpoofed
+	}
 	s := f.set.Load()
-	if h.proto == 58 && (h.icmp <= icmpErrorMax || h.icmp == icmpEchoRequest) {
-		return PassICMP
+	if h.proto == 58 {
+		switch {
+		case h.icmp == icmpEchoRequest:
+			return PassICMP
+		case h.icmp <= icmpErrorMax && errorAboutUs(pkt, &h):
+			return PassICMP
+		case h.icmp <= icmpErrorMax:
+			return DropICMPForged
+		}
 	}
 	if h.laterFr {
 		if s.cfg.Default == Allow {
@@ -325,7 +379,7 @@ func (f *Firewall) inbound(p *Peer, pkt []byte, now int64) Verdict {
 			return PassFlow
 		case byPeer:
 			// Admitted earlier: still admitted by today's rules?
-			if s.cfg.Default == Allow || f.rules(s, p).admits(&h) {
+			if s.cfg.Default == Allow || f.rules(s, p, now).admits(&h) {
 				return PassFlow
 			}
 			f.flows.remove(&k)
@@ -334,7 +388,7 @@ func (f *Firewall) inbound(p *Peer, pkt []byte, now int64) Verdict {
 	}
 	var v Verdict
 	switch {
-	case f.rules(s, p).admits(&h):
+	case f.rules(s, p, now).admits(&h):
 		v = PassRule
 	case s.cfg.Default == Allow:
 		v = PassDefault
@@ -369,15 +423,18 @@ func (f *Firewall) Outbound(pkt []byte, now int64) {
 
 // Stats counts verdicts and flow-table events.
 type Stats struct {
-	Passed      map[string]uint64 `json:"passed"`  // by reason: flow, rule, default, icmp
-	Dropped     map[string]uint64 `json:"dropped"` // by reason: no_rule, fragment, malformed
-	Flows       int               `json:"flows"`   // tracked now (expired ones not yet reclaimed included)
-	MaxFlows    int               `json:"max_flows"`
-	Evicted     uint64            `json:"flows_evicted"`
-	Untracked   uint64            `json:"flows_untracked_peer_cap"`
-	Default     string            `json:"inbound_default"`
-	Rules       int               `json:"rules"`
-	RecentDrops []Drop            `json:"recent_drops"`
+	Passed    map[string]uint64 `json:"passed"`  // by reason: flow, rule, default, icmp
+	Dropped   map[string]uint64 `json:"dropped"` // by reason: no_rule, fragment, malformed
+	Flows     int               `json:"flows"`   // tracked now (expired ones not yet reclaimed included)
+	MaxFlows  int               `json:"max_flows"`
+	Evicted   uint64            `json:"flows_evicted"`
+	Untracked uint64            `json:"flows_untracked_peer_cap"`
+	// RecentSkipped counts drops left out of RecentDrops while a flood
+	// kept its ring busy (the counters above have them all).
+	RecentSkipped uint64 `json:"recent_drops_skipped"`
+	Default       string `json:"inbound_default"`
+	Rules         int    `json:"rules"`
+	RecentDrops   []Drop `json:"recent_drops"`
 }
 
 // Stats returns a snapshot.
@@ -386,7 +443,7 @@ func (f *Firewall) Stats() Stats {
 	st := Stats{
 		Passed: map[string]uint64{}, Dropped: map[string]uint64{},
 		Flows: f.flows.count(), MaxFlows: f.flows.capacity(),
-		Evicted: f.evicted.Load(), Untracked: f.untrack.Load(),
+		Evicted: f.evicted.Load(), Untracked: f.untrack.Load(), RecentSkipped: f.dropped.Load(),
 		Default: s.cfg.Default.String(), Rules: len(s.cfg.Rules),
 		RecentDrops: f.RecentDrops(),
 	}

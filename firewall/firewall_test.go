@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -65,6 +66,13 @@ func icmp(src, dst netip.Addr, typ uint8, ident uint16) []byte {
 	l4[0] = typ
 	binary.BigEndian.PutUint16(l4[4:], ident)
 	return pkt(src, dst, 58, l4)
+}
+
+// icmpErr builds an ICMPv6 error message of type typ quoting the packet q.
+func icmpErr(src, dst netip.Addr, typ uint8, q []byte) []byte {
+	l4 := make([]byte, 8, 8+len(q))
+	l4[0] = typ
+	return pkt(src, dst, 58, append(l4, q...))
 }
 
 type fixture struct {
@@ -166,13 +174,63 @@ func TestDefaultDenyKeepsICMP(t *testing.T) {
 	f.in(f.pb, tcp(b, us, 5555, 22), DropNoRule)
 	f.in(f.pb, udp(b, us, 5555, 53), DropNoRule)
 	f.in(f.pb, icmp(b, us, icmpEchoRequest, 1), PassICMP)
-	f.in(f.pb, icmp(b, us, 2, 0), PassICMP) // Packet Too Big
-	f.in(f.pb, icmp(b, us, 1, 0), PassICMP) // Destination Unreachable
+	f.in(f.pb, icmpErr(b, us, 2, tcp(us, b, 40000, 443)), PassICMP) // Packet Too Big
+	f.in(f.pb, icmpErr(b, us, 1, udp(us, b, 40000, 53)), PassICMP)  // Destination Unreachable
 	f.in(f.pb, icmp(b, us, icmpEchoReply, 1), DropNoRule)
 	f.in(f.pb, pkt(b, us, 132, make([]byte, 8)), DropNoRule) // SCTP
 	if got := f.fw.Dropped(DropNoRule); got != 4 {
 		t.Fatalf("no_rule drops = %d, want 4", got)
 	}
+}
+
+// An ICMPv6 error passes only when it quotes a packet we sent to its
+// sender: b cannot shrink or reset our flows with c by quoting them, nor
+// send an error that quotes nothing.
+func TestForgedICMPErrors(t *testing.T) {
+	f := newFixture(t, Config{Default: Allow})
+	b, c, us := f.b.addr, f.c.addr, f.us.addr
+	f.in(f.pb, icmpErr(b, us, 2, tcp(us, c, 40000, 443)), DropICMPForged) // about our flow with c
+	f.in(f.pb, icmpErr(b, us, 1, tcp(c, us, 443, 40000)), DropICMPForged) // quoting c's packet
+	f.in(f.pb, icmp(b, us, 2, 0), DropICMPForged)                         // quotes nothing
+	// pkt pads every packet with 8 bytes: a quote of 31 is 39 in all, one
+	// short of an IPv6 header.
+	f.in(f.pb, icmpErr(b, us, 2, tcp(us, b, 40000, 443)[:31]), DropICMPForged)
+	f.in(f.pb, icmpErr(b, us, 2, tcp(us, b, 40000, 443)[:40]), PassICMP) // a header is enough
+}
+
+// A peer cannot use another peer's address to ride its flows or its rules:
+// the firewall checks the source itself, whatever its caller did.
+func TestSpoofedSource(t *testing.T) {
+	f := newFixture(t, Config{}, "%s tcp/8080")
+	b, us := f.b.addr, f.us.addr
+	f.fw.Outbound(tcp(us, b, 40000, 443), f.clock)
+	f.in(f.pc, tcp(b, us, 443, 40000), DropSpoofed) // c claims b's reply
+	f.in(f.pc, tcp(b, us, 1000, 8080), DropSpoofed) // c claims b's rule
+	f.in(f.pc, icmp(b, us, icmpEchoRequest, 1), DropSpoofed)
+	f.in(f.pb, tcp(b, us, 443, 40000), PassFlow)
+	if d := f.fw.RecentDrops(); len(d) == 0 || d[0].Peer != f.c.id || d[0].Reason != "spoofed" {
+		t.Fatalf("recent drops %+v", d)
+	}
+}
+
+// A SPIFFE ID given with an expiry stops counting once it passes (flows
+// it admitted included) and counts again when a renewal pushes it.
+func TestSPIFFEExpiry(t *testing.T) {
+	f := newFixture(t, Config{}, "spiffe://corp.example/* tcp/443")
+	b, us := f.b.addr, f.us.addr
+	var until atomic.Int64
+	until.Store(f.clock + int64(time.Minute))
+	p := f.fw.NewPeerWithExpiry(f.b.id, "spiffe://corp.example/"+f.b.id.String(), &until)
+	f.in(p, tcp(b, us, 1000, 443), PassRule)
+	f.clock += int64(2 * time.Minute)
+	f.in(p, tcp(b, us, 1000, 443), DropNoRule) // its flow goes with it
+	f.in(p, tcp(b, us, 1001, 443), DropNoRule)
+	until.Store(f.clock + int64(time.Hour)) // renewed
+	f.clock += int64(2 * time.Second)       // rechecked within a second
+	f.in(p, tcp(b, us, 1001, 443), PassRule)
+	// Without a SPIFFE ID, or another trust domain, the rule never applies.
+	f.in(f.fw.NewPeer(f.b.id, ""), tcp(b, us, 1002, 443), DropNoRule)
+	f.in(f.fw.NewPeer(f.b.id, "spiffe://evil.example/"+f.b.id.String()), tcp(b, us, 1003, 443), DropNoRule)
 }
 
 func TestRepliesToOurFlowsPass(t *testing.T) {
@@ -219,16 +277,19 @@ func TestReloadKeepsAllowedFlows(t *testing.T) {
 	f.fw.Outbound(tcp(us, b, 8080, 1000), f.clock) // our reply on it: still b's flow
 	f.fw.Outbound(tcp(us, b, 40000, 443), f.clock) // our own flow
 	rules, _ := f.fw.Rules()
-	if err := f.fw.Reload(Config{Rules: rules}); err != nil { // same rules
-		t.Fatal(err)
+	if n, err := f.fw.Reload(Config{Rules: rules}, f.clock); err != nil || n != 0 { // same rules
+		t.Fatal(n, err)
 	}
 	f.in(f.pb, tcp(b, us, 1000, 8080), PassFlow)
-	if err := f.fw.Reload(Config{}); err != nil { // rule gone
-		t.Fatal(err)
+	if n, err := f.fw.Reload(Config{}, f.clock); err != nil || n != 1 { // rule gone: b's flow goes now
+		t.Fatalf("reload dropped %d flows (%v), want 1", n, err)
+	}
+	if st := f.fw.Stats(); st.Flows != 1 {
+		t.Fatalf("%d flows tracked after the reload, want ours only", st.Flows)
 	}
 	f.in(f.pb, tcp(b, us, 1000, 8080), DropNoRule)
 	f.in(f.pb, tcp(b, us, 443, 40000), PassFlow) // replies to our own flow still pass
-	if err := f.fw.Reload(Config{Default: Allow}); err != nil {
+	if _, err := f.fw.Reload(Config{Default: Allow}, f.clock); err != nil {
 		t.Fatal(err)
 	}
 	f.in(f.pb, tcp(b, us, 1000, 8080), PassDefault)
@@ -263,7 +324,7 @@ func TestPeerCannotFillTheTable(t *testing.T) {
 	if f.fw.untrack.Load() == 0 {
 		t.Fatal("untracked counter did not move")
 	}
-	f.fw.Reload(Config{}) // now only tracked flows pass
+	f.fw.Reload(Config{}, f.clock) // now only tracked flows pass
 	for i := 0; i < 200; i++ {
 		f.in(f.pb, udp(b, us, 53, uint16(10000+i)), PassFlow)
 	}
@@ -296,12 +357,14 @@ func TestFragments(t *testing.T) {
 		binary.BigEndian.PutUint16(h[2:], offset<<3|1)
 		return pkt(b, us, 44, append(h, l4...))
 	}
+	b, us = f.b.addr, f.us.addr
 	first := make([]byte, 8)
 	binary.BigEndian.PutUint16(first[0:], 9)
 	binary.BigEndian.PutUint16(first[2:], 53)
 	f.in(f.pb, frag(0, first), PassRule)
 	f.in(f.pb, frag(100, make([]byte, 8)), DropFragment)
 	g := newFixture(t, Config{Default: Allow})
+	b, us = g.b.addr, g.us.addr
 	g.in(g.pb, frag(100, make([]byte, 8)), PassDefault)
 }
 
@@ -356,7 +419,7 @@ func TestPerPacketPathAllocatesNothing(t *testing.T) {
 	reply := tcp(b, us, 443, 40000)
 	admitted := tcp(b, us, 1000, 8080)
 	denied := tcp(b, us, 1000, 22)
-	ptb := icmp(b, us, 2, 0)
+	ptb := icmpErr(b, us, 2, tcp(us, b, 40000, 443))
 	f.fw.Outbound(out, f.clock)
 	f.fw.Inbound(f.pb, admitted, f.clock) // compiles b's rules once
 	for name, fn := range map[string]func(){
@@ -395,7 +458,7 @@ func TestConcurrentUse(t *testing.T) {
 	}
 	for i := 0; i < 20; i++ {
 		rules, _ := f.fw.Rules()
-		f.fw.Reload(Config{Rules: rules})
+		f.fw.Reload(Config{Rules: rules}, time.Now().UnixNano())
 		f.fw.Stats()
 		time.Sleep(time.Millisecond)
 	}

@@ -22,6 +22,7 @@ type headers struct {
 	icmp    uint8  // ICMPv6 type
 	ports   bool   // src/dst are meaningful (TCP, UDP, ICMPv6 echo)
 	laterFr bool   // a fragment other than the first: no transport header
+	l4      int    // offset of the transport header
 }
 
 // parse reads the transport header of an IPv6 packet, walking at most
@@ -62,7 +63,7 @@ func parse(b []byte) (h headers, ok bool) {
 		}
 		break
 	}
-	h.proto = next
+	h.proto, h.l4 = next, off
 	switch next {
 	case 6, 17: // TCP, UDP: the ports lead both headers
 		if off+4 > len(b) {
@@ -82,4 +83,20 @@ func parse(b []byte) (h headers, ok bool) {
 		}
 	}
 	return h, true
+}
+
+// errorAboutUs reports whether pkt, an ICMPv6 error message at h, quotes a
+// packet this node sent to the error's sender: the quoted source is the
+// outer destination (us) and the quoted destination the outer source (the
+// peer). Every peer is the only owner of its address and forwards for
+// nobody, so an error from it can only be about a packet sent to it; one
+// quoting any other flow is a peer trying to reset or shrink our
+// connections with someone else (Linux matches errors to sockets by the
+// quoted packet alone).
+func errorAboutUs(pkt []byte, h *headers) bool {
+	q := h.l4 + 8 // the quoted packet follows the 8-byte ICMPv6 header
+	if q+ipv6HeaderLen > len(pkt) {
+		return false
+	}
+	return string(pkt[q+8:q+24]) == string(pkt[24:40]) && string(pkt[q+24:q+40]) == string(pkt[8:24])
 }

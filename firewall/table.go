@@ -180,6 +180,26 @@ func (t *table) remove(k *key) {
 	}
 }
 
+// removeIf forgets every live flow a peer started for which drop is true
+// (called with the flow's bucket locked) and returns how many it forgot.
+func (t *table) removeIf(now int64, drop func(*entry) bool) int {
+	n := 0
+	for i := range t.b {
+		b := &t.b[i]
+		b.mu.Lock()
+		for j := range b.e {
+			e := &b.e[j]
+			if e.owner != nil && live(e, now) && drop(e) {
+				e.owner.inbound.Add(-1)
+				*e = entry{}
+				n++
+			}
+		}
+		b.mu.Unlock()
+	}
+	return n
+}
+
 // count returns the entries in use (for Stats; walks the table).
 func (t *table) count() int {
 	n := 0

@@ -113,6 +113,9 @@ var (
 	dNATRelays    = desc("nat_relays", "Relays this node publishes in its contact record (behind NAT).")
 	dDNSQueries   = desc("dns_queries_total", "DNS queries to the node's responder, by outcome.", "result")
 	dNames        = desc("names", "Names in the node's names table.")
+	dFwPassed     = desc("firewall_passed_total", "Inbound packets the firewall let through, by why (flow, rule, default, icmp).", "reason")
+	dFwFlows      = desc("firewall_flows", "Flows the firewall tracks now (expired ones not yet reclaimed included).")
+	dFwEvicted    = desc("firewall_flows_evicted_total", "Live flows the firewall's full table pushed out for new ones.")
 )
 
 // Describe implements prometheus.Collector.
@@ -121,7 +124,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		dResolves, dPathSwitches, dDHTContacts, dDHTBuckets, dDHTRecords, dDHTRecBytes, dDHTLookups, dDHTLookFail,
 		dDHTLatency, dDHTRequests, dDHTReqFail, dGossipPub, dGossipDeliv, dGossipFwd, dGossipDup, dGossipScore,
 		dGossipPenal, dRelaySess, dRelayOpened, dRelayFrames, dRelayBytes, dNATChecked, dNATPublic, dNATRelays,
-		dDNSQueries, dNames} {
+		dDNSQueries, dNames, dFwPassed, dFwFlows, dFwEvicted} {
 		ch <- d
 	}
 }
@@ -172,6 +175,16 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for reason, v := range dropFields(st.SmartSock) {
 		counter(dDrops, v, "smartsock", reason)
+	}
+	if fw := st.Firewall; fw != nil {
+		for reason, v := range fw.Dropped {
+			counter(dDrops, v, "firewall", reason)
+		}
+		for reason, v := range fw.Passed {
+			counter(dFwPassed, v, reason)
+		}
+		gauge(dFwFlows, float64(fw.Flows))
+		counter(dFwEvicted, fw.Evicted)
 	}
 	counter(dHandshakes, st.Counters["handshakes"])
 	counter(dResolves, st.Counters["resolve_ok"], "ok")

@@ -191,6 +191,9 @@ type Config struct {
 	// CA-signed certificate, renewed through the mesh, and which peers it
 	// accepts (see members.go). The zero value: no membership.
 	Members MembersConfig
+	// Firewall filters the new flows peers open toward the device (see
+	// firewall.go). The zero value: no firewall.
+	Firewall FirewallConfig
 }
 
 // Resolver returns contacts that may own addr. The node dials them with the
@@ -245,6 +248,9 @@ func (c *Config) withDefaults() (Config, error) {
 		out.RequestQueue = 64
 	}
 	if err := out.checkCAConfig(); err != nil {
+		return out, err
+	}
+	if _, _, err := out.Firewall.build(); err != nil {
 		return out, err
 	}
 	if out.KeepAlive >= out.IdleTimeout {

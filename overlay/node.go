@@ -40,6 +40,7 @@ import (
 
 	"github.com/korium/korium-tun/datapath"
 	"github.com/korium/korium-tun/dht"
+	"github.com/korium/korium-tun/firewall"
 	"github.com/korium/korium-tun/gossipsub"
 	"github.com/korium/korium-tun/internal/group"
 	"github.com/korium/korium-tun/nat"
@@ -79,6 +80,8 @@ type Node struct {
 	quicConf *quic.Config
 	tlsConf  pki.TLSConfig
 	srvTLS   *tls.Config
+
+	fw *firewall.Firewall // nil without Config.Firewall (firewall.go)
 
 	ctx    context.Context // canceled by Close: ends the node's own goroutines
 	cancel context.CancelFunc
@@ -276,6 +279,9 @@ func start(c Config) (n *Node, err error) {
 	if err := n.initCA(); err != nil {
 		return nil, err
 	}
+	if err := n.initFirewall(); err != nil {
+		return nil, err
+	}
 	dc := datapath.Config{
 		Addr: n.addr, MTU: c.MTU, Device: c.Device, Peers: n.peers,
 		ResolveTimeout: c.ResolveTimeout, ResolveFailTTL: c.ResolveFailTTL, PendingTimeout: c.PendingTimeout,
@@ -283,6 +289,7 @@ func start(c Config) (n *Node, err error) {
 		// gVisor drops Destination Unreachable code 3; the kernel TUN
 		// coalesces in place, the netstack on its own.
 		UnreachNoRoute: n.stack != nil, CoalesceCopy: n.stack == nil,
+		Firewall: n.fw, FirewallSPIFFE: n.firewallSPIFFE,
 	}
 	if n.cfg.Resolver != nil {
 		dc.Resolve = n.resolveOwner

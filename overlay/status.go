@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/korium/korium-tun/dht"
+	"github.com/korium/korium-tun/firewall"
 	"github.com/korium/korium-tun/pki/tca"
 	"github.com/korium/korium-tun/relay/server"
 	"github.com/korium/korium-tun/smartsock"
@@ -62,6 +63,7 @@ type Status struct {
 	CA        *tca.Stats              `json:"ca,omitempty"`
 	Members   *MembersStatus          `json:"members,omitempty"`
 	PeerCache *PeerCacheStatus        `json:"peer_cache,omitempty"`
+	Firewall  *firewall.Stats         `json:"firewall,omitempty"` // nil without a firewall
 }
 
 // Status returns a snapshot of peers and counters.
@@ -178,6 +180,9 @@ func (n *Node) Status() Status {
 	}
 	s.SPIFFEID, s.CA = n.SPIFFEID(), n.CAStats()
 	s.Members = n.membersStatus()
+	if fs, ok := n.FirewallStats(); ok {
+		s.Firewall = &fs
+	}
 	s.NAT = n.NAT()
 	s.Relay = n.RelayStats()
 	s.PeerCache = n.PeerCache()

@@ -17,6 +17,7 @@
 #   KORIUM_BASE_BIN  a second korium-tun binary for mode "base" (another
 #                    build measured in the same rounds: before/after ratios)
 #   KORIUM_POW_BITS  proof-of-work bits for overlay keys (default 8)
+#   RULES            as --rules N
 #   KORIUM_PROFILE_DIR  write each overlay daemon's CPU profile to
 #                    DIR/MODE-SIDE.pprof (KORIUM_TUN_CPUPROFILE)
 
@@ -37,6 +38,12 @@ usage: scripts/bench-throughput.sh [options]
   --underlay 4|6   underlay family the tunnels run over (default 4)
   --pow-bits N     proof-of-work bits for overlay keys (default $KORIUM_POW_BITS or 8)
   --ready-timeout S  seconds to wait for a tunnel to pass pings (default 30)
+  --rules N        also measure mode "overlayfw": a third korium-tun pair whose
+                   firewalls hold N --allow rules (default deny; the one rule
+                   that admits iperf3 comes last), in the same rounds, with
+                   the ratios overlayfw/overlay and overlayfw/wg (default
+                   $RULES or 0: skip). The overlay pair runs --inbound-default
+                   allow (no rules, flows still tracked).
   --json FILE      also write the figures as JSON to FILE
   --keep-logs DIR  copy the daemon logs to DIR before cleanup
   --goapi [ARGS]   instead: the in-process Go API benchmark, korium-tun
@@ -54,6 +61,7 @@ MODES=raw,wg,overlay
 UNDERLAY=4
 POW_BITS=${KORIUM_POW_BITS:-8}
 READY_TIMEOUT=30
+RULES=${RULES:-0}
 JSON_OUT=
 KEEP_LOGS=
 
@@ -76,6 +84,7 @@ while (($# > 0)); do
 	--underlay) UNDERLAY=${2:?}; shift 2 ;;
 	--pow-bits) POW_BITS=${2:?}; shift 2 ;;
 	--ready-timeout) READY_TIMEOUT=${2:?}; shift 2 ;;
+	--rules) RULES=${2:?}; shift 2 ;;
 	--json) JSON_OUT=${2:?}; shift 2 ;;
 	--keep-logs) KEEP_LOGS=${2:?}; shift 2 ;;
 	--goapi) shift; exec "$(dirname "${BASH_SOURCE[0]}")/bench-goapi.sh" "$@" ;;
@@ -84,7 +93,7 @@ while (($# > 0)); do
 	esac
 done
 
-for v in ROUNDS TIME PARALLEL PINGS POW_BITS READY_TIMEOUT; do
+for v in ROUNDS TIME PARALLEL PINGS POW_BITS READY_TIMEOUT RULES; do
 	is_uint "${!v}" || die "$v must be a non-negative integer, got '${!v}'"
 done
 ((ROUNDS >= 1)) || die "--rounds must be >= 1"
@@ -96,6 +105,10 @@ IFS=, read -r -a MODE_LIST <<<"$MODES"
 for m in "${MODE_LIST[@]}"; do
 	[[ $m == raw || $m == wg || $m == overlay || $m == base ]] || die "unknown mode '$m' (raw, wg, overlay, base)"
 done
+if ((RULES > 0)); then
+	((RULES <= 10000)) || die "--rules must be at most 10000 (the firewall's limit)"
+	[[ ,$MODES, == *,overlay,* ]] && MODE_LIST+=(overlayfw)
+fi
 has_mode() {
 	local m
 	for m in "${MODE_LIST[@]}"; do [[ $m == "$1" ]] && return 0; done
@@ -210,6 +223,7 @@ mkdir -p "$TMP/res"
 declare -A STATUS REASON TARGET
 declare -A DAEMONS TUNDEV # per mode: the PIDs of its two daemons, b's TUN
 ALL_MODES=(raw wg overlay base)
+((RULES > 0)) && ALL_MODES+=(overlayfw)
 for m in "${ALL_MODES[@]}"; do
 	if has_mode "$m"; then STATUS[$m]=pending; else STATUS[$m]=skipped REASON[$m]="not selected"; fi
 done
@@ -243,6 +257,9 @@ if has_mode overlay; then
 		STATUS[overlay]=skipped REASON[overlay]="no korium-tun binary (set KORIUM_BIN or add ./cmd/korium-tun)"
 	fi
 	[[ ${STATUS[overlay]} == skipped ]] && log "SKIPPING overlay mode: ${REASON[overlay]}"
+	if ((RULES > 0)) && [[ ${STATUS[overlay]} == skipped ]]; then
+		STATUS[overlayfw]=skipped REASON[overlayfw]=${REASON[overlay]}
+	fi
 fi
 KORIUM_BASE=
 if has_mode base; then
@@ -342,13 +359,29 @@ overlay_setup() { # overlay_setup MODE BIN PORT TUN
 			return 1
 		}
 	done
-	local id_b addr_b
+	local id_b addr_b fw=()
 	id_b=$(json_field identity "$TMP/$mode-id-b.json")
 	addr_b=$(json_field address "$TMP/$mode-id-b.json")
 	[[ -n $id_b && $addr_b == fd00:c0f1:* ]] || {
 		REASON[$mode]="cannot parse 'korium-tun id --json' output: $(head -c 200 "$TMP/$mode-id-b.json")"
 		return 1
 	}
+	# The firewall: none for a base build that predates it; the overlay pair
+	# lets every flow in (flows still tracked); overlayfw holds RULES rules,
+	# RULES-1 for ports nobody uses and last the one for iperf3, so every
+	# packet of the measured flow is judged against all of them.
+	if [[ $mode == overlayfw ]]; then
+		local i
+		{
+			echo "inbound_default: deny"
+			echo "allow:"
+			for ((i = 1; i < RULES; i++)); do echo "  - \"* tcp/$((10000 + 2 * i))\""; done
+			echo "  - \"$(json_field identity "$TMP/$mode-id-a.json") tcp/5201\""
+		} >"$TMP/fw-rules.yaml"
+		fw=(--config "$TMP/fw-rules.yaml")
+	elif "$bin" up --help 2>&1 | grep -q -- --inbound-default; then
+		fw=(--inbound-default allow)
+	fi
 	local prof_a=() prof_b=()
 	if [[ -n ${KORIUM_PROFILE_DIR:-} ]]; then
 		prof_a=(env "KORIUM_TUN_CPUPROFILE=$KORIUM_PROFILE_DIR/$mode-a.pprof")
@@ -357,7 +390,7 @@ overlay_setup() { # overlay_setup MODE BIN PORT TUN
 	log "starting korium-tun pair ($mode, $bin) over IPv$UNDERLAY underlay (b = $addr_b)"
 	# b is the first node; a joins through it.
 	start "$mode-b" "$NS_B" "${prof_b[@]}" "$bin" up --key "$TMP/$mode-b.key" --listen "$(hostport "$UB" "$port")" \
-		--tun "$tun" --pow-bits "$POW_BITS" --control "$TMP/$mode-b.ctl"
+		--tun "$tun" --pow-bits "$POW_BITS" --control "$TMP/$mode-b.ctl" "${fw[@]}"
 	local pids=$STARTED
 	ov_listening() { in_b ss -Hlun "sport = :$port" | grep -q .; }
 	wait_until "$READY_TIMEOUT" "korium-tun b listening" "$pids" ov_listening || {
@@ -366,7 +399,7 @@ overlay_setup() { # overlay_setup MODE BIN PORT TUN
 		return 1
 	}
 	start "$mode-a" "$NS_A" "${prof_a[@]}" "$bin" up --key "$TMP/$mode-a.key" --listen "$(hostport "$UA" "$port")" \
-		--bootstrap "$id_b@$(hostport "$UB" "$port")" --tun "$tun" --pow-bits "$POW_BITS" --control "$TMP/$mode-a.ctl"
+		--bootstrap "$id_b@$(hostport "$UB" "$port")" --tun "$tun" --pow-bits "$POW_BITS" --control "$TMP/$mode-a.ctl" "${fw[@]}"
 	pids="$pids $STARTED"
 	# Each node's TUN takes the whole overlay prefix; with two overlay
 	# modes the peers' own addresses must go to their own pair's TUNs.
@@ -386,6 +419,10 @@ overlay_setup() { # overlay_setup MODE BIN PORT TUN
 		REASON[$mode]="overlay did not pass pings to $addr_b within ${READY_TIMEOUT}s"
 		return 1
 	}
+	if [[ $mode == overlayfw ]] && ! grep -q "inbound default deny, $RULES rules" <<<"$("$bin" status --control "$TMP/$mode-b.ctl")"; then
+		REASON[$mode]="b's status does not show $RULES firewall rules"
+		return 1
+	fi
 	TARGET[$mode]=$addr_b DAEMONS[$mode]=$pids TUNDEV[$mode]=$tun
 }
 if [[ ${STATUS[overlay]} == pending ]]; then
@@ -393,6 +430,9 @@ if [[ ${STATUS[overlay]} == pending ]]; then
 fi
 if [[ ${STATUS[base]} == pending ]]; then
 	if overlay_setup base "$KORIUM_BASE" 7401 kbov1; then STATUS[base]=ok; else STATUS[base]=failed; fi
+fi
+if [[ ${STATUS[overlayfw]:-} == pending ]]; then
+	if overlay_setup overlayfw "$KORIUM" 7402 kbov2; then STATUS[overlayfw]=ok; else STATUS[overlayfw]=failed; fi
 fi
 
 # ---------------------------------------------------------------- measure
@@ -503,8 +543,8 @@ json_num() { # json_num KEY FILE: the first number field KEY in FILE, summed ove
 	grep -o "\"$1\": *[0-9]*" "$2" | awk -F: '{ s += $2 } END { print s + 0 }'
 }
 DIAG=()
-for m in overlay base; do
-	[[ ${STATUS[$m]} == ok ]] || continue
+for m in overlay base overlayfw; do
+	[[ ${STATUS[$m]:-} == ok ]] || continue
 	bin=$KORIUM
 	[[ $m == base ]] && bin=$KORIUM_BASE
 	"$bin" status --control "$TMP/$m-a.ctl" --json >"$TMP/$m-a.status.json" 2>/dev/null &&
@@ -566,7 +606,7 @@ PCOL="x$PARALLEL Gbit/s" PCPU="CPU x$PARALLEL"
 printf '%-8s  %-8s  %10s  %10s  %8s  %8s  %10s  %10s  %9s  %s\n' mode status "x1 Gbit/s" "$PCOL" "CPU x1" "$PCPU" \
 	"RTT med ms" "RTT avg ms" "UDP drops" "x1 per round"
 for m in "${ALL_MODES[@]}"; do
-	[[ $m == base && ${STATUS[$m]} == skipped ]] && continue
+	[[ ($m == base || $m == overlayfw) && ${STATUS[$m]} == skipped ]] && continue
 	if [[ ${STATUS[$m]} == skipped || ${STATUS[$m]} == failed ]]; then
 		printf '%-8s  %-8s  %s\n' "$m" "${STATUS[$m]}" "${REASON[$m]:-}"
 		continue
@@ -579,6 +619,7 @@ echo
 # ratio columns: A/B for each pair below; rows: the figures
 PAIRS=("overlay wg" "overlay raw" "wg raw")
 [[ ${STATUS[base]} != skipped ]] && PAIRS+=("overlay base" "base wg")
+[[ ${STATUS[overlayfw]:-skipped} != skipped ]] && PAIRS+=("overlayfw overlay" "overlayfw wg")
 row() { # row LABEL ARRAY
 	local label=$1 pr
 	local -n arr=$2

@@ -65,7 +65,7 @@ start_bg "$KT_WORK/a.log" ip netns exec "$A" env "$(prof a)" "$KT" up --key "$KT
 wait_until 20 "a's control socket" "$KT" status --control "$KT_WORK/a.sock"
 PID_A=$BG_PID
 start_bg "$KT_WORK/b.log" ip netns exec "$B" env "$(prof b)" "$KT" up --key "$KT_WORK/b.key" --listen 198.18.1.2:7400 \
-	--tun kt0 --pow-bits $POW --control "$KT_WORK/b.sock" --dns off --bootstrap "$ID_A@198.18.1.1:7400"
+	--tun kt0 --pow-bits $POW --control "$KT_WORK/b.sock" --dns off --bootstrap "$ID_A@198.18.1.1:7400" --allow '* tcp/5201'
 PID_B=$BG_PID
 start_bg "$KT_WORK/c.log" ip netns exec "$C" env "$(prof c)" "$KT" up --key "$KT_WORK/c.key" --listen 198.18.2.2:7400 \
 	--tun kt0 --pow-bits $POW --control "$KT_WORK/c.sock" --dns off --bootstrap "$ID_A@198.18.2.1:7400"

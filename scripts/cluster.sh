@@ -34,7 +34,7 @@ start_node() {
 	local i=$1 boots=()
 	[ "$i" -gt 1 ] && boots=(--bootstrap "${IDS[1]}@198.18.1.1:7400")
 	start_bg "$KT_WORK/n$i.log" ip netns exec "kc$$n$i" "$KT" up --key "$KT_WORK/n$i.key" --listen "198.18.$i.1:7400" \
-		--tun korium0 --pow-bits $POW --control "$KT_WORK/n$i.sock" "${boots[@]}"
+		--tun korium0 --pow-bits $POW --control "$KT_WORK/n$i.sock" --allow '* tcp/9000' "${boots[@]}"
 	PIDS[i]=$BG_PID
 	wait_until 20 "node $i" "$KT" status --control "$KT_WORK/n$i.sock"
 }

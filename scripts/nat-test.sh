@@ -245,7 +245,7 @@ node_up() {
 	fi
 	[ "$n" = p ] || boots=(--bootstrap "${ID[p]}@${IP[p]}:${PORT[p]}")
 	start_bg "${LOGF[$n]}" ip netns exec "${NS[$n]}" "$KT" up --key "$key" --listen "${IP[$n]}:${PORT[$n]}" \
-		--tun kt0 --pow-bits $POW --control "${SOCK[$n]}" "${boots[@]}"
+		--tun kt0 --pow-bits $POW --control "${SOCK[$n]}" --inbound-default allow "${boots[@]}"
 	PID[$n]=$BG_PID
 	wait_until 20 "$n's control socket" "$KT" status --control "${SOCK[$n]}"
 	# NO_P=1: P is down on purpose (the peer cache scenario).

@@ -25,7 +25,7 @@ log "b = $ID_B ($ADDR_B)"
 
 start_b() {
 	start_bg "$KT_WORK/b.log" ip netns exec "$B" "$KT" up --key "$KT_WORK/b.key" --listen 198.18.0.2:7400 \
-		--tun kt0 --pow-bits $POW --control "$KT_WORK/b.sock" --log-level debug
+		--tun kt0 --pow-bits $POW --control "$KT_WORK/b.sock" --log-level debug --allow '* tcp/9000'
 	PID_B=$BG_PID
 	wait_until 20 "b's control socket" "$KT" status --control "$KT_WORK/b.sock"
 }

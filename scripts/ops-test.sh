@@ -63,6 +63,10 @@ set_key "$KT_WORK/a.yaml" metrics "127.0.0.1:$MPORT"
 set_key "$KT_WORK/b.yaml" listen 198.18.7.2:7400
 set_key "$KT_WORK/b.yaml" bootstrap "[\"$ID_A@198.18.7.1:7400\"]"
 set_key "$KT_WORK/b.yaml" dns "\"[$ADDR_B]:5353\""
+# The DNS responders' own refusal of peers is checked below: their ports
+# are open in the firewall (whose default would drop the queries first).
+set_key "$KT_WORK/a.yaml" allow '["* udp/53"]'
+set_key "$KT_WORK/b.yaml" allow '["* udp/5353"]'
 
 log "mistakes in a config file are one line with file, line and key"
 expect_error() { # WANT CMD...: CMD fails with one line containing WANT

@@ -296,6 +296,10 @@ func up(c *cli.Context, ucfg *upConfig, stdout, stderr io.Writer) error {
 	if err := checkSPIFFEFlags(c); err != nil {
 		return err
 	}
+	fw, err := firewallConfig(c, ucfg)
+	if err != nil {
+		return err
+	}
 	if !canCreateTUN() {
 		return errors.New("`korium-tun up` creates a TUN device and needs root: run it with sudo (Go programs can use the overlay without root through the overlay package's netstack)")
 	}
@@ -374,7 +378,7 @@ func up(c *cli.Context, ucfg *upConfig, stdout, stderr io.Writer) error {
 	node, err := overlay.New(overlay.Config{
 		Keypair: kp, PoWBits: overlayPoW(bits), Conn: udp, Device: dev, MTU: mtu, Bootstrap: boot, Logger: log,
 		NoRelay: !c.Bool("relay"), TrustDomain: c.String("trust-domain"), Workload: c.String("workload"), CASigner: signer,
-		CA: caConfig(c), Members: members, PeerCache: peerCachePath(keyPath),
+		CA: caConfig(c), Members: members, PeerCache: peerCachePath(keyPath), Firewall: fw,
 	})
 	if err != nil {
 		return err
@@ -579,6 +583,7 @@ func printStatus(w io.Writer, st statusJSON) {
 	}
 	sort.Strings(drops)
 	fmt.Fprintf(w, "\ndrops: %s\n", strings.Join(drops, " "))
+	printFirewall(w, st)
 	var refusals []string
 	for k, v := range st.Refusals {
 		if v > 0 {

@@ -50,7 +50,7 @@ func upFlags() []cli.Flag {
 		&cli.StringFlag{Name: "trust-domain", Usage: "SPIFFE trust domain: puts spiffe://TD/IDENTITY[/WORKLOAD] in the node's certificate"},
 		&cli.StringFlag{Name: "workload", Usage: "SPIFFE workload path after the identity (needs --trust-domain)"},
 		&cli.StringFlag{Name: "ca-signer", Usage: "threshold-CA signer state (written by `ca dkg --state`): the node signs CSRs"},
-	}, memberFlags()...)
+	}, append(memberFlags(), firewallFlags()...)...)
 }
 
 // listenMetrics opens --metrics before anything else is set up, so a taken
@@ -212,6 +212,7 @@ func (s *services) reload(ucfg *upConfig, level *slog.LevelVar) {
 	if v, ok := changed["bootstrap"]; ok {
 		s.setBootstraps(v)
 	}
+	s.reloadFirewall(changed)
 	path := s.flags["names-file"][0]
 	if v, ok := changed["names_file"]; ok {
 		path = v[0]

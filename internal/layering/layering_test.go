@@ -14,7 +14,8 @@ var allowed = map[string][]string{
 	"internal/ip6":   nil,
 	"internal/group": nil,
 	"peers":          {"pki", "smartaddr", "third_party/quic-go", "internal/group"},
-	"datapath":       {"peers", "internal/ip6", "smartaddr", "third_party/quic-go", "internal/group"},
+	"datapath":       {"peers", "firewall", "internal/ip6", "smartaddr", "third_party/quic-go", "internal/group"},
+	"firewall":       {"pki", "smartaddr"},
 	"nat":            {"peers", "pki", "smartsock", "relay", "relay/client", "relay/server", "rpc", "internal/addrpolicy", "internal/ratelimit", "internal/group"},
 }
 
