@@ -4,7 +4,15 @@
 # in-process peers (internal/scalepeers) connected to it over loopback UDP.
 # For each step it prints the node's resident memory and its CPU while idle.
 #
-#   sudo scripts/scale.sh [--steps "0 100 250 500 1000"] [--idle 20] [--json FILE]
+#   sudo scripts/scale.sh [--steps "0 100 250 500 1000"] [--idle 20] [--settle 10]
+#                         [--json FILE] [--profile DIR] [--log-level warn]
+#
+# --profile DIR keeps, for each step and after its measurement, the node's
+# heap profile (heap-N.pb.gz, `go tool pprof -sample_index=inuse_space
+# -diff_base heap-0.pb.gz heap-1000.pb.gz`), its goroutines
+# (goroutines-N.txt), its runtime memory statistics (memstats-N.json) and,
+# when perf is installed, a CPU profile of another idle window (perf-N.data,
+# `perf report -i perf-N.data --no-children`).
 #
 # Goals (issue: mesh relaying and scale): under 100 MB RSS with 1,000 idle
 # peer connections, idle CPU under 1% of a core.
@@ -16,12 +24,16 @@ STEPS="0 100 250 500 1000"
 IDLE=20   # seconds of idle CPU measured per step
 SETTLE=10 # seconds after the last peer connects before measuring
 JSON=""
+PROFILE=""
+LOGLEVEL=warn
 while [ $# -gt 0 ]; do
 	case $1 in
 	--steps) STEPS=$2; shift 2 ;;
 	--idle) IDLE=$2; shift 2 ;;
 	--settle) SETTLE=$2; shift 2 ;;
 	--json) JSON=$2; shift 2 ;;
+	--profile) PROFILE=$2; shift 2 ;;
+	--log-level) LOGLEVEL=$2; shift 2 ;;
 	*) die "unknown argument $1" ;;
 	esac
 done
@@ -33,11 +45,18 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 NS=ksc$$
 mkns "$NS"
 CTL=$KT_WORK/control.sock
-start_bg "$KT_WORK/node.log" ip netns exec "$NS" "$KT" up --key "$KT_WORK/key" --listen 127.0.0.1:7400 \
-	--tun "ksc$$" --pow-bits 0 --control "$CTL" --log-level warn
+MEMPROF=""
+NODELOG=$KT_WORK/node.log
+if [ -n "$PROFILE" ]; then
+	mkdir -p "$PROFILE"
+	MEMPROF=$KT_WORK/mem.prof
+	NODELOG=$PROFILE/node.log # kept
+fi
+start_bg "$NODELOG" ip netns exec "$NS" env KORIUM_TUN_MEMPROFILE="$MEMPROF" "$KT" up --key "$KT_WORK/key" --listen 127.0.0.1:7400 \
+	--tun "ksc$$" --pow-bits 0 --control "$CTL" --log-level "$LOGLEVEL"
 NODE=$BG_PID
-wait_until 30 "the node's bootstrap line" grep -q '^bootstrap ' "$KT_WORK/node.log"
-BOOT=$(sed -n 's/^bootstrap //p' "$KT_WORK/node.log" | head -n1)
+wait_until 30 "the node's bootstrap line" grep -q '^bootstrap ' "$NODELOG"
+BOOT=$(sed -n 's/^bootstrap //p' "$NODELOG" | head -n1)
 # The node forks nothing: its PID is the `ip netns exec` child's.
 PID=$(pgrep -P "$NODE" -f "korium-tun up" || echo "$NODE")
 [ -r "/proc/$PID/status" ] || die "cannot find the node's process"
@@ -47,6 +66,21 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$PID/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
 peers() { ip netns exec "$NS" "$KT" status --control "$CTL" --json | jq '.peers | length'; }
 HZ=$(getconf CLK_TCK)
+
+# profile N: the node's heap, goroutines and memory statistics now, and a
+# CPU profile of the next IDLE seconds.
+profile() {
+	rm -f "$MEMPROF"
+	kill -USR1 "$PID"
+	wait_until 60 "the node's heap profile" test -f "$MEMPROF"
+	cp "$MEMPROF" "$PROFILE/heap-$1.pb.gz"
+	cp "$MEMPROF.goroutines" "$PROFILE/goroutines-$1.txt"
+	cp "$MEMPROF.memstats" "$PROFILE/memstats-$1.json"
+	if command -v perf >/dev/null; then
+		perf record -q -F 499 -g -p "$PID" -o "$PROFILE/perf-$1.data" -- sleep "$IDLE" >/dev/null 2>&1 ||
+			log "perf record failed; no CPU profile"
+	fi
+}
 
 rows=()
 have=0
@@ -72,6 +106,7 @@ for step in $STEPS; do
 	per="-"
 	[ "$n" -gt 0 ] && per=$(awk -v r="$rss" -v b="$base" -v n="$n" 'BEGIN { printf "%.1f", (r - b) / n }')
 	printf '%-6s %10.1f %14s %12s\n' "$n" "$(awk -v r="$rss" 'BEGIN { print r / 1024 }')" "$per" "$cpu"
+	[ -z "$PROFILE" ] || profile "$n"
 	rows+=("{\"peers\": $n, \"rss_kib\": $rss, \"kib_per_peer\": \"$per\", \"idle_cpu_pct\": $cpu}")
 done
 if [ -n "$JSON" ]; then
