@@ -2402,6 +2402,7 @@ func (c *Conn) handleCloseError(closeErr *closeError) {
 func (c *Conn) dropEncryptionLevel(encLevel protocol.EncryptionLevel, now monotime.Time) {
 	c.sentPacketHandler.DropPackets(encLevel, now)
 	c.receivedPacketHandler.DropPackets(encLevel)
+	c.cryptoStreamManager.Drop(encLevel) // korium-tun: free the stream's buffers
 	//nolint:exhaustive // only Initial and 0-RTT need special treatment
 	switch encLevel {
 	case protocol.EncryptionInitial:
