@@ -1915,10 +1915,15 @@ func (c *Conn) handleFrames(
 			}
 			// an error occurred handling a previous frame, don't handle the current frame
 			if skipHandling {
+				datagramFrame.Data = nil // korium-tun: see below
 				continue
 			}
 			wire.LogFrame(c.logger, datagramFrame, false)
 			handleErr = c.handleDatagramFrame(datagramFrame)
+			// korium-tun: the parser's reused frame aliases the packet, whose
+			// buffer goes back to its pool; on an idle connection this last
+			// reference kept the buffer (1.4 KiB) alive after the pool let go.
+			datagramFrame.Data = nil
 		} else {
 			frame, l, err := c.frameParser.ParseLessCommonFrame(frameType, data, c.version)
 			if err != nil {

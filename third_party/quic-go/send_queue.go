@@ -81,27 +81,44 @@ func (h *sendQueue) Run() error {
 		if shouldClose && len(h.queue) == 0 {
 			return nil
 		}
-		select {
-		case <-h.closeCalled:
+		e, closing := h.next()
+		if closing {
 			h.closeCalled = nil // prevent this case from being selected again
 			// make sure that all queued packets are actually sent out
 			shouldClose = true
-		case e := <-h.queue:
-			if err := h.conn.Write(e.buf.Data, e.gsoSize, e.ecn); err != nil {
-				// This additional check enables:
-				// 1. Checking for "datagram too large" message from the kernel, as such,
-				// 2. Path MTU discovery,and
-				// 3. Eventual detection of loss PingFrame.
-				if !isSendMsgSizeErr(err) {
-					return err
-				}
-			}
-			e.buf.Release()
-			select {
-			case h.available <- struct{}{}:
-			default:
+			continue
+		}
+		if err := h.conn.Write(e.buf.Data, e.gsoSize, e.ecn); err != nil {
+			// This additional check enables:
+			// 1. Checking for "datagram too large" message from the kernel, as such,
+			// 2. Path MTU discovery,and
+			// 3. Eventual detection of loss PingFrame.
+			if !isSendMsgSizeErr(err) {
+				return err
 			}
 		}
+		e.buf.Release()
+		select {
+		case h.available <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// korium-tun: next waits for the next packet, or for Close (closing). It
+// is a function of its own so that the select's receive slot lives in a
+// frame that is gone once the packet is sent: in Run's own frame that
+// slot kept the last packet's buffer (up to 20 KiB for a GSO batch)
+// reachable for as long as the connection stayed idle, after its pool had
+// let go of it.
+//
+//go:noinline
+func (h *sendQueue) next() (e queueEntry, closing bool) {
+	select {
+	case <-h.closeCalled:
+		return queueEntry{}, true
+	case e = <-h.queue:
+		return e, false
 	}
 }
 
