@@ -12,7 +12,9 @@
 # -diff_base heap-0.pb.gz heap-1000.pb.gz`), its goroutines
 # (goroutines-N.txt), its runtime memory statistics (memstats-N.json) and,
 # when perf is installed, a CPU profile of another idle window (perf-N.data,
-# `perf report -i perf-N.data --no-children`).
+# `perf report -i perf-N.data --no-children`), and the heap profile after
+# that window (heap-N.after.pb.gz: what the idle node allocated during it,
+# `-sample_index=alloc_space -diff_base heap-N.pb.gz heap-N.after.pb.gz`).
 #
 # Goals (issue: mesh relaying and scale): under 100 MB RSS with 1,000 idle
 # peer connections, idle CPU under 1% of a core.
@@ -79,7 +81,15 @@ profile() {
 	if command -v perf >/dev/null; then
 		perf record -q -F 499 -g -p "$PID" -o "$PROFILE/perf-$1.data" -- sleep "$IDLE" >/dev/null 2>&1 ||
 			log "perf record failed; no CPU profile"
+	else
+		sleep "$IDLE"
 	fi
+	# What the idle node allocated meanwhile: -sample_index=alloc_space
+	# -diff_base heap-N.pb.gz heap-N.after.pb.gz.
+	rm -f "$MEMPROF"
+	kill -USR1 "$PID"
+	wait_until 60 "the node's heap profile" test -f "$MEMPROF"
+	cp "$MEMPROF" "$PROFILE/heap-$1.after.pb.gz"
 }
 
 rows=()
@@ -93,7 +103,10 @@ for step in $STEPS; do
 		wait_until 900 "$add more peers to connect" grep -q '^connected ' "$KT_WORK/peers-$step.log"
 		have=$step
 	fi
-	wait_until 120 "the node to hold $step peers" test "$(peers)" -ge "$step"
+	# 99%: on a loaded host a few of a thousand in-process peers miss their
+	# keep-alives and redial; the row shows the count measured.
+	want=$((step * 99 / 100))
+	wait_until 300 "the node to hold $want peers" test "$(peers)" -ge "$want"
 	sleep "$SETTLE"
 	rss=$(rss_kb)
 	t0=$(cpu_ticks)
