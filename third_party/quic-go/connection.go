@@ -2400,6 +2400,13 @@ func (c *Conn) dropEncryptionLevel(encLevel protocol.EncryptionLevel, now monoti
 	c.sentPacketHandler.DropPackets(encLevel, now)
 	c.receivedPacketHandler.DropPackets(encLevel)
 	c.cryptoStreamManager.Drop(encLevel) // korium-tun: free the stream's buffers
+	if encLevel == protocol.EncryptionInitial || encLevel == protocol.EncryptionHandshake {
+		// korium-tun: upstream defines this but never calls it, so CRYPTO
+		// frames lost during the handshake (and queued for retransmission)
+		// kept the handshake flights for the connection's life; nothing
+		// can be sent at a dropped level.
+		c.retransmissionQueue.DropPackets(encLevel)
+	}
 	//nolint:exhaustive // only Initial and 0-RTT need special treatment
 	switch encLevel {
 	case protocol.EncryptionInitial:
