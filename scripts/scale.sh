@@ -6,6 +6,7 @@
 #
 #   sudo scripts/scale.sh [--steps "0 100 250 500 1000"] [--idle 20] [--settle 10]
 #                         [--json FILE] [--profile DIR] [--log-level warn]
+#                         [--node-env "GOGC=50 GOMEMLIMIT=90MiB"]
 #
 # --profile DIR keeps, for each step and after its measurement, the node's
 # heap profile (heap-N.pb.gz, `go tool pprof -sample_index=inuse_space
@@ -28,6 +29,7 @@ SETTLE=10 # seconds after the last peer connects before measuring
 JSON=""
 PROFILE=""
 LOGLEVEL=warn
+NODEENV="" # extra environment of the node only (not of the peers)
 while [ $# -gt 0 ]; do
 	case $1 in
 	--steps) STEPS=$2; shift 2 ;;
@@ -36,6 +38,7 @@ while [ $# -gt 0 ]; do
 	--json) JSON=$2; shift 2 ;;
 	--profile) PROFILE=$2; shift 2 ;;
 	--log-level) LOGLEVEL=$2; shift 2 ;;
+	--node-env) NODEENV=$2; shift 2 ;;
 	*) die "unknown argument $1" ;;
 	esac
 done
@@ -54,7 +57,8 @@ if [ -n "$PROFILE" ]; then
 	MEMPROF=$KT_WORK/mem.prof
 	NODELOG=$PROFILE/node.log # kept
 fi
-start_bg "$NODELOG" ip netns exec "$NS" env KORIUM_TUN_MEMPROFILE="$MEMPROF" "$KT" up --key "$KT_WORK/key" --listen 127.0.0.1:7400 \
+# shellcheck disable=SC2086 # NODEENV is a list of VAR=VALUE words
+start_bg "$NODELOG" ip netns exec "$NS" env KORIUM_TUN_MEMPROFILE="$MEMPROF" $NODEENV "$KT" up --key "$KT_WORK/key" --listen 127.0.0.1:7400 \
 	--tun "ksc$$" --pow-bits 0 --control "$CTL" --log-level "$LOGLEVEL"
 NODE=$BG_PID
 wait_until 30 "the node's bootstrap line" grep -q '^bootstrap ' "$NODELOG"
