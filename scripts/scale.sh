@@ -71,6 +71,10 @@ log "node $BOOT (pid $PID)"
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$PID/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
 peers() { ip netns exec "$NS" "$KT" status --control "$CTL" --json | jq '.peers | length'; }
+# handshakes: completed so far. Handshakes during an idle window mean peers
+# timed out and redialed (a starved peers process): that window's CPU
+# includes them, and the row says so.
+handshakes() { ip netns exec "$NS" "$KT" status --control "$CTL" --json | jq '.counters.handshakes'; }
 HZ=$(getconf CLK_TCK)
 
 # profile N: the node's heap, goroutines and memory statistics now, and a
@@ -98,7 +102,7 @@ profile() {
 
 rows=()
 have=0
-printf '\n%-6s %10s %14s %12s\n' peers "RSS MiB" "KiB per peer" "idle CPU %"
+printf '\n%-6s %10s %14s %12s %11s\n' peers "RSS MiB" "KiB per peer" "idle CPU %" "handshakes"
 base=""
 for step in $STEPS; do
 	if [ "$step" -gt "$have" ]; then
@@ -113,18 +117,20 @@ for step in $STEPS; do
 	wait_until 300 "the node to hold $want peers" test "$(peers)" -ge "$want"
 	sleep "$SETTLE"
 	rss=$(rss_kb)
+	h0=$(handshakes)
 	t0=$(cpu_ticks)
 	sleep "$IDLE"
 	t1=$(cpu_ticks)
+	hsn=$(($(handshakes) - h0))
 	rss=$(( (rss + $(rss_kb)) / 2 ))
 	cpu=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v s="$IDLE" 'BEGIN { printf "%.2f", 100 * d / hz / s }')
 	n=$(peers)
 	[ -n "$base" ] || base=$rss
 	per="-"
 	[ "$n" -gt 0 ] && per=$(awk -v r="$rss" -v b="$base" -v n="$n" 'BEGIN { printf "%.1f", (r - b) / n }')
-	printf '%-6s %10.1f %14s %12s\n' "$n" "$(awk -v r="$rss" 'BEGIN { print r / 1024 }')" "$per" "$cpu"
+	printf '%-6s %10.1f %14s %12s %11s\n' "$n" "$(awk -v r="$rss" 'BEGIN { print r / 1024 }')" "$per" "$cpu" "$hsn"
 	[ -z "$PROFILE" ] || profile "$n"
-	rows+=("{\"peers\": $n, \"rss_kib\": $rss, \"kib_per_peer\": \"$per\", \"idle_cpu_pct\": $cpu}")
+	rows+=("{\"peers\": $n, \"rss_kib\": $rss, \"kib_per_peer\": \"$per\", \"idle_cpu_pct\": $cpu, \"handshakes_while_idle\": $hsn}")
 done
 if [ -n "$JSON" ]; then
 	(IFS=,; printf '{"steps": [%s]}\n' "${rows[*]}") >"$JSON"
