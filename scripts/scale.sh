@@ -74,7 +74,13 @@ peers() { ip netns exec "$NS" "$KT" status --control "$CTL" --json | jq '.peers 
 # handshakes: completed so far. Handshakes during an idle window mean peers
 # timed out and redialed (a starved peers process): that window's CPU
 # includes them, and the row says so.
-handshakes() { ip netns exec "$NS" "$KT" status --control "$CTL" --json | jq '.counters.handshakes'; }
+# counts: "handshakes packets", packets being what the node's socket received
+# (QUIC, probe requests and replies) and wrote: the load-independent measure
+# of what the idle node does.
+counts() {
+	ip netns exec "$NS" "$KT" status --control "$CTL" --json |
+		jq -r '"\(.counters.handshakes) \(.smartsock.rx_quic + .smartsock.rx_probe_request + .smartsock.rx_probe_reply + .smartsock.tx_calls)"'
+}
 HZ=$(getconf CLK_TCK)
 
 # profile N: the node's heap, goroutines and memory statistics now, and a
@@ -102,7 +108,7 @@ profile() {
 
 rows=()
 have=0
-printf '\n%-6s %10s %14s %12s %11s\n' peers "RSS MiB" "KiB per peer" "idle CPU %" "handshakes"
+printf '\n%-6s %10s %14s %12s %11s %10s\n' peers "RSS MiB" "KiB per peer" "idle CPU %" "handshakes" "packets/s"
 base=""
 for step in $STEPS; do
 	if [ "$step" -gt "$have" ]; then
@@ -117,20 +123,22 @@ for step in $STEPS; do
 	wait_until 300 "the node to hold $want peers" test "$(peers)" -ge "$want"
 	sleep "$SETTLE"
 	rss=$(rss_kb)
-	h0=$(handshakes)
+	read -r h0 p0 < <(counts)
 	t0=$(cpu_ticks)
 	sleep "$IDLE"
 	t1=$(cpu_ticks)
-	hsn=$(($(handshakes) - h0))
+	read -r h1 p1 < <(counts)
+	hsn=$((h1 - h0))
+	pps=$(((p1 - p0) / IDLE))
 	rss=$(( (rss + $(rss_kb)) / 2 ))
 	cpu=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v s="$IDLE" 'BEGIN { printf "%.2f", 100 * d / hz / s }')
 	n=$(peers)
 	[ -n "$base" ] || base=$rss
 	per="-"
 	[ "$n" -gt 0 ] && per=$(awk -v r="$rss" -v b="$base" -v n="$n" 'BEGIN { printf "%.1f", (r - b) / n }')
-	printf '%-6s %10.1f %14s %12s %11s\n' "$n" "$(awk -v r="$rss" 'BEGIN { print r / 1024 }')" "$per" "$cpu" "$hsn"
+	printf '%-6s %10.1f %14s %12s %11s %10s\n' "$n" "$(awk -v r="$rss" 'BEGIN { print r / 1024 }')" "$per" "$cpu" "$hsn" "$pps"
 	[ -z "$PROFILE" ] || profile "$n"
-	rows+=("{\"peers\": $n, \"rss_kib\": $rss, \"kib_per_peer\": \"$per\", \"idle_cpu_pct\": $cpu, \"handshakes_while_idle\": $hsn}")
+	rows+=("{\"peers\": $n, \"rss_kib\": $rss, \"kib_per_peer\": \"$per\", \"idle_cpu_pct\": $cpu, \"handshakes_while_idle\": $hsn, \"packets_per_s\": $pps}")
 done
 if [ -n "$JSON" ]; then
 	(IFS=,; printf '{"steps": [%s]}\n' "${rows[*]}") >"$JSON"
