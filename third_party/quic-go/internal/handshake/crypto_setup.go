@@ -38,6 +38,7 @@ type cryptoSetup struct {
 	// connection's run loop.
 	stateMu   sync.Mutex
 	connState *tls.ConnectionState // set by releaseTLS
+	dropCerts bool                 // DropPeerCertificates was called
 
 	events []Event
 
@@ -438,6 +439,9 @@ func (h *cryptoSetup) releaseTLS() {
 	cs := h.conn.ConnectionState()
 	h.connState = &cs
 	h.conn = nil
+	if h.dropCerts {
+		h.dropCertsLocked()
+	}
 	h.stateMu.Unlock()
 	h.tlsConf = nil
 	if len(h.events) == 0 {
@@ -728,6 +732,26 @@ func (h *cryptoSetup) Get1RTTOpener() (ShortHeaderOpener, error) {
 		return nil, ErrKeysNotYetAvailable
 	}
 	return h.aead, nil
+}
+
+// korium-tun: DropPeerCertificates frees the peer's parsed certificate
+// chain (~2 KiB per connection) once the application has taken what it
+// needs from it: later ConnectionState calls report no PeerCertificates
+// and VerifiedChains. It takes effect when the TLS connection is released
+// (at once if it already is); a client that keeps its TLS connection for
+// session tickets keeps the certificates too. Safe for concurrent use.
+func (h *cryptoSetup) DropPeerCertificates() {
+	h.stateMu.Lock()
+	defer h.stateMu.Unlock()
+	h.dropCerts = true
+	if h.connState != nil {
+		h.dropCertsLocked()
+	}
+}
+
+func (h *cryptoSetup) dropCertsLocked() {
+	h.connState.PeerCertificates = nil
+	h.connState.VerifiedChains = nil
 }
 
 func (h *cryptoSetup) ConnectionState() ConnectionState {

@@ -139,6 +139,14 @@ func TestReleaseTLSAfterHandshake(t *testing.T) {
 			t.Errorf("%s: Close: %v", name, err)
 		}
 	}
+	// Keys exported from the state after the release (smartsock derives
+	// its probe key so) agree at both ends.
+	sst, cst := srv.ConnectionState(), cli.ConnectionState()
+	ks, err1 := sst.ExportKeyingMaterial("korium test", nil, 32)
+	kc, err2 := cst.ExportKeyingMaterial("korium test", nil, 32)
+	if err1 != nil || err2 != nil || string(ks) != string(kc) {
+		t.Errorf("exported keys after the release: %v, %v, equal %v", err1, err2, string(ks) == string(kc))
+	}
 	if err := cli.HandleMessage(ticket, protocol.Encryption1RTT); err != nil {
 		t.Errorf("client: the session ticket after the release: %v", err)
 	}
@@ -224,6 +232,30 @@ func TestConnectionStateDuringRelease(t *testing.T) {
 		wg.Wait()
 		if srv.conn != nil || cli.conn != nil {
 			t.Fatal("not released")
+		}
+	}
+}
+
+// TestDropPeerCertificates: asked before the release (as a server's
+// application may, right after Accept) or after it, the peer's certificates
+// are gone from the connection state once the TLS connection is released,
+// and the rest of the state is kept.
+func TestDropPeerCertificates(t *testing.T) {
+	srvConf, cliConf := koriumTLSConfigs(t)
+	srv, cli := koriumHandshakeOnly(t, srvConf, cliConf)
+	srv.DropPeerCertificates() // before its release
+	if len(srv.ConnectionState().PeerCertificates) != 1 {
+		t.Fatal("the certificates were dropped before the TLS connection was released")
+	}
+	confirm(t, srv, cli)
+	cli.DropPeerCertificates() // after its release
+	for name, cs := range map[string]*cryptoSetup{"server": srv, "client": cli} {
+		st := cs.ConnectionState()
+		if st.PeerCertificates != nil || st.VerifiedChains != nil {
+			t.Errorf("%s: peer certificates kept", name)
+		}
+		if !st.HandshakeComplete || st.NegotiatedProtocol != "korium" {
+			t.Errorf("%s: the rest of the connection state is gone", name)
 		}
 	}
 }
