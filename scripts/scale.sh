@@ -11,7 +11,8 @@
 # --profile DIR keeps, for each step and after its measurement, the node's
 # heap profile (heap-N.pb.gz, `go tool pprof -sample_index=inuse_space
 # -diff_base heap-0.pb.gz heap-1000.pb.gz`), its goroutines
-# (goroutines-N.txt), its runtime memory statistics (memstats-N.json) and,
+# (goroutines-N.txt), its runtime memory statistics (memstats-N.json), its
+# resident memory by kind (smaps-N.txt: Anonymous is heap and stacks) and,
 # when perf is installed, a CPU profile of another idle window (perf-N.data,
 # `perf report -i perf-N.data --no-children`), and the heap profile after
 # that window (heap-N.after.pb.gz: what the idle node allocated during it,
@@ -92,6 +93,7 @@ profile() {
 	cp "$MEMPROF" "$PROFILE/heap-$1.pb.gz"
 	cp "$MEMPROF.goroutines" "$PROFILE/goroutines-$1.txt"
 	cp "$MEMPROF.memstats" "$PROFILE/memstats-$1.json"
+	cp "/proc/$PID/smaps_rollup" "$PROFILE/smaps-$1.txt" # resident: anonymous (heap, stacks) and file (the binary)
 	if command -v perf >/dev/null; then
 		perf record -q -F 499 -g -p "$PID" -o "$PROFILE/perf-$1.data" -- sleep "$IDLE" >/dev/null 2>&1 ||
 			log "perf record failed; no CPU profile"
