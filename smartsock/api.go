@@ -134,7 +134,7 @@ func (c *Conn) SetPathKey(id pki.Identity, key [32]byte) {
 			}
 			pa.missed = 0
 			pa.lastProbe = time.Time{}
-			pa.probeTx.Store(0)
+			pa.clearProbes()
 		}
 		c.touch(p)
 	})
@@ -150,7 +150,7 @@ func (c *Conn) Forget(id pki.Identity) {
 		}
 		p.key = nil
 		for _, pa := range p.paths {
-			pa.probeTx.Store(0)
+			pa.clearProbes()
 		}
 		c.touch(p)
 	})

@@ -31,6 +31,20 @@ const (
 	newPathWindow = 5 * time.Second
 	// pruneAfter: an unproven path nobody dialed is forgotten after this.
 	pruneAfter = 2 * time.Minute
+	// IdleProbeInterval is the probe interval of a proven path of an idle
+	// peer (see idleTicks). Until traffic starts nothing chooses between
+	// its paths (a peer that starts sending is probed every ProbeInterval
+	// again at once, and quiet() watches the path in use), QUIC's
+	// keep-alives hold the NAT mapping of the path in use, and 25 s alone
+	// still keeps a mapping (NATs hold idle UDP mappings 30 s or more) and
+	// stays below StaleAfter by more than ProbeTimeout. At 1,000 idle peers
+	// it is 160 probe packets a second less (scripts/scale.sh).
+	IdleProbeInterval = 25 * time.Second
+	// idleTicks: a peer that quic-go wrote to in at most this many probe
+	// ticks of a ProbeInterval is idle: keep-alives (a PING and an ACK per
+	// QUIC keep-alive period, and the answer to the peer's) fit, a second
+	// of traffic does not.
+	idleTicks = 4
 )
 
 // maxWaiters bounds outstanding pings (and, apart, dial-back checks).
@@ -42,11 +56,26 @@ func alive(pa *path, now time.Time) bool {
 
 // quiet reports whether p's traffic on pa stopped: nothing arrived for
 // QuietAfter while we were sending, or while packets were arriving until
-// shortly before. An idle peer is not quiet.
+// shortly before. An idle peer is not quiet, unless what we sent it last
+// (a keep-alive) is still unanswered: the keep-alives and their ACKs of an
+// idle peer that answers must not make it quiet after each of them.
 func quiet(p *peer, pa *path, now int64) bool {
-	silent := now - pa.lastRecv.Load()
-	return silent > int64(QuietAfter) && (now-p.lastSent < int64(time.Second) || silent < int64(3*time.Second))
+	last := pa.lastRecv.Load()
+	silent := now - last
+	if silent <= int64(QuietAfter) {
+		return false
+	}
+	sentRecently := now-p.lastSent < int64(time.Second)
+	if p.idle {
+		// lastSent is a tick's time: a send in the tick of the last
+		// arrival is its answer (or what it answered).
+		return sentRecently && p.lastSent-last > int64(tickEvery)
+	}
+	return sentRecently || silent < int64(3*time.Second)
 }
+
+// pending reports whether pa has a probe out that is not yet missed.
+func pending(pa *path) bool { return pa.probeTx.Load() != 0 && !pa.lost }
 
 // probeTimeout is how long a probe on pa may go unanswered: a few RTTs,
 // between 300 ms and ProbeTimeout.
@@ -61,6 +90,8 @@ func interval(p *peer, pa *path, now time.Time) time.Duration {
 		return QuietInterval
 	case pa.validated && pa.missed > 0 && pa.missed < MaxMissed:
 		return QuietInterval // settle a doubt quickly
+	case pa.validated && p.idle:
+		return IdleProbeInterval
 	case pa.validated:
 		return ProbeInterval
 	case now.Before(p.punchUntil):
@@ -92,14 +123,23 @@ func (c *Conn) probeTick(now time.Time, out []outProbe) []outProbe {
 		if p.sent.Load() {
 			p.sent.Store(false)
 			p.lastSent = now.UnixNano()
+			if p.busyTicks++; p.busyTicks > idleTicks {
+				p.idle = false // traffic started: back to ProbeInterval now
+			}
+		}
+		if now.Sub(p.window) >= ProbeInterval {
+			p.idle = p.busyTicks <= idleTicks
+			p.busyTicks, p.window = 0, now
 		}
 		if p.key == nil {
 			return
 		}
 		for i := len(p.paths) - 1; i >= 0; i-- {
 			pa := p.paths[i]
-			if pa.probeTx.Load() != 0 && now.Sub(pa.probeAt) > probeTimeout(pa) {
-				pa.probeTx.Store(0)
+			if pending(pa) && now.Sub(pa.probeAt) > probeTimeout(pa) {
+				// Missed; its reply still counts until the next probe
+				// replaces it (a slow peer is slow, not gone).
+				pa.lost = true
 				pa.missed++
 				c.stats.ProbeLost.Add(1)
 				c.touch(p)
@@ -117,7 +157,7 @@ func (c *Conn) probeTick(now time.Time, out []outProbe) []outProbe {
 				c.claim(pa, ev, now)
 			}
 			iv := interval(p, pa, now)
-			if iv == 0 || pa.probeTx.Load() != 0 || now.Sub(pa.lastProbe) < iv {
+			if iv == 0 || pending(pa) || now.Sub(pa.lastProbe) < iv {
 				continue
 			}
 			pa.lastProbe = now
