@@ -75,12 +75,14 @@ peers() { ip netns exec "$NS" "$KT" status --control "$CTL" --json | jq '.peers 
 # handshakes: completed so far. Handshakes during an idle window mean peers
 # timed out and redialed (a starved peers process): that window's CPU
 # includes them, and the row says so.
-# counts: "handshakes packets", packets being what the node's socket received
-# (QUIC, probe requests and replies) and wrote: the load-independent measure
-# of what the idle node does.
+# counts: "handshakes quic probes lost": the UDP packets the node's socket
+# received and wrote, QUIC (keep-alives, their ACKs, requests) apart from
+# smartsock's path probes (requests and replies, both ways), and the
+# node's probes that went unanswered: the load-independent measure of what
+# the idle node does.
 counts() {
 	ip netns exec "$NS" "$KT" status --control "$CTL" --json |
-		jq -r '"\(.counters.handshakes) \(.smartsock.rx_quic + .smartsock.rx_probe_request + .smartsock.rx_probe_reply + .smartsock.tx_calls)"'
+		jq -r '.smartsock as $s | "\(.counters.handshakes) \($s.rx_quic + $s.tx_calls) \($s.tx_probe + $s.rx_probe_request + $s.rx_probe_reply) \($s.probe_lost)"'
 }
 HZ=$(getconf CLK_TCK)
 
@@ -110,7 +112,7 @@ profile() {
 
 rows=()
 have=0
-printf '\n%-6s %10s %14s %12s %11s %10s\n' peers "RSS MiB" "KiB per peer" "idle CPU %" "handshakes" "packets/s"
+printf '\n%-6s %10s %14s %12s %11s %12s %13s %10s\n' peers "RSS MiB" "KiB per peer" "idle CPU %" "handshakes" "QUIC pkt/s" "probe pkt/s" "lost/s"
 base=""
 for step in $STEPS; do
 	if [ "$step" -gt "$have" ]; then
@@ -125,22 +127,24 @@ for step in $STEPS; do
 	wait_until 300 "the node to hold $want peers" test "$(peers)" -ge "$want"
 	sleep "$SETTLE"
 	rss=$(rss_kb)
-	read -r h0 p0 < <(counts)
+	read -r h0 q0 p0 l0 < <(counts)
 	t0=$(cpu_ticks)
 	sleep "$IDLE"
 	t1=$(cpu_ticks)
-	read -r h1 p1 < <(counts)
+	read -r h1 q1 p1 l1 < <(counts)
 	hsn=$((h1 - h0))
-	pps=$(((p1 - p0) / IDLE))
+	qps=$(awk -v d=$((q1 - q0)) -v s="$IDLE" 'BEGIN { printf "%.1f", d / s }')
+	pps=$(awk -v d=$((p1 - p0)) -v s="$IDLE" 'BEGIN { printf "%.1f", d / s }')
+	lps=$(awk -v d=$((l1 - l0)) -v s="$IDLE" 'BEGIN { printf "%.1f", d / s }')
 	rss=$(( (rss + $(rss_kb)) / 2 ))
 	cpu=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v s="$IDLE" 'BEGIN { printf "%.2f", 100 * d / hz / s }')
 	n=$(peers)
 	[ -n "$base" ] || base=$rss
 	per="-"
 	[ "$n" -gt 0 ] && per=$(awk -v r="$rss" -v b="$base" -v n="$n" 'BEGIN { printf "%.1f", (r - b) / n }')
-	printf '%-6s %10.1f %14s %12s %11s %10s\n' "$n" "$(awk -v r="$rss" 'BEGIN { print r / 1024 }')" "$per" "$cpu" "$hsn" "$pps"
+	printf '%-6s %10.1f %14s %12s %11s %12s %13s %10s\n' "$n" "$(awk -v r="$rss" 'BEGIN { print r / 1024 }')" "$per" "$cpu" "$hsn" "$qps" "$pps" "$lps"
 	[ -z "$PROFILE" ] || profile "$n"
-	rows+=("{\"peers\": $n, \"rss_kib\": $rss, \"kib_per_peer\": \"$per\", \"idle_cpu_pct\": $cpu, \"handshakes_while_idle\": $hsn, \"packets_per_s\": $pps}")
+	rows+=("{\"peers\": $n, \"rss_kib\": $rss, \"kib_per_peer\": \"$per\", \"idle_cpu_pct\": $cpu, \"handshakes_while_idle\": $hsn, \"quic_packets_per_s\": $qps, \"probe_packets_per_s\": $pps, \"probes_lost_per_s\": $lps}")
 done
 if [ -n "$JSON" ]; then
 	(IFS=,; printf '{"steps": [%s]}\n' "${rows[*]}") >"$JSON"

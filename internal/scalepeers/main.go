@@ -4,8 +4,8 @@
 //
 //	scalepeers run -bootstrap ID@HOST:PORT -n N [-host 127.0.0.1] [-pow-bits 0] [-timeout 5m]
 //
-// It prints "connected N" once every node holds its connection to the
-// target, then stays up (idle) until SIGINT/SIGTERM, and exits non-zero if
+// It prints "connected N" once 99% of the nodes (N of them) hold their
+// connection to the target, then stays up (idle) until SIGINT/SIGTERM, and exits non-zero if
 // the nodes do not all connect within -timeout.
 package main
 
@@ -84,14 +84,18 @@ func run(ctx context.Context, target overlay.Contact, n int, host string, powBit
 		nodes = append(nodes, nd)
 	}
 	deadline := time.Now().Add(timeout)
+	up := 0
 	for {
-		up := 0
+		up = 0
 		for _, nd := range nodes {
 			if connectedTo(nd, target.Identity) {
 				up++
 			}
 		}
-		if up == n {
+		// 99%: on a loaded host a few of a thousand in-process nodes miss
+		// keep-alives and redial at any moment; scale.sh counts the
+		// target's peers itself.
+		if up >= n*99/100 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -100,10 +104,10 @@ func run(ctx context.Context, target overlay.Contact, n int, host string, powBit
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(time.Second): // Status of a thousand nodes is not free
 		}
 	}
-	fmt.Printf("connected %d\n", n)
+	fmt.Printf("connected %d\n", up)
 	<-ctx.Done()
 	return nil
 }
