@@ -55,7 +55,7 @@ type Config struct {
 	Keep func() map[pki.Identity]bool
 
 	// Hooks, all called outside the loop, never for the same peer at once:
-	// Up after p is installed (its watcher starts after Up returns, so
+	// Up after p is installed (its watch starts after Up returns, so
 	// Down follows Up); Down after p's connection ended (current: p was
 	// still the peer's connection, not replaced); Evicted after the peer
 	// limit pushed p out (its Down follows with current false).
@@ -137,8 +137,12 @@ type Set struct {
 	ops    chan func() // work for the loop; unbuffered, so a sent op always runs
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // the loop, the accept loop, watchers, redials, sweeps, accepted handshakes
+	wg     sync.WaitGroup // the loop, the accept loop, fired watches, redials, sweeps, accepted handshakes
 	once   sync.Once
+
+	wmu       sync.Mutex            // guards watches and unwatched
+	watches   map[*Peer]func() bool // stops the connection watches that have not fired (see watch)
+	unwatched bool                  // Close released the watches
 
 	// Owned by the loop: read and written only by functions it runs.
 	peers    map[pki.Identity]*Peer
@@ -171,6 +175,7 @@ func New(cfg Config) *Set {
 		peers:    make(map[pki.Identity]*Peer),
 		desired:  make(map[pki.Identity]*desired),
 		dials:    make(map[pki.Identity]*dialCall),
+		watches:  make(map[*Peer]func() bool),
 		maxPeers: cfg.MaxPeers,
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -198,6 +203,15 @@ func (s *Set) goRun(f func()) {
 func (s *Set) Close() {
 	s.once.Do(func() {
 		s.cancel()
+		s.wmu.Lock()
+		s.unwatched = true
+		for p, stop := range s.watches {
+			if stop() {
+				s.wg.Done()
+			}
+			delete(s.watches, p)
+		}
+		s.wmu.Unlock()
 		s.wg.Wait()
 	})
 }
