@@ -58,8 +58,10 @@ func TestDeviceReadErrorsBackOff(t *testing.T) {
 func TestDeviceGoneStopsNode(t *testing.T) {
 	for _, gone := range []error{os.ErrClosed, &os.PathError{Op: "read", Path: "/dev/net/tun", Err: syscall.ENODEV}} {
 		dev := newFailingDevice()
-		n := newNodeOn(t, dev)
+		// Queued first: a read already blocked in memDevice.Read would
+		// never see it.
 		dev.errs <- gone
+		n := newNodeOn(t, dev)
 		select {
 		case <-n.Done():
 		case <-time.After(5 * time.Second):
