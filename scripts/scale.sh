@@ -86,6 +86,22 @@ counts() {
 }
 HZ=$(getconf CLK_TCK)
 
+rpcs() { ip netns exec "$NS" "$KT" status --control "$CTL" --json | jq '.counters.rpc_requests'; }
+# settle_rpc N: new peers join the DHT (lookups, publishing) for a while;
+# idle means the requests they send the node have dropped below one per
+# 100 peers a second (10 s windows, at most 5 minutes; the row shows the
+# rate it measured either way).
+settle_rpc() {
+	local limit=$(($1 / 100 + 1)) r0 r1 i
+	for i in $(seq 30); do
+		r0=$(rpcs)
+		sleep 10
+		r1=$(rpcs)
+		[ $(((r1 - r0) / 10)) -lt "$limit" ] && return 0
+	done
+	log "still $(((r1 - r0) / 10)) requests/s after 5 minutes; measuring anyway"
+}
+
 # profile N: the node's heap, goroutines and memory statistics now, and a
 # CPU profile of the next IDLE seconds.
 profile() {
@@ -112,7 +128,7 @@ profile() {
 
 rows=()
 have=0
-printf '\n%-6s %10s %14s %12s %11s %12s %13s %10s\n' peers "RSS MiB" "KiB per peer" "idle CPU %" "handshakes" "QUIC pkt/s" "probe pkt/s" "lost/s"
+printf '\n%-6s %10s %14s %12s %11s %12s %13s %10s %9s\n' peers "RSS MiB" "KiB per peer" "idle CPU %" "handshakes" "QUIC pkt/s" "probe pkt/s" "lost/s" "RPCs/s"
 base=""
 for step in $STEPS; do
 	if [ "$step" -gt "$have" ]; then
@@ -126,12 +142,16 @@ for step in $STEPS; do
 	want=$((step * 99 / 100))
 	wait_until 300 "the node to hold $want peers" test "$(peers)" -ge "$want"
 	sleep "$SETTLE"
+	settle_rpc "$step"
 	rss=$(rss_kb)
 	read -r h0 q0 p0 l0 < <(counts)
+	r0=$(rpcs)
 	t0=$(cpu_ticks)
 	sleep "$IDLE"
 	t1=$(cpu_ticks)
 	read -r h1 q1 p1 l1 < <(counts)
+	r1=$(rpcs)
+	rps=$(awk -v d=$((r1 - r0)) -v s="$IDLE" 'BEGIN { printf "%.1f", d / s }')
 	hsn=$((h1 - h0))
 	qps=$(awk -v d=$((q1 - q0)) -v s="$IDLE" 'BEGIN { printf "%.1f", d / s }')
 	pps=$(awk -v d=$((p1 - p0)) -v s="$IDLE" 'BEGIN { printf "%.1f", d / s }')
@@ -142,9 +162,9 @@ for step in $STEPS; do
 	[ -n "$base" ] || base=$rss
 	per="-"
 	[ "$n" -gt 0 ] && per=$(awk -v r="$rss" -v b="$base" -v n="$n" 'BEGIN { printf "%.1f", (r - b) / n }')
-	printf '%-6s %10.1f %14s %12s %11s %12s %13s %10s\n' "$n" "$(awk -v r="$rss" 'BEGIN { print r / 1024 }')" "$per" "$cpu" "$hsn" "$qps" "$pps" "$lps"
+	printf '%-6s %10.1f %14s %12s %11s %12s %13s %10s %9s\n' "$n" "$(awk -v r="$rss" 'BEGIN { print r / 1024 }')" "$per" "$cpu" "$hsn" "$qps" "$pps" "$lps" "$rps"
 	[ -z "$PROFILE" ] || profile "$n"
-	rows+=("{\"peers\": $n, \"rss_kib\": $rss, \"kib_per_peer\": \"$per\", \"idle_cpu_pct\": $cpu, \"handshakes_while_idle\": $hsn, \"quic_packets_per_s\": $qps, \"probe_packets_per_s\": $pps, \"probes_lost_per_s\": $lps}")
+	rows+=("{\"peers\": $n, \"rss_kib\": $rss, \"kib_per_peer\": \"$per\", \"idle_cpu_pct\": $cpu, \"handshakes_while_idle\": $hsn, \"quic_packets_per_s\": $qps, \"probe_packets_per_s\": $pps, \"probes_lost_per_s\": $lps, \"rpc_requests_per_s\": $rps}")
 done
 if [ -n "$JSON" ]; then
 	(IFS=,; printf '{"steps": [%s]}\n' "${rows[*]}") >"$JSON"

@@ -23,6 +23,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/korium/korium-tun/dht"
 	"github.com/korium/korium-tun/internal/tool"
 	"github.com/korium/korium-tun/overlay"
 	"github.com/korium/korium-tun/pki"
@@ -77,6 +78,11 @@ func run(ctx context.Context, target overlay.Contact, n int, host string, powBit
 			Listen:    netip.AddrPortFrom(netip.MustParseAddr(host), 0).String(),
 			Device:    newIdleDevice(),
 			Bootstrap: []overlay.Contact{target},
+			// All on one host: the per-prefix caps of the routing table
+			// (Sybil resistance across the Internet) would keep each
+			// table at a dozen contacts, and the nodes looking up and
+			// republishing for ever; the target keeps its defaults.
+			DHT: dht.Config{MaxPerPrefixPerBucket: dht.MaxK, InsertBurst: 1000},
 		})
 		if err != nil {
 			return fmt.Errorf("node %d: %v", i, err)
