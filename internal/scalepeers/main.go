@@ -23,7 +23,6 @@ import (
 
 	"golang.zx2c4.com/wireguard/tun"
 
-	"github.com/korium/korium-tun/dht"
 	"github.com/korium/korium-tun/internal/tool"
 	"github.com/korium/korium-tun/overlay"
 	"github.com/korium/korium-tun/pki"
@@ -78,11 +77,12 @@ func run(ctx context.Context, target overlay.Contact, n int, host string, powBit
 			Listen:    netip.AddrPortFrom(netip.MustParseAddr(host), 0).String(),
 			Device:    newIdleDevice(),
 			Bootstrap: []overlay.Contact{target},
-			// All on one host: the per-prefix caps of the routing table
-			// (Sybil resistance across the Internet) would keep each
-			// table at a dozen contacts, and the nodes looking up and
-			// republishing for ever; the target keeps its defaults.
-			DHT: dht.Config{MaxPerPrefixPerBucket: dht.MaxK, InsertBurst: 1000},
+			// No DHT: a thousand nodes on one host looking each other up
+			// hold tens of thousands of connections among themselves and
+			// starve this process (its nodes then miss keep-alives and
+			// redial the target); what a DHT costs a node is nodesim's
+			// figure. Each node holds its connection to the target only.
+			DisableDHT: true,
 		})
 		if err != nil {
 			return fmt.Errorf("node %d: %v", i, err)
