@@ -785,18 +785,24 @@ func (c *Conn) ConnectionState() ConnectionState {
 	c.connStateMutex.Lock()
 	defer c.connStateMutex.Unlock()
 
+	// korium-tun: the state is built in a copy. Kept in c.connState, the
+	// TLS state returned last (the peer's certificates with it) stayed
+	// reachable after DropPeerCertificates and releaseTLS until the next
+	// call, for the connection's life if there was none
+	// (TestDropPeerCertificatesFreesThem in internal/quicbench).
+	state := c.connState
 	cs := c.cryptoStreamHandler.ConnectionState()
-	c.connState.TLS = cs.ConnectionState
-	c.connState.Used0RTT = cs.Used0RTT
+	state.TLS = cs.ConnectionState
+	state.Used0RTT = cs.Used0RTT
 	if c.peerParams != nil {
-		c.connState.SupportsDatagrams.Remote = c.supportsDatagrams()
-		c.connState.SupportsStreamResetPartialDelivery.Remote = c.peerParams.EnableResetStreamAt
+		state.SupportsDatagrams.Remote = c.supportsDatagrams()
+		state.SupportsStreamResetPartialDelivery.Remote = c.peerParams.EnableResetStreamAt
 	}
-	c.connState.SupportsDatagrams.Local = c.config.EnableDatagrams
-	c.connState.SupportsStreamResetPartialDelivery.Local = c.config.EnableStreamResetPartialDelivery
-	c.connState.RequireStreamCreditRelease = c.config.RequireStreamCreditRelease
-	c.connState.GSO = c.conn.capabilities().GSO
-	return c.connState
+	state.SupportsDatagrams.Local = c.config.EnableDatagrams
+	state.SupportsStreamResetPartialDelivery.Local = c.config.EnableStreamResetPartialDelivery
+	state.RequireStreamCreditRelease = c.config.RequireStreamCreditRelease
+	state.GSO = c.conn.capabilities().GSO
+	return state
 }
 
 // ConnectionStats contains statistics about the QUIC connection

@@ -120,4 +120,3 @@ func TestHandshakeLevelsDropped(t *testing.T) {
 		}
 	}
 }
-
