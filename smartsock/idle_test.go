@@ -174,3 +174,28 @@ func TestIdlePeerBlackHole(t *testing.T) {
 		t.Errorf("the black-holed path of an idle peer died after %v, want at most 3 s", took)
 	}
 }
+
+// The probe tick leaves an idle peer alone until something is due: about
+// once a second (idleLook) and at its probes, not ten times a second.
+func TestIdlePeerSkippedByTick(t *testing.T) {
+	d := newProbeDriver(t)
+	never := func(time.Duration) bool { return false }
+	d.run(20*time.Second, time.Millisecond, never) // idle by now
+	looked := 0
+	for range 100 {
+		var before, after time.Time
+		d.f.c.call(func() { before = d.p1.due })
+		d.run(tickEvery, time.Millisecond, never)
+		d.f.c.call(func() { after = d.p1.due })
+		if !after.Equal(before) {
+			looked++
+		}
+	}
+	t.Logf("an idle peer was looked at in %d of 100 ticks", looked)
+	if looked > 15 {
+		t.Errorf("an idle peer was looked at in %d of 100 ticks, want at most 15", looked)
+	}
+	if ok, _ := d.alive(); !ok {
+		t.Error("the idle path is not alive")
+	}
+}

@@ -79,6 +79,7 @@ func (c *Conn) claim(pa *path, ev evidence, now time.Time) bool {
 				// at the next tick; if it still answers, nothing changes,
 				// and a hello can make us probe it no faster than that.
 				q.lastProbe = time.Time{}
+				q.peer.due = time.Time{}
 			}
 			return false
 		}

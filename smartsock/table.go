@@ -45,7 +45,8 @@ type peer struct {
 	busyTicks int
 	window    time.Time
 	idle      bool
-	dirty     bool // in Conn.dirty: its route is to be published
+	due       time.Time // idle: the probe tick skips it until then (nextDue)
+	dirty     bool      // in Conn.dirty: its route is to be published
 }
 
 func (p *peer) confirmed() bool { return p.current != nil && p.current.validated }
@@ -88,6 +89,7 @@ func (c *Conn) peerOf(id pki.Identity) *peer { return c.virt.load(smartaddr.Virt
 
 // touch marks p's route for publication at the end of the loop's turn.
 func (c *Conn) touch(p *peer) {
+	p.due = time.Time{} // the probe tick looks at it again (nextDue)
 	if !p.dirty {
 		p.dirty = true
 		c.dirty = append(c.dirty, p)
