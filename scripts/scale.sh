@@ -4,7 +4,7 @@
 # in-process peers (internal/scalepeers) connected to it over loopback UDP.
 # For each step it prints the node's resident memory and its CPU while idle.
 #
-#   sudo scripts/scale.sh [--steps "0 100 250 500 1000"] [--idle 20] [--settle 10]
+#   sudo scripts/scale.sh [--steps "0 100 250 500 1000"] [--idle 30] [--settle 30]
 #                         [--json FILE] [--profile DIR] [--log-level warn]
 #                         [--node-env "GOGC=50 GOMEMLIMIT=90MiB"]
 #
@@ -25,8 +25,8 @@ set -euo pipefail
 need_root
 
 STEPS="0 100 250 500 1000"
-IDLE=20   # seconds of idle CPU measured per step
-SETTLE=10 # seconds after the last peer connects before measuring
+IDLE=30   # seconds of idle CPU measured per step (more than one idle probe interval, 25 s)
+SETTLE=30 # seconds after the last peer connects before measuring (new peers are probed as busy ones for their first seconds)
 JSON=""
 PROFILE=""
 LOGLEVEL=warn
