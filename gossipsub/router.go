@@ -102,6 +102,7 @@ type Router struct {
 	seqno      uint64
 	pubBucket  ratelimit.Limiter
 	tick       uint64
+	hbScores   map[pki.Identity]float64 // the heartbeat's, kept between heartbeats (no map of every peer's score made each second)
 	lastDecay  time.Time
 	sigBuf     []byte // scratch for verifying received messages
 }
