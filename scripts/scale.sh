@@ -12,6 +12,7 @@
 # heap profile (heap-N.pb.gz, `go tool pprof -sample_index=inuse_space
 # -diff_base heap-0.pb.gz heap-1000.pb.gz`), its goroutines
 # (goroutines-N.txt), its runtime memory statistics (memstats-N.json), its
+# status with every counter (status-N.json), its
 # resident memory by kind (smaps-N.txt: Anonymous is heap and stacks) and,
 # when perf is installed, a CPU profile of another idle window (perf-N.data,
 # `perf report -i perf-N.data --no-children`), and the heap profile after
@@ -112,6 +113,7 @@ profile() {
 	cp "$MEMPROF.goroutines" "$PROFILE/goroutines-$1.txt"
 	cp "$MEMPROF.memstats" "$PROFILE/memstats-$1.json"
 	cp "/proc/$PID/smaps_rollup" "$PROFILE/smaps-$1.txt" # resident: anonymous (heap, stacks) and file (the binary)
+	ip netns exec "$NS" "$KT" status --control "$CTL" --json >"$PROFILE/status-$1.json" # every counter (drops by reason)
 	if command -v perf >/dev/null; then
 		perf record -q -F 499 -g -p "$PID" -o "$PROFILE/perf-$1.data" -- sleep "$IDLE" >/dev/null 2>&1 ||
 			log "perf record failed; no CPU profile"

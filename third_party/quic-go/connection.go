@@ -2700,7 +2700,13 @@ func (c *Conn) sendPacketsWithoutGSO(now monotime.Time) error {
 }
 
 func (c *Conn) sendPacketsWithGSO(now monotime.Time) error {
-	buf := getLargePacketBuffer()
+	// korium-tun: a batch starts in a packet-sized buffer and moves to a
+	// GSO-sized one only when a second packet is to join it. Most sends of
+	// an idle connection are one small packet (an ACK, a keep-alive); each
+	// took a 20 KiB buffer, and 1,000 connections whose keep-alives fall
+	// together filled the pool with hundreds of them (12 MB at 1,000 idle
+	// peers, scripts/scale.sh). TestLoneSendsTakeNoLargeBuffer.
+	buf := getPacketBuffer()
 	maxSize := c.maxPacketSize()
 
 	ecn := c.sentPacketHandler.ECNMode(true)
@@ -2736,8 +2742,17 @@ func (c *Conn) sendPacketsWithGSO(now monotime.Time) error {
 		// 2. The last packet appended was a full-size packet
 		// 3. The next packet will have the same ECN marking
 		// 4. We still have enough space for another full-size packet in the buffer
-		if !dontSendMore && size == maxSize && nextECN == ecn && buf.Len()+maxSize <= buf.Cap() {
-			continue
+		if !dontSendMore && size == maxSize && nextECN == ecn {
+			if buf.Len()+maxSize <= buf.Cap() {
+				continue
+			}
+			if buf.Cap() < protocol.MaxLargePacketBufferSize { // korium-tun: see above
+				large := getLargePacketBuffer()
+				large.Data = append(large.Data, buf.Data...)
+				buf.Release()
+				buf = large
+				continue
+			}
 		}
 
 		c.sendQueue.Send(buf, uint16(maxSize), ecn)
@@ -2756,7 +2771,7 @@ func (c *Conn) sendPacketsWithGSO(now monotime.Time) error {
 		}
 
 		ecn = nextECN
-		buf = getLargePacketBuffer()
+		buf = getPacketBuffer() // korium-tun: see above
 	}
 }
 
