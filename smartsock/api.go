@@ -2,6 +2,7 @@ package smartsock
 
 import (
 	"errors"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"time"
@@ -78,7 +79,7 @@ func (c *Conn) AddRelayPath(id, relayID pki.Identity, relayAddr netip.AddrPort, 
 		if len(relays) >= maxRelayPerPeer {
 			c.dropPath(p, relays[0])
 		}
-		pa := &path{peer: p, addr: relayAddr, relay: true, session: session, relayID: relayID, dialed: true, added: now, owner: true}
+		pa := &path{peer: p, addr: relayAddr, relay: true, session: session, relayID: relayID, dialed: true, added: now, owner: true, jitter: rand.N(idleJitter)}
 		p.paths = append(p.paths, pa)
 		c.sess.set(session, pa)
 		if !p.confirmed() && p.current == nil {

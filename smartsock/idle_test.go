@@ -95,10 +95,10 @@ func TestIdlePeerProbedLess(t *testing.T) {
 	}{
 		{"busy", always, 19, 21},                  // every ProbeInterval
 		{"idle", never, 4, 5},                     // every IdleProbeInterval, after the window that saw traffic
-		{"keep-alives only", keepAlive, 4, 4},     // still idle
+		{"keep-alives only", keepAlive, 4, 5},     // still idle
 		{"busy again", always, 19, 21},            // back at once
 		{"idle, starved peer", never, 4, 5},       // see TestLateProbeReplyCounts
-		{"keep-alives, starved", keepAlive, 4, 4}, // answers after the timeout, before the next probe
+		{"keep-alives, starved", keepAlive, 4, 5}, // answers after the timeout, before the next probe
 	} {
 		if phase.name == "idle, starved peer" {
 			rtt = 700 * time.Millisecond // beyond probeTimeout of a 1 ms path
@@ -117,11 +117,25 @@ func TestIdlePeerProbedLess(t *testing.T) {
 			t.Errorf("%s: the path is not alive", phase.name)
 		}
 	}
-	// Traffic after idleness: a probe within idleTicks+1 ticks.
-	d.probes = 0
-	d.run(time.Duration(idleTicks+2)*tickEvery, time.Millisecond, always)
-	if d.probes == 0 {
-		t.Errorf("no probe within %d ticks of traffic starting on an idle peer", idleTicks+2)
+	// Traffic after idleness: ProbeInterval after the last probe, at most
+	// idleTicks+1 ticks after it starts (not at the idle probe's time).
+	for range 5 {
+		d.run(30*time.Second, time.Millisecond, never)
+		var last time.Time
+		d.f.c.call(func() { last = d.p1.current.lastProbe })
+		d.probes = 0
+		start := d.f.now
+		for d.probes == 0 && d.f.now.Sub(start) < IdleProbeInterval {
+			d.run(tickEvery, time.Millisecond, always)
+		}
+		want := last.Add(ProbeInterval)
+		if soon := start.Add(time.Duration(idleTicks+1) * tickEvery); soon.After(want) {
+			want = soon
+		}
+		// A probe window closing meanwhile restarts the count of busy ticks.
+		if took := d.f.now.Sub(want); took > time.Duration(idleTicks+1)*tickEvery {
+			t.Errorf("traffic started %v after the last idle probe: the next probe came %v late", start.Sub(last), took)
+		}
 	}
 }
 

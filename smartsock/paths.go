@@ -40,6 +40,11 @@ const (
 	// stays below StaleAfter by more than ProbeTimeout. At 1,000 idle peers
 	// it is 160 probe packets a second less (scripts/scale.sh).
 	IdleProbeInterval = 25 * time.Second
+	// idleJitter: each path probes at IdleProbeInterval less its own
+	// random part of this, so that peers that connected together (a
+	// restart, a thousand at once in scale.sh) do not probe together and
+	// overrun the ProbeRate budget of the node they probe.
+	idleJitter = 5 * time.Second
 	// idleTicks: a peer that quic-go wrote to in at most this many probe
 	// ticks of a ProbeInterval is idle: keep-alives (a PING and an ACK per
 	// QUIC keep-alive period, and the answer to the peer's) fit, a second
@@ -91,7 +96,7 @@ func interval(p *peer, pa *path, now time.Time) time.Duration {
 	case pa.validated && pa.missed > 0 && pa.missed < MaxMissed:
 		return QuietInterval // settle a doubt quickly
 	case pa.validated && p.idle:
-		return IdleProbeInterval
+		return IdleProbeInterval - pa.jitter
 	case pa.validated:
 		return ProbeInterval
 	case now.Before(p.punchUntil):

@@ -1,6 +1,7 @@
 package smartsock
 
 import (
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync/atomic"
@@ -60,6 +61,7 @@ type path struct {
 	relay   bool
 	session [16]byte
 	relayID pki.Identity
+	jitter  time.Duration // subtracted from IdleProbeInterval (see idleJitter)
 
 	// Written by the loop, read by anyone.
 	probeTx   atomic.Uint64 // outstanding probe, 0: none (the read path drops replies to nothing)
@@ -188,7 +190,7 @@ func (c *Conn) direct(p *peer, real netip.AddrPort, ev evidence, now time.Time) 
 			c.dropPath(p, victim)
 		}
 	}
-	pa := &path{peer: p, addr: real, added: now}
+	pa := &path{peer: p, addr: real, added: now, jitter: rand.N(idleJitter)}
 	p.paths = append(p.paths, pa)
 	c.touch(p)
 	c.claim(pa, ev, now)
