@@ -58,10 +58,11 @@ func TestDeviceReadErrorsBackOff(t *testing.T) {
 func TestDeviceGoneStopsNode(t *testing.T) {
 	for _, gone := range []error{os.ErrClosed, &os.PathError{Op: "read", Path: "/dev/net/tun", Err: syscall.ENODEV}} {
 		dev := newFailingDevice()
-		// Queued first: a read already blocked in memDevice.Read would
-		// never see it.
-		dev.errs <- gone
 		n := newNodeOn(t, dev)
+		dev.errs <- gone
+		// A read already blocked in memDevice.Read sees the error only at
+		// the next read: a packet ends it.
+		dev.Send(udp6(n.addr, netip.MustParseAddr("2001:db8::1"), []byte("x")))
 		select {
 		case <-n.Done():
 		case <-time.After(5 * time.Second):
