@@ -28,7 +28,11 @@ func (r *Router) heartbeat() {
 		}
 		return x
 	}
-	scores := make(map[pki.Identity]float64, len(r.peers))
+	if r.hbScores == nil {
+		r.hbScores = make(map[pki.Identity]float64, len(r.peers))
+	}
+	scores := r.hbScores
+	clear(scores)
 	for id, p := range r.peers {
 		scores[id] = r.score(id)
 		// Log transitions only, never per message.

@@ -9,7 +9,9 @@ import (
 // sendQueue holds encoded RPCs for one peer until its writer goroutine hands
 // them to the Sender. Urgent RPCs (IDONTWANT) go before the others so they
 // overtake the large messages they are meant to stop. Both parts are
-// bounded and drop their oldest entry when full.
+// bounded and drop their oldest entry when full. The writer runs only
+// while RPCs are queued (push says when to start one, pop ends it): an
+// idle peer costs no goroutine (~5 KiB of stack each at 1,000 peers).
 type sendQueue struct {
 	mu       sync.Mutex
 	urgent   []outItem
@@ -18,14 +20,15 @@ type sendQueue struct {
 	max      int
 	maxBytes int
 	closed   bool
-	notify   chan struct{}
+	writing  bool // a writer runs: it pops until pop reports the end
 }
 
 func newSendQueue(max, maxBytes int) *sendQueue {
-	return &sendQueue{max: max, maxBytes: maxBytes, notify: make(chan struct{}, 1)}
+	return &sendQueue{max: max, maxBytes: maxBytes}
 }
 
-// push queues b and reports whether an older RPC was dropped for it.
+// push queues b and reports whether an older RPC was dropped for it, and
+// whether the caller is to start a writer (none runs).
 // outItem is one queued RPC; hasID marks an RPC carrying only message id.
 type outItem struct {
 	b     []byte
@@ -33,11 +36,11 @@ type outItem struct {
 	hasID bool
 }
 
-func (q *sendQueue) push(b outItem, urgent bool) (dropped bool) {
+func (q *sendQueue) push(b outItem, urgent bool) (dropped, start bool) {
 	q.mu.Lock()
+	defer q.mu.Unlock()
 	if q.closed {
-		q.mu.Unlock()
-		return false
+		return false, false
 	}
 	l := &q.normal
 	if urgent {
@@ -51,16 +54,13 @@ func (q *sendQueue) push(b outItem, urgent bool) (dropped bool) {
 	}
 	*l = append(*l, b)
 	q.bytes += len(b.b)
-	q.mu.Unlock()
-	select {
-	case q.notify <- struct{}{}:
-	default:
-	}
-	return dropped
+	start = !q.writing
+	q.writing = true
+	return dropped, start
 }
 
-// pop returns the next RPC, or nil when the queue is empty; ok is false
-// once the queue is closed.
+// pop returns the next RPC for the writer; ok is false when the queue is
+// empty or closed, and the writer then ends (the next push starts one).
 func (q *sendQueue) pop() (b outItem, ok bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -81,7 +81,8 @@ func (q *sendQueue) pop() (b outItem, ok bool) {
 		q.bytes -= len(b.b)
 		return b, true
 	}
-	return b, true
+	q.writing = false
+	return b, false
 }
 
 func (q *sendQueue) close() {
@@ -89,10 +90,6 @@ func (q *sendQueue) close() {
 	q.closed = true
 	q.urgent, q.normal, q.bytes = nil, nil, 0
 	q.mu.Unlock()
-	select {
-	case q.notify <- struct{}{}:
-	default:
-	}
 }
 
 // inbox holds RPCs received from peers until the router loop takes them:

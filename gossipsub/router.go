@@ -102,6 +102,7 @@ type Router struct {
 	seqno      uint64
 	pubBucket  ratelimit.Limiter
 	tick       uint64
+	hbScores   map[pki.Identity]float64 // the heartbeat's, kept between heartbeats (no map of every peer's score made each second)
 	lastDecay  time.Time
 	sigBuf     []byte // scratch for verifying received messages
 }
@@ -426,6 +427,8 @@ func (r *Router) shutdown() {
 	close(r.signals)
 }
 
+// writer hands p's queued RPCs to the Sender until the queue is empty or
+// closed; queue starts it (see sendQueue).
 func (r *Router) writer(p *peer) {
 	defer r.wg.Done()
 	for {
@@ -434,14 +437,6 @@ func (r *Router) writer(p *peer) {
 			return
 		}
 		b := it.b
-		if b == nil {
-			select {
-			case <-p.out.notify:
-				continue
-			case <-r.ctx.Done():
-				return
-			}
-		}
 		if it.hasID && p.dontWantHas(it.id) {
 			r.stats.IDontWantHonored.Add(1)
 			continue
@@ -484,8 +479,6 @@ func (r *Router) addPeer(id pki.Identity, addr netip.Addr, outbound bool) {
 		r.scores[id] = &peerScore{stats: PeerStats{Topics: make(map[string]*TopicStats)}, grafted: make(map[string]time.Time)}
 	}
 	r.log.Debug("peer added", "peer", id.Short(), "addr", addr, "outbound", outbound)
-	r.wg.Add(1)
-	go r.writer(p)
 	if len(r.mesh) > 0 {
 		var rpc RPC
 		for t := range r.mesh {
@@ -645,17 +638,24 @@ func (r *Router) sendRPC(p *peer, rpc *RPC, urgent bool) {
 	}
 }
 
-func (r *Router) queue(p *peer, b []byte, urgent bool) {
-	if p.out.push(outItem{b: b}, urgent) {
-		r.stats.DropSendQueue.Add(1)
-	}
-}
+func (r *Router) queue(p *peer, b []byte, urgent bool) { r.push(p, outItem{b: b}, urgent) }
 
 // queueMsg queues an RPC carrying only message id; the writer drops it if
 // the peer announces IDONTWANT for id before it is sent.
 func (r *Router) queueMsg(p *peer, b []byte, id MsgID) {
-	if p.out.push(outItem{b: b, id: id, hasID: true}, false) {
+	r.push(p, outItem{b: b, id: id, hasID: true}, false)
+}
+
+// push queues it for p and starts p's writer if none runs. Loop only (the
+// loop is in r.wg, so adding the writer never races Close's Wait).
+func (r *Router) push(p *peer, it outItem, urgent bool) {
+	dropped, start := p.out.push(it, urgent)
+	if dropped {
 		r.stats.DropSendQueue.Add(1)
+	}
+	if start {
+		r.wg.Add(1)
+		go r.writer(p)
 	}
 }
 

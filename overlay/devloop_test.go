@@ -60,6 +60,9 @@ func TestDeviceGoneStopsNode(t *testing.T) {
 		dev := newFailingDevice()
 		n := newNodeOn(t, dev)
 		dev.errs <- gone
+		// A read already blocked in memDevice.Read sees the error only at
+		// the next read: a packet ends it.
+		dev.Send(udp6(n.addr, netip.MustParseAddr("2001:db8::1"), []byte("x")))
 		select {
 		case <-n.Done():
 		case <-time.After(5 * time.Second):

@@ -25,9 +25,10 @@
 // idle eviction must leave alone (the host's pubsub meshes and relays).
 //
 // Goroutines, all stopped by Close, which waits for them: the loop, the
-// accept loop and one handshake check per accepted connection, one watcher
-// per installed peer (it reports the end of the connection), the redials
-// of kept contacts, and idle sweeps.
+// accept loop and one handshake check per accepted connection, the
+// reports of ended connections (a context.AfterFunc per installed peer,
+// no goroutine until its connection ends), the redials of kept contacts,
+// and idle sweeps.
 //
 // peers imports pki, smartaddr, quic-go and internal/group (the goroutines
 // Close waits for): never the datapath, nat, the DHT, gossipsub or the

@@ -1,6 +1,7 @@
 package peers
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -103,7 +104,7 @@ func (s *Set) install(conn *quic.Conn, id pki.Identity, outbound bool) (*Peer, e
 		old.Conn.CloseWithError(CodeDuplicate, "replaced")
 	}
 	s.cfg.Up(p)
-	s.goRun(func() { s.watch(p) })
+	s.watch(p)
 	return p, nil
 }
 
@@ -114,14 +115,29 @@ func (s *Set) handshakeAddr(id pki.Identity) netip.AddrPort {
 	return s.cfg.HandshakeAddr(id)
 }
 
-// watch waits for p's connection to end, removes p unless it was replaced,
-// and tells the host.
+// watch arranges for down(p) when p's connection ends, with no goroutine
+// while it lasts (one per idle peer was ~5 KiB of stack, scripts/scale.sh).
+// Close releases the watches that have not fired.
 func (s *Set) watch(p *Peer) {
-	select {
-	case <-p.Conn.Context().Done():
-	case <-s.ctx.Done():
-		return
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.unwatched {
+		return // closing: the old watcher goroutine returned here too
 	}
+	s.watchWG.Add(1)
+	// The callback takes wmu first, so it finds its entry even when the
+	// connection ended already and it runs at once.
+	s.watches[p] = context.AfterFunc(p.Conn.Context(), func() {
+		defer s.watchWG.Done()
+		s.wmu.Lock()
+		delete(s.watches, p)
+		s.wmu.Unlock()
+		s.down(p)
+	})
+}
+
+// down removes p unless it was replaced, and tells the host.
+func (s *Set) down(p *Peer) {
 	current := false
 	if !s.do(func() {
 		if s.peers[p.ID] == p {

@@ -56,7 +56,7 @@ type Config struct {
 	Keep func() map[pki.Identity]bool
 
 	// Hooks, all called outside the loop, never for the same peer at once:
-	// Up after p is installed (its watcher starts after Up returns, so
+	// Up after p is installed (its watch starts after Up returns, so
 	// Down follows Up); Down after p's connection ended (current: p was
 	// still the peer's connection, not replaced); Evicted after the peer
 	// limit pushed p out (its Down follows with current false).
@@ -138,8 +138,13 @@ type Set struct {
 	ops    chan func() // work for the loop; unbuffered, so a sent op always runs
 	ctx    context.Context
 	cancel context.CancelFunc
-	group  group.Group // the loop, the accept loop, watchers, redials, sweeps, accepted handshakes
+	group  group.Group // the loop, the accept loop, redials, sweeps, accepted handshakes
 	once   sync.Once
+
+	wmu       sync.Mutex            // guards watches and unwatched; taken alone
+	watchWG   sync.WaitGroup        // connection watches that fired and still run (see watch)
+	watches   map[*Peer]func() bool // stops the connection watches that have not fired (see watch)
+	unwatched bool                  // Close released the watches
 
 	// Owned by the loop: read and written only by functions it runs.
 	peers    map[pki.Identity]*Peer
@@ -172,6 +177,7 @@ func New(cfg Config) *Set {
 		peers:    make(map[pki.Identity]*Peer),
 		desired:  make(map[pki.Identity]*desired),
 		dials:    make(map[pki.Identity]*dialCall),
+		watches:  make(map[*Peer]func() bool),
 		maxPeers: cfg.MaxPeers,
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -194,7 +200,17 @@ func (s *Set) goRun(f func()) bool { return s.group.Go(f) }
 func (s *Set) Close() {
 	s.once.Do(func() {
 		s.cancel()
+		s.wmu.Lock()
+		s.unwatched = true
+		for p, stop := range s.watches {
+			if stop() {
+				s.watchWG.Done()
+			}
+			delete(s.watches, p)
+		}
+		s.wmu.Unlock()
 		s.group.Wait()
+		s.watchWG.Wait()
 	})
 }
 

@@ -2,6 +2,7 @@ package smartsock
 
 import (
 	"errors"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"time"
@@ -78,7 +79,7 @@ func (c *Conn) AddRelayPath(id, relayID pki.Identity, relayAddr netip.AddrPort, 
 		if len(relays) >= maxRelayPerPeer {
 			c.dropPath(p, relays[0])
 		}
-		pa := &path{peer: p, addr: relayAddr, relay: true, session: session, relayID: relayID, dialed: true, added: now, owner: true}
+		pa := &path{peer: p, addr: relayAddr, relay: true, session: session, relayID: relayID, dialed: true, added: now, owner: true, jitter: rand.N(idleJitter)}
 		p.paths = append(p.paths, pa)
 		c.sess.set(session, pa)
 		if !p.confirmed() && p.current == nil {
@@ -134,7 +135,7 @@ func (c *Conn) SetPathKey(id pki.Identity, key [32]byte) {
 			}
 			pa.missed = 0
 			pa.lastProbe = time.Time{}
-			pa.probeTx.Store(0)
+			pa.clearProbes()
 		}
 		c.touch(p)
 	})
@@ -150,7 +151,7 @@ func (c *Conn) Forget(id pki.Identity) {
 		}
 		p.key = nil
 		for _, pa := range p.paths {
-			pa.probeTx.Store(0)
+			pa.clearProbes()
 		}
 		c.touch(p)
 	})

@@ -73,12 +73,13 @@ func (c *Conn) claim(pa *path, ev evidence, now time.Time) bool {
 	if q := c.real.load(pa.addr); q != nil {
 		if hold := c.hold(q, now); !takes(ev, hold) {
 			c.stats.AddrClaimRefused.Add(1)
-			if ev == byPresence && hold == byProof && q.probeTx.Load() == 0 {
+			if ev == byPresence && hold == byProof && !pending(q) {
 				// Someone else signs hellos from q's address: maybe q's
 				// peer left it (a restart under another identity). Check
 				// at the next tick; if it still answers, nothing changes,
 				// and a hello can make us probe it no faster than that.
 				q.lastProbe = time.Time{}
+				q.peer.due = time.Time{}
 			}
 			return false
 		}

@@ -31,6 +31,25 @@ const (
 	newPathWindow = 5 * time.Second
 	// pruneAfter: an unproven path nobody dialed is forgotten after this.
 	pruneAfter = 2 * time.Minute
+	// IdleProbeInterval is the probe interval of a proven path of an idle
+	// peer (see idleTicks). Until traffic starts nothing chooses between
+	// its paths (a peer that starts sending is probed every ProbeInterval
+	// again at once, and quiet() watches the path in use), QUIC's
+	// keep-alives hold the NAT mapping of the path in use, and 25 s alone
+	// still keeps a mapping (NATs hold idle UDP mappings 30 s or more) and
+	// stays below StaleAfter by more than ProbeTimeout. At 1,000 idle peers
+	// it is 160 probe packets a second less (scripts/scale.sh).
+	IdleProbeInterval = 25 * time.Second
+	// idleJitter: each path probes at IdleProbeInterval less its own
+	// random part of this, so that peers that connected together (a
+	// restart, a thousand at once in scale.sh) do not probe together and
+	// overrun the ProbeRate budget of the node they probe.
+	idleJitter = 5 * time.Second
+	// idleTicks: a peer that quic-go wrote to in at most this many probe
+	// ticks of a ProbeInterval is idle: keep-alives (a PING and an ACK per
+	// QUIC keep-alive period, and the answer to the peer's) fit, a second
+	// of traffic does not.
+	idleTicks = 4
 )
 
 // maxWaiters bounds outstanding pings (and, apart, dial-back checks).
@@ -42,11 +61,26 @@ func alive(pa *path, now time.Time) bool {
 
 // quiet reports whether p's traffic on pa stopped: nothing arrived for
 // QuietAfter while we were sending, or while packets were arriving until
-// shortly before. An idle peer is not quiet.
+// shortly before. An idle peer is not quiet, unless what we sent it last
+// (a keep-alive) is still unanswered: the keep-alives and their ACKs of an
+// idle peer that answers must not make it quiet after each of them.
 func quiet(p *peer, pa *path, now int64) bool {
-	silent := now - pa.lastRecv.Load()
-	return silent > int64(QuietAfter) && (now-p.lastSent < int64(time.Second) || silent < int64(3*time.Second))
+	last := pa.lastRecv.Load()
+	silent := now - last
+	if silent <= int64(QuietAfter) {
+		return false
+	}
+	sentRecently := now-p.lastSent < int64(time.Second)
+	if p.idle {
+		// lastSent is a tick's time: a send in the tick of the last
+		// arrival is its answer (or what it answered).
+		return sentRecently && p.lastSent-last > int64(tickEvery)
+	}
+	return sentRecently || silent < int64(3*time.Second)
 }
+
+// pending reports whether pa has a probe out that is not yet missed.
+func pending(pa *path) bool { return pa.probeTx.Load() != 0 && !pa.lost }
 
 // probeTimeout is how long a probe on pa may go unanswered: a few RTTs,
 // between 300 ms and ProbeTimeout.
@@ -61,6 +95,8 @@ func interval(p *peer, pa *path, now time.Time) time.Duration {
 		return QuietInterval
 	case pa.validated && pa.missed > 0 && pa.missed < MaxMissed:
 		return QuietInterval // settle a doubt quickly
+	case pa.validated && p.idle:
+		return IdleProbeInterval - pa.jitter
 	case pa.validated:
 		return ProbeInterval
 	case now.Before(p.punchUntil):
@@ -89,17 +125,29 @@ func (c *Conn) probeRound(now time.Time) {
 // probeTick is probeRound without the sending: it returns the probes due.
 func (c *Conn) probeTick(now time.Time, out []outProbe) []outProbe {
 	c.virt.all(func(_ netip.AddrPort, p *peer) {
+		if now.Before(p.due) && !p.sent.Load() {
+			return // idle, and nothing is due before p.due
+		}
 		if p.sent.Load() {
 			p.sent.Store(false)
 			p.lastSent = now.UnixNano()
+			if p.busyTicks++; p.busyTicks > idleTicks {
+				p.idle = false // traffic started: back to ProbeInterval now
+			}
+		}
+		if now.Sub(p.window) >= ProbeInterval {
+			p.idle = p.busyTicks <= idleTicks
+			p.busyTicks, p.window = 0, now
 		}
 		if p.key == nil {
 			return
 		}
 		for i := len(p.paths) - 1; i >= 0; i-- {
 			pa := p.paths[i]
-			if pa.probeTx.Load() != 0 && now.Sub(pa.probeAt) > probeTimeout(pa) {
-				pa.probeTx.Store(0)
+			if pending(pa) && now.Sub(pa.probeAt) > probeTimeout(pa) {
+				// Missed; its reply still counts until the next probe
+				// replaces it (a slow peer is slow, not gone).
+				pa.lost = true
 				pa.missed++
 				c.stats.ProbeLost.Add(1)
 				c.touch(p)
@@ -117,7 +165,7 @@ func (c *Conn) probeTick(now time.Time, out []outProbe) []outProbe {
 				c.claim(pa, ev, now)
 			}
 			iv := interval(p, pa, now)
-			if iv == 0 || pa.probeTx.Load() != 0 || now.Sub(pa.lastProbe) < iv {
+			if iv == 0 || pending(pa) || now.Sub(pa.lastProbe) < iv {
 				continue
 			}
 			pa.lastProbe = now
@@ -126,8 +174,47 @@ func (c *Conn) probeTick(now time.Time, out []outProbe) []outProbe {
 			c.newRequest(p, pa, now, op.pkt[:0])
 		}
 		c.selectPath(p, now)
+		p.due = time.Time{}
+		if p.idle {
+			p.due = nextDue(p, now)
+		}
 	})
 	return out
+}
+
+// idleLook bounds how long the tick leaves an idle peer alone.
+const idleLook = time.Second
+
+// nextDue is when the tick must look at idle p's paths again: a probe's
+// timeout, the next probe, a path going stale or to be pruned, at the
+// latest idleLook from now; at the next tick while a path waits to claim
+// its address. A write to p (its sent flag) and any change to p (touch)
+// bring it back sooner: at 1,000 idle peers the tick, ten times a second
+// over every peer, was half of the node's idle CPU.
+func nextDue(p *peer, now time.Time) time.Time {
+	due := now.Add(idleLook)
+	earlier := func(t time.Time) {
+		if t.Before(due) {
+			due = t
+		}
+	}
+	for _, pa := range p.paths {
+		if !pa.owner && !pa.relay {
+			return time.Time{}
+		}
+		if pending(pa) {
+			earlier(pa.probeAt.Add(probeTimeout(pa)))
+		} else if iv := interval(p, pa, now); iv > 0 {
+			earlier(pa.lastProbe.Add(iv))
+		}
+		if !pa.lastReply.IsZero() {
+			earlier(pa.lastReply.Add(StaleAfter))
+		}
+		if !pa.validated && !pa.dialed {
+			earlier(pa.added.Add(pruneAfter))
+		}
+	}
+	return due
 }
 
 // selectPath moves p to the best path (see Select).
@@ -247,6 +334,7 @@ func (c *Conn) Punch(id pki.Identity, addrs []netip.AddrPort) int {
 			n++
 		}
 		p.punchUntil = now.Add(PunchWindow)
+		p.due = time.Time{}
 	})
 	return n
 }

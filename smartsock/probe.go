@@ -69,7 +69,7 @@ func (c *Conn) readProbe(b []byte, src netip.AddrPort, via *path, now time.Time)
 			return
 		}
 		// Anyone can send replies: only one to a probe of ours goes on.
-		if pa := c.probePath(pr.From, src, via); pa == nil || pa.probeTx.Load() != pr.TxID || pr.TxID == 0 {
+		if pa := c.probePath(pr.From, src, via); pa == nil || !pa.awaits(pr.TxID) {
 			c.stats.DropBadProbe.Add(1) // late, duplicate, or not ours
 			return
 		}
@@ -165,6 +165,12 @@ func routeOf(p *peer) *route {
 		return nil
 	}
 	return p.rt.Load()
+}
+
+// awaits reports whether tx is the outstanding probe of pa or the missed
+// one before it. Any goroutine.
+func (pa *path) awaits(tx uint64) bool {
+	return tx != 0 && (pa.probeTx.Load() == tx || pa.prevTx.Load() == tx)
 }
 
 // probePath is the path of from a probe from src (through via) came on, as
@@ -283,7 +289,7 @@ func (c *Conn) handleRequest(b []byte, src netip.AddrPort, via *path, now time.T
 	reply.Seal(p.key, p.id)
 	var buf [wire.MaxReplySize]byte
 	c.sendProbe(pa.dest(), wire.AppendProbe(buf[:0], &reply))
-	if !pa.validated && pa.probeTx.Load() == 0 {
+	if !pa.validated && !pending(pa) {
 		var req [wire.RequestSize]byte
 		c.newRequest(p, pa, now, req[:0])
 		pa.lastProbe = now
@@ -297,7 +303,7 @@ func (c *Conn) handleReply(b []byte, src netip.AddrPort, via *path, now time.Tim
 		return
 	}
 	p, pa := c.probePeer(pr.From, src, via, false, now)
-	if pa == nil || pa.probeTx.Load() != pr.TxID {
+	if pa == nil || !pa.awaits(pr.TxID) {
 		c.stats.DropBadProbe.Add(1) // answered, re-keyed or evicted meanwhile
 		return
 	}
@@ -306,13 +312,20 @@ func (c *Conn) handleReply(b []byte, src netip.AddrPort, via *path, now time.Tim
 		return
 	}
 	c.stats.RxProbeReply.Add(1)
-	rtt := max(now.Sub(pa.probeAt), time.Microsecond)
+	sent := pa.probeAt
+	if pr.TxID == pa.probeTx.Load() {
+		pa.probeTx.Store(0)
+		pa.lost = false
+	} else { // the missed probe before it: the path works, slowly
+		sent = pa.prevAt
+		pa.prevTx.Store(0)
+	}
+	rtt := max(now.Sub(sent), time.Microsecond)
 	if pa.srtt == 0 {
 		pa.srtt = rtt
 	} else {
 		pa.srtt = (4*pa.srtt + rtt) / 5
 	}
-	pa.probeTx.Store(0)
 	pa.missed = 0
 	pa.lastReply = now
 	if !pa.validated {
@@ -368,7 +381,14 @@ func (c *Conn) handleHandshake(pa *path) {
 // newRequest arms pa's outstanding probe and encodes it into b.
 func (c *Conn) newRequest(p *peer, pa *path, now time.Time, b []byte) uint64 {
 	tx := c.txID.Add(1)<<16 | uint64(now.UnixNano()&0xffff)
+	// A missed probe's reply still counts until this one's time is up.
+	pa.prevTx.Store(0)
+	if pa.lost {
+		pa.prevTx.Store(pa.probeTx.Load())
+		pa.prevAt = pa.probeAt
+	}
 	pa.probeTx.Store(tx)
+	pa.lost = false
 	pa.probeAt = now
 	pr := wire.Probe{ProbeHeader: wire.ProbeHeader{Type: wire.ProbeRequest, TxID: tx, Timestamp: now.UnixNano()}, From: c.self}
 	pr.Seal(p.key, p.id)

@@ -1,6 +1,7 @@
 package smartsock
 
 import (
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync/atomic"
@@ -40,7 +41,13 @@ type peer struct {
 	punchUntil time.Time // probe unvalidated paths fast until then
 	switches   uint64
 	lastSent   int64 // unix ns of the last tick that saw a write
-	dirty      bool  // in Conn.dirty: its route is to be published
+	// busyTicks counts the ticks that saw a write since window (at most
+	// ProbeInterval ago); idle: at most idleTicks did in the last window.
+	busyTicks int
+	window    time.Time
+	idle      bool
+	due       time.Time // idle: the probe tick skips it until then (nextDue)
+	dirty     bool      // in Conn.dirty: its route is to be published
 }
 
 func (p *peer) confirmed() bool { return p.current != nil && p.current.validated }
@@ -54,9 +61,11 @@ type path struct {
 	relay   bool
 	session [16]byte
 	relayID pki.Identity
+	jitter  time.Duration // subtracted from IdleProbeInterval (see idleJitter)
 
 	// Written by the loop, read by anyone.
 	probeTx   atomic.Uint64 // outstanding probe, 0: none (the read path drops replies to nothing)
+	prevTx    atomic.Uint64 // the probe before it, if that one was missed; 0: none
 	lastRecv  atomic.Int64  // unix ns of the last packet that arrived on it
 	lastHello atomic.Int64  // unix ns we last announced ourselves on it (the write path's)
 
@@ -71,6 +80,8 @@ type path struct {
 	lastReply  time.Time
 	missed     int
 	probeAt    time.Time // when the outstanding probe was sent
+	prevAt     time.Time // when prevTx was sent
+	lost       bool      // the outstanding probe was counted missed (its reply still counts)
 	lastProbe  time.Time // zero: probe at the next tick
 	added      time.Time
 }
@@ -80,6 +91,7 @@ func (c *Conn) peerOf(id pki.Identity) *peer { return c.virt.load(smartaddr.Virt
 
 // touch marks p's route for publication at the end of the loop's turn.
 func (c *Conn) touch(p *peer) {
+	p.due = time.Time{} // the probe tick looks at it again (nextDue)
 	if !p.dirty {
 		p.dirty = true
 		c.dirty = append(c.dirty, p)
@@ -121,10 +133,17 @@ func evictBefore(a, b *peer) bool {
 	return a.lastRecv.Load() < b.lastRecv.Load()
 }
 
+// clearProbes forgets pa's probes: replies to them are dropped. Loop only.
+func (pa *path) clearProbes() {
+	pa.probeTx.Store(0)
+	pa.prevTx.Store(0)
+	pa.lost = false
+}
+
 func (c *Conn) remove(p *peer) {
 	for _, pa := range p.paths {
 		c.unindex(pa)
-		pa.probeTx.Store(0)
+		pa.clearProbes()
 	}
 	c.virt.del(p.virt)
 	p.rt.Store(nil)
@@ -171,7 +190,7 @@ func (c *Conn) direct(p *peer, real netip.AddrPort, ev evidence, now time.Time) 
 			c.dropPath(p, victim)
 		}
 	}
-	pa := &path{peer: p, addr: real, added: now}
+	pa := &path{peer: p, addr: real, added: now, jitter: rand.N(idleJitter)}
 	p.paths = append(p.paths, pa)
 	c.touch(p)
 	c.claim(pa, ev, now)
@@ -181,7 +200,7 @@ func (c *Conn) direct(p *peer, real netip.AddrPort, ev evidence, now time.Time) 
 // dropPath removes pa from p.
 func (c *Conn) dropPath(p *peer, pa *path) {
 	c.unindex(pa)
-	pa.probeTx.Store(0)
+	pa.clearProbes()
 	for i, x := range p.paths {
 		if x == pa {
 			// A new slice: routes published earlier keep the old one.

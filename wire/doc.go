@@ -13,6 +13,6 @@
 // relay/proto.go and are to move here.
 //
 // wire imports the standard library, pki (identities, signatures) and
-// blake3 (the probe MAC) only, so clients, servers and tools can all speak
+// blake3 (the probe MAC, through its guts) only, so clients, servers and tools can all speak
 // these formats without linking one another.
 package wire

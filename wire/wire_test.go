@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"go/build"
+	mathrand "math/rand/v2"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
+
+	"lukechampine.com/blake3"
 
 	"github.com/korium/korium-tun/pki"
 )
@@ -178,10 +181,53 @@ func TestImports(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	allowed := []string{"github.com/korium/korium-tun/pki", "lukechampine.com/blake3"}
+	allowed := []string{"github.com/korium/korium-tun/pki", "lukechampine.com/blake3", "lukechampine.com/blake3/guts"}
 	for _, imp := range pkg.Imports {
 		if strings.Contains(strings.Split(imp, "/")[0], ".") && !slices.Contains(allowed, imp) {
 			t.Errorf("wire imports %s; allowed: standard library and %v", imp, allowed)
 		}
+	}
+}
+
+// probeMAC is BLAKE3 keyed (as blake3.New computes it), for requests and
+// replies of every size it is used on.
+func TestProbeMACMatchesBlake3(t *testing.T) {
+	rng := mathrand.New(mathrand.NewPCG(1, 2))
+	for i := range 200 {
+		var key [32]byte
+		for j := range key {
+			key[j] = byte(rng.Uint32())
+		}
+		p := Probe{ProbeHeader: ProbeHeader{Type: ProbeRequest, TxID: rng.Uint64(), Timestamp: int64(rng.Uint64())}}
+		p.From[0], p.From[31] = byte(i), byte(i>>8)
+		if i%2 == 1 {
+			p.Type = ProbeReply
+			p.Observed = netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i), 1}), uint16(i))
+			if i%4 == 3 {
+				p.Observed = netip.AddrPortFrom(netip.MustParseAddr("2001:db8::1"), uint16(i))
+			}
+		}
+		var to pki.Identity
+		to[5] = byte(i)
+		h := blake3.New(MACSize, key[:])
+		b := append([]byte(probeMACContext), AppendProbeHeader(nil, p.ProbeHeader)...)
+		b = append(append(b, p.From[:]...), to[:]...)
+		if p.Type == ProbeReply {
+			b = AppendAddr(b, p.Observed)
+		}
+		h.Write(b)
+		want := h.Sum(nil)
+		if got := probeMAC(&key, &p, to); !bytes.Equal(got[:], want) {
+			t.Fatalf("probe %d: MAC %x, BLAKE3 keyed gives %x", i, got, want)
+		}
+	}
+}
+
+func TestProbeMACDoesNotAllocate(t *testing.T) {
+	var key [32]byte
+	p := Probe{ProbeHeader: ProbeHeader{Type: ProbeReply, TxID: 7}, Observed: netip.MustParseAddrPort("[2001:db8::1]:7400")}
+	var to pki.Identity
+	if n := testing.AllocsPerRun(100, func() { p.Seal(&key, to); p.CheckMAC(&key, to) }); n != 0 {
+		t.Fatalf("%v allocations per Seal and CheckMAC", n)
 	}
 }

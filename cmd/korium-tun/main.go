@@ -331,6 +331,11 @@ func up(c *cli.Context, ucfg *upConfig, stdout, stderr io.Writer) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	stopMemProfile, err := startMemProfile(log)
+	if err != nil {
+		return err
+	}
+	defer stopMemProfile()
 
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

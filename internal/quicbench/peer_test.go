@@ -74,6 +74,9 @@ func unmarshalReport(b []byte) report {
 // obeys it until the parent closes the connection. It exits on its own
 // after five minutes whatever happens.
 func runPeer(role, addr string) error {
+	if role == roleIdleDialer || role == roleIdleServer {
+		return runIdlePeer(role, addr)
+	}
 	time.AfterFunc(5*time.Minute, func() { os.Exit(3) })
 	prof := os.Getenv(envProf)
 	if prof != "" {

@@ -2,10 +2,10 @@
 // connection to one target node, so scripts/scale.sh can measure what each
 // connected peer costs the target. Test tooling only.
 //
-//	scalepeers run -bootstrap ID@HOST:PORT -n N [-host 127.0.0.1] [-pow-bits 0] [-timeout 5m]
+//	scalepeers run -bootstrap ID@HOST:PORT -n N [-dht 20] [-host 127.0.0.1] [-pow-bits 0] [-timeout 5m]
 //
-// It prints "connected N" once every node holds its connection to the
-// target, then stays up (idle) until SIGINT/SIGTERM, and exits non-zero if
+// It prints "connected N" once 99% of the nodes (N of them) hold their
+// connection to the target, then stays up (idle) until SIGINT/SIGTERM, and exits non-zero if
 // the nodes do not all connect within -timeout.
 package main
 
@@ -23,6 +23,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/korium/korium-tun/dht"
 	"github.com/korium/korium-tun/internal/tool"
 	"github.com/korium/korium-tun/overlay"
 	"github.com/korium/korium-tun/pki"
@@ -35,6 +36,7 @@ func main() {
 	host := fs.String("host", "127.0.0.1", "address the nodes listen on")
 	pow := fs.Int("pow-bits", 0, "proof-of-work bits of the network (0: none)")
 	timeout := fs.Duration("timeout", 5*time.Minute, "give up when not all are connected by then")
+	dhtN := fs.Int("dht", 20, "nodes that run the DHT (the others hold their connection only)")
 	fs.Parse(os.Args[2:])
 	if *boot == "" {
 		tool.Fail("scalepeers", fmt.Errorf("-bootstrap IDENTITY@HOST:PORT is required"))
@@ -48,12 +50,12 @@ func main() {
 	debug.SetGCPercent(50)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, target, *n, *host, *pow, *timeout); err != nil {
+	if err := run(ctx, target, *n, *dhtN, *host, *pow, *timeout); err != nil {
 		tool.Fail("scalepeers", err)
 	}
 }
 
-func run(ctx context.Context, target overlay.Contact, n int, host string, powBits int, timeout time.Duration) error {
+func run(ctx context.Context, target overlay.Contact, n, dhtNodes int, host string, powBits int, timeout time.Duration) error {
 	if powBits == 0 {
 		powBits = -1 // overlay: negative means none
 	}
@@ -77,6 +79,14 @@ func run(ctx context.Context, target overlay.Contact, n int, host string, powBit
 			Listen:    netip.AddrPortFrom(netip.MustParseAddr(host), 0).String(),
 			Device:    newIdleDevice(),
 			Bootstrap: []overlay.Contact{target},
+			// The DHT on the first dhtNodes only: a thousand nodes on one
+			// host looking each other up hold tens of thousands of
+			// connections among themselves and starve this process (its
+			// nodes then miss keep-alives and redial the target); what a
+			// DHT costs a node is nodesim's figure. Without any, the
+			// target's own join would fail and retry against every peer.
+			DisableDHT: i >= dhtNodes,
+			DHT:        dht.Config{MaxPerPrefixPerBucket: dht.MaxK, InsertBurst: 1000}, // all on one host
 		})
 		if err != nil {
 			return fmt.Errorf("node %d: %v", i, err)
@@ -84,14 +94,18 @@ func run(ctx context.Context, target overlay.Contact, n int, host string, powBit
 		nodes = append(nodes, nd)
 	}
 	deadline := time.Now().Add(timeout)
+	up := 0
 	for {
-		up := 0
+		up = 0
 		for _, nd := range nodes {
 			if connectedTo(nd, target.Identity) {
 				up++
 			}
 		}
-		if up == n {
+		// 99%: on a loaded host a few of a thousand in-process nodes miss
+		// keep-alives and redial at any moment; scale.sh counts the
+		// target's peers itself.
+		if up >= n*99/100 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -100,10 +114,10 @@ func run(ctx context.Context, target overlay.Contact, n int, host string, powBit
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(time.Second): // Status of a thousand nodes is not free
 		}
 	}
-	fmt.Printf("connected %d\n", n)
+	fmt.Printf("connected %d\n", up)
 	<-ctx.Done()
 	return nil
 }

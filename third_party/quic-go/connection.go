@@ -43,6 +43,7 @@ type cryptoStreamHandler interface {
 	HandleMessage([]byte, protocol.EncryptionLevel) error
 	io.Closer
 	ConnectionState() handshake.ConnectionState
+	DropPeerCertificates() // korium-tun
 }
 
 type receivedPacket struct {
@@ -523,7 +524,7 @@ func (c *Conn) preSetup(r *pathReceiver) {
 	c.largestRcvdAppData = protocol.InvalidPacketNumber
 	c.initialStream = newInitialCryptoStream(c.perspective == protocol.PerspectiveClient)
 	c.handshakeStream = newCryptoStream()
-	c.sendQueue = newSendQueue(c.conn)
+	c.sendQueue = newSendQueue(c.conn, c.destroyImpl)
 	c.retransmissionQueue = newRetransmissionQueue()
 	c.frameParser = *wire.NewFrameParser(
 		c.config.EnableDatagrams,
@@ -586,11 +587,8 @@ func (c *Conn) run() (err error) {
 	if err := c.handleHandshakeEvents(monotime.Now()); err != nil {
 		return err
 	}
-	go func() {
-		if err := c.sendQueue.Run(); err != nil {
-			c.destroyImpl(err)
-		}
-	}()
+	// korium-tun: the send queue starts its writer when it has packets
+	// (send_queue.go); upstream started a goroutine for it here.
 
 	if c.perspective == protocol.PerspectiveClient {
 		c.scheduleSending() // so the ClientHello actually gets sent
@@ -772,23 +770,39 @@ func (c *Conn) supportsDatagrams() bool {
 	return c.peerParams.MaxDatagramFrameSize > 0
 }
 
+// korium-tun: DropPeerCertificates frees the peer's certificate chain
+// once the application has read what it needs from it (an identity, a
+// serial): after the handshake's TLS state is released, ConnectionState
+// reports no PeerCertificates or VerifiedChains. It saves ~2 KiB per
+// connection. Safe to call at any time, from any goroutine; added to the
+// upstream API, see third_party/README.md.
+func (c *Conn) DropPeerCertificates() {
+	c.cryptoStreamHandler.DropPeerCertificates()
+}
+
 // ConnectionState returns basic details about the QUIC connection.
 func (c *Conn) ConnectionState() ConnectionState {
 	c.connStateMutex.Lock()
 	defer c.connStateMutex.Unlock()
 
+	// korium-tun: the state is built in a copy. Kept in c.connState, the
+	// TLS state returned last (the peer's certificates with it) stayed
+	// reachable after DropPeerCertificates and releaseTLS until the next
+	// call, for the connection's life if there was none
+	// (TestDropPeerCertificatesFreesThem in internal/quicbench).
+	state := c.connState
 	cs := c.cryptoStreamHandler.ConnectionState()
-	c.connState.TLS = cs.ConnectionState
-	c.connState.Used0RTT = cs.Used0RTT
+	state.TLS = cs.ConnectionState
+	state.Used0RTT = cs.Used0RTT
 	if c.peerParams != nil {
-		c.connState.SupportsDatagrams.Remote = c.supportsDatagrams()
-		c.connState.SupportsStreamResetPartialDelivery.Remote = c.peerParams.EnableResetStreamAt
+		state.SupportsDatagrams.Remote = c.supportsDatagrams()
+		state.SupportsStreamResetPartialDelivery.Remote = c.peerParams.EnableResetStreamAt
 	}
-	c.connState.SupportsDatagrams.Local = c.config.EnableDatagrams
-	c.connState.SupportsStreamResetPartialDelivery.Local = c.config.EnableStreamResetPartialDelivery
-	c.connState.RequireStreamCreditRelease = c.config.RequireStreamCreditRelease
-	c.connState.GSO = c.conn.capabilities().GSO
-	return c.connState
+	state.SupportsDatagrams.Local = c.config.EnableDatagrams
+	state.SupportsStreamResetPartialDelivery.Local = c.config.EnableStreamResetPartialDelivery
+	state.RequireStreamCreditRelease = c.config.RequireStreamCreditRelease
+	state.GSO = c.conn.capabilities().GSO
+	return state
 }
 
 // ConnectionStats contains statistics about the QUIC connection
@@ -942,12 +956,7 @@ func (c *Conn) switchToNewPath(tr *Transport, now monotime.Time) {
 		c.mtuDiscoverer.Start(now)
 	}
 	c.sendQueue.Close()
-	c.sendQueue = newSendQueue(c.conn)
-	go func() {
-		if err := c.sendQueue.Run(); err != nil {
-			c.destroyImpl(err)
-		}
-	}()
+	c.sendQueue = newSendQueue(c.conn, c.destroyImpl) // korium-tun: no goroutine of its own
 }
 
 func (c *Conn) handleHandshakeComplete(now monotime.Time) error {
@@ -1915,10 +1924,15 @@ func (c *Conn) handleFrames(
 			}
 			// an error occurred handling a previous frame, don't handle the current frame
 			if skipHandling {
+				datagramFrame.Data = nil // korium-tun: see below
 				continue
 			}
 			wire.LogFrame(c.logger, datagramFrame, false)
 			handleErr = c.handleDatagramFrame(datagramFrame)
+			// korium-tun: the parser's reused frame aliases the packet, whose
+			// buffer goes back to its pool; on an idle connection this last
+			// reference kept the buffer (1.4 KiB) alive after the pool let go.
+			datagramFrame.Data = nil
 		} else {
 			frame, l, err := c.frameParser.ParseLessCommonFrame(frameType, data, c.version)
 			if err != nil {
@@ -2402,6 +2416,14 @@ func (c *Conn) handleCloseError(closeErr *closeError) {
 func (c *Conn) dropEncryptionLevel(encLevel protocol.EncryptionLevel, now monotime.Time) {
 	c.sentPacketHandler.DropPackets(encLevel, now)
 	c.receivedPacketHandler.DropPackets(encLevel)
+	c.cryptoStreamManager.Drop(encLevel) // korium-tun: free the stream's buffers
+	if encLevel == protocol.EncryptionInitial || encLevel == protocol.EncryptionHandshake {
+		// korium-tun: upstream defines this but never calls it, so CRYPTO
+		// frames lost during the handshake (and queued for retransmission)
+		// kept the handshake flights for the connection's life; nothing
+		// can be sent at a dropped level.
+		c.retransmissionQueue.DropPackets(encLevel)
+	}
 	//nolint:exhaustive // only Initial and 0-RTT need special treatment
 	switch encLevel {
 	case protocol.EncryptionInitial:
@@ -2678,7 +2700,13 @@ func (c *Conn) sendPacketsWithoutGSO(now monotime.Time) error {
 }
 
 func (c *Conn) sendPacketsWithGSO(now monotime.Time) error {
-	buf := getLargePacketBuffer()
+	// korium-tun: a batch starts in a packet-sized buffer and moves to a
+	// GSO-sized one only when a second packet is to join it. Most sends of
+	// an idle connection are one small packet (an ACK, a keep-alive); each
+	// took a 20 KiB buffer, and 1,000 connections whose keep-alives fall
+	// together filled the pool with hundreds of them (12 MB at 1,000 idle
+	// peers, scripts/scale.sh). TestLoneSendsTakeNoLargeBuffer.
+	buf := getPacketBuffer()
 	maxSize := c.maxPacketSize()
 
 	ecn := c.sentPacketHandler.ECNMode(true)
@@ -2714,8 +2742,17 @@ func (c *Conn) sendPacketsWithGSO(now monotime.Time) error {
 		// 2. The last packet appended was a full-size packet
 		// 3. The next packet will have the same ECN marking
 		// 4. We still have enough space for another full-size packet in the buffer
-		if !dontSendMore && size == maxSize && nextECN == ecn && buf.Len()+maxSize <= buf.Cap() {
-			continue
+		if !dontSendMore && size == maxSize && nextECN == ecn {
+			if buf.Len()+maxSize <= buf.Cap() {
+				continue
+			}
+			if buf.Cap() < protocol.MaxLargePacketBufferSize { // korium-tun: see above
+				large := getLargePacketBuffer()
+				large.Data = append(large.Data, buf.Data...)
+				buf.Release()
+				buf = large
+				continue
+			}
 		}
 
 		c.sendQueue.Send(buf, uint16(maxSize), ecn)
@@ -2734,7 +2771,7 @@ func (c *Conn) sendPacketsWithGSO(now monotime.Time) error {
 		}
 
 		ecn = nextECN
-		buf = getLargePacketBuffer()
+		buf = getPacketBuffer() // korium-tun: see above
 	}
 }
 

@@ -90,8 +90,26 @@ func (s *baseCryptoStream) PopCryptoFrame(maxLen protocol.ByteCount) *wire.Crypt
 	}
 	f.Data = s.writeBuf[:n]
 	s.writeBuf = s.writeBuf[n:]
+	if len(s.writeBuf) == 0 {
+		// korium-tun: the handshake flights stayed reachable through the
+		// empty tail of this slice for the connection's life; now only the
+		// frames in flight keep them, until they are acknowledged.
+		s.writeBuf = nil
+	}
 	s.writeOffset += n
 	return f
+}
+
+// korium-tun: release frees what the stream of a dropped encryption level
+// still holds (the reassembly state of the data received, grown to the
+// handshake's size): no packet of that level can be opened or sealed any
+// more. A finished stream never touches its queue again (HandleCryptoFrame
+// refuses new data and ignores old), and the zero frameSorter reads as
+// empty.
+func (s *baseCryptoStream) release() {
+	s.finished = true
+	s.queue = frameSorter{}
+	s.writeBuf = nil
 }
 
 type cryptoStream struct {

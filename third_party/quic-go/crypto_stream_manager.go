@@ -53,6 +53,17 @@ func (m *cryptoStreamManager) GetCryptoData(encLevel protocol.EncryptionLevel) [
 	}
 }
 
+// korium-tun: Drop releases the stream of a dropped encryption level.
+func (m *cryptoStreamManager) Drop(encLevel protocol.EncryptionLevel) {
+	//nolint:exhaustive // only Initial and Handshake have streams of their own that end.
+	switch encLevel {
+	case protocol.EncryptionInitial:
+		m.initialStream.release()
+	case protocol.EncryptionHandshake:
+		m.handshakeStream.release()
+	}
+}
+
 func (m *cryptoStreamManager) Finish(encLevel protocol.EncryptionLevel) error {
 	//nolint:exhaustive // The 1-RTT CRYPTO stream is never finished.
 	switch encLevel {

@@ -94,6 +94,7 @@ func (q *retransmissionQueue) GetFrame(encLevel protocol.EncryptionLevel, maxLen
 		f := r.crypto[0]
 		newFrame, needsSplit := f.MaybeSplitOffFrame(maxLen, v)
 		if newFrame == nil && !needsSplit { // the whole frame fits
+			r.crypto[0] = nil // korium-tun: see below
 			r.crypto = r.crypto[1:]
 			return f
 		}
@@ -108,6 +109,9 @@ func (q *retransmissionQueue) GetFrame(encLevel protocol.EncryptionLevel, maxLen
 	if f.Length(v) > maxLen {
 		return nil
 	}
+	// korium-tun: the array stays alive until the next append outgrows
+	// it; without this, it kept every frame taken from it.
+	r.other[0] = nil
 	r.other = r.other[1:]
 	return f
 }

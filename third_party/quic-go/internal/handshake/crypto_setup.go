@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -27,6 +28,17 @@ const clientSessionStateRevision = 5
 type cryptoSetup struct {
 	tlsConf *tls.Config
 	conn    *tls.QUICConn
+
+	// korium-tun: once the handshake is over and no TLS message can matter
+	// any more, releaseTLS drops conn (and with it crypto/tls's handshake
+	// buffers, record-layer ciphers, its copy of the config and the
+	// handshake flights, ~10 KiB per connection) and keeps only the
+	// connection state. stateMu guards conn against ConnectionState, the
+	// one method called from other goroutines; everything else runs on the
+	// connection's run loop.
+	stateMu   sync.Mutex
+	connState *tls.ConnectionState // set by releaseTLS
+	dropCerts bool                 // DropPeerCertificates was called
 
 	events []Event
 
@@ -211,12 +223,18 @@ func (h *cryptoSetup) StartHandshake(ctx context.Context) error {
 // Close closes the crypto setup.
 // It aborts the handshake, if it is still running.
 func (h *cryptoSetup) Close() error {
+	if h.conn == nil { // korium-tun: released after the handshake
+		return nil
+	}
 	return h.conn.Close()
 }
 
 // HandleMessage handles a TLS handshake message.
 // It is called by the crypto streams when a new message is available.
 func (h *cryptoSetup) HandleMessage(data []byte, encLevel protocol.EncryptionLevel) error {
+	if h.conn == nil {
+		return h.afterRelease(encLevel) // korium-tun: see releaseTLS
+	}
 	if err := h.handleMessage(data, encLevel); err != nil {
 		return wrapError(err)
 	}
@@ -400,7 +418,51 @@ func (h *cryptoSetup) GetSessionTicket() ([]byte, error) {
 			h.logger.Errorf("unexpected event: %v", ev.Kind)
 		}
 	}
+	h.releaseTLS() // korium-tun: the server's last use of TLS
 	return ticket, nil
+}
+
+// korium-tun: releaseTLS drops the TLS connection once the handshake is
+// complete and the last TLS message we send has been produced (the
+// server's session ticket), keeping its connection state for
+// ConnectionState. crypto/tls's handshake goroutine has returned by then.
+// A client that stores session tickets keeps the connection: tickets
+// arrive after the handshake and are stored through it.
+func (h *cryptoSetup) releaseTLS() {
+	if h.conn == nil {
+		return
+	}
+	if h.perspective == protocol.PerspectiveClient && !h.tlsConf.SessionTicketsDisabled && h.tlsConf.ClientSessionCache != nil {
+		return
+	}
+	h.stateMu.Lock()
+	cs := h.conn.ConnectionState()
+	h.connState = &cs
+	h.conn = nil
+	if h.dropCerts {
+		h.dropCertsLocked()
+	}
+	h.stateMu.Unlock()
+	h.tlsConf = nil
+	if len(h.events) == 0 {
+		h.events = nil // its array still refers to the handshake flights
+	}
+}
+
+// korium-tun: afterRelease handles CRYPTO data that arrives once the TLS
+// connection is released, as crypto/tls would have: after the handshake a
+// QUIC client's TLS stack may only receive NewSessionTicket messages, which
+// it ignores without a session cache (it has none, or it would not have
+// released), so the client ignores the data; a server may receive no TLS
+// message at all, so the server refuses it (unexpected_message).
+func (h *cryptoSetup) afterRelease(encLevel protocol.EncryptionLevel) error {
+	if encLevel != protocol.Encryption1RTT {
+		return &qerr.TransportError{ErrorCode: qerr.ProtocolViolation, ErrorMessage: "CRYPTO data at a dropped encryption level"}
+	}
+	if h.perspective == protocol.PerspectiveClient {
+		return nil
+	}
+	return qerr.NewLocalCryptoError(10, errors.New("tls: unexpected post-handshake message from the client")) // alert unexpected_message
 }
 
 // handleSessionTicket is called for the server when receiving the client's session ticket.
@@ -578,6 +640,9 @@ func (h *cryptoSetup) handshakeComplete() {
 
 func (h *cryptoSetup) SetHandshakeConfirmed() {
 	h.aead.SetHandshakeConfirmed()
+	if h.perspective == protocol.PerspectiveClient {
+		h.releaseTLS() // korium-tun: the server releases after its session ticket
+	}
 	// drop Handshake keys
 	var dropped bool
 	if h.handshakeOpener != nil {
@@ -669,9 +734,37 @@ func (h *cryptoSetup) Get1RTTOpener() (ShortHeaderOpener, error) {
 	return h.aead, nil
 }
 
+// korium-tun: DropPeerCertificates frees the peer's parsed certificate
+// chain (~2 KiB per connection) once the application has taken what it
+// needs from it: later ConnectionState calls report no PeerCertificates
+// and VerifiedChains. It takes effect when the TLS connection is released
+// (at once if it already is); a client that keeps its TLS connection for
+// session tickets keeps the certificates too. Safe for concurrent use.
+func (h *cryptoSetup) DropPeerCertificates() {
+	h.stateMu.Lock()
+	defer h.stateMu.Unlock()
+	h.dropCerts = true
+	if h.connState != nil {
+		h.dropCertsLocked()
+	}
+}
+
+func (h *cryptoSetup) dropCertsLocked() {
+	h.connState.PeerCertificates = nil
+	h.connState.VerifiedChains = nil
+}
+
 func (h *cryptoSetup) ConnectionState() ConnectionState {
+	h.stateMu.Lock() // korium-tun: see releaseTLS
+	defer h.stateMu.Unlock()
+	var cs tls.ConnectionState
+	if h.connState != nil {
+		cs = *h.connState
+	} else {
+		cs = h.conn.ConnectionState()
+	}
 	return ConnectionState{
-		ConnectionState: h.conn.ConnectionState(),
+		ConnectionState: cs,
 		Used0RTT:        h.used0RTT.Load(),
 	}
 }

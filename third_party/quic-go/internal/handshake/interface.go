@@ -134,6 +134,8 @@ type CryptoSetup interface {
 	DiscardInitialKeys()
 	SetHandshakeConfirmed()
 	ConnectionState() ConnectionState
+	// korium-tun: DropPeerCertificates, see cryptoSetup.
+	DropPeerCertificates()
 
 	GetInitialOpener() (LongHeaderOpener, error)
 	GetHandshakeOpener() (LongHeaderOpener, error)

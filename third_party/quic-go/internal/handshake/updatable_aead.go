@@ -59,6 +59,10 @@ type updatableAEAD struct {
 	// caches cipher.AEAD.Overhead(). This speeds up calls to Overhead().
 	aeadOverhead int
 
+	// korium-tun: the next key phase's AEADs are made when first needed
+	// (nextRcv, nextSend) instead of with the current ones: most
+	// connections update their keys rarely or never after the first
+	// update, and each AES-GCM AEAD is ~0.8 KiB. The secrets are kept.
 	nextRcvAEAD           cipher.AEAD
 	nextSendAEAD          cipher.AEAD
 	nextRcvTrafficSecret  []byte
@@ -116,13 +120,30 @@ func (a *updatableAEAD) rollKeys() {
 	a.numRcvdWithCurrentKey = 0
 	a.numSentWithCurrentKey = 0
 	a.prevRcvAEAD = a.rcvAEAD
-	a.rcvAEAD = a.nextRcvAEAD
-	a.sendAEAD = a.nextSendAEAD
+	a.rcvAEAD = a.nextRcv()
+	a.sendAEAD = a.nextSend()
 
 	a.nextRcvTrafficSecret = a.getNextTrafficSecret(a.suite.Hash, a.nextRcvTrafficSecret)
 	a.nextSendTrafficSecret = a.getNextTrafficSecret(a.suite.Hash, a.nextSendTrafficSecret)
-	a.nextRcvAEAD = createAEAD(a.suite, a.nextRcvTrafficSecret, a.version)
-	a.nextSendAEAD = createAEAD(a.suite, a.nextSendTrafficSecret, a.version)
+	a.nextRcvAEAD, a.nextSendAEAD = nil, nil // korium-tun: made when needed
+}
+
+// korium-tun: nextRcv returns the next key phase's receive AEAD, made
+// from its secret on first use (a packet with the other key phase bit, or
+// rollKeys) and kept until the keys roll.
+func (a *updatableAEAD) nextRcv() cipher.AEAD {
+	if a.nextRcvAEAD == nil {
+		a.nextRcvAEAD = createAEAD(a.suite, a.nextRcvTrafficSecret, a.version)
+	}
+	return a.nextRcvAEAD
+}
+
+// korium-tun: nextSend is nextRcv's counterpart for sending.
+func (a *updatableAEAD) nextSend() cipher.AEAD {
+	if a.nextSendAEAD == nil {
+		a.nextSendAEAD = createAEAD(a.suite, a.nextSendTrafficSecret, a.version)
+	}
+	return a.nextSendAEAD
 }
 
 func (a *updatableAEAD) startKeyDropTimer(now monotime.Time) {
@@ -150,7 +171,7 @@ func (a *updatableAEAD) SetReadKey(suite cipherSuite, trafficSecret []byte) {
 	}
 
 	a.nextRcvTrafficSecret = a.getNextTrafficSecret(suite.Hash, trafficSecret)
-	a.nextRcvAEAD = createAEAD(suite, a.nextRcvTrafficSecret, a.version)
+	a.nextRcvAEAD = nil // korium-tun: see nextRcv
 }
 
 // SetWriteKey sets the write key.
@@ -164,7 +185,7 @@ func (a *updatableAEAD) SetWriteKey(suite cipherSuite, trafficSecret []byte) {
 	}
 
 	a.nextSendTrafficSecret = a.getNextTrafficSecret(suite.Hash, trafficSecret)
-	a.nextSendAEAD = createAEAD(suite, a.nextSendTrafficSecret, a.version)
+	a.nextSendAEAD = nil // korium-tun: see nextRcv
 }
 
 func (a *updatableAEAD) setAEADParameters(aead cipher.AEAD, suite cipherSuite) {
@@ -231,7 +252,7 @@ func (a *updatableAEAD) open(dst, src []byte, rcvTime monotime.Time, pn protocol
 			return dec, err
 		}
 		// try opening the packet with the next key phase
-		dec, err := a.nextRcvAEAD.Open(dst, a.nonceBuf[:], src, ad)
+		dec, err := a.nextRcv().Open(dst, a.nonceBuf[:], src, ad)
 		if err != nil {
 			return nil, ErrDecryptionFailed
 		}
