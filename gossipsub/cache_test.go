@@ -139,8 +139,8 @@ func TestFIFOSet(t *testing.T) {
 func TestQueuesDropOldest(t *testing.T) {
 	q := newSendQueue(2, 1<<20)
 	for i := 0; i < 3; i++ {
-		if dropped := q.push(outItem{b: []byte{byte(i)}}, false); dropped != (i == 2) {
-			t.Fatalf("push %d dropped=%v", i, dropped)
+		if dropped, start := q.push(outItem{b: []byte{byte(i)}}, false); dropped != (i == 2) || start != (i == 0) {
+			t.Fatalf("push %d dropped=%v start=%v (only the first push starts a writer)", i, dropped, start)
 		}
 	}
 	q.push(outItem{b: []byte{9}}, true)
@@ -149,8 +149,11 @@ func TestQueuesDropOldest(t *testing.T) {
 			t.Fatalf("pop %v, want %d (urgent first, oldest dropped)", it.b, want)
 		}
 	}
-	if it, ok := q.pop(); !ok || it.b != nil {
-		t.Fatal("empty queue returned an item")
+	if it, ok := q.pop(); ok || it.b != nil {
+		t.Fatal("empty queue returned an item, or kept its writer")
+	}
+	if _, start := q.push(outItem{b: []byte{3}}, false); !start {
+		t.Fatal("push after the writer ended started none")
 	}
 	q.close()
 	if _, ok := q.pop(); ok {
@@ -185,7 +188,7 @@ func TestQueuesDropOldest(t *testing.T) {
 func TestQueuesByteBound(t *testing.T) {
 	q := newSendQueue(100, 10)
 	q.push(outItem{b: make([]byte, 6)}, false)
-	if !q.push(outItem{b: make([]byte, 6)}, false) {
+	if dropped, _ := q.push(outItem{b: make([]byte, 6)}, false); !dropped {
 		t.Fatal("send queue over its byte bound did not drop")
 	}
 	ib := newInbox(100, 10, 1)

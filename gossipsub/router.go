@@ -425,6 +425,8 @@ func (r *Router) shutdown() {
 	close(r.signals)
 }
 
+// writer sends p's queued RPCs until the queue is empty; the loop starts
+// it when a push finds none running (see sendQueue).
 func (r *Router) writer(p *peer) {
 	defer r.wg.Done()
 	for {
@@ -433,14 +435,6 @@ func (r *Router) writer(p *peer) {
 			return
 		}
 		b := it.b
-		if b == nil {
-			select {
-			case <-p.out.notify:
-				continue
-			case <-r.ctx.Done():
-				return
-			}
-		}
 		if it.hasID && p.dontWantHas(it.id) {
 			r.stats.IDontWantHonored.Add(1)
 			continue
@@ -484,8 +478,6 @@ func (r *Router) addPeer(id pki.Identity, addr netip.Addr, outbound bool) {
 		r.scores[id] = &peerScore{stats: PeerStats{Topics: make(map[string]*TopicStats)}, grafted: make(map[string]time.Time)}
 	}
 	r.log.Debug("peer added", "peer", id.Short(), "addr", addr, "outbound", outbound)
-	r.wg.Add(1)
-	go r.writer(p)
 	if len(r.mesh) > 0 {
 		var rpc RPC
 		for t := range r.mesh {
@@ -646,16 +638,26 @@ func (r *Router) sendRPC(p *peer, rpc *RPC, urgent bool) {
 }
 
 func (r *Router) queue(p *peer, b []byte, urgent bool) {
-	if p.out.push(outItem{b: b}, urgent) {
-		r.stats.DropSendQueue.Add(1)
-	}
+	r.push(p, outItem{b: b}, urgent)
 }
 
 // queueMsg queues an RPC carrying only message id; the writer drops it if
 // the peer announces IDONTWANT for id before it is sent.
 func (r *Router) queueMsg(p *peer, b []byte, id MsgID) {
-	if p.out.push(outItem{b: b, id: id, hasID: true}, false) {
+	r.push(p, outItem{b: b, id: id, hasID: true}, false)
+}
+
+// push queues it to p and starts p's writer if none runs. Only the loop
+// pushes, and the loop is itself counted in r.wg, so Close's Wait cannot
+// miss a writer started here.
+func (r *Router) push(p *peer, it outItem, urgent bool) {
+	dropped, start := p.out.push(it, urgent)
+	if dropped {
 		r.stats.DropSendQueue.Add(1)
+	}
+	if start {
+		r.wg.Add(1)
+		go r.writer(p)
 	}
 }
 
