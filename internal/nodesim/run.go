@@ -25,7 +25,8 @@ type Scenario struct {
 	// Churn is how long the replacement of ChurnFraction of the nodes
 	// takes (one departure and one arrival at a time, evenly spread), while
 	// 5 workers resolve every 3 s and both topics get a message every
-	// PublishEvery. Default 10 minutes.
+	// PublishEvery. Default 10 minutes; negative: no churn, no publishing
+	// and no idle window (memory and lookups only).
 	Churn         time.Duration
 	ChurnFraction float64 // default 0.2
 	PublishEvery  time.Duration
@@ -148,6 +149,7 @@ type Figures struct {
 	Handshakes     int64
 	CPU            time.Duration // CPU time of the whole run (all goroutines of the process)
 	Virtual        time.Duration
+	Join           time.Duration // virtual time the bootstrap of all nodes took
 }
 
 // keepAlive is the overlay's QUIC keep-alive period: an otherwise idle
@@ -178,6 +180,7 @@ func Run(cfg Config, sc Scenario) (Figures, error) {
 	if err := s.Cl.Bootstrap(ctx); err != nil {
 		return f, err
 	}
+	f.Join = time.Since(start)
 	progress("joined")
 	time.Sleep(sc.Settle)
 	if sc.MeasureSettled {
@@ -187,6 +190,11 @@ func Run(cfg Config, sc Scenario) (Figures, error) {
 	}
 	f.Lookups = simnet.Summarize(s.Cl.Resolve(ctx, sc.Lookups, 20))
 	progress("lookups: %v", f.Lookups)
+	if sc.Churn < 0 {
+		f.End = s.memory(baseHeap, baseStack, baseBreak)
+		f.Virtual, f.CPU = time.Since(start), cpuTime()-cpu0
+		return f, nil
+	}
 
 	// Churn, with lookups and publishing.
 	f.Replaced = int(float64(cfg.N) * sc.ChurnFraction)
@@ -341,7 +349,7 @@ func (f Figures) Report() string {
 	var b strings.Builder
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
 	kib := func(v uint64) string { return fmt.Sprintf("%.0f KiB", float64(v)/1024) }
-	p("N=%d: %d replaced (20%% churn), virtual %v, CPU %v", f.N, f.Replaced, f.Virtual.Round(time.Second), f.CPU.Round(time.Second))
+	p("N=%d: %d replaced by churn; virtual %v (joining %v), CPU %v", f.N, f.Replaced, f.Virtual.Round(time.Second), f.Join.Round(time.Second), f.CPU.Round(time.Second))
 	for _, m := range []struct {
 		name string
 		m    Memory
@@ -363,8 +371,14 @@ func (f Figures) Report() string {
 		name string
 		d    Delivery
 	}{{TopicAll, f.All}, {TopicSubset, f.Subset}} {
+		if d.d.Messages == 0 {
+			continue
+		}
 		p("pubsub %q: %d messages, %d receiver pairs, delivered %.2f%%, latency p50 %v p99 %v", d.name, d.d.Messages, d.d.Pairs, 100*d.d.Ratio,
 			d.d.P50.Round(time.Millisecond), d.d.P99.Round(time.Millisecond))
+	}
+	if f.Idle.Window == 0 {
+		return b.String()
 	}
 	p("idle (%v): DHT msgs %.3f/node/s, gossip RPCs %.3f/node/s, handshakes %.4f/node/s, keep-alives %.1f/node/s (derived: %.0f connections / %v), CPU %v/node/s",
 		f.Idle.Window, f.Idle.DHTMsgs, f.Idle.GossipRPCs, f.Idle.Handshakes, f.Idle.KeepAlives, f.Idle.Conns, keepAlive, f.Idle.CPUPerNode.Round(time.Microsecond))

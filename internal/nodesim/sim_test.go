@@ -22,8 +22,9 @@ func TestMain(m *testing.M) {
 
 var (
 	figures     = flag.String("nodesim.figures", "", "comma-separated network sizes to print the SCALE.md figures for (e.g. 1000,10000)")
-	churnFor    = flag.Duration("nodesim.churn", 10*time.Minute, "with -nodesim.figures: virtual time over which 20% of the nodes are replaced")
+	churnFor    = flag.Duration("nodesim.churn", 10*time.Minute, "with -nodesim.figures: virtual time over which 20% of the nodes are replaced (0: no churn, publishing or idle window)")
 	idleFor     = flag.Duration("nodesim.idle", 10*time.Minute, "with -nodesim.figures: virtual idle window for the messages per node per second")
+	joinPar     = flag.Int("nodesim.joinparallel", 0, "with -nodesim.figures: nodes bootstrapping at once (0: N/20)")
 	heapProfile = flag.String("nodesim.heapprofile", "", "write a heap profile of the end measurement to this file")
 	maxHeap     = flag.String("nodesim.maxheap", "14GiB", "stop the run when the live heap passes this (protects a shared machine)")
 )
@@ -33,8 +34,12 @@ var (
 // node promises: lookups and deliveries succeed, the peer table stays
 // within its cap, and a node's memory stays within the reference's 5 MB.
 func TestNode1000(t *testing.T) {
-	sc := Scenario{Settle: 30 * time.Second, Lookups: 500, Churn: time.Minute, Quiet: 20 * time.Second, Idle: 30 * time.Second}
-	f := run(t, Config{N: 1000, JoinParallel: 250}, sc)
+	sc := Scenario{Settle: 10 * time.Second, Lookups: 300, Churn: 30 * time.Second, ChurnFraction: 0.1,
+		PublishEvery: time.Second, Quiet: 10 * time.Second, Idle: 10 * time.Second}
+	if testing.Verbose() {
+		sc.Progress = os.Stderr
+	}
+	f := run(t, Config{N: 1000, JoinParallel: 500}, sc)
 	t.Log("\n" + f.Report())
 	check := func(ok bool, format string, a ...any) {
 		t.Helper()
@@ -77,7 +82,10 @@ func TestFigures(t *testing.T) {
 			t.Fatalf("bad size %q", s)
 		}
 		sc := Scenario{Churn: *churnFor, Idle: *idleFor, MeasureSettled: true, Progress: os.Stderr}
-		f := run(t, Config{N: n}, sc)
+		if sc.Churn == 0 {
+			sc.Churn = -1
+		}
+		f := run(t, Config{N: n, JoinParallel: *joinPar}, sc)
 		out = append(out, f.Report())
 		fmt.Fprint(os.Stderr, f.Report())
 	}
