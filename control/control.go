@@ -11,11 +11,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -53,6 +55,7 @@ type StreamHandler func(ctx context.Context, args json.RawMessage, emit func(any
 type Server struct {
 	ln       net.Listener
 	path     string
+	sock     fs.FileInfo // our socket file: Close removes only that
 	handlers map[string]Handler
 	streamMu sync.RWMutex // guards streams
 	streams  map[string]StreamHandler
@@ -62,9 +65,64 @@ type Server struct {
 	cancel   context.CancelFunc
 }
 
+// CheckPath returns nil when Listen may create its socket at path: nothing
+// is there, or a stale socket that nothing answers on (Listen replaces it).
+// Anything else is an error that says what is there: a live socket, a file,
+// a directory, a symbolic link. Listen never removes any of those.
+func CheckPath(path string) error {
+	_, err := stalePath(path)
+	return err
+}
+
+// stalePath checks path as CheckPath does and returns what Lstat saw there
+// when it is a stale socket (nil when nothing is there).
+func stalePath(path string) (fs.FileInfo, error) {
+	if path == "" {
+		return nil, errors.New("the control socket path is empty: pass --control PATH")
+	}
+	st, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cannot check control socket path %s: %v", path, err)
+	}
+	if st.Mode().Type() != fs.ModeSocket {
+		return nil, fmt.Errorf("%s is %s, not a socket: refusing to replace it (pass --control with the path of a socket)", path, describe(path, st))
+	}
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		c.Close()
+		return nil, fmt.Errorf("control socket %s is in use: another korium-tun is running (stop it, or pass --control with another path)", path)
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		// Not provably stale (no permission, or a listener too slow to
+		// answer): leave it alone.
+		return nil, fmt.Errorf("control socket %s exists and does not answer (%v): remove it if no korium-tun runs, or pass --control with another path", path, errors.Unwrap(err))
+	}
+	return st, nil
+}
+
+// describe names what st (Lstat of path) is, for errors.
+func describe(path string, st fs.FileInfo) string {
+	switch t := st.Mode().Type(); {
+	case t == 0:
+		return "a regular file"
+	case t&fs.ModeDir != 0:
+		return "a directory"
+	case t&fs.ModeSymlink != 0:
+		if to, err := os.Readlink(path); err == nil {
+			return fmt.Sprintf("a symbolic link (to %s)", to)
+		}
+		return "a symbolic link"
+	default:
+		return "a " + t.String() + " file"
+	}
+}
+
 // Listen creates the socket at path (its directory with mode 0700, the
-// socket 0600). A stale socket left by a dead node is replaced; a live one
-// is an error.
+// socket 0600). A stale socket left by a dead node (nothing answers on it)
+// is replaced; a live one, and anything that is not a socket, is an error.
 func Listen(path string, handlers map[string]Handler, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -72,22 +130,39 @@ func Listen(path string, handlers map[string]Handler, log *slog.Logger) (*Server
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("cannot create control socket directory %s: %v", filepath.Dir(path), err)
 	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("control socket %s is in use: another korium-tun is running (stop it, or pass --control with another path)", path)
+	stale, err := stalePath(path)
+	if err != nil {
+		return nil, err
 	}
-	os.Remove(path)
+	if stale != nil {
+		// Remove only the socket we looked at, not whatever took its
+		// place since.
+		if st, err := os.Lstat(path); err == nil && os.SameFile(st, stale) {
+			os.Remove(path)
+		}
+	}
 	old := umask(0o177)
 	ln, err := net.Listen("unix", path)
 	umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("cannot create control socket %s: %v", path, err)
 	}
+	if ul, ok := ln.(*net.UnixListener); ok {
+		// Its Close would unlink whatever is at path by then; Close below
+		// removes the socket only if it is still ours.
+		ul.SetUnlinkOnClose(false)
+	}
 	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		os.Remove(path)
+		return nil, err
+	}
+	ours, err := os.Lstat(path)
+	if err != nil {
 		ln.Close()
 		return nil, err
 	}
-	s := &Server{ln: ln, path: path, handlers: handlers, streams: map[string]StreamHandler{}, log: log}
+	s := &Server{ln: ln, path: path, sock: ours, handlers: handlers, streams: map[string]StreamHandler{}, log: log}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.wg.Add(1)
 	go s.serve()
@@ -248,11 +323,14 @@ func send(ctx context.Context, path, cmd string, args any) (net.Conn, error) {
 }
 
 // Close stops serving, removes the socket and waits for requests in flight.
+// It removes nothing that replaced our socket at the path.
 func (s *Server) Close() error {
 	s.cancel()
 	err := s.ln.Close()
 	s.wg.Wait()
-	os.Remove(s.path)
+	if st, serr := os.Lstat(s.path); serr == nil && os.SameFile(st, s.sock) {
+		os.Remove(s.path)
+	}
 	return err
 }
 

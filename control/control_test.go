@@ -60,7 +60,13 @@ func TestRoundTripAndPermissions(t *testing.T) {
 
 func TestStaleSocketReplacedAndMissingNodeExplained(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "c.sock")
-	os.WriteFile(path, nil, 0o600) // stale file, nobody listening
+	// A stale socket: its node died without removing it.
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
 	s, err := Listen(path, nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -138,5 +144,88 @@ func TestStream(t *testing.T) {
 	case <-ended: // the handler saw the client leave
 	case <-time.After(5 * time.Second):
 		t.Fatal("stream handler still running after the client left")
+	}
+}
+
+// Listen never removes what is not a stale socket: a key file, a
+// directory, a symbolic link (nor its target), a live socket. A stale
+// socket (nothing answers on it) is replaced.
+func TestListenRemovesOnlyStaleSockets(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "key")
+	if err := os.WriteFile(file, []byte("secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	os.Symlink(file, link)
+	dangling := filepath.Join(dir, "dangling")
+	os.Symlink(filepath.Join(dir, "missing"), dangling)
+	sub := filepath.Join(dir, "sub")
+	os.Mkdir(sub, 0o700)
+	for path, want := range map[string]string{
+		file:     "is a regular file, not a socket: refusing to replace it",
+		link:     "is a symbolic link (to " + file + "), not a socket",
+		dangling: "is a symbolic link (to " + filepath.Join(dir, "missing") + "), not a socket",
+		sub:      "is a directory, not a socket",
+		"":       "path is empty",
+	} {
+		_, err := Listen(path, nil, nil)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("Listen(%q) = %v, want %q", path, err, want)
+		}
+		if CheckPath(path) == nil {
+			t.Fatalf("CheckPath(%q) = nil", path)
+		}
+		t.Logf("Listen(%q): %v", filepath.Base(path), err)
+	}
+	if b, err := os.ReadFile(file); err != nil || string(b) != "secret" {
+		t.Fatalf("the file was touched: %q %v", b, err)
+	}
+	for _, p := range []string{link, dangling, sub} {
+		if _, err := os.Lstat(p); err != nil {
+			t.Fatalf("%s removed", p)
+		}
+	}
+
+	// A stale socket: a listener that went away without unlinking.
+	stale := filepath.Join(dir, "stale.sock")
+	ln, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	if err := CheckPath(stale); err != nil {
+		t.Fatalf("CheckPath(stale socket) = %v", err)
+	}
+	s, err := Listen(stale, map[string]Handler{"ping": func(context.Context, json.RawMessage) (any, error) { return "pong", nil }}, nil)
+	if err != nil {
+		t.Fatalf("Listen over a stale socket: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var out string
+	if err := Call(ctx, stale, "ping", nil, &out); err != nil || out != "pong" {
+		t.Fatalf("call: %q %v", out, err)
+	}
+	if err := CheckPath(stale); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("CheckPath(live socket) = %v", err)
+	}
+	// Something that replaced our socket survives our Close.
+	os.Remove(stale)
+	os.WriteFile(stale, []byte("not ours"), 0o600)
+	s.Close()
+	if b, err := os.ReadFile(stale); err != nil || string(b) != "not ours" {
+		t.Fatalf("Close removed a file that replaced its socket: %q %v", b, err)
+	}
+	// And our own socket is removed by Close.
+	own := filepath.Join(dir, "own.sock")
+	s2, err := Listen(own, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2.Close()
+	if _, err := os.Lstat(own); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Close left its socket: %v", err)
 	}
 }

@@ -69,16 +69,16 @@ type fuzzFrame struct {
 
 func fuzzFrames(b []byte) []fuzzFrame {
 	var out []fuzzFrame
-	r := &reader{b: b}
-	for len(r.b) > 0 && r.err == nil && len(out) < 16 {
+	r := newReader(b, nil)
+	for r.Len() > 0 && r.Err() == nil && len(out) < 16 {
 		var f fuzzFrame
-		f.who = int(r.u8())
+		f.who = int(r.U8())
 		if f.who == 255 {
-			copy(f.id[:], r.take(32))
+			copy(f.id[:], r.Bytes(32))
 		}
-		f.addr = fuzzAddr(r.take(int(r.u8())))
-		f.req = r.take(int(r.u16()))
-		if r.err == nil {
+		f.addr = fuzzAddr(r.Bytes(int(r.U8())))
+		f.req = r.Bytes(int(r.U16()))
+		if r.Err() == nil {
 			out = append(out, f)
 		}
 	}

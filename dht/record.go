@@ -10,6 +10,7 @@ import (
 
 	"github.com/korium/korium-tun/internal/addrpolicy"
 	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/wire"
 )
 
 // Record is a node's signed contact record: how to reach it, published at
@@ -65,7 +66,7 @@ func (r *Record) appendBody(b []byte) []byte {
 	n := min(len(r.Addrs), MaxAddrs)
 	b = append(b, byte(n))
 	for _, a := range r.Addrs[:n] {
-		b = appendAddr(b, a)
+		b = wire.AppendAddr(b, a)
 	}
 	n = min(len(r.Relays), MaxRelays)
 	b = append(b, byte(n))
@@ -173,22 +174,22 @@ func DecodeRecord(b []byte) (*Record, error) {
 }
 
 func decodeRecord(b []byte, ids *IdentityCache) (*Record, []byte, error) {
-	rd := &reader{b: b, ids: ids}
+	rd := newReader(b, ids)
 	var r Record
 	r.Identity = rd.identity()
-	r.Nonce = rd.u64()
-	r.Seq = rd.u64()
-	exp := rd.u64()
-	if rd.err == nil && exp > 1<<40 {
-		rd.fail(fmt.Errorf("dht: record expiry %d out of range", exp))
+	r.Nonce = rd.U64()
+	r.Seq = rd.U64()
+	exp := rd.U64()
+	if rd.Err() == nil && exp > 1<<40 {
+		rd.Fail(fmt.Errorf("dht: record expiry %d out of range", exp))
 	}
 	r.Expires = time.Unix(int64(exp), 0)
 	r.Addrs = rd.addrs()
-	if rd.err == nil {
+	if rd.Err() == nil {
 		if len(r.Addrs) == 0 {
-			rd.fail(errors.New("dht: record without addresses"))
+			rd.Fail(errors.New("dht: record without addresses"))
 		} else if err := checkRecordAddrs(r.Addrs, true); err != nil {
-			rd.fail(err)
+			rd.Fail(err)
 		}
 	}
 	n := rd.count(MaxRelays, 32, "relays")
@@ -198,22 +199,18 @@ func decodeRecord(b []byte, ids *IdentityCache) (*Record, []byte, error) {
 			r.Relays[i] = rd.identity()
 		}
 	}
-	copy(r.Sig[:], rd.take(ed25519.SignatureSize))
-	if rd.err != nil {
-		return nil, nil, rd.err
+	copy(r.Sig[:], rd.Bytes(ed25519.SignatureSize))
+	if rd.Err() != nil {
+		return nil, nil, rd.Err()
 	}
-	return &r, rd.b, nil
+	return &r, rd.Rest(), nil
 }
 
 // encodedSize returns the size of r's encoding without building it.
 func (r *Record) encodedSize() int {
 	n := minRecordSize + 32*min(len(r.Relays), MaxRelays)
 	for _, a := range r.Addrs[:min(len(r.Addrs), MaxAddrs)] {
-		if a.Addr().Unmap().Is4() {
-			n += minAddrSize
-		} else {
-			n += maxAddrSize
-		}
+		n += wire.AddrSize(a)
 	}
 	return n
 }

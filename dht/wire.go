@@ -8,6 +8,7 @@ import (
 
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/smartaddr"
+	"github.com/korium/korium-tun/wire"
 )
 
 // Wire format (version 1). Every message is
@@ -85,10 +86,7 @@ type message struct {
 	Code       uint8     // STORE_ACK, ERROR
 }
 
-var (
-	errShort    = errors.New("dht: message truncated")
-	errTooLarge = errors.New("dht: message too large")
-)
+var errTooLarge = errors.New("dht: message too large")
 
 // Contact is how to reach a node: its identity, its proof of work and its
 // addresses. Contacts in responses are not signed; the addresses are hints
@@ -114,106 +112,45 @@ func (c Contact) addr() netip.AddrPort {
 	return c.Addrs[0]
 }
 
-func appendAddr(b []byte, a netip.AddrPort) []byte {
-	ip := a.Addr().Unmap()
-	if ip.Is4() {
-		b = append(b, 4)
-		v := ip.As4()
-		b = append(b, v[:]...)
-	} else {
-		b = append(b, 6)
-		v := ip.As16()
-		b = append(b, v[:]...)
-	}
-	return binary.BigEndian.AppendUint16(b, a.Port())
-}
-
 func appendContact(b []byte, c *Contact) []byte {
 	b = append(b, c.Identity[:]...)
 	b = binary.BigEndian.AppendUint64(b, c.Nonce)
 	n := min(len(c.Addrs), MaxAddrs)
 	b = append(b, byte(n))
 	for _, a := range c.Addrs[:n] {
-		b = appendAddr(b, a)
+		b = wire.AppendAddr(b, a)
 	}
 	return b
 }
 
-// reader is a bounds-checked cursor; the first error sticks. ids, if set,
+// reader is wire's bounded reader with the dht's items; ids, if set,
 // saves re-checking identities seen before.
 type reader struct {
-	b   []byte
-	err error
+	wire.Reader
 	ids *IdentityCache
 }
 
-func (r *reader) fail(err error) {
-	if r.err == nil {
-		r.err = err
-	}
-}
-
-func (r *reader) take(n int) []byte {
-	if r.err != nil {
-		return nil
-	}
-	if n < 0 || len(r.b) < n {
-		r.fail(errShort)
-		return nil
-	}
-	v := r.b[:n]
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *reader) u8() uint8 {
-	v := r.take(1)
-	if v == nil {
-		return 0
-	}
-	return v[0]
-}
-
-func (r *reader) u16() uint16 {
-	v := r.take(2)
-	if v == nil {
-		return 0
-	}
-	return binary.BigEndian.Uint16(v)
-}
-
-func (r *reader) u64() uint64 {
-	v := r.take(8)
-	if v == nil {
-		return 0
-	}
-	return binary.BigEndian.Uint64(v)
+func newReader(b []byte, ids *IdentityCache) *reader {
+	return &reader{Reader: wire.NewReader(b), ids: ids}
 }
 
 // count reads a u8 count and checks it against max and against the bytes
 // left (each element needs at least minSize bytes) before anyone allocates.
 func (r *reader) count(max, minSize int, what string) int {
-	n := int(r.u8())
-	if r.err != nil {
+	n := int(r.U8())
+	if r.Err() == nil && n > max {
+		r.Fail(fmt.Errorf("dht: %d %s, at most %d allowed", n, what, max))
 		return 0
 	}
-	if n > max {
-		r.fail(fmt.Errorf("dht: %d %s, at most %d allowed", n, what, max))
-		return 0
-	}
-	if n*minSize > len(r.b) {
-		r.fail(errShort)
-		return 0
-	}
-	return n
+	return r.Count(n, max, minSize)
 }
 
-const minAddrSize = 1 + 4 + 2
+const minAddrSize = wire.MinAddrSize
 
 // Largest encodings, for MaxMessageSize.
 const (
 	msgHeaderSize  = 2 // version, type
-	maxAddrSize    = 1 + 16 + 2
+	maxAddrSize    = wire.MaxAddrSize
 	maxContactSize = minContactSize + MaxAddrs*maxAddrSize
 	// NODES, or VALUE without records (one more count byte): contacts.
 	maxContactsReplySize = msgHeaderSize + 1 + 1 + MaxContactsPerMessage*maxContactSize
@@ -223,35 +160,6 @@ const (
 	maxStoreSize = msgHeaderSize + maxContactSize + MaxRecordSize
 )
 
-func (r *reader) addr() netip.AddrPort {
-	switch fam := r.u8(); fam {
-	case 4:
-		v := r.take(4)
-		port := r.u16()
-		if r.err != nil {
-			return netip.AddrPort{}
-		}
-		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(v)), port)
-	case 6:
-		v := r.take(16)
-		port := r.u16()
-		if r.err != nil {
-			return netip.AddrPort{}
-		}
-		a := netip.AddrFrom16([16]byte(v))
-		if a.Is4In6() {
-			// appendAddr writes these as family 4: one spelling only, so a
-			// record's signed bytes are the bytes it arrived in.
-			r.fail(fmt.Errorf("dht: IPv4-mapped address %v in IPv6 form", a))
-			return netip.AddrPort{}
-		}
-		return netip.AddrPortFrom(a, port)
-	default:
-		r.fail(fmt.Errorf("dht: address family %d", fam))
-		return netip.AddrPort{}
-	}
-}
-
 func (r *reader) addrs() []netip.AddrPort {
 	n := r.count(MaxAddrs, minAddrSize, "addresses")
 	if n == 0 {
@@ -259,7 +167,9 @@ func (r *reader) addrs() []netip.AddrPort {
 	}
 	out := make([]netip.AddrPort, n)
 	for i := range out {
-		out[i] = r.addr()
+		// wire refuses IPv4-mapped addresses in IPv6 form: one spelling
+		// only, so a record's signed bytes are the bytes it arrived in.
+		out[i] = r.Addr()
 	}
 	return out
 }
@@ -271,13 +181,13 @@ const minContactSize = 32 + 8 + 1
 // name nobody, and several encodings of one point would give one peer
 // several node IDs.
 func (r *reader) identity() pki.Identity {
-	b := r.take(pki.IdentitySize)
-	if r.err != nil {
+	b := r.Bytes(pki.IdentitySize)
+	if r.Err() != nil {
 		return pki.Identity{}
 	}
 	id, err := r.ids.parse(b)
 	if err != nil {
-		r.fail(fmt.Errorf("dht: %w", err))
+		r.Fail(fmt.Errorf("dht: %w", err))
 	}
 	return id
 }
@@ -285,14 +195,14 @@ func (r *reader) identity() pki.Identity {
 func (r *reader) contact() Contact {
 	var c Contact
 	c.Identity = r.identity()
-	c.Nonce = r.u64()
+	c.Nonce = r.U64()
 	c.Addrs = r.addrs()
 	return c
 }
 
 func (r *reader) nodeID() NodeID {
 	var n NodeID
-	copy(n[:], r.take(32))
+	copy(n[:], r.Bytes(32))
 	return n
 }
 
@@ -341,13 +251,13 @@ func decodeMessage(b []byte, ids *IdentityCache) (*message, error) {
 	if len(b) > MaxMessageSize {
 		return nil, errTooLarge
 	}
-	r := &reader{b: b, ids: ids}
-	if v := r.u8(); r.err == nil && v != wireVersion {
+	r := newReader(b, ids)
+	if v := r.U8(); r.Err() == nil && v != wireVersion {
 		return nil, fmt.Errorf("dht: wire version %d, want %d", v, wireVersion)
 	}
-	m := &message{Type: msgType(r.u8())}
-	if r.err != nil {
-		return nil, r.err
+	m := &message{Type: msgType(r.U8())}
+	if r.Err() != nil {
+		return nil, r.Err()
 	}
 	if m.Type < msgPing || m.Type > msgError {
 		return nil, fmt.Errorf("dht: unknown message type %d", uint8(m.Type))
@@ -360,48 +270,48 @@ func decodeMessage(b []byte, ids *IdentityCache) (*message, error) {
 		m.Target = r.nodeID()
 	case msgFindValue:
 		m.Target = r.nodeID()
-		m.PrefixBits = r.u8()
-		if r.err == nil && m.PrefixBits != 0 && m.PrefixBits != smartaddr.HashBits {
+		m.PrefixBits = r.U8()
+		if r.Err() == nil && m.PrefixBits != 0 && m.PrefixBits != smartaddr.HashBits {
 			return nil, fmt.Errorf("dht: FIND_VALUE prefix of %d bits, want 0 or %d", m.PrefixBits, smartaddr.HashBits)
 		}
 	case msgStore:
-		if r.err == nil {
-			rec, rest, err := decodeRecord(r.b, ids)
+		if r.Err() == nil {
+			rec, rest, err := decodeRecord(r.Rest(), ids)
 			if err != nil {
 				return nil, err
 			}
 			m.Record = rec
-			r.b = rest
+			r.SetRest(rest)
 		}
 	case msgNodes:
 		m.Contacts = r.contacts()
 	case msgValue:
 		n := r.count(MaxRecordsPerMessage, minRecordSize, "records")
-		if n > 0 && r.err == nil {
+		if n > 0 && r.Err() == nil {
 			m.Records = make([]Record, 0, n)
-			for i := 0; i < n && r.err == nil; i++ {
-				rec, rest, err := decodeRecord(r.b, ids)
+			for i := 0; i < n && r.Err() == nil; i++ {
+				rec, rest, err := decodeRecord(r.Rest(), ids)
 				if err != nil {
 					return nil, err
 				}
 				m.Records = append(m.Records, *rec)
-				r.b = rest
+				r.SetRest(rest)
 			}
 		}
 		m.Contacts = r.contacts()
-		if r.err == nil && len(m.Records) > 0 && len(m.Contacts) > 0 {
+		if r.Err() == nil && len(m.Records) > 0 && len(m.Contacts) > 0 {
 			// Contacts only help a lookup that found nothing; allowing both
 			// would let one reply exceed MaxMessageSize's bound.
 			return nil, errors.New("dht: VALUE with both records and contacts")
 		}
 	case msgStoreAck, msgError:
-		m.Code = r.u8()
+		m.Code = r.U8()
 	}
-	if r.err != nil {
-		return nil, r.err
+	if r.Err() != nil {
+		return nil, r.Err()
 	}
-	if len(r.b) != 0 {
-		return nil, fmt.Errorf("dht: %d trailing bytes after %v", len(r.b), m.Type)
+	if r.Len() != 0 {
+		return nil, fmt.Errorf("dht: %d trailing bytes after %v", r.Len(), m.Type)
 	}
 	return m, nil
 }

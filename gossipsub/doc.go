@@ -3,7 +3,9 @@
 // opportunistic grafting, peer scoring P1-P7) with the v1.2 IDONTWANT
 // extension, Ed25519-signed messages with a bounded replay cache, and relay
 // signaling (opaque signed payloads carried to a target identity through
-// mesh peers, used by SmartSock to coordinate hole punching).
+// mesh peers). Nothing uses the signals yet: hole punching is coordinated
+// over the peers' own connections (nat/); they are meant for relaying
+// through the mesh to a peer we have no connection to.
 //
 // Every message and relay signal carries its signed publish time. A message
 // older than Config.MaxMessageAge (2 minutes) or a signal older than
@@ -28,8 +30,8 @@
 //   - HandleRPC(id, bytes) for every RPC read from that peer. The identity
 //     must be the one the connection authenticated.
 //   - Subscribe / Unsubscribe / Publish / TopicPeers for the application,
-//     Signals and SendSignal for SmartSock, Stats for metrics, Close at the
-//     end.
+//     Signals and SendSignal for mesh-mediated relaying (not used yet),
+//     Stats for metrics, Close at the end.
 //
 // # Deviations from go-libp2p-pubsub
 //

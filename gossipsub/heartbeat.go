@@ -1,38 +1,17 @@
 package gossipsub
 
 import (
-	"math"
 	"slices"
 	"time"
 
+	"github.com/korium/korium-tun/internal/ratelimit"
 	"github.com/korium/korium-tun/pki"
 )
 
-// tokenBucket is a rate limiter driven by the caller's clock.
-type tokenBucket struct {
-	rate   float64
-	burst  float64
-	tokens float64
-	last   time.Time
-}
-
-func newTokenBucket(rate float64, burst int, now time.Time) tokenBucket {
-	if burst < 1 {
-		burst = 1
-	}
-	return tokenBucket{rate: rate, burst: float64(burst), tokens: float64(burst), last: now}
-}
-
-func (b *tokenBucket) take(now time.Time) bool {
-	if d := now.Sub(b.last); d > 0 {
-		b.tokens = math.Min(b.burst, b.tokens+d.Seconds()*b.rate)
-		b.last = now
-	}
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
+// newBucket is a rate limiter of rate tokens a second holding burst (at
+// least one), driven by the router's clock.
+func newBucket(rate float64, burst int) ratelimit.Limiter {
+	return ratelimit.New(ratelimit.PerSecondFloat(rate, int64(max(burst, 1))))
 }
 
 // heartbeat maintains meshes and fanout, emits gossip, applies broken

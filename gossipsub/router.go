@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/korium/korium-tun/internal/ratelimit"
 	"github.com/korium/korium-tun/pki"
 )
 
@@ -99,7 +100,7 @@ type Router struct {
 	// seenCache rule, for the same reason).
 	relayFloor uint64
 	seqno      uint64
-	pubBucket  tokenBucket
+	pubBucket  ratelimit.Limiter
 	tick       uint64
 	lastDecay  time.Time
 	sigBuf     []byte // scratch for verifying received messages
@@ -112,8 +113,8 @@ type peer struct {
 	outbound   bool
 	topics     map[string]struct{}
 	out        *sendQueue
-	recv       tokenBucket
-	relay      tokenBucket
+	recv       ratelimit.Limiter
+	relay      ratelimit.Limiter
 	ihaves     int  // IHAVE entries received this heartbeat
 	asked      int  // IDs we asked this peer for this heartbeat
 	graylisted bool // as of the last heartbeat, for logging transitions
@@ -193,7 +194,7 @@ func New(cfg Config, key Signer, sender Sender, log *slog.Logger) (*Router, erro
 		promises:  make(map[MsgID]map[pki.Identity]time.Time),
 		relaySeen: newFIFOSet[MsgID](cfg.RelaySeen),
 		seqno:     uint64(now.UnixNano()),
-		pubBucket: newTokenBucket(cfg.PublishRate, int(cfg.PublishRate), now),
+		pubBucket: newBucket(cfg.PublishRate, int(cfg.PublishRate)),
 		lastDecay: now,
 	}
 	r.wg.Add(1)
@@ -460,13 +461,12 @@ func (r *Router) addPeer(id pki.Identity, addr netip.Addr, outbound bool) {
 		p.outbound = outbound
 		return
 	}
-	now := time.Now()
 	p := &peer{
 		id: id, outbound: outbound,
 		topics:   make(map[string]struct{}),
 		out:      newSendQueue(r.cfg.PeerSendQueue, r.cfg.PeerSendBytes),
-		recv:     newTokenBucket(r.cfg.ReceiveRate, r.cfg.ReceiveBurst, now),
-		relay:    newTokenBucket(r.cfg.RelayRate, int(r.cfg.RelayRate)+1, now),
+		recv:     newBucket(r.cfg.ReceiveRate, r.cfg.ReceiveBurst),
+		relay:    newBucket(r.cfg.RelayRate, int(r.cfg.RelayRate)+1),
 		dontWant: newFIFOSet[MsgID](r.cfg.MaxIDontWantPeer),
 	}
 	r.setAddr(p, addr)
@@ -727,7 +727,7 @@ func (r *Router) unsubscribe(topic string) error {
 
 func (r *Router) publish(topic string, data []byte) error {
 	now := time.Now()
-	if !r.pubBucket.take(now) {
+	if !r.pubBucket.Allow(now) {
 		r.stats.DropPublishRate.Add(1)
 		return ErrRateLimited
 	}
@@ -936,7 +936,7 @@ func (r *Router) handleMessage(p *peer, m *WireMessage) {
 		return
 	}
 	now := time.Now()
-	if !p.recv.take(now) {
+	if !p.recv.Allow(now) {
 		r.stats.DropRateLimited.Add(1)
 		return
 	}
@@ -1211,7 +1211,7 @@ func relayKey(s *RelaySignal) MsgID { return MakeMsgID(s.Origin, s.Nonce) }
 
 func (r *Router) handleSignal(p *peer, s *RelaySignal) {
 	now := time.Now()
-	if !p.relay.take(now) {
+	if !p.relay.Allow(now) {
 		r.stats.DropRelayRate.Add(1)
 		return
 	}

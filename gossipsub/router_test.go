@@ -355,8 +355,8 @@ func TestCloseClosesChannels(t *testing.T) {
 	})
 }
 
-// TestImports keeps the package's dependencies to pki, blake3 and the
-// standard library.
+// TestImports keeps the package's dependencies to pki, wire (the bounded
+// reader), internal/ratelimit, blake3 and the standard library.
 func TestImports(t *testing.T) {
 	pkg, err := build.ImportDir(".", 0)
 	if err != nil {
@@ -364,7 +364,8 @@ func TestImports(t *testing.T) {
 	}
 	for _, imp := range pkg.Imports {
 		switch {
-		case imp == "github.com/korium/korium-tun/pki", imp == "lukechampine.com/blake3":
+		case imp == "github.com/korium/korium-tun/pki", imp == "lukechampine.com/blake3",
+			imp == "github.com/korium/korium-tun/wire", imp == "github.com/korium/korium-tun/internal/ratelimit":
 		case !strings.Contains(strings.Split(imp, "/")[0], "."):
 		default:
 			t.Errorf("gossipsub imports %s", imp)

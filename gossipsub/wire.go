@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/wire"
 )
 
 // Wire format (all integers big-endian). An RPC is a version byte followed by
@@ -310,29 +311,16 @@ func AppendRPC(b []byte, r *RPC) []byte {
 
 // ---- decoding ----
 
-type reader struct {
-	b   []byte
-	err error
-}
+// reader is wire's bounded reader; what names the item in its errors.
+type reader struct{ wire.Reader }
 
-func (r *reader) fail(err error) {
-	if r.err == nil {
-		r.err = err
-	}
-	r.b = nil
-}
+func newReader(b []byte) reader { return reader{wire.NewReader(b)} }
 
 func (r *reader) bytes(n int, what string) []byte {
-	if r.err != nil {
-		return nil
+	if r.Err() == nil && (n < 0 || r.Len() < n) {
+		r.Fail(errf("truncated %s: need %d bytes, have %d", what, n, r.Len()))
 	}
-	if n < 0 || len(r.b) < n {
-		r.fail(errf("truncated %s: need %d bytes, have %d", what, n, len(r.b)))
-		return nil
-	}
-	v := r.b[:n:n]
-	r.b = r.b[n:]
-	return v
+	return r.Bytes(n)
 }
 
 func (r *reader) u8(what string) byte {
@@ -369,11 +357,11 @@ func (r *reader) u64(what string) uint64 {
 
 func (r *reader) topic() string {
 	n := int(r.u8("topic length"))
-	if r.err != nil {
+	if r.Err() != nil {
 		return ""
 	}
 	if n == 0 {
-		r.fail(errf("empty topic"))
+		r.Fail(errf("empty topic"))
 		return ""
 	}
 	return string(r.bytes(n, "topic"))
@@ -395,22 +383,22 @@ func (r *reader) msgID() MsgID {
 // bytes left, given the smallest possible item, before anything is allocated.
 func (r *reader) count(what string, limit, minItem int) int {
 	n := r.u16(what + " count")
-	if r.err != nil {
+	if r.Err() != nil {
 		return 0
 	}
 	if n == 0 {
-		r.fail(errf("empty %s section", what))
+		r.Fail(errf("empty %s section", what))
 		return 0
 	}
 	if n > limit {
-		r.fail(errLimit(what, n, limit))
+		r.Fail(errLimit(what, n, limit))
 		return 0
 	}
-	if n*minItem > len(r.b) {
-		r.fail(errf("%d %s need at least %d bytes, have %d", n, what, n*minItem, len(r.b)))
+	if n*minItem > r.Len() {
+		r.Fail(errf("%d %s need at least %d bytes, have %d", n, what, n*minItem, r.Len()))
 		return 0
 	}
-	return n
+	return r.Count(n, limit, minItem)
 }
 
 func (r *reader) message(maxData int) WireMessage {
@@ -420,15 +408,15 @@ func (r *reader) message(maxData int) WireMessage {
 	m.Timestamp = r.u64("publish time")
 	m.Topic = r.topic()
 	n := r.u32("data length")
-	if r.err != nil {
+	if r.Err() != nil {
 		return m
 	}
 	if int64(n) > int64(maxData) {
-		r.fail(errLimit("message data", int(n), maxData))
+		r.Fail(errLimit("message data", int(n), maxData))
 		return m
 	}
 	data := r.bytes(int(n), "data")
-	if r.err != nil {
+	if r.Err() != nil {
 		return m
 	}
 	m.Data = append([]byte(nil), data...)
@@ -444,15 +432,15 @@ func (r *reader) relay(maxPayload int) RelaySignal {
 	s.Timestamp = r.u64("relay time")
 	s.Hops = r.u8("relay hops")
 	n := r.u16("relay payload length")
-	if r.err != nil {
+	if r.Err() != nil {
 		return s
 	}
 	if n > maxPayload {
-		r.fail(errLimit("relay payload", n, maxPayload))
+		r.Fail(errLimit("relay payload", n, maxPayload))
 		return s
 	}
 	p := r.bytes(n, "relay payload")
-	if r.err != nil {
+	if r.Err() != nil {
 		return s
 	}
 	s.Payload = append([]byte(nil), p...)
@@ -464,24 +452,24 @@ func (r *reader) relay(maxPayload int) RelaySignal {
 // after it.
 func DecodeMessage(b []byte, lim Limits) (WireMessage, error) {
 	lim = lim.withDefaults()
-	r := reader{b: b}
+	r := newReader(b)
 	m := r.message(lim.MaxMessageSize)
-	if r.err == nil && len(r.b) != 0 {
-		r.fail(errf("%d trailing bytes after message", len(r.b)))
+	if r.Err() == nil && r.Len() != 0 {
+		r.Fail(errf("%d trailing bytes after message", r.Len()))
 	}
-	return m, r.err
+	return m, r.Err()
 }
 
 // DecodeRelaySignal decodes one relay signal encoded by AppendRelaySignal,
 // with nothing after it.
 func DecodeRelaySignal(b []byte, lim Limits) (RelaySignal, error) {
 	lim = lim.withDefaults()
-	r := reader{b: b}
+	r := newReader(b)
 	s := r.relay(lim.MaxRelayPayload)
-	if r.err == nil && len(r.b) != 0 {
-		r.fail(errf("%d trailing bytes after relay signal", len(r.b)))
+	if r.Err() == nil && r.Len() != 0 {
+		r.Fail(errf("%d trailing bytes after relay signal", r.Len()))
 	}
-	return s, r.err
+	return s, r.Err()
 }
 
 // DecodeRPC decodes an RPC encoded by AppendRPC, enforcing lim.
@@ -490,17 +478,17 @@ func DecodeRPC(b []byte, lim Limits) (*RPC, error) {
 	if len(b) > lim.MaxRPCSize {
 		return nil, errLimit("rpc bytes", len(b), lim.MaxRPCSize)
 	}
-	r := reader{b: b}
-	if v := r.u8("version"); r.err == nil && v != wireVersion {
+	r := newReader(b)
+	if v := r.u8("version"); r.Err() == nil && v != wireVersion {
 		return nil, errf("unknown version %d", v)
 	}
 	out := &RPC{}
 	last := 0
 	ihaveIDs := 0
-	for r.err == nil && len(r.b) > 0 {
+	for r.Err() == nil && r.Len() > 0 {
 		tag := int(r.u8("section tag"))
 		if tag <= last {
-			r.fail(errf("section %d out of order after %d", tag, last))
+			r.Fail(errf("section %d out of order after %d", tag, last))
 			break
 		}
 		last = tag
@@ -508,35 +496,35 @@ func DecodeRPC(b []byte, lim Limits) (*RPC, error) {
 		case tagSubs:
 			n := r.count("subscriptions", lim.MaxSubs, 3)
 			out.Subs = make([]SubOpt, 0, n)
-			for i := 0; i < n && r.err == nil; i++ {
+			for i := 0; i < n && r.Err() == nil; i++ {
 				f := r.u8("subscribe flag")
 				if f > 1 {
-					r.fail(errf("subscribe flag %d", f))
+					r.Fail(errf("subscribe flag %d", f))
 				}
 				out.Subs = append(out.Subs, SubOpt{Subscribe: f == 1, Topic: r.topic()})
 			}
 		case tagMsgs:
 			n := r.count("messages", lim.MaxMsgs, minMsgSize)
 			out.Msgs = make([]WireMessage, 0, n)
-			for i := 0; i < n && r.err == nil; i++ {
+			for i := 0; i < n && r.Err() == nil; i++ {
 				out.Msgs = append(out.Msgs, r.message(lim.MaxMessageSize))
 			}
 		case tagIHave:
 			n := r.count("ihave entries", lim.MaxIHaveTopics, 4)
 			out.IHave = make([]IHave, 0, n)
-			for i := 0; i < n && r.err == nil; i++ {
+			for i := 0; i < n && r.Err() == nil; i++ {
 				ih := IHave{Topic: r.topic()}
 				k := r.u16("ihave id count")
-				if r.err != nil {
+				if r.Err() != nil {
 					break
 				}
 				ihaveIDs += k
 				if ihaveIDs > lim.MaxIHaveIDs {
-					r.fail(errLimit("ihave ids", ihaveIDs, lim.MaxIHaveIDs))
+					r.Fail(errLimit("ihave ids", ihaveIDs, lim.MaxIHaveIDs))
 					break
 				}
-				if k*MsgIDSize > len(r.b) {
-					r.fail(errf("%d ihave ids need %d bytes, have %d", k, k*MsgIDSize, len(r.b)))
+				if k*MsgIDSize > r.Len() {
+					r.Fail(errf("%d ihave ids need %d bytes, have %d", k, k*MsgIDSize, r.Len()))
 					break
 				}
 				ih.IDs = make([]MsgID, k)
@@ -554,13 +542,13 @@ func DecodeRPC(b []byte, lim Limits) (*RPC, error) {
 		case tagGraft:
 			n := r.count("grafts", lim.MaxControl, 2)
 			out.Graft = make([]string, 0, n)
-			for i := 0; i < n && r.err == nil; i++ {
+			for i := 0; i < n && r.Err() == nil; i++ {
 				out.Graft = append(out.Graft, r.topic())
 			}
 		case tagPrune:
 			n := r.count("prunes", lim.MaxControl, 6)
 			out.Prune = make([]Prune, 0, n)
-			for i := 0; i < n && r.err == nil; i++ {
+			for i := 0; i < n && r.Err() == nil; i++ {
 				p := Prune{Topic: r.topic()}
 				p.Backoff = r.u32("prune backoff")
 				out.Prune = append(out.Prune, p)
@@ -574,15 +562,15 @@ func DecodeRPC(b []byte, lim Limits) (*RPC, error) {
 		case tagRelay:
 			n := r.count("relay signals", lim.MaxRelay, minRelaySize)
 			out.Relay = make([]RelaySignal, 0, n)
-			for i := 0; i < n && r.err == nil; i++ {
+			for i := 0; i < n && r.Err() == nil; i++ {
 				out.Relay = append(out.Relay, r.relay(lim.MaxRelayPayload))
 			}
 		default:
-			r.fail(errf("unknown section tag %d", tag))
+			r.Fail(errf("unknown section tag %d", tag))
 		}
 	}
-	if r.err != nil {
-		return nil, r.err
+	if r.Err() != nil {
+		return nil, r.Err()
 	}
 	return out, nil
 }

@@ -1,8 +1,8 @@
 // Package names maps short names chosen by the user ("bob") to peer
 // identities, read from and written to a names file of "NAME IDENTITY"
 // lines. The node answers DNS for NAME.korium. from it, and every CLI
-// command that takes a peer accepts a name. It imports only pki and
-// smartaddr.
+// command that takes a peer accepts a name. It imports only pki,
+// smartaddr and internal/atomicfile.
 package names
 
 import (
@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/korium/korium-tun/internal/atomicfile"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/smartaddr"
 )
@@ -271,40 +272,16 @@ func (t *Table) Marshal() []byte {
 	return b.Bytes()
 }
 
-// Save writes the table to path atomically: a temporary file in the same
-// directory, synced, then renamed over the old one, so a reader or a crash
-// sees the old file or the new one, never half of one. The directory is
+// Save writes the table to path atomically (internal/atomicfile): a reader
+// or a crash sees the old file or the new one, never half of one, and a
+// path that is not a regular file is never replaced. The directory is
 // created (0755) if missing.
 func (t *Table) Save(path string) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("names file: %v", err)
 	}
-	f, err := os.CreateTemp(dir, ".names-*")
-	if err != nil {
-		return fmt.Errorf("names file: %v", err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // after a successful rename it is gone already
-	_, err = f.Write(t.Marshal())
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
+	if err := atomicfile.Write(path, t.Marshal(), 0o644); err != nil {
 		return fmt.Errorf("writing names file %s: %v", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
 	}
 	return nil
 }

@@ -173,7 +173,7 @@ func halfSentAttack(t *testing.T, proto byte, size int, victimRPC rpc.Config) {
 		a.wg.Wait()
 	}()
 	for _, b := range bad {
-		conn := b.peer(victim.id).conn
+		conn := b.peer(victim.id).Conn
 		for range streamsPerAttack {
 			a.wg.Add(1)
 			go func() {
@@ -319,7 +319,7 @@ func TestRPCCapsFitProtocols(t *testing.T) {
 	}
 	// Serving: a peer that sends one anyway is answered "too large".
 	before := b.RPCStats().TooLarge
-	if _, err := rpc.Call(reqCtx(t), a.peer(b.id).conn, rpc.ProtoRelay, big); !errors.Is(err, ErrTooLarge) {
+	if _, err := rpc.Call(reqCtx(t), a.peer(b.id).Conn, rpc.ProtoRelay, big); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("serving a relay request above relay.MaxMessageSize: %v", err)
 	}
 	if got := b.RPCStats().TooLarge; got != before+1 {

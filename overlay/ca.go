@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -56,16 +57,19 @@ func (c caNet) Connect(ctx context.Context, to pki.Identity) error {
 	return c.n.ConnectIdentity(ctx, to)
 }
 
-// initCA starts the CA service (after the gossip router).
+// initCA starts the CA service (after the gossip router) and membership.
 func (n *Node) initCA() error {
 	if n.gossip == nil {
 		if n.cfg.CASigner != nil {
 			return ErrNoCA
 		}
-		return nil
+		return n.initMembers()
 	}
 	cc := n.cfg.CA
 	cc.Keypair, cc.Network, cc.Signer = n.kp, caNet{n}, n.cfg.CASigner
+	if cc.PoWBits == 0 {
+		cc.PoWBits = n.cfg.PoWBits
+	}
 	if cc.Logger == nil {
 		cc.Logger = n.cfg.Logger
 	}
@@ -76,9 +80,12 @@ func (n *Node) initCA() error {
 	n.ca = svc
 	n.rpc.Handle(rpc.ProtoCA, func(ctx context.Context, from pki.Identity, req []byte) ([]byte, error) {
 		n.touch(from)
+		if tca.MessageType(req) == tca.MsgLeafUpdate {
+			return n.onLeafUpdate(from, req)
+		}
 		return svc.HandleRPC(ctx, from, req)
 	})
-	return nil
+	return n.initMembers()
 }
 
 func (n *Node) closeCA() {
@@ -118,12 +125,13 @@ func (n *Node) RunCADKG(ctx context.Context, cfg tca.DKGConfig) (*tca.DKGResult,
 }
 
 // SetCASigner makes the node a CA signer with st (as Config.CASigner does
-// at start).
-func (n *Node) SetCASigner(st *tca.SignerState) error {
+// at start), keeping the identities it approves in approvalsFile ("": in
+// memory only).
+func (n *Node) SetCASigner(st *tca.SignerState, approvalsFile string) error {
 	if n.ca == nil {
 		return ErrNoCA
 	}
-	return n.ca.SetSigner(st)
+	return n.ca.SetSigner(st, approvalsFile)
 }
 
 // CASignerState returns the state the node signs with, or nil.
@@ -147,6 +155,9 @@ func (n *Node) RequestCACertificate(ctx context.Context, cfg tca.RequestConfig) 
 	if cfg.Workload == "" && cfg.TrustDomain == n.cfg.TrustDomain {
 		cfg.Workload = n.cfg.Workload
 	}
+	if m := n.mem; m != nil && cfg.CA == nil && cfg.TrustDomain == m.cfg.CA.TrustDomain.Name() && (cfg.CAKey == nil || bytes.Equal(cfg.CAKey, m.cfg.CA.GroupKey)) {
+		cfg.CA = m.cfg.CA // ask its signers directly: a node not yet a member reaches them only so
+	}
 	return n.ca.RequestCertificate(ctx, cfg)
 }
 
@@ -159,8 +170,11 @@ func (n *Node) CAStats() *tca.Stats {
 	return &st
 }
 
-// checkCAConfig validates the SPIFFE and CA fields of a Config.
+// checkCAConfig validates the SPIFFE, CA and Members fields of a Config.
 func (c *Config) checkCAConfig() error {
+	if err := c.checkMembersConfig(); err != nil {
+		return err
+	}
 	if c.TrustDomain == "" {
 		if c.Workload != "" {
 			return errors.New("overlay: Config.Workload needs Config.TrustDomain")
@@ -179,3 +193,32 @@ func (c *Config) checkCAConfig() error {
 func (n *Node) SaveCASignerState(path string, st *tca.SignerState) error {
 	return tca.SaveState(path, st, n.kp)
 }
+
+// CAApprove makes this signer sign certificates for id with workload path
+// wl ("" for none), persisted in its approvals file.
+func (n *Node) CAApprove(id pki.Identity, wl string) (tca.Approval, error) {
+	if n.ca == nil {
+		return tca.Approval{}, ErrNoCA
+	}
+	return n.ca.Approve(id, wl)
+}
+
+// CARevoke stops this signer from signing for id: its next renewal fails
+// once fewer than K signers approve it.
+func (n *Node) CARevoke(id pki.Identity) error {
+	if n.ca == nil {
+		return ErrNoCA
+	}
+	return n.ca.Revoke(id)
+}
+
+// CAApprovals lists the identities this signer signs for.
+func (n *Node) CAApprovals() ([]tca.Approval, error) {
+	if n.ca == nil {
+		return nil, ErrNoCA
+	}
+	return n.ca.Approvals()
+}
+
+// TrustDomain returns the node's SPIFFE trust domain, or "".
+func (n *Node) TrustDomain() string { return n.cfg.TrustDomain }

@@ -87,7 +87,10 @@ func TestThresholdCAOverNodes(t *testing.T) {
 	}
 	ca := results[0].State.CA
 	for i, s := range signers {
-		if err := s.SetCASigner(results[i].State); err != nil {
+		if err := s.SetCASigner(results[i].State, ""); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.CAApprove(req.Identity(), "web"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -121,12 +124,12 @@ func TestThresholdCAOverNodes(t *testing.T) {
 	signers[0].Close()
 	signers[1].Close()
 	start = time.Now()
-	if _, err := req.RequestCACertificate(ctx, tca.RequestConfig{}); err != nil {
+	if _, err := req.RequestCACertificate(ctx, tca.RequestConfig{Workload: "web"}); err != nil {
 		t.Fatalf("2 of 5 signers offline: %v", err)
 	}
 	fmt.Printf("with 2 of 5 signers offline: certificate in %v\n", time.Since(start).Round(time.Millisecond))
 	signers[2].Close()
-	_, err = req.RequestCACertificate(ctx, tca.RequestConfig{Attempts: 2})
+	_, err = req.RequestCACertificate(ctx, tca.RequestConfig{Workload: "web", Attempts: 2})
 	if !errors.Is(err, tca.ErrNotEnoughSigners) || !strings.Contains(err.Error(), "of the 3 signers needed") {
 		t.Fatalf("3 of 5 offline: %v", err)
 	}
@@ -165,7 +168,8 @@ func TestCACorruptShareOverNodes(t *testing.T) {
 		t.FailNow()
 	}
 	for i, s := range signers {
-		s.SetCASigner(states[i])
+		s.SetCASigner(states[i], "")
+		s.CAApprove(req.Identity(), "")
 	}
 	liar := signers[2]
 	liar.rpc.Handle(rpc.ProtoCA, func(ctx context.Context, from pki.Identity, r []byte) ([]byte, error) {
@@ -176,12 +180,21 @@ func TestCACorruptShareOverNodes(t *testing.T) {
 		}
 		return resp, err
 	})
-	// Commitments from signers 0 and 1 reach the requester late, so the
+	// Commitments from signers 0 and 1 reach the requester late (as an
+	// answer to its CSR by RPC, or sent after the CSR by gossip), so the
 	// first three it hears (and asks) include the liar.
 	slow := map[pki.Identity]bool{signers[0].Identity(): true, signers[1].Identity(): true}
+	for _, s := range signers[:2] {
+		s.rpc.Handle(rpc.ProtoCA, func(ctx context.Context, from pki.Identity, r []byte) ([]byte, error) {
+			if tca.MessageType(r) == 5 { // a CSR
+				time.Sleep(time.Second)
+			}
+			return s.ca.HandleRPC(ctx, from, r)
+		})
+	}
 	req.rpc.Handle(rpc.ProtoCA, func(ctx context.Context, from pki.Identity, r []byte) ([]byte, error) {
 		if slow[from] && tca.MessageType(r) == 6 {
-			time.Sleep(300 * time.Millisecond)
+			time.Sleep(time.Second)
 		}
 		return req.ca.HandleRPC(ctx, from, r)
 	})

@@ -15,23 +15,18 @@ import (
 	"github.com/korium/korium-tun/dht"
 	"github.com/korium/korium-tun/gossipsub"
 	"github.com/korium/korium-tun/internal/addrpolicy"
+	"github.com/korium/korium-tun/peers"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/pki/tca"
 	"github.com/korium/korium-tun/relay/server"
 	"github.com/korium/korium-tun/rpc"
 )
 
-// Contact names a peer and where to reach it.
-type Contact struct {
-	Identity pki.Identity
-	Addr     netip.AddrPort
-	// Relays forward to the peer when it is behind a NAT (from its
-	// contact record); sessions through them race Addr.
-	Relays []pki.Identity
-}
-
-// String returns the bootstrap form IDENTITY@HOST:PORT.
-func (c Contact) String() string { return c.Identity.String() + "@" + c.Addr.String() }
+// Contact names a peer and where to reach it: its identity, an address,
+// and the relays that forward to it when it is behind a NAT (from its
+// contact record; sessions through them race the address). Its String is
+// the bootstrap form IDENTITY@HOST:PORT.
+type Contact = peers.Contact
 
 // ErrBadContact is wrapped by every ParseContact error.
 var ErrBadContact = errors.New("malformed bootstrap string")
@@ -83,6 +78,11 @@ type Config struct {
 	// it. Default: an in-process gVisor netstack (no root needed), whose
 	// Dial and Listen the Node exposes.
 	Device tun.Device
+	// Net is the Dial and Listen face of Device when it is an in-process
+	// stack (netstack.Create returns both): the node's DialContext, Listen
+	// and ListenPacket use it. Default: Device itself when it has those
+	// methods (a *netstack.Stack); none on a kernel TUN.
+	Net Net
 	// MTU is the largest IPv6 packet the tunnel carries, 1280..MaxMTU.
 	// Default DefaultMTU (1392): a 1500-byte underlay with room for a relay
 	// header.
@@ -107,6 +107,11 @@ type Config struct {
 	// connection cache). A new connection beyond it evicts the least
 	// recently used peer that is not a bootstrap contact.
 	MaxPeers int
+	// SendQueue is each peer's send queue in packets (default 256): the
+	// device is read on while a peer's connection is congested or dead,
+	// and a full queue loses its oldest packet (counted as
+	// tx_queue_dropped).
+	SendQueue int
 	// Advertise are the addresses others should use to reach this node
 	// (published in its DHT record and printed as bootstrap strings).
 	// Default: the listen address, or every non-loopback address of the
@@ -127,12 +132,14 @@ type Config struct {
 	// Resolver, when set, finds who owns an overlay address the node has
 	// no connection to. Default: the DHT. A packet to such an address
 	// starts one resolution (not one per packet); the held packet goes out
-	// when the connection is up. Nil: only connected peers are reachable.
+	// when the connection is up, and a failure answers it with ICMPv6
+	// Destination Unreachable. Nil: only connected peers are reachable.
 	Resolver Resolver
 	// ResolveTimeout bounds one resolution and its dials (default 10 s).
 	ResolveTimeout time.Duration
 	// ResolveFailTTL is how long a failed resolution is remembered, during
-	// which packets to that address are dropped at once (default 5 s).
+	// which packets to that address are answered at once with ICMPv6
+	// Destination Unreachable (default 1 s).
 	ResolveFailTTL time.Duration
 	// RequestTimeout bounds one incoming request's handler: the
 	// SetRequestHandler function, a reader of IncomingRequests, or a
@@ -173,6 +180,10 @@ type Config struct {
 	// CA tunes the threshold CA (its Keypair, Network and Signer are the
 	// node's).
 	CA tca.Config
+	// Members makes the node part of a members-only network: its own
+	// CA-signed certificate, renewed through the mesh, and which peers it
+	// accepts (see members.go). The zero value: no membership.
+	Members MembersConfig
 }
 
 // Resolver returns contacts that may own addr. The node dials them with the

@@ -24,9 +24,6 @@ import (
 // for it (directAddr), not an address the peer declared. No address from a
 // record, contact or hint is dialed unless addrpolicy allows it.
 
-// maxDialAddrs bounds how many of a contact's addresses one call tries.
-const maxDialAddrs = 4
-
 type dhtTransport struct{ n *Node }
 
 // Call implements dht.Transport: the answer's address is the direct path
@@ -40,7 +37,7 @@ func (t dhtTransport) Call(ctx context.Context, to dht.Contact, req []byte) ([]b
 	if err != nil {
 		return nil, netip.AddrPort{}, err
 	}
-	at, _ := t.n.directAddr(to.Identity)
+	at, _ := t.n.nat.DirectAddr(to.Identity)
 	return resp, at, nil
 }
 
@@ -75,8 +72,8 @@ func (n *Node) dialable(addrs []netip.AddrPort) []netip.AddrPort {
 // address only costs a failed dial.
 func (n *Node) connFor(ctx context.Context, id pki.Identity, addrs []netip.AddrPort) (*quic.Conn, error) {
 	if p := n.peer(id); p != nil {
-		p.lastUsed.Store(n.clock.Load())
-		return p.conn, nil
+		p.Touch()
+		return p.Conn, nil
 	}
 	if id == n.id {
 		return nil, fmt.Errorf("%w: that is us", ErrUnreachable)
@@ -87,14 +84,14 @@ func (n *Node) connFor(ctx context.Context, id pki.Identity, addrs []netip.AddrP
 		// would otherwise cost every lookup a full query timeout.
 		return nil, fmt.Errorf("%w: %s: a direct dial failed moments ago", ErrUnreachable, id.Short())
 	}
-	if err := n.SmartConnect(ctx, id, addrs, nil); err != nil {
+	if err := n.nat.Connect(ctx, id, addrs, nil, false); err != nil {
 		if ctx.Err() != nil || errors.Is(err, ErrUnreachable) {
 			n.markUnreachable(id)
 		}
 		return nil, err
 	}
 	if p := n.peer(id); p != nil {
-		return p.conn, nil
+		return p.Conn, nil
 	}
 	return nil, fmt.Errorf("%w: %s: connection closed", ErrUnreachable, id.Short())
 }
@@ -141,18 +138,19 @@ func (n *Node) markUnreachable(id pki.Identity) {
 // routing table).
 func (n *Node) handleDHT(_ context.Context, from pki.Identity, req []byte) ([]byte, error) {
 	n.touch(from)
-	at, _ := n.directAddr(from)
+	at, _ := n.nat.DirectAddr(from)
 	return n.dht.HandleRequest(from, at, req)
 }
 
 // dhtSeeds returns the connected peers as DHT contacts.
 func (n *Node) dhtSeeds() []dht.Contact {
-	n.mu.RLock()
-	defer n.mu.RUnlock()
 	var out []dht.Contact
-	for _, p := range n.peers {
-		c := dht.Contact{Identity: p.id, Nonce: p.nonce}
-		if pi, ok := n.sock.Path(p.id); ok && pi.Direct.IsValid() {
+	for p := range n.peers.Snapshot().All() {
+		if enrollee(p) {
+			continue // the DHT stays among members
+		}
+		c := dht.Contact{Identity: p.ID, Nonce: p.Nonce}
+		if pi, ok := n.sock.Path(p.ID); ok && pi.Direct.IsValid() {
 			c.Addrs = []netip.AddrPort{pi.Direct}
 		}
 		out = append(out, c)
@@ -228,13 +226,52 @@ func (n *Node) republishWhileGrowing() {
 	}
 }
 
-// resolveViaDHT is the default Resolver.
+// resolveViaDHT is the default Resolver. A lookup made before the node has
+// joined (the routing table is still empty, a bootstrap peer is being
+// dialed) waits for the join instead of failing: the first packet a program
+// sends right after New must not be answered with Destination Unreachable.
 func (n *Node) resolveViaDHT(ctx context.Context, addr netip.Addr) ([]Contact, error) {
 	rec, err := n.dht.ResolveAddr(ctx, addr)
+	if errors.Is(err, dht.ErrNoPeers) && n.awaitJoin(ctx) {
+		rec, err = n.dht.ResolveAddr(ctx, addr)
+	}
 	if err != nil {
 		return nil, err
 	}
 	return n.recordContacts(rec), nil
+}
+
+// joinPoll is how often awaitJoin looks at the routing table.
+const joinPoll = 20 * time.Millisecond
+
+// awaitJoin waits until the DHT's routing table has a contact, or ctx ends.
+// It does not wait for dhtJoin (which first waits for configure_nat): once
+// a peer is connected it pings it, and the answer puts it in the table
+// (our ping says we are a client, so it does not put us in its table). A
+// node without bootstrap peers (a seed) has nobody to wait for: it returns
+// false at once.
+func (n *Node) awaitJoin(ctx context.Context) bool {
+	if len(n.cfg.Bootstrap) == 0 {
+		return false
+	}
+	t := time.NewTicker(joinPoll)
+	defer t.Stop()
+	pinged := false
+	for n.dht.Stats().TableSize == 0 {
+		if seeds := n.dhtSeeds(); len(seeds) > 0 && !pinged {
+			pinged = true
+			for _, s := range seeds {
+				n.dht.Ping(ctx, s)
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+	}
+	return true
 }
 
 // recordContacts turns a record into contacts to dial: one per address

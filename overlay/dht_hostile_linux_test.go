@@ -109,7 +109,7 @@ func TestDHTLoopbackRecordNotDialed(t *testing.T) {
 	}
 	t.Cleanup(func() { wd.Close() })
 	w.rpc.Handle(rpc.ProtoDHT, func(_ context.Context, from pki.Identity, req []byte) ([]byte, error) {
-		at, _ := w.directAddr(from)
+		at, _ := w.nat.DirectAddr(from)
 		return wd.HandleRequest(from, at, req)
 	})
 	wc := w.dhtContact(w.LocalAddr())
@@ -139,7 +139,9 @@ func TestDHTLoopbackRecordNotDialed(t *testing.T) {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	err1 := v.ConnectIdentity(cctx, a.id)
 	cancel()
-	v.resolve(smartaddr.FromIdentity(a.id))
+	rctx, rcancel := context.WithTimeout(ctx, v.cfg.ResolveTimeout)
+	v.resolveOwner(rctx, smartaddr.FromIdentity(a.id))
+	rcancel()
 	got := drain(sink, time.Second)
 	t.Logf("record listing %v, resolved by a node on [::]: %d datagrams arrived there (27 before); ConnectIdentity: %v", sinkAddr, got, err1)
 	if got != 0 {

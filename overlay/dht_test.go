@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/korium/korium-tun/dht"
+	"github.com/korium/korium-tun/peers"
 	"github.com/korium/korium-tun/pki"
 )
 
@@ -70,7 +71,7 @@ func TestDHTReachesEveryoneFromOneBootstrap(t *testing.T) {
 		return append([]byte("echo "), req...), nil
 	})
 	if p := rest[0].peer(rest[1].id); p != nil {
-		p.conn.CloseWithError(codeNormal, "test")
+		p.Conn.CloseWithError(peers.CodeNormal, "test")
 	}
 	waitFor(t, "disconnect", 5*time.Second, func() bool { return rest[0].peer(rest[1].id) == nil })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -88,7 +89,7 @@ func TestDHTReachesEveryoneFromOneBootstrap(t *testing.T) {
 			// everyone; drop a's connection to b so that a's first packet
 			// must resolve b's address again.
 			if p := a.peer(b.id); p != nil {
-				p.conn.CloseWithError(codeNormal, "test")
+				p.Conn.CloseWithError(peers.CodeNormal, "test")
 			}
 			waitFor(t, "disconnect", 5*time.Second, func() bool { return a.peer(b.id) == nil && b.peer(a.id) == nil })
 			deliver(t, a, b, udp6(a.addr, b.addr, []byte(fmt.Sprintf("%d->%d", i, j))))
@@ -98,7 +99,7 @@ func TestDHTReachesEveryoneFromOneBootstrap(t *testing.T) {
 	// before its packet, so not every delivery needs a resolution; most do.
 	var total uint64
 	for _, nd := range rest {
-		r := nd.stats.ResolveOK.Load()
+		r := nd.dp.Counters.ResolveOK.Load()
 		if r == 0 {
 			t.Errorf("node %s never resolved an address through the DHT", nd.id.Short())
 		}

@@ -3,22 +3,14 @@ package overlay
 import (
 	"context"
 	"errors"
-	"log/slog"
+	"fmt"
 	"net"
 	"net/netip"
-
-	"golang.zx2c4.com/wireguard/tun"
-
-	"github.com/korium/korium-tun/overlay/netstack"
 )
 
 // ErrNoNetstack is returned by Dial and Listen on a node whose device is a
 // kernel TUN: programs there use the operating system's sockets.
 var ErrNoNetstack = errors.New("overlay: this node runs on a kernel TUN device; use ordinary sockets")
-
-func newNetstack(addr netip.Addr, mtu int, log *slog.Logger) (tun.Device, error) {
-	return netstack.New(netstack.Config{Addr: addr, MTU: mtu, Logger: log})
-}
 
 // DialContext connects to a peer's SmartAddr through the in-process
 // network stack, e.g. DialContext(ctx, "tcp", "[fd00:c0f1:...]:80").
@@ -27,7 +19,14 @@ func (n *Node) DialContext(ctx context.Context, network, address string) (net.Co
 	if n.stack == nil {
 		return nil, ErrNoNetstack
 	}
-	return n.stack.DialContext(ctx, network, address)
+	c, err := n.stack.DialContext(ctx, network, address)
+	if err != nil {
+		if ap, perr := netip.ParseAddrPort(address); perr == nil && n.dp.NoOwner(ap.Addr()) {
+			// The stack only saw Destination Unreachable; say why.
+			return nil, fmt.Errorf("overlay: dial %s %s: no node owns %s, or its owner cannot be reached: %w", network, address, ap.Addr(), err)
+		}
+	}
+	return c, err
 }
 
 // Listen accepts TCP connections on the node's SmartAddr, e.g. Listen("tcp", ":80").

@@ -30,25 +30,23 @@ func TestPeerLimitEvictsLeastRecentlyUsed(t *testing.T) {
 	}
 	// The bootstrap peer is older and idle, but it is a bootstrap contact:
 	// connecting to c must evict b instead.
-	a.clock.Add(int64(time.Second))
+	a.peers.AdvanceClock(time.Second)
 	if err := a.Connect(ctx, c.contact()); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "eviction", 5*time.Second, func() bool {
 		return a.peer(b.id) == nil && a.peer(c.id) != nil && a.peer(boot.id) != nil
 	})
-	if a.stats.PeersEvicted.Load() != 1 {
-		t.Fatalf("evictions %d, want 1", a.stats.PeersEvicted.Load())
+	if a.peers.Counters.Evicted.Load() != 1 {
+		t.Fatalf("evictions %d, want 1", a.peers.Counters.Evicted.Load())
 	}
 	// With two evictable peers the least recently used one goes: raise
 	// the cap, use c, and connect d: b (idle since it was dialed) is evicted.
-	a.mu.Lock() // install reads MaxPeers under mu
-	a.cfg.MaxPeers = 3
-	a.mu.Unlock()
+	a.peers.SetMaxPeers(3)
 	if err := a.Connect(ctx, b.contact()); err != nil {
 		t.Fatal(err)
 	}
-	a.clock.Add(int64(time.Second))
+	a.peers.AdvanceClock(time.Second)
 	deliver(t, a, c, udp6(a.addr, c.addr, []byte("use c")))
 	d := newTestNode(t, nil, "")
 	if err := a.Connect(ctx, d.contact()); err != nil {
@@ -82,13 +80,13 @@ func TestIdleConnectionsEvicted(t *testing.T) {
 		}
 	}
 	later := time.Now().Add(2 * time.Minute)
-	a.clock.Store(later.UnixNano())
+	a.peers.SetClock(later)
 	deliver(t, a, c, udp6(a.addr, c.addr, []byte("c is in use")))
-	a.evictIdle(later.Add(30 * time.Second))
+	a.peers.EvictIdle(later.Add(30 * time.Second))
 	waitFor(t, "idle eviction", 5*time.Second, func() bool {
 		return a.peer(b.id) == nil && a.peer(c.id) != nil && a.peer(boot.id) != nil
 	})
-	if got := a.stats.PeersIdleEvicted.Load(); got != 1 {
+	if got := a.peers.Counters.IdleEvicted.Load(); got != 1 {
 		t.Fatalf("idle evictions %d, want 1", got)
 	}
 }

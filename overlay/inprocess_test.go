@@ -46,7 +46,7 @@ func TestThreeNodesInProcess(t *testing.T) {
 				for _, p := range st.Peers {
 					t.Logf("  peer %s tx %d rx %d lost %d cwnd %d", p.Identity[:8], p.TxPackets, p.RxPackets, p.QUICLost, p.QUICCwnd)
 				}
-				if s, ok := n.dev.(interface{ Stats() netstack.Stats }); ok {
+				if s, ok := n.stack.(interface{ Stats() netstack.Stats }); ok {
 					t.Logf("  netstack %+v", s.Stats())
 				}
 			}

@@ -17,19 +17,7 @@ func (n *Node) GossipStats() (gossipsub.Stats, bool) {
 // ForgetPeer undoes AddPeer: id is no longer redialed when its connection
 // drops, and the connection, if any, becomes subject to idle eviction like
 // any other. (A config reload removes a bootstrap peer with it.)
-func (n *Node) ForgetPeer(id pki.Identity) {
-	n.mu.Lock()
-	delete(n.desired, id)
-	n.mu.Unlock()
-}
+func (n *Node) ForgetPeer(id pki.Identity) { n.peers.Forget(id) }
 
 // KeptPeers lists the contacts AddPeer keeps connected.
-func (n *Node) KeptPeers() []Contact {
-	n.mu.RLock()
-	defer n.mu.RUnlock()
-	out := make([]Contact, 0, len(n.desired))
-	for _, d := range n.desired {
-		out = append(out, d.contact)
-	}
-	return out
-}
+func (n *Node) KeptPeers() []Contact { return n.peers.Kept() }

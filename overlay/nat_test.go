@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/korium/korium-tun/nat"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/smartsock"
 )
@@ -69,7 +70,7 @@ func TestConfigureNATAndRelaySessions(t *testing.T) {
 
 	// a asks b's relay for a session: the relay opens it, b accepts (p is
 	// its relay) and both ends hold it as a path.
-	if got := a.setupRelays(ctx, b.id, []pki.Identity{p.id}); got != 1 {
+	if got := a.nat.SetupRelays(ctx, b.id, []pki.Identity{p.id}); got != 1 {
 		t.Fatalf("setupRelays = %d, want 1", got)
 	}
 	if st := p.RelayStats(); st == nil || st.Opened != 1 || st.Sessions != 1 {
@@ -92,11 +93,11 @@ func TestConfigureNATAndRelaySessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "c's NAT check", 10*time.Second, func() bool { return c.NAT().Checked })
-	before := b.stats.RelayRefused.Load()
-	if got := a.setupRelays(ctx, b.id, []pki.Identity{c.id}); got != 0 {
+	before := b.nat.Counters.RelayRefused.Load()
+	if got := a.nat.SetupRelays(ctx, b.id, []pki.Identity{c.id}); got != 0 {
 		t.Fatal("b accepted a session from a node that is not its relay")
 	}
-	if b.stats.RelayRefused.Load() != before+1 {
+	if b.nat.Counters.RelayRefused.Load() != before+1 {
 		t.Fatal("b did not count the refused session")
 	}
 	if st := c.RelayStats(); st.Sessions != 0 {
@@ -114,15 +115,72 @@ func TestPunchCandidatesFromPeerFiltered(t *testing.T) {
 			netip.MustParseAddrPort("127.0.0.1:22"),
 			netip.MustParseAddrPort("[fe80::1]:7400"),
 			netip.MustParseAddrPort("198.18.3.1:7400"),
+			netip.MustParseAddrPort("255.255.255.255:7400"),
+			netip.MustParseAddrPort("198.18.255.255:0"),
+			netip.MustParseAddrPort("[ff02::1]:7400"),
+			netip.MustParseAddrPort("[::ffff:127.0.0.1]:7400"),
+			netip.MustParseAddrPort("0.0.0.0:7400"),
 		}
 	}
-	if got := public.punchable(mk()); len(got) != 1 || got[0].String() != "198.18.3.1:7400" {
+	if got := public.nat.Punchable(mk()); len(got) != 1 || got[0].String() != "198.18.3.1:7400" {
 		t.Fatalf("a node on [::] kept %v", got)
 	}
-	if public.stats.PunchRefused.Load() != 2 {
-		t.Fatalf("refused %d, want 2", public.stats.PunchRefused.Load())
+	if public.nat.Counters.PunchRefused.Load() != 7 {
+		t.Fatalf("refused %d, want 7", public.nat.Counters.PunchRefused.Load())
 	}
-	if got := local.punchable(mk()); len(got) != 2 || got[0].String() != "127.0.0.1:22" {
+	if got := local.nat.Punchable(mk()); len(got) != 3 || got[0].String() != "127.0.0.1:22" {
 		t.Fatalf("a node on loopback kept %v", got)
+	}
+}
+
+// Addresses from the network (a record the resolver returned) never make a
+// node that does not listen on loopback send to loopback, link-local,
+// multicast, broadcast or unspecified addresses; the same node still dials
+// a loopback address its user chose.
+func TestRecordAddressesFollowPolicy(t *testing.T) {
+	owner := newTestNode(t, nil, "")
+	port := owner.LocalAddr().Port()
+	bad := []netip.AddrPort{
+		netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port),
+		netip.AddrPortFrom(netip.MustParseAddr("::1"), port),
+		netip.AddrPortFrom(netip.MustParseAddr("fe80::1"), port),
+		netip.AddrPortFrom(netip.MustParseAddr("ff02::1"), port),
+		netip.AddrPortFrom(netip.MustParseAddr("255.255.255.255"), port),
+		netip.AddrPortFrom(netip.MustParseAddr("0.0.0.0"), port),
+	}
+	hostile := func(context.Context, netip.Addr) ([]Contact, error) {
+		var out []Contact
+		for _, ap := range bad {
+			out = append(out, Contact{Identity: owner.id, Addr: ap})
+		}
+		return out, nil
+	}
+	kp, err := pki.GenerateKeypair(context.Background(), testPoW)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := newMemDevice()
+	n, err := New(Config{Keypair: kp, PoWBits: testPoW, Listen: "[::]:0", Device: dev, Resolver: hostile, DisableDHT: true, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	anyNode := &testNode{n, dev}
+	anyNode.dev.Send(udp6(anyNode.addr, owner.addr, []byte("x")))
+	waitFor(t, "resolution fails", 5*time.Second, func() bool { return anyNode.dp.Counters.ResolveFailed.Load() == 1 })
+	if got := anyNode.nat.Counters.DialAddrRefused.Load(); got != uint64(min(len(bad), nat.MaxDialAddrs)) {
+		t.Fatalf("refused %d addresses, want %d", got, min(len(bad), nat.MaxDialAddrs))
+	}
+	if ps, _ := anyNode.sock.Paths(owner.id); len(ps) != 0 {
+		t.Fatalf("smartsock got paths from a hostile record: %+v", ps)
+	}
+	if s := owner.sock.Stats(); s.RxHello != 0 || s.DropUnknownSource != 0 {
+		t.Fatalf("the owner on loopback heard from us: %+v", s)
+	}
+	// Its user may still point it at loopback.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := anyNode.Connect(ctx, owner.contact()); err != nil {
+		t.Fatalf("user-chosen loopback contact: %v", err)
 	}
 }

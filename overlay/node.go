@@ -1,29 +1,49 @@
-// Package overlay is the node: it wires identity, smartsock, QUIC and a
-// packet device together, keeps one mutually authenticated QUIC connection
-// per peer, and runs the packet loop that carries IPv6 packets between the
-// device and QUIC datagrams. The loop does not know whether it drives a
-// kernel TUN (overlay/tun) or the in-process netstack (overlay/netstack).
+// Package overlay is the node: it wires the rooms that each own one job
+// and its state, and offers the public Go API on top.
+//
+// The packet path, by package: a device (overlay/tun, overlay/netstack)
+// -> datapath (route, held packets, ICMPv6 answers, per-peer send queues)
+// -> peers (one authenticated QUIC connection per peer) -> smartsock (the
+// paths under QUIC: direct, relayed, punched) -> UDP. Beside it: nat
+// (configure_nat, SmartConnect, punching, the node's side of the relay
+// protocol), relay/server (sessions this node relays, and their RPC side),
+// dht, gossipsub, rpc and pki/tca.
+//
+// New only wires: it is given a device (with, for an in-process stack, its
+// Dial and Listen face) and a UDP socket, and builds the in-process
+// netstack and a socket on Config.Listen only when none is given. The node
+// keeps little state of its own (the application's request queue, refusal
+// counters and their log limiter, the DHT glue's cache of failed dials,
+// membership); its goroutines (one request server per peer connection,
+// the DHT join, same-identity checks, membership loops) stop when Close
+// cancels them, and Close waits for them and for every room's.
+//
+// Close order: the listener, then every connection (so peers hear a
+// CONNECTION_CLOSE at once and blocked senders return), then the DHT, the
+// CA, gossip, NAT traversal, the peer set, the datapath (which closes the
+// device), the QUIC transport and the socket.
 package overlay
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	quic "github.com/korium/korium-tun/third_party/quic-go"
-	"golang.zx2c4.com/wireguard/tun"
 	"lukechampine.com/blake3"
 
+	"github.com/korium/korium-tun/datapath"
 	"github.com/korium/korium-tun/dht"
 	"github.com/korium/korium-tun/gossipsub"
+	"github.com/korium/korium-tun/nat"
+	"github.com/korium/korium-tun/overlay/netstack"
+	"github.com/korium/korium-tun/peers"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/pki/tca"
 	"github.com/korium/korium-tun/relay/server"
@@ -32,135 +52,76 @@ import (
 	"github.com/korium/korium-tun/smartsock"
 )
 
-// Application error codes on overlay QUIC connections.
-const (
-	codeNormal    quic.ApplicationErrorCode = 0
-	codeDuplicate quic.ApplicationErrorCode = 1 // another connection to the same peer won
-	codeRefused   quic.ApplicationErrorCode = 2 // identity does not own its address, or too many peers
-)
-
-// Device headroom: wireguard's tun needs offset >= 10 for its virtio header.
-const devOffset = 16
-
 // Node is one overlay participant. Create it with New; Close stops it.
 type Node struct {
-	cfg      Config
-	kp       *pki.Keypair
-	id       pki.Identity
-	addr     netip.Addr
+	cfg     Config
+	kp      *pki.Keypair
+	id      pki.Identity
+	addr    netip.Addr
+	started time.Time
+
+	// The rooms. Each owns its state and goroutines; the node only wires
+	// them (set in New, never changed).
 	sock     *smartsock.Conn
 	tr       *quic.Transport
 	ln       *quic.Listener
-	dev      tun.Device
-	stack    netStack // non-nil when dev is our netstack
+	peers    *peers.Set
+	dp       *datapath.Engine
+	nat      *nat.Traversal
+	relaySrv *server.Server    // nil when Config.NoRelay
+	rpc      *rpc.Server       // serves every installed peer connection
+	dht      *dht.DHT          // nil when Config.DisableDHT
+	gossip   *gossipsub.Router // nil when Config.DisablePubSub
+	ca       *tca.Service      // nil when Config.DisablePubSub
+	mem      *members          // nil without Config.Members.CA (members.go)
+	stack    Net               // the netstack's Dial/Listen face, or nil on a kernel TUN
 	quicConf *quic.Config
 	tlsConf  pki.TLSConfig
 	srvTLS   *tls.Config
-	started  time.Time
 
-	ctx    context.Context
+	ctx    context.Context // canceled by Close: ends the node's own goroutines
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	wg     sync.WaitGroup // the node's own goroutines (see the package comment)
 
-	inbound chan *pbuf // checked packets for the device writer
-	bufPool sync.Pool  // *pbuf
-
-	mu      sync.RWMutex // guards the fields below
-	peers   map[pki.Identity]*peer
-	byAddr  map[netip.Addr]*peer
-	desired map[pki.Identity]*desired
-	gen     atomic.Uint64 // bumped whenever byAddr changes
-	clock   atomic.Int64  // unix ns, refreshed every supervise tick: a cheap "now" for lastUsed
-
-	pendMu    sync.Mutex // guards the three maps below
-	pending   map[netip.Addr]*held
-	resolving map[netip.Addr]bool      // a resolution is in flight
-	failed    map[netip.Addr]time.Time // resolution failed; retry after
-
-	dht        *dht.DHT                    // nil when Config.DisableDHT
-	gossip     *gossipsub.Router           // nil when Config.DisablePubSub
-	ca         *tca.Service                // nil when Config.DisablePubSub
-	rpc        *rpc.Server                 // serves every installed peer connection
 	appHandler atomic.Pointer[rpc.Handler] // SetRequestHandler's, or nil
 	reqMu      sync.Mutex                  // guards incoming
 	incoming   chan *Request               // made by the first IncomingRequests call
 
 	unreachMu   sync.Mutex                 // guards unreachable
-	unreachable map[pki.Identity]time.Time // failed direct dials, until when
-	dialMu      sync.Mutex                 // guards dials
-	dials       map[pki.Identity]*dialCall
-	relaySrv    *server.Server // nil when Config.NoRelay
-	dialBacks   chan struct{}  // semaphore of dial-backs in flight
-	nat         natState
+	unreachable map[pki.Identity]time.Time // failed direct dials, until when (dht.go)
 
-	stats Counters
+	sameIDChecks atomic.Int64 // replaced() checks waiting
+	stats        Counters
+	refusals     refusalCounters
+	logGate      logGate // rate-limits refusal lines
 
 	closeOnce sync.Once
 	closeErr  error
+	done      chan struct{} // closed when Close has finished
+	failOnce  sync.Once
+	failErr   atomic.Pointer[error] // why the node stopped by itself
 }
 
-// peer is one established connection. Fields are immutable after install
-// except the atomic counters.
-type peer struct {
-	id          pki.Identity
-	addr        netip.Addr
-	conn        *quic.Conn
-	outbound    bool
-	incarnation string // the peer certificate's serial: new on every start
-	nonce       uint64 // the peer's proof-of-work nonce, from its certificate
-	spiffeID    string // the SPIFFE ID in its certificate (checked against its key), or ""
-	since       time.Time
-	txBytes     atomic.Uint64
-	txPkts      atomic.Uint64
-	rxBytes     atomic.Uint64
-	rxPkts      atomic.Uint64
-	lastUsed    atomic.Int64 // Node.clock when a packet or request last used this peer
-	lastPunch   atomic.Int64 // unix ns of our last punch attempt
-}
-
-// desired is a peer the node keeps a connection to (a bootstrap contact).
-type desired struct {
-	contact  Contact
-	dialing  bool
-	nextDial time.Time
-	backoff  time.Duration
-}
-
-// held is the one packet kept for a destination with no connection yet.
-type held struct {
-	pkt []byte
-	at  time.Time
-}
-
-// pbuf holds one checked inbound packet on its way to the device writer.
-type pbuf struct {
-	b [devOffset + MaxMTU]byte
-	n int
-}
-
-// Counters are the node's drop and traffic counters, by reason.
+// Counters are the node's own counters, by reason (the rooms keep theirs).
 type Counters struct {
-	TxNotIPv6, TxNotOverlay, TxNoPeer, TxTooBig, TxSendError atomic.Uint64
-	RxMalformed, RxSpoofedSource, RxNotForUs                 atomic.Uint64
-	DevReadErrors, DevWriteErrors, PendingDelivered          atomic.Uint64
-	HandshakeRefused, DuplicateConns, PeersEvicted           atomic.Uint64
-	PeersIdleEvicted, SPIFFERefused                          atomic.Uint64
-	ResolveOK, ResolveFailed, TxResolveFailed, ResolveBusy   atomic.Uint64
-	AppNoHandler, AppQueueFull                               atomic.Uint64
-	RelayRefused, Punches, PunchRefused, DialBackBusy        atomic.Uint64
-	Handshakes                                               atomic.Uint64 // completed QUIC handshakes, both ways
+	HandshakeRefused           atomic.Uint64 // handshakes refused here, every reason
+	SPIFFERefused              atomic.Uint64
+	AppNoHandler, AppQueueFull atomic.Uint64
 }
 
-// netStack is what the netstack device offers Go programs.
-type netStack interface {
+// Net is the Dial and Listen face of an in-process network stack (what
+// netstack.Create returns beside its device).
+type Net interface {
 	DialContext(ctx context.Context, network, address string) (net.Conn, error)
 	Listen(network, address string) (net.Listener, error)
 	ListenPacket(network, address string) (net.PacketConn, error)
 }
 
-// New starts a node. It owns cfg.Conn and cfg.Device from now on (also
-// when it fails).
-func New(cfg Config) (n *Node, err error) {
+// New starts a node on Config.Device and Config.Conn. Without a device it
+// makes an in-process netstack (no root needed) and offers its Dial and
+// Listen; without a socket it binds one to Config.Listen. The node owns
+// both from now on (also when it fails).
+func New(cfg Config) (*Node, error) {
 	c, err := cfg.withDefaults()
 	if err != nil {
 		closeGiven(cfg)
@@ -176,49 +137,59 @@ func New(cfg Config) (n *Node, err error) {
 		closeGiven(c)
 		return nil, fmt.Errorf("overlay: our own key is too weak for this network (%v): generate one with --pow-bits %d", err, c.PoWBits)
 	}
-	n = &Node{
-		cfg:       c,
-		kp:        c.Keypair,
-		id:        c.Keypair.Identity(),
-		addr:      smartaddr.FromIdentity(c.Keypair.Identity()),
-		inbound:   make(chan *pbuf, inboundQueueLen),
-		peers:     make(map[pki.Identity]*peer),
-		byAddr:    make(map[netip.Addr]*peer),
-		desired:   make(map[pki.Identity]*desired),
-		pending:   make(map[netip.Addr]*held),
-		resolving: make(map[netip.Addr]bool),
-		failed:    make(map[netip.Addr]time.Time),
-		started:   time.Now(),
-	}
-	n.bufPool.New = func() any { return new(pbuf) }
-	n.clock.Store(time.Now().UnixNano())
-	n.rpc = rpc.NewServer(rpcConfig(c))
-	n.rpc.Handle(rpc.ProtoApp, n.handleApp)
-	n.ctx, n.cancel = context.WithCancel(context.Background())
-	node := n // the named result is nil on error returns
-	defer func() {
-		if err != nil {
-			node.Close()
-		}
-	}()
-
-	udp := c.Conn
-	if udp == nil {
-		if udp, err = ListenUDP(c.Listen); err != nil {
+	if c.Conn == nil {
+		if c.Conn, err = ListenUDP(c.Listen); err != nil {
 			closeGiven(c)
 			return nil, err
 		}
 	}
-	n.dev = c.Device
-	if n.dev == nil {
-		if n.dev, err = newNetstack(n.addr, c.MTU, c.Logger); err != nil {
-			udp.Close()
+	if c.Device == nil {
+		dev, stack, err := netstack.Create(netstack.Config{Addr: smartaddr.FromIdentity(c.Keypair.Identity()), MTU: c.MTU, Logger: c.Logger})
+		if err != nil {
+			closeGiven(c)
 			return nil, err
 		}
+		c.Device, c.Net = dev, stack
+	} else if s, ok := c.Device.(Net); ok && c.Net == nil {
+		c.Net = s // a netstack device handed over whole
 	}
-	if s, ok := n.dev.(netStack); ok {
-		n.stack = s
+	return start(c)
+}
+
+func closeGiven(c Config) {
+	if c.Conn != nil {
+		c.Conn.Close()
 	}
+	if c.Device != nil {
+		c.Device.Close()
+	}
+}
+
+// start wires the rooms around c.Device and c.Conn, which it owns.
+func start(c Config) (n *Node, err error) {
+	n = &Node{
+		cfg:     c,
+		kp:      c.Keypair,
+		id:      c.Keypair.Identity(),
+		addr:    smartaddr.FromIdentity(c.Keypair.Identity()),
+		stack:   c.Net,
+		started: time.Now(),
+		done:    make(chan struct{}),
+	}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	node := n // the named result is nil on error returns
+	closeDev := true
+	defer func() {
+		if err != nil {
+			if closeDev {
+				c.Device.Close()
+			}
+			node.Close()
+		}
+	}()
+	n.rpc = rpc.NewServer(rpcConfig(c))
+	n.rpc.Handle(rpc.ProtoApp, n.handleApp)
+
 	var resetKey quic.StatelessResetKey
 	// Derived from the private key so a restarted node resets its peers'
 	// stale connections at once instead of leaving them to time out.
@@ -230,8 +201,8 @@ func New(cfg Config) (n *Node, err error) {
 			srv.UpdateAddr(id, addr)
 		}
 	}
-	if n.sock, err = smartsock.New(udp, smartsock.Config{Keypair: c.Keypair, Logger: c.Logger, StatelessResetKey: &rk, PoWBits: c.PoWBits, OnDirectPath: onDirect}); err != nil {
-		udp.Close()
+	if n.sock, err = smartsock.New(c.Conn, smartsock.Config{Keypair: c.Keypair, Logger: c.Logger, StatelessResetKey: &rk, PoWBits: c.PoWBits, OnDirectPath: onDirect, OnRefusal: n.onRefusal}); err != nil {
+		c.Conn.Close()
 		return nil, err
 	}
 	n.tr = &quic.Transport{
@@ -241,13 +212,30 @@ func New(cfg Config) (n *Node, err error) {
 	}
 	n.quicConf = &quic.Config{
 		EnableDatagrams:         true,
-		InitialPacketSize:       uint16(c.MTU + quicOverhead),
+		InitialPacketSize:       uint16(c.MTU + datapath.QUICOverhead),
 		DisablePathMTUDiscovery: true, // datagram size is fixed by InitialPacketSize
 		KeepAlivePeriod:         c.KeepAlive,
 		MaxIdleTimeout:          c.IdleTimeout,
 		HandshakeIdleTimeout:    c.HandshakeTimeout,
 		MaxIncomingStreams:      64, // the reference's MAX_CONCURRENT_STREAMS
 		MaxIncomingUniStreams:   -1,
+	}
+	n.tlsConf = pki.TLSConfig{Keypair: c.Keypair, PoWBits: c.PoWBits, Refused: n.onCertReject,
+		SPIFFE: pki.SPIFFEConfig{TrustDomain: c.TrustDomain, Workload: c.Workload}}
+	n.peers = peers.New(peers.Config{
+		Self: n.id, Transport: n.tr, QUIC: n.quicConf,
+		ClientTLS:        func(id pki.Identity) (*tls.Config, error) { return n.memberTLS().Client(id) },
+		HandshakeTimeout: c.HandshakeTimeout, MaxPeers: c.MaxPeers, IdleEvict: c.IdleEvict, Logger: c.Logger,
+		Admit:         n.admit,
+		HandshakeAddr: n.handshakeAddr,
+		Redial:        func(ctx context.Context, ct peers.Contact) error { return n.Connect(ctx, ct) },
+		Keep:          n.spareFromIdleEviction,
+		Up:            n.peerUp, Down: n.peerDown, Evicted: n.peerEvicted,
+		Replaced: n.replaced, Refused: n.peerRefused,
+	})
+	if !c.NoRelay {
+		n.relaySrv = server.New(c.RelayServer, n.sock)
+		n.sock.SetRelayForwarder(n.relaySrv.Forward)
 	}
 	if !c.DisableDHT {
 		dc := c.DHT
@@ -261,8 +249,8 @@ func New(cfg Config) (n *Node, err error) {
 		}
 		n.rpc.Handle(rpc.ProtoDHT, n.handleDHT)
 		if len(c.Bootstrap) > 0 {
-			// A DHT client until configure_nat finds us public (natLoop):
-			// nobody may route to us before we know they can.
+			// A DHT client until configure_nat finds us public: nobody may
+			// route to us before we know they can.
 			n.dht.SetClient(true)
 		}
 		if n.cfg.Resolver == nil {
@@ -275,40 +263,50 @@ func New(cfg Config) (n *Node, err error) {
 		}
 		n.rpc.Handle(rpc.ProtoGossip, n.handleGossip)
 	}
-	n.initRelay()
 	if err := n.initCA(); err != nil {
 		return nil, err
 	}
-	n.tlsConf = pki.TLSConfig{Keypair: c.Keypair, PoWBits: c.PoWBits, Refused: n.tlsRefused,
-		SPIFFE: pki.SPIFFEConfig{TrustDomain: c.TrustDomain, Workload: c.Workload}}
-	if n.srvTLS, err = n.tlsConf.Server(nil); err != nil {
+	dc := datapath.Config{
+		Addr: n.addr, MTU: c.MTU, Device: c.Device, Peers: n.peers,
+		ResolveTimeout: c.ResolveTimeout, ResolveFailTTL: c.ResolveFailTTL, PendingTimeout: c.PendingTimeout,
+		MaxPending: c.MaxPending, SendQueue: c.SendQueue, Logger: c.Logger, OnFail: n.fail,
+		// gVisor drops Destination Unreachable code 3; the kernel TUN
+		// coalesces in place, the netstack on its own.
+		UnreachNoRoute: n.stack != nil, CoalesceCopy: n.stack == nil,
+	}
+	if n.cfg.Resolver != nil {
+		dc.Resolve = n.resolveOwner
+	}
+	if n.dp, err = datapath.New(dc); err != nil {
+		return nil, err
+	}
+	closeDev = false // the datapath owns it now
+	n.nat = nat.New(nat.Config{
+		Self: n.id, Peers: n.peers, Sock: n.sock, Call: n.callRelay, Relay: n.relaySrv,
+		MayRelayTo: n.mayRelayTo, Reach: n.reachRelay, Advertised: n.AdvertisedAddrs,
+		Loopback: n.loopbackOK(), Seed: len(c.Bootstrap) == 0, OnChange: n.natChanged,
+		IgnoreDialBacks: c.testNoDialBack, Logger: c.Logger,
+	})
+	n.rpc.Handle(rpc.ProtoRelay, func(ctx context.Context, from pki.Identity, req []byte) ([]byte, error) {
+		n.touch(from)
+		return n.nat.HandleRelay(ctx, from, req)
+	})
+	if n.srvTLS, err = n.memberTLS().Server(nil); err != nil {
 		return nil, err
 	}
 	if n.ln, err = n.tr.Listen(n.srvTLS, n.quicConf); err != nil {
 		return nil, fmt.Errorf("overlay: listen: %w", err)
 	}
+	n.peers.Accept(n.ln)
 	for _, b := range c.Bootstrap {
 		n.AddPeer(b)
 	}
-	n.goLoop(n.acceptLoop)
-	n.goLoop(n.deviceReadLoop)
-	n.goLoop(n.deviceWriteLoop)
-	n.goLoop(n.supervise)
-	n.goLoop(n.natLoop)
 	if n.dht != nil {
 		n.goLoop(n.dhtJoin)
 	}
-	c.Logger.Info("node started", "identity", n.id.String(), "address", n.addr.String(), "listen", udp.LocalAddr().String())
+	n.startMembers()
+	c.Logger.Info("node started", "identity", n.id.String(), "address", n.addr.String(), "listen", c.Conn.LocalAddr().String())
 	return n, nil
-}
-
-func closeGiven(c Config) {
-	if c.Conn != nil {
-		c.Conn.Close()
-	}
-	if c.Device != nil {
-		c.Device.Close()
-	}
 }
 
 // ListenUDP opens the node's UDP socket with an error that says what to do
@@ -328,6 +326,7 @@ func ListenUDP(hostport string) (*net.UDPConn, error) {
 	return c, nil
 }
 
+// goLoop runs f as one of the node's own goroutines (Close waits for it).
 func (n *Node) goLoop(f func()) {
 	n.wg.Add(1)
 	go func() {
@@ -396,19 +395,9 @@ func (n *Node) Close() error {
 			errs = append(errs, n.ln.Close())
 		}
 		// Close connections before anything else so each peer gets a
-		// CONNECTION_CLOSE and drops us at once, not after its idle timeout.
-		n.mu.Lock()
-		peers := make([]*peer, 0, len(n.peers))
-		for _, p := range n.peers {
-			peers = append(peers, p)
-		}
-		n.mu.Unlock()
-		var cwg sync.WaitGroup
-		for _, p := range peers {
-			cwg.Add(1)
-			go func() { defer cwg.Done(); p.conn.CloseWithError(codeNormal, "node closing") }()
-		}
-		cwg.Wait()
+		// CONNECTION_CLOSE and drops us at once, not after its idle
+		// timeout, and every sender blocked on one returns.
+		n.closeConns()
 		n.cancel()
 		if n.dht != nil {
 			n.dht.Close()
@@ -417,236 +406,112 @@ func (n *Node) Close() error {
 		if n.gossip != nil {
 			n.gossip.Close()
 		}
+		if n.nat != nil {
+			n.nat.Close()
+		}
+		if n.peers != nil {
+			n.peers.Close()
+			n.closeConns() // any a redial installed meanwhile
+		}
+		if n.dp != nil {
+			errs = append(errs, n.dp.Close())
+		}
 		if n.tr != nil {
 			errs = append(errs, n.tr.Close())
 		}
 		if n.sock != nil {
 			errs = append(errs, n.sock.Close())
 		}
-		if n.dev != nil {
-			errs = append(errs, n.dev.Close())
-		}
 		n.wg.Wait()
 		n.closeErr = errors.Join(errs...)
+		close(n.done)
 	})
 	return n.closeErr
 }
 
-// ---- connections --------------------------------------------------------------
-
-// AddPeer keeps a connection to c: it is dialed now and redialed with
-// backoff whenever it drops.
-func (n *Node) AddPeer(c Contact) {
-	if c.Identity == n.id {
+// closeConns closes every installed connection, in parallel.
+func (n *Node) closeConns() {
+	if n.peers == nil {
 		return
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if d, ok := n.desired[c.Identity]; ok {
-		d.contact = c
-		return
+	var cwg sync.WaitGroup
+	for p := range n.peers.Snapshot().All() {
+		cwg.Add(1)
+		go func() { defer cwg.Done(); p.Conn.CloseWithError(peers.CodeNormal, "node closing") }()
 	}
-	n.desired[c.Identity] = &desired{contact: c}
-	select {
-	case <-n.ctx.Done():
-	default:
-		n.wg.Add(1)
-		go func() { defer n.wg.Done(); n.kickDial(c.Identity) }()
-	}
+	cwg.Wait()
 }
 
-// Connect dials c once and returns when the connection is up (or an
-// existing one is), or the dial failed. If c names relays, sessions through
-// them race the direct address (see SmartConnect).
-func (n *Node) Connect(ctx context.Context, c Contact) error {
-	var addrs []netip.AddrPort
-	if c.Addr.IsValid() {
-		addrs = append(addrs, c.Addr)
-	}
-	return n.SmartConnect(ctx, c.Identity, addrs, c.Relays)
+// fail stops the node because it cannot go on (its device is gone): it logs
+// err, makes Err return it and Done close, and closes the node. Close runs
+// in a goroutine of its own, since the caller is one of the goroutines Close
+// waits for.
+func (n *Node) fail(err error) {
+	n.failOnce.Do(func() {
+		n.failErr.Store(&err)
+		n.cfg.Logger.Error("node failed", "err", err)
+		go n.Close()
+	})
 }
 
-// dialCall is one dial in progress; others wanting the same peer wait.
-type dialCall struct {
-	done chan struct{}
-	err  error
+// Done is closed when the node has stopped: after Close, or after a failure
+// that stopped it (see Err).
+func (n *Node) Done() <-chan struct{} { return n.done }
+
+// Err returns why the node stopped by itself (its device is gone), or nil
+// while it runs and after a Close by its owner.
+func (n *Node) Err() error {
+	if e := n.failErr.Load(); e != nil {
+		return *e
+	}
+	return nil
 }
 
-// dialOnce runs f unless a dial to id is already running, in which case it
-// waits for that one: two dials to one peer would only race and replace
-// each other.
-func (n *Node) dialOnce(ctx context.Context, id pki.Identity, f func() error) error {
-	for waited := 0; ; waited++ {
-		n.dialMu.Lock()
-		if n.dials == nil {
-			n.dials = make(map[pki.Identity]*dialCall)
-		}
-		c := n.dials[id]
-		if c == nil {
-			break // we dial; dialMu stays locked until registered below
-		}
-		n.dialMu.Unlock()
-		select {
-		case <-c.done:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		if n.peer(id) != nil {
-			return nil
-		}
-		if waited > 0 {
-			return c.err
-		}
-		// That dial failed; ours may know more (relays), so try once.
-	}
-	c := &dialCall{done: make(chan struct{})}
-	n.dials[id] = c
-	n.dialMu.Unlock()
-	c.err = f()
-	n.dialMu.Lock()
-	delete(n.dials, id)
-	n.dialMu.Unlock()
-	close(c.done)
-	return c.err
-}
+// ---- the peer set's hooks ---------------------------------------------------------
 
-// dial runs the handshake with id over every path smartsock has for it;
-// addr only names the attempt in errors.
-func (n *Node) dial(ctx context.Context, id pki.Identity, addr netip.AddrPort) error {
-	virt := net.UDPAddrFromAddrPort(smartaddr.Virtual(id))
-	tlsConf, err := n.tlsConf.Client(id)
-	if err != nil {
-		return err
+// peerUp wires a new connection into every room: the socket learns the
+// path is proven, gossip gets a peer, the datapath starts carrying its
+// packets (and sends what was held for it), and a request server serves it.
+func (n *Node) peerUp(p *peers.Peer) {
+	n.sock.Confirm(p.ID)
+	if key, err := smartsock.PathKey(p.Conn.ConnectionState().TLS); err == nil {
+		n.sock.SetPathKey(p.ID, key)
 	}
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.HandshakeTimeout)
-	defer cancel()
-	conn, err := n.tr.Dial(ctx, virt, tlsConf, n.quicConf)
-	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) && n.ctx.Err() == nil {
-			// A node drops hellos addressed to another identity, so a wrong
-			// identity looks like silence.
-			return fmt.Errorf("overlay: dial %s at %s: no handshake answer within %v (the node there is down, unreachable, or is not %s): %w",
-				id.Short(), addr, n.cfg.HandshakeTimeout, id, err)
-		}
-		return fmt.Errorf("overlay: dial %s at %s: %w", id.Short(), addr, err)
+	if n.gossip != nil && !enrollee(p) {
+		n.gossip.AddPeer(p.ID, n.peerIP(p.ID), p.Outbound)
 	}
-	_, err = n.install(conn, id, true)
-	return err
-}
-
-func (n *Node) acceptLoop() {
-	for {
-		conn, err := n.ln.Accept(n.ctx)
-		if err != nil {
-			return
-		}
-		n.wg.Add(1)
-		go func() {
-			defer n.wg.Done()
-			id, err := pki.PeerIdentity(conn.ConnectionState().TLS)
-			if err != nil {
-				n.stats.HandshakeRefused.Add(1)
-				conn.CloseWithError(codeRefused, "no identity")
-				return
-			}
-			n.install(conn, id, false)
-		}()
-	}
-}
-
-// install makes conn the connection to id, unless an existing one wins
-// (see preferNew). It checks that the peer's certificate key owns the
-// virtual address quic-go saw: smartsock's mapping was only a claim.
-func (n *Node) install(conn *quic.Conn, id pki.Identity, outbound bool) (*peer, error) {
-	n.stats.Handshakes.Add(1)
-	cs := conn.ConnectionState()
-	certID, err := pki.PeerIdentity(cs.TLS)
-	ra, _ := conn.RemoteAddr().(*net.UDPAddr)
-	if err != nil || certID != id || ra == nil || !smartaddr.Owns(id, ra.AddrPort().Addr()) {
-		n.stats.HandshakeRefused.Add(1)
-		conn.CloseWithError(codeRefused, "identity does not own its address")
-		return nil, fmt.Errorf("overlay: peer %s does not own address %v", certID.Short(), conn.RemoteAddr())
-	}
-	if !cs.SupportsDatagrams.Remote {
-		conn.CloseWithError(codeRefused, "datagrams required")
-		return nil, errors.New("overlay: peer does not support QUIC datagrams")
-	}
-	p := &peer{
-		id:          id,
-		addr:        smartaddr.FromIdentity(id),
-		conn:        conn,
-		outbound:    outbound,
-		incarnation: cs.TLS.PeerCertificates[0].SerialNumber.String(),
-		since:       time.Now(),
-	}
-	p.nonce, _ = pki.PeerNonce(cs.TLS)
-	p.spiffeID = pki.PeerSPIFFEID(cs.TLS.PeerCertificates)
-	p.lastUsed.Store(n.clock.Load())
-	n.mu.Lock()
-	old := n.peers[id]
-	var evicted *peer
-	if old == nil && len(n.peers) >= n.cfg.MaxPeers {
-		// The reference's connection cache: evict the least recently used
-		// peer that is not a bootstrap contact.
-		if evicted = n.lruPeerLocked(); evicted == nil {
-			n.mu.Unlock()
-			conn.CloseWithError(codeRefused, "too many peers")
-			return nil, errors.New("overlay: peer limit reached")
-		}
-		delete(n.peers, evicted.id)
-		delete(n.byAddr, evicted.addr)
-	}
-	if old != nil && !preferNew(n.id, id, connInfo{old.outbound, old.incarnation}, connInfo{outbound, p.incarnation}) {
-		n.mu.Unlock()
-		n.stats.DuplicateConns.Add(1)
-		conn.CloseWithError(codeDuplicate, "duplicate connection")
-		return old, nil
-	}
-	n.peers[id] = p
-	n.byAddr[p.addr] = p
-	n.gen.Add(1)
-	if d := n.desired[id]; d != nil {
-		d.backoff = 0
-	}
-	n.mu.Unlock()
-	n.sock.Confirm(id)
-	if key, err := smartsock.PathKey(cs.TLS); err == nil {
-		n.sock.SetPathKey(id, key)
-	}
-	if evicted != nil {
-		n.stats.PeersEvicted.Add(1)
-		if n.gossip != nil {
-			n.gossip.RemovePeer(evicted.id)
-		}
-		evicted.conn.CloseWithError(codeNormal, "evicted: peer limit")
-	}
-	if old != nil {
-		n.stats.DuplicateConns.Add(1)
-		old.conn.CloseWithError(codeDuplicate, "replaced")
-	}
-	if n.gossip != nil {
-		n.gossip.AddPeer(id, n.peerIP(id), outbound)
-	}
-	n.cfg.Logger.Info("peer connected", "peer", id.String(), "address", p.addr.String(), "outbound", outbound, "path", n.pathString(id))
-	n.wg.Add(2)
-	go func() { defer n.wg.Done(); n.receiveLoop(p) }()
+	n.cfg.Logger.Info("peer connected", "peer", p.ID.String(), "address", p.Addr.String(), "outbound", p.Outbound, "path", n.pathString(p.ID))
+	n.dp.PeerUp(p)
 	// Serve returns when the connection closes (also when it is replaced
 	// by a duplicate) after its handlers have returned.
-	go func() { defer n.wg.Done(); n.rpc.Serve(n.ctx, conn, id) }()
-	n.flushPending(p)
-	return p, nil
+	n.goLoop(func() { n.rpcFor(p).Serve(n.ctx, p.Conn, p.ID) })
 }
 
-// idleSweep is how often evictIdle runs.
-const idleSweep = 15 * time.Second
-
-// evictIdle closes connections nobody used for Config.IdleEvict: no packet,
-// no request either way. Bootstrap peers, our relays and peers that share a
-// pubsub topic with us (their mesh may be quiet) are kept.
-func (n *Node) evictIdle(now time.Time) {
-	if n.cfg.IdleEvict <= 0 {
-		return
+// peerDown undoes peerUp once p's connection ended; a replaced connection
+// (current false) leaves the socket's path and the gossip peer to its
+// successor.
+func (n *Node) peerDown(p *peers.Peer, current bool) {
+	if current {
+		n.sock.Forget(p.ID)
+		if n.gossip != nil {
+			n.gossip.RemovePeer(p.ID)
+		}
 	}
+	cause := context.Cause(p.Conn.Context())
+	n.closedAsRefused(p, cause)
+	n.cfg.Logger.Info("peer disconnected", "peer", p.ID.String(), "reason", cause)
+}
+
+func (n *Node) peerEvicted(p *peers.Peer) {
+	if n.gossip != nil {
+		n.gossip.RemovePeer(p.ID)
+	}
+}
+
+// spareFromIdleEviction names the peers idle eviction keeps besides the
+// bootstrap contacts: our relays, and peers that share a pubsub topic with
+// us (their mesh may be quiet).
+func (n *Node) spareFromIdleEviction() map[pki.Identity]bool {
 	keep := make(map[pki.Identity]bool)
 	if n.gossip != nil {
 		for _, t := range n.gossip.Topics() {
@@ -655,159 +520,19 @@ func (n *Node) evictIdle(now time.Time) {
 			}
 		}
 	}
-	n.nat.mu.Lock()
-	for _, r := range n.nat.relays {
+	for _, r := range n.nat.Status().Relays {
 		keep[r] = true
 	}
-	n.nat.mu.Unlock()
-	cutoff := now.Add(-n.cfg.IdleEvict).UnixNano()
-	var idle []*peer
-	n.mu.RLock()
-	for id, p := range n.peers {
-		if n.desired[id] == nil && !keep[id] && p.lastUsed.Load() < cutoff {
-			idle = append(idle, p)
-		}
-	}
-	n.mu.RUnlock()
-	for _, p := range idle {
-		n.stats.PeersIdleEvicted.Add(1)
-		n.cfg.Logger.Debug("closing idle connection", "peer", p.id.Short())
-		p.conn.CloseWithError(codeNormal, "idle")
-	}
+	return keep
 }
+
+// peer returns the connection to id, or nil.
+func (n *Node) peer(id pki.Identity) *peers.Peer { return n.peers.Peer(id) }
 
 // touch marks id's connection as used (an inbound request).
 func (n *Node) touch(id pki.Identity) {
 	if p := n.peer(id); p != nil {
-		p.lastUsed.Store(n.clock.Load())
-	}
-}
-
-// lruPeerLocked returns the least recently used peer that is not a
-// bootstrap contact, or nil. n.mu must be held.
-func (n *Node) lruPeerLocked() *peer {
-	var lru *peer
-	for id, p := range n.peers {
-		if n.desired[id] != nil {
-			continue
-		}
-		if lru == nil || p.lastUsed.Load() < lru.lastUsed.Load() {
-			lru = p
-		}
-	}
-	return lru
-}
-
-// connInfo is what the duplicate rule looks at.
-type connInfo struct {
-	outbound    bool   // we dialed it
-	incarnation string // the peer's certificate serial
-}
-
-// preferNew decides, identically on both ends, which of two connections
-// between self and peer survives:
-//   - a connection from a new incarnation of the peer (it restarted) wins;
-//   - of two dialed by the same side, the newer wins (a redial);
-//   - of two dialed by opposite sides at once, the one dialed by the smaller
-//     identity wins, which both ends compute the same way.
-func preferNew(self, peer pki.Identity, old, new connInfo) bool {
-	if old.incarnation != new.incarnation {
-		return true
-	}
-	if old.outbound == new.outbound {
-		return true
-	}
-	dialer := func(c connInfo) pki.Identity {
-		if c.outbound {
-			return self
-		}
-		return peer
-	}
-	nd, od := dialer(new), dialer(old)
-	return bytes.Compare(nd[:], od[:]) < 0
-}
-
-func (n *Node) peer(id pki.Identity) *peer {
-	n.mu.RLock()
-	defer n.mu.RUnlock()
-	return n.peers[id]
-}
-
-func (n *Node) removePeer(p *peer) {
-	n.mu.Lock()
-	removed := n.peers[p.id] == p
-	if removed {
-		delete(n.peers, p.id)
-		delete(n.byAddr, p.addr)
-		n.gen.Add(1)
-	}
-	n.mu.Unlock()
-	if removed {
-		n.sock.Forget(p.id)
-	}
-	if removed && n.gossip != nil {
-		n.gossip.RemovePeer(p.id)
-	}
-	n.cfg.Logger.Info("peer disconnected", "peer", p.id.String(), "reason", context.Cause(p.conn.Context()))
-}
-
-// supervise redials desired peers with backoff and expires held packets.
-func (n *Node) supervise() {
-	t := time.NewTicker(250 * time.Millisecond)
-	defer t.Stop()
-	var lastExpire, lastIdleSweep time.Time
-	for {
-		select {
-		case <-n.ctx.Done():
-			return
-		case now := <-t.C:
-			n.clock.Store(now.UnixNano())
-			n.mu.RLock()
-			var due []pki.Identity
-			for id, d := range n.desired {
-				if n.peers[id] == nil && !d.dialing && now.After(d.nextDial) {
-					due = append(due, id)
-				}
-			}
-			n.mu.RUnlock()
-			for _, id := range due {
-				n.wg.Add(1)
-				go func() { defer n.wg.Done(); n.kickDial(id) }()
-			}
-			n.expirePending(now)
-			n.punchRelayed(now)
-			if now.Sub(lastIdleSweep) > idleSweep {
-				n.evictIdle(now)
-				lastIdleSweep = now
-			}
-			if n.relaySrv != nil && now.Sub(lastExpire) > 5*time.Second {
-				n.relaySrv.Expire(now)
-				lastExpire = now
-			}
-		}
-	}
-}
-
-func (n *Node) kickDial(id pki.Identity) {
-	n.mu.Lock()
-	d := n.desired[id]
-	if d == nil || d.dialing || n.peers[id] != nil {
-		n.mu.Unlock()
-		return
-	}
-	d.dialing = true
-	c := d.contact
-	n.mu.Unlock()
-	err := n.Connect(n.ctx, c)
-	n.mu.Lock()
-	d.dialing = false
-	if err != nil {
-		d.backoff = min(max(2*d.backoff, 500*time.Millisecond), 15*time.Second)
-		d.nextDial = time.Now().Add(d.backoff)
-	}
-	n.mu.Unlock()
-	if err != nil && n.ctx.Err() == nil {
-		n.cfg.Logger.Debug("dial failed", "peer", id.Short(), "err", err, "retry_in", d.backoff)
+		p.Touch()
 	}
 }
 
@@ -819,348 +544,85 @@ func (n *Node) pathString(id pki.Identity) string {
 	return pi.Current.String()
 }
 
-// ---- packet loop: device -> peers ---------------------------------------------
+// ---- datapath and nat glue --------------------------------------------------------
 
-func (n *Node) deviceReadLoop() {
-	batch := n.dev.BatchSize()
-	bufs := make([][]byte, batch)
-	sizes := make([]int, batch)
-	for i := range bufs {
-		bufs[i] = make([]byte, devOffset+65535)
+// resolveOwner is the datapath's Resolve: it asks the Resolver who owns
+// dst and connects to the first answer that proves it (identity pinned in
+// the handshake, address derived from the identity), racing every address
+// (and relay) of the owner in one handshake.
+func (n *Node) resolveOwner(ctx context.Context, dst netip.Addr) error {
+	contacts, err := n.cfg.Resolver(ctx, dst)
+	if err != nil {
+		return fmt.Errorf("%w: %v", datapath.ErrNoOwner, err)
 	}
-	var (
-		cache   routeCache
-		ptbBuf  = make([]byte, devOffset+MinMTU)
-		ptbBufs = make([][]byte, 1)
-		errRun  int
-	)
-	for {
-		cnt, err := n.dev.Read(bufs, sizes, devOffset)
-		for i := 0; i < cnt; i++ {
-			pkt := bufs[i][devOffset : devOffset+sizes[i]]
-			switch p, v := n.route(pkt, &cache); v {
-			case routeSend:
-				n.sendDatagram(p, pkt, ptbBuf, ptbBufs)
-			case routeHold:
-				n.hold(cache.addr, pkt)
-			case routeTooBig:
-				n.sendTooBig(pkt, n.cfg.MTU, ptbBuf, ptbBufs)
-			}
-		}
-		if err != nil {
-			if n.ctx.Err() != nil || errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			if errors.Is(err, tun.ErrTooManySegments) {
-				n.stats.DevReadErrors.Add(1)
-				continue
-			}
-			n.stats.DevReadErrors.Add(1)
-			if errRun++; errRun > 100 {
-				n.cfg.Logger.Error("device read keeps failing; stopping the packet loop", "err", err)
-				return
-			}
+	var owner *Contact
+	var addrs []netip.AddrPort
+	for i := range contacts {
+		c := &contacts[i]
+		if !smartaddr.Owns(c.Identity, dst) || (owner != nil && c.Identity != owner.Identity) {
 			continue
 		}
-		errRun = 0
-	}
-}
-
-// routeCache remembers the last destination's peer until the peer set
-// changes, so a stream of packets to one peer takes no lock.
-type routeCache struct {
-	addr netip.Addr
-	peer *peer
-	gen  uint64
-}
-
-type routeVerdict int
-
-const (
-	routeDrop   routeVerdict = iota // counted; nothing to do
-	routeSend                       // send to the returned peer
-	routeHold                       // no connection to the destination yet
-	routeTooBig                     // answer with Packet Too Big
-)
-
-// route decides what happens to one packet read from the device.
-func (n *Node) route(pkt []byte, c *routeCache) (*peer, routeVerdict) {
-	dst, ok := ipv6Dst(pkt)
-	if !ok {
-		n.stats.TxNotIPv6.Add(1)
-		return nil, routeDrop
-	}
-	if !smartaddr.IsOverlay(dst) || dst == n.addr {
-		n.stats.TxNotOverlay.Add(1) // router solicitations, MLD, ...
-		return nil, routeDrop
-	}
-	if len(pkt) > n.cfg.MTU {
-		return nil, routeTooBig
-	}
-	if g := n.gen.Load(); dst != c.addr || g != c.gen {
-		n.mu.RLock()
-		p := n.byAddr[dst]
-		n.mu.RUnlock()
-		c.addr, c.peer, c.gen = dst, p, g
-	}
-	if c.peer == nil {
-		return nil, routeHold
-	}
-	return c.peer, routeSend
-}
-
-func (n *Node) sendDatagram(p *peer, pkt, ptbBuf []byte, ptbBufs [][]byte) {
-	err := p.conn.SendDatagram(pkt)
-	if err == nil {
-		p.lastUsed.Store(n.clock.Load())
-		p.txPkts.Add(1)
-		p.txBytes.Add(uint64(len(pkt)))
-		return
-	}
-	var tooLarge *quic.DatagramTooLargeError
-	if errors.As(err, &tooLarge) {
-		n.sendTooBig(pkt, int(tooLarge.MaxDatagramPayloadSize), ptbBuf, ptbBufs)
-		return
-	}
-	n.stats.TxSendError.Add(1)
-}
-
-// sendTooBig answers an oversized packet with ICMPv6 Packet Too Big.
-func (n *Node) sendTooBig(pkt []byte, mtu int, buf []byte, bufs [][]byte) {
-	n.stats.TxTooBig.Add(1)
-	if len(pkt) < ipv6HeaderLen {
-		return
-	}
-	if pkt[6] == 58 && len(pkt) > ipv6HeaderLen && pkt[ipv6HeaderLen] < 128 {
-		return // never answer an ICMPv6 error with another
-	}
-	out := appendPacketTooBig(buf[:devOffset], pkt, max(mtu, MinMTU))
-	bufs[0] = out
-	if _, err := n.dev.Write(bufs, devOffset); err != nil {
-		n.stats.DevWriteErrors.Add(1)
-	}
-}
-
-// maxResolving bounds resolutions in flight at once.
-const maxResolving = 64
-
-// hold keeps the newest packet for an overlay address with no connection,
-// for PendingTimeout, and starts one resolution of the address if a
-// Resolver is set; a connection to its owner delivers the packet.
-func (n *Node) hold(dst netip.Addr, pkt []byte) {
-	n.pendMu.Lock()
-	defer n.pendMu.Unlock()
-	if until, ok := n.failed[dst]; ok && time.Now().Before(until) {
-		n.stats.TxResolveFailed.Add(1)
-		return
-	}
-	h := n.pending[dst]
-	if h == nil {
-		if len(n.pending) >= n.cfg.MaxPending {
-			n.stats.TxNoPeer.Add(1)
-			return
-		}
-		h = &held{}
-		n.pending[dst] = h
-	} else {
-		n.stats.TxNoPeer.Add(1) // the older held packet is replaced
-	}
-	h.pkt = append(h.pkt[:0], pkt...)
-	h.at = time.Now()
-	if n.cfg.Resolver == nil || n.resolving[dst] {
-		return
-	}
-	if len(n.resolving) >= maxResolving {
-		n.stats.ResolveBusy.Add(1)
-		return
-	}
-	n.resolving[dst] = true
-	n.wg.Add(1)
-	go func() { defer n.wg.Done(); n.resolve(dst) }()
-}
-
-// resolve asks the Resolver who owns dst and connects to the first answer
-// that proves it (identity pinned in the handshake, address derived from
-// the identity). Installing the connection delivers the held packet.
-func (n *Node) resolve(dst netip.Addr) {
-	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.ResolveTimeout)
-	defer cancel()
-	ok := false
-	contacts, err := n.cfg.Resolver(ctx, dst)
-	if err == nil {
-		// One handshake races every address (and relay) of the owner.
-		var owner *Contact
-		var addrs []netip.AddrPort
-		for i := range contacts {
-			c := &contacts[i]
-			if !smartaddr.Owns(c.Identity, dst) || (owner != nil && c.Identity != owner.Identity) {
-				continue
-			}
-			if owner == nil {
-				owner = c
-			}
-			if c.Addr.IsValid() {
-				addrs = append(addrs, c.Addr)
-			}
-		}
 		if owner == nil {
-			err = errors.New("no contact owns the address")
-		} else if err = n.SmartConnect(ctx, owner.Identity, addrs, owner.Relays); err == nil {
-			ok = true
+			owner = c
+		}
+		if c.Addr.IsValid() {
+			addrs = append(addrs, c.Addr)
 		}
 	}
-	n.pendMu.Lock()
-	delete(n.resolving, dst)
-	if !ok && n.ctx.Err() == nil {
-		if len(n.failed) < n.cfg.MaxPending {
-			n.failed[dst] = time.Now().Add(n.cfg.ResolveFailTTL)
-		}
-		if _, held := n.pending[dst]; held {
-			delete(n.pending, dst)
-			n.stats.TxResolveFailed.Add(1)
-		}
+	if owner == nil {
+		return fmt.Errorf("%w: no contact owns the address", datapath.ErrNoOwner)
 	}
-	n.pendMu.Unlock()
-	if ok {
-		n.stats.ResolveOK.Add(1)
-	} else {
-		n.stats.ResolveFailed.Add(1)
-		n.cfg.Logger.Debug("resolution failed", "address", dst.String(), "err", err)
-	}
+	return n.nat.Connect(ctx, owner.Identity, addrs, owner.Relays, false)
 }
 
-func (n *Node) expirePending(now time.Time) {
-	n.pendMu.Lock()
-	defer n.pendMu.Unlock()
-	for a, h := range n.pending {
-		if now.Sub(h.at) > n.cfg.PendingTimeout && !n.resolving[a] {
-			delete(n.pending, a)
-			n.stats.TxNoPeer.Add(1)
-		}
-	}
-	for a, until := range n.failed {
-		if now.After(until) {
-			delete(n.failed, a)
-		}
-	}
+// callRelay sends a relay request on the existing connection to `to`.
+func (n *Node) callRelay(ctx context.Context, to pki.Identity, req []byte) ([]byte, error) {
+	return n.callConnected(ctx, to, rpc.ProtoRelay, req)
 }
 
-func (n *Node) flushPending(p *peer) {
-	n.pendMu.Lock()
-	h := n.pending[p.addr]
-	delete(n.pending, p.addr)
-	n.pendMu.Unlock()
-	if h != nil && p.conn.SendDatagram(h.pkt) == nil {
-		n.stats.PendingDelivered.Add(1)
-		p.txPkts.Add(1)
-		p.txBytes.Add(uint64(len(h.pkt)))
+// reachRelay connects to a relay known only by identity, through its
+// contact record (relays are public).
+func (n *Node) reachRelay(ctx context.Context, id pki.Identity) error {
+	rec, err := n.Resolve(ctx, id)
+	if err != nil {
+		return err
 	}
+	_, err = n.connFor(ctx, id, rec.Addrs)
+	return err
 }
 
-// ---- packet loop: peers -> device -------------------------------------------
-
-// pollCtx makes quic-go's ReceiveDatagram non-blocking: its Done channel is
-// closed but Err is nil, so ReceiveDatagram returns a queued datagram, or
-// (nil, nil) when the queue is empty (TestPollReceive pins this behaviour).
-type pollCtx struct{ context.Context }
-
-var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
-
-func (pollCtx) Done() <-chan struct{} { return closedChan }
-func (pollCtx) Err() error            { return nil }
-
-var pollContext = pollCtx{context.Background()}
-
-// inboundQueueLen bounds packets between the receive loops and the device
-// writer (at most inboundQueueLen * 1.4 KiB). It is large so that quic-go's
-// own 128-entry datagram queue, which drops when full, is always drained
-// quickly even while the writer is inside a slow device write.
-const inboundQueueLen = 4096
-
-// receiveLoop drains p's datagrams: it blocks for the first, takes whatever
-// else is queued without blocking, checks each and queues it for the
-// device writer. It does nothing slow, so quic-go's queue never overflows.
-// A packet must be IPv6 from p's own SmartAddr to ours: a peer can never
-// speak with another peer's address.
-func (n *Node) receiveLoop(p *peer) {
-	defer n.removePeer(p)
-	ctx := n.ctx
-	for {
-		d, err := p.conn.ReceiveDatagram(ctx)
-		if err != nil {
-			return
-		}
-		for d != nil {
-			if b := n.acceptInbound(p, d); b != nil {
-				select {
-				case n.inbound <- b:
-				case <-n.ctx.Done():
-					return
-				}
-			}
-			d, _ = p.conn.ReceiveDatagram(pollContext)
-		}
+// mayRelayTo: no relaying for enrollees (members.go).
+func (n *Node) mayRelayTo(p *peers.Peer) error {
+	if enrollee(p) {
+		return errors.New("the target is not a member")
 	}
+	return nil
 }
 
-// deviceWriteLoop writes queued packets to the device in batches. It copies
-// each into a 64 KiB buffer of its own so the kernel TUN can coalesce
-// consecutive TCP segments into one (GRO) in place.
-func (n *Node) deviceWriteLoop() {
-	max := n.dev.BatchSize()
-	gro := make([][]byte, max)
-	for i := range gro {
-		gro[i] = make([]byte, devOffset+65535)
+// natChanged publishes what configure_nat found in our DHT record: the
+// observed addresses, the relays, and whether others may route to us.
+func (n *Node) natChanged(st nat.Status) {
+	if n.dht == nil {
+		return
 	}
-	bufs := make([][]byte, 0, max)
-	for {
-		var b *pbuf
-		select {
-		case b = <-n.inbound:
-		case <-n.ctx.Done():
-			return
+	addrs := n.AdvertisedAddrs()
+	for _, o := range st.Observed {
+		if !containsAddr(addrs, o) {
+			addrs = append(addrs, o)
 		}
-		for {
-			bufs = append(bufs, gro[len(bufs)][:devOffset+copy(gro[len(bufs)][devOffset:], b.b[devOffset:devOffset+b.n])])
-			n.bufPool.Put(b)
-			if len(bufs) == max {
-				break
-			}
-			select {
-			case b = <-n.inbound:
-				continue
-			default:
-			}
-			break
-		}
-		if _, err := n.dev.Write(bufs, devOffset); err != nil && n.ctx.Err() == nil {
-			n.stats.DevWriteErrors.Add(1)
-		}
-		bufs = bufs[:0]
 	}
+	n.dht.SetAddrs(addrs[:min(len(addrs), 16)])
+	n.dht.SetRelays(st.Relays)
+	// Behind NAT others cannot dial us: stay out of their routing tables
+	// (our record, with relays, is how we are found).
+	n.dht.SetClient(!st.Public)
 }
 
-// acceptInbound checks one datagram from p and copies it into a device
-// buffer, or counts why it was dropped and returns nil.
-func (n *Node) acceptInbound(p *peer, d []byte) *pbuf {
-	src, dst, ok := ipv6Addrs(d)
-	switch {
-	case !ok || len(d) > n.cfg.MTU:
-		// Larger than our MTU (a peer can send a datagram a little over
-		// it) would be cut by the copy below, or exceed the device's MTU.
-		n.stats.RxMalformed.Add(1)
-		return nil
-	case src != p.addr:
-		n.stats.RxSpoofedSource.Add(1)
-		return nil
-	case dst != n.addr:
-		n.stats.RxNotForUs.Add(1)
-		return nil
+func containsAddr(s []netip.AddrPort, a netip.AddrPort) bool {
+	for _, x := range s {
+		if x == a {
+			return true
+		}
 	}
-	p.lastUsed.Store(n.clock.Load())
-	p.rxPkts.Add(1)
-	p.rxBytes.Add(uint64(len(d)))
-	b := n.bufPool.Get().(*pbuf)
-	b.n = copy(b.b[devOffset:], d)
-	return b
+	return false
 }

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/korium/korium-tun/internal/ip6"
+	"github.com/korium/korium-tun/internal/memdev"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/smartaddr"
 )
@@ -44,37 +46,32 @@ func newTestNode(t testing.TB, kp *pki.Keypair, listen string, boot ...Contact) 
 
 func (n *testNode) contact() Contact { return n.Contact(netip.MustParseAddr("127.0.0.1")) }
 
-// udp6 builds an IPv6/UDP packet (UDP checksum left zero: the overlay does
-// not look past the IPv6 header).
-func udp6(src, dst netip.Addr, payload []byte) []byte {
-	b := []byte{0x60, 0, 0, 0}
-	b = binary.BigEndian.AppendUint16(b, uint16(8+len(payload)))
-	b = append(b, 17, 64)
-	s, d := src.As16(), dst.As16()
-	b = append(b, s[:]...)
-	b = append(b, d[:]...)
-	b = binary.BigEndian.AppendUint16(b, 4000)
-	b = binary.BigEndian.AppendUint16(b, 5000)
-	b = binary.BigEndian.AppendUint16(b, uint16(8+len(payload)))
-	b = append(b, 0, 0)
-	return append(b, payload...)
-}
+// udp6 builds an IPv6/UDP packet.
+func udp6(src, dst netip.Addr, payload []byte) []byte { return memdev.UDP6(src, dst, payload) }
 
 func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
 	t.Helper()
+	if !waitUntil(d, cond) {
+		t.Fatalf("timed out after %v waiting for %s", d, what)
+	}
+}
+
+// waitUntil polls cond until it holds (true) or d passes (false).
+func waitUntil(d time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
+			return false
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	return true
 }
 
 func expectPacket(t testing.TB, dev *memDevice, want []byte) {
 	t.Helper()
 	select {
-	case got := <-dev.got:
+	case got := <-dev.Got:
 		if !bytes.Equal(got, want) {
 			t.Fatalf("device got %x, want %x", got, want)
 		}
@@ -86,7 +83,7 @@ func expectPacket(t testing.TB, dev *memDevice, want []byte) {
 func expectNothing(t testing.TB, dev *memDevice, d time.Duration) {
 	t.Helper()
 	select {
-	case got := <-dev.got:
+	case got := <-dev.Got:
 		t.Fatalf("device got unexpected packet %x", got)
 	case <-time.After(d):
 	}
@@ -96,9 +93,9 @@ func expectNothing(t testing.TB, dev *memDevice, d time.Duration) {
 func deliver(t testing.TB, a, b *testNode, p []byte) {
 	t.Helper()
 	waitFor(t, "delivery", 10*time.Second, func() bool {
-		a.dev.send(p)
+		a.dev.Send(p)
 		select {
-		case got := <-b.dev.got:
+		case got := <-b.dev.Got:
 			return bytes.Equal(got, p)
 		case <-time.After(200 * time.Millisecond):
 			return false
@@ -117,15 +114,15 @@ func TestTwoNodesExchangePackets(t *testing.T) {
 
 	for i := 0; i < 100; i++ {
 		p := udp6(a.addr, b.addr, bytes.Repeat([]byte{byte(i)}, 1000))
-		a.dev.send(p)
+		a.dev.Send(p)
 		expectPacket(t, b.dev, p)
 		q := udp6(b.addr, a.addr, []byte{byte(i)})
-		b.dev.send(q)
+		b.dev.Send(q)
 		expectPacket(t, a.dev, q)
 	}
 	// A full-size packet (the tunnel MTU) crosses in one datagram.
 	full := udp6(a.addr, b.addr, make([]byte, DefaultMTU-48))
-	a.dev.send(full)
+	a.dev.Send(full)
 	expectPacket(t, b.dev, full)
 	st := a.Status()
 	if len(st.Peers) != 1 || st.Peers[0].TxPackets != 101 || st.Peers[0].RxPackets != 100 || !st.Peers[0].Confirmed {
@@ -137,7 +134,7 @@ func TestSpoofedInnerSourceNeverReachesDevice(t *testing.T) {
 	b := newTestNode(t, nil, "")
 	a := newTestNode(t, nil, "", b.contact())
 	waitFor(t, "connection", 5*time.Second, connected(a, b))
-	conn := a.peer(b.id).conn
+	conn := a.peer(b.id).Conn
 	var other pki.Identity
 	other[0] = 7
 	cases := []struct {
@@ -145,13 +142,13 @@ func TestSpoofedInnerSourceNeverReachesDevice(t *testing.T) {
 		pkt     []byte
 		counter func() uint64
 	}{
-		{"other peer's source", udp6(smartaddr.FromIdentity(other), b.addr, []byte("x")), b.stats.RxSpoofedSource.Load},
-		{"receiver's own source", udp6(b.addr, b.addr, []byte("x")), b.stats.RxSpoofedSource.Load},
-		{"not for receiver", udp6(a.addr, smartaddr.FromIdentity(other), []byte("x")), b.stats.RxNotForUs.Load},
-		{"length mismatch", udp6(a.addr, b.addr, []byte("x"))[:45], b.stats.RxMalformed.Load},
-		{"ipv4", append([]byte{0x45}, make([]byte, 60)...), b.stats.RxMalformed.Load},
-		{"short", []byte{0x60}, b.stats.RxMalformed.Load},
-		{"over the MTU", udp6(a.addr, b.addr, make([]byte, DefaultMTU-48+1)), b.stats.RxMalformed.Load},
+		{"other peer's source", udp6(smartaddr.FromIdentity(other), b.addr, []byte("x")), b.dp.Counters.RxSpoofedSource.Load},
+		{"receiver's own source", udp6(b.addr, b.addr, []byte("x")), b.dp.Counters.RxSpoofedSource.Load},
+		{"not for receiver", udp6(a.addr, smartaddr.FromIdentity(other), []byte("x")), b.dp.Counters.RxNotForUs.Load},
+		{"length mismatch", udp6(a.addr, b.addr, []byte("x"))[:45], b.dp.Counters.RxMalformed.Load},
+		{"ipv4", append([]byte{0x45}, make([]byte, 60)...), b.dp.Counters.RxMalformed.Load},
+		{"short", []byte{0x60}, b.dp.Counters.RxMalformed.Load},
+		{"over the MTU", udp6(a.addr, b.addr, make([]byte, DefaultMTU-48+1)), b.dp.Counters.RxMalformed.Load},
 	}
 	for _, c := range cases {
 		before := c.counter()
@@ -220,14 +217,14 @@ func TestSimultaneousDialKeepsOneConnection(t *testing.T) {
 		// other accepted it.
 		waitFor(t, "agreement", 5*time.Second, func() bool {
 			pa, pb := a.peer(b.id), b.peer(a.id)
-			return pa != nil && pb != nil && pa.outbound != pb.outbound
+			return pa != nil && pb != nil && pa.Outbound != pb.Outbound
 		})
 		// A packet sent while the losing connection is being replaced is
 		// lost, as on any link; retry like a transport would.
 		deliver(t, a, b, udp6(a.addr, b.addr, []byte("one")))
 		waitFor(t, "agreement after delivery", 5*time.Second, func() bool {
 			pa, pb := a.peer(b.id), b.peer(a.id)
-			return pa != nil && pb != nil && pa.outbound != pb.outbound && pa.conn.Context().Err() == nil
+			return pa != nil && pb != nil && pa.Outbound != pb.Outbound && pa.Conn.Context().Err() == nil
 		})
 		deliver(t, a, b, udp6(a.addr, b.addr, []byte("two")))
 		a.Close()
@@ -235,55 +232,34 @@ func TestSimultaneousDialKeepsOneConnection(t *testing.T) {
 	}
 }
 
-func TestPreferNew(t *testing.T) {
-	lo, hi := pki.Identity{1}, pki.Identity{2}
-	in, out := false, true
-	cases := []struct {
-		name      string
-		self      pki.Identity
-		old, new_ connInfo
-		want      bool
-	}{
-		{"peer restarted", lo, connInfo{out, "1"}, connInfo{in, "2"}, true},
-		{"redial same side", lo, connInfo{out, "1"}, connInfo{out, "1"}, true},
-		{"lower self keeps own dial", lo, connInfo{out, "1"}, connInfo{in, "1"}, false},
-		{"lower self takes own dial", lo, connInfo{in, "1"}, connInfo{out, "1"}, true},
-		{"higher self keeps peer's dial", hi, connInfo{in, "1"}, connInfo{out, "1"}, false},
-		{"higher self takes peer's dial", hi, connInfo{out, "1"}, connInfo{in, "1"}, true},
-	}
-	for _, c := range cases {
-		peer := hi
-		if c.self == hi {
-			peer = lo
-		}
-		if got := preferNew(c.self, peer, c.old, c.new_); got != c.want {
-			t.Errorf("%s: preferNew = %v, want %v", c.name, got, c.want)
-		}
-	}
-}
-
 func TestHeldPacketDeliveredOnConnect(t *testing.T) {
 	b := newTestNode(t, nil, "")
 	a := newTestNode(t, nil, "")
 	p := udp6(a.addr, b.addr, []byte("early"))
-	a.dev.send(p)
+	a.dev.Send(p)
 	waitFor(t, "packet held", 5*time.Second, func() bool {
-		a.pendMu.Lock()
-		defer a.pendMu.Unlock()
-		return len(a.pending) == 1
+		held, _, _ := a.dp.Pending()
+		return held == 1
 	})
 	a.AddPeer(b.contact())
 	expectPacket(t, b.dev, p)
-	waitFor(t, "held packet counted as delivered", 5*time.Second, func() bool { return a.stats.PendingDelivered.Load() == 1 })
+	waitFor(t, "held packet counted as delivered", 5*time.Second, func() bool { return a.dp.Counters.PendingDelivered.Load() == 1 })
 }
 
 func TestHeldPacketExpires(t *testing.T) {
-	a := newTestNode(t, nil, "")
-	a.cfg.PendingTimeout = 50 * time.Millisecond
+	kp, _ := pki.GenerateKeypair(context.Background(), testPoW)
+	dev := newMemDevice()
+	n, err := New(Config{Keypair: kp, PoWBits: testPoW, Listen: "127.0.0.1:0", Device: dev, DisableDHT: true,
+		PendingTimeout: 50 * time.Millisecond, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	a := &testNode{n, dev}
 	var nobody pki.Identity
 	nobody[3] = 1
-	a.dev.send(udp6(a.addr, smartaddr.FromIdentity(nobody), []byte("lost")))
-	waitFor(t, "held packet dropped and counted", 5*time.Second, func() bool { return a.stats.TxNoPeer.Load() == 1 })
+	a.dev.Send(udp6(a.addr, smartaddr.FromIdentity(nobody), []byte("lost")))
+	waitFor(t, "held packet dropped and counted", 5*time.Second, func() bool { return a.dp.Counters.TxNoPeer.Load() == 1 })
 }
 
 func TestPacketTooBig(t *testing.T) {
@@ -291,17 +267,17 @@ func TestPacketTooBig(t *testing.T) {
 	a := newTestNode(t, nil, "", b.contact())
 	waitFor(t, "connection", 5*time.Second, connected(a, b))
 	big := udp6(a.addr, b.addr, make([]byte, 1452))
-	a.dev.send(big)
+	a.dev.Send(big)
 	select {
-	case got := <-a.dev.got:
-		src, dst, ok := ipv6Addrs(got)
+	case got := <-a.dev.Got:
+		src, dst, ok := ip6.Addrs(got)
 		if !ok || src != b.addr || dst != a.addr || got[6] != 58 || got[40] != 2 {
 			t.Fatalf("not an ICMPv6 Packet Too Big from b to a: %x", got[:48])
 		}
 		if mtu := binary.BigEndian.Uint32(got[44:48]); mtu != DefaultMTU {
 			t.Fatalf("PTB MTU %d, want %d", mtu, DefaultMTU)
 		}
-		if icmpv6Checksum(got[8:24], got[24:40], got[40:]) != 0 {
+		if ip6.Checksum(got[8:24], got[24:40], got[40:]) != 0 {
 			t.Fatal("bad ICMPv6 checksum")
 		}
 		if !bytes.Equal(got[48:], big[:len(got)-48]) {
@@ -326,7 +302,7 @@ func TestRestartedPeerRecovers(t *testing.T) {
 	// brings a fresh one well before the idle timeout.
 	waitFor(t, "reconnection", 10*time.Second, func() bool {
 		p := a.peer(b2.id)
-		return p != nil && b2.peer(a.id) != nil && p.conn.Context().Err() == nil
+		return p != nil && b2.peer(a.id) != nil && p.Conn.Context().Err() == nil
 	})
 	deliver(t, a, b2, udp6(a.addr, b2.addr, []byte("again")))
 	t.Logf("recovered %v after restart; b2 smartsock %+v; a smartsock %+v", time.Since(start).Round(time.Millisecond), b2.sock.Stats(), a.sock.Stats())
@@ -365,47 +341,9 @@ func FuzzParseContact(f *testing.F) {
 	})
 }
 
-func FuzzIPv6Addrs(f *testing.F) {
-	f.Add(udp6(netip.MustParseAddr("fd00:c0f1::1"), netip.MustParseAddr("fd00:c0f1::2"), []byte("x")))
-	f.Add([]byte{0x60})
-	f.Fuzz(func(t *testing.T, b []byte) {
-		if _, _, ok := ipv6Addrs(b); ok && len(b) < 40 {
-			t.Fatal("accepted a short packet")
-		}
-		if len(b) >= 40 {
-			appendPacketTooBig(nil, b, 1280)
-		}
-	})
-}
-
 func testLogger(t testing.TB) *slog.Logger {
 	if !testing.Verbose() {
 		return nil
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-// TestPollReceive pins the quic-go behaviour receiveLoop relies on: with
-// pollContext, ReceiveDatagram returns queued datagrams without blocking
-// and (nil, nil) once the queue is empty.
-func TestPollReceive(t *testing.T) {
-	b := newTestNode(t, nil, "")
-	a := newTestNode(t, nil, "", b.contact())
-	waitFor(t, "connection", 5*time.Second, connected(a, b))
-	// Take b's connection away from its receive loop: a fresh pair of raw
-	// quic connections is simpler, so use a's view of the connection and
-	// poll while nothing is queued.
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		d, err := a.peer(b.id).conn.ReceiveDatagram(pollContext)
-		if err != nil || d != nil {
-			t.Errorf("poll on a quiet connection = %q, %v; want nil, nil", d, err)
-		}
-	}()
-	select {
-	case <-done:
-	case <-time.After(2 * time.Second):
-		t.Fatal("ReceiveDatagram(pollContext) blocked")
-	}
 }

@@ -158,8 +158,8 @@ func (n *Node) callConnected(ctx context.Context, to pki.Identity, proto byte, r
 	if p == nil {
 		return nil, &rpc.Error{Kind: ErrUnreachable, Detail: "no connection to " + to.Short()}
 	}
-	p.lastUsed.Store(n.clock.Load())
-	return n.rpc.Call(ctx, p.conn, proto, req)
+	p.Touch()
+	return n.rpc.Call(ctx, p.Conn, proto, req)
 }
 
 // RPCStats returns the request server's counters.

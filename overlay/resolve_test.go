@@ -49,18 +49,18 @@ func TestUnknownAddressResolvedOnceAndDelivered(t *testing.T) {
 	var last []byte
 	for i := 0; i < 50; i++ {
 		last = udp6(a.addr, c.addr, []byte{byte(i)})
-		a.dev.send(last)
+		a.dev.Send(last)
 	}
-	waitFor(t, "packets read", 5*time.Second, func() bool { return len(a.dev.in) == 0 })
+	waitFor(t, "packets read", 5*time.Second, func() bool { return len(a.dev.In) == 0 })
 	close(release)
 	expectPacket(t, c.dev, last) // only the newest packet is held
 	if n := calls.Load(); n != 1 {
 		t.Fatalf("%d resolutions for one address, want 1", n)
 	}
-	waitFor(t, "resolve counted", 5*time.Second, func() bool { return a.stats.ResolveOK.Load() == 1 })
+	waitFor(t, "resolve counted", 5*time.Second, func() bool { return a.dp.Counters.ResolveOK.Load() == 1 })
 	// Now connected: packets flow without resolving again.
 	p := udp6(a.addr, c.addr, []byte("after"))
-	a.dev.send(p)
+	a.dev.Send(p)
 	expectPacket(t, c.dev, p)
 	if calls.Load() != 1 {
 		t.Fatal("resolved again while connected")
@@ -78,18 +78,18 @@ func TestFailedResolutionIsCached(t *testing.T) {
 	var nobody pki.Identity
 	nobody[5] = 9
 	dst := pkiAddr(nobody)
-	a.dev.send(udp6(a.addr, dst, []byte("1")))
-	waitFor(t, "failure", 5*time.Second, func() bool { return a.stats.ResolveFailed.Load() == 1 })
+	a.dev.Send(udp6(a.addr, dst, []byte("1")))
+	waitFor(t, "failure", 5*time.Second, func() bool { return a.dp.Counters.ResolveFailed.Load() == 1 })
 	for i := 0; i < 10; i++ {
-		a.dev.send(udp6(a.addr, dst, []byte("2")))
+		a.dev.Send(udp6(a.addr, dst, []byte("2")))
 	}
-	waitFor(t, "fast drops", 5*time.Second, func() bool { return a.stats.TxResolveFailed.Load() >= 11 })
+	waitFor(t, "fast drops", 5*time.Second, func() bool { return a.dp.Counters.TxResolveFailed.Load() >= 11 })
 	if calls.Load() != 1 {
 		t.Fatalf("%d resolutions during the failure TTL, want 1", calls.Load())
 	}
 	// After the TTL (300 ms) a new packet resolves again.
 	waitFor(t, "retry after TTL", 5*time.Second, func() bool {
-		a.dev.send(udp6(a.addr, dst, []byte("3")))
+		a.dev.Send(udp6(a.addr, dst, []byte("3")))
 		return calls.Load() == 2
 	})
 }
@@ -103,8 +103,8 @@ func TestLyingResolverIgnored(t *testing.T) {
 	a := newResolvingNode(t, func(context.Context, netip.Addr) ([]Contact, error) {
 		return []Contact{liar.contact()}, nil // liar does not own victim's address
 	}, time.Second)
-	a.dev.send(udp6(a.addr, pkiAddr(victim), []byte("secret")))
-	waitFor(t, "failure", 5*time.Second, func() bool { return a.stats.ResolveFailed.Load() == 1 })
+	a.dev.Send(udp6(a.addr, pkiAddr(victim), []byte("secret")))
+	waitFor(t, "failure", 5*time.Second, func() bool { return a.dp.Counters.ResolveFailed.Load() == 1 })
 	if a.peer(liar.id) != nil {
 		t.Fatal("connected to a contact that does not own the address")
 	}

@@ -22,8 +22,11 @@ type PeerStatus struct {
 	RTT       time.Duration `json:"rtt_ns"`
 	TxBytes   uint64        `json:"tx_bytes"`
 	TxPackets uint64        `json:"tx_packets"`
-	RxBytes   uint64        `json:"rx_bytes"`
-	RxPackets uint64        `json:"rx_packets"`
+	// TxDropped counts packets its send queue lost because the peer's
+	// connection could not take them (congested or dead).
+	TxDropped uint64 `json:"tx_queue_dropped"`
+	RxBytes   uint64 `json:"rx_bytes"`
+	RxPackets uint64 `json:"rx_packets"`
 	// From the QUIC connection: packets it declared lost and its
 	// congestion window.
 	QUICLost uint64 `json:"quic_packets_lost"`
@@ -33,6 +36,11 @@ type PeerStatus struct {
 	Path         *smartsock.PathStatus  `json:"path,omitempty"`
 	Paths        []smartsock.PathStatus `json:"paths"`
 	PathSwitches uint64                 `json:"path_switches"`
+
+	// Membership is "member", "enrollee" or "" (see MembersConfig), and
+	// CertNotAfter when a member's certificate expires.
+	Membership   string     `json:"membership,omitempty"`
+	CertNotAfter *time.Time `json:"cert_not_after,omitempty"`
 }
 
 // Status is a snapshot of the node for `korium-tun status`.
@@ -45,12 +53,14 @@ type Status struct {
 	Peers     []PeerStatus            `json:"peers"`
 	Drops     map[string]uint64       `json:"drops"`
 	Counters  map[string]uint64       `json:"counters"`
+	Refusals  map[string]uint64       `json:"refusals"` // by reason: we_refused_* (their sum is drops.handshake_refused), refused_us_*
 	SmartSock smartsock.StatsSnapshot `json:"smartsock"`
 	DHT       *dht.Stats              `json:"dht,omitempty"`
 	NAT       NATStatus               `json:"nat"`
 	Relay     *server.Stats           `json:"relay,omitempty"`
 	SPIFFEID  string                  `json:"spiffe_id,omitempty"`
 	CA        *tca.Stats              `json:"ca,omitempty"`
+	Members   *MembersStatus          `json:"members,omitempty"`
 }
 
 // Status returns a snapshot of peers and counters.
@@ -63,63 +73,65 @@ func (n *Node) Status() Status {
 		Uptime:    time.Since(n.started),
 		SmartSock: n.sock.Stats(),
 	}
-	n.mu.RLock()
-	peers := make([]*peer, 0, len(n.peers))
-	for _, p := range n.peers {
-		peers = append(peers, p)
-	}
-	n.mu.RUnlock()
-	for _, p := range peers {
-		cst := p.conn.ConnectionStats()
+	for p := range n.peers.Snapshot().All() {
+		cst := p.Conn.ConnectionStats()
 		ps := PeerStatus{
-			Identity:  p.id.String(),
-			Address:   p.addr.String(),
-			SPIFFEID:  p.spiffeID,
-			Outbound:  p.outbound,
-			Since:     p.since,
+			Identity:  p.ID.String(),
+			Address:   p.Addr.String(),
+			SPIFFEID:  p.SPIFFEID,
+			Outbound:  p.Outbound,
+			Since:     p.Since,
 			RTT:       cst.SmoothedRTT,
 			QUICLost:  cst.PacketsLost,
 			QUICCwnd:  cst.CongestionWindow,
-			TxBytes:   p.txBytes.Load(),
-			TxPackets: p.txPkts.Load(),
-			RxBytes:   p.rxBytes.Load(),
-			RxPackets: p.rxPkts.Load(),
+			TxBytes:   p.TxBytes.Load(),
+			TxPackets: p.TxPackets.Load(),
+			TxDropped: p.TxDropped.Load(),
+			RxBytes:   p.RxBytes.Load(),
+			RxPackets: p.RxPackets.Load(),
 		}
-		if pi, ok := n.sock.Path(p.id); ok {
+		if pi, ok := n.sock.Path(p.ID); ok {
 			ps.Remote, ps.Confirmed = pi.Current.String(), pi.Confirmed
 		}
-		ps.Paths, ps.PathSwitches = n.sock.Paths(p.id)
+		n.memberPeerStatus(p, &ps)
+		ps.Paths, ps.PathSwitches = n.sock.Paths(p.ID)
 		if len(ps.Paths) > 0 && ps.Paths[0].Current {
 			ps.Path = &ps.Paths[0]
 		}
 		s.Peers = append(s.Peers, ps)
 	}
 	sort.Slice(s.Peers, func(i, j int) bool { return s.Peers[i].Identity < s.Peers[j].Identity })
-	c := &n.stats
+	c, d, pc, nc := &n.stats, &n.dp.Counters, &n.peers.Counters, &n.nat.Counters
 	rs := n.rpc.Stats()
 	s.Drops = map[string]uint64{
-		"tx_not_ipv6":       c.TxNotIPv6.Load(),
-		"tx_not_overlay":    c.TxNotOverlay.Load(),
-		"tx_no_peer":        c.TxNoPeer.Load(),
-		"tx_too_big":        c.TxTooBig.Load(),
-		"tx_send_error":     c.TxSendError.Load(),
-		"rx_malformed":      c.RxMalformed.Load(),
-		"rx_spoofed_source": c.RxSpoofedSource.Load(),
-		"rx_not_for_us":     c.RxNotForUs.Load(),
-		"device_read_error": c.DevReadErrors.Load(),
-		"device_write_err":  c.DevWriteErrors.Load(),
+		"tx_not_ipv6":       d.TxNotIPv6.Load(),
+		"tx_not_overlay":    d.TxNotOverlay.Load(),
+		"tx_no_peer":        d.TxNoPeer.Load(),
+		"tx_too_big":        d.TxTooBig.Load(),
+		"tx_send_error":     d.TxSendError.Load(),
+		"tx_queue_dropped":  d.TxQueueDropped.Load(), // a peer's send queue was full: its oldest packet went
+		"tx_queue_full":     d.TxQueueFull.Load(),    // every send queue together was full
+		"rx_malformed":      d.RxMalformed.Load(),
+		"rx_spoofed_source": d.RxSpoofedSource.Load(),
+		"rx_not_for_us":     d.RxNotForUs.Load(),
+		"rx_not_routable":   d.RxNotRoutable.Load(),
+		"device_read_error": d.DevReadErrors.Load(),
+		"device_write_err":  d.DevWriteErrors.Load(),
 		"handshake_refused": c.HandshakeRefused.Load(),
-		"tx_resolve_failed": c.TxResolveFailed.Load(),
-		"resolve_busy":      c.ResolveBusy.Load(),
+		"tx_resolve_failed": d.TxResolveFailed.Load(),
+		"resolve_busy":      d.ResolveBusy.Load(),
 		"rpc_refused":       rs.Refused,
 		"rpc_too_large":     rs.TooLarge,
 		"rpc_timeouts":      rs.Timeouts,
 		"rpc_stream_errors": rs.StreamErrors,
 		"app_no_handler":    c.AppNoHandler.Load(),
 		"app_queue_full":    c.AppQueueFull.Load(),
-		"relay_refused":     c.RelayRefused.Load(),
-		"punch_refused":     c.PunchRefused.Load(),
-		"dialback_busy":     c.DialBackBusy.Load(),
+		"relay_refused":     nc.RelayRefused.Load(),
+		"punch_refused":     nc.PunchRefused.Load(),
+		"dialback_busy":     nc.DialBackBusy.Load(),
+		"dial_addr_refused": nc.DialAddrRefused.Load(),
+		"icmp_rate_limited": d.ICMPRateLimited.Load(),
+		"icmp_queue_full":   d.ICMPQueueFull.Load(),
 
 		// Requests reset for buffering too much: see rpc.Config.PeerBudget.
 		"rpc_over_peer_budget": rs.OverPeerBudget,
@@ -128,22 +140,28 @@ func (n *Node) Status() Status {
 		"spiffe_refused":       c.SPIFFERefused.Load(),
 	}
 	s.Counters = map[string]uint64{
-		"handshakes":         c.Handshakes.Load(),
-		"pending_delivered":  c.PendingDelivered.Load(),
-		"duplicate_conns":    c.DuplicateConns.Load(),
-		"resolve_ok":         c.ResolveOK.Load(),
-		"resolve_failed":     c.ResolveFailed.Load(),
-		"rpc_requests":       rs.Requests,
-		"rpc_responses":      rs.Responses,
-		"rpc_handler_errors": rs.HandlerErrors,
-		"rpc_abandoned":      rs.Abandoned,
-		"punches":            c.Punches.Load(),
-		"peers_evicted_lru":  c.PeersEvicted.Load(),
-		"peers_evicted_idle": c.PeersIdleEvicted.Load(),
+		"handshakes":            pc.Handshakes.Load(),
+		"pending_delivered":     d.PendingDelivered.Load(),
+		"duplicate_conns":       pc.DuplicateConns.Load(),
+		"resolve_ok":            d.ResolveOK.Load(),
+		"resolve_failed":        d.ResolveFailed.Load(),
+		"rpc_requests":          rs.Requests,
+		"rpc_responses":         rs.Responses,
+		"rpc_handler_errors":    rs.HandlerErrors,
+		"rpc_abandoned":         rs.Abandoned,
+		"punches":               nc.Punches.Load(),
+		"peers_evicted_lru":     pc.Evicted.Load(),
+		"peers_evicted_idle":    pc.IdleEvicted.Load(),
+		"icmp_unreachable_sent": d.ICMPUnreachSent.Load(),
 
 		"rpc_buffered_bytes": uint64(rs.Buffered), // a gauge: request bytes arriving now
 	}
+	s.Refusals = make(map[string]uint64, numRefusals)
+	for r := range numRefusals {
+		s.Refusals[refusalNames[r]] = n.refusals[r].Load()
+	}
 	s.SPIFFEID, s.CA = n.SPIFFEID(), n.CAStats()
+	s.Members = n.membersStatus()
 	s.NAT = n.NAT()
 	s.Relay = n.RelayStats()
 	if n.dht != nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strconv"
 )
 
@@ -67,10 +68,18 @@ func DecodeKeyFile(data []byte) (*Keypair, error) {
 	return NewKeypair(seed, nonce)
 }
 
-// LoadKeyFile reads a key file. It refuses a file that group or others can
-// read or write, one that is not a regular file, and a truncated or malformed
-// one; every error names the file and says what to do.
+// errEmptyKeyPath is returned for a key file path of "".
+var errEmptyKeyPath = errors.New("the key file path is empty: pass --key FILE")
+
+// LoadKeyFile reads a key file. It refuses (ReadPrivateFile) a file that
+// group or others can read or write, one owned by another user than us or
+// root, one that is not a regular file, a symbolic link (never followed),
+// and a truncated or malformed one; every error names the file and says
+// what to do.
 func LoadKeyFile(path string) (*Keypair, error) {
+	if path == "" {
+		return nil, errEmptyKeyPath
+	}
 	data, err := ReadPrivateFile(path, maxKeyFileSize)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -93,6 +102,9 @@ func LoadKeyFile(path string) (*Keypair, error) {
 // are synced, and are then hard-linked into place (link fails if path exists,
 // unlike rename). A crash leaves either no key file or a complete one.
 func SaveKeyFile(path string, kp *Keypair) error {
+	if err := CheckNewKeyPath(path); err != nil {
+		return err
+	}
 	err := CreatePrivateFile(path, EncodeKeyFile(kp))
 	if errors.Is(err, ErrFileExists) {
 		return fmt.Errorf("%w: %s (refusing to overwrite an identity)", ErrKeyFileExists, path)
@@ -103,9 +115,31 @@ func SaveKeyFile(path string, kp *Keypair) error {
 	return nil
 }
 
+// CheckNewKeyPath returns nil when SaveKeyFile may create a key file at
+// path: nothing is there, not even a dangling link. Its errors wrap
+// ErrKeyFileExists and say what is there.
+func CheckNewKeyPath(path string) error {
+	if path == "" {
+		return errEmptyKeyPath
+	}
+	what, err := takenBy(path)
+	if err != nil {
+		return fmt.Errorf("key file: %w", err)
+	}
+	if what != "" {
+		return fmt.Errorf("%w: %s", ErrKeyFileExists, what)
+	}
+	return nil
+}
+
 // LoadOrCreateKeyFile loads path, or if it does not exist generates a key
-// with powBits bits and saves it. created reports which happened.
+// with powBits bits and saves it. created reports which happened. A
+// temporary key a killed keygen left in the directory is removed first.
 func LoadOrCreateKeyFile(ctx context.Context, path string, powBits int) (kp *Keypair, created bool, err error) {
+	if path == "" {
+		return nil, false, errEmptyKeyPath
+	}
+	removeStaleTemps(filepath.Dir(path))
 	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
 		kp, err := GenerateKeypair(ctx, powBits)
 		if err != nil {

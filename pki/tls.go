@@ -26,6 +26,29 @@ const powSubjectPrefix = "pow:"
 // ErrPeerRejected is wrapped by every handshake verification failure.
 var ErrPeerRejected = errors.New("peer certificate rejected")
 
+// PoWError is a peer certificate refused because its identity's proof of
+// work is below the network's difficulty. It wraps ErrPeerRejected.
+type PoWError struct {
+	ID         Identity
+	Have, Want int // bits
+}
+
+func (e *PoWError) Error() string {
+	return fmt.Sprintf("%v: identity %s has %d bits of proof of work, this network requires %d", ErrPeerRejected, e.ID.Short(), e.Have, e.Want)
+}
+
+func (e *PoWError) Unwrap() error { return ErrPeerRejected }
+
+// IdentityError is a peer certificate refused because it is not the
+// identity the dialer expected. It wraps ErrPeerRejected.
+type IdentityError struct{ Got, Want Identity }
+
+func (e *IdentityError) Error() string {
+	return fmt.Sprintf("%v: peer is %s, expected %s", ErrPeerRejected, e.Got, e.Want)
+}
+
+func (e *IdentityError) Unwrap() error { return ErrPeerRejected }
+
 // Certificate returns a self-signed Ed25519 certificate for kp carrying its
 // proof-of-work nonce. There is no CA and no host name: the key is the name.
 func Certificate(kp *Keypair) (tls.Certificate, error) { return selfSigned(kp, nil) }
@@ -53,12 +76,21 @@ func selfSigned(kp *Keypair, uris []*url.URL) (tls.Certificate, error) {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: kp.priv}, nil
 }
 
+// maxCertSize bounds a peer certificate before it is parsed: ours are
+// about 400 bytes.
+const maxCertSize = 4096
+
 // VerifyPeerCertificate checks a peer's certificate chain as the overlay
-// requires: exactly one certificate, an Ed25519 key, and a proof-of-work
-// nonce with at least powBits bits. It returns the peer's identity. The TLS
-// handshake itself proves the peer holds the private key.
+// requires: exactly one certificate of at most 4 KiB, an Ed25519 key that
+// is a valid point, and a proof-of-work nonce with at least powBits bits
+// (a *PoWError otherwise). It returns the peer's identity (set also when
+// only the proof of work is refused). The TLS handshake itself proves the
+// peer holds the private key.
 func VerifyPeerCertificate(rawCerts [][]byte, powBits int) (Identity, error) {
 	var id Identity
+	if len(rawCerts) == 1 && len(rawCerts[0]) > maxCertSize {
+		return id, fmt.Errorf("%w: certificate of %d bytes", ErrPeerRejected, len(rawCerts[0]))
+	}
 	if len(rawCerts) != 1 {
 		return id, fmt.Errorf("%w: want exactly one certificate, got %d", ErrPeerRejected, len(rawCerts))
 	}
@@ -81,10 +113,10 @@ func VerifyPeerCertificate(rawCerts [][]byte, powBits int) (Identity, error) {
 		return id, err
 	}
 	if !found && powBits > 0 {
-		return id, fmt.Errorf("%w: identity %s has no proof of work", ErrPeerRejected, id.Short())
+		return id, &PoWError{ID: id, Want: powBits}
 	}
-	if err := CheckPoW(id, nonce, powBits); err != nil {
-		return id, fmt.Errorf("%w: %v", ErrPeerRejected, err)
+	if have := PoWBits(id, nonce); have < powBits {
+		return id, &PoWError{ID: id, Have: have, Want: powBits}
 	}
 	return id, nil
 }
@@ -108,7 +140,9 @@ type TLSConfig struct {
 	// SPIFFE, when it has a trust domain, puts our SPIFFE ID in our
 	// certificate.
 	SPIFFE SPIFFEConfig
-	// Refused, if set, sees every error that refused a peer certificate.
+	// Refused, if set, sees every error that refused a peer certificate
+	// (a *PoWError and an *IdentityError name the peer). It runs inside
+	// the handshake.
 	Refused func(error)
 }
 
@@ -148,7 +182,9 @@ func (c TLSConfig) Server(accept func(Identity) error) (*tls.Config, error) {
 			return c.refused(err)
 		}
 		if accept != nil {
-			return accept(id)
+			if err := accept(id); err != nil {
+				return c.refused(err)
+			}
 		}
 		return nil
 	}
@@ -168,7 +204,7 @@ func (c TLSConfig) Client(expected Identity) (*tls.Config, error) {
 			return c.refused(err)
 		}
 		if id != expected {
-			return fmt.Errorf("%w: peer is %s, expected %s", ErrPeerRejected, id, expected)
+			return c.refused(&IdentityError{Got: id, Want: expected})
 		}
 		return nil
 	}

@@ -8,13 +8,14 @@ import (
 )
 
 // TestImports keeps the import arrows pointing down: the codec needs only
-// pki, and the server only the codec, pki and smartsock's CRLY header. In
+// pki, and the server only the codec, pki, wire's CRLY header and the rate
+// limiter. In
 // particular neither may import the overlay or the node that uses them.
 func TestImports(t *testing.T) {
 	const mod = "github.com/korium/korium-tun/"
 	for dir, allowed := range map[string][]string{
 		".":      {"pki"},
-		"server": {"pki", "relay", "smartsock"},
+		"server": {"pki", "relay", "wire", "internal/ratelimit"},
 		"client": {"pki", "relay"},
 	} {
 		pkg, err := build.ImportDir(dir, 0)

@@ -3,11 +3,13 @@
 # TUNs, every node bootstrapped from the first and run with --trust-domain:
 #  - nodes 1-5 run `korium-tun ca dkg` (3 of 5), at staggered times; every
 #    one writes the same CA certificate and prints the same CA key;
-#  - node 6 runs `cert request`; the certificate verifies with
+#  - nodes 1-5 approve node 6 (`ca approve`); node 6 runs `cert request`;
+#    the certificate verifies with
 #    `openssl verify -CAfile ca.pem leaf.pem` and with go-spiffe's
 #    x509svid.Verify (`cert show --ca-cert`), naming node 6's identity;
 #  - `status` shows the peers' spiffe_id;
-#  - node 2 restarts from its state file (`up --ca-signer`) and, with
+#  - node 2 restarts from its state file (`up --ca-signer`), keeping its
+#    approvals (STATE.approvals), and, with
 #    nodes 4 and 5 stopped, signs (it is one of the only three left);
 #    with node 3 stopped too, the request fails and says why;
 #  - a tampered state file and another node's state file are refused.
@@ -67,6 +69,13 @@ log "DKG done in ${dkg_ms} ms (from the first start to the last exit); CA key $k
 grep -h "^elapsed\|^messages" "$KT_WORK/dkg1.out" | sed 's/^/  node 1: /'
 openssl x509 -in "$KT_WORK/ca1.pem" -noout -text | grep -q "CA:TRUE" || die "the CA certificate is not CA:TRUE"
 
+log "signers 1-5 approve node 6 (a signer signs only identities it approved)"
+for i in 1 2 3 4 5; do
+	"$KT" ca approve --control "$KT_WORK/n$i.sock" "${IDS[6]}" --workload web >/dev/null || die "ca approve on node $i failed"
+done
+[ "$(stat -c %a "$KT_WORK/s1.state.approvals")" = 600 ] || die "the approvals file is not mode 0600"
+grep -q "^${IDS[6]} [0-9]* /web$" "$KT_WORK/s1.state.approvals" || die "the approval is not in node 1's approvals file"
+
 log "node 6 requests a certificate"
 t0=$(date +%s%N)
 "$KT" cert request --control "$KT_WORK/n6.sock" --trust-domain $TD --workload web --out "$KT_WORK/leaf.pem" \
@@ -101,13 +110,13 @@ grep -q "CA signer running" "$KT_WORK/n2.log" || wait_until 10 "node 2 signing" 
 log "nodes 4 and 5 stop: nodes 1, 2 (restarted) and 3 are the only signers left"
 stop_pid "${PIDS[4]}"
 stop_pid "${PIDS[5]}"
-"$KT" cert request --control "$KT_WORK/n6.sock" --trust-domain $TD --out "$KT_WORK/leaf2.pem" >"$KT_WORK/req2.out" ||
+"$KT" cert request --control "$KT_WORK/n6.sock" --trust-domain $TD --workload web --out "$KT_WORK/leaf2.pem" >"$KT_WORK/req2.out" ||
 	die "cert request with 2 of 5 signers down failed"
 grep -q "^signers 3" "$KT_WORK/req2.out" || die "not signed by 3: $(cat "$KT_WORK/req2.out")"
 openssl verify -CAfile "$KT_WORK/ca.pem" "$KT_WORK/leaf2.pem" | grep -q ": OK" || die "openssl does not verify the second leaf"
 log "node 3 stops too: 2 of the 3 needed are left"
 stop_pid "${PIDS[3]}"
-if "$KT" cert request --control "$KT_WORK/n6.sock" --trust-domain $TD --out "$KT_WORK/leaf3.pem" >/dev/null 2>"$KT_WORK/req3.err"; then
+if "$KT" cert request --control "$KT_WORK/n6.sock" --trust-domain $TD --workload web --out "$KT_WORK/leaf3.pem" >/dev/null 2>"$KT_WORK/req3.err"; then
 	die "cert request succeeded with 3 of 5 signers down"
 fi
 grep -q "2 of the 3 signers needed" "$KT_WORK/req3.err" || die "unclear failure: $(cat "$KT_WORK/req3.err")"

@@ -65,10 +65,14 @@ log "a node expecting the wrong identity at b's address is refused"
 ID_C=$("$KT" id --key "$KT_WORK/c.key" --json | sed -n 's/.*"identity": *"\([^"]*\)".*/\1/p')
 start_bg "$KT_WORK/c.log" ip netns exec "$A" "$KT" up --key "$KT_WORK/c.key" --listen 198.18.0.1:7401 \
 	--tun kt1 --pow-bits $POW --control "$KT_WORK/c.sock" --bootstrap "$ID_A@198.18.0.2:7400" --log-level debug
-# b drops a hello addressed to another identity, so c's handshakes get no
-# answer; c keeps retrying and never gets a peer, and b never lists c.
-wait_until 30 "c's failed dials" grep -q "is not $ID_A" "$KT_WORK/c.log"
+# b refuses a hello addressed to another identity with a signed refusal:
+# both log one warning, both count it, c never gets a peer, b never lists c.
+wait_until 30 "c's refusal warning" grep -q "level=WARN.*is not at 198.18.0.2:7400: the node there is ${ID_B:0:8}" "$KT_WORK/c.log"
+wait_until 10 "b's refusal warning" grep -q "level=WARN.*refused a dial from ${ID_C:0:8}.*expects identity ${ID_A:0:8}" "$KT_WORK/b.log"
 "$KT" status --control "$KT_WORK/b.sock" --json | grep -q '"drop_bad_probe": [1-9]' || die "b did not count c's misaddressed hellos"
+"$KT" status --control "$KT_WORK/b.sock" --json | grep -q '"we_refused_wrong_identity": [1-9]' || die "b did not count its refusal"
+"$KT" status --control "$KT_WORK/c.sock" --json | grep -q '"refused_us_wrong_identity": [1-9]' || die "c did not count b's refusal"
+"$KT" status --control "$KT_WORK/b.sock" | grep "^refusals:" || die "b's status shows no refusals"
 "$KT" status --control "$KT_WORK/c.sock" --json | grep -q '"peers": null' || die "c has a peer"
 if "$KT" status --control "$KT_WORK/b.sock" --json | grep -q "$ID_C"; then die "b accepted c"; fi
 

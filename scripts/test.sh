@@ -43,6 +43,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 step "netns-test"
 ./scripts/netns-test.sh
+step "deadend-test (dead destinations, a deleted TUN)"
+./scripts/deadend-test.sh
 step "cluster"
 ./scripts/cluster.sh 6 --check
 step "chat between 4 namespaces"
@@ -53,6 +55,8 @@ step "pubsub on one subnet (10 namespaces in one /16, mesh delivery)"
 ./scripts/pubsub-subnet-test.sh 10
 step "ops: config files, systemd unit, metrics, names and DNS in namespaces"
 ./scripts/ops-test.sh
+step "members-only network: approvals (K of N), enrollment from outside, renewal, revocation and expiry"
+./scripts/members-test.sh
 step "NAT lab (cone and symmetric NATs, relay, hole punching, loss)"
 ./scripts/nat-test.sh
 step "hostile networks (a probe flood from one address, link flaps)"

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 
 	quic "github.com/korium/korium-tun/third_party/quic-go"
+	"github.com/korium/korium-tun/wire"
 )
 
 // ConnIDLen is the length of the connection IDs this node issues.
@@ -33,5 +34,5 @@ func (ConnIDGenerator) ConnectionIDLen() int { return ConnIDLen }
 
 func reservedCIDPrefix(b []byte) bool {
 	s := string(b[:3])
-	return s == probeMagic[1:] || s == relayMagic[1:]
+	return s == wire.ProbeMagic[1:] || s == wire.RelayMagic[1:]
 }

@@ -2,14 +2,17 @@ package smartsock
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/net/ipv4"
 
 	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/wire"
 )
 
 // The read-path demultiplexer under arbitrary packets from arbitrary
@@ -62,6 +65,7 @@ type dxSend struct {
 }
 
 type demuxFixture struct {
+	mu     sync.Mutex // guards sends
 	t      testing.TB
 	c      *Conn
 	now    time.Time
@@ -80,18 +84,26 @@ func newDemuxFixture(t testing.TB) *demuxFixture {
 		t.Fatal(err)
 	}
 	rk := [32]byte{9}
-	c, err := newConn(udp, Config{Keypair: dxSelf, MaxPeers: 3, StatelessResetKey: &rk})
+	u, err := NewUDP(udp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The probe loop ticks on the fixture's clock, not the wall's; the
+	// budgets start full at their first use, on the same clock.
+	c, err := newConn(u, Config{Keypair: dxSelf, MaxPeers: 3, StatelessResetKey: &rk}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f := &demuxFixture{t: t, c: c, now: demuxT0}
-	c.ctlSent = func(dst netip.AddrPort, size int) { f.sends = append(f.sends, dxSend{dst, size}) }
-	// The fixture's clock, not the wall's.
-	c.helloSrc, c.probeSrc = newSrcLimiter(c.cfg.HelloSourceRate, demuxT0), newSrcLimiter(c.cfg.ProbeSourceRate, demuxT0)
-	c.helloLimit.last, c.probeLimit.last, c.resetLimit.last = demuxT0, demuxT0, demuxT0
+	// Called by the path loop and by the read path (resets).
+	c.ctlSent = func(dst netip.AddrPort, size int) {
+		f.mu.Lock()
+		f.sends = append(f.sends, dxSend{dst, size})
+		f.mu.Unlock()
+	}
 	// The relay server stub takes every other session.
 	c.SetRelayForwarder(func(frame []byte, _ netip.AddrPort, _ time.Time) bool {
-		if len(frame) < RelayHeaderSize {
+		if len(frame) < wire.RelayHeaderSize {
 			t.Fatalf("the relay server got a frame of %d bytes", len(frame))
 		}
 		return frame[4]&1 == 0
@@ -107,7 +119,7 @@ func newDemuxFixture(t testing.TB) *demuxFixture {
 	c.Confirm(id1)
 	c.SetPathKey(id1, dxKey1)
 	c.AddRelayPath(id2, demuxKey(6).Identity(), dxRelay, dxSession)
-	ms = []ipv4.Message{dxMsg(append(AppendRelayHeader(nil, RelayHeader{Session: dxSession}), long...), dxRelay)}
+	ms = []ipv4.Message{dxMsg(append(wire.AppendRelayHeader(nil, wire.RelayHeader{Session: dxSession}), long...), dxRelay)}
 	if c.demux(ms, 1, f.now) != 1 {
 		t.Fatal("P2's relayed handshake packet was dropped")
 	}
@@ -115,16 +127,18 @@ func newDemuxFixture(t testing.TB) *demuxFixture {
 	c.SetPathKey(id2, dxKey2)
 	c.AddPeer(dxP3.Identity(), dxAddr3)
 	f.proven = map[[3]any]bool{}
-	for _, p := range c.byVirt {
-		p.lastRecv.Store(f.now.UnixNano())
-		for _, pa := range p.paths {
-			pa.added = f.now
-			pa.lastRecv.Store(f.now.UnixNano())
-			if pa.validated {
-				f.proven[[3]any{p.id, pa.addr, pa.session}] = true
+	c.call(func() {
+		c.virt.all(func(_ netip.AddrPort, p *peer) {
+			p.lastRecv.Store(f.now.UnixNano())
+			for _, pa := range p.paths {
+				pa.added = f.now
+				pa.lastRecv.Store(f.now.UnixNano())
+				if pa.validated {
+					f.proven[[3]any{p.id, pa.addr, pa.session}] = true
+				}
 			}
-		}
-	}
+		})
+	})
 	if len(f.proven) != 2 {
 		t.Fatalf("fixture: %d proven paths, want 2", len(f.proven))
 	}
@@ -132,76 +146,87 @@ func newDemuxFixture(t testing.TB) *demuxFixture {
 	return f
 }
 
-// check asserts the invariants of the path table.
+// check asserts the invariants of the path table, on the path loop (which
+// owns it), and that every published route and index entry agrees with it.
 func (f *demuxFixture) check() {
-	t, c := f.t, f.c
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if len(c.byVirt) > c.cfg.MaxPeers {
-		t.Fatalf("%d peers, cap %d", len(c.byVirt), c.cfg.MaxPeers)
-	}
-	paths := 0
-	for v, p := range c.byVirt {
-		if p.virt != v {
-			t.Fatal("peer indexed under another virtual address")
+	c := f.c
+	var bad string
+	fail := func(format string, a ...any) {
+		if bad == "" {
+			bad = fmt.Sprintf(format, a...)
 		}
-		direct, relays := 0, 0
-		for _, pa := range p.paths {
-			paths++
-			if pa.peer != p {
-				t.Fatal("a path of another peer in the list")
+	}
+	c.call(func() {
+		if c.virt.len() > c.cfg.MaxPeers {
+			fail("%d peers, cap %d", c.virt.len(), c.cfg.MaxPeers)
+		}
+		paths := 0
+		c.virt.all(func(v netip.AddrPort, p *peer) {
+			if p.virt != v {
+				fail("peer indexed under another virtual address")
 			}
-			if pa.relay {
-				relays++
-				if pa.owner != (c.sessions[pa.session] == pa) {
-					t.Fatal("relay path ownership and session index disagree")
+			direct, relays := 0, 0
+			for _, pa := range p.paths {
+				paths++
+				if pa.peer != p {
+					fail("a path of another peer in the list")
 				}
-			} else {
-				direct++
-				if pa.owner != (c.byReal[pa.addr] == pa) {
-					t.Fatalf("path %v: owner %v but index says otherwise", pa.addr, pa.owner)
+				if pa.relay {
+					relays++
+					if pa.owner != (c.sess.load(pa.session) == pa) {
+						fail("relay path ownership and session index disagree")
+					}
+				} else {
+					direct++
+					if pa.owner != (c.real.load(pa.addr) == pa) {
+						fail("path %v: owner %v but index says otherwise", pa.addr, pa.owner)
+					}
+					if pa.addr != unmap(pa.addr) {
+						fail("path under an IPv4-mapped address %v", pa.addr)
+					}
 				}
-				if pa.addr != unmap(pa.addr) {
-					t.Fatalf("path under an IPv4-mapped address %v", pa.addr)
+				if pa.validated && !f.proven[[3]any{p.id, pa.addr, pa.session}] {
+					fail("a path became proven from the network alone: %s %v", p.id.Short(), pa.addr)
 				}
 			}
-			if pa.validated && !f.proven[[3]any{p.id, pa.addr, pa.session}] {
-				t.Fatalf("a path became proven from the network alone: %s %v", p.id.Short(), pa.addr)
+			if direct > maxRealPerPeer || relays > maxRelayPerPeer {
+				fail("peer %s has %d direct and %d relay paths", p.id.Short(), direct, relays)
 			}
+			if p.current != nil && !p.current.owner {
+				fail("peer %s's traffic goes to a path that does not own its address", p.id.Short())
+			}
+			rt := p.rt.Load()
+			if rt == nil || rt.cur != p.current || rt.hs != p.handshake || rt.confirmed != p.confirmed() || rt.keyed != (p.key != nil) || len(rt.direct) != direct {
+				fail("peer %s: the published route disagrees with the table", p.id.Short())
+			}
+		})
+		if c.real.len()+c.sess.len() > paths {
+			fail("index holds paths no peer has")
 		}
-		if direct > maxRealPerPeer || relays > maxRelayPerPeer {
-			t.Fatalf("peer %s has %d direct and %d relay paths", p.id.Short(), direct, relays)
+		c.real.all(func(_ netip.AddrPort, pa *path) {
+			if c.virt.load(pa.peer.virt) != pa.peer {
+				fail("index points at an evicted peer")
+			}
+		})
+		if len(c.waiters) != 0 || len(c.dialBack) != 0 || c.dialBacks.Load() != 0 {
+			fail("waiters appeared from the network")
 		}
-		if p.current != nil && !p.current.owner {
-			t.Fatalf("peer %s's traffic goes to a path that does not own its address", p.id.Short())
-		}
-	}
-	if len(c.byReal)+len(c.sessions) > paths {
-		t.Fatal("index holds paths no peer has")
-	}
-	for _, pa := range c.byReal {
-		if c.byVirt[pa.peer.virt] != pa.peer {
-			t.Fatal("index points at an evicted peer")
-		}
-	}
-	if len(c.waiters) != 0 || len(c.dialBack) != 0 {
-		t.Fatal("waiters appeared from the network")
+	})
+	if bad != "" {
+		f.t.Fatal(bad)
 	}
 }
 
 // ownerOf is the peer packets from src (in frame b) are attributed to now.
 func (f *demuxFixture) ownerOf(b []byte, src netip.AddrPort) *peer {
-	c := f.c
-	c.mu.RLock()
-	defer c.mu.RUnlock()
 	src = unmap(src)
-	if IsRelay(b) {
-		if pa := c.ourSessionLocked(b, src); pa != nil {
+	if wire.IsRelay(b) {
+		if pa := f.c.ourSession(b, src); pa != nil {
 			return pa.peer
 		}
 		return nil
 	}
-	if pa := c.byReal[src]; pa != nil {
+	if pa := f.c.real.load(src); pa != nil {
 		return pa.peer
 	}
 	return nil
@@ -215,10 +240,11 @@ func (f *demuxFixture) packet(b []byte, src netip.AddrPort) {
 	f.sends = f.sends[:0]
 	ms := []ipv4.Message{dxMsg(b, src)}
 	n := c.demux(ms, 1, f.now)
+	c.sync() // whatever the read path posted is applied
 	after := c.Stats()
 	if n == 1 {
 		// Only QUIC from a source that is a peer's, rewritten to that peer.
-		if IsProbe(b) || owner == nil || ms[0].Addr != owner.virtUDP {
+		if wire.IsProbe(b) || owner == nil || ms[0].Addr != owner.virtUDP {
 			t.Fatalf("packet from %v reached quic-go as from %v (owner before: %v)", src, ms[0].Addr, owner != nil)
 		}
 	}
@@ -251,6 +277,7 @@ func (f *demuxFixture) batch(pkts [][]byte, srcs []netip.AddrPort) {
 		ms[i] = dxMsg(pkts[i], srcs[i])
 	}
 	n := f.c.demux(ms, len(ms), f.now)
+	f.c.sync()
 	for _, m := range ms[:n] {
 		ok := false
 		for _, o := range owners {
@@ -268,24 +295,25 @@ func (f *demuxFixture) batch(pkts [][]byte, srcs []netip.AddrPort) {
 func (f *demuxFixture) tick(d time.Duration) {
 	f.now = f.now.Add(d)
 	f.sends = f.sends[:0]
-	for _, o := range f.c.probeTick(f.now, nil) {
-		f.c.sendProbe(o.d, o.pkt[:])
-	}
 	c := f.c
-	c.mu.RLock()
-	for _, s := range f.sends {
-		known := false
-		for _, p := range c.byVirt {
-			for _, pa := range p.paths {
-				known = known || pa.addr == s.dst
+	c.tickAt(f.now)
+	var bad netip.AddrPort
+	c.call(func() {
+		for _, s := range f.sends {
+			known := false
+			c.virt.all(func(_ netip.AddrPort, p *peer) {
+				for _, pa := range p.paths {
+					known = known || pa.addr == s.dst
+				}
+			})
+			if !known {
+				bad = s.dst
 			}
 		}
-		if !known {
-			c.mu.RUnlock()
-			f.t.Fatalf("the probe loop sent to %v, no path of any peer", s.dst)
-		}
+	})
+	if bad.IsValid() {
+		f.t.Fatalf("the probe loop sent to %v, no path of any peer", bad)
 	}
-	c.mu.RUnlock()
 	f.check()
 }
 
@@ -301,16 +329,22 @@ func dxSeeds() [][]byte {
 	id1, id2, self := dxP1.Identity(), dxP2.Identity(), dxSelf.Identity()
 	ts := demuxT0.UnixNano()
 	req := func(from pki.Identity, key *[32]byte, tx uint64) []byte {
-		p := Probe{ProbeHeader: ProbeHeader{Type: ProbeRequest, TxID: tx, Timestamp: ts}, From: from}
+		p := wire.Probe{ProbeHeader: wire.ProbeHeader{Type: wire.ProbeRequest, TxID: tx, Timestamp: ts}, From: from}
 		p.Seal(key, self)
-		return AppendProbe(nil, &p)
+		return wire.AppendProbe(nil, &p)
 	}
 	reply := func(from pki.Identity, key *[32]byte, tx uint64) []byte {
-		p := Probe{ProbeHeader: ProbeHeader{Type: ProbeReply, TxID: tx, Timestamp: ts}, From: from, Observed: dxAddr1}
+		p := wire.Probe{ProbeHeader: wire.ProbeHeader{Type: wire.ProbeReply, TxID: tx, Timestamp: ts}, From: from, Observed: dxAddr1}
 		p.Seal(key, self)
-		return AppendProbe(nil, &p)
+		return wire.AppendProbe(nil, &p)
 	}
-	relayed := func(b []byte) []byte { return append(AppendRelayHeader(nil, RelayHeader{Session: dxSession}), b...) }
+	relayed := func(b []byte) []byte {
+		return append(wire.AppendRelayHeader(nil, wire.RelayHeader{Session: dxSession}), b...)
+	}
+	hello := func(kp *pki.Keypair, tx uint64, ts int64) []byte {
+		h := wire.NewHello(kp, self, tx, ts)
+		return wire.AppendHello(nil, &h)
+	}
 	short := append([]byte{0x41}, make([]byte, 40)...)
 	long := append([]byte{0xc3, 0, 0, 0, 1, 8}, make([]byte, 60)...)
 	// A reply's transaction ID never matches one of ours: the MAC is valid
@@ -319,15 +353,15 @@ func dxSeeds() [][]byte {
 	recs := [][]byte{
 		dxRecord(0, 0, short),
 		dxRecord(4, 0, long),
-		dxRecord(6, 1, AppendHello(nil, NewHello(dxP1, self, 1, ts+1))),
-		dxRecord(5, 0, AppendHello(nil, NewHello(dxQ, self, 2, ts+2))),
+		dxRecord(6, 1, hello(dxP1, 1, ts+1)),
+		dxRecord(5, 0, hello(dxQ, 2, ts+2)),
 		dxRecord(0, 0, req(id1, &dxKey1, 3)),
 		dxRecord(4, 0, req(id1, &dxKey1, 4)),
 		dxRecord(1, 0, relayed(req(id2, &dxKey2, 5))),
 		dxRecord(1, 0, relayed(short)),
-		dxRecord(4, 0, append(AppendRelayHeader(nil, RelayHeader{Session: [16]byte{2}}), short...)),
+		dxRecord(4, 0, append(wire.AppendRelayHeader(nil, wire.RelayHeader{Session: [16]byte{2}}), short...)),
 		dxRecord(0, 0, reply(id1, &dxKey1, notOurs)),
-		dxRecord(2, 0, AppendDialBack(nil, 7)),
+		dxRecord(2, 0, wire.AppendDialBack(nil, 7, ts)),
 		dxRecord(3, 10, short),
 		dxRecord(200, 0, []byte("SMPR\x09garbage")),
 		dxRecord(2, 0, long),
@@ -423,7 +457,7 @@ func fastBatch(t testing.TB, fx *demuxFixture) func() {
 		if i%2 == 0 {
 			ms[i] = dxMsg(short, dxAddr1)
 		} else {
-			ms[i] = dxMsg(append(AppendRelayHeader(nil, RelayHeader{Session: dxSession}), short...), dxRelay)
+			ms[i] = dxMsg(append(wire.AppendRelayHeader(nil, wire.RelayHeader{Session: dxSession}), short...), dxRelay)
 		}
 		srcs[i], lens[i] = ms[i].Addr, ms[i].N
 	}
@@ -431,8 +465,8 @@ func fastBatch(t testing.TB, fx *demuxFixture) func() {
 		for i := range ms {
 			ms[i].Addr, ms[i].N = srcs[i], lens[i]
 			if i%2 == 1 {
-				AppendRelayHeader(ms[i].Buffers[0][:0], RelayHeader{Session: dxSession})
-				copy(ms[i].Buffers[0][RelayHeaderSize:], short)
+				wire.AppendRelayHeader(ms[i].Buffers[0][:0], wire.RelayHeader{Session: dxSession})
+				copy(ms[i].Buffers[0][wire.RelayHeaderSize:], short)
 			}
 		}
 		if n := fx.c.demux(ms, len(ms), fx.now); n != len(ms) {

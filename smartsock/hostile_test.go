@@ -15,6 +15,7 @@ import (
 
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/smartaddr"
+	"github.com/korium/korium-tun/wire"
 )
 
 // seqStream sends n numbered datagrams from send to recv, one every
@@ -172,13 +173,13 @@ func testPathNotStolen(t *testing.T, vec int) {
 		}
 		helloTx++
 		if vec&vecHello != 0 {
-			h := NewHello(x.kp, ida, helloTx, time.Now().UnixNano())
-			y.udp.WriteToUDPAddrPort(AppendHello(nil, h), addrA)
+			h := wire.NewHello(x.kp, ida, helloTx, time.Now().UnixNano())
+			y.udp.WriteToUDPAddrPort(wire.AppendHello(nil, &h), addrA)
 		}
 		if vec&vecRequest != 0 {
-			req := Probe{ProbeHeader: ProbeHeader{Type: ProbeRequest, TxID: helloTx, Timestamp: time.Now().UnixNano()}, From: idx}
+			req := wire.Probe{ProbeHeader: wire.ProbeHeader{Type: wire.ProbeRequest, TxID: helloTx, Timestamp: time.Now().UnixNano()}, From: idx}
 			req.Seal(&keyAX, ida)
-			y.udp.WriteToUDPAddrPort(AppendProbe(nil, &req), addrA)
+			y.udp.WriteToUDPAddrPort(wire.AppendProbe(nil, &req), addrA)
 		}
 		if pi, _ := a.sock.Path(idy); pi.Current != addrY || pi.Relayed {
 			moved++
@@ -261,14 +262,14 @@ func flood(t *testing.T, dst netip.AddrPort, pps int, claim, to pki.Identity, st
 			now := time.Now().UnixNano()
 			switch n % 4 {
 			case 0, 1:
-				p := Probe{ProbeHeader: ProbeHeader{Type: ProbeRequest, TxID: rng.Uint64(), Timestamp: now}, From: claim}
+				p := wire.Probe{ProbeHeader: wire.ProbeHeader{Type: wire.ProbeRequest, TxID: rng.Uint64(), Timestamp: now}, From: claim}
 				binary.BigEndian.PutUint64(p.MAC[:], rng.Uint64())
-				buf = AppendProbe(buf[:0], &p)
+				buf = wire.AppendProbe(buf[:0], &p)
 			case 2:
-				h := Hello{ProbeHeader: ProbeHeader{Type: ProbeHello, TxID: rng.Uint64(), Timestamp: now}, To: to}
+				h := wire.Hello{ProbeHeader: wire.ProbeHeader{Type: wire.ProbeHello, TxID: rng.Uint64(), Timestamp: now}, To: to}
 				binary.BigEndian.PutUint64(h.From[:], rng.Uint64())
 				binary.BigEndian.PutUint64(h.Sig[:], rng.Uint64())
-				buf = AppendHello(buf[:0], &h)
+				buf = wire.AppendHello(buf[:0], &h)
 			default:
 				buf = append(buf[:0], 0x40|byte(rng.IntN(0x40)))
 				for len(buf) < 200 {

@@ -1,20 +1,19 @@
 package smartsock
 
 import (
-	"net/netip"
 	"time"
 )
 
 // Who owns a real address.
 //
 // Packets arriving from a real address are attributed to the one path that
-// owns it (byReal), and so to that path's peer. Many peers may name the same
+// owns it (Conn.real), and so to that path's peer. Many peers may name the same
 // address (a punch candidate, a contact record, a hello or probe sent from
 // there): each gets a path of its own at that address, but only one owns it.
 // A path that does not own its address is a candidate of its peer: probed as
 // that peer's, never chosen to carry traffic, and never given the packets
 // that arrive from the address. It takes the address only with stronger
-// evidence than the owner holds it by (claimLocked), so an address that is
+// evidence than the owner holds it by (claim), so an address that is
 // a proven path of one peer is never reassigned on another peer's word.
 
 // evidence is why an address is believed to be a peer's, weakest first.
@@ -55,36 +54,26 @@ func holdOf(validated, connected, alive bool, sinceSigned, silentAfter time.Dura
 // does, so nothing takes a proven path that still answers.
 func takes(ev, hold evidence) bool { return ev > hold }
 
-// holdLocked is holdOf for pa now.
-func (c *Conn) holdLocked(pa *path, now time.Time) evidence {
+// hold is holdOf for pa now.
+func (c *Conn) hold(pa *path, now time.Time) evidence {
 	since := time.Duration(now.UnixNano() - pa.lastSigned)
 	if pa.lastSigned == 0 {
 		since = -1
 	}
-	return holdOf(pa.validated, pa.peer.key != nil, c.aliveLocked(pa, now), since, c.cfg.SilentAfter)
+	return holdOf(pa.validated, pa.peer.key != nil, alive(pa, now), since, c.cfg.SilentAfter)
 }
 
-// pathAtLocked returns p's direct path at real, owned or not.
-func pathAtLocked(p *peer, real netip.AddrPort) *path {
-	for _, pa := range p.paths {
-		if !pa.relay && pa.addr == real {
-			return pa
-		}
-	}
-	return nil
-}
-
-// claimLocked makes pa the owner of its address if it is free, or held by
+// claim makes pa the owner of its address if it is free, or held by
 // another peer's path by weaker evidence than ev. It reports whether pa owns
-// the address now.
-func (c *Conn) claimLocked(pa *path, ev evidence, now time.Time) bool {
+// the address now. Loop only.
+func (c *Conn) claim(pa *path, ev evidence, now time.Time) bool {
 	if pa.owner {
 		return true
 	}
-	if q := c.byReal[pa.addr]; q != nil {
-		if hold := c.holdLocked(q, now); !takes(ev, hold) {
+	if q := c.real.load(pa.addr); q != nil {
+		if hold := c.hold(q, now); !takes(ev, hold) {
 			c.stats.AddrClaimRefused.Add(1)
-			if ev == byPresence && hold == byProof && q.probeTx == 0 {
+			if ev == byPresence && hold == byProof && q.probeTx.Load() == 0 {
 				// Someone else signs hellos from q's address: maybe q's
 				// peer left it (a restart under another identity). Check
 				// at the next tick; if it still answers, nothing changes,
@@ -95,17 +84,18 @@ func (c *Conn) claimLocked(pa *path, ev evidence, now time.Time) bool {
 		}
 		c.cfg.Logger.Debug("address moved to another peer", "addr", pa.addr, "from", q.peer.id.Short(), "to", pa.peer.id.Short())
 		c.stats.AddrReassigned.Add(1)
-		c.disownLocked(q)
+		c.disown(q)
 	}
-	c.byReal[pa.addr] = pa
+	c.real.set(pa.addr, pa)
 	pa.owner = true
+	c.touch(pa.peer)
 	return true
 }
 
-// disownLocked takes pa's address from it: it stays a candidate of its
-// peer, but carries nothing.
-func (c *Conn) disownLocked(pa *path) {
-	c.unindexLocked(pa)
+// disown takes pa's address from it: it stays a candidate of its peer, but
+// carries nothing. Loop only.
+func (c *Conn) disown(pa *path) {
+	c.unindex(pa)
 	p := pa.peer
 	if p.current == pa {
 		p.current = nil

@@ -1,8 +1,10 @@
 package smartsock
 
+import "github.com/korium/korium-tun/wire"
+
 // relayBufSize holds the largest GSO batch quic-go writes (64 KiB) plus a
 // CRLY header per segment.
-const relayBufSize = 64<<10 + 64*RelayHeaderSize
+const relayBufSize = 64<<10 + 64*wire.RelayHeaderSize
 
 // maxOOB bounds the control messages we copy to patch the GSO segment size.
 const maxOOB = 128
@@ -19,21 +21,21 @@ func (c *Conn) writeRelay(d dest, b, oob []byte) error {
 	out := (*bp)[:0]
 	for off := 0; off < len(b); off += seg {
 		end := min(off+seg, len(b))
-		if len(out)+RelayHeaderSize+end-off > cap(out) {
+		if len(out)+wire.RelayHeaderSize+end-off > cap(out) {
 			break // cannot happen with quic-go's batches; drop the rest like loss
 		}
-		out = AppendRelayHeader(out, RelayHeader{Session: d.session})
+		out = wire.AppendRelayHeader(out, wire.RelayHeader{Session: d.session})
 		out = append(out, b[off:end]...)
 	}
 	var ob [maxOOB]byte
 	o := oob
 	if len(oob) > 0 && len(oob) <= maxOOB {
 		o = ob[:copy(ob[:], oob)]
-		setGSOSize(o, seg+RelayHeaderSize)
+		setGSOSize(o, seg+wire.RelayHeaderSize)
 	} else if len(oob) > maxOOB {
 		o = nil
 	}
-	_, _, err := c.udp.WriteMsgUDPAddrPort(out, o, d.addr)
+	err := c.udp.WriteTo(out, o, d.addr)
 	*bp = out[:0]
 	c.relayBuf.Put(bp)
 	c.stats.TxRelayed.Add(1)

@@ -40,6 +40,17 @@ type caEvent struct {
 	SPIFFEID string   `json:"spiffe_id,omitempty"`
 	Signers  []string `json:"signers,omitempty"`
 	Attempts int      `json:"attempts,omitempty"`
+	// Installed is the file the node wrote and presents the certificate
+	// from (its --cert), when it runs with one.
+	Installed string `json:"installed,omitempty"`
+	// ca_approve, ca_approvals:
+	Approvals []tca.Approval `json:"approvals,omitempty"`
+}
+
+// approveArgs is what `ca approve` and `ca revoke` send the node.
+type approveArgs struct {
+	Identity pki.Identity `json:"identity"`
+	Workload string       `json:"workload,omitempty"`
 }
 
 // dkgArgs is what `ca dkg` sends the node.
@@ -68,8 +79,103 @@ func caCommand(controlFlag cli.Flag, stdout, stderr io.Writer) *cli.Command {
 				&cli.DurationFlag{Name: "timeout", Value: 3 * time.Minute, Usage: "how long to wait for the other signers"},
 			},
 			Action: func(c *cli.Context) error { return caDKG(c, stdout, stderr) },
+		}, {
+			Name:      "approve",
+			Usage:     "make this signer sign certificates for IDENTITY (a request succeeds only when K signers approved it)",
+			ArgsUsage: "IDENTITY",
+			Flags:     []cli.Flag{controlFlag, &cli.StringFlag{Name: "workload", Usage: "the only workload path to sign for it (default: none)"}},
+			Action:    func(c *cli.Context) error { return caApprove(c, "ca_approve", stdout) },
+		}, {
+			Name:      "revoke",
+			Usage:     "stop this signer from signing for IDENTITY: its renewals fail once fewer than K signers approve it, and members disconnect it when its certificate expires",
+			ArgsUsage: "IDENTITY",
+			Flags:     []cli.Flag{controlFlag},
+			Action:    func(c *cli.Context) error { return caApprove(c, "ca_revoke", stdout) },
+		}, {
+			Name:  "approvals",
+			Usage: "list the identities this signer signs for",
+			Flags: []cli.Flag{controlFlag, &cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+			Action: func(c *cli.Context) error {
+				ctx, cancel := context.WithTimeout(c.Context, 20*time.Second)
+				defer cancel()
+				done, err := streamResult(ctx, c.String("control"), "ca_approvals", nil, io.Discard)
+				if err != nil {
+					return err
+				}
+				if c.Bool("json") {
+					return printIndented(stdout, done.Approvals)
+				}
+				for _, ap := range done.Approvals {
+					fmt.Fprintf(stdout, "%s %s %s\n", ap.Identity, ap.ApprovedAt.Format(time.RFC3339), orNone(ap.Workload))
+				}
+				return nil
+			},
 		}},
 	}
+}
+
+// caApprove runs `ca approve` and `ca revoke`. Their flags may also follow
+// IDENTITY, as the usage `ca approve IDENTITY [--workload PATH]` writes
+// them (the flag parser stops at the first argument).
+func caApprove(c *cli.Context, cmd string, stdout io.Writer) error {
+	a := approveArgs{Workload: c.String("workload")}
+	sock := c.String("control")
+	args := c.Args().Slice()
+	var idText string
+	for i := 0; i < len(args); i++ {
+		name, val, hasVal := strings.Cut(strings.TrimLeft(args[i], "-"), "=")
+		switch {
+		case !strings.HasPrefix(args[i], "-") && idText == "":
+			idText = args[i]
+			continue
+		case !strings.HasPrefix(args[i], "-"):
+			return fmt.Errorf("%s takes one IDENTITY", c.Command.FullName())
+		case name == "workload" && cmd == "ca_approve", name == "control":
+		default:
+			return fmt.Errorf("%s: unknown flag %s", c.Command.FullName(), args[i])
+		}
+		if !hasVal {
+			if i+1 >= len(args) {
+				return fmt.Errorf("--%s needs a value", name)
+			}
+			i++
+			val = args[i]
+		}
+		if name == "workload" {
+			a.Workload = val
+		} else {
+			sock = val
+		}
+	}
+	if idText == "" {
+		return fmt.Errorf("%s takes one IDENTITY (64 hex)", c.Command.FullName())
+	}
+	id, err := pki.ParseIdentity(idText)
+	if err != nil {
+		return fmt.Errorf("IDENTITY: %v", err)
+	}
+	a.Identity = id
+	if a.Workload != "" {
+		if err := (pki.SPIFFEConfig{TrustDomain: "x", Workload: a.Workload}).Check(); err != nil {
+			return fmt.Errorf("--workload: %v", err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(c.Context, 20*time.Second)
+	defer cancel()
+	done, err := streamResult(ctx, sock, cmd, a, io.Discard)
+	if err != nil {
+		return err
+	}
+	if cmd == "ca_revoke" {
+		fmt.Fprintf(stdout, "revoked %s: this signer signs no more certificates for it; those already signed stay valid until they expire\n", id)
+		return nil
+	}
+	wl := ""
+	if len(done.Approvals) == 1 && done.Approvals[0].Workload != "" {
+		wl = " workload " + done.Approvals[0].Workload
+	}
+	fmt.Fprintf(stdout, "approved %s%s\n", id, wl)
+	return nil
 }
 
 func caDKG(c *cli.Context, stdout, stderr io.Writer) error {
@@ -127,6 +233,55 @@ var errStreamDone = errors.New("stream done")
 func caControl(node *overlay.Node, ctl *control.Server) {
 	ctl.HandleStream("ca_dkg", errorEvent(caDKGStream(node)))
 	ctl.HandleStream("cert_request", errorEvent(certRequestStream(node)))
+	ctl.HandleStream("ca_approve", errorEvent(approveStream(node, false)))
+	ctl.HandleStream("ca_revoke", errorEvent(approveStream(node, true)))
+	ctl.HandleStream("ca_approvals", errorEvent(func(_ context.Context, _ json.RawMessage, emit func(any) error) error {
+		list, err := node.CAApprovals()
+		if err != nil {
+			return notSignerHint(err)
+		}
+		return emit(caEvent{Kind: "done", Approvals: list})
+	}))
+}
+
+func notSignerHint(err error) error {
+	if strings.Contains(err.Error(), "not a CA signer") {
+		return fmt.Errorf("%v: run this on a signer's node (`korium-tun up --ca-signer STATE`)", err)
+	}
+	return err
+}
+
+func approveStream(node *overlay.Node, revoke bool) control.StreamHandler {
+	return func(_ context.Context, raw json.RawMessage, emit func(any) error) error {
+		var a approveArgs
+		if err := json.Unmarshal(raw, &a); err != nil {
+			return errors.New("malformed arguments")
+		}
+		if err := a.Identity.Check(); err != nil {
+			return err
+		}
+		if revoke {
+			if err := node.CARevoke(a.Identity); err != nil {
+				return notSignerHint(err)
+			}
+			return emit(caEvent{Kind: "done"})
+		}
+		ap, err := node.CAApprove(a.Identity, a.Workload)
+		if err != nil {
+			return notSignerHint(err)
+		}
+		return emit(caEvent{Kind: "done", Approvals: []tca.Approval{ap}})
+	}
+}
+
+// caConfig is the node's tca.Config from up's flags: a signer keeps its
+// approvals beside its state.
+func caConfig(c *cli.Context) tca.Config {
+	var cc tca.Config
+	if p := c.String("ca-signer"); p != "" {
+		cc.ApprovalsFile = approvalsPath(p)
+	}
+	return cc
 }
 
 func errorEvent(h control.StreamHandler) control.StreamHandler {
@@ -164,7 +319,7 @@ func caDKGStream(node *overlay.Node) control.StreamHandler {
 			return err
 		}
 		if node.CASignerState() == nil {
-			if err := node.SetCASigner(res.State); err != nil {
+			if err := node.SetCASigner(res.State, approvalsPath(a.State)); err != nil {
 				return err
 			}
 		}
@@ -180,6 +335,10 @@ func certRequestStream(node *overlay.Node) control.StreamHandler {
 		if err := json.Unmarshal(raw, &a); err != nil {
 			return errors.New("cert_request: malformed arguments")
 		}
+		leafFile := node.MembersLeafFile()
+		if a.NodeWrites && leafFile == "" {
+			return errors.New("the node runs without --cert: give --out FILE (or run the node with --ca-cert and --cert)")
+		}
 		rc := tca.RequestConfig{TrustDomain: a.TrustDomain, Workload: a.Workload, Validity: a.Validity}
 		if a.CAKey != "" {
 			k, err := hex.DecodeString(a.CAKey)
@@ -188,7 +347,11 @@ func certRequestStream(node *overlay.Node) control.StreamHandler {
 			}
 			rc.CAKey = k
 		}
-		emit(caEvent{Kind: "waiting", Text: fmt.Sprintf("asking the signers of %s for a certificate of %s", a.TrustDomain, node.Identity().Short())})
+		td := a.TrustDomain
+		if td == "" {
+			td = node.TrustDomain()
+		}
+		emit(caEvent{Kind: "waiting", Text: fmt.Sprintf("asking the signers of %s for a certificate of %s", td, node.Identity().Short())})
 		rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		defer cancel()
 		cert, err := node.RequestCACertificate(rctx, rc)
@@ -196,6 +359,20 @@ func certRequestStream(node *overlay.Node) control.StreamHandler {
 			return err
 		}
 		ev := caEvent{Kind: "done", Leaf: cert.DER, CACert: cert.CA.DER, CAKey: hex.EncodeToString(cert.CA.GroupKey), SPIFFEID: cert.SPIFFEID.String(), Attempts: cert.Attempts}
+		// A node with a CA presents the certificate at once and renews it.
+		switch err := node.InstallLeaf(cert.DER); {
+		case err == nil:
+			ev.Installed = leafFile
+			if ev.Installed == "" {
+				ev.Installed = "(in memory: the node runs without --cert)"
+			}
+		case errors.Is(err, overlay.ErrNoMembership):
+		default:
+			if a.NodeWrites {
+				return fmt.Errorf("the node did not take the certificate: %v", err)
+			}
+			ev.Text = "the node does not present this certificate: " + err.Error()
+		}
 		for _, s := range cert.Signers {
 			ev.Signers = append(ev.Signers, s.String())
 		}
@@ -236,6 +413,10 @@ func streamResult(ctx context.Context, path, cmd string, args any, stderr io.Wri
 	return done, nil
 }
 
+// approvalsPath is where a signer whose state is at state keeps its
+// approvals.
+func approvalsPath(state string) string { return state + ".approvals" }
+
 // loadCASigner reads --ca-signer for up.
 func loadCASigner(path string, kp *pki.Keypair) (*tca.SignerState, error) {
 	if path == "" {
@@ -248,8 +429,22 @@ func loadCASigner(path string, kp *pki.Keypair) (*tca.SignerState, error) {
 	return st, nil
 }
 
-// checkSPIFFEFlags checks up's --trust-domain and --workload.
+// checkSPIFFEFlags checks up's --trust-domain and --workload, and the
+// member flags that need nothing but each other (loadMembers checks the
+// rest once the key is loaded).
 func checkSPIFFEFlags(c *cli.Context) error {
+	if (c.String("cert") != "" || c.Bool("members-only")) && c.String("ca-cert") == "" && c.String("ca-signer") == "" {
+		return errors.New("--cert and --members-only need --ca-cert FILE (the CA certificate `ca dkg` wrote)")
+	}
+	if p := c.String("ca-cert"); p != "" {
+		der, err := tca.ReadCertPEM(p)
+		if err != nil {
+			return fmt.Errorf("--ca-cert: %v", err)
+		}
+		if _, err := tca.ParseCA(der); err != nil {
+			return fmt.Errorf("--ca-cert %s: %v", p, err)
+		}
+	}
 	td, wl := c.String("trust-domain"), c.String("workload")
 	if td == "" {
 		if wl != "" {

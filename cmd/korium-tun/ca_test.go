@@ -47,6 +47,16 @@ func TestCAFlagMistakes(t *testing.T) {
 		{[]string{"cert", "show", existing, "--ca-cert"}, "needs a FILE"},
 		{[]string{"cert", "show", existing}, "no PEM CERTIFICATE"},
 		{[]string{"up", "--workload", "w"}, "--workload needs --trust-domain"},
+		{[]string{"up", "--members-only"}, "need --ca-cert"},
+		{[]string{"up", "--cert", "x.pem"}, "need --ca-cert"},
+		{[]string{"up", "--ca-cert", existing}, "no PEM CERTIFICATE"},
+		{[]string{"ca", "approve", "--control", sock}, "takes one IDENTITY"},
+		{[]string{"ca", "approve", "--control", sock, "nothex"}, "IDENTITY"},
+		{[]string{"ca", "approve", "--control", sock, ids[0], "--workload", "a/../b"}, "--workload"},
+		{[]string{"ca", "approve", "--control", sock, ids[0], ids[1]}, "one IDENTITY"},
+		{[]string{"ca", "revoke", "--control", sock, ids[0], "--workload", "w"}, "unknown flag"},
+		{[]string{"ca", "approve", ids[0], "--control", sock}, "no running node"},
+		{[]string{"cert", "request", "--control", sock}, "no running node"},
 		{[]string{"up", "--trust-domain", "UPPER"}, "--trust-domain"},
 	} {
 		_, err := run(t, c.args...)

@@ -1,27 +1,33 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"sort"
 	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/korium/korium-tun/overlay"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/pki/tca"
 )
 
 // certArgs is what `cert request` sends the node.
 type certArgs struct {
-	TrustDomain string        `json:"trust_domain"`
+	TrustDomain string        `json:"trust_domain,omitempty"` // "": the node's
 	Workload    string        `json:"workload,omitempty"`
 	Validity    time.Duration `json:"validity_ns,omitempty"`
 	CAKey       string        `json:"ca_key,omitempty"`
+	// NodeWrites: no --out; the node must run with --cert and writes it.
+	NodeWrites bool `json:"node_writes,omitempty"`
 }
 
 // certInfo is what `cert show` prints.
@@ -46,14 +52,14 @@ func certCommand(controlFlag, jsonFlag cli.Flag, stdout, stderr io.Writer) *cli.
 		Subcommands: []*cli.Command{
 			{
 				Name:  "request",
-				Usage: "get this node's certificate from the signers of a trust domain, through the running node",
+				Usage: "get this node's certificate from the signers of a trust domain, through the running node (a node run with --ca-cert and --cert starts presenting it at once and renews it)",
 				Flags: []cli.Flag{
 					controlFlag,
-					&cli.StringFlag{Name: "trust-domain", Required: true, Usage: "the CA's trust domain"},
+					&cli.StringFlag{Name: "trust-domain", Usage: "the CA's trust domain (default: the node's --trust-domain)"},
 					&cli.StringFlag{Name: "workload", Usage: "workload path after the identity (e.g. api or team/api)"},
-					&cli.StringFlag{Name: "out", Required: true, Usage: "file to write the certificate to (PEM)"},
+					&cli.StringFlag{Name: "out", Usage: "file to write the certificate to (PEM; default: the node's --cert, which the node writes)"},
 					&cli.StringFlag{Name: "ca-cert", Usage: "also write the CA certificate it chains to (PEM)"},
-					&cli.DurationFlag{Name: "validity", Value: time.Hour, Usage: "certificate lifetime (the signers refuse more than 24h)"},
+					&cli.DurationFlag{Name: "validity", Value: 24 * time.Hour, Usage: "certificate lifetime (the signers refuse more than 24h); renewals keep it"},
 					&cli.StringFlag{Name: "ca-key", Usage: "pin the CA's key (64 hex, as `ca dkg` printed)"},
 				},
 				Action: func(c *cli.Context) error { return certRequest(c, stdout, stderr) },
@@ -70,9 +76,11 @@ func certCommand(controlFlag, jsonFlag cli.Flag, stdout, stderr io.Writer) *cli.
 }
 
 func certRequest(c *cli.Context, stdout, stderr io.Writer) error {
-	a := certArgs{TrustDomain: c.String("trust-domain"), Workload: c.String("workload"), Validity: c.Duration("validity"), CAKey: c.String("ca-key")}
-	if err := (pki.SPIFFEConfig{TrustDomain: a.TrustDomain, Workload: a.Workload}).Check(); err != nil {
-		return fmt.Errorf("--trust-domain/--workload: %v", err)
+	a := certArgs{TrustDomain: c.String("trust-domain"), Workload: c.String("workload"), Validity: c.Duration("validity"), CAKey: c.String("ca-key"), NodeWrites: c.String("out") == ""}
+	if a.TrustDomain != "" {
+		if err := (pki.SPIFFEConfig{TrustDomain: a.TrustDomain, Workload: a.Workload}).Check(); err != nil {
+			return fmt.Errorf("--trust-domain/--workload: %v", err)
+		}
 	}
 	if a.Validity <= 0 || a.Validity > 24*time.Hour {
 		return fmt.Errorf("--validity %v: want more than 0 and at most 24h", a.Validity)
@@ -88,15 +96,27 @@ func certRequest(c *cli.Context, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := tca.WriteCertPEM(c.String("out"), done.Leaf); err != nil {
-		return err
+	out := c.String("out")
+	if out != "" {
+		if err := tca.WriteCertPEM(out, done.Leaf); err != nil {
+			return err
+		}
 	}
 	if p := c.String("ca-cert"); p != "" {
 		if err := tca.WriteCertPEM(p, done.CACert); err != nil {
 			return err
 		}
 	}
-	fmt.Fprintf(stdout, "spiffe_id %s\nca_key %s\nsigners %d\nattempts %d\nout %s\n", done.SPIFFEID, done.CAKey, len(done.Signers), done.Attempts, c.String("out"))
+	if out == "" {
+		out = done.Installed
+	}
+	fmt.Fprintf(stdout, "spiffe_id %s\nca_key %s\nsigners %d\nattempts %d\nout %s\n", done.SPIFFEID, done.CAKey, len(done.Signers), done.Attempts, out)
+	if done.Installed != "" {
+		fmt.Fprintf(stdout, "installed %s\n", done.Installed)
+	}
+	if done.Text != "" {
+		fmt.Fprintln(stderr, done.Text)
+	}
 	return nil
 }
 
@@ -199,4 +219,92 @@ func showArgs(c *cli.Context) (file, caPath string, asJSON bool, err error) {
 		return "", "", false, errors.New("cert show takes one certificate FILE (PEM)")
 	}
 	return file, caPath, asJSON, nil
+}
+
+// memberFlags are up's flags for members-only networks.
+func memberFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "ca-cert", Usage: "the threshold CA's certificate (PEM, from `ca dkg`): members' certificates chain to it (default with --ca-signer: the signer's CA)"},
+		&cli.StringFlag{Name: "cert", Usage: "this node's own certificate from the CA (PEM): presented in every handshake and renewed in place; if missing, `cert request` writes it"},
+		&cli.BoolFlag{Name: "members-only", Usage: "accept only peers with a valid certificate from --ca-cert (a signer also lets others in to ask for one)"},
+	}
+}
+
+// loadMembers reads up's --ca-cert, --cert and --members-only.
+func loadMembers(c *cli.Context, kp *pki.Keypair, signer *tca.SignerState, stderr io.Writer) (overlay.MembersConfig, error) {
+	var mc overlay.MembersConfig
+	caPath, certPath, only := c.String("ca-cert"), c.String("cert"), c.Bool("members-only")
+	if caPath == "" {
+		if certPath == "" && !only {
+			return mc, nil
+		}
+		if signer == nil {
+			return mc, errors.New("--cert and --members-only need --ca-cert FILE (the CA certificate `ca dkg` wrote)")
+		}
+		mc.CA = signer.CA
+	} else {
+		der, err := tca.ReadCertPEM(caPath)
+		if err != nil {
+			return mc, fmt.Errorf("--ca-cert: %v", err)
+		}
+		if mc.CA, err = tca.ParseCA(der); err != nil {
+			return mc, fmt.Errorf("--ca-cert %s: %v", caPath, err)
+		}
+		if signer != nil && !bytes.Equal(signer.CA.GroupKey, mc.CA.GroupKey) {
+			return mc, fmt.Errorf("--ca-cert %s is another CA than the one --ca-signer signs for", caPath)
+		}
+	}
+	if td := c.String("trust-domain"); td != "" && td != mc.CA.TrustDomain.Name() {
+		return mc, fmt.Errorf("--trust-domain %s, but the CA is of %s", td, mc.CA.TrustDomain.Name())
+	}
+	mc.MembersOnly, mc.LeafFile = only, certPath
+	if certPath == "" {
+		return mc, nil
+	}
+	if _, err := os.Stat(certPath); errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintf(stderr, "no certificate at %s yet: get one with `korium-tun cert request` (the node writes it there and presents it)\n", certPath)
+		return mc, nil
+	}
+	der, err := tca.ReadCertPEM(certPath)
+	if err != nil {
+		return mc, fmt.Errorf("--cert: %v", err)
+	}
+	_, leaf, err := pki.LeafCertificate(kp, der)
+	if err == nil {
+		_, err = pki.VerifyMember(leaf, mc.CA.Cert, mc.CA.TrustDomain, leaf.NotAfter)
+	}
+	if err != nil {
+		return mc, fmt.Errorf("--cert %s: %v (it must be this node's certificate from `korium-tun cert request`, of the CA in --ca-cert)", certPath, err)
+	}
+	if time.Now().After(leaf.NotAfter) {
+		fmt.Fprintf(stderr, "the certificate in %s expired at %s: the node asks the signers for a new one\n", certPath, leaf.NotAfter.Format(time.RFC3339))
+	}
+	mc.Leaf = der
+	return mc, nil
+}
+
+// printMembers adds the membership lines to `status`.
+func printMembers(w io.Writer, m *overlay.MembersStatus) {
+	if m == nil {
+		return
+	}
+	state := "not a member (no valid certificate)"
+	if m.Member {
+		state = fmt.Sprintf("member %s, certificate until %s (renewal at %s)", m.SPIFFEID, m.NotAfter.Format(time.RFC3339), m.RenewAt.Format(time.RFC3339))
+	}
+	only := "accepts everyone"
+	if m.MembersOnly {
+		only = "members only"
+	}
+	fmt.Fprintf(w, "members: %s; %s; %d members and %d enrollees connected\n", state, only, m.Members, m.Enrollees)
+	var refused []string
+	for k, v := range m.Refused {
+		if v > 0 {
+			refused = append(refused, fmt.Sprintf("%s=%d", k, v))
+		}
+	}
+	if len(refused) > 0 {
+		sort.Strings(refused)
+		fmt.Fprintf(w, "members: refused %s\n", strings.Join(refused, " "))
+	}
 }

@@ -70,8 +70,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 						return err
 					}
 					path := c.String("key")
-					if _, err := os.Lstat(path); err == nil {
-						return fmt.Errorf("key file %s already exists: refusing to overwrite an identity (choose another path)", path)
+					if err := pki.CheckNewKeyPath(path); err != nil {
+						return err
 					}
 					kp, err := generate(c.Context, stderr, c.Int("pow-bits"))
 					if err != nil {
@@ -299,6 +299,9 @@ func up(c *cli.Context, ucfg *upConfig, stdout, stderr io.Writer) error {
 	if !canCreateTUN() {
 		return errors.New("`korium-tun up` creates a TUN device and needs root: run it with sudo (Go programs can use the overlay without root through the overlay package's netstack)")
 	}
+	if err := control.CheckPath(c.String("control")); err != nil {
+		return err
+	}
 	var logLevel slog.LevelVar // SIGHUP may change it
 	logLevel.Set(level)
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: &logLevel}))
@@ -345,6 +348,10 @@ func up(c *cli.Context, ucfg *upConfig, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	members, err := loadMembers(c, kp, signer, stderr)
+	if err != nil {
+		return err
+	}
 	udp, err := overlay.ListenUDP(c.String("listen"))
 	if err != nil {
 		return err
@@ -367,6 +374,7 @@ func up(c *cli.Context, ucfg *upConfig, stdout, stderr io.Writer) error {
 	node, err := overlay.New(overlay.Config{
 		Keypair: kp, PoWBits: overlayPoW(bits), Conn: udp, Device: dev, MTU: mtu, Bootstrap: boot, Logger: log,
 		NoRelay: !c.Bool("relay"), TrustDomain: c.String("trust-domain"), Workload: c.String("workload"), CASigner: signer,
+		CA: caConfig(c), Members: members,
 	})
 	if err != nil {
 		return err
@@ -401,8 +409,20 @@ func up(c *cli.Context, ucfg *upConfig, stdout, stderr io.Writer) error {
 	} else if ok {
 		log.Debug("told systemd the node is ready")
 	}
-	svc.run(ctx, ucfg, &logLevel)
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	go func() { // a node that stops by itself (its device is gone) ends the run
+		select {
+		case <-node.Done():
+			stopRun()
+		case <-runCtx.Done():
+		}
+	}()
+	svc.run(runCtx, ucfg, &logLevel)
 	sdNotify("STOPPING=1")
+	if err := node.Err(); err != nil {
+		return err
+	}
 	log.Info("shutting down")
 	return nil
 }
@@ -541,6 +561,7 @@ func printStatus(w io.Writer, st statusJSON) {
 		nat = fmt.Sprintf("behind NAT (seen as %s), relays %d", st.NAT.Observed, len(st.NAT.Relays))
 	}
 	fmt.Fprintf(w, "\nnat: %s\n", nat)
+	printMembers(w, st.Members)
 	if r := st.Relay; r != nil {
 		fmt.Fprintf(w, "relay: %d sessions open, %d frames forwarded\n", r.Sessions, r.ForwardedFrames)
 	}
@@ -555,6 +576,16 @@ func printStatus(w io.Writer, st statusJSON) {
 	}
 	sort.Strings(drops)
 	fmt.Fprintf(w, "\ndrops: %s\n", strings.Join(drops, " "))
+	var refusals []string
+	for k, v := range st.Refusals {
+		if v > 0 {
+			refusals = append(refusals, fmt.Sprintf("%s=%d", k, v))
+		}
+	}
+	if len(refusals) > 0 {
+		sort.Strings(refusals)
+		fmt.Fprintf(w, "refusals: %s\n", strings.Join(refusals, " "))
+	}
 	if d := st.DHT; d != nil {
 		fmt.Fprintf(w, "dht: %d contacts in %d buckets, k %d, alpha %d, %d tiers, %d records, %d lookups (%d failed)\n",
 			d.TableSize, d.Buckets, d.K, d.Alpha, len(d.Tiers), d.Records, d.Lookups, d.LookupFailures)

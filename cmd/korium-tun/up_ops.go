@@ -34,7 +34,7 @@ func controlPathFlag() cli.Flag {
 
 // upFlags are the flags of `up`; each is also a config key (keyName).
 func upFlags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{Name: "key", Value: defaultKeyPath, Usage: "identity key file (created if missing)"},
 		&cli.StringFlag{Name: "listen", Value: "[::]:7400", Usage: "UDP HOST:PORT to listen on"},
 		&cli.StringSliceFlag{Name: "bootstrap", Usage: "IDENTITY@HOST:PORT of a peer to keep connected (repeatable)"},
@@ -50,7 +50,7 @@ func upFlags() []cli.Flag {
 		&cli.StringFlag{Name: "trust-domain", Usage: "SPIFFE trust domain: puts spiffe://TD/IDENTITY[/WORKLOAD] in the node's certificate"},
 		&cli.StringFlag{Name: "workload", Usage: "SPIFFE workload path after the identity (needs --trust-domain)"},
 		&cli.StringFlag{Name: "ca-signer", Usage: "threshold-CA signer state (written by `ca dkg --state`): the node signs CSRs"},
-	}
+	}, memberFlags()...)
 }
 
 // listenMetrics opens --metrics before anything else is set up, so a taken

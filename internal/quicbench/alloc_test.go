@@ -62,9 +62,10 @@ func TestDatagramPathDoesNotAllocate(t *testing.T) {
 			defer debug.SetGCPercent(debug.SetGCPercent(-1))
 			// The best of a few windows: a pool may still grow to a new
 			// peak in one (the receive queue holds up to 1024 datagrams, a
-			// connection up to 256 unprocessed packets), but an allocation
-			// per datagram, packet or ACK shows in every window.
-			const n, windows = 20000, 3
+			// connection up to 256 unprocessed packets), and on a loaded
+			// machine the runtime allocates now and then for itself, but an
+			// allocation per datagram, packet or ACK shows in every window.
+			const n, windows = 20000, 5
 			sent := uint64(n)
 			if both {
 				sent *= 2
@@ -77,7 +78,9 @@ func TestDatagramPathDoesNotAllocate(t *testing.T) {
 				if bad := rs.bad.Load() + rc.bad.Load(); bad > 0 {
 					t.Fatalf("%d datagrams arrived damaged", bad)
 				}
-				if got < sent*9/10 {
+				// Datagrams may be lost (a starved receiver's queue fills);
+				// allocations are counted per datagram that arrived.
+				if got < sent/2 {
 					t.Fatalf("%d of %d datagrams arrived", got, sent)
 				}
 				per := float64(allocs) / float64(got)

@@ -31,7 +31,7 @@ import (
 
 	"github.com/korium/korium-tun/internal/tool"
 	"github.com/korium/korium-tun/pki"
-	"github.com/korium/korium-tun/smartsock"
+	"github.com/korium/korium-tun/wire"
 )
 
 func main() {
@@ -144,26 +144,26 @@ func garbage(b []byte, kind int, rng *rand.Rand, peer, target pki.Identity) []by
 		if kind%2 == 0 && peer != (pki.Identity{}) {
 			from = peer
 		}
-		p := smartsock.Probe{ProbeHeader: smartsock.ProbeHeader{Type: smartsock.ProbeRequest, TxID: rng.Uint64(), Timestamp: now}, From: from}
+		p := wire.Probe{ProbeHeader: wire.ProbeHeader{Type: wire.ProbeRequest, TxID: rng.Uint64(), Timestamp: now}, From: from}
 		for i := range p.MAC {
 			p.MAC[i] = byte(rng.Uint32())
 		}
-		return smartsock.AppendProbe(b, &p)
+		return wire.AppendProbe(b, &p)
 	case 6: // a hello with a random signature
-		h := smartsock.Hello{ProbeHeader: smartsock.ProbeHeader{Type: smartsock.ProbeHello, TxID: rng.Uint64(), Timestamp: now}, From: randID(), PoWNonce: rng.Uint64(), To: target}
+		h := wire.Hello{ProbeHeader: wire.ProbeHeader{Type: wire.ProbeHello, TxID: rng.Uint64(), Timestamp: now}, From: randID(), PoWNonce: rng.Uint64(), To: target}
 		for i := range h.Sig {
 			h.Sig[i] = byte(rng.Uint32())
 		}
-		return smartsock.AppendHello(b, &h)
+		return wire.AppendHello(b, &h)
 	case 7: // a probe reply nobody asked for
-		p := smartsock.Probe{ProbeHeader: smartsock.ProbeHeader{Type: smartsock.ProbeReply, TxID: rng.Uint64(), Timestamp: now}, From: peer}
-		return smartsock.AppendProbe(b, &p)
+		p := wire.Probe{ProbeHeader: wire.ProbeHeader{Type: wire.ProbeReply, TxID: rng.Uint64(), Timestamp: now}, From: peer}
+		return wire.AppendProbe(b, &p)
 	case 8: // a relay frame for a random session
 		var s [16]byte
 		for i := range s {
 			s[i] = byte(rng.Uint32())
 		}
-		b = smartsock.AppendRelayHeader(b, smartsock.RelayHeader{Session: s})
+		b = wire.AppendRelayHeader(b, wire.RelayHeader{Session: s})
 		return appendRandom(b, 100+rng.IntN(1100), rng)
 	default: // random bytes shaped like QUIC short or long headers
 		first := byte(0x40 | rng.IntN(0x40))

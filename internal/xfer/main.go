@@ -4,6 +4,9 @@
 //
 //	xfer recv -listen [ADDR]:PORT [-timeout 60s]   prints "<bytes> <sha256>" of what arrived
 //	xfer send -to [ADDR]:PORT -bytes N [-seed S]  prints "<bytes> <sha256>" of what was sent
+//	xfer pace -to [ADDR]:PORT [-pps 2000] [-size 1000] [-timeout D]
+//	    sends UDP datagrams at a fixed rate whether or not anyone answers,
+//	    until -timeout or SIGINT/SIGTERM, and prints "sent N"
 package main
 
 import (
@@ -14,18 +17,22 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/korium/korium-tun/internal/tool"
 )
 
 func main() {
-	sub, fs := tool.Args("xfer", "send", "recv")
+	sub, fs := tool.Args("xfer", "send", "recv", "pace")
 	listen := fs.String("listen", "", "address to accept one connection on")
 	to := fs.String("to", "", "address to send to")
 	n := fs.Int64("bytes", 64<<20, "bytes to send")
 	seed := fs.Uint64("seed", 1, "PRNG seed")
 	timeout := fs.Duration("timeout", 120*time.Second, "give up after")
+	pps := fs.Int("pps", 2000, "datagrams a second (pace)")
+	size := fs.Int("size", 1000, "bytes per datagram (pace)")
 	fs.Parse(os.Args[2:])
 	deadline := time.Now().Add(*timeout)
 	var err error
@@ -34,6 +41,8 @@ func main() {
 		err = recv(*listen, deadline)
 	case "send":
 		err = send(*to, *n, *seed, deadline)
+	case "pace":
+		err = pace(*to, *pps, *size, deadline)
 	}
 	if err != nil {
 		tool.Fail("xfer", err)
@@ -86,5 +95,35 @@ func send(to string, n int64, seed uint64, deadline time.Time) error {
 	c.(*net.TCPConn).CloseWrite()
 	io.Copy(io.Discard, c)
 	fmt.Printf("%d %s\n", n, hex.EncodeToString(h.Sum(nil)))
+	return nil
+}
+
+// pace sends size-byte UDP datagrams to `to` at pps a second (in bursts
+// every millisecond, so the rate holds without a timer per datagram) until
+// the deadline or a signal, ignoring send errors, and prints "sent N".
+func pace(to string, pps, size int, deadline time.Time) error {
+	c, err := net.Dial("udp", to)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
+	buf := make([]byte, size)
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	start, sent := time.Now(), 0
+	for time.Now().Before(deadline) {
+		select {
+		case <-stop:
+			fmt.Printf("sent %d\n", sent)
+			return nil
+		case now := <-t.C:
+			for due := int(now.Sub(start).Seconds() * float64(pps)); sent < due; sent++ {
+				c.Write(buf)
+			}
+		}
+	}
+	fmt.Printf("sent %d\n", sent)
 	return nil
 }

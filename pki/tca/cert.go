@@ -17,9 +17,7 @@ import (
 	"time"
 
 	"filippo.io/edwards25519"
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/pki/frost"
@@ -245,14 +243,18 @@ type leafParams struct {
 	Serial    [16]byte
 	NotBefore time.Time
 	NotAfter  time.Time
+	Nonce     uint64 // the key's proof-of-work nonce, in the subject as in every node certificate
 }
 
 // leafTemplate is the X509-SVID for p: one URI SAN, not a CA,
-// digitalSignature only, the requester's identity key.
+// digitalSignature only, the requester's identity key, and its
+// proof-of-work nonce as the subject serialNumber (pki.PoWSerialNumber), so
+// the leaf passes the handshake's proof-of-work check when presented.
 func leafTemplate(p leafParams) *x509.Certificate {
 	serial := new(big.Int).SetBytes(p.Serial[:])
 	return &x509.Certificate{
 		SerialNumber:          serial,
+		Subject:               pkix.Name{SerialNumber: pki.PoWSerialNumber(p.Nonce)},
 		NotBefore:             p.NotBefore,
 		NotAfter:              p.NotAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
@@ -282,6 +284,7 @@ func checkCSR(ca *CA, from pki.Identity, m *csrMsg, now time.Time, maxValidity t
 	p.SPIFFEID, _ = spiffeid.FromString(m.SPIFFEID)
 	p.Key = from
 	p.Serial = m.Serial
+	p.Nonce = m.Nonce
 	if p.Serial[0]&0x80 != 0 || p.Serial == ([16]byte{}) {
 		return p, errors.New("tca: serial must be positive and below 2^127")
 	}
@@ -309,21 +312,12 @@ func leafTBS(ca *CA, p leafParams) ([]byte, error) {
 
 // VerifyLeaf checks leaf against ca as a relying party would: an X509-SVID
 // (go-spiffe's x509svid.Verify with ca as the trust domain's bundle) whose
-// SPIFFE ID names the certificate's own key. It returns that ID and the
-// identity.
+// SPIFFE ID names the certificate's own key (pki.VerifyMember). It returns
+// that ID and the identity.
 func VerifyLeaf(leaf *x509.Certificate, ca *CA, now time.Time) (spiffeid.ID, pki.Identity, error) {
-	bundle := x509bundle.FromX509Authorities(ca.TrustDomain, []*x509.Certificate{ca.Cert})
-	sid, _, err := x509svid.Verify([]*x509.Certificate{leaf}, bundle, x509svid.WithTime(now))
+	info, err := pki.VerifyMember(leaf, ca.Cert, ca.TrustDomain, now)
 	if err != nil {
 		return spiffeid.ID{}, pki.Identity{}, err
 	}
-	id, _, err := pki.ValidateSPIFFEID(sid.String(), ca.TrustDomain.Name())
-	if err != nil {
-		return sid, id, err
-	}
-	pub, ok := leaf.PublicKey.(ed25519.PublicKey)
-	if !ok || !bytes.Equal(pub, id[:]) {
-		return sid, id, fmt.Errorf("tca: the SPIFFE ID names %s but the key is another", id.Short())
-	}
-	return sid, id, nil
+	return info.SPIFFEID, info.Identity, nil
 }

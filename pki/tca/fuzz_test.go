@@ -77,6 +77,8 @@ func seedMessages(t testing.TB) map[byte][][]byte {
 		n2 := frost.Commit(2, edwardsOne())
 		tap((&signReqMsg{ReqID: m.ReqID, Commitments: []frost.Commitment{c, n2.Commitment()}, TBS: []byte("tbs")}).encode())
 		tap((&signShareMsg{Z: edwardsOne()}).encode())
+		tap((&refusalMsg{ReqID: m.ReqID, Reason: refuseNotApproved, Text: errUnapproved.Error()}).encode())
+		tap(EncodeLeafUpdate(seedCA[:200]))
 	})
 	return seeds
 }
@@ -107,6 +109,49 @@ func FuzzCSR(f *testing.F)        { fuzzDecoder(f, msgCSR, decodeCSR) }
 func FuzzCommitment(f *testing.F) { fuzzDecoder(f, msgCommitment, decodeCommitment) }
 func FuzzSignReq(f *testing.F)    { fuzzDecoder(f, msgSignReq, decodeSignReq) }
 func FuzzSignShare(f *testing.F)  { fuzzDecoder(f, msgSignShare, decodeSignShare) }
+func FuzzRefusal(f *testing.F)    { fuzzDecoder(f, msgRefusal, decodeRefusal) }
+
+// FuzzLeafUpdate: the member's renewed certificate message is bounded and
+// has one spelling.
+func FuzzLeafUpdate(f *testing.F) {
+	for _, s := range seedMessages(f)[MsgLeafUpdate] {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		der, err := DecodeLeafUpdate(b)
+		if err != nil {
+			return
+		}
+		if len(der) > MaxLeafSize || !bytes.Equal(EncodeLeafUpdate(der), b) {
+			t.Fatalf("accepted %x", b)
+		}
+	})
+}
+
+// FuzzApprovalsFile: the approvals file is parsed without panicking; what
+// parses writes back to a file that parses to the same list.
+func FuzzApprovalsFile(f *testing.F) {
+	kps := keys(f, 2)
+	f.Add(encodeApprovals([]Approval{{Identity: kps[0].Identity(), ApprovedAt: time.Unix(1700000000, 0)}, {Identity: kps[1].Identity(), Workload: "/a/b", ApprovedAt: time.Unix(5, 0)}}))
+	f.Add([]byte(approvalsHeader + "\n"))
+	f.Add([]byte(approvalsHeader + "\nzz 1\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := decodeApprovals(b)
+		if err != nil {
+			return
+		}
+		a := &approvals{m: m}
+		again, err := decodeApprovals(encodeApprovals(a.listLocked()))
+		if err != nil || len(again) != len(m) {
+			t.Fatalf("re-encoded list does not parse: %v", err)
+		}
+		for id, ap := range m {
+			if again[id] != ap {
+				t.Fatalf("%v became %v", ap, again[id])
+			}
+		}
+	})
+}
 
 // FuzzParseCA: a CA certificate from the network (presence, commitments)
 // is parsed without panicking, and only self-consistent ones pass.
@@ -155,6 +200,7 @@ func FuzzHandleRPC(f *testing.F) {
 	from := kps[0].Identity()
 	f.Fuzz(func(t *testing.T, b []byte) {
 		svc.HandleRPC(context.Background(), from, b)
+		svc.HandleEnrollment(context.Background(), from, b)
 		svc.onCSR(from, b)
 		svc.onPresence(from, b)
 		svc.onRound1(from, b)

@@ -31,6 +31,11 @@ type RequestConfig struct {
 	// the signers of TrustDomain answer for, and refuses to choose when
 	// two different CAs answer.
 	CAKey ed25519.PublicKey
+	// CA, when known (a member's configured CA certificate), pins its key
+	// and names the signers to ask directly: a node that is not yet a
+	// member reaches them only that way, and their answers say which of
+	// them approved it.
+	CA *CA
 	// Attempts bounds signing rounds (default 4): a round that loses a
 	// signer or gets a bad share is retried without it.
 	Attempts int
@@ -55,6 +60,11 @@ type pendingRequest struct {
 	byCA  map[[32]byte]*caCommits // commitments grouped by the CA they are for
 	kick  chan struct{}
 	skips map[pki.Identity]bool // excluded signers
+	// Answers to the CSR sent by RPC: refusals by signer, and calls in
+	// flight or failed (retried every Republish).
+	refused  map[pki.Identity]*refusalMsg
+	inflight map[pki.Identity]bool
+	failed   map[pki.Identity]string
 }
 
 type caCommits struct {
@@ -138,6 +148,15 @@ func (s *Service) RequestCertificate(ctx context.Context, cfg RequestConfig) (*C
 	if cfg.CAKey != nil && len(cfg.CAKey) != ed25519.PublicKeySize {
 		return nil, errors.New("tca: CAKey must be a 32-byte Ed25519 key")
 	}
+	if cfg.CA != nil {
+		if cfg.CA.TrustDomain.Name() != cfg.TrustDomain {
+			return nil, fmt.Errorf("tca: the CA is of trust domain %s, the request for %s", cfg.CA.TrustDomain.Name(), cfg.TrustDomain)
+		}
+		if cfg.CAKey != nil && !bytes.Equal(cfg.CAKey, cfg.CA.GroupKey) {
+			return nil, errors.New("tca: CAKey is not the key of CA")
+		}
+		cfg.CAKey = cfg.CA.GroupKey
+	}
 	if err := s.ensurePresenceSub(); err != nil {
 		return nil, err
 	}
@@ -164,14 +183,20 @@ type retryError struct{ msg string }
 
 func (e *retryError) Error() string { return e.msg }
 
+// backdate is how far before now a leaf's validity starts (clocks
+// differ), at most a minute and an eighth of its lifetime; the lifetime
+// (NotAfter - NotBefore) is the validity asked for.
+func backdate(validity time.Duration) time.Duration { return min(time.Minute, validity/8) }
+
 func (s *Service) requestOnce(ctx context.Context, cfg RequestConfig, sid spiffeid.ID, excluded map[pki.Identity]string) (*Certificate, error) {
-	m := &csrMsg{SPIFFEID: sid.String()}
+	m := &csrMsg{SPIFFEID: sid.String(), Nonce: s.cfg.Keypair.Nonce()}
 	rand.Read(m.ReqID[:])
 	rand.Read(m.Serial[:])
 	m.Serial[0] = m.Serial[0]&0x7f | 0x01
-	nb := s.now().Add(-time.Minute).Truncate(time.Second)
+	nb := s.now().Add(-backdate(cfg.Validity)).Truncate(time.Second)
 	m.NotBefore, m.NotAfter = uint64(nb.Unix()), uint64(nb.Add(cfg.Validity).Unix())
-	pr := &pendingRequest{td: cfg.TrustDomain, pin: cfg.CAKey, byCA: map[[32]byte]*caCommits{}, kick: make(chan struct{}, 1), skips: map[pki.Identity]bool{}}
+	pr := &pendingRequest{td: cfg.TrustDomain, pin: cfg.CAKey, byCA: map[[32]byte]*caCommits{}, kick: make(chan struct{}, 1), skips: map[pki.Identity]bool{},
+		refused: map[pki.Identity]*refusalMsg{}, inflight: map[pki.Identity]bool{}, failed: map[pki.Identity]string{}}
 	for id := range excluded {
 		pr.skips[id] = true
 	}
@@ -184,32 +209,20 @@ func (s *Service) requestOnce(ctx context.Context, cfg RequestConfig, sid spiffe
 		s.mu.Unlock()
 	}()
 	csr := m.encode()
-	if st := s.SignerState(); st != nil && st.CA.TrustDomain.Name() == cfg.TrustDomain {
-		s.onCSR(s.self, csr) // gossip does not deliver our own broadcast to us
-	}
 
-	// Broadcast until some CA has K commitments from signers not
-	// excluded, connecting to the signers we hear of so the broadcast
-	// reaches them directly.
+	// Ask every signer we know of by RPC (their answers say who approved
+	// us) and broadcast too (reaching signers we cannot dial, who answer
+	// by RPC), until some CA has K commitments from signers not excluded,
+	// or too many refused for K to be possible.
 	wait := time.NewTimer(s.cfg.CommitWait)
 	defer wait.Stop()
 	tick := time.NewTicker(s.cfg.Republish)
 	defer tick.Stop()
-	connected := map[pki.Identity]bool{}
 	var cc *caCommits
 	publish := true
 	for cc == nil {
-		for _, id := range s.knownSignersOf(cfg.TrustDomain) {
-			if !connected[id] && id != s.self {
-				connected[id] = true
-				s.wg.Add(1)
-				go func() {
-					defer s.wg.Done()
-					cctx, cancel := context.WithTimeout(s.ctx, s.cfg.CallTimeout)
-					defer cancel()
-					s.net.Connect(cctx, id)
-				}()
-			}
+		for _, id := range s.csrTargets(cfg) {
+			s.askSigner(ctx, pr, id, m.ReqID, csr, publish)
 		}
 		if publish {
 			if err := s.net.Publish(TopicCSR, csr); err != nil {
@@ -223,7 +236,7 @@ func (s *Service) requestOnce(ctx context.Context, cfg RequestConfig, sid spiffe
 		case <-s.ctx.Done():
 			return nil, errors.New("tca: closed")
 		case <-wait.C:
-			return nil, s.notEnough(pr, cfg, excluded)
+			return nil, s.notEnough(pr, cfg, sid, excluded, true)
 		case <-tick.C:
 			publish = true
 		case <-pr.kick:
@@ -231,6 +244,9 @@ func (s *Service) requestOnce(ctx context.Context, cfg RequestConfig, sid spiffe
 		var err error
 		if cc, err = s.ready(pr); err != nil {
 			return nil, err
+		}
+		if cc == nil && s.hopeless(pr, cfg) {
+			return nil, s.notEnough(pr, cfg, sid, excluded, false)
 		}
 	}
 	ca := cc.ca
@@ -243,7 +259,7 @@ func (s *Service) requestOnce(ctx context.Context, cfg RequestConfig, sid spiffe
 	}
 	s.mu.Unlock()
 	frost.SortCommitments(list)
-	p := leafParams{SPIFFEID: sid, Key: s.self, Serial: m.Serial, NotBefore: time.Unix(int64(m.NotBefore), 0).UTC(), NotAfter: time.Unix(int64(m.NotAfter), 0).UTC()}
+	p := leafParams{SPIFFEID: sid, Key: s.self, Serial: m.Serial, Nonce: m.Nonce, NotBefore: time.Unix(int64(m.NotBefore), 0).UTC(), NotAfter: time.Unix(int64(m.NotAfter), 0).UTC()}
 	tbs, err := leafTBS(ca, p)
 	if err != nil {
 		return nil, err
@@ -313,6 +329,112 @@ func (s *Service) requestOnce(ctx context.Context, cfg RequestConfig, sid spiffe
 	return out, nil
 }
 
+// csrTargets lists the signers to send the CSR to by RPC: the CA's when
+// it is known, else those heard on ca/signers (and ourselves if we sign
+// for the trust domain: gossip does not bring our own broadcast back).
+func (s *Service) csrTargets(cfg RequestConfig) []pki.Identity {
+	if cfg.CA != nil {
+		return cfg.CA.Signers
+	}
+	out := s.knownSignersOf(cfg.TrustDomain)
+	if st := s.SignerState(); st != nil && st.CA.TrustDomain.Name() == cfg.TrustDomain {
+		out = append(out, s.self)
+	}
+	return out
+}
+
+// askSigner sends the CSR to signer id by RPC unless it answered, was
+// excluded, or a call is in flight; a failed call is sent again only when
+// retry is set (every Republish).
+func (s *Service) askSigner(ctx context.Context, pr *pendingRequest, id pki.Identity, reqID [reqIDSize]byte, csr []byte, retry bool) {
+	s.mu.Lock()
+	_, failed := pr.failed[id]
+	if pr.skips[id] || pr.inflight[id] || pr.refused[id] != nil || pr.committed(id) || (failed && !retry) {
+		s.mu.Unlock()
+		return
+	}
+	pr.inflight[id] = true
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		cctx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
+		resp, err := s.net.Call(cctx, id, csr)
+		cancel()
+		var ref *refusalMsg
+		if err == nil {
+			switch MessageType(resp) {
+			case msgCommitment:
+				err = s.onCommitment(id, resp)
+			case msgRefusal:
+				if ref, err = decodeRefusal(resp); err == nil && ref.ReqID != reqID {
+					ref, err = nil, errors.New("a refusal of another request")
+				}
+			default:
+				err = errors.New("an answer that is neither a commitment nor a refusal")
+			}
+		}
+		s.mu.Lock()
+		delete(pr.inflight, id)
+		switch {
+		case ref != nil:
+			pr.refused[id] = ref
+		case err != nil:
+			pr.failed[id] = err.Error()
+		default:
+			delete(pr.failed, id)
+		}
+		s.mu.Unlock()
+		select {
+		case pr.kick <- struct{}{}:
+		default:
+		}
+	}()
+}
+
+// committed reports whether id gave a commitment (s.mu held).
+func (pr *pendingRequest) committed(id pki.Identity) bool {
+	for _, cc := range pr.byCA {
+		if n := cc.ca.SignerID(id); n != 0 && cc.by[n].Hiding != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// theCA is the CA a request is for when it is known: the configured one,
+// else the only one that answered (s.mu held).
+func (pr *pendingRequest) theCA(cfg RequestConfig) *CA {
+	if cfg.CA != nil {
+		return cfg.CA
+	}
+	if len(pr.byCA) == 1 {
+		for _, cc := range pr.byCA {
+			return cc.ca
+		}
+	}
+	return nil
+}
+
+// hopeless reports whether so many of the CA's signers refused (or were
+// excluded) that K commitments can no longer come, once no call is in
+// flight (so the error counts every answer).
+func (s *Service) hopeless(pr *pendingRequest, cfg RequestConfig) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ca := pr.theCA(cfg)
+	if ca == nil || len(pr.inflight) > 0 {
+		return false
+	}
+	out := 0
+	for _, id := range ca.Signers {
+		if pr.refused[id] != nil || pr.skips[id] {
+			out++
+		}
+	}
+	return len(ca.Signers)-out < ca.Threshold
+}
+
 // ready returns the CA whose signers have given K commitments, refusing
 // to choose between two CAs of the trust domain without a pin.
 func (s *Service) ready(pr *pendingRequest) (*caCommits, error) {
@@ -334,28 +456,78 @@ func (s *Service) ready(pr *pendingRequest) (*caCommits, error) {
 	return nil, nil
 }
 
-// notEnough explains a round in which fewer than K signers answered.
-func (s *Service) notEnough(pr *pendingRequest, cfg RequestConfig, excluded map[pki.Identity]string) error {
+// notEnough explains a round in which fewer than K signers gave a
+// commitment: how many approved the request, who refused and why, who was
+// silent. timedOut says whether CommitWait passed (else refusals made K
+// impossible). It wraps ErrNotApproved when a signer said it has not
+// approved the identity, else ErrNotEnoughSigners.
+func (s *Service) notEnough(pr *pendingRequest, cfg RequestConfig, sid spiffeid.ID, excluded map[pki.Identity]string, timedOut bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var b strings.Builder
-	if len(pr.byCA) == 0 {
-		fmt.Fprintf(&b, "no signer of trust domain %s answered within %v (is a signer running and connected to this node's mesh?)", cfg.TrustDomain, s.cfg.CommitWait)
+	ca := pr.theCA(cfg)
+	sentinel := ErrNotEnoughSigners
+	byReason := map[byte][]string{}
+	var texts []string
+	for id, r := range pr.refused {
+		byReason[r.Reason] = append(byReason[r.Reason], id.Short())
+		if r.Reason == refuseNotApproved {
+			sentinel = ErrNotApproved
+		} else if len(texts) < 3 {
+			texts = append(texts, id.Short()+": "+r.Text)
+		}
 	}
-	for _, cc := range pr.byCA {
-		fmt.Fprintf(&b, "%d of the %d signers needed (of %d) answered within %v", len(cc.order), cc.ca.Threshold, len(cc.ca.Signers), s.cfg.CommitWait)
+	switch {
+	case ca != nil:
+		got := 0
+		if cc := pr.byCA[ca.Fingerprint()]; cc != nil {
+			got = len(cc.order)
+		}
+		verb := "answered"
+		if len(pr.refused) > 0 {
+			verb = "approved"
+		}
+		fmt.Fprintf(&b, "%d of the %d signers needed (of %d) %s %s", got, ca.Threshold, len(ca.Signers), verb, sid)
+		if timedOut {
+			fmt.Fprintf(&b, " within %v", s.cfg.CommitWait)
+		}
 		var quiet []string
-		for i, id := range cc.ca.Signers {
-			if _, ok := cc.by[uint16(i+1)]; !ok && id != s.self {
-				quiet = append(quiet, id.Short())
+		for i, id := range ca.Signers {
+			cc := pr.byCA[ca.Fingerprint()]
+			if (cc == nil || cc.by[uint16(i+1)].Hiding == nil) && pr.refused[id] == nil && !pr.skips[id] {
+				q := id.Short()
+				if why := pr.failed[id]; why != "" {
+					q += " (" + clipText(why) + ")"
+				}
+				quiet = append(quiet, q)
 			}
 		}
 		if len(quiet) > 0 {
 			fmt.Fprintf(&b, "; silent: %s", strings.Join(quiet, ", "))
 		}
+	case len(pr.byCA) == 0 && len(pr.refused) == 0:
+		fmt.Fprintf(&b, "no signer of trust domain %s answered within %v (is a signer running and connected to this node's mesh?)", cfg.TrustDomain, s.cfg.CommitWait)
+	default:
+		for _, cc := range pr.byCA {
+			fmt.Fprintf(&b, "%d of the %d signers needed (of %d) answered within %v; ", len(cc.order), cc.ca.Threshold, len(cc.ca.Signers), s.cfg.CommitWait)
+		}
+	}
+	names := map[byte]string{refuseNotApproved: "not approved by", refuseRateLimited: "rate-limited by", refuseBusy: "busy", refuseInvalid: "refused as invalid by", refuseNotSigner: "not signers"}
+	for _, r := range []byte{refuseNotApproved, refuseRateLimited, refuseBusy, refuseInvalid, refuseNotSigner} {
+		if ids := byReason[r]; len(ids) > 0 {
+			sort.Strings(ids)
+			fmt.Fprintf(&b, "; %s %s", names[r], strings.Join(ids, ", "))
+		}
+	}
+	if len(texts) > 0 {
+		sort.Strings(texts)
+		fmt.Fprintf(&b, " (%s)", strings.Join(texts, "; "))
 	}
 	for id, why := range excluded {
 		fmt.Fprintf(&b, "; excluded %s: %s", id.Short(), why)
 	}
-	return fmt.Errorf("%w: %s", ErrNotEnoughSigners, b.String())
+	if sentinel == ErrNotApproved {
+		fmt.Fprintf(&b, " (each of %s's signers approves with `korium-tun ca approve %s`)", cfg.TrustDomain, s.self)
+	}
+	return fmt.Errorf("%w: %s", sentinel, b.String())
 }

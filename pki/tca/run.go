@@ -258,8 +258,9 @@ func (s *Service) kickLocked() {
 }
 
 // SetSigner makes the Service a signer with st (after a DKG, or to load a
-// state later). It fails if it is a signer already.
-func (s *Service) SetSigner(st *SignerState) error {
+// state later) and the approval list at approvalsFile ("" keeps it in
+// memory only). It fails if it is a signer already.
+func (s *Service) SetSigner(st *SignerState, approvalsFile string) error {
 	if st.Identity != s.self {
 		return fmt.Errorf("tca: the signer state belongs to %s", st.Identity.Short())
 	}
@@ -272,5 +273,5 @@ func (s *Service) SetSigner(st *SignerState) error {
 		return errors.New("tca: this node is a signer already")
 	}
 	s.mu.Unlock()
-	return s.startSigner(st)
+	return s.startSigner(st, approvalsFile)
 }

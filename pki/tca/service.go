@@ -6,8 +6,9 @@
 //
 // It talks to peers only through the Network interface it defines (as dht
 // and gossipsub do); the protocols themselves are state machines (dkgRun,
-// signerCore) that do no I/O, driven by a Service. It may import pki and
-// pki/frost, nothing else of this project.
+// signerCore) that do no I/O, driven by a Service. A signer signs only for
+// identities it approved (approvals.go). It may import pki, pki/frost and
+// internal/atomicfile, nothing else of this project.
 package tca
 
 import (
@@ -50,6 +51,13 @@ type Config struct {
 	Logger  *slog.Logger // nil discards
 	// Signer makes this node a CA signer that answers CSRs (as_ca_signer).
 	Signer *SignerState
+	// ApprovalsFile is where the signer keeps the identities it signs for
+	// (default: none, the list lives in memory only). Conventionally the
+	// signer state's path with ".approvals" appended.
+	ApprovalsFile string
+	// PoWBits is the network's proof-of-work difficulty: a signer refuses
+	// to put a weaker nonce in a certificate (default 0: no check).
+	PoWBits int
 	// MaxValidity bounds the certificates a signer signs (default 24 h).
 	MaxValidity time.Duration
 	// RequestsPerMinute is how many new signing requests a signer accepts
@@ -127,6 +135,8 @@ type Stats struct {
 	CommitmentsRefused uint64 `json:"commitments_refused"`    // commitments a requester dropped
 	PresenceRefused    uint64 `json:"presence_refused"`       // bad presence announcements
 	CommitSendBusy     uint64 `json:"commit_send_busy"`       // commitments not sent: too many sends in flight
+	CSRNotApproved     uint64 `json:"csr_not_approved"`       // CSRs from identities this signer has not approved
+	EnrolleeRefused    uint64 `json:"enrollee_refused"`       // CA messages from enrollees other than CSRs and sign requests
 	Sessions           int    `json:"sessions"`               // signing sessions held now
 	KnownSigners       int    `json:"known_signers"`          // signers heard on ca/signers
 	Signer             bool   `json:"signer"`                 // this node is a signer
@@ -136,6 +146,7 @@ type Stats struct {
 type counters struct {
 	dkgRefused, csrAccepted, csrRefused, csrRateLimited, csrSessionsFull, sessionsExpired atomic.Uint64
 	sharesSigned, signRefused, commitmentsRefused, presenceRefused, commitSendBusy        atomic.Uint64
+	csrNotApproved, enrolleeRefused                                                       atomic.Uint64
 }
 
 // maxCommitSends bounds commitment RPCs a signer has in flight.
@@ -190,7 +201,7 @@ func New(cfg Config) (*Service, error) {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if c.Signer != nil {
-		if err := s.startSigner(c.Signer); err != nil {
+		if err := s.startSigner(c.Signer, c.ApprovalsFile); err != nil {
 			s.Close()
 			return nil, err
 		}
@@ -224,6 +235,7 @@ func (s *Service) Stats() Stats {
 		CSRRateLimited: c.csrRateLimited.Load(), CSRSessionsFull: c.csrSessionsFull.Load(), SessionsExpired: c.sessionsExpired.Load(),
 		SharesSigned: c.sharesSigned.Load(), SignRefused: c.signRefused.Load(), CommitmentsRefused: c.commitmentsRefused.Load(),
 		PresenceRefused: c.presenceRefused.Load(), CommitSendBusy: c.commitSendBusy.Load(),
+		CSRNotApproved: c.csrNotApproved.Load(), EnrolleeRefused: c.enrolleeRefused.Load(),
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -255,8 +267,27 @@ func (s *Service) HandleRPC(ctx context.Context, from pki.Identity, req []byte) 
 		return nil, s.onCommitment(from, req)
 	case msgSignReq:
 		return s.onSignRequest(from, req)
+	case msgCSR:
+		return s.onCSRCall(from, req)
 	}
 	return nil, errMalformed
+}
+
+// ErrEnrollee answers an enrollee's CA message that is not part of asking
+// for a certificate.
+var ErrEnrollee = errors.New("tca: a node that is not a member may only ask for a certificate (CSR and sign request)")
+
+// HandleEnrollment is HandleRPC for a peer that is not a member of a
+// members-only network (an enrollee): only the two messages a requester
+// sends (a CSR, a sign request) are served; the rest are refused and
+// counted.
+func (s *Service) HandleEnrollment(ctx context.Context, from pki.Identity, req []byte) ([]byte, error) {
+	switch MessageType(req) {
+	case msgCSR, msgSignReq:
+		return s.HandleRPC(ctx, from, req)
+	}
+	s.stats.enrolleeRefused.Add(1)
+	return nil, ErrEnrollee
 }
 
 // parseCA parses der, caching by its hash (a bounded cache: presence and

@@ -26,6 +26,7 @@ type sessKey struct {
 
 type session struct {
 	tbs     []byte
+	params  leafParams
 	nonces  *frost.Nonces
 	created time.Time
 	commit  []byte // our commitment message, resent on a repeated CSR
@@ -42,16 +43,17 @@ const maxBuckets = 4096
 
 // signerCore is the signer's state machine; the Service's mutex guards it.
 type signerCore struct {
-	st       *SignerState
-	key      *frost.KeyShare
-	cfg      *Config
-	sessions map[sessKey]*session
-	perReq   map[pki.Identity]int
-	buckets  map[pki.Identity]*bucket
+	st        *SignerState
+	key       *frost.KeyShare
+	cfg       *Config
+	approvals *approvals // has its own lock, taken inside the Service's
+	sessions  map[sessKey]*session
+	perReq    map[pki.Identity]int
+	buckets   map[pki.Identity]*bucket
 }
 
-func newSignerCore(st *SignerState, cfg *Config) *signerCore {
-	return &signerCore{st: st, key: st.keyShare(), cfg: cfg, sessions: map[sessKey]*session{}, perReq: map[pki.Identity]int{}, buckets: map[pki.Identity]*bucket{}}
+func newSignerCore(st *SignerState, cfg *Config, ap *approvals) *signerCore {
+	return &signerCore{st: st, key: st.keyShare(), cfg: cfg, approvals: ap, sessions: map[sessKey]*session{}, perReq: map[pki.Identity]int{}, buckets: map[pki.Identity]*bucket{}}
 }
 
 // Errors by which a signer refuses; the Service counts them.
@@ -60,7 +62,25 @@ var (
 	errSessionsFull = errors.New("tca: signer busy: too many signing sessions")
 	errNoSession    = errors.New("tca: no signing session for this request (unknown, used or expired)")
 	errTBSMismatch  = errors.New("tca: the TBSCertificate is not the certificate this signer validated")
+	errUnapproved   = errors.New("tca: this signer has not approved the identity (korium-tun ca approve)")
 )
+
+// checkApproved refuses an identity this signer has not approved for the
+// workload of sid.
+func (c *signerCore) checkApproved(from pki.Identity, p leafParams) error {
+	_, wl, err := pki.ValidateSPIFFEID(p.SPIFFEID.String(), c.st.CA.TrustDomain.Name())
+	if err != nil {
+		return err
+	}
+	ok, known := c.approvals.approved(from, wl)
+	switch {
+	case ok:
+		return nil
+	case known:
+		return fmt.Errorf("%w: approved with another workload path than %q", errUnapproved, wl)
+	}
+	return errUnapproved
+}
 
 func (c *signerCore) allow(from pki.Identity, now time.Time) bool {
 	rate := float64(c.cfg.RequestsPerMinute)
@@ -120,6 +140,12 @@ func (c *signerCore) onCSR(from pki.Identity, m *csrMsg, now time.Time) ([]byte,
 	if err != nil {
 		return nil, err
 	}
+	if err := pki.CheckPoW(from, m.Nonce, c.cfg.PoWBits); err != nil {
+		return nil, fmt.Errorf("tca: the certificate would carry a nonce peers refuse: %w", err)
+	}
+	if err := c.checkApproved(from, p); err != nil {
+		return nil, err
+	}
 	if len(c.sessions) >= c.cfg.MaxSessions {
 		c.expire(now)
 	}
@@ -135,7 +161,7 @@ func (c *signerCore) onCSR(from pki.Identity, m *csrMsg, now time.Time) ([]byte,
 	}
 	nonces := frost.Commit(c.st.ID, c.st.Secret)
 	cm := nonces.Commitment()
-	sess := &session{tbs: tbs, nonces: nonces, created: now,
+	sess := &session{tbs: tbs, params: p, nonces: nonces, created: now,
 		commit: (&commitmentMsg{ReqID: m.ReqID, ID: c.st.ID, Hide: cm.Hiding, Bind: cm.Binding, CACert: c.st.CA.DER}).encode()}
 	c.sessions[k] = sess
 	c.perReq[from]++
@@ -156,6 +182,10 @@ func (c *signerCore) onSignRequest(from pki.Identity, m *signReqMsg) ([]byte, er
 		sess.nonces.Discard()
 		return nil, errTBSMismatch
 	}
+	if err := c.checkApproved(from, sess.params); err != nil {
+		sess.nonces.Discard() // revoked since the CSR
+		return nil, err
+	}
 	for _, cm := range m.Commitments {
 		if int(cm.ID) > len(c.st.CA.Signers) {
 			sess.nonces.Discard()
@@ -171,9 +201,13 @@ func (c *signerCore) onSignRequest(from pki.Identity, m *signReqMsg) ([]byte, er
 
 // ---- the Service's signer side ----
 
-func (s *Service) startSigner(st *SignerState) error {
+func (s *Service) startSigner(st *SignerState, approvalsFile string) error {
+	ap, err := loadApprovals(approvalsFile)
+	if err != nil {
+		return err
+	}
 	s.mu.Lock()
-	s.signer = newSignerCore(st, &s.cfg)
+	s.signer = newSignerCore(st, &s.cfg, ap)
 	s.mu.Unlock()
 	cancel, err := s.net.Subscribe(TopicCSR, s.onCSR)
 	if err != nil {
@@ -192,7 +226,7 @@ func (s *Service) startSigner(st *SignerState) error {
 		s.signerLoop(pres)
 	}()
 	s.log.Info("CA signer running", "trust_domain", st.CA.TrustDomain.Name(), "signer", st.ID,
-		"of", len(st.CA.Signers), "threshold", st.CA.Threshold)
+		"of", len(st.CA.Signers), "threshold", st.CA.Threshold, "approved", len(ap.m), "approvals_file", approvalsFile)
 	return nil
 }
 
@@ -220,18 +254,13 @@ func (s *Service) signerLoop(pres []byte) {
 	}
 }
 
-// onCSR handles a CSR broadcast: checked, a session opened, and our
-// commitment sent to the requester by RPC (in the background, bounded).
-func (s *Service) onCSR(from pki.Identity, data []byte) {
-	m, err := decodeCSR(data)
-	if err != nil {
-		s.stats.csrRefused.Add(1)
-		return
-	}
+// csr checks a CSR from (its authenticated sender) and returns our
+// commitment, or the refusal's reason and error; counted either way.
+func (s *Service) csr(from pki.Identity, m *csrMsg) ([]byte, byte, error) {
 	s.mu.Lock()
 	if s.signer == nil {
 		s.mu.Unlock()
-		return
+		return nil, refuseNotSigner, errNotSigner
 	}
 	had := s.signer.sessions[sessKey{from, m.ReqID}] != nil
 	commit, err := s.signer.onCSR(from, m, s.now())
@@ -239,17 +268,37 @@ func (s *Service) onCSR(from pki.Identity, data []byte) {
 	switch {
 	case errors.Is(err, errRateLimited):
 		s.stats.csrRateLimited.Add(1)
-		return
+		return nil, refuseRateLimited, err
 	case errors.Is(err, errSessionsFull):
 		s.stats.csrSessionsFull.Add(1)
-		return
+		return nil, refuseBusy, err
+	case errors.Is(err, errUnapproved):
+		s.stats.csrNotApproved.Add(1)
+		s.log.Debug("CSR from an identity not approved", "from", from.Short(), "err", err)
+		return nil, refuseNotApproved, err
 	case err != nil:
 		s.stats.csrRefused.Add(1)
 		s.log.Debug("CSR refused", "from", from.Short(), "err", err)
-		return
+		return nil, refuseInvalid, err
 	}
 	if !had {
 		s.stats.csrAccepted.Add(1)
+	}
+	return commit, 0, nil
+}
+
+// onCSR handles a CSR broadcast: checked, a session opened, and our
+// commitment sent to the requester by RPC (in the background, bounded).
+// A refusal is silent: the requester asks by RPC to hear why.
+func (s *Service) onCSR(from pki.Identity, data []byte) {
+	m, err := decodeCSR(data)
+	if err != nil {
+		s.stats.csrRefused.Add(1)
+		return
+	}
+	commit, _, err := s.csr(from, m)
+	if err != nil {
+		return
 	}
 	select {
 	case s.sends <- struct{}{}:
@@ -269,6 +318,21 @@ func (s *Service) onCSR(from pki.Identity, data []byte) {
 	}()
 }
 
+// onCSRCall answers a CSR sent by RPC with our commitment or a refusal
+// that says why (the requester counts them: "2 of the 3 needed approved").
+func (s *Service) onCSRCall(from pki.Identity, data []byte) ([]byte, error) {
+	m, err := decodeCSR(data)
+	if err != nil {
+		s.stats.csrRefused.Add(1)
+		return nil, err
+	}
+	commit, reason, err := s.csr(from, m)
+	if err != nil {
+		return (&refusalMsg{ReqID: m.ReqID, Reason: reason, Text: err.Error()}).encode(), nil
+	}
+	return commit, nil
+}
+
 func (s *Service) onSignRequest(from pki.Identity, req []byte) ([]byte, error) {
 	m, err := decodeSignReq(req)
 	if err != nil {
@@ -279,7 +343,7 @@ func (s *Service) onSignRequest(from pki.Identity, req []byte) ([]byte, error) {
 	if s.signer == nil {
 		s.mu.Unlock()
 		s.stats.signRefused.Add(1)
-		return nil, errors.New("tca: this node is not a CA signer")
+		return nil, errNotSigner
 	}
 	resp, err := s.signer.onSignRequest(from, m)
 	s.mu.Unlock()

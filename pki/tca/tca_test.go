@@ -214,11 +214,12 @@ func TestDKGAndSigningInMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, st := range states {
-		if err := net.nodes[kps[i].Identity()].svc.SetSigner(st); err != nil {
+		if err := net.nodes[kps[i].Identity()].svc.SetSigner(st, ""); err != nil {
 			t.Fatal(err)
 		}
 	}
 	req := net.add(t, kps[5], nil, nil)
+	approve(t, net, kps[:5], kps[5].Identity(), "api")
 	cert, err := req.svc.RequestCertificate(context.Background(), RequestConfig{TrustDomain: "example.org", Workload: "api"})
 	if err != nil {
 		t.Fatal(err)
@@ -246,9 +247,10 @@ func TestSigningWithSignersOffline(t *testing.T) {
 	kps := keys(t, 6)
 	states := runDKG(t, net, kps[:5], 3, "example.org")
 	for i, st := range states {
-		net.nodes[kps[i].Identity()].svc.SetSigner(st)
+		net.nodes[kps[i].Identity()].svc.SetSigner(st, "")
 	}
 	req := net.add(t, kps[5], nil, nil)
+	approve(t, net, kps[:5], kps[5].Identity(), "")
 	net.mu.Lock()
 	net.offline[kps[0].Identity()], net.offline[kps[1].Identity()] = true, true
 	net.mu.Unlock()
@@ -272,9 +274,10 @@ func TestCorruptShareNamed(t *testing.T) {
 	kps := keys(t, 6)
 	states := runDKG(t, net, kps[:5], 3, "example.org")
 	for i, st := range states {
-		net.nodes[kps[i].Identity()].svc.SetSigner(st)
+		net.nodes[kps[i].Identity()].svc.SetSigner(st, "")
 	}
 	req := net.add(t, kps[5], nil, nil)
+	approve(t, net, kps[:5], kps[5].Identity(), "")
 	// Every signer but one is corrupt-free; make sure the liar is among the
 	// first K by taking two others offline for the first round.
 	liar := kps[3].Identity()
@@ -313,8 +316,9 @@ func TestCSRForOtherIdentityOrDomainRefused(t *testing.T) {
 	kps := keys(t, 5)
 	states := runDKG(t, net, kps[:3], 2, "example.org")
 	sv := net.nodes[kps[0].Identity()].svc
-	sv.SetSigner(states[0])
+	sv.SetSigner(states[0], "")
 	mallory := kps[4].Identity()
+	approve(t, net, kps[:1], mallory, "")
 	victim := kps[3].Identity()
 	now := time.Now()
 	base := csrMsg{SPIFFEID: "spiffe://example.org/" + mallory.String(), Serial: [16]byte{1}, NotBefore: uint64(now.Unix()), NotAfter: uint64(now.Add(time.Hour).Unix())}
@@ -354,6 +358,7 @@ func signerFixture(t *testing.T, tune func(*Config)) (*Service, *SignerState, *p
 	nd := net.nodes[kps[0].Identity()]
 	nd.svc.Close()
 	svc := net.add(t, kps[0], states[0], tune).svc
+	approve(t, net, kps[:1], kps[3].Identity(), "")
 	return svc, states[0], kps[3]
 }
 
@@ -628,6 +633,7 @@ func TestStateFile(t *testing.T) {
 		net2.add(t, kp, st, nil)
 	}
 	r := net2.add(t, keys(t, 1)[0], nil, nil)
+	approve(t, net2, kps, r.id, "")
 	if _, err := r.svc.RequestCertificate(context.Background(), RequestConfig{TrustDomain: "td"}); err != nil {
 		t.Fatal(err)
 	}
@@ -641,9 +647,10 @@ func TestTwoCAsNeedAPin(t *testing.T) {
 	a := runDKG(t, net, kps[:3], 2, "td")
 	b := runDKG(t, net, kps[3:6], 2, "td")
 	for i, st := range append(a, b...) {
-		net.nodes[kps[i].Identity()].svc.SetSigner(st)
+		net.nodes[kps[i].Identity()].svc.SetSigner(st, "")
 	}
 	r := net.add(t, kps[6], nil, nil)
+	approve(t, net, kps[:6], r.id, "")
 	_, err := r.svc.RequestCertificate(context.Background(), RequestConfig{TrustDomain: "td", Attempts: 1})
 	if err == nil || !strings.Contains(err.Error(), "different CAs") {
 		// The second CA's commitments may come after the first reached K.
@@ -666,9 +673,10 @@ func TestMessageCounts(t *testing.T) {
 	dkg := time.Since(start)
 	calls, pubs := net.calls.Load(), net.pubs.Load()
 	for i, st := range states {
-		net.nodes[kps[i].Identity()].svc.SetSigner(st)
+		net.nodes[kps[i].Identity()].svc.SetSigner(st, "")
 	}
 	req := net.add(t, kps[5], nil, nil)
+	approve(t, net, kps[:5], kps[5].Identity(), "")
 	net.calls.Store(0)
 	t.Logf("DKG RPCs by type: %v", net.byType)
 	net.byType = nil
@@ -680,6 +688,16 @@ func TestMessageCounts(t *testing.T) {
 	fmt.Printf("in-memory 3-of-5: DKG %v, %d RPCs, %d broadcasts; signing %v, %d RPCs\n", dkg.Round(time.Millisecond), calls, pubs, time.Since(start).Round(time.Millisecond), net.calls.Load())
 }
 
+// approve makes every signer of kps approve id with workload wl.
+func approve(t testing.TB, net *memNet, kps []*pki.Keypair, id pki.Identity, wl string) {
+	t.Helper()
+	for _, kp := range kps {
+		if _, err := net.nodes[kp.Identity()].svc.Approve(id, wl); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func edwardsOne() *edwards25519.Scalar {
 	b := [32]byte{1}
 	s, _ := new(edwards25519.Scalar).SetCanonicalBytes(b[:])
@@ -687,3 +705,230 @@ func edwardsOne() *edwards25519.Scalar {
 }
 
 func edwardsG() *edwards25519.Point { return edwards25519.NewGeneratorPoint() }
+
+// approvalFixture is a 2-of-3 CA whose signers run, and a requester that
+// knows the CA (as a member configured with --ca-cert does).
+func approvalFixture(t *testing.T, tune func(*Config)) (*memNet, []*pki.Keypair, *CA, *memNode) {
+	t.Helper()
+	net := newMemNet()
+	kps := keys(t, 4)
+	states := runDKG(t, net, kps[:3], 2, "example.org")
+	for i, st := range states {
+		if err := net.nodes[kps[i].Identity()].svc.SetSigner(st, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A requester whose nonce is not 0: the leaf must carry it.
+	var err error
+	if kps[3], err = pki.NewKeypair(kps[3].Seed(), 12345); err != nil {
+		t.Fatal(err)
+	}
+	return net, kps, states[0].CA, net.add(t, kps[3], nil, tune)
+}
+
+// TestKMinus1ApprovalsGetNoCertificate: approved by only one of the two
+// signers needed, a request fails at once (not after CommitWait) with an
+// error that says how many approved and names the others; no signer gave a
+// share. Approved by a second signer, it succeeds; revoked on two, the
+// renewal fails again.
+func TestKMinus1ApprovalsGetNoCertificate(t *testing.T) {
+	net, kps, ca, req := approvalFixture(t, func(c *Config) { c.CommitWait = 20 * time.Second })
+	rid := req.id
+	approve(t, net, kps[:1], rid, "")
+	start := time.Now()
+	_, err := req.svc.RequestCertificate(context.Background(), RequestConfig{TrustDomain: "example.org", CA: ca, Attempts: 1})
+	took := time.Since(start)
+	if !errors.Is(err, ErrNotApproved) || !strings.Contains(err.Error(), "1 of the 2 signers needed (of 3) approved") {
+		t.Fatalf("K-1 approvals: %v", err)
+	}
+	for _, kp := range kps[1:3] {
+		if !strings.Contains(err.Error(), kp.Identity().Short()) {
+			t.Fatalf("the error does not name %s: %v", kp.Identity().Short(), err)
+		}
+	}
+	if took > 10*time.Second {
+		t.Fatalf("took %v: the refusals should end the request before CommitWait", took)
+	}
+	for _, kp := range kps[:3] {
+		if st := net.nodes[kp.Identity()].svc.Stats(); st.SharesSigned != 0 {
+			t.Fatalf("signer %s gave a share: %+v", kp.Identity().Short(), st)
+		}
+	}
+	if st := net.nodes[kps[1].Identity()].svc.Stats(); st.CSRNotApproved == 0 {
+		t.Fatalf("refusal not counted: %+v", st)
+	}
+	t.Logf("K-1 approvals (in %v): %v", took.Round(time.Millisecond), err)
+
+	approve(t, net, kps[1:2], rid, "")
+	cert, err := req.svc.RequestCertificate(context.Background(), RequestConfig{TrustDomain: "example.org", CA: ca})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The leaf carries the requester's proof-of-work nonce, so it passes
+	// the handshake's check when presented.
+	if cert.Leaf.Subject.SerialNumber != pki.PoWSerialNumber(kps[3].Nonce()) {
+		t.Fatalf("leaf subject %q", cert.Leaf.Subject)
+	}
+	if _, _, err := pki.LeafCertificate(kps[3], cert.DER); err != nil {
+		t.Fatal(err)
+	}
+	for _, kp := range kps[:2] {
+		if err := net.nodes[kp.Identity()].svc.Revoke(rid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := net.nodes[kps[0].Identity()].svc.Revoke(rid); err == nil {
+		t.Fatal("revoking twice succeeded")
+	}
+	_, err = req.svc.RequestCertificate(context.Background(), RequestConfig{TrustDomain: "example.org", CA: ca, Attempts: 1})
+	if !errors.Is(err, ErrNotApproved) || !strings.Contains(err.Error(), "0 of the 2 signers needed") {
+		t.Fatalf("after revocation on 2: %v", err)
+	}
+}
+
+// TestRevokedBetweenCSRAndSignRequest: a signer revokes while a session is
+// open; the sign request then gets no share and burns the nonces.
+func TestRevokedBetweenCSRAndSignRequest(t *testing.T) {
+	svc, st, req := signerFixture(t, nil)
+	rid := req.Identity()
+	m := csrFor(rid, 1)
+	if _, err := svc.HandleRPC(context.Background(), rid, m.encode()); err != nil {
+		t.Fatal(err)
+	}
+	svc.mu.Lock()
+	sess := svc.signer.sessions[sessKey{rid, m.ReqID}]
+	svc.mu.Unlock()
+	if sess == nil {
+		t.Fatal("no session for an approved CSR")
+	}
+	if err := svc.Revoke(rid); err != nil {
+		t.Fatal(err)
+	}
+	other := frost.Commit(st.ID%3+1, edwardsOne())
+	list := []frost.Commitment{sess.nonces.Commitment(), other.Commitment()}
+	frost.SortCommitments(list)
+	sr := (&signReqMsg{ReqID: m.ReqID, Commitments: list, TBS: sess.tbs}).encode()
+	if _, err := svc.HandleRPC(context.Background(), rid, sr); !errors.Is(err, errUnapproved) {
+		t.Fatalf("sign request after revocation: %v", err)
+	}
+	if !sess.nonces.Used() {
+		t.Fatal("nonces left usable")
+	}
+	// A CSR by RPC now gets a refusal that says why.
+	m2 := csrFor(rid, 2)
+	resp, err := svc.HandleRPC(context.Background(), rid, m2.encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := decodeRefusal(resp)
+	if err != nil || ref.Reason != refuseNotApproved || !strings.Contains(ref.Text, "not approved") {
+		t.Fatalf("refusal %+v, %v", ref, err)
+	}
+}
+
+// TestApprovalWorkload: an approval names the one workload path signed.
+func TestApprovalWorkload(t *testing.T) {
+	svc, _, req := signerFixture(t, nil)
+	rid := req.Identity()
+	if _, err := svc.Approve(rid, "api"); err != nil {
+		t.Fatal(err)
+	}
+	m := csrFor(rid, 1) // no workload
+	resp, _ := svc.HandleRPC(context.Background(), rid, m.encode())
+	if ref, err := decodeRefusal(resp); err != nil || ref.Reason != refuseNotApproved || !strings.Contains(ref.Text, "another workload") {
+		t.Fatalf("bare ID with an approval for /api: %v %v", ref, err)
+	}
+	m.SPIFFEID += "/api"
+	m.ReqID[0] = 2
+	resp, _ = svc.HandleRPC(context.Background(), rid, m.encode())
+	if MessageType(resp) != msgCommitment {
+		t.Fatalf("approved workload: type %d", MessageType(resp))
+	}
+	if _, err := svc.Approve(rid, "a/../b"); err == nil {
+		t.Fatal("a bad workload path was approved")
+	}
+}
+
+// TestApprovalsPersisted: approvals survive a restart through their file
+// (mode 0600, rewritten atomically); a corrupt or world-readable file is
+// refused with a clear error; the list is bounded.
+func TestApprovalsPersisted(t *testing.T) {
+	net := newMemNet()
+	kps := keys(t, 5)
+	states := runDKG(t, net, kps[:3], 2, "td")
+	path := filepath.Join(t.TempDir(), "s.approvals")
+	svc := net.nodes[kps[0].Identity()].svc
+	if err := svc.SetSigner(states[0], path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Approve(kps[3].Identity(), ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Approve(kps[4].Identity(), "web"); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Revoke(kps[3].Identity()); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("approvals file: %v %v", fi, err)
+	}
+	a, err := loadApprovals(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := a.approved(kps[4].Identity(), "/web"); !ok || len(a.m) != 1 {
+		t.Fatalf("reloaded: %+v", a.m)
+	}
+	restarted := newMemNet().add(t, kps[0], states[0], func(c *Config) { c.ApprovalsFile = path }).svc
+	if list, _ := restarted.Approvals(); len(list) != 1 || list[0].Identity != kps[4].Identity() || list[0].Workload != "/web" {
+		t.Fatalf("after restart: %+v", list)
+	}
+	os.WriteFile(path, []byte("korium-tun approvals v1\nnot-an-identity 5\n"), 0o600)
+	if _, err := loadApprovals(path); err == nil || !strings.Contains(err.Error(), "line 2") {
+		t.Fatalf("corrupt file: %v", err)
+	}
+	os.Chmod(path, 0o644)
+	if _, err := loadApprovals(path); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("world-readable file: %v", err)
+	}
+	full := &approvals{m: map[pki.Identity]Approval{}}
+	for i := 0; i < MaxApprovals; i++ {
+		var id pki.Identity
+		id[0], id[1] = byte(i), byte(i>>8)
+		full.m[id] = Approval{Identity: id}
+	}
+	if _, err := full.approve(kps[3].Identity(), "", time.Now()); err == nil || !strings.Contains(err.Error(), "full") {
+		t.Fatalf("over the cap: %v", err)
+	}
+	if _, err := (&Service{}).Approve(kps[3].Identity(), ""); !errors.Is(err, errNotSigner) {
+		t.Fatalf("approve on a non-signer: %v", err)
+	}
+}
+
+// TestEnrollmentServesOnlyTheRequest: an enrollee (a node that is not yet a
+// member) gets answers to a CSR and a sign request only; DKG shares,
+// commitments and anything else are refused and counted.
+func TestEnrollmentServesOnlyTheRequest(t *testing.T) {
+	svc, _, req := signerFixture(t, nil)
+	rid := req.Identity()
+	m := csrFor(rid, 1)
+	resp, err := svc.HandleEnrollment(context.Background(), rid, m.encode())
+	if err != nil || MessageType(resp) != msgCommitment {
+		t.Fatalf("an enrollee's CSR: %v type %d", err, MessageType(resp))
+	}
+	for _, ss := range seedMessages(t) {
+		for _, b := range ss {
+			switch MessageType(b) {
+			case msgCSR, msgSignReq:
+				continue
+			}
+			if _, err := svc.HandleEnrollment(context.Background(), rid, b); !errors.Is(err, ErrEnrollee) {
+				t.Fatalf("type %d from an enrollee: %v", MessageType(b), err)
+			}
+		}
+	}
+	if st := svc.Stats(); st.EnrolleeRefused < 5 {
+		t.Fatalf("enrollee refusals not counted: %+v", st)
+	}
+}

@@ -25,6 +25,11 @@ const (
 	msgCommitment byte = 6 // RPC, signer -> requester
 	msgSignReq    byte = 7 // RPC, requester -> signer
 	msgSignShare  byte = 8 // the answer to msgSignReq
+	msgRefusal    byte = 9 // a signer's answer to a CSR sent by RPC that it refuses
+	// MsgLeafUpdate carries a member's renewed certificate to a peer it is
+	// connected to (RPC, answered empty); the node handles it, not the
+	// Service.
+	MsgLeafUpdate byte = 10
 )
 
 // Limits of the wire formats.
@@ -33,6 +38,7 @@ const (
 	maxCertSize  = 16 << 10  // a CA certificate with 64 signers is about 6 KiB
 	maxTBSSize   = 4 << 10   // a leaf TBSCertificate is about 400 bytes
 	maxSPIFFELen = 2048      // as pki.ValidateSPIFFEID
+	maxRefusal   = 256       // a refusal's text
 	sessionSize  = 32        // DKG session ID
 	reqIDSize    = 16        // signing request ID
 	hashSize     = 32        // echo hash
@@ -313,15 +319,17 @@ func decodePresence(b []byte) (*presenceMsg, error) {
 	return m, nil
 }
 
-// csrMsg asks the signers of a trust domain for a certificate. The key is
-// the publisher's authenticated identity; everything else the signers
-// check and build the TBSCertificate from.
+// csrMsg asks the signers of a trust domain for a certificate, broadcast
+// on csr or sent to each signer by RPC (answered with a commitment or a
+// refusal). The key is the sender's authenticated identity; everything
+// else the signers check and build the TBSCertificate from.
 type csrMsg struct {
 	ReqID     [reqIDSize]byte
 	SPIFFEID  string
 	Serial    [16]byte
 	NotBefore uint64 // unix seconds
 	NotAfter  uint64
+	Nonce     uint64 // the requester's proof-of-work nonce, put in the leaf
 }
 
 func (m *csrMsg) encode() []byte {
@@ -330,7 +338,8 @@ func (m *csrMsg) encode() []byte {
 	b = appendVar(b, []byte(m.SPIFFEID))
 	b = append(b, m.Serial[:]...)
 	b = binary.BigEndian.AppendUint64(b, m.NotBefore)
-	return binary.BigEndian.AppendUint64(b, m.NotAfter)
+	b = binary.BigEndian.AppendUint64(b, m.NotAfter)
+	return binary.BigEndian.AppendUint64(b, m.Nonce)
 }
 
 func decodeCSR(b []byte) (*csrMsg, error) {
@@ -341,6 +350,7 @@ func decodeCSR(b []byte) (*csrMsg, error) {
 	copy(m.Serial[:], r.bytes(16, "serial"))
 	m.NotBefore = r.u64("not before")
 	m.NotAfter = r.u64("not after")
+	m.Nonce = r.u64("nonce")
 	if err := r.done(); err != nil {
 		return nil, err
 	}
@@ -445,4 +455,65 @@ func decodeSignShare(b []byte) (*signShareMsg, error) {
 		return nil, err
 	}
 	return m, nil
+}
+
+// Reasons a signer refuses a CSR sent by RPC.
+const (
+	refuseNotApproved byte = 1 // this signer has not approved the identity (or revoked it)
+	refuseRateLimited byte = 2
+	refuseBusy        byte = 3
+	refuseInvalid     byte = 4 // the CSR failed a check
+	refuseNotSigner   byte = 5
+)
+
+// refusalMsg is a signer's refusal of a CSR, with a reason the requester
+// counts and a short text for its error.
+type refusalMsg struct {
+	ReqID  [reqIDSize]byte
+	Reason byte
+	Text   string
+}
+
+func (m *refusalMsg) encode() []byte {
+	b := appendHeader(nil, msgRefusal)
+	b = append(b, m.ReqID[:]...)
+	b = append(b, m.Reason)
+	t := m.Text
+	if len(t) > maxRefusal {
+		t = t[:maxRefusal]
+	}
+	return appendVar(b, []byte(t))
+}
+
+func decodeRefusal(b []byte) (*refusalMsg, error) {
+	r := header(b, msgRefusal)
+	m := &refusalMsg{}
+	copy(m.ReqID[:], r.bytes(reqIDSize, "request ID"))
+	m.Reason = byte(r.u8("reason"))
+	if r.err == nil && (m.Reason < refuseNotApproved || m.Reason > refuseNotSigner) {
+		r.fail(fmt.Sprintf("reason %d", m.Reason))
+	}
+	m.Text = string(r.varBytes(maxRefusal, "text"))
+	if err := r.done(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// MaxLeafSize bounds a leaf certificate in a MsgLeafUpdate (a leaf is
+// about 500 bytes).
+const MaxLeafSize = maxTBSSize + 256
+
+// EncodeLeafUpdate is a MsgLeafUpdate carrying a DER leaf certificate.
+func EncodeLeafUpdate(der []byte) []byte { return appendVar(appendHeader(nil, MsgLeafUpdate), der) }
+
+// DecodeLeafUpdate returns the DER leaf of a MsgLeafUpdate (unparsed,
+// at most MaxLeafSize bytes).
+func DecodeLeafUpdate(b []byte) ([]byte, error) {
+	r := header(b, MsgLeafUpdate)
+	der := r.varBytes(MaxLeafSize, "certificate")
+	if err := r.done(); err != nil {
+		return nil, err
+	}
+	return der, nil
 }

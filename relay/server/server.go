@@ -9,7 +9,8 @@
 // sides are known and UpdateAddr when a peer's authenticated address
 // changes. Forward runs on the socket's read loop and allocates nothing.
 //
-// The package imports pki, relay, smartsock and the standard library only.
+// The package imports pki, relay, wire (the CRLY header), internal/ratelimit
+// and the standard library only.
 // It is separate from relay so that clients do not link it.
 package server
 
@@ -18,15 +19,15 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"math/bits"
 	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/korium/korium-tun/internal/ratelimit"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/relay"
-	"github.com/korium/korium-tun/smartsock"
+	"github.com/korium/korium-tun/wire"
 )
 
 // Defaults, as in the reference.
@@ -151,6 +152,7 @@ type Stats struct {
 // concurrent use.
 type Server struct {
 	cfg    Config
+	rate   ratelimit.Rate // Config.Rate bytes a second, one second's worth of burst
 	sender Sender
 
 	// mu guards the maps and every session's endpoint addresses. Forward
@@ -191,11 +193,10 @@ type session struct {
 	// mu guards the following fields. Forward takes it under Server.mu's
 	// read lock; holders of the write lock may read them without it.
 	mu       sync.Mutex
-	lastSeen int64  // unix ns of the last forwarded frame (or of Open)
-	sent     uint64 // bytes forwarded
-	tokens   int64  // token bucket, bytes
-	refill   int64  // unix ns the bucket was last refilled
-	dead     bool   // byte cap reached; removal pending
+	lastSeen int64            // unix ns of the last forwarded frame (or of Open)
+	sent     uint64           // bytes forwarded
+	bucket   ratelimit.Bucket // of Server.rate; starts full
+	dead     bool             // byte cap reached; removal pending
 }
 
 // New returns a relay server that sends through s. Zero fields of cfg take
@@ -208,8 +209,10 @@ func New(cfg Config, s Sender) *Server {
 	if s == nil {
 		panic("relay/server: nil Sender")
 	}
+	cfg = cfg.withDefaults()
 	return &Server{
-		cfg:      cfg.withDefaults(),
+		cfg:      cfg,
+		rate:     ratelimit.PerSecond(cfg.Rate),
 		sender:   s,
 		sessions: make(map[[relay.SessionIDSize]byte]*session),
 		pairs:    make(map[pair]*session),
@@ -270,7 +273,7 @@ func (s *Server) Open(requester, target pki.Identity, requesterAddr, targetAddr 
 	ss := &session{
 		id: id, pair: p, reqIP: ip,
 		a: requester, b: target, addrA: requesterAddr, addrB: targetAddr,
-		lastSeen: ns, tokens: s.cfg.Rate, refill: ns,
+		lastSeen: ns,
 	}
 	s.sessions[id] = ss
 	s.pairs[p] = ss
@@ -304,15 +307,15 @@ func (s *Server) removeLocked(ss *session) {
 //
 // Forward allocates nothing and takes only read locks on the table.
 func (s *Server) Forward(frame []byte, src netip.AddrPort, now time.Time) bool {
-	h, _, err := smartsock.ParseRelayHeader(frame)
-	if err != nil {
+	sid, ok := wire.RelaySession(frame)
+	if !ok {
 		return false
 	}
 	src = relay.Unmap(src)
 	n := uint64(len(frame))
 
 	s.mu.RLock()
-	ss := s.sessions[h.Session]
+	ss := s.sessions[sid]
 	if ss == nil {
 		s.mu.RUnlock()
 		s.dropUnknown.Add(1)
@@ -337,7 +340,7 @@ func (s *Server) Forward(frame []byte, src netip.AddrPort, now time.Time) bool {
 		s.dropBytes.Add(1)
 		return true
 	}
-	if !ss.take(int64(n), ns, s.cfg.Rate) {
+	if !s.rate.Take(&ss.bucket, now, int64(n)) {
 		ss.mu.Unlock()
 		s.mu.RUnlock()
 		s.dropRate.Add(1)
@@ -365,37 +368,6 @@ func (s *Server) Forward(frame []byte, src netip.AddrPort, now time.Time) bool {
 	}
 	s.fwdFrames.Add(1)
 	s.fwdBytes.Add(n)
-	return true
-}
-
-// take spends n tokens if the bucket holds them, after refilling it for
-// the time since the last refill (capped at one second, the burst).
-// ss.mu must be held.
-func (ss *session) take(n, now, rate int64) bool {
-	if el := now - ss.refill; el >= int64(time.Second) {
-		ss.tokens, ss.refill = rate, now
-	} else if el > 0 {
-		// el*rate/1e9 without overflow: el < 1e9 keeps the quotient below
-		// rate and hi below 1e9, as bits.Div64 requires.
-		hi, lo := bits.Mul64(uint64(el), uint64(rate))
-		add, _ := bits.Div64(hi, lo, uint64(time.Second))
-		// Advance the clock only when whole tokens were added, so that
-		// frequent small refills at low rates do not starve the bucket.
-		if add > 0 {
-			// Compare before adding: tokens+add could pass MaxInt64 for
-			// rates above 2^62.
-			if add >= uint64(rate-ss.tokens) {
-				ss.tokens = rate
-			} else {
-				ss.tokens += int64(add)
-			}
-			ss.refill = now
-		}
-	}
-	if ss.tokens < n {
-		return false
-	}
-	ss.tokens -= n
 	return true
 }
 

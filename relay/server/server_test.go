@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/korium/korium-tun/pki"
-	"github.com/korium/korium-tun/smartsock"
+	"github.com/korium/korium-tun/wire"
 )
 
 // sent is one datagram the fake socket was asked to send.
@@ -64,7 +64,7 @@ func ipAddr(n int) netip.AddrPort {
 }
 
 func frame(id [16]byte, payload string) []byte {
-	return append(smartsock.AppendRelayHeader(nil, smartsock.RelayHeader{Session: id}), payload...)
+	return append(wire.AppendRelayHeader(nil, wire.RelayHeader{Session: id}), payload...)
 }
 
 var (

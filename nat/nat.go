@@ -1,0 +1,245 @@
+// Package nat is the node's NAT traversal: the reference's configure_nat,
+// SmartConnect (a handshake raced over a peer's direct addresses and relay
+// sessions), hole punching, and the node's side of the relay protocol
+// (relay.Msg* over rpc.ProtoRelay).
+//
+// A node asks its bootstrap peers which address they see it at and to send
+// a packet back from a fresh socket (dial-back). If one arrives, unsolicited
+// packets reach us: we are public. Otherwise we pick the public ones among
+// them as relays, keep connections to them, and publish them in our contact
+// record (through Config.OnChange). A peer that wants to reach us asks one
+// of our relays for a session (MsgConnect, answered by relay/server); the
+// relay opens it and tells us (MsgIncoming), and both ends add the session
+// as a path in the socket. The QUIC handshake races over every direct
+// address and the relay at once. Once connected, the two ends swap
+// candidate addresses (MsgPunch) and probe them at the same time; when a
+// direct path proves itself, the socket moves the traffic there without a
+// new connection.
+//
+// Decisions are pure functions (policy.go) with table tests; the
+// Traversal's loop owns what configure_nat found and when each relayed
+// peer was last punched, and publishes the former as an immutable
+// snapshot. Goroutines, all stopped by Close, which waits for them: the
+// loop, one configure_nat round at a time (its helper calls joined within
+// it), the punches it starts, and at most MaxDialBacks dial-backs.
+//
+// nat imports peers, smartsock (path types), relay, relay/client,
+// relay/server, rpc and internal/addrpolicy: never the datapath, the DHT,
+// gossipsub or the overlay.
+package nat
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/korium/korium-tun/peers"
+	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/relay/server"
+	"github.com/korium/korium-tun/smartsock"
+)
+
+// Sock is what NAT traversal asks of the node's socket (smartsock.Conn).
+type Sock interface {
+	Path(id pki.Identity) (smartsock.PathInfo, bool)
+	AddPeer(id pki.Identity, real netip.AddrPort) (*net.UDPAddr, error)
+	AddRelayPath(id, relayID pki.Identity, relayAddr netip.AddrPort, session [16]byte) *net.UDPAddr
+	Punch(id pki.Identity, addrs []netip.AddrPort) int
+	ExpectDialBack(nonce uint64) (<-chan struct{}, error)
+	CancelDialBack(nonce uint64)
+}
+
+// Config configures a Traversal. Peers, Sock and Call are required.
+type Config struct {
+	Self  pki.Identity
+	Peers *peers.Set
+	Sock  Sock
+	// Call sends a relay request to a connected peer (never dialing).
+	Call func(ctx context.Context, to pki.Identity, req []byte) ([]byte, error)
+	// Relay is our relay server; nil when we do not relay for others.
+	Relay *server.Server
+	// MayRelayTo returns nil when the relay may carry sessions to p, else
+	// why not (nil func: every routable peer).
+	MayRelayTo func(p *peers.Peer) error
+	// Reach connects to a relay we know only by identity (by its contact
+	// record).
+	Reach func(ctx context.Context, id pki.Identity) error
+	// Advertised returns the addresses we advertise.
+	Advertised func() []netip.AddrPort
+	// Loopback: the node listens on loopback, so a peer's word may make
+	// it send to loopback addresses (tests on one host).
+	Loopback bool
+	// Seed: the node has no bootstrap peers. Nobody can check it, and it
+	// is public by definition.
+	Seed bool
+	// OnChange is called when configure_nat's verdict changed, before
+	// Status reports it (so the host's record is updated by the time a
+	// caller sees Checked).
+	OnChange func(Status)
+	// IgnoreDialBacks makes configure_nat ignore dial-backs, so a test on
+	// one host can play a node behind NAT.
+	IgnoreDialBacks bool
+	// Logger receives NAT events; nil discards.
+	Logger *slog.Logger
+}
+
+// Timing of NAT traversal.
+const (
+	natRecheck    = 60 * time.Second // how often configure_nat runs again
+	dialBackWait  = 1500 * time.Millisecond
+	relayCallTime = 3 * time.Second
+	punchRetry    = 30 * time.Second // a relayed peer is punched again this often
+	relayExpiry   = 5 * time.Second  // how often the relay's idle sessions expire
+	tick          = 250 * time.Millisecond
+)
+
+// MaxDialBacks bounds dial-backs in flight (each a socket and a goroutine).
+const MaxDialBacks = 32
+
+// Status is what configure_nat found.
+type Status struct {
+	Public   bool
+	Checked  bool
+	Observed []netip.AddrPort // our address as helpers saw it
+	Relays   []pki.Identity   // the relays we publish
+}
+
+// Counters count NAT traversal events, by reason.
+type Counters struct {
+	RelayRefused    atomic.Uint64 // a session offered by a node that is not our relay
+	Punches         atomic.Uint64
+	PunchRefused    atomic.Uint64 // candidates (or a dial-back) addrpolicy refused
+	DialBackBusy    atomic.Uint64
+	DialAddrRefused atomic.Uint64 // dial addresses addrpolicy refused
+}
+
+// Traversal is the node's NAT traversal. Create it with New; Close stops it.
+type Traversal struct {
+	cfg      Config
+	Counters Counters
+
+	status    atomic.Pointer[Status] // published by the loop; never modified
+	dialBacks chan struct{}          // semaphore of dial-backs in flight
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the loop, configure_nat rounds, punches, dial-backs
+	once   sync.Once
+
+	checked chan Status // configure_nat rounds report to the loop
+
+	// Owned by the loop.
+	lastPunch map[*peers.Peer]time.Time
+}
+
+// New starts NAT traversal: its loop runs configure_nat once a bootstrap
+// peer is connected and every natRecheck, punches relayed peers, and
+// expires the relay's idle sessions.
+func New(cfg Config) *Traversal {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Advertised == nil {
+		cfg.Advertised = func() []netip.AddrPort { return nil }
+	}
+	if cfg.OnChange == nil {
+		cfg.OnChange = func(Status) {}
+	}
+	t := &Traversal{
+		cfg:       cfg,
+		dialBacks: make(chan struct{}, MaxDialBacks),
+		checked:   make(chan Status),
+		lastPunch: make(map[*peers.Peer]time.Time),
+	}
+	t.ctx, t.cancel = context.WithCancel(context.Background())
+	st := &Status{}
+	if cfg.Seed {
+		st = &Status{Checked: true, Public: true}
+	}
+	t.status.Store(st)
+	t.goRun(t.run)
+	return t
+}
+
+func (t *Traversal) goRun(f func()) {
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		f()
+	}()
+}
+
+// Close stops every goroutine of the Traversal and waits for them.
+func (t *Traversal) Close() {
+	t.once.Do(func() {
+		t.cancel()
+		t.wg.Wait()
+	})
+}
+
+// Status returns what configure_nat found. Its slices are the caller's.
+func (t *Traversal) Status() Status {
+	s := *t.status.Load()
+	s.Observed, s.Relays = slices.Clone(s.Observed), slices.Clone(s.Relays)
+	return s
+}
+
+// DialBacks is how many dial-backs are in flight.
+func (t *Traversal) DialBacks() int { return len(t.dialBacks) }
+
+func (t *Traversal) run() {
+	tk := time.NewTicker(tick)
+	defer tk.Stop()
+	var next, lastExpire time.Time
+	checking := false
+	for {
+		select {
+		case <-t.ctx.Done():
+			return
+		case v := <-t.checked:
+			checking = false
+			if v.Checked {
+				next = time.Now().Add(natRecheck)
+				t.status.Store(&v)
+			}
+		case now := <-tk.C:
+			if !t.cfg.Seed && !checking && (now.After(next) || !t.status.Load().Checked) {
+				checking = true
+				t.goRun(t.configureNAT)
+			}
+			t.punchRelayed(now)
+			if t.cfg.Relay != nil && now.Sub(lastExpire) > relayExpiry {
+				t.cfg.Relay.Expire(now)
+				lastExpire = now
+			}
+		}
+	}
+}
+
+// isMyRelay reports whether id is one of the relays we publish.
+func (t *Traversal) isMyRelay(id pki.Identity) bool {
+	return slices.Contains(t.status.Load().Relays, id)
+}
+
+// directAddr returns where a connected peer's packets come from directly.
+func (t *Traversal) directAddr(id pki.Identity) (netip.AddrPort, bool) {
+	pi, ok := t.cfg.Sock.Path(id)
+	if !ok || pi.Relayed || !pi.Current.IsValid() {
+		return netip.AddrPort{}, false
+	}
+	return pi.Current, true
+}
+
+// DirectAddr returns where a connected peer's packets come from directly
+// (false when it is relayed or unknown).
+func (t *Traversal) DirectAddr(id pki.Identity) (netip.AddrPort, bool) { return t.directAddr(id) }
+
+// candidateAddrs are the addresses a peer may punch toward.
+func (t *Traversal) candidateAddrs() []netip.AddrPort {
+	return candidates(t.status.Load().Observed, t.cfg.Advertised())
+}

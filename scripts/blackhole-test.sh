@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# blackhole-test.sh: one dead peer must not stall the traffic to the others.
+# Three nodes with kernel TUNs in their own network namespaces:
+#
+#   B 198.18.1.2 --veth-- A 198.18.1.1 | 198.18.2.1 --veth-- C 198.18.2.2
+#
+# Each round: A's iperf3 (TCP, one stream) to B while A pings B 20 times,
+# with C healthy and idle (the baseline); then an nftables rule in C's
+# namespace drops every UDP packet of C's node, A sends 2,000 UDP
+# packets/s to C's SmartAddr through its TUN (xfer pace: ping would slow
+# down without answers), and the same runs again. C's QUIC connection stays
+# open on A all that time (its idle timeout is 15 s), so A's packets to C
+# queue for a peer that never answers. Then the rule goes and C is reached
+# again. Each round reports what B's and C's send queues on A dropped.
+#
+# Checks: the median iperf3 A -> B with C black-holed is at least
+# MIN_RATIO (0.9) of the median without, and at least 19 of A's 20 pings to
+# B are answered in every round. ROUNDS (2), TIME (5 s per iperf3 run).
+# KT_BIN=/path/to/korium-tun runs it against another build (how the
+# "before" figures were measured); CHECK=0 only reports. It removes every
+# namespace, process and file it made, also on failure.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+need_root
+command -v iperf3 >/dev/null || die "iperf3 is missing"
+command -v nft >/dev/null || die "nft is missing"
+command -v jq >/dev/null || die "jq is missing"
+build
+if [ -n "${KT_BIN:-}" ]; then KT=$KT_BIN; log "using korium-tun at $KT"; fi
+POW=8 ROUNDS=${ROUNDS:-2} TIME=${TIME:-5} MIN_RATIO=${MIN_RATIO:-0.9} CHECK=${CHECK:-1}
+FAILED=()
+fail() { log "FAIL: $*"; FAILED+=("$*"); }
+
+A=kb$$a B=kb$$b C=kb$$c
+mkns "$A"; mkns "$B"; mkns "$C"
+ip link add kba$$ netns "$A" type veth peer name kbb$$ netns "$B"
+ip link add kbc$$ netns "$A" type veth peer name kbd$$ netns "$C"
+ip -n "$A" addr add 198.18.1.1/24 dev kba$$; ip -n "$A" link set kba$$ up
+ip -n "$B" addr add 198.18.1.2/24 dev kbb$$; ip -n "$B" link set kbb$$ up
+ip -n "$A" addr add 198.18.2.1/24 dev kbc$$; ip -n "$A" link set kbc$$ up
+ip -n "$C" addr add 198.18.2.2/24 dev kbd$$; ip -n "$C" link set kbd$$ up
+
+for n in a b c; do "$KT" keygen --key "$KT_WORK/$n.key" --pow-bits $POW >/dev/null; "$KT" id --key "$KT_WORK/$n.key" --json >"$KT_WORK/$n.id"; done
+ID_A=$(json_get "$KT_WORK/a.id" identity); ADDR_A=$(json_get "$KT_WORK/a.id" address)
+ADDR_B=$(json_get "$KT_WORK/b.id" address); ADDR_C=$(json_get "$KT_WORK/c.id" address)
+ID_B=$(json_get "$KT_WORK/b.id" identity) ID_C=$(json_get "$KT_WORK/c.id" identity)
+log "a = $ADDR_A, b = $ADDR_B, c = $ADDR_C"
+
+start_bg "$KT_WORK/a.log" ip netns exec "$A" "$KT" up --key "$KT_WORK/a.key" --listen 0.0.0.0:7400 \
+	--tun kt0 --pow-bits $POW --control "$KT_WORK/a.sock" --dns off
+wait_until 20 "a's control socket" "$KT" status --control "$KT_WORK/a.sock"
+start_bg "$KT_WORK/b.log" ip netns exec "$B" "$KT" up --key "$KT_WORK/b.key" --listen 198.18.1.2:7400 \
+	--tun kt0 --pow-bits $POW --control "$KT_WORK/b.sock" --dns off --bootstrap "$ID_A@198.18.1.1:7400"
+start_bg "$KT_WORK/c.log" ip netns exec "$C" "$KT" up --key "$KT_WORK/c.key" --listen 198.18.2.2:7400 \
+	--tun kt0 --pow-bits $POW --control "$KT_WORK/c.sock" --dns off --bootstrap "$ID_A@198.18.2.1:7400"
+wait_until 20 "ping6 a -> b" ip netns exec "$A" ping -6 -c 1 -W 1 "$ADDR_B"
+wait_until 20 "ping6 a -> c" ip netns exec "$A" ping -6 -c 1 -W 1 "$ADDR_C"
+
+start_bg "$KT_WORK/iperf-b.log" ip netns exec "$B" iperf3 -s -B "$ADDR_B"
+wait_until 10 "iperf3 server on b" ip netns exec "$A" bash -c "exec 3<>/dev/tcp/$ADDR_B/5201"
+
+# iperf NAME: A's iperf3 to B for TIME s; prints Gbit/s.
+iperf() {
+	local out=$KT_WORK/iperf-$1.json
+	for _ in 1 2 3; do # the server may still be busy with the last test
+		if ip netns exec "$A" timeout $((TIME + 20)) iperf3 -6 -c "$ADDR_B" -t "$TIME" -J >"$out" 2>/dev/null; then
+			jq -r '.end.sum_received.bits_per_second / 1e9 | . * 1000 | round / 1000' "$out"
+			# Each second's figure, to tell a stall from a slow run.
+			log "  $1 per second: $(jq -r '[.intervals[].sum.bits_per_second / 1e9 | . * 100 | round / 100] | map(tostring) | join(" ")' "$out") Gbit/s" >&2
+			return
+		fi
+		sleep 1
+	done
+	echo 0
+}
+
+blackhole_on() {
+	ip netns exec "$C" nft -f - <<-EOF
+		table inet kbh$$ {
+			chain in { type filter hook input priority 0; udp dport 7400 drop; }
+			chain out { type filter hook output priority 0; udp sport 7400 drop; }
+		}
+	EOF
+}
+blackhole_off() { ip netns exec "$C" nft delete table inet kbh$$; }
+c_peer() { "$KT" status --control "$KT_WORK/a.sock" --json | jq -r --arg id "$ID_C" '.peers[] | select(.identity == $id) | .since'; }
+
+# drops ID: what ID's send queue on A dropped so far (0 without a connection).
+drops() {
+	local v
+	v=$("$KT" status --control "$KT_WORK/a.sock" --json | jq -r --arg id "$1" '.peers[] | select(.identity == $id) | .tx_queue_dropped // 0')
+	echo "${v:-0}"
+}
+# field NODE PEER FIELD: a numeric field of NODE's status of PEER (0 without one).
+field() {
+	local v
+	v=$("$KT" status --control "$KT_WORK/$1.sock" --json | jq -r --arg id "$2" --arg f "$3" '.peers[] | select(.identity == $id) | .[$f] // 0')
+	echo "${v:-0}"
+}
+base=() dead=() pings=()
+for r in $(seq "$ROUNDS"); do
+	d0=$(drops "$ID_B") tx0=$(field a "$ID_B" tx_packets) rx0=$(field b "$ID_A" rx_packets)
+	start_bg "$KT_WORK/ping-base-$r.log" ip netns exec "$A" ping -6 -c 20 -i 0.2 -W 1 "$ADDR_B"
+	PID_PING=$BG_PID
+	g=$(iperf "base-$r")
+	wait "$PID_PING" || true
+	p=$(sed -n 's/.* \([0-9]*\) received.*/\1/p' "$KT_WORK/ping-base-$r.log")
+	base+=("$g")
+	log "round $r: A -> B with C healthy: $g Gbit/s; pings A -> B answered ${p:-0} of 20; B's queue dropped $(($(drops "$ID_B") - d0)) packets; A sent B $(($(field a "$ID_B" tx_packets) - tx0)) datagrams, B took $(($(field b "$ID_A" rx_packets) - rx0))"
+	since=$(c_peer)
+	[ -n "$since" ] || fail "round $r: A has no connection to C before the black hole"
+	blackhole_on
+	d0=$(drops "$ID_B") c0=$(drops "$ID_C")
+	start_bg "$KT_WORK/flood-$r.log" ip netns exec "$A" "$XFER" pace -to "[$ADDR_C]:9" -pps 2000 -size 1000 -timeout $((TIME + 8))s
+	PID_FLOOD=$BG_PID
+	sleep 1 # the flood runs and C's queue is full before we measure
+	start_bg "$KT_WORK/ping-$r.log" ip netns exec "$A" ping -6 -c 20 -i 0.2 -W 1 "$ADDR_B"
+	PID_PING=$BG_PID
+	g=$(iperf "dead-$r")
+	wait "$PID_PING" || true
+	p=$(sed -n 's/.* \([0-9]*\) received.*/\1/p' "$KT_WORK/ping-$r.log")
+	dead+=("$g") pings+=("${p:-0}")
+	now=$(c_peer)
+	if kill -0 "$PID_FLOOD" 2>/dev/null; then stop_pid "$PID_FLOOD"; else wait "$PID_FLOOD" || true; fi
+	sent=$(sed -n 's/^sent \([0-9]*\)$/\1/p' "$KT_WORK/flood-$r.log")
+	log "round $r: A -> B while A sends 2,000 pkt/s to black-holed C: $g Gbit/s; pings A -> B answered ${p:-0} of 20; C's connection on A: ${now:-gone}"
+	log "round $r: the flood sent ${sent:-?} packets to C"
+	log "round $r: queues dropped: B's $(($(drops "$ID_B") - d0)), C's $(($(drops "$ID_C") - c0)) packets; A's drops: $("$KT" status --control "$KT_WORK/a.sock" --json | jq -c '.drops | with_entries(select(.value > 0))')"
+	[ "$now" = "$since" ] || fail "round $r: C's connection on A did not stay up through the measurement (since $since -> ${now:-gone}): the test measured nothing"
+	[ "${p:-0}" -ge 19 ] || fail "round $r: $p of 20 pings A -> B answered while C was black-holed (want >= 19)"
+	blackhole_off
+	wait_until 30 "ping6 a -> c after the black hole" ip netns exec "$A" ping -6 -c 1 -W 1 "$ADDR_C"
+done
+
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+mb=$(median "${base[@]}") md=$(median "${dead[@]}")
+ratio=$(awk -v a="$md" -v b="$mb" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print 0 }')
+log "iperf3 A -> B: without a dead peer ${base[*]} (median $mb) Gbit/s; with C black-holed ${dead[*]} (median $md); ratio $ratio; pings answered ${pings[*]} of 20"
+if [ "$CHECK" = 1 ]; then
+	awk -v r="$ratio" -v m="$MIN_RATIO" 'BEGIN { exit !(r >= m) }' || fail "throughput ratio $ratio below $MIN_RATIO"
+fi
+if [ "$CHECK" = 1 ] && [ ${#FAILED[@]} -gt 0 ]; then
+	log "FAILED: ${#FAILED[@]} check(s)"
+	exit 1
+fi
+log "blackhole-test: done"
