@@ -138,18 +138,21 @@ type Idle struct {
 
 // Figures is the outcome of a run.
 type Figures struct {
-	N              int
-	Settled, End   Memory
-	Lookups        simnet.Summary // in the settled network
-	ChurnLookups   simnet.Summary // during churn
-	Replaced       int
-	All, Subset    Delivery
-	Idle           Idle
-	LRU, IdleEvict int64 // connections closed by the cap and by idleness
-	Handshakes     int64
-	CPU            time.Duration // CPU time of the whole run (all goroutines of the process)
-	Virtual        time.Duration
-	Join           time.Duration // virtual time the bootstrap of all nodes took
+	N            int
+	Settled, End Memory
+	Lookups      simnet.Summary // in the settled network
+	ChurnLookups simnet.Summary // during churn
+	Replaced     int
+	All, Subset  Delivery
+	// ChurnGossipRPCs is the gossip RPCs per node per second while both
+	// topics carried messages (during churn).
+	ChurnGossipRPCs float64
+	Idle            Idle
+	LRU, IdleEvict  int64 // connections closed by the cap and by idleness
+	Handshakes      int64
+	CPU             time.Duration // CPU time of the whole run (all goroutines of the process)
+	Virtual         time.Duration
+	Join            time.Duration // virtual time the bootstrap of all nodes took
 }
 
 // keepAlive is the overlay's QUIC keep-alive period: an otherwise idle
@@ -204,6 +207,7 @@ func Run(cfg Config, sc Scenario) (Figures, error) {
 		defer close(done)
 		churnErr = s.Cl.Churn(ctx, f.Replaced, sc.Churn/time.Duration(max(f.Replaced, 1)))
 	}()
+	gossip0 := s.GossipRPCs.Load()
 	pubDone := make(chan struct{})
 	go func() {
 		defer close(pubDone)
@@ -211,6 +215,7 @@ func Run(cfg Config, sc Scenario) (Figures, error) {
 	}()
 	f.ChurnLookups = simnet.Summarize(s.Cl.ResolveUntil(ctx, done, 5, 3*time.Second))
 	<-pubDone
+	f.ChurnGossipRPCs = float64(s.GossipRPCs.Load()-gossip0) / sc.Churn.Seconds() / float64(cfg.N)
 	if churnErr != nil {
 		return f, churnErr
 	}
@@ -376,6 +381,9 @@ func (f Figures) Report() string {
 		}
 		p("pubsub %q: %d messages, %d receiver pairs, delivered %.2f%%, latency p50 %v p99 %v", d.name, d.d.Messages, d.d.Pairs, 100*d.d.Ratio,
 			d.d.P50.Round(time.Millisecond), d.d.P99.Round(time.Millisecond))
+	}
+	if f.All.Messages > 0 {
+		p("gossip RPCs while publishing: %.1f/node/s", f.ChurnGossipRPCs)
 	}
 	if f.Idle.Window == 0 {
 		return b.String()
