@@ -145,8 +145,9 @@ type Figures struct {
 	Replaced     int
 	All, Subset  Delivery
 	// ChurnGossipRPCs is the gossip RPCs per node per second while both
-	// topics carried messages (during churn).
+	// topics carried messages (during churn, which lasted ChurnTime).
 	ChurnGossipRPCs float64
+	ChurnTime       time.Duration
 	Idle            Idle
 	LRU, IdleEvict  int64 // connections closed by the cap and by idleness
 	Handshakes      int64
@@ -207,7 +208,7 @@ func Run(cfg Config, sc Scenario) (Figures, error) {
 		defer close(done)
 		churnErr = s.Cl.Churn(ctx, f.Replaced, sc.Churn/time.Duration(max(f.Replaced, 1)))
 	}()
-	gossip0 := s.GossipRPCs.Load()
+	gossip0, churn0 := s.GossipRPCs.Load(), time.Now()
 	pubDone := make(chan struct{})
 	go func() {
 		defer close(pubDone)
@@ -215,7 +216,9 @@ func Run(cfg Config, sc Scenario) (Figures, error) {
 	}()
 	f.ChurnLookups = simnet.Summarize(s.Cl.ResolveUntil(ctx, done, 5, 3*time.Second))
 	<-pubDone
-	f.ChurnGossipRPCs = float64(s.GossipRPCs.Load()-gossip0) / sc.Churn.Seconds() / float64(cfg.N)
+	// The phase outlasts sc.Churn: the last newcomers are still joining.
+	f.ChurnTime = time.Since(churn0)
+	f.ChurnGossipRPCs = float64(s.GossipRPCs.Load()-gossip0) / f.ChurnTime.Seconds() / float64(cfg.N)
 	if churnErr != nil {
 		return f, churnErr
 	}
@@ -383,7 +386,7 @@ func (f Figures) Report() string {
 			d.d.P50.Round(time.Millisecond), d.d.P99.Round(time.Millisecond))
 	}
 	if f.All.Messages > 0 {
-		p("gossip RPCs while publishing: %.1f/node/s", f.ChurnGossipRPCs)
+		p("gossip RPCs while publishing (churn, %v): %.1f/node/s", f.ChurnTime.Round(time.Second), f.ChurnGossipRPCs)
 	}
 	if f.Idle.Window == 0 {
 		return b.String()
