@@ -24,6 +24,23 @@ type ClusterConfig struct {
 	PoWBits int
 	// JoinParallel is how many nodes bootstrap at once. Default 50.
 	JoinParallel int
+	// Layer, when set, sits between every node's DHT and the network and
+	// hears of nodes joining and leaving: a simulation of more than the
+	// DHT (internal/nodesim) adds its own per-node state there. Nil: the
+	// DHT talks to its Endpoint directly.
+	Layer Layer
+}
+
+// Layer is the hook of ClusterConfig.Layer.
+type Layer interface {
+	// Attach is called for each new node before its DHT exists. It returns
+	// the transport the DHT is to use and a wrapper of the node's inbound
+	// request handler.
+	Attach(kp *pki.Keypair, ep *Endpoint) (dht.Transport, func(Handler) Handler)
+	// Joined is called once a node has bootstrapped and published.
+	Joined(n *Node)
+	// Left is called once a node has left (Replace), after its DHT closed.
+	Left(n *Node)
 }
 
 // Node is one simulated node.
@@ -83,13 +100,18 @@ func (c *Cluster) newNode() (*Node, error) {
 	}
 	kp, _ = pki.NewKeypair(seed, nonce)
 	ep := c.Net.Attach(kp.Identity(), region)
-	d, err := dht.New(kp, ep, []netip.AddrPort{ep.Addr()}, c.cfg.DHT)
+	var tr dht.Transport = ep
+	wrap := func(h Handler) Handler { return h }
+	if c.cfg.Layer != nil {
+		tr, wrap = c.cfg.Layer.Attach(kp, ep)
+	}
+	d, err := dht.New(kp, tr, []netip.AddrPort{ep.Addr()}, c.cfg.DHT)
 	if err != nil {
 		return nil, err
 	}
-	ep.SetHandler(func(from pki.Identity, fromAddr netip.AddrPort, req []byte) ([]byte, error) {
+	ep.SetHandler(wrap(func(from pki.Identity, fromAddr netip.AddrPort, req []byte) ([]byte, error) {
 		return d.HandleRequest(from, fromAddr, req)
-	})
+	}))
 	n := &Node{KP: kp, DHT: d, EP: ep}
 	c.mu.Lock()
 	c.nodes = append(c.nodes, n)
@@ -154,6 +176,9 @@ func (c *Cluster) publish(ctx context.Context, nodes []*Node) error {
 				c.ready[n.KP.Identity()] = true
 			}
 			mu.Unlock()
+			if err == nil && c.cfg.Layer != nil {
+				c.cfg.Layer.Joined(n)
+			}
 		}()
 	}
 	wg.Wait()
@@ -191,6 +216,9 @@ func (c *Cluster) Replace(ctx context.Context) error {
 	c.mu.Unlock()
 	c.Net.Detach(old.KP.Identity())
 	old.DHT.Close()
+	if c.cfg.Layer != nil {
+		c.cfg.Layer.Left(old)
+	}
 	n, err := c.newNode()
 	if err != nil {
 		return err
@@ -204,6 +232,9 @@ func (c *Cluster) Replace(ctx context.Context) error {
 	c.mu.Lock()
 	c.ready[n.KP.Identity()] = true
 	c.mu.Unlock()
+	if c.cfg.Layer != nil {
+		c.cfg.Layer.Joined(n)
+	}
 	return nil
 }
 

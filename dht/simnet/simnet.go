@@ -188,6 +188,11 @@ func (n *Network) delay(a, b int) (time.Duration, bool) {
 	return d, lost
 }
 
+// Delay draws one one-way delay from region a to region b and whether the
+// message is lost, from the same model Call uses, for simulations that send
+// other traffic over this network (internal/nodesim's gossip).
+func (n *Network) Delay(a, b int) (time.Duration, bool) { return n.delay(a, b) }
+
 func wait(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
