@@ -77,23 +77,38 @@ func (n *Node) initFirewall() error {
 // firewallSPIFFE is the datapath's FirewallSPIFFE: the SPIFFE ID of p's
 // handshake certificate when that certificate chains to our CA and is
 // valid now, with the expiry of p's membership (pushed by renewals).
-// Membership is checked again here, on the certificate itself: a peer
-// admitted without one may later push a CA certificate naming another
-// workload than the self-signed one it connected with.
+// The certificate itself is checked (vouchSPIFFE, at peerUp, before the
+// connection drops it): a peer admitted without one may later push a CA
+// certificate naming another workload than the one it connected with.
 func (n *Node) firewallSPIFFE(p *peers.Peer) (string, *atomic.Int64) {
+	pm := memberOf(p)
+	if n.mem == nil || pm == nil {
+		return "", nil
+	}
+	if sid := pm.vouched.Load(); sid != nil {
+		return *sid, &pm.notAfter
+	}
+	return "", nil
+}
+
+// vouchSPIFFE verifies p's handshake certificate against our CA and keeps
+// its SPIFFE ID for the firewall (firewallSPIFFE). peerUp calls it before
+// the connection drops the peer's certificates.
+func (n *Node) vouchSPIFFE(p *peers.Peer) {
 	m, pm := n.mem, memberOf(p)
 	if m == nil || pm == nil || p.SPIFFEID == "" {
-		return "", nil
+		return
 	}
 	certs := p.Conn.ConnectionState().TLS.PeerCertificates
 	if len(certs) != 1 {
-		return "", nil
+		return
 	}
 	info, err := pki.VerifyMember(certs[0], m.cfg.CA.Cert, m.cfg.CA.TrustDomain, time.Now())
 	if err != nil || info.Identity != p.ID || info.SPIFFEID.String() != p.SPIFFEID {
-		return "", nil
+		return
 	}
-	return p.SPIFFEID, &pm.notAfter
+	sid := p.SPIFFEID
+	pm.vouched.Store(&sid)
 }
 
 // ReloadFirewall replaces the firewall's rules and default. Flows this node

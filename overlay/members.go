@@ -99,6 +99,10 @@ func (c memberClass) String() string {
 type peerMember struct {
 	class    atomic.Int32
 	notAfter atomic.Int64 // unix ns: when the peer's certificate expires (members)
+	// vouched is the peer's SPIFFE ID once its handshake certificate was
+	// verified against our CA (peerUp, before the certificate is dropped);
+	// nil when it was not. The firewall's SPIFFE rules match only this.
+	vouched atomic.Pointer[string]
 }
 
 // memberOf is p's membership, kept in its Ext by admit (nil for a peer
