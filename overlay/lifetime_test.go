@@ -79,6 +79,11 @@ func ourGoroutines() []string {
 		if strings.Contains(s, "smartsock.(*Conn).probeLoop") {
 			continue // smartsock's Close does not wait for it yet (its redesign does)
 		}
+		if lines := strings.SplitN(s, "\n", 3); len(lines) > 1 && strings.HasPrefix(lines[1], "github.com/korium/korium-tun/internal/group.(*Group).Go.func1(") {
+			// Its function returned and its Done ran (so Wait returned):
+			// the goroutine is only exiting.
+			continue
+		}
 		for _, line := range strings.Split(s, "\n") {
 			if strings.Contains(line, "korium-tun/") && !strings.Contains(line, "third_party/") {
 				ours = append(ours, s)
