@@ -18,7 +18,7 @@ import (
 func TestLoadKeyFileRefusesFIFO(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "fifo")
 	if err := syscall.Mkfifo(path, 0o600); err != nil {
-		t.Skip(err)
+		t.Fatalf("making the FIFO the test needs: %v", err)
 	}
 	done := make(chan error, 1)
 	go func() { _, err := LoadKeyFile(path); done <- err }()

@@ -16,7 +16,10 @@ var allowed = map[string][]string{
 	"peers":          {"pki", "smartaddr", "third_party/quic-go", "internal/group"},
 	"datapath":       {"peers", "firewall", "internal/ip6", "smartaddr", "third_party/quic-go", "internal/group"},
 	"firewall":       {"pki", "smartaddr"},
-	"nat":            {"peers", "pki", "smartsock", "relay", "relay/client", "relay/server", "rpc", "internal/addrpolicy", "internal/ratelimit", "internal/group"},
+	// The simulation runs the real protocol code over its own network,
+	// never the node's transport (quic-go, smartsock, rpc, overlay).
+	"internal/nodesim": {"dht", "dht/simnet", "gossipsub", "pki"},
+	"nat":              {"peers", "pki", "smartsock", "relay", "relay/client", "relay/server", "rpc", "internal/addrpolicy", "internal/ratelimit", "internal/group"},
 }
 
 func TestImportsPointDown(t *testing.T) {

@@ -10,37 +10,6 @@ import (
 	"testing"
 )
 
-// TestImports keeps the simulation to the real protocol code and its own
-// network: it may import dht, dht/simnet, gossipsub and pki (and the
-// standard library), never the node's transport (quic-go, smartsock, rpc,
-// overlay), which it models.
-func TestImports(t *testing.T) {
-	allowed := map[string]bool{
-		"github.com/korium/korium-tun/dht":        true,
-		"github.com/korium/korium-tun/dht/simnet": true,
-		"github.com/korium/korium-tun/gossipsub":  true,
-		"github.com/korium/korium-tun/pki":        true,
-	}
-	files, err := filepath.Glob("*.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fset := token.NewFileSet()
-	for _, f := range files {
-		af, err := parser.ParseFile(fset, f, nil, parser.ImportsOnly)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, imp := range af.Imports {
-			p, _ := strconv.Unquote(imp.Path.Value)
-			stdlib := !strings.Contains(strings.SplitN(p, "/", 2)[0], ".")
-			if !stdlib && !allowed[p] {
-				t.Errorf("%s imports %s; nodesim may import only dht, dht/simnet, gossipsub, pki and the standard library", f, p)
-			}
-		}
-	}
-}
-
 // TestNothingImportsNodesim: the simulation is a measuring tool; no package
 // of the node may depend on it.
 func TestNothingImportsNodesim(t *testing.T) {
