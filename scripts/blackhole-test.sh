@@ -45,12 +45,8 @@ fail() { log "FAIL: $*"; FAILED+=("$*"); }
 
 A=kb$$a B=kb$$b C=kb$$c
 mkns "$A"; mkns "$B"; mkns "$C"
-ip link add kba$$ netns "$A" type veth peer name kbb$$ netns "$B"
-ip link add kbc$$ netns "$A" type veth peer name kbd$$ netns "$C"
-ip -n "$A" addr add 198.18.1.1/24 dev kba$$; ip -n "$A" link set kba$$ up
-ip -n "$B" addr add 198.18.1.2/24 dev kbb$$; ip -n "$B" link set kbb$$ up
-ip -n "$A" addr add 198.18.2.1/24 dev kbc$$; ip -n "$A" link set kbc$$ up
-ip -n "$C" addr add 198.18.2.2/24 dev kbd$$; ip -n "$C" link set kbd$$ up
+veth "$A" kba$$ 198.18.1.1/24 "$B" kbb$$ 198.18.1.2/24
+veth "$A" kbc$$ 198.18.2.1/24 "$C" kbd$$ 198.18.2.2/24
 
 for n in a b c; do "$KT" keygen --key "$KT_WORK/$n.key" --pow-bits $POW >/dev/null; "$KT" id --key "$KT_WORK/$n.key" --json >"$KT_WORK/$n.id"; done
 ID_A=$(json_get "$KT_WORK/a.id" identity); ADDR_A=$(json_get "$KT_WORK/a.id" address)

@@ -36,12 +36,8 @@ fail() { log "FAIL: $*"; FAILED+=("$*"); }
 
 A=kh$$a B=kh$$b F=kh$$f
 mkns "$A"; mkns "$B"; mkns "$F"
-ip link add kha$$ netns "$A" type veth peer name khb$$ netns "$B"
-ip link add khf$$ netns "$A" type veth peer name khg$$ netns "$F"
-ip -n "$A" addr add 198.18.1.1/24 dev kha$$; ip -n "$A" link set kha$$ up
-ip -n "$B" addr add 198.18.1.2/24 dev khb$$; ip -n "$B" link set khb$$ up
-ip -n "$A" addr add 198.18.2.1/24 dev khf$$; ip -n "$A" link set khf$$ up
-ip -n "$F" addr add 198.18.2.2/24 dev khg$$; ip -n "$F" link set khg$$ up
+veth "$A" kha$$ 198.18.1.1/24 "$B" khb$$ 198.18.1.2/24
+veth "$A" khf$$ 198.18.2.1/24 "$F" khg$$ 198.18.2.2/24
 ip -n "$F" route add 198.18.1.0/24 via 198.18.2.1
 
 for n in a b; do "$KT" keygen --key "$KT_WORK/$n.key" --pow-bits $POW >/dev/null; "$KT" id --key "$KT_WORK/$n.key" --json >"$KT_WORK/$n.id"; done

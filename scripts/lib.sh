@@ -42,6 +42,14 @@ build() {
 
 # mkns NAME: a namespace with loopback up, removed on exit.
 mkns() { ip netns add "$1"; KT_NS+=("$1"); ip -n "$1" link set lo up; }
+# veth NS_A IF_A ADDR_A NS_B IF_B ADDR_B: a veth pair between two namespaces,
+# each end addressed (ADDR with its prefix length) and up. It goes with the
+# namespaces (mkns removes them).
+veth() {
+	ip link add "$2" netns "$1" type veth peer name "$5" netns "$4"
+	ip -n "$1" addr add "$3" dev "$2"; ip -n "$1" link set "$2" up
+	ip -n "$4" addr add "$6" dev "$5"; ip -n "$4" link set "$5" up
+}
 
 # start_bg LOGFILE CMD...: run CMD in the background; its PID is in BG_PID.
 start_bg() {
