@@ -142,8 +142,9 @@ func TestMemberHandshake(t *testing.T) {
 		{"X's leaf presented by key Y", present(ca.memberLeaf(t, kp), y), y, "", "verif"},
 		// A CA-signed leaf naming X for Y's key: the SPIFFE ID names another identity.
 		{"leaf naming X for key Y", present(ca.leaf(t, y.priv.Public().(ed25519.PublicKey), sid, y.Nonce(), now.Add(-time.Minute), now.Add(time.Hour)), y), y, "", "names"},
-		// A leaf without the proof-of-work nonce: refused by the base check.
-		{"no proof of work", present(ca.leaf(t, pub, sid, 0, now.Add(-time.Minute), now.Add(time.Hour)), kp), kp, "", "proof of work"},
+		// A leaf whose nonce does not give the network's bits: refused by
+		// the base check (nonce 0 itself meets them for one key in 2^bits).
+		{"no proof of work", present(ca.leaf(t, pub, sid, weakNonce(kp.Identity(), bits), now.Add(-time.Minute), now.Add(time.Hour)), kp), kp, "", "proof of work"},
 	} {
 		_, serr := memberHandshake(t, ca, c.client, c.cert, bits)
 		if serr == nil {
@@ -199,4 +200,13 @@ func TestMemberTLSPresentsCurrentLeaf(t *testing.T) {
 	if err := pipeHandshake(t, cc, plain); err != nil {
 		t.Fatalf("a node without membership rules refused a leaf: %v", err)
 	}
+}
+
+// weakNonce is the smallest nonce whose proof of work for id is below bits.
+func weakNonce(id Identity, bits int) uint64 {
+	n := uint64(0)
+	for PoWBits(id, n) >= bits {
+		n++
+	}
+	return n
 }
