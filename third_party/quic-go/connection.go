@@ -3201,12 +3201,26 @@ func (c *Conn) recordStreamPriorityUpdated(id protocol.StreamID, urgency int8, i
 // In addition, a datagram may be dropped before being sent out if the available packet size suddenly decreases.
 // If the payload is too large to be sent at the current time, a [DatagramTooLargeError] is returned.
 func (c *Conn) SendDatagram(p []byte) error {
-	if !c.supportsDatagrams() {
-		return errors.New("datagram support disabled")
+	f, err := c.datagramFrame(p)
+	if err != nil {
+		return err
 	}
+	if err := c.datagramQueue.Add(f); err != nil {
+		f.PutBack()
+		return err
+	}
+	return nil
+}
 
-	// korium-tun: the frame comes from a pool and goes back once its packet
-	// is sent (releaseDatagramFrames): no allocation per datagram.
+// datagramFrame is p in a DATAGRAM frame, if it fits one.
+//
+// korium-tun: the frame comes from a pool and goes back once its packet
+// is sent (releaseDatagramFrames): no allocation per datagram. Shared by
+// SendDatagram and TrySendDatagram.
+func (c *Conn) datagramFrame(p []byte) (*wire.DatagramFrame, error) {
+	if !c.supportsDatagrams() {
+		return nil, errors.New("datagram support disabled")
+	}
 	f := wire.GetDatagramFrame()
 	f.DataLenPresent = true
 	// The payload size estimate is conservative.
@@ -3217,14 +3231,29 @@ func (c *Conn) SendDatagram(p []byte) error {
 	)
 	if protocol.ByteCount(len(p)) > maxDataLen {
 		f.PutBack()
-		return &DatagramTooLargeError{MaxDatagramPayloadSize: int64(maxDataLen)}
+		return nil, &DatagramTooLargeError{MaxDatagramPayloadSize: int64(maxDataLen)}
 	}
 	f.Data = append(f.Data, p...)
-	if err := c.datagramQueue.Add(f); err != nil {
-		f.PutBack()
-		return err
+	return f, nil
+}
+
+// TrySendDatagram is SendDatagram without the wait: when 32 datagrams are
+// already queued for sending it returns false and a nil error, and keeps
+// nothing of p. It lets a caller that must not block (the overlay's device
+// reader) send straight to an idle connection and fall back to its own
+// queue otherwise.
+//
+// korium-tun: added to the upstream API. See third_party/README.md.
+func (c *Conn) TrySendDatagram(p []byte) (bool, error) {
+	f, err := c.datagramFrame(p)
+	if err != nil {
+		return false, err
 	}
-	return nil
+	ok, err := c.datagramQueue.TryAdd(f)
+	if !ok {
+		f.PutBack()
+	}
+	return ok, err
 }
 
 // ReceiveDatagram gets a message received in a QUIC datagram, as specified in RFC 9221.
