@@ -81,3 +81,47 @@ func BenchmarkAcceptInbound(b *testing.B) {
 		e.accept(p, in)
 	}
 }
+
+// The read loop's own per-packet work allocates nothing either: routing
+// and queueing a packet, and waiting for room in a full queue until its
+// sender (here a stand-in that takes whatever it is woken for) makes some.
+func TestReadLoopDoesNotAllocate(t *testing.T) {
+	p := testPeer(1)
+	e, _ := newTestEngine(t, func(c *Config) { c.SendQueue = 1 }, p)
+	r := newReader(e)
+	l := testLink(e, p)
+	r.links[p] = l
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var batch [sendBatch]*txBuf
+		for {
+			select {
+			case <-l.wake:
+			case <-stop:
+				return
+			}
+			for k := l.take(batch[:]); k > 0; k = l.take(batch[:]) {
+				for _, b := range batch[:k] {
+					e.putTx(b)
+				}
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	pkt := udp6(e.cfg.Addr, p.Addr, make([]byte, 1200))
+	r.handle(pkt)
+	if allocs := testing.AllocsPerRun(1000, func() {
+		r.handle(pkt) // the queue holds one: this waits for the stand-in
+		r.flush()
+	}); allocs != 0 {
+		t.Fatalf("the read loop allocates %.2f per packet", allocs)
+	}
+	if w := e.Counters.TxQueueWaits.Load(); w == 0 {
+		t.Fatal("no packet waited for room")
+	}
+	if d := p.TxDropped.Load(); d > e.Counters.TxQueueWaitTimeouts.Load()*uint64(e.stallDrain()+1) {
+		t.Fatalf("%d dropped after %d timeouts", d, e.Counters.TxQueueWaitTimeouts.Load())
+	}
+}

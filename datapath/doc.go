@@ -12,8 +12,10 @@
 // peer's:
 //
 //	device read loop (one): route by the peers' snapshot, copy into the
-//	    peer's send queue (bounded, drop-oldest, counted), wake its sender;
-//	    never blocks on a peer
+//	    peer's send queue (bounded, counted), wake its sender; a full
+//	    queue makes it wait for room a little (backpressure.go: per peer,
+//	    bounded by a stall mark and a wait budget), then drop its oldest;
+//	    it never blocks on a peer
 //	sender (one per peer with traffic): drains its queue into
 //	    SendDatagram, which blocks once quic-go's 32-entry queue is full:
 //	    only that peer's sender waits, and a burst of packets in its

@@ -128,7 +128,20 @@ type Counters struct {
 	// full, or every queue together was and it was the longest);
 	// TxQueueFull: every queue together was at MaxQueued and neither
 	// another queue nor the peer's own had a packet to make room.
-	TxQueueDropped, TxQueueFull                     atomic.Uint64
+	TxQueueDropped, TxQueueFull atomic.Uint64
+	// Of TxQueueDropped, by why the read loop did not wait for room
+	// (backpressure.go): TxQueueStalled, a wait for the peer timed out and
+	// its sender has not drained half a queue since; TxQueueOverBudget, the
+	// peer spent its wait budget while other peers had traffic.
+	TxQueueStalled, TxQueueOverBudget atomic.Uint64
+	// TxQueueWaits: waits for room that got it; TxQueueWaitTimeouts: waits
+	// that timed out (each stalls the queue); TxQueueWaitNanos: the read
+	// loop's time spent waiting, all together.
+	TxQueueWaits, TxQueueWaitTimeouts, TxQueueWaitNanos atomic.Uint64
+	// TxDirect: packets the read loop sent straight to an idle peer's
+	// connection; RxDirect: packets a receiver wrote straight to the idle
+	// device.
+	TxDirect, RxDirect                              atomic.Uint64
 	RxMalformed, RxSpoofedSource, RxNotForUs        atomic.Uint64
 	RxNotRoutable                                   atomic.Uint64 // from a peer that carries no IP packets
 	DevReadErrors, DevWriteErrors, PendingDelivered atomic.Uint64
@@ -153,6 +166,7 @@ type Engine struct {
 	rxPool    sync.Pool     // *pbuf
 	txPool    sync.Pool     // *txBuf
 	queued    atomic.Int64  // txBufs out of txPool (in queues, or being sent)
+	toWrite   atomic.Int64  // packets handed to the device writer and not yet written (writeDirect)
 	icmpLimit *rate.Limiter // ICMPv6 errors we make up (Destination Unreachable)
 
 	pend pending

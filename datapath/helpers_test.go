@@ -55,5 +55,5 @@ func udp6(src, dst netip.Addr, payload []byte) []byte { return memdev.UDP6(src, 
 
 // testLink is p's send queue without a sender (tests drain it with take).
 func testLink(e *Engine, p *peers.Peer) *link {
-	return &link{p: p, wake: make(chan struct{}, 1)}
+	return &link{p: p, wake: make(chan struct{}, 1), room: make(chan struct{}, 1)}
 }

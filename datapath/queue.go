@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math/bits"
 	"sync"
+	"sync/atomic"
 
 	quic "github.com/korium/korium-tun/third_party/quic-go"
 
@@ -24,19 +25,27 @@ import (
 type link struct {
 	p    *peers.Peer
 	wake chan struct{} // cap 1: the read loop queued packets
+	room chan struct{} // cap 1: the sender took packets while the read loop waited for room
+
+	// taken counts the packets the sender took out, ever. The read loop
+	// reads it to see a stalled queue drain (backpressure.go).
+	taken atomic.Uint64
 
 	// mu guards the fields below. It is held only to move pointers in and
 	// out of the queue, never across a send or any call into another
 	// package; the read loop takes it once per packet, the sender once per
 	// batch.
-	mu     sync.Mutex
-	flows  [numFlows]fifo
-	busy   uint64 // bit i: flows[i] holds packets
-	n      int    // packets queued, every flow together (at most Config.SendQueue)
-	rr     int    // the flow the sender serves next
-	closed bool   // the sender has stopped: nothing is queued any more
+	mu      sync.Mutex
+	flows   [numFlows]fifo
+	busy    uint64 // bit i: flows[i] holds packets
+	n       int    // packets queued, every flow together (at most Config.SendQueue)
+	rr      int    // the flow the sender serves next
+	closed  bool   // the sender has stopped: nothing is queued any more
+	waiting bool   // the read loop waits for room: the next take signals room
+	sending bool   // the sender holds packets it took and has not sent yet
 
 	touched bool // owned by the read loop: the queue got packets in this batch
+	bp      bpState
 }
 
 // numFlows is how many flows a peer's queue tells apart (by a hash of the
@@ -101,7 +110,7 @@ const sendBatch = 32
 // newLink makes p's send queue and starts its sender, which runs until
 // p's connection ends or the engine stops. Called by the read loop.
 func (e *Engine) newLink(p *peers.Peer) *link {
-	l := &link{p: p, wake: make(chan struct{}, 1)}
+	l := &link{p: p, wake: make(chan struct{}, 1), room: make(chan struct{}, 1)}
 	if !e.goRun(func() { e.sender(l) }) {
 		l.closed = true // the engine is closing: the queue takes nothing
 	}
@@ -123,14 +132,39 @@ func (e *Engine) putTx(b *txBuf) {
 	e.txPool.Put(b)
 }
 
-// enqueue copies pkt into l's queue. A full queue (SendQueue packets)
-// drops the oldest packet of its longest flow to make room. When every
-// queue together holds MaxQueued packets, reclaim (nil: none) may free the
-// buffer of a packet of a longer queue than l's; failing that, l's own
-// oldest packet makes room, and with none queued pkt is dropped. Every
-// drop is counted. It never blocks and allocates nothing in steady state;
-// false means l's sender has stopped.
+// fullMode is what put does with a packet for a full queue.
+type fullMode uint8
+
+const (
+	fullDrop       fullMode = iota // the oldest packet of the longest flow makes room
+	fullWait                       // nothing is queued: the caller waits for room (waitRoom)
+	fullStalled                    // as fullDrop, also counted as TxQueueStalled
+	fullOverBudget                 // as fullDrop, also counted as TxQueueOverBudget
+)
+
+// putResult is what put did.
+type putResult uint8
+
+const (
+	putQueued  putResult = iota // pkt is queued (perhaps in place of an older one)
+	putStopped                  // l's sender has stopped; nothing was queued
+	putFull                     // fullWait and the queue was full; nothing was queued
+)
+
+// enqueue copies pkt into l's queue; a full one drops its oldest (put with
+// fullDrop). False means l's sender has stopped.
 func (e *Engine) enqueue(l *link, pkt []byte, reclaim func(*link) *txBuf) bool {
+	return e.put(l, pkt, reclaim, fullDrop) != putStopped
+}
+
+// put copies pkt into l's queue. A full queue (SendQueue packets) drops
+// the oldest packet of its longest flow to make room, or with fullWait
+// queues nothing. When every queue together holds MaxQueued packets,
+// reclaim (nil: none) may free the buffer of a packet of a longer queue
+// than l's; failing that, l's own oldest packet makes room, and with none
+// queued pkt is dropped. Every drop is counted, by reason. It never blocks
+// and allocates nothing in steady state.
+func (e *Engine) put(l *link, pkt []byte, reclaim func(*link) *txBuf, full fullMode) putResult {
 	b := e.getTx()
 	if b == nil && reclaim != nil {
 		b = reclaim(l) // before l.mu: no two queues' locks are ever held at once
@@ -142,12 +176,16 @@ func (e *Engine) enqueue(l *link, pkt []byte, reclaim func(*link) *txBuf) bool {
 	var old *txBuf
 	dropped := false
 	l.mu.Lock()
-	if l.closed {
+	if l.closed || (full == fullWait && l.n >= e.cfg.SendQueue) {
+		closed := l.closed
 		l.mu.Unlock()
 		if b != nil {
 			e.putTx(b)
 		}
-		return false
+		if closed {
+			return putStopped
+		}
+		return putFull
 	}
 	if l.n > 0 && (b == nil || l.n >= e.cfg.SendQueue) {
 		old = l.dropLongest()
@@ -170,11 +208,17 @@ func (e *Engine) enqueue(l *link, pkt []byte, reclaim func(*link) *txBuf) bool {
 	case dropped:
 		e.Counters.TxQueueDropped.Add(1)
 		l.p.TxDropped.Add(1)
+		switch full {
+		case fullStalled:
+			e.Counters.TxQueueStalled.Add(1)
+		case fullOverBudget:
+			e.Counters.TxQueueOverBudget.Add(1)
+		}
 	case b == nil:
 		e.Counters.TxQueueFull.Add(1)
 		l.p.TxDropped.Add(1)
 	}
-	return true
+	return putQueued
 }
 
 // len is how many packets l holds.
@@ -225,7 +269,8 @@ func (l *link) popFlow(i int) *txBuf {
 }
 
 // take moves up to len(dst) queued packets into dst, one of each busy
-// flow in turn.
+// flow in turn. It tells a read loop waiting for room that there is some,
+// and marks the sender busy until a take finds nothing.
 func (l *link) take(dst []*txBuf) int {
 	l.mu.Lock()
 	k := 0
@@ -236,6 +281,17 @@ func (l *link) take(dst []*txBuf) int {
 		dst[k] = l.popFlow(i)
 		k++
 		l.rr = (i + 1) % numFlows
+	}
+	l.sending = k > 0
+	if k > 0 {
+		l.taken.Add(uint64(k))
+		if l.waiting {
+			l.waiting = false
+			select {
+			case l.room <- struct{}{}:
+			default:
+			}
+		}
 	}
 	l.mu.Unlock()
 	return k
@@ -282,8 +338,11 @@ func (e *Engine) sender(l *link) {
 	}
 }
 
-func (e *Engine) sendOne(p *peers.Peer, pkt []byte) {
-	err := p.Conn.SendDatagram(pkt)
+func (e *Engine) sendOne(p *peers.Peer, pkt []byte) { e.sent(p, pkt, p.Conn.SendDatagram(pkt)) }
+
+// sent counts a packet handed to p's connection, or answers or counts the
+// error it met.
+func (e *Engine) sent(p *peers.Peer, pkt []byte, err error) {
 	if err == nil {
 		p.Touch()
 		p.TxPackets.Add(1)
@@ -298,9 +357,22 @@ func (e *Engine) sendOne(p *peers.Peer, pkt []byte) {
 	e.Counters.TxSendError.Add(1)
 }
 
+// idle reports whether l has nothing queued and its sender nothing in
+// hand.
+func (l *link) idle() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.n == 0 && !l.sending && !l.closed
+}
+
 // forget drops p's queue l from the read loop's state.
 func (r *reader) forget(p *peers.Peer, l *link) {
 	delete(r.links, p)
+	for i, c := range r.recent {
+		if c == l {
+			r.recent[i] = nil
+		}
+	}
 	if r.cache.link == l {
 		r.cache.link = nil
 	}

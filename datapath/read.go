@@ -71,6 +71,39 @@ type reader struct {
 	fat     *link // the longest queue the last scan found, or nil
 	second  int   // the length of the second longest then
 	scanned bool  // a scan ran in this batch: at most one per batch
+
+	// Backpressure (backpressure.go).
+	epoch  time.Time
+	now    time.Duration // since epoch, as of this batch (or the last wait)
+	timer  *time.Timer   // bounds a wait for room
+	recent [2]*link      // the queue that got a packet last, and the last other one
+
+	// direct: a packet for a peer with nothing queued and an idle sender
+	// goes straight to its connection (sendDirect). Off in the unit tests
+	// of the queues, whose peers have no connection.
+	direct bool
+}
+
+// newReader is the read loop's state.
+func newReader(e *Engine) *reader {
+	r := &reader{e: e, links: make(map[*peers.Peer]*link), epoch: time.Now(), timer: time.NewTimer(time.Hour)}
+	r.timer.Stop()
+	return r
+}
+
+// handle routes one packet the device gave the read loop.
+func (r *reader) handle(pkt []byte) {
+	e := r.e
+	switch e.route(pkt, &r.cache) {
+	case routeSend:
+		e.trackOut(pkt)
+		r.send(pkt)
+	case routeHold:
+		e.trackOut(pkt)
+		e.hold(r.cache.addr, pkt)
+	case routeTooBig:
+		e.answerTooBig(pkt, e.cfg.MTU)
+	}
 }
 
 // maxDevErrors is how many device reads in a row may fail before the
@@ -93,24 +126,15 @@ func (e *Engine) readLoop() {
 	for i := range bufs {
 		bufs[i] = make([]byte, devOffset+65535)
 	}
-	r := &reader{e: e, links: make(map[*peers.Peer]*link)}
+	r := newReader(e)
 	defer r.stop()
 	errRun := 0
 	var lastWarn time.Time
 	for {
 		cnt, err := e.dev.Read(bufs, sizes, devOffset)
+		r.now = time.Since(r.epoch)
 		for i := 0; i < cnt; i++ {
-			pkt := bufs[i][devOffset : devOffset+sizes[i]]
-			switch e.route(pkt, &r.cache) {
-			case routeSend:
-				e.trackOut(pkt)
-				r.send(pkt)
-			case routeHold:
-				e.trackOut(pkt)
-				e.hold(r.cache.addr, pkt)
-			case routeTooBig:
-				e.answerTooBig(pkt, e.cfg.MTU)
-			}
+			r.handle(bufs[i][devOffset : devOffset+sizes[i]])
 		}
 		r.flush()
 		if err != nil {
@@ -147,7 +171,8 @@ func (e *Engine) readLoop() {
 }
 
 // send queues pkt for r.cache's peer, making the peer's queue (and its
-// sender) on its first packet.
+// sender) on its first packet. A full queue makes it wait for room, within
+// the bounds of backpressure.go, before the queue's oldest packet goes.
 func (r *reader) send(pkt []byte) {
 	c := &r.cache
 	l := c.link
@@ -158,31 +183,56 @@ func (r *reader) send(pkt []byte) {
 		}
 		c.link = l
 	}
-	if !r.e.enqueue(l, pkt, r.reclaim) {
-		// The peer's connection ended and its sender is gone; the peer
-		// leaves the snapshot in a moment.
-		r.e.Counters.TxSendError.Add(1)
-		r.forget(c.peer, l)
+	if r.direct && r.sendDirect(l, pkt) {
 		return
 	}
-	if !l.touched {
-		l.touched = true
-		r.touched = append(r.touched, l)
+	full := r.fullMode(l)
+	for {
+		switch r.e.put(l, pkt, r.reclaim, full) {
+		case putQueued:
+			r.noteQueued(l)
+			if !l.touched {
+				l.touched = true
+				r.touched = append(r.touched, l)
+			}
+			return
+		case putStopped:
+			// The peer's connection ended and its sender is gone; the peer
+			// leaves the snapshot in a moment.
+			r.e.Counters.TxSendError.Add(1)
+			r.forget(c.peer, l)
+			return
+		case putFull:
+			full = r.waitRoom(l) // never fullWait: one wait per packet at most
+		}
 	}
+}
+
+// sendDirect sends pkt straight to l's connection from the read loop when
+// nothing is queued for l and its sender is idle: the packet skips the
+// hand-off to the sender goroutine (a wake-up on an idle machine, which is
+// most of an idle round trip's cost). It never waits: when quic-go's own
+// queue is full it reports false, and the packet is queued as usual. Order
+// is kept: only the read loop queues packets, and it sends none straight
+// while any are queued or being sent.
+func (r *reader) sendDirect(l *link, pkt []byte) bool {
+	if !l.idle() {
+		return false
+	}
+	ok, err := l.p.Conn.TrySendDatagram(pkt)
+	if !ok && err == nil {
+		return false
+	}
+	r.e.Counters.TxDirect.Add(1)
+	r.e.sent(l.p, pkt, err)
+	r.noteQueued(l)
+	return true
 }
 
 // flush wakes the senders of the queues this batch filled, and forgets the
 // queues of peers that left the set.
 func (r *reader) flush() {
-	for i, l := range r.touched {
-		l.touched = false
-		select {
-		case l.wake <- struct{}{}:
-		default:
-		}
-		r.touched[i] = nil
-	}
-	r.touched = r.touched[:0]
+	r.wake()
 	r.scanned = false
 	if s := r.e.cfg.Peers.Snapshot(); s != r.swept {
 		r.swept = s
@@ -193,6 +243,19 @@ func (r *reader) flush() {
 			}
 		}
 	}
+}
+
+// wake wakes the senders of the queues filled since the last wake.
+func (r *reader) wake() {
+	for i, l := range r.touched {
+		l.touched = false
+		select {
+		case l.wake <- struct{}{}:
+		default:
+		}
+		r.touched[i] = nil
+	}
+	r.touched = r.touched[:0]
 }
 
 // stop gives back every queue's packets when the read loop ends.
@@ -259,10 +322,12 @@ func (e *Engine) answerUnreachable(pkt []byte) {
 // toDevice queues an answer for the device writer without waiting; a full
 // queue drops it (the caller counts it).
 func (e *Engine) toDevice(b *pbuf) bool {
+	e.toWrite.Add(1)
 	select {
 	case e.inbound <- b:
 		return true
 	default:
+		e.toWrite.Add(-1)
 		e.rxPool.Put(b)
 		return false
 	}

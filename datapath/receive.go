@@ -54,6 +54,7 @@ func (e *Engine) receive(p *peers.Peer) {
 			if d := b.b[devOffset : devOffset+b.n]; !e.accept(p, d) || !e.filterIn(fp, d) {
 				continue // its buffer is reused
 			}
+			e.toWrite.Add(1)
 			select {
 			case e.inbound <- b:
 				held[i], bufs[i] = nil, nil
@@ -147,6 +148,7 @@ func (e *Engine) writeLoop() {
 			}
 		}
 		_, err := e.dev.Write(bufs, devOffset)
+		e.toWrite.Add(-int64(len(bufs)))
 		for i, b := range taken {
 			e.rxPool.Put(b)
 			taken[i] = nil

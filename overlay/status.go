@@ -107,32 +107,35 @@ func (n *Node) Status() Status {
 	c, d, pc, nc, mc := &n.stats, &n.dp.Counters, &n.peers.Counters, &n.nat.Counters, &n.nat.Mesh
 	rs := n.rpc.Stats()
 	s.Drops = map[string]uint64{
-		"tx_not_ipv6":       d.TxNotIPv6.Load(),
-		"tx_not_overlay":    d.TxNotOverlay.Load(),
-		"tx_no_peer":        d.TxNoPeer.Load(),
-		"tx_too_big":        d.TxTooBig.Load(),
-		"tx_send_error":     d.TxSendError.Load(),
-		"tx_queue_dropped":  d.TxQueueDropped.Load(), // a peer's send queue was full: its oldest packet went
-		"tx_queue_full":     d.TxQueueFull.Load(),    // every send queue together was full
-		"rx_malformed":      d.RxMalformed.Load(),
-		"rx_spoofed_source": d.RxSpoofedSource.Load(),
-		"rx_not_for_us":     d.RxNotForUs.Load(),
-		"rx_not_routable":   d.RxNotRoutable.Load(),
-		"device_read_error": d.DevReadErrors.Load(),
-		"device_write_err":  d.DevWriteErrors.Load(),
-		"handshake_refused": c.HandshakeRefused.Load(),
-		"tx_resolve_failed": d.TxResolveFailed.Load(),
-		"resolve_busy":      d.ResolveBusy.Load(),
-		"rpc_refused":       rs.Refused,
-		"rpc_too_large":     rs.TooLarge,
-		"rpc_timeouts":      rs.Timeouts,
-		"rpc_stream_errors": rs.StreamErrors,
-		"app_no_handler":    c.AppNoHandler.Load(),
-		"app_queue_full":    c.AppQueueFull.Load(),
-		"relay_refused":     nc.RelayRefused.Load(),
-		"punch_refused":     nc.PunchRefused.Load(),
-		"dialback_busy":     nc.DialBackBusy.Load(),
-		"dial_addr_refused": nc.DialAddrRefused.Load(),
+		"tx_not_ipv6":      d.TxNotIPv6.Load(),
+		"tx_not_overlay":   d.TxNotOverlay.Load(),
+		"tx_no_peer":       d.TxNoPeer.Load(),
+		"tx_too_big":       d.TxTooBig.Load(),
+		"tx_send_error":    d.TxSendError.Load(),
+		"tx_queue_dropped": d.TxQueueDropped.Load(), // a peer's send queue was full: its oldest packet went
+		"tx_queue_full":    d.TxQueueFull.Load(),    // every send queue together was full
+		// Of tx_queue_dropped, why the device reader did not wait for room.
+		"tx_queue_stalled":     d.TxQueueStalled.Load(),
+		"tx_queue_over_budget": d.TxQueueOverBudget.Load(),
+		"rx_malformed":         d.RxMalformed.Load(),
+		"rx_spoofed_source":    d.RxSpoofedSource.Load(),
+		"rx_not_for_us":        d.RxNotForUs.Load(),
+		"rx_not_routable":      d.RxNotRoutable.Load(),
+		"device_read_error":    d.DevReadErrors.Load(),
+		"device_write_err":     d.DevWriteErrors.Load(),
+		"handshake_refused":    c.HandshakeRefused.Load(),
+		"tx_resolve_failed":    d.TxResolveFailed.Load(),
+		"resolve_busy":         d.ResolveBusy.Load(),
+		"rpc_refused":          rs.Refused,
+		"rpc_too_large":        rs.TooLarge,
+		"rpc_timeouts":         rs.Timeouts,
+		"rpc_stream_errors":    rs.StreamErrors,
+		"app_no_handler":       c.AppNoHandler.Load(),
+		"app_queue_full":       c.AppQueueFull.Load(),
+		"relay_refused":        nc.RelayRefused.Load(),
+		"punch_refused":        nc.PunchRefused.Load(),
+		"dialback_busy":        nc.DialBackBusy.Load(),
+		"dial_addr_refused":    nc.DialAddrRefused.Load(),
 		// Mesh relaying (nat/mesh.go), by reason.
 		"mesh_signal_malformed": mc.SignalMalformed.Load(),
 		"mesh_signal_rate":      mc.SignalRate.Load(),
@@ -171,6 +174,12 @@ func (n *Node) Status() Status {
 		"peers_evicted_lru":     pc.Evicted.Load(),
 		"peers_evicted_idle":    pc.IdleEvicted.Load(),
 		"icmp_unreachable_sent": d.ICMPUnreachSent.Load(),
+		// The device reader's waits for room in a full send queue.
+		"tx_queue_waits":         d.TxQueueWaits.Load(),
+		"tx_queue_wait_timeouts": d.TxQueueWaitTimeouts.Load(),
+		"tx_queue_wait_ns":       d.TxQueueWaitNanos.Load(),
+		"tx_direct":              d.TxDirect.Load(), // sent by the device reader itself
+		"rx_direct":              d.RxDirect.Load(), // written to the device by the receiver itself
 
 		"rpc_buffered_bytes": uint64(rs.Buffered), // a gauge: request bytes arriving now
 	}
