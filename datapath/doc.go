@@ -15,13 +15,18 @@
 //	    peer's send queue (bounded, counted), wake its sender; a full
 //	    queue makes it wait for room a little (backpressure.go: per peer,
 //	    bounded by a stall mark and a wait budget), then drop its oldest;
-//	    it never blocks on a peer
+//	    it never blocks on a peer. A packet for a peer with nothing
+//	    queued and an idle sender goes straight to its connection
+//	    (TrySendDatagram, which never waits): one hand-off less
 //	sender (one per peer with traffic): drains its queue into
 //	    SendDatagram, which blocks once quic-go's 32-entry queue is full:
 //	    only that peer's sender waits, and a burst of packets in its
 //	    queue keeps quic-go's packets (and GSO batches) full
 //	receiver (one per peer): ReceiveDatagrams straight into device
-//	    buffers, checks each in place, queues it for the writer
+//	    buffers, checks each in place, queues it for the writer; a lone
+//	    datagram while the writer has nothing to write it writes to the
+//	    device itself (one hand-off less; wireguard-go writes from one
+//	    goroutine per peer too)
 //	device write loop (one): writes batches; for a kernel TUN it copies
 //	    each packet into a 64 KiB buffer so the kernel can coalesce TCP
 //	    segments in place (CoalesceCopy), the netstack needs no copy

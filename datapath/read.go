@@ -127,6 +127,7 @@ func (e *Engine) readLoop() {
 		bufs[i] = make([]byte, devOffset+65535)
 	}
 	r := newReader(e)
+	r.direct = true
 	defer r.stop()
 	errRun := 0
 	var lastWarn time.Time

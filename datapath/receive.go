@@ -24,6 +24,7 @@ func (e *Engine) receive(p *peers.Peer) {
 		held  [recvBatch]*pbuf
 		bufs  [recvBatch][]byte
 		sizes [recvBatch]int
+		one   [1][]byte // a direct device write (writeDirect)
 	)
 	defer func() {
 		for _, b := range held {
@@ -53,6 +54,9 @@ func (e *Engine) receive(p *peers.Peer) {
 			b.n = sizes[i]
 			if d := b.b[devOffset : devOffset+b.n]; !e.accept(p, d) || !e.filterIn(fp, d) {
 				continue // its buffer is reused
+			}
+			if n == 1 && e.writeDirect(one[:], b) {
+				continue // written: its buffer is reused
 			}
 			e.toWrite.Add(1)
 			select {
@@ -103,6 +107,30 @@ func (e *Engine) accept(p *peers.Peer, d []byte) bool {
 	p.Touch()
 	p.RxPackets.Add(1)
 	p.RxBytes.Add(uint64(len(d)))
+	return true
+}
+
+// writeDirect writes b, a receiver's lone datagram, to the device from
+// the receiver itself when the device writer has nothing to write: the
+// packet skips the hand-off to the writer goroutine (a wake-up on an idle
+// machine, much of an idle round trip). A busy peer's datagrams come in
+// batches and go to the writer, which coalesces them. Order is kept: a
+// receiver writes straight only when none of its earlier packets wait for
+// the writer (e.toWrite counts every packet handed to it and not yet
+// written). tun.Device writes may run concurrently: wireguard-go writes
+// from one goroutine per peer. one is the receiver's own slice header.
+func (e *Engine) writeDirect(one [][]byte, b *pbuf) bool {
+	if e.toWrite.Load() != 0 {
+		return false
+	}
+	one[0] = b.b[:devOffset+b.n]
+	_, err := e.dev.Write(one, devOffset)
+	one[0] = nil
+	e.Counters.RxDirect.Add(1)
+	if err != nil && e.ctx.Err() == nil {
+		// The read loop sees a device that is gone, and stops the node.
+		e.Counters.DevWriteErrors.Add(1)
+	}
 	return true
 }
 
