@@ -540,7 +540,10 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 # What each overlay pair's daemons counted over all runs (a sends, b
 # receives the iperf3 data): where throughput went that CPU does not show.
 json_num() { # json_num KEY FILE: the first number field KEY in FILE, summed over all occurrences
-	grep -o "\"$1\": *[0-9]*" "$2" | awk -F: '{ s += $2 } END { print s + 0 }'
+	grep -o "\"$1\": *[0-9]*" "$2" | awk -F: '{ s += $2 } END { printf "%.0f\n", s }'
+}
+json_drop() { # json_drop KEY FILE: the node's drop counter KEY (its "drops" map, not the per-peer field of the same name)
+	tr -d '\n' <"$2" | grep -o '"drops": *{[^}]*}' | grep -o "\"$1\": *[0-9]*" | awk -F: '{ s += $2 } END { printf "%.0f\n", s }'
 }
 DIAG=()
 for m in overlay base overlayfw; do
@@ -551,8 +554,13 @@ for m in overlay base overlayfw; do
 		"$bin" status --control "$TMP/$m-b.ctl" --json >"$TMP/$m-b.status.json" 2>/dev/null || continue
 	a=$TMP/$m-a.status.json b=$TMP/$m-b.status.json
 	DIAG+=("$(printf '%-8s  a: QUIC lost %s, send-queue drops %s, UDP writes %s for %s packets;  b: GRO reads %s with %s segments, QUIC packets in %s' "$m" \
-		"$(json_num quic_packets_lost "$a")" "$(json_num tx_queue_dropped "$a")" "$(json_num tx_calls "$a")" \
+		"$(json_num quic_packets_lost "$a")" "$(json_drop tx_queue_dropped "$a")" "$(json_num tx_calls "$a")" \
 		"$(json_num tx_packets "$a")" "$(json_num rx_gro_reads "$b")" "$(json_num rx_gro_segments "$b")" "$(json_num rx_quic "$b")")")
+	# a's device reader (datapath/backpressure.go): waits for room in a full
+	# send queue, and why it dropped instead; packets that skipped a hand-off.
+	DIAG+=("$(printf '%-8s  a: queue waits %s (%s timed out, %s ms in all), drops stalled %s, over budget %s; straight sends %s, b: straight writes %s' "" \
+		"$(json_num tx_queue_waits "$a")" "$(json_num tx_queue_wait_timeouts "$a")" "$(($(json_num tx_queue_wait_ns "$a") / 1000000))" \
+		"$(json_num tx_queue_stalled "$a")" "$(json_num tx_queue_over_budget "$a")" "$(json_num tx_direct "$a")" "$(json_num rx_direct "$b")")")
 done
 
 # ---------------------------------------------------------------- report
