@@ -39,7 +39,7 @@ func TestIdlePacketsSkipHandOffs(t *testing.T) {
 		}
 	}()
 	last, got := -1, 0
-	for got < burst {
+	for last < burst-1 { // packets may be lost (a queue overflowed), never reordered
 		select {
 		case pkt := <-b.dev.Got:
 			seq := int(binary.BigEndian.Uint32(pkt[48:]))
@@ -51,15 +51,10 @@ func TestIdlePacketsSkipHandOffs(t *testing.T) {
 			}
 			last = seq
 			got++
-		case <-time.After(3 * time.Second):
-			if last < burst-1 {
-				t.Logf("the burst stopped at %d packets (%d lost: %v)", got, burst-got, nonZero(a.Status().Drops))
-			}
-			got = burst
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the burst stopped after packet %d (%d arrived; drops %v)", last, got, nonZero(a.Status().Drops))
 		}
 	}
-	if last != burst-1 {
-		t.Fatalf("the last packet of the burst (%d) never arrived; the last was %d", burst-1, last)
-	}
-	t.Logf("straight: %d sent, %d written; queued waits %d", a.dp.Counters.TxDirect.Load(), b.dp.Counters.RxDirect.Load(), a.dp.Counters.TxQueueWaits.Load())
+	t.Logf("%d of %d arrived; straight: %d sent, %d written; queue waits %d", got, burst,
+		a.dp.Counters.TxDirect.Load(), b.dp.Counters.RxDirect.Load(), a.dp.Counters.TxQueueWaits.Load())
 }
