@@ -171,31 +171,13 @@ func TestFirewallSPIFFEOnlyFromTheCA(t *testing.T) {
 	if sid := a.peer(stranger.id).SPIFFEID; !strings.HasPrefix(sid, "spiffe://"+memberTD+"/") {
 		t.Fatalf("the stranger claims no SPIFFE ID of the trust domain: %q", sid)
 	}
-	got := func(payload string) bool {
-		for {
-			select {
-			case p := <-a.dev.Got:
-				if strings.HasSuffix(string(p), payload) {
-					return true
-				}
-			default:
-				return false
-			}
-		}
-	}
+	got := func(payload string) bool { return gotPayload(a.dev, payload) }
 	waitFor(t, "a member's packet through node 0's firewall", 20*time.Second, func() bool {
 		m.dev.Send(udp6(m.addr, a.addr, []byte("from a member")))
 		time.Sleep(20 * time.Millisecond)
 		return got("from a member")
 	})
-	dropped := func() bool {
-		for _, d := range a.Status().Firewall.RecentDrops {
-			if d.Peer == stranger.id && d.Proto == "udp" && d.Port == 5000 && d.Reason == "no_rule" {
-				return true
-			}
-		}
-		return false
-	}
+	dropped := func() bool { return droppedNoRule(a, stranger.id, 5000) }
 	waitFor(t, "node 0 dropping the stranger's packet", 20*time.Second, func() bool {
 		stranger.dev.Send(udp6(stranger.addr, a.addr, []byte("from a stranger")))
 		time.Sleep(20 * time.Millisecond)
@@ -226,26 +208,8 @@ func TestFirewallSPIFFERenamedByRenewal(t *testing.T) {
 	}}); err != nil {
 		t.Fatal(err)
 	}
-	got := func(payload string) bool {
-		for {
-			select {
-			case p := <-a.dev.Got:
-				if strings.HasSuffix(string(p), payload) {
-					return true
-				}
-			default:
-				return false
-			}
-		}
-	}
-	dropped := func(port uint16) bool {
-		for _, d := range a.Status().Firewall.RecentDrops {
-			if d.Peer == m.id && d.Proto == "udp" && d.Port == port && d.Reason == "no_rule" {
-				return true
-			}
-		}
-		return false
-	}
+	got := func(payload string) bool { return gotPayload(a.dev, payload) }
+	dropped := func(port uint16) bool { return droppedNoRule(a, m.id, port) }
 	waitFor(t, "a member's packet to udp/5000 through node 0's firewall", 20*time.Second, func() bool {
 		m.dev.Send(udp6p(m.addr, a.addr, 4000, 5000, []byte("as a node")))
 		time.Sleep(20 * time.Millisecond)
@@ -294,4 +258,30 @@ func udp6p(src, dst netip.Addr, sp, dp uint16, payload []byte) []byte {
 	binary.BigEndian.PutUint16(b[40:], sp)
 	binary.BigEndian.PutUint16(b[42:], dp)
 	return b
+}
+
+// gotPayload drains what dev's node wrote to it, and reports whether a
+// packet ending in payload was among it.
+func gotPayload(dev *memDevice, payload string) bool {
+	for {
+		select {
+		case p := <-dev.Got:
+			if strings.HasSuffix(string(p), payload) {
+				return true
+			}
+		default:
+			return false
+		}
+	}
+}
+
+// droppedNoRule reports whether a's firewall shows a recent drop of a UDP
+// packet from peer to port for want of a rule.
+func droppedNoRule(a *testNode, peer pki.Identity, port uint16) bool {
+	for _, d := range a.Status().Firewall.RecentDrops {
+		if d.Peer == peer && d.Proto == "udp" && d.Port == port && d.Reason == "no_rule" {
+			return true
+		}
+	}
+	return false
 }
