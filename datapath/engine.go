@@ -88,10 +88,11 @@ type Config struct {
 	// Firewall judges peers' datagrams before the device write and learns
 	// the flows the device sends (firewall.go); nil: none.
 	Firewall *firewall.Firewall
-	// FirewallSPIFFE returns the SPIFFE ID of p that Firewall's patterns
-	// may match (one a CA vouches for; "" for none) and its expiry in unix
-	// ns, which a renewal may push. Nil: no peer's SPIFFE ID counts.
-	FirewallSPIFFE func(p *peers.Peer) (string, *atomic.Int64)
+	// FirewallSPIFFE returns where p's SPIFFE ID that Firewall's patterns
+	// may match is kept (one a CA vouches for; nil or "" for none) and its
+	// expiry in unix ns; a renewal may push the expiry or rename the ID.
+	// Nil: no peer's SPIFFE ID counts.
+	FirewallSPIFFE func(p *peers.Peer) (*atomic.Pointer[string], *atomic.Int64)
 }
 
 func (c Config) withDefaults() Config {

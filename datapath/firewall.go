@@ -40,8 +40,8 @@ func (e *Engine) firewallPeer(p *peers.Peer) *firewall.Peer {
 		return nil
 	}
 	if e.cfg.FirewallSPIFFE != nil {
-		if id, expiry := e.cfg.FirewallSPIFFE(p); id != "" {
-			return fw.NewPeerWithExpiry(p.ID, id, expiry)
+		if sid, expiry := e.cfg.FirewallSPIFFE(p); sid != nil {
+			return fw.NewPeerVouched(p.ID, sid, expiry)
 		}
 	}
 	return fw.NewPeer(p.ID, "")

@@ -29,7 +29,7 @@ func tcp6(src, dst netip.Addr, sport, dport uint16) []byte {
 
 // newFirewallEngine is a test engine behind a firewall with rules (%s in a
 // rule is replaced by the identity of ps[0]).
-func newFirewallEngine(t testing.TB, cfg firewall.Config, rules []string, spiffe func(*peers.Peer) (string, *atomic.Int64), ps ...*peers.Peer) *Engine {
+func newFirewallEngine(t testing.TB, cfg firewall.Config, rules []string, spiffe func(*peers.Peer) (*atomic.Pointer[string], *atomic.Int64), ps ...*peers.Peer) *Engine {
 	t.Helper()
 	for _, r := range rules {
 		rule, err := firewall.ParseRule(strings.ReplaceAll(r, "%s", ps[0].ID.String()))
@@ -192,11 +192,14 @@ func TestFirewallHookSPIFFE(t *testing.T) {
 	b, c := testPeer(1), testPeer(2)
 	var expiry atomic.Int64
 	expiry.Store(time.Now().Add(time.Hour).UnixNano())
-	vouch := func(p *peers.Peer) (string, *atomic.Int64) {
+	var sid atomic.Pointer[string]
+	web := "spiffe://corp.example/" + b.ID.String() + "/web"
+	sid.Store(&web)
+	vouch := func(p *peers.Peer) (*atomic.Pointer[string], *atomic.Int64) {
 		if p == b {
-			return "spiffe://corp.example/" + p.ID.String() + "/web", &expiry
+			return &sid, &expiry
 		}
-		return "", nil // c's certificate claims one too, but no CA signed it
+		return nil, nil // c's certificate claims one too, but no CA signed it
 	}
 	e := newFirewallEngine(t, firewall.Config{}, []string{"spiffe://corp.example/*/web tcp/443"}, vouch, b, c)
 	us := e.cfg.Addr

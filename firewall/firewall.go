@@ -203,10 +203,13 @@ func (f *Firewall) Rules() ([]Rule, Default) {
 // and SPIFFE ID, and the rules that apply to it, compiled on first use
 // after each Reload. Make one per connection with NewPeer.
 type Peer struct {
-	id       pki.Identity
-	addr     [16]byte // its SmartAddr: the only source its packets may have
-	spiffeID string
-	expiry   *atomic.Int64 // unix ns after which spiffeID no longer counts; nil: never
+	id   pki.Identity
+	addr [16]byte // its SmartAddr: the only source its packets may have
+	// spiffe is the SPIFFE ID of its verified certificate (nil or "": none).
+	// The caller may replace it (a renewed certificate naming another
+	// workload): the rules are compiled again at the next packet.
+	spiffe   *atomic.Pointer[string]
+	expiry   *atomic.Int64 // unix ns after which the SPIFFE ID no longer counts; nil: never
 	compiled atomic.Pointer[peerRules]
 	inbound  atomic.Int32 // tracked flows this peer started
 }
@@ -214,17 +217,24 @@ type Peer struct {
 // NewPeer returns the handle for a peer with identity id and the SPIFFE ID
 // of its verified certificate ("" when it has none).
 func (f *Firewall) NewPeer(id pki.Identity, spiffeID string) *Peer {
-	return &Peer{id: id, addr: smartaddr.FromIdentity(id).As16(), spiffeID: spiffeID}
+	var sid atomic.Pointer[string]
+	if spiffeID != "" {
+		sid.Store(&spiffeID)
+	}
+	return f.NewPeerVouched(id, &sid, nil)
 }
 
-// NewPeerWithExpiry is NewPeer for a SPIFFE ID that counts only until the
-// unix-ns time in expiry, which the caller may push later (a renewed
-// certificate): rules naming SPIFFE patterns stop admitting the peer, and
-// its flows they admitted, once it passes.
-func (f *Firewall) NewPeerWithExpiry(id pki.Identity, spiffeID string, expiry *atomic.Int64) *Peer {
-	p := f.NewPeer(id, spiffeID)
-	p.expiry = expiry
-	return p
+// NewPeerVouched is NewPeer for a SPIFFE ID that the caller keeps, in
+// spiffe, and that counts only until the unix-ns time in expiry (nil:
+// never). The caller may change both later: a renewed certificate pushes
+// expiry, or names another workload in spiffe (nil there: none). Rules
+// naming SPIFFE patterns then stop admitting the peer, and the flows they
+// admitted, at its next packet (expiry: once it passes).
+func (f *Firewall) NewPeerVouched(id pki.Identity, spiffe *atomic.Pointer[string], expiry *atomic.Int64) *Peer {
+	if spiffe == nil {
+		spiffe = new(atomic.Pointer[string])
+	}
+	return &Peer{id: id, addr: smartaddr.FromIdentity(id).As16(), spiffe: spiffe, expiry: expiry}
 }
 
 // Identity returns the peer's identity.
@@ -235,6 +245,7 @@ func (p *Peer) Identity() pki.Identity { return p.id }
 type peerRules struct {
 	gen      uint64
 	recheck  int64      // unix ns: compile again from then on (the SPIFFE ID expires, or may have been renewed)
+	sid      *string    // the peer's SPIFFE ID when compiled: compile again when it changes
 	allowAll bool       // a rule admits any protocol from this peer
 	tcp, udp []interval // sorted, disjoint
 	icmp     bool
@@ -243,8 +254,11 @@ type peerRules struct {
 type interval struct{ lo, hi uint16 }
 
 func (s *ruleSet) compile(p *Peer, now int64) *peerRules {
-	pr := &peerRules{gen: s.gen, recheck: math.MaxInt64}
-	spiffeID := p.spiffeID
+	pr := &peerRules{gen: s.gen, recheck: math.MaxInt64, sid: p.spiffe.Load()}
+	var spiffeID string
+	if pr.sid != nil {
+		spiffeID = *pr.sid
+	}
 	if spiffeID != "" && p.expiry != nil {
 		if until := p.expiry.Load(); now < until {
 			pr.recheck = until
@@ -317,8 +331,8 @@ func (pr *peerRules) admits(h *headers) bool {
 // rules returns p's compiled rules for the current generation at now.
 func (f *Firewall) rules(s *ruleSet, p *Peer, now int64) *peerRules {
 	pr := p.compiled.Load()
-	if pr == nil || pr.gen != s.gen || now >= pr.recheck {
-		pr = s.compile(p, now) // allocates, once per peer per Reload (or expiry)
+	if pr == nil || pr.gen != s.gen || now >= pr.recheck || p.spiffe.Load() != pr.sid {
+		pr = s.compile(p, now) // allocates, once per peer per Reload (or expiry, or new SPIFFE ID)
 		p.compiled.Store(pr)
 	}
 	return pr

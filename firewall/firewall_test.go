@@ -220,7 +220,10 @@ func TestSPIFFEExpiry(t *testing.T) {
 	b, us := f.b.addr, f.us.addr
 	var until atomic.Int64
 	until.Store(f.clock + int64(time.Minute))
-	p := f.fw.NewPeerWithExpiry(f.b.id, "spiffe://corp.example/"+f.b.id.String(), &until)
+	var sid atomic.Pointer[string]
+	id := "spiffe://corp.example/" + f.b.id.String()
+	sid.Store(&id)
+	p := f.fw.NewPeerVouched(f.b.id, &sid, &until)
 	f.in(p, tcp(b, us, 1000, 443), PassRule)
 	f.clock += int64(2 * time.Minute)
 	f.in(p, tcp(b, us, 1000, 443), DropNoRule) // its flow goes with it
@@ -231,6 +234,26 @@ func TestSPIFFEExpiry(t *testing.T) {
 	// Without a SPIFFE ID, or another trust domain, the rule never applies.
 	f.in(f.fw.NewPeer(f.b.id, ""), tcp(b, us, 1002, 443), DropNoRule)
 	f.in(f.fw.NewPeer(f.b.id, "spiffe://evil.example/"+f.b.id.String()), tcp(b, us, 1003, 443), DropNoRule)
+}
+
+// A renewed certificate naming another workload replaces the SPIFFE ID the
+// rules see at the peer's next packet: what the old name admitted (its
+// flows included) stops passing, what the new one admits passes.
+func TestSPIFFERenamed(t *testing.T) {
+	f := newFixture(t, Config{}, "spiffe://corp.example/*/admin tcp/22", "spiffe://corp.example/*/web tcp/443")
+	b, us := f.b.addr, f.us.addr
+	var sid atomic.Pointer[string]
+	admin, web := "spiffe://corp.example/"+f.b.id.String()+"/admin", "spiffe://corp.example/"+f.b.id.String()+"/web"
+	sid.Store(&admin)
+	p := f.fw.NewPeerVouched(f.b.id, &sid, nil)
+	f.in(p, tcp(b, us, 1000, 22), PassRule)
+	f.in(p, tcp(b, us, 1001, 443), DropNoRule)
+	sid.Store(&web)                           // the CA renamed it
+	f.in(p, tcp(b, us, 1000, 22), DropNoRule) // its admin flow goes with the name
+	f.in(p, tcp(b, us, 1002, 22), DropNoRule)
+	f.in(p, tcp(b, us, 1001, 443), PassRule)
+	sid.Store(nil) // no vouched name at all
+	f.in(p, tcp(b, us, 1003, 443), DropNoRule)
 }
 
 func TestRepliesToOurFlowsPass(t *testing.T) {

@@ -75,20 +75,17 @@ func (n *Node) initFirewall() error {
 }
 
 // firewallSPIFFE is the datapath's FirewallSPIFFE: the SPIFFE ID of p's
-// handshake certificate when that certificate chains to our CA and is
-// valid now, with the expiry of p's membership (pushed by renewals).
-// The certificate itself is checked (vouchSPIFFE, at peerUp, before the
-// connection drops it): a peer admitted without one may later push a CA
-// certificate naming another workload than the one it connected with.
-func (n *Node) firewallSPIFFE(p *peers.Peer) (string, *atomic.Int64) {
+// newest certificate that chains to our CA (vouchSPIFFE checks the
+// handshake's, at peerUp, before the connection drops it; onLeafUpdate
+// the renewals the peer pushes, which may name another workload), with
+// the expiry of p's membership. The firewall reads both live: a rename or
+// an expiry takes effect at the peer's next packet.
+func (n *Node) firewallSPIFFE(p *peers.Peer) (*atomic.Pointer[string], *atomic.Int64) {
 	pm := memberOf(p)
 	if n.mem == nil || pm == nil {
-		return "", nil
+		return nil, nil
 	}
-	if sid := pm.vouched.Load(); sid != nil {
-		return *sid, &pm.notAfter
-	}
-	return "", nil
+	return &pm.vouched, &pm.notAfter
 }
 
 // vouchSPIFFE verifies p's handshake certificate against our CA and keeps

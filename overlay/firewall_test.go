@@ -2,6 +2,7 @@ package overlay
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/korium/korium-tun/firewall"
 	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/pki/tca"
 )
 
 // newFirewallNode is a netstack node on loopback with fw, bootstrapped
@@ -169,31 +171,13 @@ func TestFirewallSPIFFEOnlyFromTheCA(t *testing.T) {
 	if sid := a.peer(stranger.id).SPIFFEID; !strings.HasPrefix(sid, "spiffe://"+memberTD+"/") {
 		t.Fatalf("the stranger claims no SPIFFE ID of the trust domain: %q", sid)
 	}
-	got := func(payload string) bool {
-		for {
-			select {
-			case p := <-a.dev.Got:
-				if strings.HasSuffix(string(p), payload) {
-					return true
-				}
-			default:
-				return false
-			}
-		}
-	}
+	got := func(payload string) bool { return gotPayload(a.dev, payload) }
 	waitFor(t, "a member's packet through node 0's firewall", 20*time.Second, func() bool {
 		m.dev.Send(udp6(m.addr, a.addr, []byte("from a member")))
 		time.Sleep(20 * time.Millisecond)
 		return got("from a member")
 	})
-	dropped := func() bool {
-		for _, d := range a.Status().Firewall.RecentDrops {
-			if d.Peer == stranger.id && d.Proto == "udp" && d.Port == 5000 && d.Reason == "no_rule" {
-				return true
-			}
-		}
-		return false
-	}
+	dropped := func() bool { return droppedNoRule(a, stranger.id, 5000) }
 	waitFor(t, "node 0 dropping the stranger's packet", 20*time.Second, func() bool {
 		stranger.dev.Send(udp6(stranger.addr, a.addr, []byte("from a stranger")))
 		time.Sleep(20 * time.Millisecond)
@@ -202,4 +186,102 @@ func TestFirewallSPIFFEOnlyFromTheCA(t *testing.T) {
 	if got("from a stranger") {
 		t.Fatal("the stranger's packet reached node 0's device")
 	}
+}
+
+// A member the CA approves again under another workload path, and that
+// pushes its renewed certificate, is named anew at once: the rule that
+// admitted its old name stops admitting it (flows included) without a
+// reconnection, and the new name is what the firewall matches.
+func TestFirewallSPIFFERenamedByRenewal(t *testing.T) {
+	mn := newMemberNet(t, 3, 2, func(i int, c *Config) {
+		if i == 0 {
+			c.Members.MembersOnly = false
+			c.Firewall = FirewallConfig{Allow: []string{"spiffe://" + memberTD + "/* udp/5000"}}
+		}
+	})
+	a, m := mn.signers[0], mn.signers[1]
+	// m's name as it connected, exactly (a last "*" would match the
+	// longer new name too), and the new name.
+	if _, err := a.ReloadFirewall(FirewallConfig{Allow: []string{
+		"spiffe://" + memberTD + "/" + m.id.String() + " udp/5000",
+		"spiffe://" + memberTD + "/*/guest udp/6000",
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	got := func(payload string) bool { return gotPayload(a.dev, payload) }
+	dropped := func(port uint16) bool { return droppedNoRule(a, m.id, port) }
+	waitFor(t, "a member's packet to udp/5000 through node 0's firewall", 20*time.Second, func() bool {
+		m.dev.Send(udp6p(m.addr, a.addr, 4000, 5000, []byte("as a node")))
+		time.Sleep(20 * time.Millisecond)
+		return got("as a node")
+	})
+	for _, s := range mn.signers {
+		if _, err := s.CAApprove(m.id, "/guest"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn := a.peer(m.id)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cert, err := m.RequestCACertificate(ctx, tca.RequestConfig{Workload: "/guest", Validity: 2 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.InstallLeaf(cert.DER); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "node 0 taking the renamed certificate", 20*time.Second, func() bool {
+		return a.Status().Members.Counters["peer_leaf_renamed"] >= 1
+	})
+	if a.peer(m.id) != conn {
+		t.Fatal("the renewal replaced the connection")
+	}
+	// The flow its old name admitted, from the same port, is dropped now.
+	waitFor(t, "node 0 dropping what only the old name admitted", 10*time.Second, func() bool {
+		m.dev.Send(udp6p(m.addr, a.addr, 4000, 5000, []byte("old name")))
+		time.Sleep(20 * time.Millisecond)
+		return dropped(5000)
+	})
+	if got("old name") {
+		t.Fatal("a packet only the old name admits reached node 0's device")
+	}
+	waitFor(t, "the new name's packet through node 0's firewall", 10*time.Second, func() bool {
+		m.dev.Send(udp6p(m.addr, a.addr, 4001, 6000, []byte("as a guest")))
+		time.Sleep(20 * time.Millisecond)
+		return got("as a guest")
+	})
+}
+
+// udp6p is udp6 from source port sp to destination port dp.
+func udp6p(src, dst netip.Addr, sp, dp uint16, payload []byte) []byte {
+	b := udp6(src, dst, payload)
+	binary.BigEndian.PutUint16(b[40:], sp)
+	binary.BigEndian.PutUint16(b[42:], dp)
+	return b
+}
+
+// gotPayload drains what dev's node wrote to it, and reports whether a
+// packet ending in payload was among it.
+func gotPayload(dev *memDevice, payload string) bool {
+	for {
+		select {
+		case p := <-dev.Got:
+			if strings.HasSuffix(string(p), payload) {
+				return true
+			}
+		default:
+			return false
+		}
+	}
+}
+
+// droppedNoRule reports whether a's firewall shows a recent drop of a UDP
+// packet from peer to port for want of a rule.
+func droppedNoRule(a *testNode, peer pki.Identity, port uint16) bool {
+	for _, d := range a.Status().Firewall.RecentDrops {
+		if d.Peer == peer && d.Proto == "udp" && d.Port == port && d.Reason == "no_rule" {
+			return true
+		}
+	}
+	return false
 }

@@ -100,8 +100,9 @@ type peerMember struct {
 	class    atomic.Int32
 	notAfter atomic.Int64 // unix ns: when the peer's certificate expires (members)
 	// vouched is the peer's SPIFFE ID once its handshake certificate was
-	// verified against our CA (peerUp, before the certificate is dropped);
-	// nil when it was not. The firewall's SPIFFE rules match only this.
+	// verified against our CA (peerUp, before the certificate is dropped),
+	// or the one of the newest renewal it pushed; nil when neither was.
+	// The firewall's SPIFFE rules match only this, read at each packet.
 	vouched atomic.Pointer[string]
 }
 
@@ -150,6 +151,7 @@ type members struct {
 	leafPushed       atomic.Uint64 // renewed leaves sent to peers
 	leafPushFailed   atomic.Uint64
 	leafUpdates      atomic.Uint64 // peers' renewed leaves taken
+	leafRenamed      atomic.Uint64 // of those, leaves that gave the peer another SPIFFE ID (or its first vouched one)
 	leafUpdateRefuse atomic.Uint64
 
 	logMu  sync.Mutex // guards logged
@@ -638,10 +640,26 @@ func (n *Node) onLeafUpdate(from pki.Identity, req []byte) ([]byte, error) {
 		if info.Identity != from {
 			return fmt.Errorf("a certificate of %s sent by %s", info.Identity.Short(), from.Short())
 		}
+		newest := false
 		for {
 			old := pm.notAfter.Load()
-			if info.NotAfter.UnixNano() <= old || pm.notAfter.CompareAndSwap(old, info.NotAfter.UnixNano()) {
+			if info.NotAfter.UnixNano() <= old {
 				break
+			}
+			if pm.notAfter.CompareAndSwap(old, info.NotAfter.UnixNano()) {
+				newest = true
+				break
+			}
+		}
+		// The newest certificate names the peer for the firewall: a CA
+		// that approved it again with another workload path renamed it,
+		// and the rules of its old name must stop admitting it now, not
+		// when it reconnects.
+		if sid := info.SPIFFEID.String(); newest {
+			if was := pm.vouched.Load(); was == nil || *was != sid {
+				pm.vouched.Store(&sid)
+				m.leafRenamed.Add(1)
+				n.cfg.Logger.Info("a peer's renewed certificate names it anew", "peer", from.String(), "spiffe_id", sid)
 			}
 		}
 		pm.class.CompareAndSwap(int32(classOpen), int32(classMember))
@@ -724,6 +742,7 @@ func (n *Node) membersStatus() *MembersStatus {
 		"leaf_pushed":            m.leafPushed.Load(),
 		"leaf_push_failed":       m.leafPushFailed.Load(),
 		"peer_leaf_updates":      m.leafUpdates.Load(),
+		"peer_leaf_renamed":      m.leafRenamed.Load(),
 		"peer_leaf_refused":      m.leafUpdateRefuse.Load(),
 		"enrollee_rpc_too_large": m.enrollRPC.Stats().TooLarge,
 	}

@@ -21,9 +21,7 @@ command -v openssl >/dev/null || die "openssl is missing (apt-get install openss
 build
 N=6 POW=8 TD=mesh.test
 HUB=ka$$hub
-mkns "$HUB"
-ip -n "$HUB" link add br0 type bridge
-ip -n "$HUB" link set br0 up
+hub "$HUB"
 declare -a IDS PIDS
 start_node() { # I [extra up flags...]
 	local i=$1 boots=()
@@ -37,10 +35,7 @@ start_node() { # I [extra up flags...]
 for i in $(seq 1 $N); do
 	ns=ka$$n$i
 	mkns "$ns"
-	ip link add "ka$$v$i" netns "$ns" type veth peer name "p$i" netns "$HUB"
-	ip -n "$HUB" link set "p$i" master br0 up
-	ip -n "$ns" addr add "198.18.$i.1/16" dev "ka$$v$i"
-	ip -n "$ns" link set "ka$$v$i" up
+	hub_port "$HUB" "p$i" "$ns" "ka$$v$i" "198.18.$i.1/16"
 	"$KT" keygen --key "$KT_WORK/n$i.key" --pow-bits $POW >/dev/null
 	IDS[i]=$("$KT" id --key "$KT_WORK/n$i.key" --json | sed -n 's/.*"identity": *"\([^"]*\)".*/\1/p')
 	start_node "$i"

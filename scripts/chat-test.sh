@@ -10,17 +10,12 @@ need_root
 build
 N=4 POW=8
 HUB=kt$$hub
-mkns "$HUB"
-ip -n "$HUB" link add br0 type bridge
-ip -n "$HUB" link set br0 up
+hub "$HUB"
 declare -a IDS
 for i in $(seq 1 $N); do
 	ns=kt$$c$i
 	mkns "$ns"
-	ip link add "kt$$v$i" netns "$ns" type veth peer name "p$i" netns "$HUB"
-	ip -n "$HUB" link set "p$i" master br0 up
-	ip -n "$ns" addr add "198.18.$i.1/16" dev "kt$$v$i"
-	ip -n "$ns" link set "kt$$v$i" up
+	hub_port "$HUB" "p$i" "$ns" "kt$$v$i" "198.18.$i.1/16"
 	"$KT" keygen --key "$KT_WORK/c$i.key" --pow-bits $POW >/dev/null
 	IDS[i]=$("$KT" id --key "$KT_WORK/c$i.key" --json | sed -n 's/.*"identity": *"\([^"]*\)".*/\1/p')
 	mkfifo "$KT_WORK/in$i"

@@ -25,9 +25,7 @@ need_root
 build
 POW=8
 HUB=kc$$hub
-mkns "$HUB"
-ip -n "$HUB" link add br0 type bridge
-ip -n "$HUB" link set br0 up
+hub "$HUB"
 declare -a IDS ADDRS PIDS
 # start_node I: run node I's korium-tun in its namespace (bootstrap: node 1).
 start_node() {
@@ -41,12 +39,9 @@ start_node() {
 for i in $(seq 1 "$N"); do
 	ns=kc$$n$i
 	mkns "$ns"
-	ip link add "kc$$v$i" netns "$ns" type veth peer name "p$i" netns "$HUB"
-	ip -n "$HUB" link set "p$i" master br0 up
 	# One /24 per node inside a /16, as separate hosts would be: the DHT
 	# caps contacts per /24.
-	ip -n "$ns" addr add "198.18.$i.1/16" dev "kc$$v$i"
-	ip -n "$ns" link set "kc$$v$i" up
+	hub_port "$HUB" "p$i" "$ns" "kc$$v$i" "198.18.$i.1/16"
 	"$KT" keygen --key "$KT_WORK/n$i.key" --pow-bits $POW >/dev/null
 	"$KT" id --key "$KT_WORK/n$i.key" --json >"$KT_WORK/n$i.id"
 	IDS[i]=$(json_get "$KT_WORK/n$i.id" identity)

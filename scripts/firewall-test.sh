@@ -19,19 +19,14 @@ build
 
 POW=8
 HUB=kf$$hub
-mkns "$HUB"
-ip -n "$HUB" link add br0 type bridge
-ip -n "$HUB" link set br0 up
+hub "$HUB"
 declare -A NS IP ID ADDR
 i=0
 for n in a b c; do
 	i=$((i + 1))
 	NS[$n]=kf$$$n IP[$n]=198.18.$i.1
 	mkns "${NS[$n]}"
-	ip link add "kf$$v$n" netns "${NS[$n]}" type veth peer name "p$n" netns "$HUB"
-	ip -n "$HUB" link set "p$n" master br0 up
-	ip -n "${NS[$n]}" addr add "${IP[$n]}/16" dev "kf$$v$n"
-	ip -n "${NS[$n]}" link set "kf$$v$n" up
+	hub_port "$HUB" "p$n" "${NS[$n]}" "kf$$v$n" "${IP[$n]}/16"
 	"$KT" keygen --key "$KT_WORK/$n.key" --pow-bits $POW >/dev/null
 	"$KT" id --key "$KT_WORK/$n.key" --json >"$KT_WORK/$n.id"
 	ID[$n]=$(json_get "$KT_WORK/$n.id" identity) ADDR[$n]=$(json_get "$KT_WORK/$n.id" address)

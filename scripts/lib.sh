@@ -51,6 +51,21 @@ veth() {
 	ip -n "$4" addr add "$6" dev "$5"; ip -n "$4" link set "$5" up
 }
 
+# hub NAME: a namespace (mkns) holding bridge br0: the one LAN that
+# hub_port puts other namespaces on.
+hub() {
+	mkns "$1"
+	ip -n "$1" link add br0 type bridge
+	ip -n "$1" link set br0 up
+}
+# hub_port HUB PORT NS IF ADDR: NS's interface IF on HUB's bridge (through
+# HUB's port PORT), addressed ADDR (with its prefix length) and up.
+hub_port() {
+	ip link add "$4" netns "$3" type veth peer name "$2" netns "$1"
+	ip -n "$1" link set "$2" master br0 up
+	ip -n "$3" addr add "$5" dev "$4"; ip -n "$3" link set "$4" up
+}
+
 # start_bg LOGFILE CMD...: run CMD in the background; its PID is in BG_PID.
 start_bg() {
 	local logf=$1; shift

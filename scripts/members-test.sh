@@ -23,17 +23,12 @@ command -v jq >/dev/null || die "jq is missing (apt-get install jq)"
 build
 POW=8 TD=members.test LIFE=45s
 HUB=km$$hub
-mkns "$HUB"
-ip -n "$HUB" link add br0 type bridge
-ip -n "$HUB" link set br0 up
+hub "$HUB"
 declare -a IDS ADDRS PIDS
 for i in 1 2 3 4 5; do
 	ns=km$$n$i
 	mkns "$ns"
-	ip link add "km$$v$i" netns "$ns" type veth peer name "p$i" netns "$HUB"
-	ip -n "$HUB" link set "p$i" master br0 up
-	ip -n "$ns" addr add "198.18.$i.1/16" dev "km$$v$i"
-	ip -n "$ns" link set "km$$v$i" up
+	hub_port "$HUB" "p$i" "$ns" "km$$v$i" "198.18.$i.1/16"
 	"$KT" keygen --key "$KT_WORK/n$i.key" --pow-bits $POW >"$KT_WORK/id$i.out"
 	IDS[i]=$(sed -n 's/^identity //p' "$KT_WORK/id$i.out")
 	ADDRS[i]=$(sed -n 's/^address //p' "$KT_WORK/id$i.out")

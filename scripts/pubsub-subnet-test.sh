@@ -19,18 +19,13 @@ PUBTOOL=$KT_WORK/pubtool
 DLO=5 COUNT=20 POW=8
 PUBLISHERS="1,$((N / 2)),$N"
 HUB=kp$$hub
-mkns "$HUB"
-ip -n "$HUB" link add br0 type bridge
-ip -n "$HUB" link set br0 up
+hub "$HUB"
 D=$KT_WORK/run
 mkdir "$D"
 for i in $(seq 1 "$N"); do
 	ns=kp$$n$i
 	mkns "$ns"
-	ip link add "kp$$v$i" netns "$ns" type veth peer name "p$i" netns "$HUB"
-	ip -n "$HUB" link set "p$i" master br0 up
-	ip -n "$ns" addr add "198.18.$i.1/16" dev "kp$$v$i"
-	ip -n "$ns" link set "kp$$v$i" up
+	hub_port "$HUB" "p$i" "$ns" "kp$$v$i" "198.18.$i.1/16"
 	boot=()
 	if [ "$i" -gt 1 ]; then
 		b=$((i / 2)) # a tree of bootstraps: no node is everyone's only contact

@@ -69,7 +69,10 @@ step "a black-holed peer (A's iperf3 to B while A floods a C whose UDP is droppe
 ROUNDS=3 ./scripts/blackhole-test.sh
 step "throughput smoke run (overlay vs wireguard-go vs raw veth)"
 json=$(mktemp /tmp/korium-bench.XXXXXX.json)
-RULES=100 ./scripts/bench-throughput.sh --rounds 2 --time 3 --json "$json"
+# Three rounds: each ratio is the median of three, not the mean of two (with
+# two, one noisy round moved the firewall pair's CPU per bit from 1.18 to
+# 1.43 between two CI runs of the same datapath).
+RULES=100 ./scripts/bench-throughput.sh --rounds 3 --time 3 --json "$json"
 # A regression guard, not the target (1.0x, CPU per bit 1.2x). Overlay over
 # wireguard-go in the same run, measured here (issue 15): one stream
 # 0.64-1.10, 4 streams 0.66-2.4, CPU per bit 1.08-1.22; before UDP GRO and
@@ -95,7 +98,10 @@ gate "CPU per bit (1 stream)" cpu_tcp1 "<=" 1.4
 gate "throughput (1 stream, 100 firewall rules)" tcp1 ">=" 0.5 overlayfw_wg
 gate "throughput (4 streams, 100 firewall rules)" tcpP ">=" 0.5 overlayfw_wg
 gate "CPU per bit (1 stream, 100 firewall rules)" cpu_tcp1 "<=" 1.4 overlayfw_wg
-echo "with / without 100 firewall rules: $(grep -o '"overlayfw_overlay": [0-9.null]*' "$json" | head -n 2 | tr '\n' ' ')"
+# What the 100 rules cost, against the overlay without them in the same
+# rounds (measured 1.01-1.12: 85-100 ns per inbound packet).
+gate "CPU per bit of 100 firewall rules (1 stream)" cpu_tcp1 "<=" 1.2 overlayfw_overlay
+echo "with / without 100 firewall rules: $(grep -o '"overlayfw_overlay": [0-9.null]*' "$json" | head -n 3 | tr '\n' ' ')"
 rm -f "$json"
 echo
 echo "ALL TESTS PASSED"
