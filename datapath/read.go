@@ -209,14 +209,23 @@ func (r *reader) send(pkt []byte) {
 	}
 }
 
+// idleGap is how long a peer must have been quiet for its next packet to
+// skip a hand-off (sendDirect, writeDirect): a ping, a DNS query or a
+// keystroke does, a bulk transfer (packets microseconds apart) does not, so
+// its packets keep going through the goroutines that batch them.
+const idleGap = time.Millisecond
+
 // sendDirect sends pkt straight to l's connection from the read loop when
-// nothing is queued for l and its sender is idle: the packet skips the
+// l was quiet for idleGap, nothing is queued for it and its sender is idle: the packet skips the
 // hand-off to the sender goroutine (a wake-up on an idle machine, which is
 // most of an idle round trip's cost). It never waits: when quic-go's own
 // queue is full it reports false, and the packet is queued as usual. Order
 // is kept: only the read loop queues packets, and it sends none straight
 // while any are queued or being sent.
 func (r *reader) sendDirect(l *link, pkt []byte) bool {
+	if l.bp.last != 0 && r.now-l.bp.last < idleGap {
+		return false // a busy peer: its sender batches
+	}
 	if !l.idle() {
 		return false
 	}

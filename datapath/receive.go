@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/korium/korium-tun/internal/ip6"
 	"github.com/korium/korium-tun/peers"
@@ -25,6 +26,7 @@ func (e *Engine) receive(p *peers.Peer) {
 		bufs  [recvBatch][]byte
 		sizes [recvBatch]int
 		one   [1][]byte // a direct device write (writeDirect)
+		last  time.Time // when the last datagrams came
 	)
 	defer func() {
 		for _, b := range held {
@@ -42,6 +44,9 @@ func (e *Engine) receive(p *peers.Peer) {
 			}
 		}
 		n, err := p.Conn.ReceiveDatagrams(e.ctx, bufs[:k], sizes[:k])
+		now := time.Now()
+		quiet := now.Sub(last) >= idleGap // the peer was quiet: no batch to keep
+		last = now
 		if err != nil {
 			if errors.Is(err, io.ErrShortBuffer) {
 				e.Counters.RxMalformed.Add(1) // cannot happen: buffers hold quic-go's largest
@@ -55,7 +60,7 @@ func (e *Engine) receive(p *peers.Peer) {
 			if d := b.b[devOffset : devOffset+b.n]; !e.accept(p, d) || !e.filterIn(fp, d) {
 				continue // its buffer is reused
 			}
-			if n == 1 && e.writeDirect(one[:], b) {
+			if n == 1 && quiet && e.writeDirect(one[:], b) {
 				continue // written: its buffer is reused
 			}
 			e.toWrite.Add(1)
@@ -110,15 +115,16 @@ func (e *Engine) accept(p *peers.Peer, d []byte) bool {
 	return true
 }
 
-// writeDirect writes b, a receiver's lone datagram, to the device from
-// the receiver itself when the device writer has nothing to write: the
-// packet skips the hand-off to the writer goroutine (a wake-up on an idle
-// machine, much of an idle round trip). A busy peer's datagrams come in
-// batches and go to the writer, which coalesces them. Order is kept: a
-// receiver writes straight only when none of its earlier packets wait for
-// the writer (e.toWrite counts every packet handed to it and not yet
-// written). tun.Device writes may run concurrently: wireguard-go writes
-// from one goroutine per peer. one is the receiver's own slice header.
+// writeDirect writes b, a receiver's lone datagram after the peer was
+// quiet for idleGap, to the device from the receiver itself when the
+// device writer has nothing to write: the packet skips the hand-off to the
+// writer goroutine (a wake-up on an idle machine, much of an idle round
+// trip). A busy peer's datagrams go to the writer, which coalesces them.
+// Order is kept: a receiver writes straight only when none of its earlier
+// packets wait for the writer (e.toWrite counts every packet handed to it
+// and not yet written). tun.Device writes may run concurrently:
+// wireguard-go writes from one goroutine per peer. one is the receiver's
+// own slice header.
 func (e *Engine) writeDirect(one [][]byte, b *pbuf) bool {
 	if e.toWrite.Load() != 0 {
 		return false
