@@ -36,7 +36,11 @@ type Config struct {
 	Addr netip.Addr
 	// MTU is the largest packet the tunnel carries, MinMTU..MaxMTU.
 	MTU int
-	// Device is the device the engine drives; it owns it from New on.
+	// Device is the device the engine drives; it owns it from New on. Its
+	// Write may be called from several goroutines at once (the device
+	// writer, and a receiver writing a quiet peer's packet itself), as
+	// wireguard-go's per-peer receivers do: wireguard-go's TUN and the
+	// netstack serialize their writes.
 	Device tun.Device
 	// Peers is the set packets are routed to.
 	Peers Peers
