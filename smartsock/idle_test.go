@@ -18,6 +18,11 @@ type probeDriver struct {
 	late   []answer
 	gone   bool          // P1's path is a black hole: nothing arrives from it
 	off    time.Duration // since the driver started
+	// ackLag: what P1 sends back to a tick's traffic (a keep-alive's
+	// ACK, delayed by the peer) arrives this many ticks later; 0: in
+	// the same tick.
+	ackLag int
+	acks   []time.Duration // offsets at which P1's answers arrive
 }
 
 type answer struct {
@@ -41,9 +46,13 @@ func (d *probeDriver) run(dur, delay time.Duration, traffic func(off time.Durati
 		if traffic(d.off) {
 			d.p1.sent.Store(true)
 			if !d.gone {
-				d.p1.lastRecv.Store(f.now.UnixNano())
-				c.call(func() { d.p1.current.lastRecv.Store(f.now.UnixNano()) })
+				d.acks = append(d.acks, d.off+time.Duration(d.ackLag)*tickEvery)
 			}
+		}
+		for len(d.acks) > 0 && d.acks[0] <= d.off {
+			d.acks = d.acks[1:]
+			d.p1.lastRecv.Store(f.now.UnixNano())
+			c.call(func() { d.p1.current.lastRecv.Store(f.now.UnixNano()) })
 		}
 		f.tick(tickEvery)
 		for _, s := range f.sends {
@@ -74,35 +83,41 @@ func (d *probeDriver) alive() (ok bool, missed int) {
 	return
 }
 
-// An idle peer's proven path is probed every IdleProbeInterval, also with
-// the few writes keep-alives make; traffic brings ProbeInterval back at
-// once, and the path stays alive throughout.
+// An idle peer's proven path is probed every IdleProbeInterval when
+// nothing arrives on it, not at all while QUIC's keep-alives do (quicProof),
+// also when their ACKs come a tick after them; traffic brings ProbeInterval
+// back at once, and the path stays alive throughout.
 func TestIdlePeerProbedLess(t *testing.T) {
 	d := newProbeDriver(t)
 	always := func(time.Duration) bool { return true }
 	never := func(time.Duration) bool { return false }
-	// A keep-alive PING and its ACK every 5 s, and the ACK of the peer's
-	// PING two ticks later.
-	keepAlive := func(off time.Duration) bool {
-		return off%(5*time.Second) == 0 || off%(5*time.Second) == 2*tickEvery
+	// A keep-alive PING and its ACK every period, and the ACK of the
+	// peer's PING two ticks later.
+	keepAlive := func(period time.Duration) func(time.Duration) bool {
+		return func(off time.Duration) bool { return off%period == 0 || off%period == 2*tickEvery }
 	}
 	const span = 100 * time.Second
 	rtt := time.Millisecond
 	for _, phase := range []struct {
 		name     string
 		write    func(time.Duration) bool
+		ackLag   int
 		min, max int
 	}{
-		{"busy", always, 19, 21},                  // every ProbeInterval
-		{"idle", never, 4, 5},                     // every IdleProbeInterval, after the window that saw traffic
-		{"keep-alives only", keepAlive, 4, 5},     // still idle
-		{"busy again", always, 19, 21},            // back at once
-		{"idle, starved peer", never, 4, 5},       // see TestLateProbeReplyCounts
-		{"keep-alives, starved", keepAlive, 4, 5}, // answers after the timeout, before the next probe
+		{"busy", always, 0, 19, 21},                                // every ProbeInterval
+		{"idle", never, 0, 4, 5},                                   // every IdleProbeInterval, after the window that saw traffic
+		{"keep-alives 5 s", keepAlive(5 * time.Second), 0, 0, 0},   // QUIC proves the path
+		{"keep-alives 15 s", keepAlive(15 * time.Second), 0, 0, 0}, // the default
+		{"keep-alives, ACK a tick later", keepAlive(15 * time.Second), 1, 0, 0},
+		{"keep-alives 30 s", keepAlive(30 * time.Second), 0, 1, 4}, // longer than quicProof: probed when the proof lapses
+		{"busy again", always, 0, 19, 21},                          // back at once
+		{"idle, starved peer", never, 0, 4, 5},                     // see TestLateProbeReplyCounts
+		{"keep-alives, starved", keepAlive(15 * time.Second), 0, 0, 0},
 	} {
 		if phase.name == "idle, starved peer" {
 			rtt = 700 * time.Millisecond // beyond probeTimeout of a 1 ms path
 		}
+		d.ackLag = phase.ackLag
 		// The end of traffic makes a path quiet for a few seconds (see
 		// quiet), and a new phase starts its own probe window.
 		d.run(10*time.Second, rtt, phase.write)
@@ -211,5 +226,69 @@ func TestIdlePeerSkippedByTick(t *testing.T) {
 	}
 	if ok, _ := d.alive(); !ok {
 		t.Error("the idle path is not alive")
+	}
+}
+
+// An idle peer's current path that QUIC packets prove (not probed) still
+// holds its address against another identity's hellos from there while it
+// answers probes, and loses it once it stops: a refused claim makes us
+// probe it (doubted), since the packets that kept it proven may be the
+// newcomer's.
+func TestIdleProvenPathClaims(t *testing.T) {
+	d := newProbeDriver(t)
+	f, c := d.f, d.f.c
+	d.ackLag = 1
+	keepAlive := func(off time.Duration) bool { return off%(15*time.Second) == 0 }
+	d.run(60*time.Second, time.Millisecond, keepAlive)
+	d.probes = 0
+	d.run(60*time.Second, time.Millisecond, keepAlive)
+	if d.probes != 0 {
+		t.Fatalf("%d probes of a QUIC-proven idle path in 60 s", d.probes)
+	}
+	owner := func() *peer {
+		var p *peer
+		c.call(func() {
+			if pa := c.real.load(dxAddr1); pa != nil {
+				p = pa.peer
+			}
+		})
+		return p
+	}
+	tx := uint64(1 << 40)
+	// Q (another identity, behind the same address: a NAT-mate, a
+	// spoofer, or the node that took the address over) says hello every
+	// tick, and QUIC packets arrive from the address.
+	short := append([]byte{0x40}, make([]byte, 40)...)
+	step := func() {
+		tx++
+		h := wire.NewHello(dxQ, dxSelf.Identity(), tx, f.now.UnixNano())
+		c.demux([]ipv4.Message{dxMsg(wire.AppendHello(nil, &h), dxAddr1)}, 1, f.now)
+		c.demux([]ipv4.Message{dxMsg(short, dxAddr1)}, 1, f.now)
+		d.run(tickEvery, time.Millisecond, keepAlive)
+	}
+	d.probes = 0
+	for range 100 {
+		step()
+		if owner() != d.p1 {
+			t.Fatal("a hello of another identity took the address of an idle peer that answers probes")
+		}
+	}
+	t.Logf("10 s of hellos from the address of an idle peer that answers: %d probes", d.probes)
+	if d.probes == 0 {
+		t.Error("the refused claims did not make us probe the holder")
+	}
+	// P1 left the address: nothing answers its probes, Q's packets keep
+	// arriving there.
+	d.gone = true
+	start := f.now
+	for owner() == d.p1 {
+		if f.now.Sub(start) > 10*time.Second {
+			t.Fatal("the address is still the idle peer's 10 s after it stopped answering, though another identity says hello from there")
+		}
+		step()
+	}
+	t.Logf("the address moved to the newcomer %v after the old holder stopped answering", f.now.Sub(start))
+	if p := owner(); p == nil || p.id != dxQ.Identity() {
+		t.Errorf("the address went to %v, want Q", p)
 	}
 }

@@ -82,8 +82,11 @@ type path struct {
 	probeAt    time.Time // when the outstanding probe was sent
 	prevAt     time.Time // when prevTx was sent
 	lost       bool      // the outstanding probe was counted missed (its reply still counts)
-	lastProbe  time.Time // zero: probe at the next tick
-	added      time.Time
+	// doubted: another peer claimed addr (claim) while QUIC packets kept
+	// it from being probed (quicProven): probe it until it answers.
+	doubted   bool
+	lastProbe time.Time // zero: probe at the next tick
+	added     time.Time
 }
 
 // peerOf returns id's entry, or nil.
