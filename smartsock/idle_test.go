@@ -84,7 +84,7 @@ func (d *probeDriver) alive() (ok bool, missed int) {
 }
 
 // An idle peer's proven path is probed every IdleProbeInterval when
-// nothing arrives on it, not at all while QUIC's keep-alives do (quicProof),
+// nothing arrives on it, not at all while QUIC's keep-alives do (QUICProof),
 // also when their ACKs come a tick after them; traffic brings ProbeInterval
 // back at once, and the path stays alive throughout.
 func TestIdlePeerProbedLess(t *testing.T) {
@@ -109,7 +109,7 @@ func TestIdlePeerProbedLess(t *testing.T) {
 		{"keep-alives 5 s", keepAlive(5 * time.Second), 0, 0, 0},   // QUIC proves the path
 		{"keep-alives 15 s", keepAlive(15 * time.Second), 0, 0, 0}, // the default
 		{"keep-alives, ACK a tick later", keepAlive(15 * time.Second), 1, 0, 0},
-		{"keep-alives 30 s", keepAlive(30 * time.Second), 0, 1, 4}, // longer than quicProof: probed when the proof lapses
+		{"keep-alives 30 s", keepAlive(30 * time.Second), 0, 1, 4}, // longer than QUICProof: probed when the proof lapses
 		{"busy again", always, 0, 19, 21},                          // back at once
 		{"idle, starved peer", never, 0, 4, 5},                     // see TestLateProbeReplyCounts
 		{"keep-alives, starved", keepAlive(15 * time.Second), 0, 0, 0},

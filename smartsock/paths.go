@@ -50,7 +50,7 @@ const (
 	// QUIC keep-alive period, and the answer to the peer's) fit, a second
 	// of traffic does not.
 	idleTicks = 4
-	// quicProof: the current path of an idle peer on which a QUIC packet
+	// QUICProof: the current path of an idle peer on which a QUIC packet
 	// arrived within this long is not probed. QUIC's keep-alives (a PING
 	// at least every keep-alive period, 15 s by default, answered with an
 	// ACK) already show that it delivers and hold its NAT mapping; a probe
@@ -62,7 +62,7 @@ const (
 	// IdleProbeInterval. It is below StaleAfter by more than ProbeTimeout,
 	// so the first probe after the proof lapses is answered before the
 	// path would count as stale.
-	quicProof = 20 * time.Second
+	QUICProof = 20 * time.Second
 )
 
 // maxWaiters bounds outstanding pings (and, apart, dial-back checks).
@@ -71,7 +71,7 @@ const maxWaiters = 256
 // alive reports whether pa may carry traffic: it did not miss MaxMissed
 // probes in a row, and a probe was answered on it, or (once proven) a QUIC
 // packet arrived on it, within StaleAfter. QUIC packets count because an
-// idle peer's current path is not probed while they arrive (quicProof);
+// idle peer's current path is not probed while they arrive (QUICProof);
 // they cannot keep a path alive that misses probes.
 func alive(pa *path, now time.Time) bool {
 	if pa.missed >= MaxMissed {
@@ -82,10 +82,10 @@ func alive(pa *path, now time.Time) bool {
 }
 
 // quicProven reports whether pa is idle p's current path, answered a probe
-// once (its RTT is known), and QUIC packets arrived on it within quicProof.
+// once (its RTT is known), and QUIC packets arrived on it within QUICProof.
 func quicProven(p *peer, pa *path, now time.Time) bool {
 	return p.idle && pa == p.current && pa.validated && !pa.doubted && !pa.lastReply.IsZero() &&
-		now.UnixNano()-pa.lastRecv.Load() < int64(quicProof)
+		now.UnixNano()-pa.lastRecv.Load() < int64(QUICProof)
 }
 
 // quiet reports whether p's traffic on pa stopped: nothing arrived for
@@ -241,7 +241,7 @@ func nextDue(p *peer, now time.Time) time.Time {
 		} else if iv := interval(p, pa, now); iv > 0 {
 			earlier(pa.lastProbe.Add(iv))
 		} else if quicProven(p, pa, now) {
-			earlier(time.Unix(0, pa.lastRecv.Load()).Add(quicProof))
+			earlier(time.Unix(0, pa.lastRecv.Load()).Add(QUICProof))
 		}
 		if stale := staleAt(pa); stale.After(now) {
 			earlier(stale) // path selection must see it go
