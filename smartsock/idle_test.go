@@ -23,6 +23,11 @@ type probeDriver struct {
 	// the same tick.
 	ackLag int
 	acks   []time.Duration // offsets at which P1's answers arrive
+	// theirs, if set, reports the ticks in which P1's keep-alive arrives,
+	// late in the tick; we write its ACK 25 ms later, in the next one,
+	// and nothing answers that.
+	theirs func(off time.Duration) bool
+	ackOut bool
 }
 
 type answer struct {
@@ -44,10 +49,22 @@ func (d *probeDriver) run(dur, delay time.Duration, traffic func(off time.Durati
 	f, c := d.f, d.f.c
 	for end := d.off + dur; d.off < end; d.off += tickEvery {
 		if traffic(d.off) {
+			d.p1.sentAt.Store(f.now.UnixNano())
 			d.p1.sent.Store(true)
 			if !d.gone {
 				d.acks = append(d.acks, d.off+time.Duration(d.ackLag)*tickEvery)
 			}
+		}
+		if d.ackOut {
+			d.ackOut = false
+			d.p1.sentAt.Store(f.now.Add(15 * time.Millisecond).UnixNano())
+			d.p1.sent.Store(true)
+		}
+		if d.theirs != nil && d.theirs(d.off) && !d.gone {
+			at := f.now.Add(tickEvery - 10*time.Millisecond).UnixNano()
+			d.p1.lastRecv.Store(at)
+			c.call(func() { d.p1.current.lastRecv.Store(at) })
+			d.ackOut = true
 		}
 		for len(d.acks) > 0 && d.acks[0] <= d.off {
 			d.acks = d.acks[1:]
@@ -96,6 +113,11 @@ func TestIdlePeerProbedLess(t *testing.T) {
 	keepAlive := func(period time.Duration) func(time.Duration) bool {
 		return func(off time.Duration) bool { return off%period == 0 || off%period == 2*tickEvery }
 	}
+	// Keep-alives of both ends, every 15 s: ours (a PING we write, its
+	// ACK arriving a tick later), then the peer's (arriving, and our ACK
+	// written in the next tick).
+	ours := func(off time.Duration) bool { return off%(30*time.Second) == 0 }
+	theirs := func(off time.Duration) bool { return off%(30*time.Second) == 15*time.Second }
 	const span = 100 * time.Second
 	rtt := time.Millisecond
 	for _, phase := range []struct {
@@ -104,6 +126,7 @@ func TestIdlePeerProbedLess(t *testing.T) {
 		ackLag   int
 		min, max int
 	}{
+		{"keep-alives of both ends", ours, 1, 0, 0},
 		{"busy", always, 0, 19, 21},                                // every ProbeInterval
 		{"idle", never, 0, 4, 5},                                   // every IdleProbeInterval, after the window that saw traffic
 		{"keep-alives 5 s", keepAlive(5 * time.Second), 0, 0, 0},   // QUIC proves the path
@@ -118,6 +141,10 @@ func TestIdlePeerProbedLess(t *testing.T) {
 			rtt = 700 * time.Millisecond // beyond probeTimeout of a 1 ms path
 		}
 		d.ackLag = phase.ackLag
+		d.theirs = nil
+		if phase.name == "keep-alives of both ends" {
+			d.theirs = theirs
+		}
 		// The end of traffic makes a path quiet for a few seconds (see
 		// quiet), and a new phase starts its own probe window.
 		d.run(10*time.Second, rtt, phase.write)

@@ -100,11 +100,11 @@ func quiet(p *peer, pa *path, now int64) bool {
 		return false
 	}
 	if p.idle {
-		// lastSent is a tick's time: a send in the tick of the last
-		// arrival is its answer (or what it answered). A send after it
-		// gets a probe timeout for its answer (the ACK of a keep-alive
-		// comes a round trip and the peer's ACK delay later, often after
-		// the next tick), then a second to make the path quiet.
+		// A send within a tick of the last arrival is its answer (or
+		// what it answered: our ACK of the peer's keep-alive). A send
+		// after it gets a probe timeout for its answer (the ACK of our
+		// keep-alive comes a round trip and the peer's ACK delay later),
+		// then a second to make the path quiet.
 		at := quietAt(p, pa)
 		return !at.IsZero() && now >= at.UnixNano() && now < at.UnixNano()+int64(time.Second)
 	}
@@ -164,7 +164,11 @@ func (c *Conn) probeTick(now time.Time, out []outProbe) []outProbe {
 		}
 		if p.sent.Load() {
 			p.sent.Store(false)
-			p.lastSent = now.UnixNano()
+			// When it wrote, not the tick's time: the ACK of a keep-alive
+			// of the peer's goes out a few ms after it arrived, and must
+			// not look like a send left unanswered (quiet) when the tick
+			// falls between the two.
+			p.lastSent = min(p.sentAt.Load(), now.UnixNano())
 			if p.busyTicks++; p.busyTicks > idleTicks {
 				p.idle = false // traffic started: back to ProbeInterval now
 			}
@@ -260,9 +264,10 @@ func nextDue(p *peer, now time.Time) time.Time {
 
 // quietAt is when idle p's current path pa becomes quiet (see quiet) if
 // nothing arrives on it meanwhile, or zero if nothing we sent waits for an
-// answer.
+// answer. A probe answered after the send settles it too: the path works
+// (replies are not QUIC packets: they leave lastRecv alone).
 func quietAt(p *peer, pa *path) time.Time {
-	if p.lastSent-pa.lastRecv.Load() <= int64(tickEvery) {
+	if p.lastSent-max(pa.lastRecv.Load(), pa.lastReply.UnixNano()) <= int64(tickEvery) {
 		return time.Time{}
 	}
 	return time.Unix(0, p.lastSent).Add(probeTimeout(pa))
