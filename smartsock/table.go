@@ -151,6 +151,7 @@ func (c *Conn) remove(p *peer) {
 	}
 	c.virt.del(p.virt)
 	p.rt.Store(nil)
+	c.setRelayed(p, false)
 }
 
 func (c *Conn) unindex(pa *path) {
