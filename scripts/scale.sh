@@ -173,7 +173,8 @@ for step in $STEPS; do
 		profile "$n"
 		# The collector's target as the node's runtime had it (up's default
 		# or the environment's).
-		gc=", \"gogc\": $(jq '.GOGC' "$PROFILE/memstats-$n.json"), \"gomemlimit\": $(jq '.GOMEMLIMIT' "$PROFILE/memstats-$n.json")"
+		# The digits as written (jq would round 2^63-1, no limit, to a float).
+		gc=$(awk -F'[":, ]+' '$2 == "GOGC" { g = $3 } $2 == "GOMEMLIMIT" { l = $3 } END { printf ", \"gogc\": %s, \"gomemlimit\": %s", g, l }' "$PROFILE/memstats-$n.json")
 	fi
 	rows+=("{\"peers\": $n, \"rss_kib\": $rss, \"kib_per_peer\": \"$per\", \"idle_cpu_pct\": $cpu, \"handshakes_while_idle\": $hsn, \"quic_packets_per_s\": $qps, \"probe_packets_per_s\": $pps, \"probes_lost_per_s\": $lps, \"rpc_requests_per_s\": $rps$gc}")
 done
