@@ -231,25 +231,41 @@ func TestIdlePeerBlackHole(t *testing.T) {
 	}
 }
 
-// The probe tick leaves an idle peer alone until something is due: about
-// once a second (idleLook) and at its probes, not ten times a second.
+// The probe tick leaves an idle peer alone until something is due: at its
+// probes and keep-alives, and every idleLook (5 s), not ten times a second.
 func TestIdlePeerSkippedByTick(t *testing.T) {
 	d := newProbeDriver(t)
 	never := func(time.Duration) bool { return false }
 	d.run(20*time.Second, time.Millisecond, never) // idle by now
-	looked := 0
-	for range 100 {
-		var before, after time.Time
-		d.f.c.call(func() { before = d.p1.due })
-		d.run(tickEvery, time.Millisecond, never)
-		d.f.c.call(func() { after = d.p1.due })
-		if !after.Equal(before) {
-			looked++
+	count := func(traffic func(time.Duration) bool) int {
+		looked := 0
+		for range 300 {
+			var before, after time.Time
+			d.f.c.call(func() { before = d.p1.due })
+			d.run(tickEvery, time.Millisecond, traffic)
+			d.f.c.call(func() { after = d.p1.due })
+			if !after.Equal(before) {
+				looked++
+			}
 		}
+		return looked
 	}
-	t.Logf("an idle peer was looked at in %d of 100 ticks", looked)
+	// Nothing arrives: probed every IdleProbeInterval, looked at for
+	// that (send, reply) and every idleLook.
+	looked := count(never)
+	t.Logf("an idle peer was looked at in %d of 300 ticks", looked)
 	if looked > 15 {
-		t.Errorf("an idle peer was looked at in %d of 100 ticks, want at most 15", looked)
+		t.Errorf("an idle peer was looked at in %d of 300 ticks, want at most 15", looked)
+	}
+	// Keep-alives every 15 s, their ACK a tick later: looked at for
+	// each (the write, then the answer's due time) and every idleLook.
+	d.ackLag = 1
+	ka := func(off time.Duration) bool { return off%(15*time.Second) == 0 }
+	d.run(30*time.Second, time.Millisecond, ka)
+	looked = count(ka)
+	t.Logf("an idle peer with keep-alives was looked at in %d of 300 ticks", looked)
+	if looked > 15 {
+		t.Errorf("an idle peer with keep-alives was looked at in %d of 300 ticks, want at most 15", looked)
 	}
 	if ok, _ := d.alive(); !ok {
 		t.Error("the idle path is not alive")

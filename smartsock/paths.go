@@ -220,12 +220,13 @@ func (c *Conn) probeTick(now time.Time, out []outProbe) []outProbe {
 	return out
 }
 
-// idleLook bounds how long the tick leaves an idle peer alone.
-const idleLook = time.Second
+// idleLook bounds how long the tick leaves an idle peer alone. nextDue
+// names every time something is due; this is only the net below it.
+const idleLook = ProbeInterval
 
 // nextDue is when the tick must look at idle p's paths again: a probe's
-// timeout, the next probe, a path going stale or to be pruned, at the
-// latest idleLook from now; at the next tick while a path waits to claim
+// timeout, the next probe, the end of a QUIC proof, a keep-alive's answer
+// due, a path going stale or to be pruned, at the latest idleLook from now; at the next tick while a path waits to claim
 // its address. A write to p (its sent flag) and any change to p (touch)
 // bring it back sooner: at 1,000 idle peers the tick, ten times a second
 // over every peer, was half of the node's idle CPU.
