@@ -116,11 +116,9 @@ func (t *Traversal) punchRelayed(now time.Time) {
 			delete(t.lastPunch, p)
 		}
 	}
-	for p := range snap.All() {
-		if !p.Outbound || now.Sub(t.lastPunch[p]) < punchRetry {
-			continue
-		}
-		if pi, ok := t.cfg.Sock.Path(p.ID); !ok || !pi.Relayed {
+	for _, id := range t.cfg.Sock.RelayedPeers() {
+		p := snap.Peer(id)
+		if p == nil || !p.Outbound || now.Sub(t.lastPunch[p]) < punchRetry {
 			continue
 		}
 		t.lastPunch[p] = now

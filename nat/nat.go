@@ -55,6 +55,7 @@ import (
 // Sock is what NAT traversal asks of the node's socket (smartsock.Conn).
 type Sock interface {
 	Path(id pki.Identity) (smartsock.PathInfo, bool)
+	RelayedPeers() []pki.Identity // the peers Path reports Relayed; shared, read only
 	AddPeer(id pki.Identity, real netip.AddrPort) (*net.UDPAddr, error)
 	AddRelayPath(id, relayID pki.Identity, relayAddr netip.AddrPort, session [16]byte) *net.UDPAddr
 	Paths(id pki.Identity) ([]smartsock.PathStatus, uint64)

@@ -17,7 +17,10 @@
 # when perf is installed, a CPU profile of another idle window (perf-N.data,
 # `perf report -i perf-N.data --no-children`), and the heap profile after
 # that window (heap-N.after.pb.gz: what the idle node allocated during it,
-# `-sample_index=alloc_space -diff_base heap-N.pb.gz heap-N.after.pb.gz`).
+# `-sample_index=alloc_space -diff_base heap-N.pb.gz heap-N.after.pb.gz`);
+# each JSON row then also has the node's GC target and memory limit as its
+# runtime had them (gogc, gomemlimit: `up` sets GOGC=25 unless the
+# environment, --node-env, sets GOGC or GOMEMLIMIT).
 #
 # Goals (issue: mesh relaying and scale): under 100 MB RSS with 1,000 idle
 # peer connections, idle CPU under 1% of a core.
@@ -165,8 +168,15 @@ for step in $STEPS; do
 	per="-"
 	[ "$n" -gt 0 ] && per=$(awk -v r="$rss" -v b="$base" -v n="$n" 'BEGIN { printf "%.1f", (r - b) / n }')
 	printf '%-6s %10.1f %14s %12s %11s %12s %13s %10s %9s\n' "$n" "$(awk -v r="$rss" 'BEGIN { print r / 1024 }')" "$per" "$cpu" "$hsn" "$qps" "$pps" "$lps" "$rps"
-	[ -z "$PROFILE" ] || profile "$n"
-	rows+=("{\"peers\": $n, \"rss_kib\": $rss, \"kib_per_peer\": \"$per\", \"idle_cpu_pct\": $cpu, \"handshakes_while_idle\": $hsn, \"quic_packets_per_s\": $qps, \"probe_packets_per_s\": $pps, \"probes_lost_per_s\": $lps, \"rpc_requests_per_s\": $rps}")
+	gc=""
+	if [ -n "$PROFILE" ]; then
+		profile "$n"
+		# The collector's target as the node's runtime had it (up's default
+		# or the environment's).
+		# The digits as written (jq would round 2^63-1, no limit, to a float).
+		gc=$(awk -F'[":, ]+' '$2 == "GOGC" { g = $3 } $2 == "GOMEMLIMIT" { l = $3 } END { printf ", \"gogc\": %s, \"gomemlimit\": %s", g, l }' "$PROFILE/memstats-$n.json")
+	fi
+	rows+=("{\"peers\": $n, \"rss_kib\": $rss, \"kib_per_peer\": \"$per\", \"idle_cpu_pct\": $cpu, \"handshakes_while_idle\": $hsn, \"quic_packets_per_s\": $qps, \"probe_packets_per_s\": $pps, \"probes_lost_per_s\": $lps, \"rpc_requests_per_s\": $rps$gc}")
 done
 if [ -n "$JSON" ]; then
 	(IFS=,; printf '{"steps": [%s]}\n' "${rows[*]}") >"$JSON"

@@ -34,6 +34,9 @@ type Conn struct {
 	// dialBacks is how many dial-back nonces the loop waits for: 0 lets
 	// the read path drop dial-back packets without asking it.
 	dialBacks atomic.Int32
+	// relayedIDs: the peers whose published route sends data through a
+	// relay (RelayedPeers); replaced, never modified, when that changes.
+	relayedIDs atomic.Pointer[[]pki.Identity]
 
 	// Owned by the path loop (loop.go): no other goroutine touches them.
 	waiters    map[uint64]chan PingResult
@@ -42,8 +45,12 @@ type Conn struct {
 	helloLimit ratelimit.Limiter
 	probeLimit ratelimit.Limiter
 	dirty      []*peer // peers whose route changed since the last publish
-	out        []outProbe
-	scratch    [wire.HelloSignedSize]byte
+	// relayed holds the peers whose published route is relayed;
+	// relayedChanged: relayedIDs is to be rebuilt from it.
+	relayed        map[*peer]struct{}
+	relayedChanged bool
+	out            []outProbe
+	scratch        [wire.HelloSignedSize]byte
 
 	// readMu serializes reads (quic-go has one reader; x/net's batch
 	// reader and ours are not safe for concurrent use) and guards the read
@@ -119,6 +126,7 @@ func newConn(u UDP, cfg Config, tick bool) (*Conn, error) {
 		sess:        newSessIndex[*path](),
 		waiters:     make(map[uint64]chan PingResult),
 		dialBack:    make(map[uint64]chan struct{}),
+		relayed:     make(map[*peer]struct{}),
 		helloLimit:  ratelimit.New(ratelimit.PerSecond(int64(cfg.HelloRate))),
 		probeLimit:  ratelimit.New(ratelimit.PerSecond(int64(cfg.ProbeRate))),
 		helloSrc:    ratelimit.NewKeyed(ratelimit.PerSecond(int64(cfg.HelloSourceRate)), srcBuckets),

@@ -23,7 +23,8 @@
 // packet, not a failed connection (transient.go). A path carries data
 // once the peer proved itself on it: a handshake with its certificate
 // completed over it (Confirm), or it answered a probe MACed with a key from
-// the QUIC session (SetPathKey). Paths are probed continuously and Select
+// the QUIC session (SetPathKey). Paths are probed (an idle peer's current
+// path only when QUIC's keep-alives stop proving it, QUICProof) and Select
 // picks the one traffic takes (paths.go, select.go), so traffic moves between
 // relay and direct paths without a new QUIC connection.
 //

@@ -18,6 +18,16 @@ type probeDriver struct {
 	late   []answer
 	gone   bool          // P1's path is a black hole: nothing arrives from it
 	off    time.Duration // since the driver started
+	// ackLag: what P1 sends back to a tick's traffic (a keep-alive's
+	// ACK, delayed by the peer) arrives this many ticks later; 0: in
+	// the same tick.
+	ackLag int
+	acks   []time.Duration // offsets at which P1's answers arrive
+	// theirs, if set, reports the ticks in which P1's keep-alive arrives,
+	// late in the tick; we write its ACK 25 ms later, in the next one,
+	// and nothing answers that.
+	theirs func(off time.Duration) bool
+	ackOut bool
 }
 
 type answer struct {
@@ -39,11 +49,27 @@ func (d *probeDriver) run(dur, delay time.Duration, traffic func(off time.Durati
 	f, c := d.f, d.f.c
 	for end := d.off + dur; d.off < end; d.off += tickEvery {
 		if traffic(d.off) {
+			d.p1.sentAt.Store(f.now.UnixNano())
 			d.p1.sent.Store(true)
 			if !d.gone {
-				d.p1.lastRecv.Store(f.now.UnixNano())
-				c.call(func() { d.p1.current.lastRecv.Store(f.now.UnixNano()) })
+				d.acks = append(d.acks, d.off+time.Duration(d.ackLag)*tickEvery)
 			}
+		}
+		if d.ackOut {
+			d.ackOut = false
+			d.p1.sentAt.Store(f.now.Add(15 * time.Millisecond).UnixNano())
+			d.p1.sent.Store(true)
+		}
+		if d.theirs != nil && d.theirs(d.off) && !d.gone {
+			at := f.now.Add(tickEvery - 10*time.Millisecond).UnixNano()
+			d.p1.lastRecv.Store(at)
+			c.call(func() { d.p1.current.lastRecv.Store(at) })
+			d.ackOut = true
+		}
+		for len(d.acks) > 0 && d.acks[0] <= d.off {
+			d.acks = d.acks[1:]
+			d.p1.lastRecv.Store(f.now.UnixNano())
+			c.call(func() { d.p1.current.lastRecv.Store(f.now.UnixNano()) })
 		}
 		f.tick(tickEvery)
 		for _, s := range f.sends {
@@ -74,34 +100,50 @@ func (d *probeDriver) alive() (ok bool, missed int) {
 	return
 }
 
-// An idle peer's proven path is probed every IdleProbeInterval, also with
-// the few writes keep-alives make; traffic brings ProbeInterval back at
-// once, and the path stays alive throughout.
+// An idle peer's proven path is probed every IdleProbeInterval when
+// nothing arrives on it, not at all while QUIC's keep-alives do (QUICProof),
+// also when their ACKs come a tick after them; traffic brings ProbeInterval
+// back at once, and the path stays alive throughout.
 func TestIdlePeerProbedLess(t *testing.T) {
 	d := newProbeDriver(t)
 	always := func(time.Duration) bool { return true }
 	never := func(time.Duration) bool { return false }
-	// A keep-alive PING and its ACK every 5 s, and the ACK of the peer's
-	// PING two ticks later.
-	keepAlive := func(off time.Duration) bool {
-		return off%(5*time.Second) == 0 || off%(5*time.Second) == 2*tickEvery
+	// A keep-alive PING and its ACK every period, and the ACK of the
+	// peer's PING two ticks later.
+	keepAlive := func(period time.Duration) func(time.Duration) bool {
+		return func(off time.Duration) bool { return off%period == 0 || off%period == 2*tickEvery }
 	}
+	// Keep-alives of both ends, every 15 s: ours (a PING we write, its
+	// ACK arriving a tick later), then the peer's (arriving, and our ACK
+	// written in the next tick).
+	ours := func(off time.Duration) bool { return off%(30*time.Second) == 0 }
+	theirs := func(off time.Duration) bool { return off%(30*time.Second) == 15*time.Second }
 	const span = 100 * time.Second
 	rtt := time.Millisecond
 	for _, phase := range []struct {
 		name     string
 		write    func(time.Duration) bool
+		ackLag   int
 		min, max int
 	}{
-		{"busy", always, 19, 21},                  // every ProbeInterval
-		{"idle", never, 4, 5},                     // every IdleProbeInterval, after the window that saw traffic
-		{"keep-alives only", keepAlive, 4, 5},     // still idle
-		{"busy again", always, 19, 21},            // back at once
-		{"idle, starved peer", never, 4, 5},       // see TestLateProbeReplyCounts
-		{"keep-alives, starved", keepAlive, 4, 5}, // answers after the timeout, before the next probe
+		{"keep-alives of both ends", ours, 1, 0, 0},
+		{"busy", always, 0, 19, 21},                                // every ProbeInterval
+		{"idle", never, 0, 4, 5},                                   // every IdleProbeInterval, after the window that saw traffic
+		{"keep-alives 5 s", keepAlive(5 * time.Second), 0, 0, 0},   // QUIC proves the path
+		{"keep-alives 15 s", keepAlive(15 * time.Second), 0, 0, 0}, // the default
+		{"keep-alives, ACK a tick later", keepAlive(15 * time.Second), 1, 0, 0},
+		{"keep-alives 30 s", keepAlive(30 * time.Second), 0, 1, 4}, // longer than QUICProof: probed when the proof lapses
+		{"busy again", always, 0, 19, 21},                          // back at once
+		{"idle, starved peer", never, 0, 4, 5},                     // see TestLateProbeReplyCounts
+		{"keep-alives, starved", keepAlive(15 * time.Second), 0, 0, 0},
 	} {
 		if phase.name == "idle, starved peer" {
 			rtt = 700 * time.Millisecond // beyond probeTimeout of a 1 ms path
+		}
+		d.ackLag = phase.ackLag
+		d.theirs = nil
+		if phase.name == "keep-alives of both ends" {
+			d.theirs = theirs
 		}
 		// The end of traffic makes a path quiet for a few seconds (see
 		// quiet), and a new phase starts its own probe window.
@@ -189,27 +231,107 @@ func TestIdlePeerBlackHole(t *testing.T) {
 	}
 }
 
-// The probe tick leaves an idle peer alone until something is due: about
-// once a second (idleLook) and at its probes, not ten times a second.
+// The probe tick leaves an idle peer alone until something is due: at its
+// probes and keep-alives, and every idleLook (5 s), not ten times a second.
 func TestIdlePeerSkippedByTick(t *testing.T) {
 	d := newProbeDriver(t)
 	never := func(time.Duration) bool { return false }
 	d.run(20*time.Second, time.Millisecond, never) // idle by now
-	looked := 0
-	for range 100 {
-		var before, after time.Time
-		d.f.c.call(func() { before = d.p1.due })
-		d.run(tickEvery, time.Millisecond, never)
-		d.f.c.call(func() { after = d.p1.due })
-		if !after.Equal(before) {
-			looked++
+	count := func(traffic func(time.Duration) bool) int {
+		looked := 0
+		for range 300 {
+			var before, after time.Time
+			d.f.c.call(func() { before = d.p1.due })
+			d.run(tickEvery, time.Millisecond, traffic)
+			d.f.c.call(func() { after = d.p1.due })
+			if !after.Equal(before) {
+				looked++
+			}
 		}
+		return looked
 	}
-	t.Logf("an idle peer was looked at in %d of 100 ticks", looked)
+	// Nothing arrives: probed every IdleProbeInterval, looked at for
+	// that (send, reply) and every idleLook.
+	looked := count(never)
+	t.Logf("an idle peer was looked at in %d of 300 ticks", looked)
 	if looked > 15 {
-		t.Errorf("an idle peer was looked at in %d of 100 ticks, want at most 15", looked)
+		t.Errorf("an idle peer was looked at in %d of 300 ticks, want at most 15", looked)
+	}
+	// Keep-alives every 15 s, their ACK a tick later: looked at for
+	// each (the write, then the answer's due time) and every idleLook.
+	d.ackLag = 1
+	ka := func(off time.Duration) bool { return off%(15*time.Second) == 0 }
+	d.run(30*time.Second, time.Millisecond, ka)
+	looked = count(ka)
+	t.Logf("an idle peer with keep-alives was looked at in %d of 300 ticks", looked)
+	if looked > 15 {
+		t.Errorf("an idle peer with keep-alives was looked at in %d of 300 ticks, want at most 15", looked)
 	}
 	if ok, _ := d.alive(); !ok {
 		t.Error("the idle path is not alive")
+	}
+}
+
+// An idle peer's current path that QUIC packets prove (not probed) still
+// holds its address against another identity's hellos from there while it
+// answers probes, and loses it once it stops: a refused claim makes us
+// probe it (doubted), since the packets that kept it proven may be the
+// newcomer's.
+func TestIdleProvenPathClaims(t *testing.T) {
+	d := newProbeDriver(t)
+	f, c := d.f, d.f.c
+	d.ackLag = 1
+	keepAlive := func(off time.Duration) bool { return off%(15*time.Second) == 0 }
+	d.run(60*time.Second, time.Millisecond, keepAlive)
+	d.probes = 0
+	d.run(60*time.Second, time.Millisecond, keepAlive)
+	if d.probes != 0 {
+		t.Fatalf("%d probes of a QUIC-proven idle path in 60 s", d.probes)
+	}
+	owner := func() *peer {
+		var p *peer
+		c.call(func() {
+			if pa := c.real.load(dxAddr1); pa != nil {
+				p = pa.peer
+			}
+		})
+		return p
+	}
+	tx := uint64(1 << 40)
+	// Q (another identity, behind the same address: a NAT-mate, a
+	// spoofer, or the node that took the address over) says hello every
+	// tick, and QUIC packets arrive from the address.
+	short := append([]byte{0x40}, make([]byte, 40)...)
+	step := func() {
+		tx++
+		h := wire.NewHello(dxQ, dxSelf.Identity(), tx, f.now.UnixNano())
+		c.demux([]ipv4.Message{dxMsg(wire.AppendHello(nil, &h), dxAddr1)}, 1, f.now)
+		c.demux([]ipv4.Message{dxMsg(short, dxAddr1)}, 1, f.now)
+		d.run(tickEvery, time.Millisecond, keepAlive)
+	}
+	d.probes = 0
+	for range 100 {
+		step()
+		if owner() != d.p1 {
+			t.Fatal("a hello of another identity took the address of an idle peer that answers probes")
+		}
+	}
+	t.Logf("10 s of hellos from the address of an idle peer that answers: %d probes", d.probes)
+	if d.probes == 0 {
+		t.Error("the refused claims did not make us probe the holder")
+	}
+	// P1 left the address: nothing answers its probes, Q's packets keep
+	// arriving there.
+	d.gone = true
+	start := f.now
+	for owner() == d.p1 {
+		if f.now.Sub(start) > 10*time.Second {
+			t.Fatal("the address is still the idle peer's 10 s after it stopped answering, though another identity says hello from there")
+		}
+		step()
+	}
+	t.Logf("the address moved to the newcomer %v after the old holder stopped answering", f.now.Sub(start))
+	if p := owner(); p == nil || p.id != dxQ.Identity() {
+		t.Errorf("the address went to %v, want Q", p)
 	}
 }

@@ -34,11 +34,13 @@ const (
 
 // holdOf is how strongly a path holds its address: proven while the peer is
 // connected and answers probes there, present while its last signed hello
-// from there is recent, otherwise only named. Packets arriving count for
-// nothing: they would be a newcomer's, attributed to the old holder, and
-// keep it forever. So a peer that left an address (its node restarted with
-// another identity, its NAT mapping went to someone else) loses it once it
-// stops answering probes there.
+// from there is recent, otherwise only named. Packets arriving count only
+// as alive counts them (an idle peer's current path is not probed while
+// QUIC packets arrive there), and never against a claim: they would be a
+// newcomer's, attributed to the old holder, and keep it forever. A refused
+// claim makes us probe the holder (claim, doubted), so a peer that left an
+// address (its node restarted with another identity, its NAT mapping went
+// to someone else) loses it once it stops answering probes there.
 func holdOf(validated, connected, alive bool, sinceSigned, silentAfter time.Duration) evidence {
 	switch {
 	case validated && connected && alive:
@@ -79,6 +81,7 @@ func (c *Conn) claim(pa *path, ev evidence, now time.Time) bool {
 				// at the next tick; if it still answers, nothing changes,
 				// and a hello can make us probe it no faster than that.
 				q.lastProbe = time.Time{}
+				q.doubted = true // QUIC packets from there would be theirs too
 				q.peer.due = time.Time{}
 			}
 			return false

@@ -50,13 +50,42 @@ const (
 	// QUIC keep-alive period, and the answer to the peer's) fit, a second
 	// of traffic does not.
 	idleTicks = 4
+	// QUICProof: the current path of an idle peer on which a QUIC packet
+	// arrived within this long is not probed. QUIC's keep-alives (a PING
+	// at least every keep-alive period, 15 s by default, answered with an
+	// ACK) already show that it delivers and hold its NAT mapping; a probe
+	// would add four packets per peer and IdleProbeInterval for nothing.
+	// Once traffic starts the peer is busy and probed every ProbeInterval
+	// again; a keep-alive left unanswered makes the path quiet (probed
+	// every QuietInterval), as before; a path without QUIC packets this
+	// long (keep-alives longer than this, or none) is probed every
+	// IdleProbeInterval. It is below StaleAfter by more than ProbeTimeout,
+	// so the first probe after the proof lapses is answered before the
+	// path would count as stale.
+	QUICProof = 20 * time.Second
 )
 
 // maxWaiters bounds outstanding pings (and, apart, dial-back checks).
 const maxWaiters = 256
 
+// alive reports whether pa may carry traffic: it did not miss MaxMissed
+// probes in a row, and a probe was answered on it, or (once proven) a QUIC
+// packet arrived on it, within StaleAfter. QUIC packets count because an
+// idle peer's current path is not probed while they arrive (QUICProof);
+// they cannot keep a path alive that misses probes.
 func alive(pa *path, now time.Time) bool {
-	return pa.missed < MaxMissed && (pa.lastReply.IsZero() || now.Sub(pa.lastReply) < StaleAfter)
+	if pa.missed >= MaxMissed {
+		return false
+	}
+	return pa.lastReply.IsZero() || now.Sub(pa.lastReply) < StaleAfter ||
+		pa.validated && now.UnixNano()-pa.lastRecv.Load() < int64(StaleAfter)
+}
+
+// quicProven reports whether pa is idle p's current path, answered a probe
+// once (its RTT is known), and QUIC packets arrived on it within QUICProof.
+func quicProven(p *peer, pa *path, now time.Time) bool {
+	return p.idle && pa == p.current && pa.validated && !pa.doubted && !pa.lastReply.IsZero() &&
+		now.UnixNano()-pa.lastRecv.Load() < int64(QUICProof)
 }
 
 // quiet reports whether p's traffic on pa stopped: nothing arrived for
@@ -70,13 +99,16 @@ func quiet(p *peer, pa *path, now int64) bool {
 	if silent <= int64(QuietAfter) {
 		return false
 	}
-	sentRecently := now-p.lastSent < int64(time.Second)
 	if p.idle {
-		// lastSent is a tick's time: a send in the tick of the last
-		// arrival is its answer (or what it answered).
-		return sentRecently && p.lastSent-last > int64(tickEvery)
+		// A send within a tick of the last arrival is its answer (or
+		// what it answered: our ACK of the peer's keep-alive). A send
+		// after it gets a probe timeout for its answer (the ACK of our
+		// keep-alive comes a round trip and the peer's ACK delay later),
+		// then a second to make the path quiet.
+		at := quietAt(p, pa)
+		return !at.IsZero() && now >= at.UnixNano() && now < at.UnixNano()+int64(time.Second)
 	}
-	return sentRecently || silent < int64(3*time.Second)
+	return now-p.lastSent < int64(time.Second) || silent < int64(3*time.Second)
 }
 
 // pending reports whether pa has a probe out that is not yet missed.
@@ -95,6 +127,8 @@ func interval(p *peer, pa *path, now time.Time) time.Duration {
 		return QuietInterval
 	case pa.validated && pa.missed > 0 && pa.missed < MaxMissed:
 		return QuietInterval // settle a doubt quickly
+	case quicProven(p, pa, now):
+		return 0 // QUIC's keep-alives prove it
 	case pa.validated && p.idle:
 		return IdleProbeInterval - pa.jitter
 	case pa.validated:
@@ -130,7 +164,11 @@ func (c *Conn) probeTick(now time.Time, out []outProbe) []outProbe {
 		}
 		if p.sent.Load() {
 			p.sent.Store(false)
-			p.lastSent = now.UnixNano()
+			// When it wrote, not the tick's time: the ACK of a keep-alive
+			// of the peer's goes out a few ms after it arrived, and must
+			// not look like a send left unanswered (quiet) when the tick
+			// falls between the two.
+			p.lastSent = min(p.sentAt.Load(), now.UnixNano())
 			if p.busyTicks++; p.busyTicks > idleTicks {
 				p.idle = false // traffic started: back to ProbeInterval now
 			}
@@ -182,12 +220,13 @@ func (c *Conn) probeTick(now time.Time, out []outProbe) []outProbe {
 	return out
 }
 
-// idleLook bounds how long the tick leaves an idle peer alone.
-const idleLook = time.Second
+// idleLook bounds how long the tick leaves an idle peer alone. nextDue
+// names every time something is due; this is only the net below it.
+const idleLook = ProbeInterval
 
 // nextDue is when the tick must look at idle p's paths again: a probe's
-// timeout, the next probe, a path going stale or to be pruned, at the
-// latest idleLook from now; at the next tick while a path waits to claim
+// timeout, the next probe, the end of a QUIC proof, a keep-alive's answer
+// due, a path going stale or to be pruned, at the latest idleLook from now; at the next tick while a path waits to claim
 // its address. A write to p (its sent flag) and any change to p (touch)
 // bring it back sooner: at 1,000 idle peers the tick, ten times a second
 // over every peer, was half of the node's idle CPU.
@@ -206,15 +245,46 @@ func nextDue(p *peer, now time.Time) time.Time {
 			earlier(pa.probeAt.Add(probeTimeout(pa)))
 		} else if iv := interval(p, pa, now); iv > 0 {
 			earlier(pa.lastProbe.Add(iv))
+		} else if quicProven(p, pa, now) {
+			earlier(time.Unix(0, pa.lastRecv.Load()).Add(QUICProof))
 		}
-		if !pa.lastReply.IsZero() {
-			earlier(pa.lastReply.Add(StaleAfter))
+		if stale := staleAt(pa); stale.After(now) {
+			earlier(stale) // path selection must see it go
+		}
+		if pa == p.current {
+			if q := quietAt(p, pa); q.After(now) {
+				earlier(q) // a keep-alive still unanswered then makes it quiet
+			}
 		}
 		if !pa.validated && !pa.dialed {
 			earlier(pa.added.Add(pruneAfter))
 		}
 	}
 	return due
+}
+
+// quietAt is when idle p's current path pa becomes quiet (see quiet) if
+// nothing arrives on it meanwhile, or zero if nothing we sent waits for an
+// answer. A probe answered after the send settles it too: the path works
+// (replies are not QUIC packets: they leave lastRecv alone).
+func quietAt(p *peer, pa *path) time.Time {
+	if p.lastSent-max(pa.lastRecv.Load(), pa.lastReply.UnixNano()) <= int64(tickEvery) {
+		return time.Time{}
+	}
+	return time.Unix(0, p.lastSent).Add(probeTimeout(pa))
+}
+
+// staleAt is when pa stops being alive for want of answers (see alive),
+// or zero if it never answered.
+func staleAt(pa *path) time.Time {
+	if pa.lastReply.IsZero() {
+		return time.Time{}
+	}
+	t := pa.lastReply
+	if r := time.Unix(0, pa.lastRecv.Load()); pa.validated && r.After(t) {
+		t = r
+	}
+	return t.Add(StaleAfter)
 }
 
 // selectPath moves p to the best path (see Select).

@@ -328,6 +328,7 @@ func (c *Conn) handleReply(b []byte, src netip.AddrPort, via *path, now time.Tim
 	}
 	pa.missed = 0
 	pa.lastReply = now
+	pa.doubted = false
 	if !pa.validated {
 		pa.validated = true
 		c.cfg.Logger.Info("path proven", "peer", p.id.Short(), "path", pathName(pa), "rtt", rtt)

@@ -2,8 +2,11 @@ package smartsock
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/korium/korium-tun/pki"
 )
 
 // RelayGone: when the connection to a relay ends, a peer's traffic leaves
@@ -52,4 +55,48 @@ func TestRelayGoneSwitchesAtOnce(t *testing.T) {
 	if missed2 != 0 {
 		t.Fatal("the other relay's path was marked")
 	}
+}
+
+// RelayedPeers lists exactly the peers Path reports relayed, follows their
+// routes, and costs nothing to call (NAT traversal looks at it every tick).
+func TestRelayedPeers(t *testing.T) {
+	f := newDemuxFixture(t)
+	c := f.c
+	check := func(want ...pki.Identity) {
+		t.Helper()
+		got := c.RelayedPeers()
+		if len(got) != len(want) || len(want) == 1 && got[0] != want[0] {
+			t.Fatalf("RelayedPeers = %v, want %v", got, want)
+		}
+		for _, id := range []pki.Identity{dxP1.Identity(), dxP2.Identity(), dxP3.Identity()} {
+			pi, _ := c.Path(id)
+			if pi.Relayed != slices.Contains(got, id) {
+				t.Errorf("%s: Path says relayed %v, RelayedPeers %v", id.Short(), pi.Relayed, got)
+			}
+		}
+	}
+	check(dxP2.Identity()) // the fixture's relayed peer
+	if n := testing.AllocsPerRun(100, func() { c.RelayedPeers() }); n != 0 {
+		t.Errorf("RelayedPeers allocates %v times", n)
+	}
+	// P2's traffic moves to a direct path of its own.
+	c.call(func() {
+		p := c.peerOf(dxP2.Identity())
+		pa := c.direct(p, netip.MustParseAddrPort("198.18.0.7:7400"), byProof, f.now)
+		pa.validated = true
+		c.setCurrent(p, pa)
+	})
+	check()
+	// Back on the relay, then gone from the table.
+	c.call(func() {
+		p := c.peerOf(dxP2.Identity())
+		for _, pa := range p.paths {
+			if pa.relay {
+				c.setCurrent(p, pa)
+			}
+		}
+	})
+	check(dxP2.Identity())
+	c.call(func() { c.remove(c.peerOf(dxP2.Identity())) })
+	check()
 }

@@ -32,6 +32,7 @@ type peer struct {
 	lastRecv    atomic.Int64          // unix ns of the last packet from current
 	lastHelloTS atomic.Int64          // newest hello timestamp accepted
 	sent        atomic.Bool           // quic-go wrote to this peer since the last probe tick
+	sentAt      atomic.Int64          // unix ns of the write that set sent
 
 	// Loop.
 	paths      []*path   // every path: direct addresses and relay sessions
@@ -40,7 +41,7 @@ type peer struct {
 	key        *[32]byte // probe MAC key from the QUIC session; nil: not connected
 	punchUntil time.Time // probe unvalidated paths fast until then
 	switches   uint64
-	lastSent   int64 // unix ns of the last tick that saw a write
+	lastSent   int64 // unix ns of the first write the last tick that saw one saw
 	// busyTicks counts the ticks that saw a write since window (at most
 	// ProbeInterval ago); idle: at most idleTicks did in the last window.
 	busyTicks int
@@ -82,8 +83,11 @@ type path struct {
 	probeAt    time.Time // when the outstanding probe was sent
 	prevAt     time.Time // when prevTx was sent
 	lost       bool      // the outstanding probe was counted missed (its reply still counts)
-	lastProbe  time.Time // zero: probe at the next tick
-	added      time.Time
+	// doubted: another peer claimed addr (claim) while QUIC packets kept
+	// it from being probed (quicProven): probe it until it answers.
+	doubted   bool
+	lastProbe time.Time // zero: probe at the next tick
+	added     time.Time
 }
 
 // peerOf returns id's entry, or nil.
@@ -147,6 +151,7 @@ func (c *Conn) remove(p *peer) {
 	}
 	c.virt.del(p.virt)
 	p.rt.Store(nil)
+	c.setRelayed(p, false)
 }
 
 func (c *Conn) unindex(pa *path) {

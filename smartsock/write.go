@@ -49,7 +49,10 @@ func (c *Conn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err e
 		return len(b), len(oob), nil // like a lost packet; quic-go recovers
 	}
 	if !p.sent.Load() {
-		p.sent.Store(true) // the probe tick turns it into lastSent; a load is all a busy peer costs
+		// The probe tick turns them into lastSent; a load is all a busy
+		// peer costs per packet, a clock read per tick.
+		p.sentAt.Store(time.Now().UnixNano())
+		p.sent.Store(true)
 	}
 	var firstErr error
 	for _, d := range ds[:nd] {

@@ -87,6 +87,7 @@ func writeMemProfile(path string) error {
 	if err := write(path+".memstats", func(f *os.File) error {
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
+		gogc, limit := gcSettings()
 		enc := json.NewEncoder(f)
 		enc.SetIndent("", " ")
 		return enc.Encode(map[string]uint64{
@@ -95,7 +96,7 @@ func writeMemProfile(path string) error {
 			"StackInuse": ms.StackInuse, "StackSys": ms.StackSys, "MSpanInuse": ms.MSpanInuse,
 			"MSpanSys": ms.MSpanSys, "MCacheSys": ms.MCacheSys, "BuckHashSys": ms.BuckHashSys,
 			"GCSys": ms.GCSys, "OtherSys": ms.OtherSys, "NumGC": uint64(ms.NumGC),
-			"Goroutines": uint64(runtime.NumGoroutine()),
+			"Goroutines": uint64(runtime.NumGoroutine()), "GOGC": gogc, "GOMEMLIMIT": limit,
 		})
 	}); err != nil {
 		return err
