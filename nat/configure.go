@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
-	"slices"
 	"sync"
 	"time"
 
@@ -23,7 +22,7 @@ func (t *Traversal) configureNAT() {
 	v, ok := t.check(t.ctx)
 	if ok {
 		v.Checked = true
-		if old := t.status.Load(); !old.Checked || old.Public != v.Public || !slices.Equal(old.Observed, v.Observed) || !slices.Equal(old.Relays, v.Relays) {
+		if old := t.status.Load(); !sameVerdict(old, &v) {
 			t.cfg.Logger.Info("NAT checked", "public", v.Public, "observed", v.Observed, "relays", len(v.Relays))
 			t.cfg.OnChange(v)
 		}

@@ -108,7 +108,6 @@ type Config struct {
 
 // Timing of NAT traversal.
 const (
-	natRecheck    = 60 * time.Second // how often configure_nat runs again
 	dialBackWait  = 1500 * time.Millisecond
 	relayCallTime = 3 * time.Second
 	// relaySetupTime bounds asking a target's published relays for
@@ -165,7 +164,7 @@ type Traversal struct {
 }
 
 // New starts NAT traversal: its loop runs configure_nat once a bootstrap
-// peer is connected and every natRecheck, punches relayed peers, and
+// peer is connected and again later (recheck.go), punches relayed peers, and
 // expires the relay's idle sessions.
 func New(cfg Config) *Traversal {
 	if cfg.Logger == nil {
@@ -218,7 +217,8 @@ func (t *Traversal) DialBacks() int { return len(t.dialBacks) }
 func (t *Traversal) run() {
 	tk := time.NewTicker(tick)
 	defer tk.Stop()
-	var next, lastExpire, lastRepick time.Time
+	var lastExpire, lastRepick time.Time
+	var rc recheck
 	checking := false
 	repickWait := repickEvery // doubles while rounds find no relay
 	for {
@@ -233,11 +233,11 @@ func (t *Traversal) run() {
 				repickWait = repickEvery
 			}
 			if v.Checked {
-				next = time.Now().Add(natRecheck)
+				rc.checked(t.status.Load(), &v, t.cfg.Advertised(), time.Now())
 				t.status.Store(&v)
 			}
 		case now := <-tk.C:
-			if !t.cfg.Seed && !checking && (now.After(next) || !t.status.Load().Checked) {
+			if !t.cfg.Seed && !checking && (!t.status.Load().Checked || rc.due(now, t.cfg.Advertised)) {
 				checking = true
 				t.goRun(t.configureNAT)
 			}
