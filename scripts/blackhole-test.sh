@@ -9,7 +9,7 @@
 # namespace drops every UDP packet of C's node, A sends 2,000 UDP
 # packets/s to C's SmartAddr through its TUN (xfer pace: ping would slow
 # down without answers), and the same runs again. C's QUIC connection stays
-# open on A all that time (its idle timeout is 15 s), so A's packets to C
+# open on A all that time (its idle timeout is 30 s), so A's packets to C
 # queue for a peer that never answers. Then the rule goes and C is reached
 # again. Each round reports what B's and C's send queues on A dropped.
 #
