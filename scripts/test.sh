@@ -76,10 +76,12 @@ RULES=100 ./scripts/bench-throughput.sh --rounds 3 --time 3 --json "$json"
 # A regression guard, not the target (1.0x, CPU per bit 1.2x). Overlay over
 # wireguard-go in the same run, measured here (issue 15): one stream
 # 0.64-1.10, 4 streams 0.66-2.4, CPU per bit 1.08-1.22; before UDP GRO and
-# 44-packet GSO writes 0.55-0.79, 0.56-0.91 and 1.48-1.61. The throughput
-# ratios depend on the load (a quieter machine favours wireguard-go, which
-# encrypts on every core: 0.64 at load 12, 0.8-1.1 at load 20-30); CPU
-# per bit hardly does, so it is the tighter gate.
+# 44-packet GSO writes 0.55-0.79, 0.56-0.91 and 1.48-1.61. With the send
+# queues' backpressure (medians of 3 rounds in CI) 0.90 / 0.89 / 1.16,
+# single rounds 0.49-1.09. The throughput ratios depend on the load (a
+# quieter machine favours wireguard-go, which encrypts on every core: 0.64
+# at load 12, 0.8-1.1 at load 20-30); CPU per bit hardly does, so it is
+# the tighter gate.
 gate() { # gate NAME KEY OP LIMIT [PAIR]: the PAIR (default overlay_wg) ratio KEY must be OP LIMIT
 	local r pair=${5:-overlay_wg}
 	r=$(sed -n "s/.*\"$2\": {[^}]*\"$pair\": \([0-9.]*\).*/\1/p" "$json")
@@ -90,13 +92,13 @@ gate() { # gate NAME KEY OP LIMIT [PAIR]: the PAIR (default overlay_wg) ratio KE
 	}
 	echo "$pair $1 ratio: $r (gate $3 $4)"
 }
-gate "throughput (1 stream)" tcp1 ">=" 0.5
-gate "throughput (4 streams)" tcpP ">=" 0.5
+gate "throughput (1 stream)" tcp1 ">=" 0.6
+gate "throughput (4 streams)" tcpP ">=" 0.6
 gate "CPU per bit (1 stream)" cpu_tcp1 "<=" 1.4
 # The same gates with the firewall holding 100 rules (default deny; the
 # pair "overlay" lets every flow in), and what the rules cost.
-gate "throughput (1 stream, 100 firewall rules)" tcp1 ">=" 0.5 overlayfw_wg
-gate "throughput (4 streams, 100 firewall rules)" tcpP ">=" 0.5 overlayfw_wg
+gate "throughput (1 stream, 100 firewall rules)" tcp1 ">=" 0.6 overlayfw_wg
+gate "throughput (4 streams, 100 firewall rules)" tcpP ">=" 0.6 overlayfw_wg
 gate "CPU per bit (1 stream, 100 firewall rules)" cpu_tcp1 "<=" 1.4 overlayfw_wg
 # What the 100 rules cost, against the overlay without them in the same
 # rounds (measured 1.01-1.12: 85-100 ns per inbound packet).
