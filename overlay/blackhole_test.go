@@ -82,7 +82,7 @@ func (f *udpForwarder) addr() netip.AddrPort { return f.front.LocalAddr().(*net.
 // no ping answered.
 func TestBlackHoledPeerDoesNotStallOthers(t *testing.T) {
 	if testing.Short() {
-		t.Skip("throughput measurement")
+		t.Skip("-short: a throughput measurement")
 	}
 	mk := func() *Node {
 		kp, err := pki.GenerateKeypair(context.Background(), testPoW)

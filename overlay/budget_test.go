@@ -39,7 +39,7 @@ const (
 // through by taking from them.
 func TestHalfSentRequestsBounded(t *testing.T) {
 	if testing.Short() {
-		t.Skip("moves a few hundred MiB over loopback")
+		t.Skip("-short: moves a few hundred MiB over loopback")
 	}
 	for _, v := range []struct {
 		name  string
