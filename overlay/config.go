@@ -251,7 +251,7 @@ func (c *Config) withDefaults() (Config, error) {
 	def(&out.KeepAlive, DefaultKeepAlive)
 	def(&out.IdleTimeout, DefaultIdleTimeout)
 	if out.IdleEvict == 0 {
-		out.IdleEvict = 10 * time.Minute
+		out.IdleEvict = peers.DefaultIdleEvict
 	}
 	def(&out.HandshakeTimeout, 5*time.Second)
 	def(&out.PendingTimeout, 3*time.Second)
@@ -261,7 +261,7 @@ func (c *Config) withDefaults() (Config, error) {
 		out.MaxPending = 1024
 	}
 	if out.MaxPeers <= 0 {
-		out.MaxPeers = 1000
+		out.MaxPeers = peers.DefaultMaxPeers
 	}
 	def(&out.RequestTimeout, 10*time.Second)
 	if out.RequestQueue <= 0 {

@@ -81,15 +81,22 @@ const (
 	RefusedAdmission                  // Config.Admit refused it
 )
 
+// The defaults of Config.MaxPeers (the reference's connection cache) and
+// Config.IdleEvict; the overlay's Config takes them too.
+const (
+	DefaultMaxPeers  = 1000
+	DefaultIdleEvict = 10 * time.Minute
+)
+
 func (c Config) withDefaults() Config {
 	if c.HandshakeTimeout <= 0 {
 		c.HandshakeTimeout = 5 * time.Second
 	}
 	if c.MaxPeers <= 0 {
-		c.MaxPeers = 1000
+		c.MaxPeers = DefaultMaxPeers
 	}
 	if c.IdleEvict == 0 {
-		c.IdleEvict = 10 * time.Minute
+		c.IdleEvict = DefaultIdleEvict
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

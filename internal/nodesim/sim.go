@@ -45,13 +45,14 @@ type Config struct {
 	DHT    dht.Config
 	Gossip gossipsub.Config
 	// MaxPeers caps each node's connections (overlay.Config.MaxPeers).
-	// Default 1,000.
+	// Default DefaultMaxPeers.
 	MaxPeers int
 	// IdleEvict closes unused connections that share no topic with us
-	// (overlay.Config.IdleEvict). Default 10 minutes.
+	// (overlay.Config.IdleEvict). Default DefaultIdleEvict.
 	IdleEvict time.Duration
 	// ConnTimeout is how long the peers of a node that left keep its dead
-	// connection (the overlay's QUIC idle timeout). Default 15 s.
+	// connection (the overlay's QUIC idle timeout). Default
+	// DefaultConnTimeout.
 	ConnTimeout time.Duration
 	// SubsetEvery: one node in SubsetEvery also subscribes to TopicSubset.
 	// Default 10.
@@ -60,6 +61,16 @@ type Config struct {
 	// N/20: twenty waves, each bootstrapping from nodes already joined.
 	JoinParallel int
 }
+
+// The overlay's defaults the simulation models. layering keeps this
+// package from importing overlay and peers, so they are copies:
+// TestDefaultsAreTheNodes (an external test, which may import them) fails
+// when either side changes alone.
+const (
+	DefaultMaxPeers    = 1000             // peers.DefaultMaxPeers
+	DefaultIdleEvict   = 10 * time.Minute // peers.DefaultIdleEvict
+	DefaultConnTimeout = 30 * time.Second // overlay.DefaultIdleTimeout
+)
 
 func (c *Config) fill() {
 	if c.Seed == 0 {
@@ -76,13 +87,13 @@ func (c *Config) fill() {
 		c.DHT.PoWBits = c.PoWBits
 	}
 	if c.MaxPeers == 0 {
-		c.MaxPeers = 1000
+		c.MaxPeers = DefaultMaxPeers
 	}
 	if c.IdleEvict == 0 {
-		c.IdleEvict = 10 * time.Minute
+		c.IdleEvict = DefaultIdleEvict
 	}
 	if c.ConnTimeout == 0 {
-		c.ConnTimeout = 15 * time.Second
+		c.ConnTimeout = DefaultConnTimeout
 	}
 	if c.SubsetEvery == 0 {
 		c.SubsetEvery = 10
