@@ -149,6 +149,24 @@ cpu_since() {
 	printf '; A'"'"'s TUN dropped %d packets, TCP retransmitted %d segments' $(($3 - $1)) $(($4 - $2))
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# measure PHASE WHAT: one iperf3 A -> B measured as PHASE (status dumps,
+# perf and CPU around it); its Gbit/s go to g.
+measure() {
+	dump "$1-start"
+	perf_start "$1"
+	cpu_mark
+	g=$(iperf "$1")
+	log "$2, $(cpu_since)"
+	perf_stop
+	dump "$1-end"
+}
+# flood NAME: A sends 2,000 packets/s of 1,000 bytes to C for the phase
+# (its PID in PID_FLOOD); unflood stops it.
+flood() {
+	start_bg "$KT_WORK/flood-$1.log" ip netns exec "$A" "$XFER" pace -to "[$ADDR_C]:9" -pps 2000 -size 1000 -timeout $((TIME + 8))s
+	PID_FLOOD=$BG_PID
+}
+unflood() { if kill -0 "$PID_FLOOD" 2>/dev/null; then stop_pid "$PID_FLOOD"; else wait "$PID_FLOOD" || true; fi; }
 # series N: ROUNDS interleaved rounds; sets base, dead, alive, pings and
 # ratio (the median with C black-holed over the median without).
 series() {
@@ -159,13 +177,7 @@ series() {
 		d0=$(drops "$ID_B") tx0=$(field a "$ID_B" tx_packets) rx0=$(field b "$ID_A" rx_packets)
 		start_bg "$KT_WORK/ping-base-$r.log" ip netns exec "$A" ping -6 -c 20 -i 0.2 -W 1 "$ADDR_B"
 		PID_PING=$BG_PID
-		dump "base-$r-start"
-		perf_start "base-$r"
-		cpu_mark
-		g=$(iperf "base-$r")
-		log "round $r: with C healthy, $(cpu_since)"
-		perf_stop
-		dump "base-$r-end"
+		measure "base-$r" "round $r: with C healthy"
 		wait "$PID_PING" || true
 		p=$(sed -n 's/.* \([0-9]*\) received.*/\1/p' "$KT_WORK/ping-base-$r.log")
 		base+=("$g")
@@ -173,41 +185,27 @@ series() {
 		if [ "${ALIVE:-0}" = 1 ]; then
 			# The same flood to C while C is healthy: what the flood itself
 			# costs, apart from C being dead.
-			start_bg "$KT_WORK/flood-alive-$r.log" ip netns exec "$A" "$XFER" pace -to "[$ADDR_C]:9" -pps 2000 -size 1000 -timeout $((TIME + 8))s
-			PID_FLOOD=$BG_PID
+			flood "alive-$r"
 			sleep 1
-			dump "alive-$r-start"
-			perf_start "alive-$r"
-			cpu_mark
-			g=$(iperf "alive-$r")
-			log "round $r: with C healthy and flooded, $(cpu_since)"
-			perf_stop
-			dump "alive-$r-end"
+			measure "alive-$r" "round $r: with C healthy and flooded"
 			alive+=("$g")
 			log "round $r: A -> B while A sends 2,000 pkt/s to healthy C: $g Gbit/s"
-			if kill -0 "$PID_FLOOD" 2>/dev/null; then stop_pid "$PID_FLOOD"; else wait "$PID_FLOOD" || true; fi
+			unflood
 		fi
 		since=$(c_peer)
 		[ -n "$since" ] || fail "round $r: A has no connection to C before the black hole"
 		blackhole_on
 		d0=$(drops "$ID_B") c0=$(drops "$ID_C")
-		start_bg "$KT_WORK/flood-$r.log" ip netns exec "$A" "$XFER" pace -to "[$ADDR_C]:9" -pps 2000 -size 1000 -timeout $((TIME + 8))s
-		PID_FLOOD=$BG_PID
+		flood "$r"
 		sleep 1 # the flood runs and C's queue is full before we measure
 		start_bg "$KT_WORK/ping-$r.log" ip netns exec "$A" ping -6 -c 20 -i 0.2 -W 1 "$ADDR_B"
 		PID_PING=$BG_PID
-		dump "dead-$r-start"
-		perf_start "dead-$r"
-		cpu_mark
-		g=$(iperf "dead-$r")
-		log "round $r: with C black-holed, $(cpu_since)"
-		perf_stop
-		dump "dead-$r-end"
+		measure "dead-$r" "round $r: with C black-holed"
 		wait "$PID_PING" || true
 		p=$(sed -n 's/.* \([0-9]*\) received.*/\1/p' "$KT_WORK/ping-$r.log")
 		dead+=("$g") pings+=("${p:-0}")
 		now=$(c_peer)
-		if kill -0 "$PID_FLOOD" 2>/dev/null; then stop_pid "$PID_FLOOD"; else wait "$PID_FLOOD" || true; fi
+		unflood
 		sent=$(sed -n 's/^sent \([0-9]*\)$/\1/p' "$KT_WORK/flood-$r.log")
 		log "round $r: A -> B while A sends 2,000 pkt/s to black-holed C: $g Gbit/s; pings A -> B answered ${p:-0} of 20; C's connection on A: ${now:-gone}"
 		log "round $r: the flood sent ${sent:-?} packets to C"
