@@ -135,13 +135,10 @@ func checkRecordAddrs(addrs []netip.AddrPort, allowLoopback bool) error {
 	return nil
 }
 
-// Verify checks the signature, the proof of work against powBits, that the
-// record expires after now and no later than now+maxTTL, and that it was
-// not signed more than MaxClockSkew after now (Seq).
+// Verify checks that the record expires after now and no later than
+// now+maxTTL, that it was not signed more than MaxClockSkew after now (Seq),
+// and then its proof of work and signature (VerifySigned).
 func (r *Record) Verify(now time.Time, powBits int, maxTTL time.Duration) error {
-	if err := pki.CheckPoW(r.Identity, r.Nonce, powBits); err != nil {
-		return fmt.Errorf("dht: record: %w: %v", ErrBadPoW, err)
-	}
 	if !r.Expires.After(now) {
 		return fmt.Errorf("dht: record of %s: %w", r.Identity.Short(), ErrExpired)
 	}
@@ -151,6 +148,16 @@ func (r *Record) Verify(now time.Time, powBits int, maxTTL time.Duration) error 
 	if r.Seq > uint64(now.Add(MaxClockSkew).UnixNano()) {
 		return fmt.Errorf("dht: record of %s: %w (%v ahead of our clock, at most %v allowed)",
 			r.Identity.Short(), ErrFuture, time.Duration(r.Seq-uint64(now.UnixNano())).Round(time.Millisecond), MaxClockSkew)
+	}
+	return r.VerifySigned(powBits)
+}
+
+// VerifySigned checks what a record proves whatever the clock says: its
+// owner's proof of work against powBits and its signature. A record kept
+// past its expiry (the peer cache) is checked with it.
+func (r *Record) VerifySigned(powBits int) error {
+	if err := pki.CheckPoW(r.Identity, r.Nonce, powBits); err != nil {
+		return fmt.Errorf("dht: record: %w: %v", ErrBadPoW, err)
 	}
 	if !r.Identity.Verify(r.SigningBytes(), r.Sig[:]) {
 		return fmt.Errorf("dht: record of %s: %w", r.Identity.Short(), ErrBadSignature)

@@ -68,11 +68,8 @@ func (c *Cache) verify(r *dht.Record) error {
 	if err := r.Identity.Check(); err != nil {
 		return fmt.Errorf("%w: %v", ErrRejected, err)
 	}
-	if err := pki.CheckPoW(r.Identity, r.Nonce, c.powBits); err != nil {
+	if err := r.VerifySigned(c.powBits); err != nil {
 		return fmt.Errorf("%w: %v", ErrRejected, err)
-	}
-	if !r.Identity.Verify(r.SigningBytes(), r.Sig[:]) {
-		return fmt.Errorf("%w: bad signature of %s", ErrRejected, r.Identity.Short())
 	}
 	return nil
 }
