@@ -19,6 +19,7 @@ func TestDefaultsAreTheNodes(t *testing.T) {
 		{"connection cap", nodesim.DefaultMaxPeers, peers.DefaultMaxPeers},
 		{"idle eviction", nodesim.DefaultIdleEvict, peers.DefaultIdleEvict},
 		{"dead connection kept (QUIC idle timeout)", nodesim.DefaultConnTimeout, overlay.DefaultIdleTimeout},
+		{"keep-alive period (the idle figures' keep-alives)", nodesim.DefaultKeepAlive, overlay.DefaultKeepAlive},
 	} {
 		if c.sim != c.node {
 			t.Errorf("%s: the simulation models %v, the node has %v", c.what, c.sim, c.node)

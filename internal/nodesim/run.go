@@ -156,9 +156,11 @@ type Figures struct {
 	Join            time.Duration // virtual time the bootstrap of all nodes took
 }
 
-// keepAlive is the overlay's QUIC keep-alive period: an otherwise idle
-// connection carries a PING (and its ACK) at about this interval.
-const keepAlive = 5 * time.Second
+// DefaultKeepAlive is the overlay's QUIC keep-alive period
+// (overlay.DefaultKeepAlive, pinned by TestDefaultsAreTheNodes): an
+// otherwise idle connection carries a PING (and its ACK) at about this
+// interval.
+const DefaultKeepAlive = 15 * time.Second
 
 // Run builds a network of cfg.N nodes and runs the scenario. It must run
 // inside a synctest bubble.
@@ -244,7 +246,7 @@ func Run(cfg Config, sc Scenario) (Figures, error) {
 		}
 	}
 	f.Idle.Conns = f.End.Conns.Mean
-	f.Idle.KeepAlives = f.End.Conns.Mean / keepAlive.Seconds()
+	f.Idle.KeepAlives = f.End.Conns.Mean / DefaultKeepAlive.Seconds()
 	f.All, f.Subset = s.delivery(TopicAll), s.delivery(TopicSubset)
 	f.LRU, f.IdleEvict, f.Handshakes = s.EvictedLRU.Load(), s.EvictedIdle.Load(), s.Handshakes.Load()
 	f.Virtual = time.Since(start)
@@ -392,7 +394,7 @@ func (f Figures) Report() string {
 		return b.String()
 	}
 	p("idle (%v): DHT msgs %.3f/node/s, gossip RPCs %.3f/node/s, handshakes %.4f/node/s, keep-alives %.1f/node/s (derived: %.0f connections / %v), CPU %v/node/s",
-		f.Idle.Window, f.Idle.DHTMsgs, f.Idle.GossipRPCs, f.Idle.Handshakes, f.Idle.KeepAlives, f.Idle.Conns, keepAlive, f.Idle.CPUPerNode.Round(time.Microsecond))
+		f.Idle.Window, f.Idle.DHTMsgs, f.Idle.GossipRPCs, f.Idle.Handshakes, f.Idle.KeepAlives, f.Idle.Conns, DefaultKeepAlive, f.Idle.CPUPerNode.Round(time.Microsecond))
 	p("connections: %d dialed, %d closed by the cap, %d closed idle", f.Handshakes, f.LRU, f.IdleEvict)
 	return b.String()
 }
