@@ -228,6 +228,9 @@ type Conn struct {
 	// keepAlivePingSent stores whether a keep alive PING is in flight.
 	// It is reset as soon as we receive a packet from the peer.
 	keepAlivePingSent bool
+	// rcvdNonPing: the packet being handled carried an ack-eliciting
+	// frame other than PING (korium-tun, see handleUnpackedShortHeaderPacket).
+	rcvdNonPing       bool
 	keepAliveInterval time.Duration
 
 	datagramQueue *datagramQueue
@@ -882,7 +885,26 @@ func (c *Conn) nextKeepAliveTime() monotime.Time {
 		return 0
 	}
 	keepAliveInterval := max(c.keepAliveInterval, c.rttStats.PTO(true)*3/2)
-	return c.lastPacketReceivedTime.Add(keepAliveInterval)
+	return keepAliveOnGrid(c.lastPacketReceivedTime.Add(keepAliveInterval), keepAliveInterval)
+}
+
+// keepAliveGrid is the coarsest step keep-alive times are rounded up to.
+const keepAliveGrid = time.Second
+
+// keepAliveOnGrid rounds a keep-alive time up to a multiple of
+// min(keepAliveGrid, interval/8) on the process's monotonic clock
+// (korium-tun): the keep-alives of all connections due within the same
+// step leave in one wakeup of the process, not each in its own. A node
+// holding a thousand idle connections otherwise woke ~70 times a second
+// for them, and the Go runtime's scheduler and monitor thread cost more
+// per wakeup than the PING. The interval grows by at most the step (an
+// eighth), well inside the idle timeout, which is at least twice it.
+func keepAliveOnGrid(t monotime.Time, interval time.Duration) monotime.Time {
+	step := int64(min(keepAliveGrid, interval/8))
+	if step <= 0 {
+		return t
+	}
+	return monotime.Time((int64(t) + step - 1) / step * step)
 }
 
 func (c *Conn) maybeResetTimer() {
@@ -1830,6 +1852,7 @@ func (c *Conn) handleUnpackedShortHeaderPacket(
 	c.firstAckElicitingPacketAfterIdleSentTime = 0
 	c.keepAlivePingSent = false
 
+	c.rcvdNonPing = false
 	isAckEliciting, isNonProbing, pathChallenge, err := c.handleFrames(data, destConnID, protocol.Encryption1RTT, log, rcvTime)
 	if err != nil {
 		return false, nil, err
@@ -1837,6 +1860,16 @@ func (c *Conn) handleUnpackedShortHeaderPacket(
 	c.sentPacketHandler.ReceivedPacket(protocol.Encryption1RTT, rcvTime)
 	if err := c.receivedPacketHandler.ReceivedPacket(pn, ecn, protocol.Encryption1RTT, rcvTime, isAckEliciting); err != nil {
 		return false, nil, err
+	}
+	if isAckEliciting && !c.rcvdNonPing {
+		// korium-tun: a packet whose only ack-eliciting frame is a PING
+		// (a keep-alive, a PTO probe with nothing to retransmit) is
+		// acknowledged in this round of the run loop, not max_ack_delay
+		// later: the sender asked for nothing but the ACK, and an idle
+		// node holding a thousand connections otherwise wakes once more
+		// per keep-alive for the ACK timer alone (RFC 9000 13.2.1 allows
+		// an immediate ACK at any time).
+		c.receivedPacketHandler.QueueImmediateAck()
 	}
 	return isNonProbing, pathChallenge, nil
 }
@@ -1874,6 +1907,9 @@ func (c *Conn) handleFrames(
 
 		if ackhandler.IsFrameTypeAckEliciting(frameType) {
 			isAckEliciting = true
+			if frameType != wire.FrameTypePing {
+				c.rcvdNonPing = true // korium-tun: see pingOnly
+			}
 		}
 		if !wire.IsProbingFrameType(frameType) {
 			isNonProbing = true
