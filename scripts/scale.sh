@@ -6,7 +6,11 @@
 #
 #   sudo scripts/scale.sh [--steps "0 100 250 500 1000"] [--idle 30] [--settle 30]
 #                         [--json FILE] [--profile DIR] [--log-level warn]
-#                         [--node-env "GOGC=50 GOMEMLIMIT=90MiB"]
+#                         [--node-env "GOGC=50 GOMEMLIMIT=90MiB"] [--hold SECONDS]
+#
+# --hold SECONDS keeps the node and its peers that long after the last
+# step (the node's PID and control socket are logged), to look at them by
+# hand: perf, /proc/PID/task/*/schedstat, `korium-tun status --control`.
 #
 # --profile DIR keeps, for each step and after its measurement, the node's
 # heap profile (heap-N.pb.gz, `go tool pprof -sample_index=inuse_space
@@ -35,6 +39,7 @@ JSON=""
 PROFILE=""
 LOGLEVEL=warn
 NODEENV="" # extra environment of the node only (not of the peers)
+HOLD=0
 while [ $# -gt 0 ]; do
 	case $1 in
 	--steps) STEPS=$2; shift 2 ;;
@@ -44,6 +49,7 @@ while [ $# -gt 0 ]; do
 	--profile) PROFILE=$2; shift 2 ;;
 	--log-level) LOGLEVEL=$2; shift 2 ;;
 	--node-env) NODEENV=$2; shift 2 ;;
+	--hold) HOLD=$2; shift 2 ;;
 	*) die "unknown argument $1" ;;
 	esac
 done
@@ -181,4 +187,8 @@ done
 if [ -n "$JSON" ]; then
 	(IFS=,; printf '{"steps": [%s]}\n' "${rows[*]}") >"$JSON"
 	log "wrote $JSON"
+fi
+if [ "$HOLD" -gt 0 ]; then
+	log "holding for $HOLD s: node pid $PID, control socket $CTL (ip netns exec $NS $KT status --control $CTL)"
+	sleep "$HOLD"
 fi
