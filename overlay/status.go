@@ -8,6 +8,7 @@ import (
 	"github.com/korium/korium-tun/firewall"
 	"github.com/korium/korium-tun/pki/tca"
 	"github.com/korium/korium-tun/relay/server"
+	"github.com/korium/korium-tun/rpc"
 	"github.com/korium/korium-tun/smartsock"
 )
 
@@ -160,6 +161,11 @@ func (n *Node) Status() Status {
 		"resolve_ok":            d.ResolveOK.Load(),
 		"resolve_failed":        d.ResolveFailed.Load(),
 		"rpc_requests":          rs.Requests,
+		"rpc_requests_dht":      rs.ByProto[rpc.ProtoDHT],
+		"rpc_requests_gossip":   rs.ByProto[rpc.ProtoGossip],
+		"rpc_requests_relay":    rs.ByProto[rpc.ProtoRelay], // configure_nat, punches, relay sessions
+		"rpc_requests_app":      rs.ByProto[rpc.ProtoApp],
+		"rpc_requests_ca":       rs.ByProto[rpc.ProtoCA],
 		"rpc_responses":         rs.Responses,
 		"rpc_handler_errors":    rs.HandlerErrors,
 		"rpc_abandoned":         rs.Abandoned,

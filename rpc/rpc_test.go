@@ -163,6 +163,9 @@ func TestEchoRoundTrip(t *testing.T) {
 		st := p.srv.Stats()
 		return st.Requests == 21 && st.Responses == 21
 	})
+	if by := p.srv.Stats().ByProto; by[ProtoApp] != 20 || by[ProtoDHT] != 1 || by[ProtoGossip] != 0 {
+		t.Errorf("requests by protocol %v, want 20 app and 1 DHT", by)
+	}
 }
 
 func TestHandlerErrorAndRefusal(t *testing.T) {

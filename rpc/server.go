@@ -96,14 +96,17 @@ func (c Config) withDefaults() Config {
 
 // Stats counts what a Server did, by outcome.
 type Stats struct {
-	Requests      uint64 `json:"requests"`       // well-formed requests given to a handler
-	Responses     uint64 `json:"responses"`      // OK responses sent
-	Refused       uint64 `json:"refused"`        // unknown protocol, no handler, or refused by the handler
-	TooLarge      uint64 `json:"too_large"`      // requests or responses above the limit
-	HandlerErrors uint64 `json:"handler_errors"` // handler returned an error
-	Timeouts      uint64 `json:"timeouts"`       // handler ran past HandlerTimeout
-	StreamErrors  uint64 `json:"stream_errors"`  // stalled or malformed requests, failed writes
-	Abandoned     uint64 `json:"abandoned"`      // the caller gave up before the answer
+	Requests uint64 `json:"requests"` // well-formed requests given to a handler
+	// ByProto is Requests by protocol ID (the index; 0 unused): what an
+	// idle node's requests are (DHT maintenance, gossip, configure_nat).
+	ByProto       [ProtoCA + 1]uint64 `json:"by_proto"`
+	Responses     uint64              `json:"responses"`      // OK responses sent
+	Refused       uint64              `json:"refused"`        // unknown protocol, no handler, or refused by the handler
+	TooLarge      uint64              `json:"too_large"`      // requests or responses above the limit
+	HandlerErrors uint64              `json:"handler_errors"` // handler returned an error
+	Timeouts      uint64              `json:"timeouts"`       // handler ran past HandlerTimeout
+	StreamErrors  uint64              `json:"stream_errors"`  // stalled or malformed requests, failed writes
+	Abandoned     uint64              `json:"abandoned"`      // the caller gave up before the answer
 	// Streams reset because their request would buffer too much, by
 	// budget: the peer's, the node's, or taken by a peer holding less.
 	OverPeerBudget uint64 `json:"over_peer_budget"`
@@ -117,6 +120,7 @@ type counters struct {
 	requests, responses, refused, tooLarge, handlerErrors, timeouts, streamErrors, abandoned atomic.Uint64
 	overPeer, overNode, preempted                                                            atomic.Uint64
 	active                                                                                   atomic.Int64
+	byProto                                                                                  [ProtoCA + 1]atomic.Uint64
 }
 
 // Server dispatches requests arriving on QUIC connections to handlers by
@@ -162,11 +166,19 @@ func (s *Server) handler(proto byte) Handler {
 	return s.handlers[proto]
 }
 
+func (c *counters) protoCounts() (out [ProtoCA + 1]uint64) {
+	for i := range c.byProto {
+		out[i] = c.byProto[i].Load()
+	}
+	return out
+}
+
 // Stats returns a snapshot of the counters.
 func (s *Server) Stats() Stats {
 	c := &s.stats
 	return Stats{
 		Requests:       c.requests.Load(),
+		ByProto:        c.protoCounts(),
 		Responses:      c.responses.Load(),
 		Refused:        c.refused.Load(),
 		TooLarge:       c.tooLarge.Load(),
@@ -285,6 +297,7 @@ func (s *Server) serveStream(ctx context.Context, str *quic.Stream, from pki.Ide
 		return
 	}
 	s.stats.requests.Add(1)
+	s.stats.byProto[proto].Add(1) // KnownProto: in range
 
 	type result struct {
 		resp []byte
