@@ -74,6 +74,16 @@ type Conn struct {
 	applied  atomic.Uint64 // seq of the newest event the loop applied
 	doorbell chan struct{} // rung when an event the read path waits for is applied
 	tick     bool          // the loop ticks itself (New); tests tick by hand
+	// The loop's probe rounds (see loop): while every peer is idle and
+	// nothing is due within a tick, it sleeps until the earliest due time
+	// (sleeping) and a write that sets a peer's sent flag (sends counts
+	// them) wakes it through kick. nextLook and wantTick are the loop's.
+	sleeping atomic.Bool
+	sends    atomic.Uint64
+	kick     chan struct{}
+	nextLook time.Time     // earliest idle peer's due time, zero: a peer needs every tick
+	wantTick bool          // a peer was changed in the loop: next round one tick after the last
+	rounds   atomic.Uint64 // probe rounds the loop ran (tests)
 	done     chan struct{} // closed by Close: the loop stops
 	loopDone chan struct{} // closed by the loop when it has stopped
 	closing  sync.Once
@@ -136,6 +146,7 @@ func newConn(u UDP, cfg Config, tick bool) (*Conn, error) {
 		waitTimer:   time.NewTimer(time.Hour),
 		events:      make(chan event, eventQueue),
 		doorbell:    make(chan struct{}, 1),
+		kick:        make(chan struct{}, 1),
 		tick:        tick,
 		done:        make(chan struct{}),
 		loopDone:    make(chan struct{}),

@@ -52,24 +52,69 @@ type event struct {
 	done chan struct{}
 }
 
+// The probe rounds run every tickEvery while any peer is busy or has
+// something due within a tick. While all are idle the loop sleeps until
+// the earliest due time (idle peers' soft due times fall on the same
+// rounds, nextDue), at most idleLook: at 1,000 idle peers ten rounds a
+// second, each a wakeup of the whole runtime and a scan of every peer,
+// were a quarter of the node's idle CPU. A write to any peer while it
+// sleeps (a keep-alive, traffic starting) and a change to a peer in the
+// loop (lookSoon) bring the next round back to one tick after the last.
 func (c *Conn) loop() {
 	defer close(c.loopDone)
 	var tick <-chan time.Time
+	var timer *time.Timer
+	var last, armed time.Time // the last round; when the timer fires
 	if c.tick {
-		t := time.NewTicker(tickEvery)
-		defer t.Stop()
-		tick = t.C
+		timer = time.NewTimer(tickEvery)
+		defer timer.Stop()
+		tick = timer.C
+		last = time.Now()
+		armed = last.Add(tickEvery)
+	}
+	// soon brings the next round to one tick after the last.
+	soon := func() {
+		c.wantTick = false
+		if timer == nil {
+			return
+		}
+		c.sleeping.Store(false)
+		if at := last.Add(tickEvery); at.Before(armed) {
+			armed = at
+			timer.Reset(time.Until(at))
+		}
 	}
 	for {
 		select {
 		case <-c.done:
 			return
 		case now := <-tick:
+			sends := c.sends.Load()
+			c.rounds.Add(1)
 			c.probeRound(now)
 			c.flush()
+			last, armed = now, now.Add(tickEvery)
+			if !c.wantTick && !c.nextLook.IsZero() && c.nextLook.After(armed) {
+				// All idle: sleep until the earliest is due, unless a
+				// write came since the round began (a writer that saw
+				// sleeping false and so did not kick).
+				c.sleeping.Store(true)
+				if c.sends.Load() == sends {
+					armed = c.nextLook
+				} else {
+					c.sleeping.Store(false)
+				}
+			}
+			c.wantTick = false
+			timer.Reset(time.Until(armed))
+		case <-c.kick:
+			soon()
 		case ev := <-c.events:
 			c.apply(&ev)
 			c.flush()
+			if c.wantTick {
+				soon()
+			}
 			if ev.seq != 0 {
 				c.applied.Store(ev.seq)
 				if ev.ack {

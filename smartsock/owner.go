@@ -82,7 +82,7 @@ func (c *Conn) claim(pa *path, ev evidence, now time.Time) bool {
 				// and a hello can make us probe it no faster than that.
 				q.lastProbe = time.Time{}
 				q.doubted = true // QUIC packets from there would be theirs too
-				q.peer.due = time.Time{}
+				c.lookSoon(q.peer)
 			}
 			return false
 		}

@@ -158,10 +158,21 @@ func (c *Conn) probeRound(now time.Time) {
 
 // probeTick is probeRound without the sending: it returns the probes due.
 func (c *Conn) probeTick(now time.Time, out []outProbe) []outProbe {
+	// The earliest due time of an idle peer, for the loop's next round;
+	// zero while some peer needs every tick.
+	look, every := now.Add(idleLook), false
 	c.virt.all(func(_ netip.AddrPort, p *peer) {
 		if now.Before(p.due) && !p.sent.Load() {
+			look = minTime(look, p.due)
 			return // idle, and nothing is due before p.due
 		}
+		defer func() {
+			if p.due.IsZero() {
+				every = true
+			} else {
+				look = minTime(look, p.due)
+			}
+		}()
 		if p.sent.Load() {
 			p.sent.Store(false)
 			// When it wrote, not the tick's time: the ACK of a keep-alive
@@ -178,6 +189,12 @@ func (c *Conn) probeTick(now time.Time, out []outProbe) []outProbe {
 			p.busyTicks, p.window = 0, now
 		}
 		if p.key == nil {
+			// Not connected: nothing to probe. Its sent flag (a dial)
+			// brings it back; else the net.
+			p.due = time.Time{}
+			if p.idle {
+				p.due = onGrid(now.Add(idleLook))
+			}
 			return
 		}
 		for i := len(p.paths) - 1; i >= 0; i-- {
@@ -217,7 +234,18 @@ func (c *Conn) probeTick(now time.Time, out []outProbe) []outProbe {
 			p.due = nextDue(p, now)
 		}
 	})
+	c.nextLook = look
+	if every {
+		c.nextLook = time.Time{}
+	}
 	return out
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // idleLook bounds how long the tick leaves an idle peer alone. nextDue
@@ -231,10 +259,15 @@ const idleLook = ProbeInterval
 // bring it back sooner: at 1,000 idle peers the tick, ten times a second
 // over every peer, was half of the node's idle CPU.
 func nextDue(p *peer, now time.Time) time.Time {
-	due := now.Add(idleLook)
-	earlier := func(t time.Time) {
-		if t.Before(due) {
-			due = t
+	// Soft due times (a probe to send, a proof or a path ending, the net)
+	// are rounded up to a multiple of idleGrid, so that the idle peers'
+	// fall on the same rounds and the loop sleeps between them (see
+	// loop); hard ones (a probe's timeout, a keep-alive's answer) stay
+	// exact.
+	soft, hard := now.Add(idleLook), time.Time{}
+	earlier := func(at *time.Time, t time.Time) {
+		if at.IsZero() || t.Before(*at) {
+			*at = t
 		}
 	}
 	for _, pa := range p.paths {
@@ -242,25 +275,42 @@ func nextDue(p *peer, now time.Time) time.Time {
 			return time.Time{}
 		}
 		if pending(pa) {
-			earlier(pa.probeAt.Add(probeTimeout(pa)))
+			earlier(&hard, pa.probeAt.Add(probeTimeout(pa)))
 		} else if iv := interval(p, pa, now); iv > 0 {
-			earlier(pa.lastProbe.Add(iv))
+			earlier(&soft, pa.lastProbe.Add(iv))
 		} else if quicProven(p, pa, now) {
-			earlier(time.Unix(0, pa.lastRecv.Load()).Add(QUICProof))
+			earlier(&soft, time.Unix(0, pa.lastRecv.Load()).Add(QUICProof))
 		}
 		if stale := staleAt(pa); stale.After(now) {
-			earlier(stale) // path selection must see it go
+			earlier(&soft, stale) // path selection must see it go
 		}
 		if pa == p.current {
 			if q := quietAt(p, pa); q.After(now) {
-				earlier(q) // a keep-alive still unanswered then makes it quiet
+				earlier(&hard, q) // a keep-alive still unanswered then makes it quiet
 			}
 		}
 		if !pa.validated && !pa.dialed {
-			earlier(pa.added.Add(pruneAfter))
+			earlier(&soft, pa.added.Add(pruneAfter))
 		}
 	}
+	due := onGrid(soft)
+	if !hard.IsZero() && hard.Before(due) {
+		due = hard
+	}
 	return due
+}
+
+// idleGrid is the step idle peers' soft due times are rounded up to.
+const idleGrid = time.Second
+
+// onGrid rounds t up to a multiple of idleGrid (on the Unix clock: the
+// rounds of all idle peers fall together).
+func onGrid(t time.Time) time.Time {
+	ns := t.UnixNano()
+	if r := ns % int64(idleGrid); r != 0 {
+		ns += int64(idleGrid) - r
+	}
+	return time.Unix(0, ns)
 }
 
 // quietAt is when idle p's current path pa becomes quiet (see quiet) if
@@ -404,7 +454,7 @@ func (c *Conn) Punch(id pki.Identity, addrs []netip.AddrPort) int {
 			n++
 		}
 		p.punchUntil = now.Add(PunchWindow)
-		p.due = time.Time{}
+		c.lookSoon(p)
 	})
 	return n
 }

@@ -93,9 +93,16 @@ type path struct {
 // peerOf returns id's entry, or nil.
 func (c *Conn) peerOf(id pki.Identity) *peer { return c.virt.load(smartaddr.Virtual(id)) }
 
+// lookSoon has the next probe round, one tick after the last, look at p
+// (nextDue, loop). The loop only.
+func (c *Conn) lookSoon(p *peer) {
+	p.due = time.Time{}
+	c.wantTick = true
+}
+
 // touch marks p's route for publication at the end of the loop's turn.
 func (c *Conn) touch(p *peer) {
-	p.due = time.Time{} // the probe tick looks at it again (nextDue)
+	c.lookSoon(p)
 	if !p.dirty {
 		p.dirty = true
 		c.dirty = append(c.dirty, p)

@@ -53,6 +53,13 @@ func (c *Conn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err e
 		// peer costs per packet, a clock read per tick.
 		p.sentAt.Store(time.Now().UnixNano())
 		p.sent.Store(true)
+		c.sends.Add(1)
+		if c.sleeping.Load() && c.sleeping.CompareAndSwap(true, false) {
+			select { // the loop sleeps past the next tick: it must see this
+			case c.kick <- struct{}{}:
+			default:
+			}
+		}
 	}
 	var firstErr error
 	for _, d := range ds[:nd] {
