@@ -4,14 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
-	"net"
-	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/relay/client"
-	"github.com/korium/korium-tun/smartsock"
 )
 
 // configureNAT is one round of the reference's configure_nat: ask helpers
@@ -78,29 +75,6 @@ func (t *Traversal) ask(ctx context.Context, a *answer) {
 		a.dialBack = !t.cfg.IgnoreDialBacks
 	case <-time.After(dialBackWait):
 	case <-ctx.Done():
-	}
-}
-
-// dialBack sends nonce to addr from a fresh socket (not our QUIC one), so
-// it reaches addr only if its NAT lets unsolicited packets in.
-func (t *Traversal) dialBack(addr netip.AddrPort, nonce uint64) {
-	network := "udp4"
-	if addr.Addr().Is6() {
-		network = "udp6"
-	}
-	c, err := net.ListenUDP(network, nil)
-	if err != nil {
-		return
-	}
-	defer c.Close()
-	pkt := smartsock.AppendDialBack(nil, nonce)
-	for i := 0; i < 3; i++ {
-		c.WriteToUDPAddrPort(pkt, addr)
-		select {
-		case <-t.ctx.Done():
-			return
-		case <-time.After(100 * time.Millisecond):
-		}
 	}
 }
 

@@ -85,12 +85,7 @@ func (t *Traversal) handleObserve(from pki.Identity, req []byte) ([]byte, error)
 		t.Counters.PunchRefused.Add(1)
 		return nil, rpc.RefuseError("no dial-back to that address")
 	}
-	select {
-	case t.dialBacks <- struct{}{}: // bounded: each holds a socket for 300 ms
-		if !t.goRun(func() { defer func() { <-t.dialBacks }(); t.dialBack(addr, nonce) }) {
-			<-t.dialBacks // closing: no dial-back
-		}
-	default:
+	if !t.dialer.start(addr, nonce) { // bounded: MaxDialBacks wait
 		t.Counters.DialBackBusy.Add(1)
 	}
 	return relay.AppendObserveResp(nil, relay.ObserveResp{Addr: addr, Flags: observeFlags(t.cfg.Relay != nil, t.status.Load().Public)})

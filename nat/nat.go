@@ -118,7 +118,8 @@ const (
 	tick           = 250 * time.Millisecond
 )
 
-// MaxDialBacks bounds dial-backs in flight (each a socket and a goroutine).
+// MaxDialBacks bounds the dial-backs with copies still to send (each for
+// about 200 ms; dialback.go).
 const MaxDialBacks = 32
 
 // Status is what configure_nat found.
@@ -149,8 +150,8 @@ type Traversal struct {
 
 	mesh mesh // mesh.go
 
-	status    atomic.Pointer[Status] // published by the loop; never modified
-	dialBacks chan struct{}          // semaphore of dial-backs in flight
+	status atomic.Pointer[Status] // published by the loop; never modified
+	dialer *dialBacker            // the dial-backs we owe (dialback.go)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -178,7 +179,7 @@ func New(cfg Config) *Traversal {
 	}
 	t := &Traversal{
 		cfg:       cfg,
-		dialBacks: make(chan struct{}, MaxDialBacks),
+		dialer:    newDialBacker(),
 		checked:   make(chan Status),
 		lastPunch: make(map[*peers.Peer]time.Time),
 		mesh:      newMesh(),
@@ -190,6 +191,7 @@ func New(cfg Config) *Traversal {
 	}
 	t.status.Store(st)
 	t.goRun(t.run)
+	t.goRun(func() { t.dialer.run(t.ctx) })
 	return t
 }
 
@@ -212,7 +214,7 @@ func (t *Traversal) Status() Status {
 }
 
 // DialBacks is how many dial-backs are in flight.
-func (t *Traversal) DialBacks() int { return len(t.dialBacks) }
+func (t *Traversal) DialBacks() int { return t.dialer.pending() }
 
 func (t *Traversal) run() {
 	tk := time.NewTicker(tick)
