@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/korium/korium-tun/pki"
+	"github.com/korium/korium-tun/relay"
 	"github.com/korium/korium-tun/relay/client"
 )
 
@@ -70,6 +71,9 @@ func (t *Traversal) ask(ctx context.Context, a *answer) {
 		return
 	}
 	a.observed, a.relays = or.Addr, observeRelays(or.Flags)
+	if a.busy = or.Flags&relay.FlagNoDialBack != 0; a.busy {
+		return // no dial-back is coming
+	}
 	select {
 	case <-ch:
 		a.dialBack = !t.cfg.IgnoreDialBacks

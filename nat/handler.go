@@ -85,10 +85,12 @@ func (t *Traversal) handleObserve(from pki.Identity, req []byte) ([]byte, error)
 		t.Counters.PunchRefused.Add(1)
 		return nil, rpc.RefuseError("no dial-back to that address")
 	}
+	flags := observeFlags(t.cfg.Relay != nil, t.status.Load().Public)
 	if !t.dialer.start(addr, nonce) { // bounded: MaxDialBacks wait
 		t.Counters.DialBackBusy.Add(1)
+		flags |= relay.FlagNoDialBack // else the asker would think itself NATed
 	}
-	return relay.AppendObserveResp(nil, relay.ObserveResp{Addr: addr, Flags: observeFlags(t.cfg.Relay != nil, t.status.Load().Public)})
+	return relay.AppendObserveResp(nil, relay.ObserveResp{Addr: addr, Flags: flags})
 }
 
 // Punchable keeps the candidates a peer sent that we may probe (see

@@ -119,8 +119,9 @@ const (
 )
 
 // MaxDialBacks bounds the dial-backs with copies still to send (each for
-// about 200 ms; dialback.go).
-const MaxDialBacks = 32
+// about 200 ms, ~80 bytes; dialback.go): a bootstrap node's 1,000 peers
+// start their rounds together, and a refused one answers FlagNoDialBack.
+const MaxDialBacks = 256
 
 // Status is what configure_nat found.
 type Status struct {

@@ -30,6 +30,7 @@ type answer struct {
 	observed netip.AddrPort // where it sees us (invalid: no answer)
 	relays   bool           // it relays for others
 	dialBack bool           // its packet from a fresh socket reached us
+	busy     bool           // it sent no dial-back (relay.FlagNoDialBack)
 }
 
 // verdict is what configure_nat concludes.
@@ -40,14 +41,16 @@ type verdict struct {
 }
 
 // decide turns the helpers' answers into a verdict; ok is false when no
-// helper answered (nothing is learned). One dial-back that arrived makes
-// us public; otherwise the helpers that relay become our relays.
+// helper answered, or every one that did sent no dial-back (nothing is
+// learned of our reachability: a busy helper must not make a public node
+// think itself NATed). One dial-back that arrived makes us public;
+// otherwise the helpers that relay become our relays.
 func decide(answers []answer) (v verdict, ok bool) {
 	for _, a := range answers {
 		if !a.observed.IsValid() {
 			continue
 		}
-		ok = true
+		ok = ok || !a.busy
 		v.public = v.public || a.dialBack
 		if !slices.Contains(v.observed, a.observed) {
 			v.observed = append(v.observed, a.observed)

@@ -29,6 +29,10 @@ func TestDecide(t *testing.T) {
 			verdict{observed: []netip.AddrPort{o1}, relays: []pki.Identity{h1, h2}}, true},
 		{"a silent helper counts for nothing", []answer{{id: h1, relays: true, dialBack: true}, {id: h2, observed: o2}},
 			verdict{observed: []netip.AddrPort{o2}}, true},
+		{"a busy helper (no dial-back sent) says nothing of reachability", []answer{{id: h1, observed: o1, relays: true, busy: true}},
+			verdict{observed: []netip.AddrPort{o1}, relays: []pki.Identity{h1}}, false},
+		{"a busy helper beside one whose dial-back came: public", []answer{{id: h1, observed: o1, busy: true}, {id: h2, observed: o1, dialBack: true}},
+			verdict{public: true, observed: []netip.AddrPort{o1}}, true},
 	} {
 		got, ok := decide(c.answers)
 		if ok != c.ok || got.public != c.want.public || !slices.Equal(got.observed, c.want.observed) || !slices.Equal(got.relays, c.want.relays) {

@@ -44,6 +44,12 @@ const (
 // publicly reachable and relays for others.
 const FlagRelays byte = 1 << 0
 
+// FlagNoDialBack is bit 1 of the observe response flags: the responder
+// sent no dial-back (it had too many waiting), so its answer says where it
+// sees the asker but nothing of whether the asker can be reached. An asker
+// that ignores the bit takes the missing dial-back for a NAT.
+const FlagNoDialBack byte = 1 << 1
+
 // MaxCandidates caps the address list of a punch message.
 const MaxCandidates = 8
 
