@@ -4,7 +4,7 @@
 // (relay.Msg* over rpc.ProtoRelay).
 //
 // A node asks its bootstrap peers which address they see it at and to send
-// a packet back from a fresh socket (dial-back). If one arrives, unsolicited
+// a packet back from a socket we never sent to (dial-back). If one arrives, unsolicited
 // packets reach us: we are public. Otherwise we pick the public ones among
 // them as relays, keep connections to them, and publish them in our contact
 // record (through Config.OnChange). A peer that wants to reach us asks one

@@ -29,7 +29,7 @@ type answer struct {
 	id       pki.Identity
 	observed netip.AddrPort // where it sees us (invalid: no answer)
 	relays   bool           // it relays for others
-	dialBack bool           // its packet from a fresh socket reached us
+	dialBack bool           // its packet from a socket we never sent to reached us
 	busy     bool           // it sent no dial-back (relay.FlagNoDialBack)
 }
 

@@ -8,7 +8,7 @@ import (
 
 // How often configure_nat runs again. Every round asks up to maxHelpers
 // bootstrap peers for an observation and a dial-back (three packets from a
-// fresh socket), so a bootstrap node serves a round of every node that
+// socket of its own, dialback.go), so a bootstrap node serves a round of every node that
 // bootstrapped from it: at a fixed 60 s, 1,000 such nodes cost it 17
 // dial-backs a second, forever. A verdict that held doubles the wait, up
 // to natRecheckMax; a changed one, or a change of the addresses we

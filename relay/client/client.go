@@ -21,7 +21,8 @@ type Caller interface {
 }
 
 // Observe asks helper which address it sees us at and to send nonce back
-// to that address from a fresh socket (the caller waits for it).
+// to that address from a socket we never sent to (the caller waits for it;
+// relay.FlagNoDialBack in the answer: none is coming).
 func Observe(ctx context.Context, c Caller, helper pki.Identity, nonce uint64) (relay.ObserveResp, error) {
 	resp, err := c.CallRelay(ctx, helper, relay.AppendObserveReq(nil, nonce))
 	if err != nil {
