@@ -38,10 +38,10 @@ const (
 	// timestamp, and tells the requester the address it was seen from
 	// (none when the request came through a relay).
 	ProbeReply byte = 3
-	// ProbeDialBack is sent by a helper, from a socket other than the one we
-	// talk to, to the address
-	// it observed for us; the transaction ID is the nonce we chose. Its
-	// arrival proves that unsolicited packets reach us (we are public).
+	// ProbeDialBack is sent by a helper, from a socket other than the one
+	// we talk to, to the address it observed for us; the transaction ID is
+	// the nonce we chose. Its arrival proves that unsolicited packets reach
+	// us (we are public).
 	ProbeDialBack byte = 4
 )
 
