@@ -216,8 +216,11 @@ func TestPeerCacheBadFile(t *testing.T) {
 			}
 			wc := &warnCounter{}
 			nd := newCacheNode(t, kp, cachePath, slog.New(wc), seed.contact())
+			// Nothing loaded from it. The node may already have cached
+			// the seed it bootstrapped from (a live entry, Count 1), not
+			// the file's two.
 			st := nd.PeerCache()
-			if st.LoadError == "" || st.Count != 0 || st.Loaded != 0 {
+			if st.LoadError == "" || st.Loaded != 0 || st.Count > 1 {
 				t.Fatalf("a %s cache file was used: %+v", tc.name, st)
 			}
 			if got := wc.count(); got != 1 {
