@@ -96,7 +96,7 @@ func (c Config) withDefaults() Config {
 
 // Stats counts what a Server did, by outcome.
 type Stats struct {
-	Requests uint64 `json:"requests"` // well-formed requests given to a handler
+	Requests uint64 `json:"requests"` // well-formed requests given to a handler: the sum of ByProto
 	// ByProto is Requests by protocol ID (the index; 0 unused): what an
 	// idle node's requests are (DHT maintenance, gossip, configure_nat).
 	ByProto       [ProtoCA + 1]uint64 `json:"by_proto"`
@@ -117,10 +117,10 @@ type Stats struct {
 }
 
 type counters struct {
-	requests, responses, refused, tooLarge, handlerErrors, timeouts, streamErrors, abandoned atomic.Uint64
-	overPeer, overNode, preempted                                                            atomic.Uint64
-	active                                                                                   atomic.Int64
-	byProto                                                                                  [ProtoCA + 1]atomic.Uint64
+	responses, refused, tooLarge, handlerErrors, timeouts, streamErrors, abandoned atomic.Uint64
+	overPeer, overNode, preempted                                                  atomic.Uint64
+	active                                                                         atomic.Int64
+	requests                                                                       [ProtoCA + 1]atomic.Uint64 // by protocol ID
 }
 
 // Server dispatches requests arriving on QUIC connections to handlers by
@@ -166,19 +166,18 @@ func (s *Server) handler(proto byte) Handler {
 	return s.handlers[proto]
 }
 
-func (c *counters) protoCounts() (out [ProtoCA + 1]uint64) {
-	for i := range c.byProto {
-		out[i] = c.byProto[i].Load()
-	}
-	return out
-}
-
 // Stats returns a snapshot of the counters.
 func (s *Server) Stats() Stats {
 	c := &s.stats
+	var by [ProtoCA + 1]uint64
+	var all uint64
+	for i := range c.requests {
+		by[i] = c.requests[i].Load()
+		all += by[i]
+	}
 	return Stats{
-		Requests:       c.requests.Load(),
-		ByProto:        c.protoCounts(),
+		Requests:       all,
+		ByProto:        by,
 		Responses:      c.responses.Load(),
 		Refused:        c.refused.Load(),
 		TooLarge:       c.tooLarge.Load(),
@@ -296,8 +295,7 @@ func (s *Server) serveStream(ctx context.Context, str *quic.Stream, from pki.Ide
 		s.reply(str, StatusRefused, []byte(fmt.Sprintf("protocol %d not served", proto)))
 		return
 	}
-	s.stats.requests.Add(1)
-	s.stats.byProto[proto].Add(1) // KnownProto: in range
+	s.stats.requests[proto].Add(1) // KnownProto: in range
 
 	type result struct {
 		resp []byte
