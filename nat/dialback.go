@@ -59,28 +59,23 @@ func (d *dialBacker) pending() int {
 // start sends nonce to addr and schedules its other copies. It reports
 // false when MaxDialBacks wait already, or no socket can be had.
 func (d *dialBacker) start(addr netip.AddrPort, nonce uint64) bool {
-	d.mu.Lock()
-	full := d.closed || len(d.jobs) >= MaxDialBacks
-	d.mu.Unlock()
-	if full {
-		return false
-	}
-	sock := d.socket(addr.Addr().Is6())
+	sock := d.socket(addr.Addr().Is6()) // opened once; nil when closed
 	if sock == nil {
 		return false
 	}
-	pkt := smartsock.AppendDialBack(make([]byte, 0, 16), nonce)
-	sock.WriteToUDPAddrPort(pkt, addr)
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	if d.closed || len(d.jobs) >= MaxDialBacks {
-		return true // the first copy left; the others would overflow
+		d.mu.Unlock()
+		return false
 	}
 	d.jobs = append(d.jobs, dialBackJob{sock: sock, addr: addr, nonce: nonce, left: dialBackCopies - 1, at: onDialBackGrid(time.Now().Add(dialBackGap))})
+	d.mu.Unlock()
 	select {
 	case d.kick <- struct{}{}:
 	default:
 	}
+	var pkt [16]byte
+	sock.WriteToUDPAddrPort(smartsock.AppendDialBack(pkt[:0], nonce), addr) // the first copy, at once
 	return true
 }
 
