@@ -162,81 +162,84 @@ func (c *Conn) probeTick(now time.Time, out []outProbe) []outProbe {
 	// zero while some peer needs every tick.
 	look, every := now.Add(idleLook), false
 	c.virt.all(func(_ netip.AddrPort, p *peer) {
-		if now.Before(p.due) && !p.sent.Load() {
+		if !now.Before(p.due) || p.sent.Load() {
+			out = c.lookAt(p, now, out)
+		} // else idle, and nothing is due before p.due
+		if p.due.IsZero() {
+			every = true
+		} else {
 			look = minTime(look, p.due)
-			return // idle, and nothing is due before p.due
-		}
-		defer func() {
-			if p.due.IsZero() {
-				every = true
-			} else {
-				look = minTime(look, p.due)
-			}
-		}()
-		if p.sent.Load() {
-			p.sent.Store(false)
-			// When it wrote, not the tick's time: the ACK of a keep-alive
-			// of the peer's goes out a few ms after it arrived, and must
-			// not look like a send left unanswered (quiet) when the tick
-			// falls between the two.
-			p.lastSent = min(p.sentAt.Load(), now.UnixNano())
-			if p.busyTicks++; p.busyTicks > idleTicks {
-				p.idle = false // traffic started: back to ProbeInterval now
-			}
-		}
-		if now.Sub(p.window) >= ProbeInterval {
-			p.idle = p.busyTicks <= idleTicks
-			p.busyTicks, p.window = 0, now
-		}
-		if p.key == nil {
-			// Not connected: nothing to probe. Its sent flag (a dial)
-			// brings it back; else the net.
-			p.due = time.Time{}
-			if p.idle {
-				p.due = onGrid(now.Add(idleLook))
-			}
-			return
-		}
-		for i := len(p.paths) - 1; i >= 0; i-- {
-			pa := p.paths[i]
-			if pending(pa) && now.Sub(pa.probeAt) > probeTimeout(pa) {
-				// Missed; its reply still counts until the next probe
-				// replaces it (a slow peer is slow, not gone).
-				pa.lost = true
-				pa.missed++
-				c.stats.ProbeLost.Add(1)
-				c.touch(p)
-			}
-			if !pa.validated && !pa.dialed && pa != p.current && pa != p.handshake && now.Sub(pa.added) > pruneAfter {
-				c.dropPath(p, pa)
-				continue
-			}
-			if !pa.owner && !pa.relay && c.real.load(pa.addr) == nil {
-				// The owner left: a candidate that was refused takes over.
-				ev := byWord
-				if pa.validated {
-					ev = byProof
-				}
-				c.claim(pa, ev, now)
-			}
-			iv := interval(p, pa, now)
-			if iv == 0 || pending(pa) || now.Sub(pa.lastProbe) < iv {
-				continue
-			}
-			pa.lastProbe = now
-			out = append(out, outProbe{d: pa.dest()})
-			op := &out[len(out)-1]
-			c.newRequest(p, pa, now, op.pkt[:0])
-		}
-		c.selectPath(p, now)
-		p.due = time.Time{}
-		if p.idle {
-			p.due = nextDue(p, now)
 		}
 	})
 	c.nextLook = look
 	if every {
 		c.nextLook = time.Time{}
+	}
+	return out
+}
+
+// lookAt is the tick's turn at p: its sent flag, its paths' probes and
+// timeouts, path selection and its next due time (nextDue).
+func (c *Conn) lookAt(p *peer, now time.Time, out []outProbe) []outProbe {
+	if p.sent.Load() {
+		p.sent.Store(false)
+		// When it wrote, not the tick's time: the ACK of a keep-alive
+		// of the peer's goes out a few ms after it arrived, and must
+		// not look like a send left unanswered (quiet) when the tick
+		// falls between the two.
+		p.lastSent = min(p.sentAt.Load(), now.UnixNano())
+		if p.busyTicks++; p.busyTicks > idleTicks {
+			p.idle = false // traffic started: back to ProbeInterval now
+		}
+	}
+	if now.Sub(p.window) >= ProbeInterval {
+		p.idle = p.busyTicks <= idleTicks
+		p.busyTicks, p.window = 0, now
+	}
+	if p.key == nil {
+		// Not connected: nothing to probe. Its sent flag (a dial)
+		// brings it back; else the net.
+		p.due = time.Time{}
+		if p.idle {
+			p.due = onGrid(now.Add(idleLook))
+		}
+		return out
+	}
+	for i := len(p.paths) - 1; i >= 0; i-- {
+		pa := p.paths[i]
+		if pending(pa) && now.Sub(pa.probeAt) > probeTimeout(pa) {
+			// Missed; its reply still counts until the next probe
+			// replaces it (a slow peer is slow, not gone).
+			pa.lost = true
+			pa.missed++
+			c.stats.ProbeLost.Add(1)
+			c.touch(p)
+		}
+		if !pa.validated && !pa.dialed && pa != p.current && pa != p.handshake && now.Sub(pa.added) > pruneAfter {
+			c.dropPath(p, pa)
+			continue
+		}
+		if !pa.owner && !pa.relay && c.real.load(pa.addr) == nil {
+			// The owner left: a candidate that was refused takes over.
+			ev := byWord
+			if pa.validated {
+				ev = byProof
+			}
+			c.claim(pa, ev, now)
+		}
+		iv := interval(p, pa, now)
+		if iv == 0 || pending(pa) || now.Sub(pa.lastProbe) < iv {
+			continue
+		}
+		pa.lastProbe = now
+		out = append(out, outProbe{d: pa.dest()})
+		op := &out[len(out)-1]
+		c.newRequest(p, pa, now, op.pkt[:0])
+	}
+	c.selectPath(p, now)
+	p.due = time.Time{}
+	if p.idle {
+		p.due = nextDue(p, now)
 	}
 	return out
 }
