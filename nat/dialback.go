@@ -169,9 +169,8 @@ func (d *dialBacker) run(ctx context.Context) {
 
 // onDialBackGrid rounds t up to a multiple of dialBackGap.
 func onDialBackGrid(t time.Time) time.Time {
-	ns := t.UnixNano()
-	if r := ns % int64(dialBackGap); r != 0 {
-		ns += int64(dialBackGap) - r
+	if u := t.Truncate(dialBackGap); u.Before(t) {
+		return u.Add(dialBackGap)
 	}
-	return time.Unix(0, ns)
+	return t.Round(0)
 }

@@ -306,14 +306,13 @@ func nextDue(p *peer, now time.Time) time.Time {
 // idleGrid is the step idle peers' soft due times are rounded up to.
 const idleGrid = time.Second
 
-// onGrid rounds t up to a multiple of idleGrid (on the Unix clock: the
-// rounds of all idle peers fall together).
+// onGrid rounds t up to a multiple of idleGrid (Truncate's multiples of
+// the zero time: the rounds of all idle peers fall together).
 func onGrid(t time.Time) time.Time {
-	ns := t.UnixNano()
-	if r := ns % int64(idleGrid); r != 0 {
-		ns += int64(idleGrid) - r
+	if u := t.Truncate(idleGrid); u.Before(t) {
+		return u.Add(idleGrid)
 	}
-	return time.Unix(0, ns)
+	return t.Round(0)
 }
 
 // quietAt is when idle p's current path pa becomes quiet (see quiet) if
