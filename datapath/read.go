@@ -322,9 +322,11 @@ func (e *Engine) answerUnreachable(pkt []byte) {
 	}
 	b := e.rxPool.Get().(*pbuf)
 	b.n = len(ip6.AppendDstUnreachable(b.b[devOffset:devOffset], pkt, code))
-	if e.toDevice(b) {
-		e.Counters.ICMPUnreachSent.Add(1)
-	} else {
+	// Counted before it is queued: the device writer may deliver it before
+	// toDevice returns, and whoever reads the answer should find it counted.
+	e.Counters.ICMPUnreachSent.Add(1)
+	if !e.toDevice(b) {
+		e.Counters.ICMPUnreachSent.Add(^uint64(0))
 		e.Counters.ICMPRateLimited.Add(1) // as good as rate-limited
 	}
 }
