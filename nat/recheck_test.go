@@ -20,7 +20,7 @@ func TestRecheckBacksOffWhileTheVerdictHolds(t *testing.T) {
 	looks := 0
 	advertised := func() []netip.AddrPort { looks++; return adv }
 	now := time.Unix(1_000_000, 0)
-	var r recheck
+	r := recheck{jitter: func(time.Duration) time.Duration { return 0 }}
 	none := &Status{}
 	v := &Status{Checked: true, Public: true, Observed: []netip.AddrPort{a}}
 
@@ -88,6 +88,7 @@ func TestRecheckBacksOffWhileTheVerdictHolds(t *testing.T) {
 
 func TestSameVerdict(t *testing.T) {
 	a := netip.MustParseAddrPort("198.18.0.1:7400")
+	b := netip.MustParseAddrPort("198.18.0.2:7400")
 	base := Status{Checked: true, Public: true, Observed: []netip.AddrPort{a}}
 	for name, c := range map[string]struct {
 		s    Status
@@ -99,9 +100,56 @@ func TestSameVerdict(t *testing.T) {
 		"other observed": {Status{Checked: true, Public: true}, false},
 		"relays":         {Status{Checked: true, Public: true, Observed: []netip.AddrPort{a}, Relays: make([]pki.Identity, 1)}, false},
 		"other relayers": {Status{Checked: true, Public: true, Observed: []netip.AddrPort{a}, Relayers: make([]pki.Identity, 1)}, true},
+		"two observed":   {Status{Checked: true, Public: true, Observed: []netip.AddrPort{a, b}}, false},
 	} {
 		if got := sameVerdict(&base, &c.s); got != c.same {
 			t.Errorf("%s: sameVerdict %v, want %v", name, got, c.same)
 		}
+	}
+}
+
+// Helpers answer in any order: the same addresses and relays in another
+// order are the same verdict (else every round could look changed and
+// bring the wait back to a minute).
+func TestSameVerdictIgnoresOrder(t *testing.T) {
+	a := netip.MustParseAddrPort("198.18.0.1:7400")
+	b := netip.MustParseAddrPort("198.18.0.2:7400")
+	var p, q pki.Identity
+	p[0], q[0] = 1, 2
+	x := Status{Checked: true, Observed: []netip.AddrPort{a, b}, Relays: []pki.Identity{p, q}}
+	y := Status{Checked: true, Observed: []netip.AddrPort{b, a}, Relays: []pki.Identity{q, p}}
+	if !sameVerdict(&x, &y) {
+		t.Fatal("the same verdict in another order counts as changed")
+	}
+	y.Relays = []pki.Identity{q, q}
+	if sameVerdict(&x, &y) {
+		t.Fatal("other relays count as the same")
+	}
+}
+
+// Nodes that started together do not recheck together: the waits of 1,000
+// nodes from the same verdict spread over a quarter of the wait, and none
+// is shorter than the wait.
+func TestRecheckWaitsSpread(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	v := &Status{Checked: true, Public: true}
+	var first, last time.Time
+	for i := range 1000 {
+		var r recheck
+		r.checked(v, v, nil, now) // first round: natRecheck
+		r.checked(v, v, nil, now) // held: 2 x natRecheck
+		w := r.next.Sub(now)
+		if w < 2*natRecheck || w > 2*natRecheck+2*natRecheck/4 {
+			t.Fatalf("a wait of %v, want %v..%v", w, 2*natRecheck, 2*natRecheck*5/4)
+		}
+		if i == 0 || r.next.Before(first) {
+			first = r.next
+		}
+		if r.next.After(last) {
+			last = r.next
+		}
+	}
+	if spread := last.Sub(first); spread < 2*natRecheck/8 {
+		t.Fatalf("1,000 nodes' next rounds spread over %v, want >= %v", spread, 2*natRecheck/8)
 	}
 }
