@@ -173,3 +173,44 @@ func TestLoneSlowQueueGetsBackpressure(t *testing.T) {
 		}
 	})
 }
+
+// A black-holed peer that the device keeps sending to does not make a slow
+// (bulk) peer's waits charged: once the dead peer's queue is stalled its
+// packets are dropped without a wait, so the slow peer gets backpressure
+// as if alone and loses nothing past the first batches (before the dead
+// queue's one wait timed out). A third peer with traffic that flows still
+// makes them charged: the dead one does not hide it.
+func TestBlackHoledPeerDoesNotChargeOthers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		slow, dead := testPeer(1), testPeer(2)
+		g := newBPRig(t, slow, dead)
+		g.drain(slow, time.Millisecond) // 1,000 packets/s; the device gives it 3,200
+		const d, per = time.Second, 32
+		busy := g.run(d, per, slow, dead)
+		c := &g.e.Counters
+		if dr := slow.TxDropped.Load(); dr > per {
+			t.Fatalf("beside a black-holed peer a slow peer lost %d packets (%d over budget), want at most a batch (%d)", dr, c.TxQueueOverBudget.Load(), per)
+		}
+		if busy < d/2 {
+			t.Fatalf("the read loop waited %v in %v: the slow peer got no backpressure", busy, d)
+		}
+		if c.TxQueueWaitTimeouts.Load() != 1 {
+			t.Fatalf("%d waits timed out, want 1 (the dead peer's)", c.TxQueueWaitTimeouts.Load())
+		}
+	})
+	synctest.Test(t, func(t *testing.T) {
+		slow, dead, live := testPeer(1), testPeer(2), testPeer(3)
+		g := newBPRig(t, slow, dead, live)
+		g.drain(slow, time.Millisecond)
+		g.drain(live, 0)
+		const d, per = time.Second, 32
+		t0 := time.Now()
+		busy := g.run(d, per, live, slow, dead)
+		if bound := maxWait + waitBudget + time.Since(t0)/waitShare; busy > bound {
+			t.Fatalf("with a live peer beside, the read loop waited %v for a slow one, want at most %v", busy, bound)
+		}
+		if live.TxDropped.Load() != 0 {
+			t.Fatalf("the live peer lost %d packets", live.TxDropped.Load())
+		}
+	})
+}
