@@ -22,13 +22,18 @@ import (
 //     wait (TxQueueStalled). A black-holed peer, whose sender is stuck in
 //     SendDatagram, costs the read loop one wait and no more.
 //   - Budget: while another peer (one whose queue is not stalled) had
-//     packets from the device in the last activeWindow, a peer's waits are charged to its budget: at most
-//     waitBudget at once, repaid at waitShare of the time that passes (5 ms
-//     per 100 ms). A peer that drains, but slower than the device fills
-//     its queue, can then hold the read loop for at most 5% of its time;
-//     past its budget its full queue drops its oldest (TxQueueOverBudget).
-//     While it is the only peer with traffic nobody else waits, and its
-//     waits are free (bounded only by maxWait each).
+//     packets from the device in the last activeWindow, a peer's waits
+//     are charged to its budget: at most waitBudget at once, repaid at
+//     waitShare of the time that passes (5 ms per 100 ms). A peer that
+//     drains, but slower than the device fills its queue, can then hold
+//     the read loop for at most 5% of its time; past its budget its full
+//     queue drops its oldest (TxQueueOverBudget). While it is the only
+//     peer with traffic nobody else waits, and its waits are free (bounded
+//     only by maxWait each). activeWindow is 100 ms, the traffic of now: a
+//     ping to another peer every second (with a 1 s window) held a bulk
+//     transfer to its budget all the time and cost it as many drops as
+//     steady traffic beside it (TestSparsePeerChargesLittle), while what
+//     the ping gains is at most one maxWait of delay.
 //
 // Before it waits, the read loop wakes the senders of every queue it filled
 // in this batch, so that no other peer's packets sit unsent meanwhile.
@@ -36,7 +41,7 @@ const (
 	maxWait      = 5 * time.Millisecond
 	waitBudget   = 5 * time.Millisecond
 	waitShare    = 20 // the budget is repaid at 1/waitShare of the time passing
-	activeWindow = time.Second
+	activeWindow = 100 * time.Millisecond
 )
 
 // stallDrain is how many packets a stalled queue's sender must take before

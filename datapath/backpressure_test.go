@@ -71,18 +71,31 @@ func (g *bpRig) drain(p *peers.Peer, pace time.Duration) {
 // every 10 ms, for d, and returns the time it spent inside the batches:
 // its waits for room.
 func (g *bpRig) run(d time.Duration, per int, ps ...*peers.Peer) (busy time.Duration) {
-	pkts := make([][]byte, len(ps))
-	for i, p := range ps {
-		pkts[i] = udp6(g.e.cfg.Addr, p.Addr, make([]byte, 1000))
-	}
-	for end := time.Now().Add(d); time.Now().Before(end); {
-		t0 := time.Now()
-		g.r.now = time.Since(g.r.epoch)
+	return g.runBatches(d, func(_ int, send func(*peers.Peer)) {
 		for range per {
-			for _, pkt := range pkts {
-				g.r.handle(pkt)
+			for _, p := range ps {
+				send(p)
 			}
 		}
+	})
+}
+
+// runBatches is run with the packets of batch i (from 0) chosen by fill,
+// which calls send once per packet.
+func (g *bpRig) runBatches(d time.Duration, fill func(i int, send func(*peers.Peer))) (busy time.Duration) {
+	pkts := map[*peers.Peer][]byte{}
+	send := func(p *peers.Peer) {
+		pkt := pkts[p]
+		if pkt == nil {
+			pkt = udp6(g.e.cfg.Addr, p.Addr, make([]byte, 1000))
+			pkts[p] = pkt
+		}
+		g.r.handle(pkt)
+	}
+	for i, end := 0, time.Now().Add(d); time.Now().Before(end); i++ {
+		t0 := time.Now()
+		g.r.now = time.Since(g.r.epoch)
+		fill(i, send)
 		g.r.flush()
 		busy += time.Since(t0)
 		time.Sleep(10 * time.Millisecond)
@@ -213,4 +226,35 @@ func TestBlackHoledPeerDoesNotChargeOthers(t *testing.T) {
 			t.Fatalf("the live peer lost %d packets", live.TxDropped.Load())
 		}
 	})
+}
+
+// A peer with one packet a second (a ping) makes a bulk peer's waits
+// charged only for activeWindow after each: the bulk peer loses a small
+// share of what it loses beside a peer with steady traffic (which is what
+// the budget is for), instead of being held to its budget all the time.
+func TestSparsePeerChargesLittle(t *testing.T) {
+	drops := func(every int) uint64 {
+		var n uint64
+		synctest.Test(t, func(t *testing.T) {
+			slow, other := testPeer(1), testPeer(2)
+			g := newBPRig(t, slow, other)
+			g.drain(slow, time.Millisecond) // 1,000 packets/s; the device gives it 3,200
+			g.drain(other, 0)
+			g.runBatches(4*time.Second, func(i int, send func(*peers.Peer)) {
+				for range 32 {
+					send(slow)
+				}
+				if i%every == 0 {
+					send(other)
+				}
+			})
+			n = slow.TxDropped.Load()
+		})
+		return n
+	}
+	steady, sparse := drops(1), drops(100) // a packet every 10 ms; every second
+	if steady == 0 || sparse*4 > steady {
+		t.Fatalf("a bulk peer beside one packet a second lost %d packets, beside steady traffic %d: want under a quarter", sparse, steady)
+	}
+	t.Logf("the bulk peer lost %d packets beside steady traffic, %d beside one packet a second", steady, sparse)
 }
