@@ -14,7 +14,7 @@
 # again. Each round reports what B's and C's send queues on A dropped.
 #
 # Checks: iperf3 A -> B with C black-holed is at least MIN_RATIO (0.9)
-# of the same without C, the ratio taken in each of ROUNDS (3) interleaved
+# of the same without C, the ratio taken in each of ROUNDS (5) interleaved
 # rounds (against the run just before) and its median checked, TIME (5) s
 # per iperf3 run; a series below it is run again once
 # (SERIES=2), since a busy machine can slow one phase and not the other.
@@ -40,7 +40,7 @@ command -v nft >/dev/null || die "nft is missing"
 command -v jq >/dev/null || die "jq is missing"
 build
 if [ -n "${KT_BIN:-}" ]; then KT=$KT_BIN; log "using korium-tun at $KT"; fi
-POW=8 ROUNDS=${ROUNDS:-3} TIME=${TIME:-5} MIN_RATIO=${MIN_RATIO:-0.9} CHECK=${CHECK:-1} SERIES=${SERIES:-2}
+POW=8 ROUNDS=${ROUNDS:-5} TIME=${TIME:-5} MIN_RATIO=${MIN_RATIO:-0.9} CHECK=${CHECK:-1} SERIES=${SERIES:-2}
 FAILED=()
 fail() { log "FAIL: $*"; FAILED+=("$*"); }
 
@@ -72,11 +72,11 @@ wait_until 20 "ping6 a -> c" ip netns exec "$A" ping -6 -c 1 -W 1 "$ADDR_C"
 
 start_bg "$KT_WORK/iperf-b.log" ip netns exec "$B" iperf3 -s -B "$ADDR_B"
 wait_until 10 "iperf3 server on b" ip netns exec "$A" bash -c "exec 3<>/dev/tcp/$ADDR_B/5201"
-# c_quiet: after a ping to C, C is a peer with traffic for a second
-# (datapath's activeWindow), in which A's waits for B's full queue are
-# charged to B's budget; a baseline started then begins with B's queue
-# dropping. It waits that second out.
-c_quiet() { sleep 1.2; }
+# c_quiet: after a ping to C, C is a peer with traffic for datapath's
+# activeWindow (100 ms), in which A's waits for B's full queue are charged
+# to B's budget; a baseline started then could begin with B's queue
+# dropping. It waits that window out.
+c_quiet() { sleep 0.3; }
 c_quiet
 
 # iperf NAME: A's iperf3 to B for TIME s; prints Gbit/s.
