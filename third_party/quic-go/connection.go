@@ -232,6 +232,9 @@ type Conn struct {
 	// frame other than PING (korium-tun, see handleUnpackedShortHeaderPacket).
 	rcvdNonPing       bool
 	keepAliveInterval time.Duration
+	// lastAuthenticated: the monotime of the last 1-RTT packet that
+	// decrypted, for SinceAuthenticated (korium-tun).
+	lastAuthenticated atomic.Int64
 
 	datagramQueue *datagramQueue
 
@@ -1849,6 +1852,7 @@ func (c *Conn) handleUnpackedShortHeaderPacket(
 	log func([]qlog.Frame),
 ) (isNonProbing bool, pathChallenge *wire.PathChallengeFrame, _ error) {
 	c.lastPacketReceivedTime = rcvTime
+	c.lastAuthenticated.Store(int64(rcvTime)) // korium-tun: see SinceAuthenticated
 	c.firstAckElicitingPacketAfterIdleSentTime = 0
 	c.keepAlivePingSent = false
 
@@ -3290,6 +3294,21 @@ func (c *Conn) TrySendDatagram(p []byte) (bool, error) {
 		f.PutBack()
 	}
 	return ok, err
+}
+
+// SinceAuthenticated returns how long ago the last 1-RTT packet arrived
+// that decrypted, and so came from the peer; false before the first. A
+// caller that sees raw UDP packets before quic-go does (smartsock) tells
+// its peer's packets from packets that merely carry its address with it.
+// Safe to call from any goroutine.
+//
+// korium-tun: added to the upstream API. See third_party/README.md.
+func (c *Conn) SinceAuthenticated() (time.Duration, bool) {
+	t := monotime.Time(c.lastAuthenticated.Load())
+	if t.IsZero() {
+		return 0, false
+	}
+	return monotime.Since(t), true
 }
 
 // ReceiveDatagram gets a message received in a QUIC datagram, as specified in RFC 9221.

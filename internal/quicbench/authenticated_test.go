@@ -1,0 +1,73 @@
+//go:build linux
+
+package quicbench
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+)
+
+// TestSinceAuthenticated pins the fork's SinceAuthenticated, which
+// smartsock uses to tell a peer's packets from packets that only carry its
+// address: it grows while nothing arrives, packets that do not decrypt (a
+// spoofer's: any bytes to the connection's port, short-header shaped) leave
+// it growing, and a packet from the peer sets it back.
+func TestSinceAuthenticated(t *testing.T) {
+	srv, cli := newPair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := cli.conn.SendDatagram([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.conn.ReceiveDatagram(ctx); err != nil {
+		t.Fatal(err)
+	}
+	age0, ok := srv.conn.SinceAuthenticated()
+	if !ok || age0 > time.Second {
+		t.Fatalf("right after a datagram arrived: %v, %v", age0, ok)
+	}
+
+	spoofer, err := net.DialUDP("udp", nil, srv.udp.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spoofer.Close()
+	junk := make([]byte, 1200)
+	junk[0] = 0x40 // a short header: fixed bit set
+	for i := range junk[1:] {
+		junk[1+i] = byte(i * 7)
+	}
+	// Once the connection is quiet (the handshake's last frames and the
+	// ACKs are through; keep-alives are 5 s apart), 100 ms of junk, every
+	// 5 ms: the age must grow by all of it.
+	deadline := time.Now().Add(3 * time.Second)
+	for age, _ := srv.conn.SinceAuthenticated(); age < 200*time.Millisecond; age, _ = srv.conn.SinceAuthenticated() {
+		if time.Now().After(deadline) {
+			t.Fatal("the connection never went quiet for 200 ms")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	before, _ := srv.conn.SinceAuthenticated()
+	start := time.Now()
+	for time.Since(start) < 100*time.Millisecond {
+		if _, err := spoofer.Write(junk); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if age, _ := srv.conn.SinceAuthenticated(); age < before+time.Since(start)-10*time.Millisecond {
+		t.Fatalf("the last authenticated packet was %v old, and %v old after %v of spoofed packets: junk counted", before, age, time.Since(start))
+	}
+
+	if err := cli.conn.SendDatagram([]byte("again")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.conn.ReceiveDatagram(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if age, _ := srv.conn.SinceAuthenticated(); age > 50*time.Millisecond {
+		t.Fatalf("right after the peer's datagram the last authenticated packet is %v old", age)
+	}
+}
