@@ -499,6 +499,9 @@ func (n *Node) peerUp(p *peers.Peer) {
 	if key, err := smartsock.PathKey(p.Conn.ConnectionState().TLS); err == nil {
 		n.sock.SetPathKey(p.ID, key)
 	}
+	// Only packets quic-go authenticates show the socket that a path of
+	// p's delivers, not any packet with p's address.
+	n.sock.SetAuthClock(p.ID, p.Conn.SinceAuthenticated)
 	// Admission and install took what they need from the certificate
 	// (identity, serial, SPIFFE ID, membership), and the firewall's
 	// verdict on its SPIFFE ID is taken now: ~2 KiB per peer less.

@@ -141,6 +141,19 @@ func (c *Conn) SetPathKey(id pki.Identity, key [32]byte) {
 	})
 }
 
+// SetAuthClock tells the socket how long ago id's QUIC connection last
+// authenticated a packet (quic.Conn.SinceAuthenticated; false: none yet).
+// From then on, only packets from id's addresses that quic-go could
+// authenticate show that a path delivers: anybody can send with a peer's
+// address as the source. Forget ends it.
+func (c *Conn) SetAuthClock(id pki.Identity, since func() (time.Duration, bool)) {
+	c.call(func() {
+		if p := c.peerOf(id); p != nil {
+			p.authAge = since
+		}
+	})
+}
+
 // Forget drops id's probe key (its connection closed): its paths are no
 // longer probed. They stay, unproven, as candidates for the next dial.
 func (c *Conn) Forget(id pki.Identity) {
@@ -149,7 +162,7 @@ func (c *Conn) Forget(id pki.Identity) {
 		if p == nil {
 			return
 		}
-		p.key = nil
+		p.key, p.authAge = nil, nil
 		for _, pa := range p.paths {
 			pa.clearProbes()
 		}

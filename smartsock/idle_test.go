@@ -28,6 +28,21 @@ type probeDriver struct {
 	// and nothing answers that.
 	theirs func(off time.Duration) bool
 	ackOut bool
+	// authAt is when the last packet of P1's arrived that its QUIC
+	// connection authenticated (P1's own, not a spoofer's), for the
+	// auth clock (withAuthClock); spoof: a spoofer sends junk with P1's
+	// address every tick.
+	authAt time.Time
+	spoof  bool
+}
+
+// withAuthClock gives P1 an auth clock, as the overlay does with quic-go's
+// SinceAuthenticated: the driver's own packets of P1's set it.
+func (d *probeDriver) withAuthClock() *probeDriver {
+	d.f.c.call(func() {
+		d.p1.authAge = func() (time.Duration, bool) { return d.f.now.Sub(d.authAt), !d.authAt.IsZero() }
+	})
+	return d
 }
 
 type answer struct {
@@ -64,12 +79,20 @@ func (d *probeDriver) run(dur, delay time.Duration, traffic func(off time.Durati
 			at := f.now.Add(tickEvery - 10*time.Millisecond).UnixNano()
 			d.p1.lastRecv.Store(at)
 			c.call(func() { d.p1.current.lastRecv.Store(at) })
+			d.authAt = time.Unix(0, at)
 			d.ackOut = true
 		}
 		for len(d.acks) > 0 && d.acks[0] <= d.off {
 			d.acks = d.acks[1:]
 			d.p1.lastRecv.Store(f.now.UnixNano())
 			c.call(func() { d.p1.current.lastRecv.Store(f.now.UnixNano()) })
+			d.authAt = f.now
+		}
+		if d.spoof {
+			// A short-header-shaped packet from P1's address: the demux
+			// hands it to quic-go, which cannot decrypt it.
+			junk := append([]byte{0x40}, make([]byte, 60)...)
+			c.demux([]ipv4.Message{dxMsg(junk, dxAddr1)}, 1, f.now)
 		}
 		f.tick(tickEvery)
 		for _, s := range f.sends {
@@ -228,6 +251,36 @@ func TestIdlePeerBlackHole(t *testing.T) {
 	t.Logf("the black-holed path of an idle peer died after %v", d.f.now.Sub(start))
 	if took := d.f.now.Sub(start); took > 3*time.Second {
 		t.Errorf("the black-holed path of an idle peer died after %v, want at most 3 s", took)
+	}
+}
+
+// The same black hole with a spoofer sending junk from the peer's address
+// every tick (anybody can write a UDP source address): the path still dies
+// as fast, since only packets quic-go authenticated count (the auth clock).
+// Before, the junk kept the path alive and never quiet until QUIC's idle
+// timeout closed the connection.
+func TestIdlePeerBlackHoleSpoofed(t *testing.T) {
+	d := newProbeDriver(t).withAuthClock()
+	keepAlive := func(off time.Duration) bool { return off%(5*time.Second) == 0 }
+	d.run(30*time.Second, time.Millisecond, keepAlive)
+	if ok, _ := d.alive(); !ok {
+		t.Fatal("the idle path is not alive before the black hole")
+	}
+	d.gone, d.spoof = true, true
+	start := d.f.now
+	for ok := true; ok; ok, _ = d.alive() {
+		if d.f.now.Sub(start) > 10*time.Second {
+			t.Fatal("a black-holed path sprayed with spoofed packets still alive after 10 s")
+		}
+		d.run(tickEvery, 0, keepAlive)
+	}
+	if took := d.f.now.Sub(start); took > 3*time.Second {
+		t.Errorf("the black-holed, spoofed path of an idle peer died after %v, want at most 3 s", took)
+	}
+	var raw int64
+	d.f.c.call(func() { raw = d.p1.current.lastRecv.Load() })
+	if d.f.now.UnixNano()-raw > int64(time.Second) {
+		t.Fatal("the spoofed packets never reached the demux: the test tested nothing")
 	}
 }
 

@@ -78,14 +78,35 @@ func alive(pa *path, now time.Time) bool {
 		return false
 	}
 	return pa.lastReply.IsZero() || now.Sub(pa.lastReply) < StaleAfter ||
-		pa.validated && now.UnixNano()-pa.lastRecv.Load() < int64(StaleAfter)
+		pa.validated && now.UnixNano()-heard(pa, now.UnixNano()) < int64(StaleAfter)
+}
+
+// heard is when a QUIC packet last arrived on pa that counts (unix ns; now
+// is the caller's clock): pa.lastRecv, capped by when pa's peer's
+// connection last authenticated a packet. Anybody can send UDP packets with
+// a peer's address as their source, and the demux sees them before quic-go
+// drops them: uncapped, a spoofer spraying junk from a dead peer's address
+// kept its path alive, proven and never quiet until QUIC's idle timeout
+// (30 s). The cap is the peer's, not the path's (quic-go does not know which
+// path a packet came by): junk on one path while the peer speaks on another
+// still counts there.
+func heard(pa *path, now int64) int64 {
+	r := pa.lastRecv.Load()
+	if f := pa.peer.authAge; f != nil {
+		age, ok := f()
+		if !ok {
+			return 0
+		}
+		r = min(r, now-int64(age))
+	}
+	return r
 }
 
 // quicProven reports whether pa is idle p's current path, answered a probe
 // once (its RTT is known), and QUIC packets arrived on it within QUICProof.
 func quicProven(p *peer, pa *path, now time.Time) bool {
 	return p.idle && pa == p.current && pa.validated && !pa.doubted && !pa.lastReply.IsZero() &&
-		now.UnixNano()-pa.lastRecv.Load() < int64(QUICProof)
+		now.UnixNano()-heard(pa, now.UnixNano()) < int64(QUICProof)
 }
 
 // quiet reports whether p's traffic on pa stopped: nothing arrived for
@@ -94,7 +115,7 @@ func quicProven(p *peer, pa *path, now time.Time) bool {
 // (a keep-alive) is still unanswered: the keep-alives and their ACKs of an
 // idle peer that answers must not make it quiet after each of them.
 func quiet(p *peer, pa *path, now int64) bool {
-	last := pa.lastRecv.Load()
+	last := heard(pa, now)
 	silent := now - last
 	if silent <= int64(QuietAfter) {
 		return false
@@ -105,7 +126,7 @@ func quiet(p *peer, pa *path, now int64) bool {
 		// after it gets a probe timeout for its answer (the ACK of our
 		// keep-alive comes a round trip and the peer's ACK delay later),
 		// then a second to make the path quiet.
-		at := quietAt(p, pa)
+		at := quietAt(p, pa, now)
 		return !at.IsZero() && now >= at.UnixNano() && now < at.UnixNano()+int64(time.Second)
 	}
 	return now-p.lastSent < int64(time.Second) || silent < int64(3*time.Second)
@@ -282,13 +303,13 @@ func nextDue(p *peer, now time.Time) time.Time {
 		} else if iv := interval(p, pa, now); iv > 0 {
 			earlier(&soft, pa.lastProbe.Add(iv))
 		} else if quicProven(p, pa, now) {
-			earlier(&soft, time.Unix(0, pa.lastRecv.Load()).Add(QUICProof))
+			earlier(&soft, time.Unix(0, heard(pa, now.UnixNano())).Add(QUICProof))
 		}
-		if stale := staleAt(pa); stale.After(now) {
+		if stale := staleAt(pa, now.UnixNano()); stale.After(now) {
 			earlier(&soft, stale) // path selection must see it go
 		}
 		if pa == p.current {
-			if q := quietAt(p, pa); q.After(now) {
+			if q := quietAt(p, pa, now.UnixNano()); q.After(now) {
 				earlier(&hard, q) // a keep-alive still unanswered then makes it quiet
 			}
 		}
@@ -319,8 +340,8 @@ func onGrid(t time.Time) time.Time {
 // nothing arrives on it meanwhile, or zero if nothing we sent waits for an
 // answer. A probe answered after the send settles it too: the path works
 // (replies are not QUIC packets: they leave lastRecv alone).
-func quietAt(p *peer, pa *path) time.Time {
-	if p.lastSent-max(pa.lastRecv.Load(), pa.lastReply.UnixNano()) <= int64(tickEvery) {
+func quietAt(p *peer, pa *path, now int64) time.Time {
+	if p.lastSent-max(heard(pa, now), pa.lastReply.UnixNano()) <= int64(tickEvery) {
 		return time.Time{}
 	}
 	return time.Unix(0, p.lastSent).Add(probeTimeout(pa))
@@ -328,12 +349,12 @@ func quietAt(p *peer, pa *path) time.Time {
 
 // staleAt is when pa stops being alive for want of answers (see alive),
 // or zero if it never answered.
-func staleAt(pa *path) time.Time {
+func staleAt(pa *path, now int64) time.Time {
 	if pa.lastReply.IsZero() {
 		return time.Time{}
 	}
 	t := pa.lastReply
-	if r := time.Unix(0, pa.lastRecv.Load()); pa.validated && r.After(t) {
+	if r := time.Unix(0, heard(pa, now)); pa.validated && r.After(t) {
 		t = r
 	}
 	return t.Add(StaleAfter)

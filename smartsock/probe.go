@@ -218,7 +218,13 @@ func (c *Conn) handleHello(b []byte, src netip.AddrPort, now time.Time) {
 	if !pa.owner {
 		return // another peer holds src; h.From's path there is a candidate
 	}
-	silent := now.UnixNano()-p.lastRecv.Load() > int64(c.cfg.SilentAfter)
+	// Silent: nothing from the peer that quic-go authenticated (a spoofer
+	// with its old address must not pin it there, see heard).
+	last := p.lastRecv.Load()
+	if p.current != nil {
+		last = min(last, heard(p.current, now.UnixNano()))
+	}
+	silent := now.UnixNano()-last > int64(c.cfg.SilentAfter)
 	if p.current != pa && (!p.confirmed() || silent) {
 		if p.confirmed() {
 			c.cfg.Logger.Info("peer moved", "peer", h.From.Short(), "from", p.current.addr, "to", src)

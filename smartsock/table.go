@@ -35,10 +35,13 @@ type peer struct {
 	sentAt      atomic.Int64          // unix ns of the write that set sent
 
 	// Loop.
-	paths      []*path   // every path: direct addresses and relay sessions
-	current    *path     // where packets for this peer go; nil: none yet
-	handshake  *path     // where the newest long-header packet came from
-	key        *[32]byte // probe MAC key from the QUIC session; nil: not connected
+	paths     []*path   // every path: direct addresses and relay sessions
+	current   *path     // where packets for this peer go; nil: none yet
+	handshake *path     // where the newest long-header packet came from
+	key       *[32]byte // probe MAC key from the QUIC session; nil: not connected
+	// authAge is how long ago the peer's QUIC connection last
+	// authenticated a packet (SetAuthClock); nil: no connection told us.
+	authAge    func() (time.Duration, bool)
 	punchUntil time.Time // probe unvalidated paths fast until then
 	switches   uint64
 	lastSent   int64 // unix ns of the first write the last tick that saw one saw
