@@ -17,10 +17,12 @@ import (
 // packets of all others: every wait is bounded, per peer, in two ways.
 //
 //   - Stall: a wait that times out (maxWait, or what is left of the peer's
-//     budget) marks the queue stalled: until its sender has taken
+//     budget; for a peer alone with traffic, the lostWaits+1st in a row)
+//     marks the queue stalled: until its sender has taken
 //     stallDrain more packets, a full queue drops its oldest without a
 //     wait (TxQueueStalled). A black-holed peer, whose sender is stuck in
-//     SendDatagram, costs the read loop one wait and no more.
+//     SendDatagram, costs the read loop one wait and no more while others
+//     have traffic, lostWaits+1 while it is alone.
 //   - Budget: while another peer (one whose queue is not stalled) had
 //     packets from the device in the last activeWindow, a peer's waits
 //     are charged to its budget: at most waitBudget at once, repaid at
@@ -42,6 +44,10 @@ const (
 	waitBudget   = 5 * time.Millisecond
 	waitShare    = 20 // the budget is repaid at 1/waitShare of the time passing
 	activeWindow = 100 * time.Millisecond
+	// lostWaits is how many uncharged waits in a row may time out, the
+	// sender taking nothing, before the queue stalls (a sender off its
+	// CPU for up to 20 ms is not a dead peer).
+	lostWaits = 4
 )
 
 // stallDrain is how many packets a stalled queue's sender must take before
@@ -55,6 +61,8 @@ type bpState struct {
 	stalledAt uint64        // link.taken when it stalled
 	debt      time.Duration // budget spent and not yet repaid (at most waitBudget)
 	debtAt    time.Duration // reader.now when debt was last repaid
+	missed    int           // uncharged waits in a row that timed out with the sender taking nothing
+	missedAt  uint64        // link.taken at the last of them
 }
 
 // fullMode is how the read loop treats l's queue if it is full: wait for
@@ -155,7 +163,27 @@ func (r *reader) waitRoom(l *link) fullMode {
 	}
 	l.cancelWait()
 	e.Counters.TxQueueWaitTimeouts.Add(1)
-	l.bp.stalled, l.bp.stalledAt = true, l.taken.Load()
+	taken := l.taken.Load()
+	if !charged {
+		// Nobody else has traffic: a sender that took nothing for one
+		// wait may only have been off its CPU (a busy host, a GC). The
+		// first lostWaits timeouts in a row without it taking anything
+		// drop one packet each and leave the queue waited for; stalling
+		// a lone bulk transfer on a 5 ms hiccup dropped every packet
+		// until its sender took half a queue again (669 in one benchmark
+		// run). A dead peer then costs the read loop lostWaits waits
+		// before its queue stalls: the delay the first packet to another
+		// peer can meet behind it is bounded by that.
+		if taken != l.bp.missedAt {
+			l.bp.missed = 0
+		}
+		l.bp.missed++
+		l.bp.missedAt = taken
+		if l.bp.missed <= lostWaits {
+			return fullDrop
+		}
+	}
+	l.bp.stalled, l.bp.stalledAt = true, taken
 	return fullStalled
 }
 

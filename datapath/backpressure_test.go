@@ -258,3 +258,64 @@ func TestSparsePeerChargesLittle(t *testing.T) {
 	}
 	t.Logf("the bulk peer lost %d packets beside steady traffic, %d beside one packet a second", steady, sparse)
 }
+
+// A peer alone with traffic whose sender is off its CPU for 15 ms once (a
+// busy host, a GC) is not a dead peer: each wait that times out drops one
+// packet, and the queue is not stalled (which dropped every packet until
+// its sender took half a queue). A lone peer that is dead stalls after
+// lostWaits+1 timed-out waits, so the read loop waits for it that long
+// once, not for every packet.
+func TestLoneQueueHiccupDoesNotStall(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := testPeer(1)
+		g := newBPRig(t, p)
+		l := g.r.links[p]
+		start := time.Now()
+		paused := false
+		g.wg.Go(func() { // drains everything when woken, but pauses 15 ms once
+			var batch [sendBatch]*txBuf
+			for {
+				select {
+				case <-l.wake:
+				case <-g.stop:
+					return
+				}
+				if !paused && time.Since(start) > 300*time.Millisecond {
+					paused = true
+					select {
+					case <-time.After(15 * time.Millisecond):
+					case <-g.stop:
+						return
+					}
+				}
+				for k := l.take(batch[:]); k > 0; k = l.take(batch[:]) {
+					for _, b := range batch[:k] {
+						g.e.putTx(b)
+					}
+				}
+			}
+		})
+		g.run(time.Second, 96, p) // 9,600 packets/s: more than a queue per batch
+		c := &g.e.Counters
+		if st := c.TxQueueStalled.Load(); st != 0 {
+			t.Fatalf("a 15 ms hiccup of a lone peer's sender stalled its queue: %d packets dropped as stalled", st)
+		}
+		if dr := p.TxDropped.Load(); dr > lostWaits {
+			t.Fatalf("a 15 ms hiccup cost %d packets, want at most %d (one per timed-out wait)", dr, lostWaits)
+		}
+		if c.TxQueueWaitTimeouts.Load() == 0 {
+			t.Fatal("no wait timed out: the hiccup was not seen")
+		}
+	})
+	synctest.Test(t, func(t *testing.T) {
+		dead := testPeer(1)
+		g := newBPRig(t, dead)
+		busy := g.run(2*time.Second, 16, dead)
+		if bound := (lostWaits + 1) * maxWait; busy > bound {
+			t.Fatalf("the read loop waited %v for a lone dead peer, want at most %v", busy, bound)
+		}
+		if g.e.Counters.TxQueueStalled.Load() == 0 {
+			t.Fatal("a lone dead peer's queue never stalled")
+		}
+	})
+}
