@@ -36,8 +36,13 @@ func newBPRig(t *testing.T, ps ...*peers.Peer) *bpRig {
 // drain stands in for p's sender: woken by the read loop, it takes one
 // packet every pace (0: everything at once) until the queue is empty.
 // Without a drain, p's queue never empties (a black-holed peer).
-func (g *bpRig) drain(p *peers.Peer, pace time.Duration) {
+func (g *bpRig) drain(p *peers.Peer, pace time.Duration) { g.drainHiccup(p, pace, 0, 0) }
+
+// drainHiccup is drain, whose sender, the first time it is woken after
+// after has passed, is off its CPU for pause first (0: never).
+func (g *bpRig) drainHiccup(p *peers.Peer, pace, after, pause time.Duration) {
 	l, n := g.r.links[p], g.taken[p]
+	start := time.Now()
 	g.wg.Go(func() {
 		var batch [sendBatch]*txBuf
 		for {
@@ -45,6 +50,14 @@ func (g *bpRig) drain(p *peers.Peer, pace time.Duration) {
 			case <-l.wake:
 			case <-g.stop:
 				return
+			}
+			if pause > 0 && time.Since(start) > after {
+				select {
+				case <-time.After(pause):
+				case <-g.stop:
+					return
+				}
+				pause = 0
 			}
 			max := sendBatch
 			if pace > 0 {
@@ -269,32 +282,7 @@ func TestLoneQueueHiccupDoesNotStall(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p := testPeer(1)
 		g := newBPRig(t, p)
-		l := g.r.links[p]
-		start := time.Now()
-		paused := false
-		g.wg.Go(func() { // drains everything when woken, but pauses 15 ms once
-			var batch [sendBatch]*txBuf
-			for {
-				select {
-				case <-l.wake:
-				case <-g.stop:
-					return
-				}
-				if !paused && time.Since(start) > 300*time.Millisecond {
-					paused = true
-					select {
-					case <-time.After(15 * time.Millisecond):
-					case <-g.stop:
-						return
-					}
-				}
-				for k := l.take(batch[:]); k > 0; k = l.take(batch[:]) {
-					for _, b := range batch[:k] {
-						g.e.putTx(b)
-					}
-				}
-			}
-		})
+		g.drainHiccup(p, 0, 300*time.Millisecond, 15*time.Millisecond)
 		g.run(time.Second, 96, p) // 9,600 packets/s: more than a queue per batch
 		c := &g.e.Counters
 		if st := c.TxQueueStalled.Load(); st != 0 {
