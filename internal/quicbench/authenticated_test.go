@@ -71,3 +71,52 @@ func TestSinceAuthenticated(t *testing.T) {
 		t.Fatalf("right after the peer's datagram the last authenticated packet is %v old", age)
 	}
 }
+
+// TestDatagramsDroppedCounted pins the fork's ConnectionStats.DatagramsDropped:
+// a receiver that reads nothing keeps the receive queue's 1,024 datagrams
+// and counts every one dropped beyond them, so that the overlay can show a
+// loss that only qlog saw before.
+func TestDatagramsDroppedCounted(t *testing.T) {
+	srv, cli := newPair(t)
+	const n = 3000
+	buf := make([]byte, payloadSize)
+	for i := range n {
+		fill(buf, uint64(i))
+		if err := cli.conn.SendDatagram(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Wait until the server has taken in what will arrive: its received
+	// packet count stops moving.
+	deadline := time.Now().Add(10 * time.Second)
+	last, still := uint64(0), 0
+	for still < 20 {
+		if time.Now().After(deadline) {
+			t.Fatal("the server kept receiving for 10 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+		if got := srv.conn.ConnectionStats().PacketsReceived; got == last {
+			still++
+		} else {
+			last, still = got, 0
+		}
+	}
+	dropped := srv.conn.ConnectionStats().DatagramsDropped
+	queued := 0
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		_, err := srv.conn.ReceiveDatagram(ctx)
+		cancel()
+		if err != nil {
+			break
+		}
+		queued++
+	}
+	if queued != 1024 {
+		t.Fatalf("%d datagrams were queued for a receiver that read nothing, want the queue's 1,024", queued)
+	}
+	lost := cli.conn.ConnectionStats().PacketsLost
+	if dropped == 0 || dropped+uint64(queued) > n || dropped+uint64(queued)+lost < n {
+		t.Fatalf("%d sent: %d queued, %d counted dropped, %d packets lost", n, queued, dropped, lost)
+	}
+}

@@ -853,6 +853,13 @@ type ConnectionStats struct {
 	// (does not monotonically increase, because packets that are declared lost
 	// can subsequently be received).
 	PacketsLost uint64
+
+	// DatagramsDropped is the number of received DATAGRAM frames dropped
+	// because the receive queue was full (the application did not read
+	// them fast enough).
+	//
+	// korium-tun: added to the upstream API. See third_party/README.md.
+	DatagramsDropped uint64
 }
 
 // ConnectionStats returns statistics about the connection.
@@ -872,6 +879,8 @@ func (c *Conn) ConnectionStats() ConnectionStats {
 		PacketsReceived: c.connStats.PacketsReceived.Load(),
 		BytesLost:       c.connStats.BytesLost.Load(),
 		PacketsLost:     c.connStats.PacketsLost.Load(),
+
+		DatagramsDropped: c.datagramQueue.rcvDropped.Load(), // korium-tun
 	}
 }
 

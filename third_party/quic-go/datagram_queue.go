@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"github.com/korium/korium-tun/third_party/quic-go/internal/protocol"
 	"github.com/korium/korium-tun/third_party/quic-go/internal/utils"
@@ -32,6 +33,9 @@ type datagramQueue struct {
 	// fresh ones, so that queueing a datagram allocates nothing.
 	rcvQueue ringbuffer.RingBuffer[*[]byte]
 	rcvd     chan struct{} // used to notify Receive that a new datagram was received
+	// rcvDropped counts received datagrams dropped on a full rcvQueue
+	// (korium-tun: ConnectionStats.DatagramsDropped).
+	rcvDropped atomic.Uint64
 
 	closeErr error
 	closed   chan struct{}
@@ -166,6 +170,7 @@ func (h *datagramQueue) HandleDatagramFrame(f *wire.DatagramFrame) {
 	h.rcvMx.Unlock()
 
 	if !queued {
+		h.rcvDropped.Add(1)
 		putRcvBuf(b)
 		if h.logger.Debug() {
 			h.logger.Debugf("Discarding received DATAGRAM frame (%d bytes payload)", len(f.Data))
