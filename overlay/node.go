@@ -118,6 +118,9 @@ type Counters struct {
 	SPIFFERefused              atomic.Uint64
 	AppNoHandler, AppQueueFull atomic.Uint64
 	AppSignalsDropped          atomic.Uint64 // the application's Signals channel was full
+	// RxQUICQueueFullGone: datagrams dropped on a full quic-go receive
+	// queue by connections that have ended (the live ones say theirs).
+	RxQUICQueueFullGone atomic.Uint64
 }
 
 // Net is the Dial and Listen face of an in-process network stack (what
@@ -533,6 +536,7 @@ func (n *Node) peerDown(p *peers.Peer, current bool) {
 			n.gossip.RemovePeer(p.ID)
 		}
 	}
+	n.stats.RxQUICQueueFullGone.Add(p.Conn.ConnectionStats().DatagramsDropped)
 	cause := context.Cause(p.Conn.Context())
 	n.closedAsRefused(p, cause)
 	n.cfg.Logger.Info("peer disconnected", "peer", p.ID.String(), "reason", cause)

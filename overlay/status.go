@@ -33,6 +33,9 @@ type PeerStatus struct {
 	// congestion window.
 	QUICLost uint64 `json:"quic_packets_lost"`
 	QUICCwnd uint64 `json:"quic_cwnd_bytes"`
+	// RxQueueDropped: datagrams from the peer that quic-go dropped because
+	// its receive queue (1,024) was full: the datapath fell behind.
+	RxQueueDropped uint64 `json:"rx_quic_queue_dropped"`
 	// Path is the path traffic takes now; Paths lists every known one
 	// (current first) and PathSwitches counts moves between them.
 	Path         *smartsock.PathStatus  `json:"path,omitempty"`
@@ -80,19 +83,20 @@ func (n *Node) Status() Status {
 	for p := range n.peers.Snapshot().All() {
 		cst := p.Conn.ConnectionStats()
 		ps := PeerStatus{
-			Identity:  p.ID.String(),
-			Address:   p.Addr.String(),
-			SPIFFEID:  p.SPIFFEID,
-			Outbound:  p.Outbound,
-			Since:     p.Since,
-			RTT:       cst.SmoothedRTT,
-			QUICLost:  cst.PacketsLost,
-			QUICCwnd:  cst.CongestionWindow,
-			TxBytes:   p.TxBytes.Load(),
-			TxPackets: p.TxPackets.Load(),
-			TxDropped: p.TxDropped.Load(),
-			RxBytes:   p.RxBytes.Load(),
-			RxPackets: p.RxPackets.Load(),
+			Identity:       p.ID.String(),
+			Address:        p.Addr.String(),
+			SPIFFEID:       p.SPIFFEID,
+			Outbound:       p.Outbound,
+			Since:          p.Since,
+			RTT:            cst.SmoothedRTT,
+			QUICLost:       cst.PacketsLost,
+			QUICCwnd:       cst.CongestionWindow,
+			RxQueueDropped: cst.DatagramsDropped,
+			TxBytes:        p.TxBytes.Load(),
+			TxPackets:      p.TxPackets.Load(),
+			TxDropped:      p.TxDropped.Load(),
+			RxBytes:        p.RxBytes.Load(),
+			RxPackets:      p.RxPackets.Load(),
 		}
 		if pi, ok := n.sock.Path(p.ID); ok {
 			ps.Remote, ps.Confirmed = pi.Current.String(), pi.Confirmed
@@ -106,6 +110,10 @@ func (n *Node) Status() Status {
 	}
 	sort.Slice(s.Peers, func(i, j int) bool { return s.Peers[i].Identity < s.Peers[j].Identity })
 	c, d, pc, nc, mc := &n.stats, &n.dp.Counters, &n.peers.Counters, &n.nat.Counters, &n.nat.Mesh
+	rxQueueFull := c.RxQUICQueueFullGone.Load()
+	for _, ps := range s.Peers {
+		rxQueueFull += ps.RxQueueDropped
+	}
 	rs := n.rpc.Stats()
 	s.Drops = map[string]uint64{
 		"tx_not_ipv6":      d.TxNotIPv6.Load(),
@@ -122,6 +130,7 @@ func (n *Node) Status() Status {
 		"rx_spoofed_source":    d.RxSpoofedSource.Load(),
 		"rx_not_for_us":        d.RxNotForUs.Load(),
 		"rx_not_routable":      d.RxNotRoutable.Load(),
+		"rx_quic_queue_full":   rxQueueFull, // quic-go's receive queue was full: the datapath fell behind
 		"device_read_error":    d.DevReadErrors.Load(),
 		"device_write_err":     d.DevWriteErrors.Load(),
 		"handshake_refused":    c.HandshakeRefused.Load(),
