@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/korium/korium-tun/internal/grid"
 	"github.com/korium/korium-tun/smartsock"
 )
 
@@ -68,7 +69,7 @@ func (d *dialBacker) start(addr netip.AddrPort, nonce uint64) bool {
 		d.mu.Unlock()
 		return false
 	}
-	d.jobs = append(d.jobs, dialBackJob{sock: sock, addr: addr, nonce: nonce, left: dialBackCopies - 1, at: onDialBackGrid(time.Now().Add(dialBackGap))})
+	d.jobs = append(d.jobs, dialBackJob{sock: sock, addr: addr, nonce: nonce, left: dialBackCopies - 1, at: grid.Up(time.Now().Add(dialBackGap), dialBackGap)})
 	d.mu.Unlock()
 	select {
 	case d.kick <- struct{}{}:
@@ -135,7 +136,7 @@ func (d *dialBacker) run(ctx context.Context) {
 			if !now.Before(j.at) {
 				due = append(due, j)
 				j.left--
-				j.at = onDialBackGrid(now.Add(dialBackGap))
+				j.at = grid.Up(now.Add(dialBackGap), dialBackGap)
 			}
 			if j.left > 0 {
 				keep = append(keep, j)
@@ -165,12 +166,4 @@ func (d *dialBacker) run(ctx context.Context) {
 		case <-d.kick:
 		}
 	}
-}
-
-// onDialBackGrid rounds t up to a multiple of dialBackGap.
-func onDialBackGrid(t time.Time) time.Time {
-	if u := t.Truncate(dialBackGap); u.Before(t) {
-		return u.Add(dialBackGap)
-	}
-	return t.Round(0)
 }

@@ -14,7 +14,7 @@ import (
 func TestImports(t *testing.T) {
 	const mod = "github.com/korium/korium-tun/"
 	for dir, allowed := range map[string][]string{
-		".":      {"pki", "smartaddr", "wire", "internal/ratelimit", "internal/udpbatch", "third_party/quic-go"},
+		".":      {"pki", "smartaddr", "wire", "internal/ratelimit", "internal/udpbatch", "internal/grid", "third_party/quic-go"},
 		"simnet": {},
 	} {
 		pkg, err := build.ImportDir(dir, 0)

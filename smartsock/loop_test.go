@@ -58,12 +58,3 @@ func TestLoopSleepsWhileIdle(t *testing.T) {
 	}
 	t.Fatal("the loop never slept for more than 500 ms with the peer idle")
 }
-
-func TestOnGrid(t *testing.T) {
-	for _, at := range []time.Time{time.Unix(100, 0), time.Unix(100, 1), time.Unix(100, 999_999_999), time.Now()} {
-		got := onGrid(at)
-		if got.Before(at) || !got.Before(at.Add(idleGrid)) || got.UnixNano()%int64(idleGrid) != 0 {
-			t.Errorf("onGrid(%v) = %v, want the next multiple of %v", at, got, idleGrid)
-		}
-	}
-}

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/korium/korium-tun/internal/grid"
 	"github.com/korium/korium-tun/pki"
 	"github.com/korium/korium-tun/wire"
 )
@@ -90,16 +91,19 @@ func alive(pa *path, now time.Time) bool {
 // (30 s). The cap is the peer's, not the path's (quic-go does not know which
 // path a packet came by): junk on one path while the peer speaks on another
 // still counts there.
-func heard(pa *path, now int64) int64 {
-	r := pa.lastRecv.Load()
-	if f := pa.peer.authAge; f != nil {
-		age, ok := f()
-		if !ok {
-			return 0
-		}
-		r = min(r, now-int64(age))
+func heard(pa *path, now int64) int64 { return pa.peer.heardAt(pa.lastRecv.Load(), now) }
+
+// heardAt caps raw, when a packet from one of p's addresses last arrived
+// (unix ns), by when p's connection last authenticated one (see heard).
+func (p *peer) heardAt(raw, now int64) int64 {
+	if p.authAge == nil {
+		return raw
 	}
-	return r
+	age, ok := p.authAge()
+	if !ok {
+		return 0
+	}
+	return min(raw, now-int64(age))
 }
 
 // quicProven reports whether pa is idle p's current path, answered a probe
@@ -222,7 +226,7 @@ func (c *Conn) lookAt(p *peer, now time.Time, out []outProbe) []outProbe {
 		// brings it back; else the net.
 		p.due = time.Time{}
 		if p.idle {
-			p.due = onGrid(now.Add(idleLook))
+			p.due = grid.Up(now.Add(idleLook), idleGrid)
 		}
 		return out
 	}
@@ -317,7 +321,7 @@ func nextDue(p *peer, now time.Time) time.Time {
 			earlier(&soft, pa.added.Add(pruneAfter))
 		}
 	}
-	due := onGrid(soft)
+	due := grid.Up(soft, idleGrid)
 	if !hard.IsZero() && hard.Before(due) {
 		due = hard
 	}
@@ -326,15 +330,6 @@ func nextDue(p *peer, now time.Time) time.Time {
 
 // idleGrid is the step idle peers' soft due times are rounded up to.
 const idleGrid = time.Second
-
-// onGrid rounds t up to a multiple of idleGrid (Truncate's multiples of
-// the zero time: the rounds of all idle peers fall together).
-func onGrid(t time.Time) time.Time {
-	if u := t.Truncate(idleGrid); u.Before(t) {
-		return u.Add(idleGrid)
-	}
-	return t.Round(0)
-}
 
 // quietAt is when idle p's current path pa becomes quiet (see quiet) if
 // nothing arrives on it meanwhile, or zero if nothing we sent waits for an

@@ -13,13 +13,14 @@ import (
 var allowed = map[string][]string{
 	"internal/ip6":   nil,
 	"internal/group": nil,
+	"internal/grid":  nil,
 	"peers":          {"pki", "smartaddr", "third_party/quic-go", "internal/group"},
 	"datapath":       {"peers", "firewall", "internal/ip6", "smartaddr", "third_party/quic-go", "internal/group"},
 	"firewall":       {"pki", "smartaddr"},
 	// The simulation runs the real protocol code over its own network,
 	// never the node's transport (quic-go, smartsock, rpc, overlay).
 	"internal/nodesim": {"dht", "dht/simnet", "gossipsub", "pki"},
-	"nat":              {"peers", "pki", "smartsock", "relay", "relay/client", "relay/server", "rpc", "internal/addrpolicy", "internal/ratelimit", "internal/group"},
+	"nat":              {"peers", "pki", "smartsock", "relay", "relay/client", "relay/server", "rpc", "internal/addrpolicy", "internal/ratelimit", "internal/group", "internal/grid"},
 }
 
 func TestImportsPointDown(t *testing.T) {
