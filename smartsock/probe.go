@@ -220,11 +220,7 @@ func (c *Conn) handleHello(b []byte, src netip.AddrPort, now time.Time) {
 	}
 	// Silent: nothing from the peer that quic-go authenticated (a spoofer
 	// with its old address must not pin it there, see heard).
-	last := p.lastRecv.Load()
-	if p.current != nil {
-		last = min(last, heard(p.current, now.UnixNano()))
-	}
-	silent := now.UnixNano()-last > int64(c.cfg.SilentAfter)
+	silent := now.UnixNano()-p.heardAt(p.lastRecv.Load(), now.UnixNano()) > int64(c.cfg.SilentAfter)
 	if p.current != pa && (!p.confirmed() || silent) {
 		if p.confirmed() {
 			c.cfg.Logger.Info("peer moved", "peer", h.From.Short(), "from", p.current.addr, "to", src)
