@@ -158,8 +158,9 @@ type Figures struct {
 
 // DefaultKeepAlive is the overlay's QUIC keep-alive period
 // (overlay.DefaultKeepAlive, pinned by TestDefaultsAreTheNodes): an
-// otherwise idle connection carries a PING (and its ACK) at about this
-// interval.
+// otherwise idle connection carries one PING (the client's; the server's
+// waits a quarter longer and is pushed back by it) and its ACK at about
+// this interval.
 const DefaultKeepAlive = 15 * time.Second
 
 // Run builds a network of cfg.N nodes and runs the scenario. It must run
