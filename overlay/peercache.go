@@ -23,7 +23,8 @@ import (
 const (
 	peerCacheSaveEvery = 10 * time.Second // bounded write rate
 	peerCacheRefresh   = 10 * time.Minute // a peer's record is fetched again after this
-	peerCacheRetry     = 5 * time.Second  // after a failed fetch (its record may not be published yet)
+	peerCacheRetry     = 5 * time.Second  // after a first failed fetch (its record may not be published yet), doubling
+	peerCacheMaxFails  = 5                // failed fetches in a row before the peer is left alone until it connects again
 	peerCacheSweep     = 5 * time.Second  // how often connected peers not cached are looked for
 	peerCacheResolve   = 5 * time.Second  // one record fetch
 	peerCacheQueue     = 256              // peers waiting for their record to be fetched
@@ -46,7 +47,37 @@ type peerCacheState struct {
 	saves, saveErrors, queueDropped, fetchFailed, rejoins, rejoined atomic.Uint64
 
 	// Owned by the keeper: when each peer's record may be fetched again.
-	fetched map[pki.Identity]time.Time
+	fetched map[pki.Identity]fetchState
+}
+
+// fetchState is when a peer's record may be fetched again, and how many
+// fetches failed in a row. A peer that publishes no record (a node
+// without the DHT, or one whose record does not reach us) is asked
+// peerCacheMaxFails times, 5 s, 10 s, 20 s and 40 s apart, and then not
+// again while its connection lasts: a node holding a thousand such peers
+// ran eight failing lookups every 5 s for as long as it lived (about
+// 100 DHT requests per sweep, most of its idle packets and CPU).
+type fetchState struct {
+	next   time.Time
+	fails  int  // in a row
+	gaveUp bool // after peerCacheMaxFails: not again while connected
+}
+
+// due reports whether the record may be fetched at now.
+func (f fetchState) due(now time.Time) bool { return !f.gaveUp && !now.Before(f.next) }
+
+// mayFetch reports whether the record may be fetched at now; a new
+// connection (up) tries a peer given up on once more.
+func (f fetchState) mayFetch(now time.Time, up bool) bool { return f.due(now) || (up && f.gaveUp) }
+
+// failed is the state after one more failed fetch at now.
+func (f fetchState) failed(now time.Time) fetchState {
+	f.fails++
+	if f.fails >= peerCacheMaxFails {
+		return fetchState{fails: f.fails, gaveUp: true}
+	}
+	f.next = now.Add(peerCacheRetry << (f.fails - 1))
+	return f
 }
 
 // PeerCacheStatus is the peer cache as `status` shows it.
@@ -82,7 +113,7 @@ func (n *Node) initPeerCache() {
 	pc.path = n.cfg.PeerCache
 	pc.cache = peercache.New(peercache.DefaultMax, n.cfg.PoWBits)
 	pc.up = make(chan pki.Identity, peerCacheQueue)
-	pc.fetched = make(map[pki.Identity]time.Time)
+	pc.fetched = make(map[pki.Identity]fetchState)
 	st, err := pc.cache.Load(pc.path)
 	if err != nil {
 		pc.cache = peercache.New(peercache.DefaultMax, n.cfg.PoWBits) // nothing of a bad file
@@ -151,30 +182,39 @@ func (n *Node) peerCacheKeeper() {
 			}
 			return
 		case id := <-pc.up:
-			if n.fetchRecord(id) {
+			if n.fetchRecord(id, true) {
 				dirty = true
 			}
 		case now := <-tk.C:
 			if dirty && now.Sub(lastSave) >= peerCacheSaveEvery {
 				save()
 			}
-			for id, t := range pc.fetched {
-				if now.After(t) {
-					delete(pc.fetched, id)
-				}
-			}
 			if now.Sub(lastSweep) >= peerCacheSweep {
-				// Peers whose fetch failed or whose peerUp was dropped.
 				lastSweep = now
+				snap := n.peers.Snapshot()
+				for id, f := range pc.fetched {
+					// Gone, and due or given up: its next connection
+					// starts afresh (bounds the map by the connections).
+					if snap.Peer(id) == nil && (f.gaveUp || f.due(now)) {
+						delete(pc.fetched, id)
+					}
+				}
+				// Peers whose fetch failed or whose peerUp was dropped,
+				// while the cache has room: a full one takes new peers as
+				// they connect (peerUp), and a node with a thousand peers
+				// otherwise looked each up again every peerCacheRefresh.
 				budget := peerCacheSweepMax
-				for p := range n.peers.Snapshot().All() {
-					if _, ok := pc.fetched[p.ID]; ok || !p.Routable || n.ctx.Err() != nil {
+				for p := range snap.All() {
+					if pc.cache.Len() >= pc.cache.Max() || n.ctx.Err() != nil {
+						break
+					}
+					if !pc.fetched[p.ID].mayFetch(now, false) || !p.Routable {
 						continue
 					}
 					if budget--; budget < 0 {
 						break
 					}
-					if n.fetchRecord(p.ID) {
+					if n.fetchRecord(p.ID, false) {
 						dirty = true
 					}
 				}
@@ -198,31 +238,34 @@ func (n *Node) peerCacheKeeper() {
 }
 
 // fetchRecord fetches id's signed record (a DHT lookup) and caches it,
-// unless it was fetched recently. It reports whether the cache changed.
-func (n *Node) fetchRecord(id pki.Identity) bool {
+// unless it was fetched recently or its fetches failed (fetchState); a
+// new connection (up) tries once more a peer given up on. It reports
+// whether the cache changed.
+func (n *Node) fetchRecord(id pki.Identity, up bool) bool {
 	pc := &n.pcache
 	if n.dht == nil {
 		return false
 	}
-	if t, ok := pc.fetched[id]; ok && time.Now().Before(t) {
+	f := pc.fetched[id] // the zero state (never asked) is due
+	if !f.mayFetch(time.Now(), up) {
 		return false
 	}
-	pc.fetched[id] = time.Now().Add(peerCacheRefresh)
+	pc.fetched[id] = fetchState{next: time.Now().Add(peerCacheRefresh), fails: f.fails}
 	// The DHT join may still be under way: wait for it (bounded) so the
 	// first peers are cached too.
 	ctx, cancel := context.WithTimeout(n.ctx, peerCacheResolve)
 	defer cancel()
 	n.awaitJoin(ctx)
 	rec, err := n.dht.Resolve(ctx, id)
+	if err == nil {
+		err = pc.cache.Add(rec, time.Now())
+	}
 	if err != nil {
 		pc.fetchFailed.Add(1)
-		pc.fetched[id] = time.Now().Add(peerCacheRetry)
+		pc.fetched[id] = f.failed(time.Now())
 		return false
 	}
-	if err := pc.cache.Add(rec, time.Now()); err != nil {
-		pc.fetchFailed.Add(1)
-		return false
-	}
+	pc.fetched[id] = fetchState{next: time.Now().Add(peerCacheRefresh)}
 	return true
 }
 

@@ -119,6 +119,9 @@ func (c *Cache) Remove(id pki.Identity) {
 	c.mu.Unlock()
 }
 
+// Max returns how many peers the cache keeps at most.
+func (c *Cache) Max() int { return c.max }
+
 // Len returns how many peers are cached.
 func (c *Cache) Len() int {
 	c.mu.Lock()
