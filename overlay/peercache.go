@@ -162,6 +162,7 @@ func (n *Node) peerCacheKeeper() {
 	defer tk.Stop()
 	dirty := false
 	var lastSave, lastRejoin, lastSweep time.Time
+	sweepEvery := peerCacheSweep
 	var rejoining sync.WaitGroup
 	defer rejoining.Wait()
 	save := func() {
@@ -189,7 +190,7 @@ func (n *Node) peerCacheKeeper() {
 			if dirty && now.Sub(lastSave) >= peerCacheSaveEvery {
 				save()
 			}
-			if now.Sub(lastSweep) >= peerCacheSweep {
+			if now.Sub(lastSweep) >= sweepEvery {
 				lastSweep = now
 				snap := n.peers.Snapshot()
 				for id, f := range pc.fetched {
@@ -203,7 +204,7 @@ func (n *Node) peerCacheKeeper() {
 				// while the cache has room: a full one takes new peers as
 				// they connect (peerUp), and a node with a thousand peers
 				// otherwise looked each up again every peerCacheRefresh.
-				budget := peerCacheSweepMax
+				budget, tried, got := peerCacheSweepMax, 0, 0
 				for p := range snap.All() {
 					if pc.cache.Len() >= pc.cache.Max() || n.ctx.Err() != nil {
 						break
@@ -214,10 +215,13 @@ func (n *Node) peerCacheKeeper() {
 					if budget--; budget < 0 {
 						break
 					}
+					tried++
 					if n.fetchRecord(p.ID, false) {
 						dirty = true
+						got++
 					}
 				}
+				sweepEvery = nextSweep(sweepEvery, tried, got)
 			}
 			if n.peers.Snapshot().Len() == 0 && len(n.cfg.Bootstrap) > 0 && now.Sub(n.started) > rejoinAfter &&
 				now.Sub(lastRejoin) > rejoinEvery && pc.cache.Len() > 0 {
@@ -267,6 +271,23 @@ func (n *Node) fetchRecord(id pki.Identity, up bool) bool {
 	}
 	pc.fetched[id] = fetchState{next: time.Now().Add(peerCacheRefresh)}
 	return true
+}
+
+// nextSweep is the wait before the next sweep, after one that tried
+// fetches and got that many records: a sweep whose every fetch failed
+// doubles it (up to peerCacheRefresh), one that got a record resets it.
+// Each peer backs off on its own (fetchState), but with a thousand
+// connected peers that publish no record the sweep's budget, not their
+// backoff, set the rate: 8 failing lookups every 5 s for the better part
+// of an hour.
+func nextSweep(cur time.Duration, tried, got int) time.Duration {
+	switch {
+	case got > 0:
+		return peerCacheSweep
+	case tried > 0:
+		return min(2*cur, peerCacheRefresh)
+	}
+	return cur
 }
 
 // rejoinFromCache dials the cached peers, most recently reached first,

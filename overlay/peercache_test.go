@@ -286,3 +286,27 @@ func TestPeerCacheFetchBacksOff(t *testing.T) {
 		t.Fatalf("the new connection's failed try: %+v, want given up again", f)
 	}
 }
+
+// A sweep whose every fetch failed waits twice as long before the next
+// (5 s up to 10 minutes), one that got a record goes back to 5 s, one
+// with nothing to fetch leaves it: with a thousand connected peers that
+// publish no record, the per-peer backoff alone left the sweep's budget
+// (8 lookups per 5 s) as the rate for the better part of an hour (1,049
+// failed fetches 8 minutes after the peers joined, 1.15 lookups/s).
+func TestPeerCacheSweepBacksOff(t *testing.T) {
+	d := peerCacheSweep
+	var seen []time.Duration
+	for range 10 {
+		d = nextSweep(d, peerCacheSweepMax, 0)
+		seen = append(seen, d)
+	}
+	if seen[0] != 2*peerCacheSweep || seen[len(seen)-1] != peerCacheRefresh {
+		t.Fatalf("waits after failed sweeps: %v; want doubling from %v to %v", seen, 2*peerCacheSweep, peerCacheRefresh)
+	}
+	if got := nextSweep(d, 0, 0); got != d {
+		t.Errorf("a sweep with nothing to fetch changed the wait %v to %v", d, got)
+	}
+	if got := nextSweep(d, 3, 1); got != peerCacheSweep {
+		t.Errorf("a sweep that got a record: wait %v, want %v", got, peerCacheSweep)
+	}
+}
