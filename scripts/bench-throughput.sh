@@ -379,7 +379,7 @@ overlay_setup() { # overlay_setup MODE BIN PORT TUN
 			echo "  - \"$(json_field identity "$TMP/$mode-id-a.json") tcp/5201\""
 		} >"$TMP/fw-rules.yaml"
 		fw=(--config "$TMP/fw-rules.yaml")
-	elif "$bin" up --help 2>&1 | grep -q -- --inbound-default; then
+	elif grep -q -- --inbound-default <<<"$("$bin" up --help 2>&1)"; then # not a pipe: SIGPIPE under pipefail
 		fw=(--inbound-default allow)
 	fi
 	local prof_a=() prof_b=()
