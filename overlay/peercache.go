@@ -58,25 +58,26 @@ type peerCacheState struct {
 // ran eight failing lookups every 5 s for as long as it lived (about
 // 100 DHT requests per sweep, most of its idle packets and CPU).
 type fetchState struct {
-	next   time.Time
-	fails  int  // in a row
-	gaveUp bool // after peerCacheMaxFails: not again while connected
+	next  time.Time
+	fails int // in a row
 }
 
+// gaveUp: peerCacheMaxFails in a row, not asked again while connected.
+func (f fetchState) gaveUp() bool { return f.fails >= peerCacheMaxFails }
+
 // due reports whether the record may be fetched at now.
-func (f fetchState) due(now time.Time) bool { return !f.gaveUp && !now.Before(f.next) }
+func (f fetchState) due(now time.Time) bool { return !f.gaveUp() && !now.Before(f.next) }
 
 // mayFetch reports whether the record may be fetched at now; a new
 // connection (up) tries a peer given up on once more.
-func (f fetchState) mayFetch(now time.Time, up bool) bool { return f.due(now) || (up && f.gaveUp) }
+func (f fetchState) mayFetch(now time.Time, up bool) bool { return f.due(now) || (up && f.gaveUp()) }
 
 // failed is the state after one more failed fetch at now.
 func (f fetchState) failed(now time.Time) fetchState {
 	f.fails++
-	if f.fails >= peerCacheMaxFails {
-		return fetchState{fails: f.fails, gaveUp: true}
+	if !f.gaveUp() {
+		f.next = now.Add(peerCacheRetry << (f.fails - 1))
 	}
-	f.next = now.Add(peerCacheRetry << (f.fails - 1))
 	return f
 }
 
@@ -196,7 +197,7 @@ func (n *Node) peerCacheKeeper() {
 				for id, f := range pc.fetched {
 					// Gone, and due or given up: its next connection
 					// starts afresh (bounds the map by the connections).
-					if snap.Peer(id) == nil && (f.gaveUp || f.due(now)) {
+					if snap.Peer(id) == nil && (f.gaveUp() || f.due(now)) {
 						delete(pc.fetched, id)
 					}
 				}
@@ -254,7 +255,6 @@ func (n *Node) fetchRecord(id pki.Identity, up bool) bool {
 	if !f.mayFetch(time.Now(), up) {
 		return false
 	}
-	pc.fetched[id] = fetchState{next: time.Now().Add(peerCacheRefresh), fails: f.fails}
 	// The DHT join may still be under way: wait for it (bounded) so the
 	// first peers are cached too.
 	ctx, cancel := context.WithTimeout(n.ctx, peerCacheResolve)

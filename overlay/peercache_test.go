@@ -264,8 +264,8 @@ func TestPeerCacheFetchBacksOff(t *testing.T) {
 	now := t0
 	for i, want := range []time.Duration{5 * time.Second, 10 * time.Second, 20 * time.Second, 40 * time.Second} {
 		f = f.failed(now)
-		if f.gaveUp || f.next.Sub(now) != want {
-			t.Fatalf("after %d failures: next in %v (given up %v), want %v", i+1, f.next.Sub(now), f.gaveUp, want)
+		if f.gaveUp() || f.next.Sub(now) != want {
+			t.Fatalf("after %d failures: next in %v (given up %v), want %v", i+1, f.next.Sub(now), f.gaveUp(), want)
 		}
 		if f.mayFetch(now.Add(want-time.Millisecond), false) || !f.mayFetch(now.Add(want), false) {
 			t.Fatalf("after %d failures: due before %v, or not at it", i+1, want)
@@ -273,7 +273,7 @@ func TestPeerCacheFetchBacksOff(t *testing.T) {
 		now = now.Add(want)
 	}
 	f = f.failed(now)
-	if !f.gaveUp {
+	if !f.gaveUp() {
 		t.Fatalf("after %d failures: not given up (%+v)", peerCacheMaxFails, f)
 	}
 	if f.mayFetch(now.Add(24*time.Hour), false) {
@@ -282,7 +282,7 @@ func TestPeerCacheFetchBacksOff(t *testing.T) {
 	if !f.mayFetch(now, true) {
 		t.Fatal("a peer given up on is not tried again when it connects again")
 	}
-	if f = f.failed(now); !f.gaveUp || f.mayFetch(now.Add(time.Hour), false) {
+	if f = f.failed(now); !f.gaveUp() || f.mayFetch(now.Add(time.Hour), false) {
 		t.Fatalf("the new connection's failed try: %+v, want given up again", f)
 	}
 }
