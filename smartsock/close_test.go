@@ -88,13 +88,9 @@ func TestCloseWaitsForItsGoroutines(t *testing.T) {
 		}
 	}
 	readers.Wait()
-	deadline := time.Now().Add(time.Second)
-	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	if n := runtime.NumGoroutine(); n > before {
-		t.Fatalf("%d goroutines a second after Close, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
-	}
+	waitFor(t, time.Second, fmt.Sprintf("the goroutine count to fall back to %d after Close", before), func() bool {
+		return runtime.NumGoroutine() <= before
+	})
 	c := conns[0]
 	start := time.Now()
 	if _, err := c.AddPeer(newKey(t).Identity(), netip.MustParseAddrPort("198.18.0.2:9")); !errors.Is(err, net.ErrClosed) {
