@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/korium/korium-tun/dht/simnet"
+	"github.com/korium/korium-tun/gossipsub"
 )
 
 // Scenario is the course of one run. Zero fields take the defaults written
@@ -45,6 +47,11 @@ type Scenario struct {
 	// HeapProfile, when set, receives a pprof heap profile at the end
 	// measurement (go tool pprof -sample_index=inuse_space).
 	HeapProfile io.Writer
+	// SettledHeapProfile and ChurnHeapProfile, when set, receive one
+	// after Settle (with MeasureSettled) and when the churn phase ends
+	// (the live heap's peak at scale is there, not at the end): go tool
+	// pprof -base of the one against the other shows what churn grows.
+	SettledHeapProfile, ChurnHeapProfile io.Writer
 	// Progress, when set, gets a line at the end of each phase (a run at
 	// 10,000 nodes takes long; what was measured is not lost if it is
 	// stopped).
@@ -194,6 +201,11 @@ func Run(cfg Config, sc Scenario) (Figures, error) {
 		f.Settled = s.memory(baseHeap, baseStack, baseBreak)
 		progress("settled: heap/node %.0f KiB, stacks/node %.0f KiB, connections %v", float64(f.Settled.Heap)/1024,
 			float64(f.Settled.Stack)/1024, f.Settled.Conns)
+		if sc.SettledHeapProfile != nil {
+			if err := pprof.WriteHeapProfile(sc.SettledHeapProfile); err != nil {
+				return f, err
+			}
+		}
 	}
 	f.Lookups = simnet.Summarize(s.Cl.Resolve(ctx, sc.Lookups, 20))
 	progress("lookups: %v", f.Lookups)
@@ -217,8 +229,19 @@ func Run(cfg Config, sc Scenario) (Figures, error) {
 		defer close(pubDone)
 		s.PublishUntil(done, sc.PublishEvery)
 	}()
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		s.watchChurn(done, 10*time.Second, progress)
+	}()
 	f.ChurnLookups = simnet.Summarize(s.Cl.ResolveUntil(ctx, done, 5, 3*time.Second))
 	<-pubDone
+	<-watchDone
+	if sc.ChurnHeapProfile != nil {
+		if err := pprof.WriteHeapProfile(sc.ChurnHeapProfile); err != nil {
+			return f, err
+		}
+	}
 	// The phase outlasts sc.Churn: the last newcomers are still joining.
 	f.ChurnTime = time.Since(churn0)
 	f.ChurnGossipRPCs = float64(s.GossipRPCs.Load()-gossip0) / f.ChurnTime.Seconds() / float64(cfg.N)
@@ -295,6 +318,40 @@ func (s *Sim) memory(baseHeap, baseStack uint64, baseBreak Breakdown) Memory {
 		Mesh:       dist(mesh),
 		Table:      dist(table),
 		Records:    dist(recs),
+	}
+}
+
+// watchChurn prints, every interval until done is closed, the live heap
+// (the collector's last mark, no collection of its own) and what the
+// gossip routers hold and drop: where a run at scale grows is seen while
+// it grows.
+func (s *Sim) watchChurn(done <-chan struct{}, interval time.Duration, progress func(string, ...any)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		var routers []*gossipsub.Router
+		for _, n := range s.nodes {
+			routers = append(routers, n.r)
+		}
+		s.mu.Unlock()
+		var st gossipsub.Stats
+		for _, r := range routers {
+			rs := r.Stats()
+			st.DropSendQueue += rs.DropSendQueue
+			st.DropSendError += rs.DropSendError
+			st.RPCsSent += rs.RPCsSent
+		}
+		metrics.Read(sample)
+		progress("churn: live heap %.2f GiB, %d nodes (%.0f KiB each); their gossip RPCs sent %d, send-queue drops %d, send errors %d",
+			float64(sample[0].Value.Uint64())/(1<<30), len(routers), float64(sample[0].Value.Uint64())/1024/float64(max(len(routers), 1)),
+			st.RPCsSent, st.DropSendQueue, st.DropSendError)
 	}
 }
 

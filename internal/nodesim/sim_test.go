@@ -3,6 +3,7 @@ package nodesim
 import (
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -27,7 +28,7 @@ var (
 	churnFor    = flag.Duration("nodesim.churn", 10*time.Minute, "with -nodesim.figures: virtual time over which 20% of the nodes are replaced (0: no churn, publishing or idle window)")
 	idleFor     = flag.Duration("nodesim.idle", 10*time.Minute, "with -nodesim.figures: virtual idle window for the messages per node per second")
 	joinPar     = flag.Int("nodesim.joinparallel", 0, "with -nodesim.figures: nodes bootstrapping at once (0: N/20)")
-	heapProfile = flag.String("nodesim.heapprofile", "", "write a heap profile of the end measurement to this file")
+	heapProfile = flag.String("nodesim.heapprofile", "", "write a heap profile of the end measurement to this file, and those after settling and at the churn phase's end to FILE.settled and FILE.churn")
 	maxHeap     = flag.String("nodesim.maxheap", "14GiB", "stop the run when the live heap passes this (protects a shared machine)")
 )
 
@@ -120,6 +121,17 @@ func run(t *testing.T, cfg Config, sc Scenario) Figures {
 		}
 		defer pf.Close()
 		sc.HeapProfile = pf
+		for _, x := range []struct {
+			suffix string
+			w      *io.Writer
+		}{{".settled", &sc.SettledHeapProfile}, {".churn", &sc.ChurnHeapProfile}} {
+			f, err := os.Create(*heapProfile + x.suffix)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			*x.w = f
+		}
 	}
 	var f Figures
 	wall := time.Now()
