@@ -34,7 +34,7 @@ func (r *Router) heartbeat() {
 	scores := r.hbScores
 	clear(scores)
 	for id, p := range r.peers {
-		scores[id] = r.score(id)
+		scores[id] = r.scoreAt(id, now)
 		// Log transitions only, never per message.
 		if gl := scores[id] < r.cfg.Score.GraylistThreshold; gl != p.graylisted {
 			p.graylisted = gl

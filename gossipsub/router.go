@@ -562,12 +562,15 @@ func (r *Router) delTopicPeer(topic string, id pki.Identity) {
 }
 
 // score computes a peer's current score.
-func (r *Router) score(id pki.Identity) float64 {
+func (r *Router) score(id pki.Identity) float64 { return r.scoreAt(id, time.Now()) }
+
+// scoreAt is score with the clock read once by the caller (the heartbeat
+// scores every peer: a clock read each was a seventh of its time).
+func (r *Router) scoreAt(id pki.Identity, now time.Time) float64 {
 	s := r.scores[id]
 	if s == nil {
 		return 0
 	}
-	now := time.Now()
 	for t, ts := range s.stats.Topics {
 		if g, ok := s.grafted[t]; ok && ts.InMesh {
 			ts.MeshTime = now.Sub(g)
