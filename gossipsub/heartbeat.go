@@ -28,31 +28,35 @@ func (r *Router) heartbeat() {
 		}
 		return x
 	}
+	// Scores are computed when first needed and kept for the rest of
+	// the heartbeat: an idle heartbeat scores its mesh peers, not every
+	// connected peer (at 1,000 peers scoring them all was most of it).
 	if r.hbScores == nil {
 		r.hbScores = make(map[pki.Identity]float64, len(r.peers))
 	}
-	scores := r.hbScores
-	clear(scores)
-	for id, p := range r.peers {
-		scores[id] = r.scoreAt(id, now)
-		// Log transitions only, never per message.
-		if gl := scores[id] < r.cfg.Score.GraylistThreshold; gl != p.graylisted {
-			p.graylisted = gl
-			r.log.Info("peer graylist changed", "peer", id.Short(), "graylisted", gl, "score", scores[id])
+	memo := r.hbScores
+	clear(memo)
+	score := func(id pki.Identity) float64 {
+		v, ok := memo[id]
+		if !ok {
+			v = r.scoreAt(id, now)
+			memo[id] = v
+			r.noteGraylist(id, v)
 		}
+		return v
 	}
 
 	for topic, mesh := range r.mesh {
 		// Drop peers with negative score.
 		for id := range mesh {
-			if scores[id] < 0 {
+			if score(id) < 0 {
 				x := rpcFor(id)
 				x.Prune = append(x.Prune, r.prune(topic, id))
 			}
 		}
 		candidate := func(id pki.Identity) bool {
 			_, in := mesh[id]
-			return !in && scores[id] >= 0 && !r.inBackoff(topic, id)
+			return !in && score(id) >= 0 && !r.inBackoff(topic, id)
 		}
 		graft := func(id pki.Identity) {
 			r.joinMesh(topic, id)
@@ -66,7 +70,10 @@ func (r *Router) heartbeat() {
 			}
 		}
 		if len(mesh) > r.cfg.Dhi {
-			keep := selectMesh(mesh, scores, func(id pki.Identity) bool { return r.peers[id].outbound },
+			for id := range mesh {
+				score(id) // selectMesh reads memo
+			}
+			keep := selectMesh(mesh, memo, func(id pki.Identity) bool { return r.peers[id].outbound },
 				r.cfg.D, r.cfg.Dscore, r.cfg.Dout, r.rng.Shuffle)
 			for id := range mesh {
 				if _, k := keep[id]; !k {
@@ -93,19 +100,19 @@ func (r *Router) heartbeat() {
 		if r.tick%uint64(r.cfg.OpportunisticGraftTicks) == 0 && len(mesh) > 1 {
 			ms := make([]float64, 0, len(mesh))
 			for id := range mesh {
-				ms = append(ms, scores[id])
+				ms = append(ms, score(id))
 			}
 			slices.Sort(ms)
 			median := ms[len(ms)/2]
 			if median < r.cfg.Score.OpportunisticGraftThreshold {
 				for _, id := range r.pickPeers(topic, r.cfg.OpportunisticGraftPeers, func(id pki.Identity) bool {
-					return candidate(id) && scores[id] > median
+					return candidate(id) && score(id) > median
 				}) {
 					graft(id)
 				}
 			}
 		}
-		r.emitGossip(topic, mesh, scores, rpcFor)
+		r.emitGossip(topic, mesh, score, rpcFor)
 	}
 
 	for topic, fan := range r.fanout {
@@ -115,19 +122,19 @@ func (r *Router) heartbeat() {
 			continue
 		}
 		for id := range fan {
-			if _, ok := r.topics[topic][id]; !ok || scores[id] < r.cfg.Score.PublishThreshold {
+			if _, ok := r.topics[topic][id]; !ok || score(id) < r.cfg.Score.PublishThreshold {
 				delete(fan, id)
 			}
 		}
 		if len(fan) < r.cfg.D {
 			for _, id := range r.pickPeers(topic, r.cfg.D-len(fan), func(id pki.Identity) bool {
 				_, in := fan[id]
-				return !in && scores[id] >= r.cfg.Score.PublishThreshold
+				return !in && score(id) >= r.cfg.Score.PublishThreshold
 			}) {
 				fan[id] = struct{}{}
 			}
 		}
-		r.emitGossip(topic, fan, scores, rpcFor)
+		r.emitGossip(topic, fan, score, rpcFor)
 	}
 
 	for id, x := range out {
@@ -188,14 +195,14 @@ func (r *Router) heartbeat() {
 // emitGossip sends IHAVE for the topic's recent messages to a random set
 // of non-mesh peers above the gossip threshold: max(Dlazy, GossipFactor *
 // eligible).
-func (r *Router) emitGossip(topic string, exclude map[pki.Identity]struct{}, scores map[pki.Identity]float64, rpcFor func(pki.Identity) *RPC) {
+func (r *Router) emitGossip(topic string, exclude map[pki.Identity]struct{}, score func(pki.Identity) float64, rpcFor func(pki.Identity) *RPC) {
 	ids := r.mcache.gossipIDs(topic, r.cfg.MaxIHaveLength)
 	if len(ids) == 0 {
 		return
 	}
 	var c []pki.Identity
 	for id := range r.topics[topic] {
-		if _, ex := exclude[id]; !ex && scores[id] >= r.cfg.Score.GossipThreshold {
+		if _, ex := exclude[id]; !ex && score(id) >= r.cfg.Score.GossipThreshold {
 			c = append(c, id)
 		}
 	}

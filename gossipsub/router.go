@@ -118,7 +118,7 @@ type peer struct {
 	relay      ratelimit.Limiter
 	ihaves     int  // IHAVE entries received this heartbeat
 	asked      int  // IDs we asked this peer for this heartbeat
-	graylisted bool // as of the last heartbeat, for logging transitions
+	graylisted bool // as last looked at (noteGraylist), for logging transitions
 
 	// dwMu guards dontWant: the loop adds, the writer checks before sending
 	// a queued message, so an IDONTWANT also stops copies already queued.
@@ -584,6 +584,19 @@ func (r *Router) scoreAt(id pki.Identity, now time.Time) float64 {
 	return ComputeScore(&r.cfg.Score, &s.stats)
 }
 
+// noteGraylist reports whether score v graylists peer id, and logs when
+// that changed since the last time it was looked at (each RPC from the
+// peer, and the heartbeat's look at its mesh and gossip peers): a
+// transition is logged, never every message.
+func (r *Router) noteGraylist(id pki.Identity, v float64) bool {
+	gl := v < r.cfg.Score.GraylistThreshold
+	if p := r.peers[id]; p != nil && gl != p.graylisted {
+		p.graylisted = gl
+		r.log.Info("peer graylist changed", "peer", id.Short(), "graylisted", gl, "score", v)
+	}
+	return gl
+}
+
 func (r *Router) penalize(id pki.Identity, n float64) {
 	if s := r.scores[id]; s != nil {
 		s.stats.BehaviourPenalty += n
@@ -850,7 +863,7 @@ func (r *Router) handleRPC(from pki.Identity, b []byte) {
 		r.stats.DropUnknownPeer.Add(1)
 		return
 	}
-	if r.score(from) < r.cfg.Score.GraylistThreshold {
+	if v := r.score(from); r.noteGraylist(from, v) {
 		r.stats.DropGraylisted.Add(1)
 		return
 	}
