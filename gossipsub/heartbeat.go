@@ -137,34 +137,9 @@ func (r *Router) heartbeat() {
 		r.emitGossip(topic, fan, score, rpcFor)
 	}
 
-	// Most of the RPCs carry only IHAVE, and those for the same topics
-	// carry the same IDs: each such set is encoded once and its bytes
-	// (read-only from here on) queued to every peer it goes to.
-	var shared map[string][][]byte
-	var key []byte
 	for id, x := range out {
-		p := r.peers[id]
-		if p == nil {
-			continue
-		}
-		if len(x.Graft) > 0 || len(x.Prune) > 0 || len(x.IHave) == 0 {
+		if p := r.peers[id]; p != nil {
 			r.sendRPC(p, x, false)
-			continue
-		}
-		key = key[:0]
-		for _, ih := range x.IHave {
-			key = append(append(key, ih.Topic...), 0)
-		}
-		bs, ok := shared[string(key)]
-		if !ok {
-			if shared == nil {
-				shared = make(map[string][][]byte)
-			}
-			bs = EncodeRPCs(x, r.cfg.Limits)
-			shared[string(key)] = bs
-		}
-		for _, b := range bs {
-			r.queue(p, b, false)
 		}
 	}
 
@@ -219,37 +194,23 @@ func (r *Router) heartbeat() {
 
 // emitGossip sends IHAVE for the topic's recent messages to a random set
 // of non-mesh peers above the gossip threshold: max(Dlazy, GossipFactor *
-// candidates). Unlike the spec's count of the eligible peers, candidates
-// are all the topic's non-mesh peers, so that only the peers picked (in
-// random order, skipping any below the threshold) need a score: scoring
-// every peer to count them was most of a gossiping heartbeat's cost. With
-// peers below the threshold it gossips to a few more of those above it,
-// never to one below.
+// eligible).
 func (r *Router) emitGossip(topic string, exclude map[pki.Identity]struct{}, score func(pki.Identity) float64, rpcFor func(pki.Identity) *RPC) {
 	ids := r.mcache.gossipIDs(topic, r.cfg.MaxIHaveLength)
 	if len(ids) == 0 {
 		return
 	}
-	c := r.hbCands[:0]
+	var c []pki.Identity
 	for id := range r.topics[topic] {
-		if _, ex := exclude[id]; !ex {
+		if _, ex := exclude[id]; !ex && score(id) >= r.cfg.Score.GossipThreshold {
 			c = append(c, id)
 		}
 	}
 	n := max(r.cfg.Dlazy, int(r.cfg.GossipFactor*float64(len(c))))
 	r.rng.Shuffle(len(c), func(i, j int) { c[i], c[j] = c[j], c[i] })
-	k := 0
-	for _, id := range c {
-		if k == n {
-			break
-		}
-		if score(id) >= r.cfg.Score.GossipThreshold {
-			c[k] = id
-			k++
-		}
+	if len(c) > n {
+		c = c[:n]
 	}
-	r.hbCands = c
-	c = c[:k]
 	for _, id := range c {
 		x := rpcFor(id)
 		x.IHave = append(x.IHave, IHave{Topic: topic, IDs: ids})

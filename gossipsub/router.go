@@ -103,7 +103,6 @@ type Router struct {
 	pubBucket  ratelimit.Limiter
 	tick       uint64
 	hbScores   map[pki.Identity]float64 // the heartbeat's, kept between heartbeats (no map of every peer's score made each second)
-	hbCands    []pki.Identity           // emitGossip's candidates, kept likewise
 	lastDecay  time.Time
 	sigBuf     []byte // scratch for verifying received messages
 }
