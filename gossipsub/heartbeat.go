@@ -41,7 +41,7 @@ func (r *Router) heartbeat() {
 		if !ok {
 			v = r.scoreAt(id, now)
 			memo[id] = v
-			r.noteGraylist(id, v)
+			r.noteGraylist(r.peers[id], v)
 		}
 		return v
 	}

@@ -565,7 +565,7 @@ func (r *Router) delTopicPeer(topic string, id pki.Identity) {
 func (r *Router) score(id pki.Identity) float64 { return r.scoreAt(id, time.Now()) }
 
 // scoreAt is score with the clock read once by the caller (the heartbeat
-// scores every peer: a clock read each was a seventh of its time).
+// scores many peers: a clock read each was a seventh of its time).
 func (r *Router) scoreAt(id pki.Identity, now time.Time) float64 {
 	s := r.scores[id]
 	if s == nil {
@@ -584,15 +584,16 @@ func (r *Router) scoreAt(id pki.Identity, now time.Time) float64 {
 	return ComputeScore(&r.cfg.Score, &s.stats)
 }
 
-// noteGraylist reports whether score v graylists peer id, and logs when
-// that changed since the last time it was looked at (each RPC from the
-// peer, and the heartbeat's look at its mesh and gossip peers): a
-// transition is logged, never every message.
-func (r *Router) noteGraylist(id pki.Identity, v float64) bool {
+// noteGraylist reports whether score v graylists peer p (nil: a peer no
+// longer connected), and logs when that changed since the last time it
+// was looked at (each RPC from the peer, and the heartbeat's look at its
+// mesh and gossip peers): a transition is logged, never every message.
+// The caller has p at hand: no lookup per RPC.
+func (r *Router) noteGraylist(p *peer, v float64) bool {
 	gl := v < r.cfg.Score.GraylistThreshold
-	if p := r.peers[id]; p != nil && gl != p.graylisted {
+	if p != nil && gl != p.graylisted {
 		p.graylisted = gl
-		r.log.Info("peer graylist changed", "peer", id.Short(), "graylisted", gl, "score", v)
+		r.log.Info("peer graylist changed", "peer", p.id.Short(), "graylisted", gl, "score", v)
 	}
 	return gl
 }
@@ -863,7 +864,7 @@ func (r *Router) handleRPC(from pki.Identity, b []byte) {
 		r.stats.DropUnknownPeer.Add(1)
 		return
 	}
-	if v := r.score(from); r.noteGraylist(from, v) {
+	if r.noteGraylist(p, r.score(from)) {
 		r.stats.DropGraylisted.Add(1)
 		return
 	}
