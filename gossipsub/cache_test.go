@@ -225,3 +225,59 @@ func TestSendDropOldest(t *testing.T) {
 		t.Fatalf("kept %d %d, want the newest 2 3", a, b)
 	}
 }
+
+// A peer's send queue keeps its array across drains (a heartbeat's RPCs
+// to a peer allocate nothing once it has held them), stays within its
+// bound when it never quite drains, and gives a burst's array back once
+// empty.
+func TestSendQueueKeepsItsArray(t *testing.T) {
+	q := newSendQueue(256, 1<<20)
+	item := outItem{b: []byte{1}}
+	cycle := func() {
+		q.push(item, false)
+		q.push(item, false)
+		q.push(item, true)
+		for {
+			if _, ok := q.pop(); !ok {
+				break
+			}
+		}
+	}
+	cycle()
+	if a := testing.AllocsPerRun(100, cycle); a != 0 {
+		t.Errorf("a fill and drain of 3 RPCs allocates %.1f times, want 0", a)
+	}
+
+	// Never quite drained: one in, one out, with 10 left behind. The
+	// array slides down instead of growing.
+	for range 10 {
+		q.push(item, false)
+	}
+	for i := range 10000 {
+		q.push(outItem{b: []byte{byte(i)}}, false)
+		if it, ok := q.pop(); !ok || it.b == nil {
+			t.Fatalf("pop %d: %v %v", i, it.b, ok)
+		}
+	}
+	if n, c := q.normal.len(), cap(q.normal.items); n != 10 || c > 64 {
+		t.Errorf("10 queued in an array of %d (len %d) after 10,000 pushes and pops, want at most 64", c, n)
+	}
+	for {
+		if _, ok := q.pop(); !ok {
+			break
+		}
+	}
+
+	// A burst of 200 and a drain: the array goes.
+	for range 200 {
+		q.push(item, false)
+	}
+	for {
+		if _, ok := q.pop(); !ok {
+			break
+		}
+	}
+	if c := cap(q.normal.items); c > keepItems {
+		t.Errorf("an emptied queue holds an array of %d items after a burst, want at most %d", c, keepItems)
+	}
+}
