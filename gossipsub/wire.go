@@ -243,6 +243,51 @@ func appendHeader(b []byte, tag byte, n int) []byte {
 	return binary.BigEndian.AppendUint16(b, uint16(n))
 }
 
+// encodedLen is len(AppendRPC(nil, r)), so EncodeRPCs allocates each
+// encoding once at its size (appending from nil grew an IHAVE of 250 ids
+// four times) and splits an RPC too large for one without encoding it
+// first. TestEncodedLen holds it to AppendRPC.
+func encodedLen(r *RPC) int {
+	const header = 3
+	n := 1 // version
+	section := func(items int) {
+		if items > 0 {
+			n += header
+		}
+	}
+	section(len(r.Subs))
+	for _, s := range r.Subs {
+		n += 2 + len(s.Topic)
+	}
+	section(len(r.Msgs))
+	for i := range r.Msgs {
+		m := &r.Msgs[i]
+		n += len(m.From) + 8 + 8 + 1 + len(m.Topic) + 4 + len(m.Data) + len(m.Sig)
+	}
+	section(len(r.IHave))
+	for _, ih := range r.IHave {
+		n += 1 + len(ih.Topic) + 2 + len(ih.IDs)*MsgIDSize
+	}
+	section(len(r.IWant))
+	n += len(r.IWant) * MsgIDSize
+	section(len(r.Graft))
+	for _, t := range r.Graft {
+		n += 1 + len(t)
+	}
+	section(len(r.Prune))
+	for _, p := range r.Prune {
+		n += 1 + len(p.Topic) + 4
+	}
+	section(len(r.IDontWant))
+	n += len(r.IDontWant) * MsgIDSize
+	section(len(r.Relay))
+	for i := range r.Relay {
+		s := &r.Relay[i]
+		n += len(s.Target) + len(s.Origin) + 8 + 8 + 1 + 2 + len(s.Payload) + len(s.Sig)
+	}
+	return n
+}
+
 // AppendRPC appends the encoding of r. Topics must be 1..255 bytes and
 // counts below 65536; the router never builds anything else (Validate checks
 // callers' topics), so encoding cannot fail.
@@ -665,15 +710,15 @@ func EncodeRPCs(r *RPC, lim Limits) [][]byte {
 		return nil
 	}
 	if countsFit(r, lim) {
-		if b := AppendRPC(nil, r); len(b) <= lim.MaxRPCSize {
-			return [][]byte{b}
+		if n := encodedLen(r); n <= lim.MaxRPCSize {
+			return [][]byte{AppendRPC(make([]byte, 0, n), r)}
 		}
 	}
 	var out [][]byte
 	emit := func(x *RPC) {
 		if !x.Empty() {
-			if b := AppendRPC(nil, x); len(b) <= lim.MaxRPCSize {
-				out = append(out, b)
+			if n := encodedLen(x); n <= lim.MaxRPCSize {
+				out = append(out, AppendRPC(make([]byte, 0, n), x))
 			}
 		}
 	}

@@ -134,7 +134,31 @@ func FuzzDecodeRPC(f *testing.F) {
 		if again := AppendRPC(nil, r); !bytes.Equal(again, b) {
 			t.Fatalf("re-encoding differs:\n%x\n%x", b, again)
 		}
+		if n := encodedLen(r); n != len(b) {
+			t.Fatalf("encodedLen %d, encoding %d bytes", n, len(b))
+		}
 	})
+}
+
+// encodedLen is the length AppendRPC writes, for every section alone, all
+// of them at once, and the empty RPC: EncodeRPCs sizes its buffers by it
+// and bounds RPCs by it before encoding.
+func TestEncodedLen(t *testing.T) {
+	full := sampleRPC(t)
+	cases := []*RPC{{}, full,
+		{Subs: full.Subs}, {Msgs: full.Msgs}, {IHave: full.IHave}, {IWant: full.IWant},
+		{Graft: full.Graft}, {Prune: full.Prune}, {IDontWant: full.IDontWant}, {Relay: full.Relay},
+		{IHave: []IHave{{Topic: "t", IDs: make([]MsgID, 250)}, {Topic: "u"}}}}
+	for i, r := range cases {
+		if n, b := encodedLen(r), AppendRPC(nil, r); n != len(b) {
+			t.Errorf("case %d: encodedLen %d, AppendRPC wrote %d bytes", i, n, len(b))
+		}
+	}
+	// One allocation per encoding: the buffer, at its size.
+	ih := &RPC{IHave: []IHave{{Topic: "t", IDs: make([]MsgID, 250)}}}
+	if a := testing.AllocsPerRun(50, func() { _ = EncodeRPCs(ih, Limits{}) }); a > 2 {
+		t.Errorf("EncodeRPCs of one IHAVE of 250 ids allocates %.0f times, want 2 (buffer, result)", a)
+	}
 }
 
 // FuzzDecodeMessage covers the message decoder on its own.
