@@ -128,3 +128,50 @@ func TestGraylistTransitionLoggedOnce(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
+
+// A peer's IDONTWANTs are forgotten after IDontWantTTLTicks heartbeats,
+// and a peer that sent none is skipped by the heartbeat's expiry (dwN).
+func TestIDontWantExpires(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.HeartbeatInterval = time.Minute // the test drives it
+	cfg.MaxMessageAge = 10 * time.Minute
+	r, err := New(cfg, testKey(t, 0), discardSender{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	a, quiet := testKey(t, 1).Identity(), testKey(t, 2).Identity()
+	r.AddPeer(a, netip.MustParseAddr("10.0.0.1"), true)
+	r.AddPeer(quiet, netip.MustParseAddr("10.0.1.1"), true)
+	r.HandleRPC(a, EncodeRPCs(&RPC{IDontWant: []MsgID{{1}, {2}}}, cfg.Limits)[0])
+	held := func(id pki.Identity) (n, dwN int) {
+		r.do(func() {
+			p := r.peers[id]
+			p.dwMu.Lock()
+			n = p.dontWant.len()
+			p.dwMu.Unlock()
+			dwN = p.dwN
+		})
+		return n, dwN
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for n, _ := held(a); n != 2; n, _ = held(a) {
+		if time.Now().After(deadline) {
+			t.Fatalf("peer holds %d IDONTWANTs, want 2", n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for i := 0; i <= cfg.IDontWantTTLTicks; i++ {
+		if n, dwN := held(a); n != 2 || dwN != 2 {
+			t.Fatalf("after %d heartbeats: %d IDONTWANTs held (dwN %d), want 2 until the TTL of %d", i, n, dwN, cfg.IDontWantTTLTicks)
+		}
+		r.do(r.heartbeat)
+	}
+	r.do(r.heartbeat)
+	if n, dwN := held(a); n != 0 || dwN != 0 {
+		t.Fatalf("%d IDONTWANTs held (dwN %d) after the TTL, want 0", n, dwN)
+	}
+	if n, dwN := held(quiet); n != 0 || dwN != 0 {
+		t.Fatalf("a peer that sent no IDONTWANT holds %d (dwN %d)", n, dwN)
+	}
+}

