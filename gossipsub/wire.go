@@ -51,8 +51,15 @@ const (
 	// MaxTopicLen is the longest topic name in bytes.
 	MaxTopicLen = 255
 
-	minMsgSize   = pki.IdentitySize + 8 + 8 + 2 + 4 + sigSize
+	// msgFixedSize is a message's encoding without its topic's and
+	// data's bytes: from, seqno, timestamp, topic length, data length,
+	// signature. A topic has at least one byte.
+	msgFixedSize = pki.IdentitySize + 8 + 8 + 1 + 4 + sigSize
+	minMsgSize   = msgFixedSize + 1
+	// minRelaySize is a relay signal's encoding without its payload.
 	minRelaySize = 2*pki.IdentitySize + 8 + 8 + 1 + 2 + sigSize
+	// sectionHeader is a section's tag and 16-bit count.
+	sectionHeader = 3
 )
 
 // MsgID identifies a message: the publisher's identity followed by its
@@ -248,11 +255,10 @@ func appendHeader(b []byte, tag byte, n int) []byte {
 // four times) and splits an RPC too large for one without encoding it
 // first. TestEncodedLen holds it to AppendRPC.
 func encodedLen(r *RPC) int {
-	const header = 3
 	n := 1 // version
 	section := func(items int) {
 		if items > 0 {
-			n += header
+			n += sectionHeader
 		}
 	}
 	section(len(r.Subs))
@@ -261,8 +267,7 @@ func encodedLen(r *RPC) int {
 	}
 	section(len(r.Msgs))
 	for i := range r.Msgs {
-		m := &r.Msgs[i]
-		n += len(m.From) + 8 + 8 + 1 + len(m.Topic) + 4 + len(m.Data) + len(m.Sig)
+		n += msgFixedSize + len(r.Msgs[i].Topic) + len(r.Msgs[i].Data)
 	}
 	section(len(r.IHave))
 	for _, ih := range r.IHave {
@@ -282,8 +287,7 @@ func encodedLen(r *RPC) int {
 	n += len(r.IDontWant) * MsgIDSize
 	section(len(r.Relay))
 	for i := range r.Relay {
-		s := &r.Relay[i]
-		n += len(s.Target) + len(s.Origin) + 8 + 8 + 1 + 2 + len(s.Payload) + len(s.Sig)
+		n += minRelaySize + len(r.Relay[i].Payload)
 	}
 	return n
 }
