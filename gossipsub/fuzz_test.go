@@ -58,6 +58,9 @@ func (r *Router) invariants() error {
 		if r.scores[id] == nil {
 			return fmt.Errorf("peer %s has no score", id.Short())
 		}
+		if p.score != r.scores[id] {
+			return fmt.Errorf("peer %s holds a score that is not its entry in the router's scores", id.Short())
+		}
 	}
 	n := 0
 	for pfx, k := range r.ipCount {

@@ -28,22 +28,22 @@ func (r *Router) heartbeat() {
 		}
 		return x
 	}
-	// Scores are computed when first needed and kept for the rest of
-	// the heartbeat: an idle heartbeat scores its mesh peers, not every
-	// connected peer (at 1,000 peers scoring them all was most of it).
-	if r.hbScores == nil {
-		r.hbScores = make(map[pki.Identity]float64, len(r.peers))
-	}
-	memo := r.hbScores
-	clear(memo)
+	// Scores are computed when first needed and kept on the peer for the
+	// rest of the heartbeat: an idle heartbeat scores its mesh peers, not
+	// every connected peer (at 1,000 peers scoring them all was most of
+	// it), and a score costs one lookup of the peer, not a map of scores
+	// filled each second (the 1,000-node churn simulation spent an eighth
+	// of its CPU scoring, most of it in cache misses on maps).
 	score := func(id pki.Identity) float64 {
-		v, ok := memo[id]
-		if !ok {
-			v = r.scoreAt(id, now)
-			memo[id] = v
-			r.noteGraylist(r.peers[id], v)
+		p := r.peers[id]
+		if p == nil { // not connected; mesh, topic and fanout peers always are
+			return r.scoreAt(id, now)
 		}
-		return v
+		if p.hbTick != r.tick {
+			p.hbTick, p.hbScore = r.tick, r.scoreOf(p, now)
+			r.noteGraylist(p, p.hbScore)
+		}
+		return p.hbScore
 	}
 
 	for topic, mesh := range r.mesh {
@@ -70,10 +70,7 @@ func (r *Router) heartbeat() {
 			}
 		}
 		if len(mesh) > r.cfg.Dhi {
-			for id := range mesh {
-				score(id) // selectMesh reads memo
-			}
-			keep := selectMesh(mesh, memo, func(id pki.Identity) bool { return r.peers[id].outbound },
+			keep := selectMesh(mesh, score, func(id pki.Identity) bool { return r.peers[id].outbound },
 				r.cfg.D, r.cfg.Dscore, r.cfg.Dout, r.rng.Shuffle)
 			for id := range mesh {
 				if _, k := keep[id]; !k {
@@ -221,7 +218,7 @@ func (r *Router) emitGossip(topic string, exclude map[pki.Identity]struct{}, sco
 // selectMesh chooses which mesh peers to keep when the mesh is over Dhi: the
 // dscore best by score, the rest at random up to d, then swaps in outbound
 // peers until dout of them are kept. It is pure apart from shuffle.
-func selectMesh(mesh map[pki.Identity]struct{}, scores map[pki.Identity]float64, outbound func(pki.Identity) bool,
+func selectMesh(mesh map[pki.Identity]struct{}, score func(pki.Identity) float64, outbound func(pki.Identity) bool,
 	d, dscore, dout int, shuffle func(n int, swap func(i, j int))) map[pki.Identity]struct{} {
 	all := make([]pki.Identity, 0, len(mesh))
 	for id := range mesh {
@@ -229,7 +226,7 @@ func selectMesh(mesh map[pki.Identity]struct{}, scores map[pki.Identity]float64,
 	}
 	shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
 	slices.SortStableFunc(all, func(a, b pki.Identity) int {
-		switch sa, sb := scores[a], scores[b]; {
+		switch sa, sb := score(a), score(b); {
 		case sa > sb:
 			return -1
 		case sa < sb:

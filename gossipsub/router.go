@@ -102,7 +102,6 @@ type Router struct {
 	seqno      uint64
 	pubBucket  ratelimit.Limiter
 	tick       uint64
-	hbScores   map[pki.Identity]float64 // the heartbeat's, kept between heartbeats (no map of every peer's score made each second)
 	lastDecay  time.Time
 	sigBuf     []byte // scratch for verifying received messages
 }
@@ -125,6 +124,13 @@ type peer struct {
 	// lock or a cache miss on the set (4% of the 1,000-node churn
 	// simulation's CPU went to loading empty sets).
 	dwN int
+	// score is the peer's entry of Router.scores, held while it is
+	// connected (only a disconnected peer's entry is ever dropped).
+	score *peerScore
+	// hbScore is the peer's score as heartbeat hbTick computed it, kept
+	// for the rest of that heartbeat.
+	hbTick  uint64
+	hbScore float64
 
 	// dwMu guards dontWant: the loop adds, the writer checks before sending
 	// a queued message, so an IDONTWANT also stops copies already queued.
@@ -487,9 +493,11 @@ func (r *Router) addPeer(id pki.Identity, addr netip.Addr, outbound bool) {
 	r.peers[id] = p
 	if s := r.scores[id]; s != nil {
 		s.retainTo = time.Time{}
+		p.score = s
 	} else {
 		r.evictRetainedScores()
-		r.scores[id] = &peerScore{stats: PeerStats{Topics: make(map[string]*TopicStats)}, grafted: make(map[string]time.Time)}
+		p.score = &peerScore{stats: PeerStats{Topics: make(map[string]*TopicStats)}, grafted: make(map[string]time.Time)}
+		r.scores[id] = p.score
 	}
 	r.log.Debug("peer added", "peer", id.Short(), "addr", addr, "outbound", outbound)
 	if len(r.mesh) > 0 {
@@ -580,7 +588,18 @@ func (r *Router) score(id pki.Identity) float64 { return r.scoreAt(id, time.Now(
 // scoreAt is score with the clock read once by the caller (the heartbeat
 // scores many peers: a clock read each was a seventh of its time).
 func (r *Router) scoreAt(id pki.Identity, now time.Time) float64 {
-	s := r.scores[id]
+	if p := r.peers[id]; p != nil {
+		return r.scoreOf(p, now)
+	}
+	return r.compute(r.scores[id], netip.Prefix{}, now) // a retained score, or none
+}
+
+// scoreOf is a connected peer's score: the peer at hand, no lookup.
+func (r *Router) scoreOf(p *peer, now time.Time) float64 { return r.compute(p.score, p.prefix, now) }
+
+// compute is the score of s for a peer whose colocation prefix is prefix
+// (none for a peer no longer connected).
+func (r *Router) compute(s *peerScore, prefix netip.Prefix, now time.Time) float64 {
 	if s == nil {
 		return 0
 	}
@@ -591,8 +610,8 @@ func (r *Router) scoreAt(id pki.Identity, now time.Time) float64 {
 	}
 	s.stats.AppScore = s.app
 	s.stats.IPColocated = 0
-	if p := r.peers[id]; p != nil && p.prefix.IsValid() {
-		s.stats.IPColocated = r.ipCount[p.prefix]
+	if prefix.IsValid() {
+		s.stats.IPColocated = r.ipCount[prefix]
 	}
 	return ComputeScore(&r.cfg.Score, &s.stats)
 }
@@ -877,7 +896,7 @@ func (r *Router) handleRPC(from pki.Identity, b []byte) {
 		r.stats.DropUnknownPeer.Add(1)
 		return
 	}
-	if r.noteGraylist(p, r.score(from)) {
+	if r.noteGraylist(p, r.scoreOf(p, time.Now())) {
 		r.stats.DropGraylisted.Add(1)
 		return
 	}
@@ -1098,7 +1117,7 @@ func (r *Router) handleIHave(p *peer, ihaves []IHave) []MsgID {
 		r.penalize(p.id, 1)
 		return nil
 	}
-	if r.score(p.id) < r.cfg.Score.GossipThreshold {
+	if r.scoreOf(p, time.Now()) < r.cfg.Score.GossipThreshold {
 		return nil
 	}
 	if p.asked >= r.cfg.MaxIHaveLength {
@@ -1141,7 +1160,7 @@ func (r *Router) handleIHave(p *peer, ihaves []IHave) []MsgID {
 func (r *Router) handleIWant(p *peer, ids []MsgID) {
 	// Below the gossip threshold nothing is served, but requests for
 	// messages we never had still cost a penalty.
-	serve := r.score(p.id) >= r.cfg.Score.GossipThreshold
+	serve := r.scoreOf(p, time.Now()) >= r.cfg.Score.GossipThreshold
 	bad := 0
 	var batch []WireMessage
 	size := 0
@@ -1210,7 +1229,7 @@ func (r *Router) handleGraft(p *peer, topic string) (Prune, bool) {
 		r.penalize(p.id, pen)
 		return r.prune(topic, p.id), true
 	}
-	if r.score(p.id) < 0 || (len(mesh) >= r.cfg.Dhi && !p.outbound) {
+	if r.scoreOf(p, time.Now()) < 0 || (len(mesh) >= r.cfg.Dhi && !p.outbound) {
 		return r.prune(topic, p.id), true
 	}
 	r.joinMesh(topic, p.id)

@@ -267,7 +267,7 @@ func TestSelectMesh(t *testing.T) {
 		out[id] = i < 2 // the two worst are the only outbound peers
 	}
 	rng := rand.New(rand.NewPCG(1, 1))
-	keep := selectMesh(mesh, scores, func(id pki.Identity) bool { return out[id] }, 6, 4, 2, rng.Shuffle)
+	keep := selectMesh(mesh, func(id pki.Identity) float64 { return scores[id] }, func(id pki.Identity) bool { return out[id] }, 6, 4, 2, rng.Shuffle)
 	if len(keep) != 6 {
 		t.Fatalf("kept %d, want 6", len(keep))
 	}

@@ -231,3 +231,36 @@ func TestColocationInRouter(t *testing.T) {
 		}
 	})
 }
+
+// TestScoreSurvivesReconnect: a peer that leaves and comes back within
+// RetainScore is scored from the state it left, not afresh: a
+// misbehaving peer cannot wash its score by reconnecting. Router.Score
+// reads the connected peer's own pointer (peer.score), so a fresh entry
+// made on reconnect would read 0 here.
+func TestScoreSurvivesReconnect(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		_, nodes := line(t, 1, Config{})
+		defer closeAll(nodes)
+		r := nodes[0].r
+		id := pki.Identity{0xba, 0xd}
+		addr := netip.MustParseAddr("198.51.100.7")
+		r.AddPeer(id, addr, false)
+		r.do(func() { r.penalize(id, 10) }) // 4 over the threshold of 6: -160
+		want := -160.0
+		if s, _ := r.Score(id); s != want {
+			t.Fatalf("penalized: score %v, want %v", s, want)
+		}
+		r.RemovePeer(id)
+		if s, ok := r.Score(id); !ok || s != want {
+			t.Fatalf("gone: score %v (kept %v), want %v kept", s, ok, want)
+		}
+		r.AddPeer(id, addr, false)
+		r.do(r.heartbeat)
+		if s, _ := r.Score(id); s > want/2 {
+			t.Fatalf("back: score %v, want about %v (what it left with, decayed by a heartbeat at most)", s, want)
+		}
+		if err := checkRouter(r); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
