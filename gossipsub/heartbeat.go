@@ -36,7 +36,7 @@ func (r *Router) heartbeat() {
 	// of its CPU scoring, most of it in cache misses on maps).
 	score := func(id pki.Identity) float64 {
 		p := r.peers[id]
-		if p == nil { // not connected; mesh, topic and fanout peers always are
+		if p == nil { // removePeer takes a peer out of every mesh, topic and fanout: not expected
 			return r.scoreAt(id, now)
 		}
 		if p.hbTick != r.tick {
@@ -217,7 +217,8 @@ func (r *Router) emitGossip(topic string, exclude map[pki.Identity]struct{}, sco
 
 // selectMesh chooses which mesh peers to keep when the mesh is over Dhi: the
 // dscore best by score, the rest at random up to d, then swaps in outbound
-// peers until dout of them are kept. It is pure apart from shuffle.
+// peers until dout of them are kept. Apart from shuffle and score (the
+// heartbeat's, which keeps each score on its peer) it is pure.
 func selectMesh(mesh map[pki.Identity]struct{}, score func(pki.Identity) float64, outbound func(pki.Identity) bool,
 	d, dscore, dout int, shuffle func(n int, swap func(i, j int))) map[pki.Identity]struct{} {
 	all := make([]pki.Identity, 0, len(mesh))
